@@ -1,0 +1,27 @@
+"""User-facing errors: one line, no traceback, from the CLI."""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+
+class LandscapeError(Exception):
+    """An error caused by the user's input (bad name, missing file, bad setting).
+
+    The CLI prints its message as one line and exits with status 1.
+    """
+
+
+def unknown_name(kind: str, name: str, choices: Iterable[str]) -> LandscapeError:
+    """Error for an unknown registry name, suggesting the closest known names."""
+    choices = sorted(choices)
+    close = difflib.get_close_matches(name, choices, n=3, cutoff=0.5)
+    hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+    return LandscapeError(f"unknown {kind} {name!r}{hint} (known: {', '.join(choices)})")
+
+
+def check_positive(name: str, value: float) -> None:
+    """Raise a LandscapeError unless ``value > 0``."""
+    if not value > 0:
+        raise LandscapeError(f"{name} must be positive, got {value}")

@@ -1,0 +1,414 @@
+"""The engine: loss and metrics of one model on one dataset at many parameter points.
+
+Every measurement in ``landscape`` (surfaces, Hessians, sharpness, gradient noise) is a
+function of a flat parameter vector ``theta[P]`` (see :mod:`landscape.params`), evaluated by
+:class:`Objective`. The data are kept resident on the device; evaluation is chunked over
+points and over data so memory stays bounded.
+
+Two evaluation strategies, chosen by measurement on the first call (``strategy="auto"``):
+
+- ``"vmap"``: ``torch.func.vmap`` over ``functional_call`` across a chunk of points, sharing
+  each data batch (small models, where one forward pass leaves the device idle);
+- ``"loop"``: one point at a time over large data batches (CNNs that already fill the device).
+
+BatchNorm: ``bn="eval"`` uses the model's running statistics (Li et al. 2018's reference
+choice); ``bn="recompute"`` re-estimates them at every point from the evaluated data, as
+``torch.optim.swa_utils.update_bn`` does (one train-mode pass, cumulative average of the batch
+statistics), then evaluates in eval mode.
+
+Precision: ``float64`` (reference), ``float32``, ``tf32`` (float32 storage, TF32 matmuls and
+convolutions on NVIDIA GPUs; identical to float32 on the CPU) and ``bf16`` (float32 storage,
+bfloat16 autocast of the forward pass; the loss is reduced in float32). Measured errors are in
+``benchmarks/README.md``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.func import functional_call, grad, grad_and_value, jvp, vjp, vmap
+
+from landscape.errors import LandscapeError, unknown_name
+from landscape.params import ParamSpace
+
+PRECISIONS = ("float64", "float32", "tf32", "bf16")
+BN_MODES = ("eval", "recompute")
+STRATEGIES = ("auto", "vmap", "loop")
+LOSSES = ("cross_entropy", "mse")
+
+
+def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
+    """``"auto"`` -> CUDA when available, else CPU."""
+    if device is None or device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise LandscapeError("device 'cuda' requested but no CUDA device is available")
+    return device
+
+
+def _loss_sum(loss: str, out: Tensor, y: Tensor) -> Tensor:
+    """Sum over the batch of per-sample losses (float32 or float64)."""
+    out = out.float() if out.dtype in (torch.bfloat16, torch.float16) else out
+    if loss == "cross_entropy":
+        return F.cross_entropy(out, y, reduction="sum")
+    return F.mse_loss(out.reshape(y.shape), y, reduction="sum") / max(1, y[0].numel())
+
+
+@contextlib.contextmanager
+def _cuda_tf32(enabled: bool) -> Iterator[None]:
+    """Allow (or forbid) TF32 matmuls and convolutions inside the block."""
+    old = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = enabled
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
+
+
+def _has_batchnorm(model: nn.Module) -> bool:
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+
+
+class Objective:
+    """Loss and metrics of ``model`` on one data split, as functions of flat parameters.
+
+    Args:
+        model: the network; it is copied, never modified.
+        data: a :class:`landscape.data.Dataset` (with ``split``) or an ``(x, y)`` pair.
+        split: ``"train"`` or ``"test"`` when ``data`` is a Dataset.
+        loss: ``"cross_entropy"`` or ``"mse"``; default from the dataset, else from y's dtype.
+        bn: ``"eval"`` or ``"recompute"`` (see module docstring).
+        precision: ``"float64" | "float32" | "tf32" | "bf16"``.
+        device: ``"auto"``, ``"cpu"``, ``"cuda"``, ...
+        batch_size: samples per data chunk (default: whole split up to 4096 on the CPU,
+            up to 8192 on a GPU).
+        point_chunk: points per vmap call (default: as many as keep ``point_chunk *
+            batch_size`` under ``2**16`` on the CPU, ``2**20`` on a GPU).
+        strategy: ``"auto"`` (measure on the first call), ``"vmap"`` or ``"loop"``.
+
+    All losses are means over the whole split. ``counts`` tracks the cost in passes over the
+    split: ``forward`` (one per point evaluated), ``grad``, ``hvp`` and ``per_sample``.
+    """
+
+    def __init__(self, model: nn.Module, data: Any, *, split: str = "train",
+                 loss: str | None = None, bn: str = "eval", precision: str = "float32",
+                 device: str | torch.device | None = "auto", batch_size: int | None = None,
+                 point_chunk: int | None = None, strategy: str = "auto",
+                 hvp_method: str = "fwd_rev") -> None:
+        if precision not in PRECISIONS:
+            raise unknown_name("precision", precision, PRECISIONS)
+        if bn not in BN_MODES:
+            raise unknown_name("bn mode", bn, BN_MODES)
+        if strategy not in STRATEGIES:
+            raise unknown_name("strategy", strategy, STRATEGIES)
+        if hvp_method not in ("fwd_rev", "double_backward"):
+            raise unknown_name("hvp method", hvp_method, ("fwd_rev", "double_backward"))
+        if isinstance(data, tuple | list):
+            x, y = data
+            default_loss = "cross_entropy" if not torch.is_floating_point(y) else "mse"
+        else:
+            x, y = data.split(split)
+            default_loss = data.loss
+        self.loss_name = loss or default_loss
+        if self.loss_name not in LOSSES:
+            raise unknown_name("loss", self.loss_name, LOSSES)
+        self.device = resolve_device(device)
+        self.precision, self.bn, self.strategy = precision, bn, strategy
+        self.hvp_method = hvp_method
+        self.dtype = torch.float64 if precision == "float64" else torch.float32
+        self.space = ParamSpace.from_model(model)
+        self.model = copy.deepcopy(model).to(self.device, self.dtype).eval()
+        self.buffers = {k: v.detach() for k, v in self.model.named_buffers()}
+        self.theta0 = self.space.flatten(self.model).to(self.device, self.dtype)
+        self.x = x.to(self.device, self.dtype)
+        self.y = y.to(self.device, self.dtype if torch.is_floating_point(y) else torch.long)
+        self.n = int(self.x.shape[0])
+        if self.n == 0:
+            raise LandscapeError("the data split is empty")
+        gpu = self.device.type == "cuda"
+        self.batch_size = batch_size or min(self.n, 8192 if gpu else 4096)
+        budget = 2**20 if gpu else 2**16
+        self.point_chunk = point_chunk or max(1, min(256, budget // self.batch_size))
+        self.is_classification = self.loss_name == "cross_entropy"
+        self.has_bn = _has_batchnorm(self.model)
+        self.counts: dict[str, float] = {"forward": 0.0, "grad": 0.0, "hvp": 0.0,
+                                         "per_sample": 0.0}
+        if bn == "recompute":
+            self.strategy = "loop"
+            self._bn_model = copy.deepcopy(self.model)
+            for m in self._bn_model.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    m.momentum = None  # cumulative average over the pass
+            self._bn_model.train()
+
+    # ----------------------------------------------------------------------------------
+    # construction helpers
+    @classmethod
+    def from_run(cls, run: Any, split: str = "train", **kwargs: Any) -> Objective:
+        """Objective of a trained run (``landscape.load_run``) on one of its splits."""
+        return cls(run.model, run.data, split=split, **kwargs)
+
+    def subset(self, idx: Tensor | int, seed: int = 0) -> Objective:
+        """Same settings on a fixed subset: indices, or ``n`` samples drawn with ``seed``."""
+        if isinstance(idx, int):
+            if not 0 < idx <= self.n:
+                raise LandscapeError(f"subset size must be in 1..{self.n}, got {idx}")
+            gen = torch.Generator().manual_seed(seed)
+            idx = torch.randperm(self.n, generator=gen)[:idx]
+        idx = torch.as_tensor(idx, device=self.device)
+        new = copy.copy(self)
+        new.x, new.y, new.n = self.x[idx], self.y[idx], int(idx.numel())
+        new.batch_size = min(self.batch_size, new.n)
+        new.counts = dict.fromkeys(self.counts, 0.0)
+        return new
+
+    def settings(self) -> dict[str, Any]:
+        """The settings that determine the numbers (stored in result files)."""
+        return {"loss": self.loss_name, "bn": self.bn, "precision": self.precision,
+                "n": self.n, "device": str(self.device)}
+
+    # ----------------------------------------------------------------------------------
+    # the forward pass: nothing else calls the model
+    @contextlib.contextmanager
+    def _precision(self) -> Iterator[None]:
+        with contextlib.ExitStack() as stack:
+            if self.device.type == "cuda":
+                stack.enter_context(_cuda_tf32(self.precision == "tf32"))
+            if self.precision == "bf16":
+                stack.enter_context(torch.autocast(self.device.type, dtype=torch.bfloat16))
+            yield
+
+    def forward(self, theta: Tensor, x: Tensor, buffers: dict[str, Tensor] | None = None,
+                ) -> Tensor:
+        """Model outputs at flat parameters ``theta[P]`` on inputs ``x`` (eval mode)."""
+        state = {**self.space.unflatten(theta), **(self.buffers if buffers is None else buffers)}
+        return functional_call(self.model, state, (x,))
+
+    def batch_loss(self, theta: Tensor, x: Tensor, y: Tensor) -> Tensor:
+        """Mean loss over a batch; differentiable with ``torch.func`` transforms."""
+        return _loss_sum(self.loss_name, self.forward(theta, x), y) / x.shape[0]
+
+    def _chunks(self) -> Iterator[tuple[Tensor, Tensor]]:
+        for start in range(0, self.n, self.batch_size):
+            yield self.x[start : start + self.batch_size], self.y[start : start + self.batch_size]
+
+    def _stats(self, out: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+        loss = _loss_sum(self.loss_name, out, y).double()
+        if self.is_classification:
+            return loss, (out.argmax(-1) == y).sum().double()
+        return loss, torch.zeros((), dtype=torch.float64, device=out.device)
+
+    def _recomputed_buffers(self, theta: Tensor) -> dict[str, Tensor]:
+        buffers = {k: v.clone() for k, v in self.buffers.items()}
+        for m_name, m in self._bn_model.named_modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats:
+                buffers[f"{m_name}.running_mean"].zero_()
+                buffers[f"{m_name}.running_var"].fill_(1.0)
+                buffers[f"{m_name}.num_batches_tracked"].zero_()
+        state = {**self.space.unflatten(theta), **buffers}
+        for x, _ in self._chunks():
+            functional_call(self._bn_model, state, (x,))
+        return buffers
+
+    # ----------------------------------------------------------------------------------
+    # evaluation at many points
+    @torch.no_grad()
+    def _eval_loop(self, points: Tensor) -> Tensor:
+        out = torch.zeros(points.shape[0], 2, dtype=torch.float64, device=self.device)
+        for k, theta in enumerate(points):
+            buffers = self._recomputed_buffers(theta) if self.bn == "recompute" else None
+            for x, y in self._chunks():
+                loss, correct = self._stats(self.forward(theta, x, buffers), y)
+                out[k, 0] += loss
+                out[k, 1] += correct
+        return out
+
+    @torch.no_grad()
+    def _eval_vmap(self, points: Tensor) -> Tensor:
+        def stats(theta: Tensor, x: Tensor, y: Tensor) -> Tensor:
+            return torch.stack(self._stats(self.forward(theta, x), y))
+
+        batched = vmap(stats, in_dims=(0, None, None))
+        out = torch.zeros(points.shape[0], 2, dtype=torch.float64, device=self.device)
+        for start in range(0, points.shape[0], self.point_chunk):
+            chunk = points[start : start + self.point_chunk]
+            for x, y in self._chunks():
+                out[start : start + chunk.shape[0]] += batched(chunk, x, y)
+        return out
+
+    def _choose_strategy(self, points: Tensor) -> str:
+        """Time both strategies on one data batch and a few points; keep the faster."""
+        k = min(points.shape[0], self.point_chunk, 16)
+        if k < 2:
+            return "loop"
+        sample = points[:k]
+        full = self.x, self.y, self.n
+        self.x, self.y = self.x[: self.batch_size], self.y[: self.batch_size]
+        self.n = int(self.x.shape[0])
+        try:
+            timings = {}
+            for name, fn in (("loop", self._eval_loop), ("vmap", self._eval_vmap)):
+                fn(sample[:1] if name == "loop" else sample)  # warm-up
+                self._sync()
+                t0 = time.perf_counter()
+                fn(sample)
+                self._sync()
+                timings[name] = time.perf_counter() - t0
+        except (RuntimeError, NotImplementedError):
+            timings = {"loop": 0.0}
+        finally:
+            self.x, self.y, self.n = full
+        return min(timings, key=timings.get)
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def evaluate(self, points: Tensor) -> dict[str, Tensor]:
+        """Mean loss (and accuracy, for classification) at each of ``points[K, P]``.
+
+        Returns float64 CPU tensors of shape [K]. Cost: K forward passes over the split.
+        On a CUDA out-of-memory error the chunk sizes are halved and the call goes on.
+        """
+        points = torch.as_tensor(points)
+        if points.dim() == 1:
+            points = points[None]
+        self.space.check(points)
+        points = points.to(self.device, self.dtype)
+        if self.strategy == "auto":
+            self.strategy = self._choose_strategy(points)
+        while True:
+            try:
+                with self._precision():
+                    fn = self._eval_vmap if self.strategy == "vmap" else self._eval_loop
+                    sums = fn(points)
+                break
+            except torch.OutOfMemoryError:
+                if self.strategy == "vmap" and self.point_chunk > 1:
+                    self.point_chunk //= 2
+                elif self.batch_size > 1:
+                    self.batch_size //= 2
+                else:
+                    raise
+                torch.cuda.empty_cache()
+        self.counts["forward"] += points.shape[0]
+        sums = sums.cpu() / self.n
+        result = {"loss": sums[:, 0]}
+        if self.is_classification:
+            result["acc"] = sums[:, 1]
+        return result
+
+    def loss(self, theta: Tensor) -> float:
+        """Mean loss over the split at ``theta[P]``."""
+        return float(self.evaluate(theta[None])["loss"][0])
+
+    # ----------------------------------------------------------------------------------
+    # derivatives, summed over data chunks with weights chunk_size / n
+    def _check(self, theta: Tensor) -> Tensor:
+        self.space.check(theta)
+        return torch.as_tensor(theta).to(self.device, self.dtype)
+
+    def loss_and_grad(self, theta: Tensor) -> tuple[float, Tensor]:
+        """Mean loss and its gradient [P] at ``theta``. Cost: one forward+backward pass."""
+        theta = self._check(theta)
+        fn = grad_and_value(self.batch_loss)
+        total_g, total_l = torch.zeros_like(theta), 0.0
+        with self._precision():
+            for x, y in self._chunks():
+                g, value = fn(theta, x, y)
+                w = x.shape[0] / self.n
+                total_g += w * g
+                total_l += w * float(value)
+        self.counts["grad"] += 1
+        return total_l, total_g
+
+    def grad(self, theta: Tensor) -> Tensor:
+        """Gradient [P] of the mean loss at ``theta``."""
+        return self.loss_and_grad(theta)[1]
+
+    def _block(self, theta: Tensor, v: Tensor, product: Callable,
+               vectorize: bool = True) -> Tensor:
+        """Chunk-weighted sum of ``product(theta, v, x, y)`` for ``v[P]`` or a block ``v[K, P]``."""
+        theta = self._check(theta)
+        v = torch.as_tensor(v).to(self.device, self.dtype)
+        self.space.check(v)
+        single = v.dim() == 1
+        vs = v[None] if single else v
+        if vectorize:
+            fn = vmap(product, in_dims=(None, 0, None, None))
+        else:
+            def fn(t: Tensor, vs_: Tensor, x: Tensor, y: Tensor) -> Tensor:
+                return torch.stack([product(t, vi, x, y) for vi in vs_])
+        out = torch.zeros_like(vs)
+        with self._precision():
+            for x, y in self._chunks():
+                out += (x.shape[0] / self.n) * fn(theta, vs, x, y)
+        self.counts["hvp"] += vs.shape[0]
+        return out[0] if single else out
+
+    def _hvp_fwd_rev(self, theta: Tensor, v: Tensor, x: Tensor, y: Tensor) -> Tensor:
+        return jvp(lambda t: grad(self.batch_loss)(t, x, y), (theta,), (v,))[1]
+
+    def _hvp_double_backward(self, theta: Tensor, v: Tensor, x: Tensor, y: Tensor) -> Tensor:
+        with torch.enable_grad():
+            t = theta.detach().requires_grad_(True)
+            (g,) = torch.autograd.grad(self.batch_loss(t, x, y), t, create_graph=True)
+            (hv,) = torch.autograd.grad(g, t, grad_outputs=v)
+        return hv.detach()
+
+    def hvp(self, theta: Tensor, v: Tensor, method: str | None = None) -> Tensor:
+        """Hessian-vector product of the mean loss: ``v[P] -> Hv``, or a block ``v[K, P]``.
+
+        ``method``: ``"fwd_rev"`` (``torch.func.jvp`` of ``grad``; a block shares each data
+        chunk across its K vectors through vmap) or ``"double_backward"`` (autograd, one
+        vector at a time). Cost: a few forward+backward passes per vector (see benchmarks).
+        """
+        method = method or self.hvp_method
+        if method == "double_backward":
+            return self._block(theta, v, self._hvp_double_backward, vectorize=False)
+        return self._block(theta, v, self._hvp_fwd_rev)
+
+    def _ggn(self, theta: Tensor, v: Tensor, x: Tensor, y: Tensor) -> Tensor:
+        out, jv = jvp(lambda t: self.forward(t, x), (theta,), (v,))
+        n = x.shape[0]
+        _, hjv = jvp(lambda z: grad(lambda z_: _loss_sum(self.loss_name, z_, y) / n)(z),
+                     (out,), (jv,))
+        return vjp(lambda t: self.forward(t, x), theta)[1](hjv)[0]
+
+    def ggn_vp(self, theta: Tensor, v: Tensor) -> Tensor:
+        """Generalized Gauss-Newton product ``J^T H_out J v`` (positive semi-definite).
+
+        For cross-entropy this is the Fisher information (Martens 2020). Same shapes as
+        :meth:`hvp`.
+        """
+        return self._block(theta, v, self._ggn)
+
+    def per_sample_grads(self, theta: Tensor, idx: Tensor | None = None) -> Tensor:
+        """Gradients of each sample's loss, shape [len(idx), P] (all samples by default).
+
+        Memory: ``batch_size * P`` floats per chunk.
+        """
+        theta = self._check(theta)
+        idx = torch.arange(self.n, device=self.device) if idx is None else torch.as_tensor(
+            idx, device=self.device)
+
+        def one(t: Tensor, x: Tensor, y: Tensor) -> Tensor:
+            return self.batch_loss(t, x[None], y[None])
+
+        fn = vmap(grad(one), in_dims=(None, 0, 0))
+        chunk = max(1, min(self.batch_size, 2**22 // max(1, self.space.numel)))
+        parts = []
+        with self._precision():
+            for start in range(0, idx.numel(), chunk):
+                sel = idx[start : start + chunk]
+                parts.append(fn(theta, self.x[sel], self.y[sel]))
+        self.counts["per_sample"] += idx.numel() / self.n
+        return torch.cat(parts)

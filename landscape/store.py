@@ -1,0 +1,182 @@
+"""HDF5 result files: format "landscape", version 1 (schema in DESIGN.md).
+
+One file per computed object. Root attributes say what the file is (``format``,
+``format_version``, ``kind``, ``created``, library versions) and how it was computed
+(``settings`` as JSON and its ``settings_hash``, plus free attributes such as the device
+and the command line). Writers flush after every chunk of work, so a killed process loses
+at most the chunk in flight; re-opening with the same settings resumes, different settings
+are refused with the list of what differs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+from collections.abc import Mapping
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from landscape.errors import LandscapeError
+
+FORMAT = "landscape"
+FORMAT_VERSION = 1
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, Mapping):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
+def settings_hash(settings: Mapping[str, Any]) -> str:
+    """SHA-256 of the canonical JSON of ``settings``."""
+    text = json.dumps(_jsonable(settings), sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def versions() -> dict[str, str]:
+    """Versions of the libraries that determine the numbers."""
+    import torch
+
+    from landscape import __version__
+
+    return {"landscape_version": __version__, "torch_version": torch.__version__,
+            "numpy_version": np.__version__, "h5py_version": h5py.__version__,
+            "python_version": platform.python_version()}
+
+
+def _open(path: Path, mode: str) -> h5py.File:
+    try:
+        return h5py.File(path, mode)
+    except OSError as err:
+        raise LandscapeError(
+            f"{path}: not a readable HDF5 file (truncated or corrupt?): {err}; "
+            "it was left untouched") from None
+
+
+def _check_landscape(f: h5py.File, path: Path, kind: str | tuple[str, ...] | None) -> None:
+    if f.attrs.get("format") != FORMAT:
+        raise LandscapeError(f"{path}: not a landscape result file (no format='{FORMAT}')")
+    if int(f.attrs.get("format_version", -1)) > FORMAT_VERSION:
+        raise LandscapeError(
+            f"{path}: format version {f.attrs['format_version']} is newer than this "
+            f"library's ({FORMAT_VERSION}); upgrade landscape")
+    kinds = (kind,) if isinstance(kind, str) else kind
+    if kinds and f.attrs.get("kind") not in kinds:
+        raise LandscapeError(
+            f"{path}: holds a {f.attrs.get('kind')!r} result, expected {' or '.join(kinds)}")
+
+
+def _differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
+    old, new = _jsonable(old), _jsonable(new)
+    return [f"{k}: {old.get(k, '<unset>')!r} -> {new.get(k, '<unset>')!r}"
+            for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+
+
+def create(path: str | Path, kind: str, settings: Mapping[str, Any],
+           attrs: Mapping[str, Any] | None = None, overwrite: bool = False) -> h5py.File:
+    """Open ``path`` for writing a ``kind`` result computed with ``settings``.
+
+    A new file gets the root attributes; an existing one with the same ``settings_hash`` is
+    opened for resuming (``r+``); one with different settings raises a LandscapeError that
+    names each difference, unless ``overwrite`` (then it is replaced). A file that is not a
+    readable landscape file is never overwritten without ``overwrite``.
+    """
+    path = Path(path)
+    digest = settings_hash(settings)
+    if path.exists() and not overwrite:
+        f = _open(path, "r+")
+        try:
+            _check_landscape(f, path, kind)
+            if f.attrs.get("settings_hash") != digest:
+                old = json.loads(f.attrs.get("settings", "{}"))
+                diff = "; ".join(_differences(old, settings))
+                raise LandscapeError(
+                    f"{path} was computed with other settings ({diff}); "
+                    "use --overwrite to replace it or choose another --out")
+        except LandscapeError:
+            f.close()
+            raise
+        return f
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.exists():
+        path.unlink()
+    f = h5py.File(path, "w")
+    f.attrs.update({"format": FORMAT, "format_version": FORMAT_VERSION, "kind": kind,
+                    "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                    **versions(),
+                    "settings": json.dumps(_jsonable(settings), sort_keys=True, default=str),
+                    "settings_hash": digest})
+    write_attrs(f, attrs or {})
+    f.flush()
+    return f
+
+
+def write_attrs(obj: h5py.File | h5py.Group | h5py.Dataset, attrs: Mapping[str, Any]) -> None:
+    """Set attributes; dicts and lists of strings are stored as JSON text."""
+    for key, value in attrs.items():
+        if value is None:
+            continue
+        if isinstance(value, Mapping) or (
+                isinstance(value, list | tuple) and any(isinstance(v, str | list) for v in value)):
+            value = json.dumps(_jsonable(value), default=str)
+        obj.attrs[key] = value
+
+
+def open_result(path: str | Path, kind: str | tuple[str, ...] | None = None) -> h5py.File:
+    """Open a landscape result read-only, checking format and (optionally) kind."""
+    path = Path(path)
+    if not path.exists():
+        raise LandscapeError(f"{path}: no such file")
+    f = _open(path, "r")
+    try:
+        _check_landscape(f, path, kind)
+    except LandscapeError:
+        f.close()
+        raise
+    return f
+
+
+def write_arrays(group: h5py.File | h5py.Group, arrays: Mapping[str, Any],
+                 attrs: Mapping[str, Mapping[str, Any]] | None = None) -> None:
+    """Write (or replace) datasets ``name -> array`` under ``group`` and flush."""
+    for name, value in arrays.items():
+        if name in group:
+            del group[name]
+        group.create_dataset(name, data=np.asarray(value))
+        if attrs and name in attrs:
+            write_attrs(group[name], attrs[name])
+    group.file.flush()
+
+
+def read_attrs(obj: h5py.File | h5py.Group | h5py.Dataset) -> dict[str, Any]:
+    """Attributes as Python values, JSON text decoded back into dicts and lists."""
+    out: dict[str, Any] = {}
+    for key, value in obj.attrs.items():
+        if isinstance(value, bytes):
+            value = value.decode()
+        if isinstance(value, str) and value[:1] in "[{":
+            try:
+                value = json.loads(value)
+            except json.JSONDecodeError:
+                pass
+        elif isinstance(value, np.generic):
+            value = value.item()
+        out[key] = value
+    return out
+
+
+def read_settings(f: h5py.File) -> dict[str, Any]:
+    """The settings a result was computed with."""
+    return json.loads(f.attrs.get("settings", "{}"))
