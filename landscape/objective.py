@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import os
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -45,9 +46,11 @@ LOSSES = ("cross_entropy", "mse")
 
 
 def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
-    """``"auto"`` -> CUDA when available, else CPU."""
+    """``"auto"`` -> CUDA when available (this rank's GPU under torchrun), else CPU."""
     if device is None or device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if torch.cuda.is_available():
+            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        return torch.device("cpu")
     device = torch.device(device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise LandscapeError("device 'cuda' requested but no CUDA device is available")
@@ -188,8 +191,11 @@ class Objective:
 
     def forward(self, theta: Tensor, x: Tensor, buffers: dict[str, Tensor] | None = None,
                 ) -> Tensor:
-        """Model outputs at flat parameters ``theta[P]`` on inputs ``x`` (eval mode)."""
-        state = {**self.space.unflatten(theta), **(self.buffers if buffers is None else buffers)}
+        """Model outputs at flat parameters ``theta[P]`` on inputs ``x`` (eval mode).
+
+        ``buffers`` overrides some or all of the model's buffers (BatchNorm statistics).
+        """
+        state = {**self.space.unflatten(theta), **self.buffers, **(buffers or {})}
         return functional_call(self.model, state, (x,))
 
     def batch_loss(self, theta: Tensor, x: Tensor, y: Tensor) -> Tensor:
@@ -221,27 +227,32 @@ class Objective:
     # ----------------------------------------------------------------------------------
     # evaluation at many points
     @torch.no_grad()
-    def _eval_loop(self, points: Tensor) -> Tensor:
+    def _eval_loop(self, points: Tensor, buffers: dict[str, Tensor] | None = None) -> Tensor:
         out = torch.zeros(points.shape[0], 2, dtype=torch.float64, device=self.device)
         for k, theta in enumerate(points):
-            buffers = self._recomputed_buffers(theta) if self.bn == "recompute" else None
+            if self.bn == "recompute":
+                buffers_k = self._recomputed_buffers(theta)
+            else:
+                buffers_k = {name: b[k] for name, b in (buffers or {}).items()}
             for x, y in self._chunks():
-                loss, correct = self._stats(self.forward(theta, x, buffers), y)
+                loss, correct = self._stats(self.forward(theta, x, buffers_k), y)
                 out[k, 0] += loss
                 out[k, 1] += correct
         return out
 
     @torch.no_grad()
-    def _eval_vmap(self, points: Tensor) -> Tensor:
-        def stats(theta: Tensor, x: Tensor, y: Tensor) -> Tensor:
-            return torch.stack(self._stats(self.forward(theta, x), y))
+    def _eval_vmap(self, points: Tensor, buffers: dict[str, Tensor] | None = None) -> Tensor:
+        def stats(theta: Tensor, buf: dict[str, Tensor], x: Tensor, y: Tensor) -> Tensor:
+            return torch.stack(self._stats(self.forward(theta, x, buf), y))
 
-        batched = vmap(stats, in_dims=(0, None, None))
+        buffers = buffers or {}
+        batched = vmap(stats, in_dims=(0, 0 if buffers else None, None, None))
         out = torch.zeros(points.shape[0], 2, dtype=torch.float64, device=self.device)
         for start in range(0, points.shape[0], self.point_chunk):
-            chunk = points[start : start + self.point_chunk]
+            sel = slice(start, start + self.point_chunk)
+            buf = {name: b[sel] for name, b in buffers.items()}
             for x, y in self._chunks():
-                out[start : start + chunk.shape[0]] += batched(chunk, x, y)
+                out[sel] += batched(points[sel], buf, x, y)
         return out
 
     def _choose_strategy(self, points: Tensor) -> str:
@@ -256,10 +267,10 @@ class Objective:
         try:
             timings = {}
             for name, fn in (("loop", self._eval_loop), ("vmap", self._eval_vmap)):
-                fn(sample[:1] if name == "loop" else sample)  # warm-up
+                fn(sample[:1] if name == "loop" else sample, None)  # warm-up
                 self._sync()
                 t0 = time.perf_counter()
-                fn(sample)
+                fn(sample, None)
                 self._sync()
                 timings[name] = time.perf_counter() - t0
         except (RuntimeError, NotImplementedError):
@@ -272,9 +283,12 @@ class Objective:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
 
-    def evaluate(self, points: Tensor) -> dict[str, Tensor]:
+    def evaluate(self, points: Tensor, buffers: dict[str, Tensor] | None = None,
+                 ) -> dict[str, Tensor]:
         """Mean loss (and accuracy, for classification) at each of ``points[K, P]``.
 
+        ``buffers`` optionally gives per-point buffers ``name -> [K, ...]`` (e.g. BatchNorm
+        statistics interpolated between two models); the others stay the model's.
         Returns float64 CPU tensors of shape [K]. Cost: K forward passes over the split.
         On a CUDA out-of-memory error the chunk sizes are halved and the call goes on.
         """
@@ -283,16 +297,25 @@ class Objective:
             points = points[None]
         self.space.check(points)
         points = points.to(self.device, self.dtype)
-        if self.strategy == "auto":
-            self.strategy = self._choose_strategy(points)
+        if buffers:
+            unknown = set(buffers) - set(self.buffers)
+            if unknown:
+                raise LandscapeError(f"unknown buffers {sorted(unknown)}")
+            buffers = {k: v.to(self.device, self.buffers[k].dtype) for k, v in buffers.items()}
+        strategy = self.strategy
+        if strategy == "auto":
+            if points.shape[0] >= 2:
+                self.strategy = strategy = self._choose_strategy(points)
+            else:
+                strategy = "loop"
         while True:
             try:
                 with self._precision():
-                    fn = self._eval_vmap if self.strategy == "vmap" else self._eval_loop
-                    sums = fn(points)
+                    fn = self._eval_vmap if strategy == "vmap" else self._eval_loop
+                    sums = fn(points, buffers)
                 break
             except torch.OutOfMemoryError:
-                if self.strategy == "vmap" and self.point_chunk > 1:
+                if strategy == "vmap" and self.point_chunk > 1:
                     self.point_chunk //= 2
                 elif self.batch_size > 1:
                     self.batch_size //= 2

@@ -51,7 +51,7 @@ def versions() -> dict[str, str]:
 
     from landscape import __version__
 
-    return {"landscape_version": __version__, "torch_version": torch.__version__,
+    return {"landscape_version": __version__, "torch_version": str(torch.__version__),
             "numpy_version": np.__version__, "h5py_version": h5py.__version__,
             "python_version": platform.python_version()}
 
@@ -180,3 +180,21 @@ def read_attrs(obj: h5py.File | h5py.Group | h5py.Dataset) -> dict[str, Any]:
 def read_settings(f: h5py.File) -> dict[str, Any]:
     """The settings a result was computed with."""
     return json.loads(f.attrs.get("settings", "{}"))
+
+
+def describe(path: str | Path) -> dict[str, Any]:
+    """Summary of a result file: kind, attributes, settings, datasets and their shapes,
+    and for grids how many points are done."""
+    with open_result(path) as f:
+        attrs = read_attrs(f)
+        datasets: dict[str, list[int]] = {}
+        f.visititems(lambda name, obj: datasets.__setitem__(name, list(obj.shape))
+                     if isinstance(obj, h5py.Dataset) else None)
+        info = {"file": str(path), "kind": attrs.get("kind"),
+                "format_version": attrs.get("format_version"), "created": attrs.get("created"),
+                "settings": read_settings(f), "datasets": datasets,
+                "attrs": {k: v for k, v in attrs.items() if k not in ("settings",)}}
+        if "done" in f:
+            done = f["done"][()]
+            info["done"], info["total"] = int(done.sum()), int(done.size)
+        return info

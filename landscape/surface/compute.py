@@ -1,0 +1,238 @@
+"""Evaluate a 1D or 2D grid of parameter points and keep it in a resumable HDF5 file.
+
+The point at grid index ``(i, j)`` is ``origin + x[j] * directions[0] + y[i] * directions[1]``.
+Values are stored as ``[len(y), len(x)]`` arrays (``[len(x)]`` in 1D), one per split and
+metric (``train_loss``, ``test_acc``, ...), NaN where not yet computed, with a ``done`` mask.
+Each chunk of points is written and flushed before the next is computed, so a killed run
+loses at most one chunk, and re-running the same computation continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+import torch
+from torch import Tensor
+
+from landscape import distributed, store
+from landscape.errors import LandscapeError
+from landscape.objective import Objective
+from landscape.progress import progress
+from landscape.surface.directions import cosine
+from landscape.surface.grid import parse_range
+
+AXES = ("x", "y")
+
+
+@dataclass
+class Surface:
+    """A stored surface: coordinates, values per ``<split>_<metric>``, the ``done`` mask."""
+
+    path: Path
+    x: np.ndarray
+    y: np.ndarray | None
+    values: dict[str, np.ndarray]
+    done: np.ndarray
+    attrs: dict[str, Any]
+    extras: dict[str, np.ndarray] = field(default_factory=dict)
+
+    @property
+    def complete(self) -> bool:
+        return bool(self.done.all())
+
+    @property
+    def n_nonfinite(self) -> int:
+        """Number of computed values that are NaN or infinite (far from the minimum)."""
+        return int(sum((~np.isfinite(v[self.done])).sum() for v in self.values.values()))
+
+
+def _digest(t: Tensor) -> str:
+    return hashlib.sha256(t.detach().to("cpu", torch.float32).contiguous().numpy().tobytes()
+                          ).hexdigest()[:16]
+
+
+def load_surface(path: str | Path) -> Surface:
+    """Read a surface (or trajectory/interpolation) file written by :func:`compute_surface`."""
+    path = Path(path)
+    with store.open_result(path, kind=("surface", "interpolation", "plane", "trajectory")) as f:
+        if "done" not in f or "x" not in f:
+            raise LandscapeError(f"{path}: no 'x' coordinates or 'done' mask: not a surface")
+        shape = f["done"].shape
+        values = {k: f[k][()] for k in f if isinstance(f[k], h5py.Dataset)
+                  and f[k].shape == shape and k != "done"}
+        extras = {f"path/{k}": f["path"][k][()] for k in f.get("path", {})}
+        return Surface(path, f["x"][()], f["y"][()] if "y" in f else None, values,
+                       f["done"][()].astype(bool), store.read_attrs(f), extras)
+
+
+def _init_file(f: h5py.File, x: np.ndarray, y: np.ndarray | None, names: Sequence[str],
+               origin: Tensor, directions: Tensor, layout: dict,
+               direction_attrs: Sequence[Mapping[str, Any]], buffer_origin: Mapping[str, Tensor],
+               buffer_directions: Sequence[Mapping[str, Tensor]] | None,
+               extras: Mapping[str, np.ndarray]) -> None:
+    """Create the datasets of a new surface file (coordinates as HDF5 dimension scales)."""
+    coords = [f.create_dataset("x", data=x)]
+    if y is not None:
+        coords.insert(0, f.create_dataset("y", data=y))
+    for c, axis in zip(coords, ("y", "x") if y is not None else ("x",)):
+        c.make_scale(axis)
+    shape = tuple(len(c) for c in coords)
+    for name in [*names, "done"]:
+        ds = f.create_dataset(name, shape=shape, dtype=bool if name == "done" else "f8",
+                              fillvalue=False if name == "done" else np.nan)
+        for dim, c in enumerate(coords):
+            ds.dims[dim].attach_scale(c)
+    f.create_dataset("origin", data=origin.detach().cpu().float().numpy())
+    store.write_attrs(f["origin"], {"layout": layout})
+    for axis, d, d_attrs in zip(AXES, directions, direction_attrs):
+        ds = f.create_dataset(f"directions/{axis}", data=d.detach().cpu().float().numpy())
+        store.write_attrs(ds, {**d_attrs, "norm_l2": float(d.double().norm())})
+    for name, b in buffer_origin.items():
+        f.create_dataset(f"buffers/origin/{name}", data=b.detach().cpu().numpy())
+    for axis, bdir in zip(AXES, buffer_directions or []):
+        for name, b in bdir.items():
+            f.create_dataset(f"buffers/{axis}/{name}", data=b.detach().cpu().numpy())
+    for name, value in extras.items():
+        f.create_dataset(name, data=np.asarray(value))
+
+
+def _point_buffers(coords: Tensor, origin: Mapping[str, Tensor],
+                   directions: Sequence[Mapping[str, Tensor]] | None,
+                   names: Sequence[str]) -> dict[str, Tensor] | None:
+    """Per-point buffers ``origin + sum_a coords[:, a] * directions[a]`` (None if fixed)."""
+    if not directions:
+        return None
+    out = {}
+    for k in names:
+        b0 = origin[k]
+        c = coords.to(b0.dtype).reshape(coords.shape[0], coords.shape[1], *[1] * b0.dim())
+        out[k] = b0[None] + sum(c[:, a] * d[k].to(b0)[None] for a, d in enumerate(directions))
+    return out
+
+
+def compute_surface(objectives: Objective | Mapping[str, Objective], out: str | Path,
+                    x: Any, y: Any = None, *, directions: Tensor | Sequence[Tensor],
+                    origin: Tensor | None = None, kind: str = "surface",
+                    buffer_origin: Mapping[str, Tensor] | None = None,
+                    buffer_directions: Sequence[Mapping[str, Tensor]] | None = None,
+                    direction_attrs: Sequence[Mapping[str, Any]] | None = None,
+                    settings: Mapping[str, Any] | None = None,
+                    attrs: Mapping[str, Any] | None = None,
+                    extras: Mapping[str, np.ndarray] | None = None,
+                    overwrite: bool = False, chunk: int | None = None,
+                    show_progress: bool = True) -> Surface | None:
+    """Evaluate every grid point not yet done and store it in ``out`` (HDF5).
+
+    Args:
+        objectives: an :class:`Objective`, or ``{split: Objective}`` (same model).
+        x, y: coordinate ranges (``"MIN:MAX:NUM"`` or arrays); ``y=None`` for a 1D curve.
+        directions: one (1D) or two (2D) flat directions ``[P]``.
+        origin: the centre ``[P]`` (default: the model's own parameters).
+        buffer_origin, buffer_directions: buffers (BatchNorm statistics) at the origin and their
+            change per unit of each coordinate (interpolations between models); default fixed.
+        settings: what else determines the numbers (hashed; a different hash is refused).
+        chunk: points per evaluation call and per flush.
+
+    Cost: one forward pass over each split per point. Under ``torchrun`` the points are split
+    among ranks and rank 0 writes; other ranks return None.
+    """
+    objs = {"train": objectives} if isinstance(objectives, Objective) else dict(objectives)
+    first = next(iter(objs.values()))
+    space = first.space
+    x = parse_range(x)
+    y = None if y is None else parse_range(y)
+    dirs = torch.stack([d.to(first.device, first.dtype) for d in (
+        [directions] if isinstance(directions, Tensor) and directions.dim() == 1 else directions)])
+    if dirs.shape[0] != (1 if y is None else 2):
+        raise LandscapeError(f"a {'1D' if y is None else '2D'} grid needs "
+                             f"{1 if y is None else 2} direction(s), got {dirs.shape[0]}")
+    space.check(dirs)
+    origin = (first.theta0 if origin is None else origin).to(first.device, first.dtype)
+    space.check(origin)
+    buffer_origin = {k: v.to(first.device) for k, v in (
+        buffer_origin if buffer_origin is not None else first.buffers).items()}
+    floating = [k for k, v in buffer_origin.items() if torch.is_floating_point(v)]
+    names = [f"{split}_{m}" for split, o in objs.items()
+             for m in (("loss", "acc") if o.is_classification else ("loss",))]
+    full_settings = {
+        **(settings or {}), "kind": kind, "x": x.tolist(), "y": None if y is None else y.tolist(),
+        "splits": list(objs),
+        "objectives": {s: {k: v for k, v in o.settings().items() if k != "device"}
+                       for s, o in objs.items()},
+        "origin_sha": _digest(origin), "directions_sha": [_digest(d) for d in dirs],
+        "buffer_directions_sha": [_digest(torch.cat([b[k].reshape(-1).float() for k in floating]))
+                                  for b in buffer_directions] if buffer_directions else None,
+    }
+    shape = (len(x),) if y is None else (len(y), len(x))
+    rank, world = distributed.rank_and_world()
+
+    f = None
+    if rank == 0:
+        f = store.create(out, kind, full_settings, {
+            **(attrs or {}), "device": str(first.device), "precision": first.precision,
+            "bn": first.bn, "loss": first.loss_name, "splits": list(objs), "metrics": names,
+            "ndim": len(shape),
+            "cosine_xy": cosine(dirs[0], dirs[1]) if len(dirs) == 2 else None},
+            overwrite=overwrite)
+        if "done" not in f:
+            _init_file(f, x, y, names, origin, dirs, space.layout(),
+                       direction_attrs or [{}] * len(dirs), buffer_origin, buffer_directions,
+                       extras or {})
+            f.flush()
+        if "center_" + names[0] not in f.attrs:  # the centre is evaluated even off the grid
+            for split, o in objs.items():
+                for m, v in o.evaluate(origin[None]).items():
+                    f.attrs[f"center_{split}_{m}"] = float(v[0])
+            f.flush()
+        done = f["done"][()].reshape(-1)
+        arrays = {n: f[n][()].reshape(-1) for n in names}
+        pending = np.flatnonzero(~done)
+    else:
+        pending = None
+    pending = distributed.broadcast(pending)
+    grid = np.stack(np.meshgrid(y if y is not None else [0.0], x, indexing="ij"), -1)
+    grid = grid.reshape(-1, 2)[:, ::-1][:, : len(dirs)]  # flat index -> (x, y) coordinates
+    size = chunk or min(64, max(8, first.point_chunk if first.strategy == "vmap" else 8))
+    chunks = [pending[i : i + size] for i in range(0, len(pending), size)]
+    bar = progress(total=len(pending), desc=f"{kind} {Path(out).name}", unit="pt",
+                   disable=None if show_progress and rank == 0 else True)
+    try:
+        for r in range(0, len(chunks), world):
+            mine = chunks[r + rank] if r + rank < len(chunks) else np.array([], dtype=int)
+            results = {}
+            if len(mine):
+                coords = torch.as_tensor(grid[mine], dtype=first.dtype, device=first.device)
+                points = origin[None] + coords @ dirs
+                buffers = _point_buffers(coords, buffer_origin, buffer_directions, floating)
+                for split, o in objs.items():
+                    for m, v in o.evaluate(points, buffers).items():
+                        results[f"{split}_{m}"] = v.numpy()
+            for idx, res in distributed.all_gather((mine, results)):
+                if rank == 0 and len(idx):
+                    for n in names:
+                        arrays[n][idx] = res[n]
+                    done[idx] = True
+            if rank == 0:
+                for n in names:
+                    f[n][...] = arrays[n].reshape(shape)
+                f["done"][...] = done.reshape(shape)
+                f.flush()
+                bar.update(sum(len(c) for c in chunks[r : r + world]))
+    finally:
+        bar.close()
+        if f is not None:
+            f.close()
+    if rank != 0:
+        return None
+    result = load_surface(out)
+    if result.n_nonfinite:
+        print(f"warning: {result.n_nonfinite} non-finite values in {out} (stored as they are)",
+              file=sys.stderr)
+    return result
