@@ -18,8 +18,9 @@ statistics), then evaluates in eval mode.
 
 Precision: ``float64`` (reference), ``float32``, ``tf32`` (float32 storage, TF32 matmuls and
 convolutions on NVIDIA GPUs; identical to float32 on the CPU) and ``bf16`` (float32 storage,
-bfloat16 autocast of the forward pass; the loss is reduced in float32). Measured errors are in
-``benchmarks/README.md``.
+bfloat16 autocast of loss evaluations; the loss is reduced in float32; gradients and
+Hessian products stay in float32). Measured errors are in ``benchmarks/README.md``.
+Derivatives always use the running BatchNorm statistics (``bn="eval"``).
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call, grad, grad_and_value, jvp, vjp, vmap
 
-from landscape.errors import LandscapeError, unknown_name
+from landscape.errors import LandscapeError, check_positive, unknown_name
 from landscape.params import ParamSpace
 
 PRECISIONS = ("float64", "float32", "tf32", "bf16")
@@ -112,6 +113,9 @@ class Objective:
             raise unknown_name("bn mode", bn, BN_MODES)
         if strategy not in STRATEGIES:
             raise unknown_name("strategy", strategy, STRATEGIES)
+        for name, value in (("batch_size", batch_size), ("point_chunk", point_chunk)):
+            if value is not None:
+                check_positive(name, value)
         if hvp_method not in ("fwd_rev", "double_backward"):
             raise unknown_name("hvp method", hvp_method, ("fwd_rev", "double_backward"))
         if isinstance(data, tuple | list):
@@ -181,11 +185,16 @@ class Objective:
     # ----------------------------------------------------------------------------------
     # the forward pass: nothing else calls the model
     @contextlib.contextmanager
-    def _precision(self) -> Iterator[None]:
+    def _precision(self, derivative: bool = False) -> Iterator[None]:
+        """TF32 and bf16 autocast as the precision asks; derivatives are never autocast to
+        bf16 (its BatchNorm backward fails under vmap), they run in float32 storage."""
+        if derivative and self.bn == "recompute":
+            raise LandscapeError("derivatives need bn='eval' (running statistics); "
+                                 "bn='recompute' is for loss evaluation only")
         with contextlib.ExitStack() as stack:
             if self.device.type == "cuda":
                 stack.enter_context(_cuda_tf32(self.precision == "tf32"))
-            if self.precision == "bf16":
+            if self.precision == "bf16" and not derivative:
                 stack.enter_context(torch.autocast(self.device.type, dtype=torch.bfloat16))
             yield
 
@@ -344,7 +353,7 @@ class Objective:
         theta = self._check(theta)
         fn = grad_and_value(self.batch_loss)
         total_g, total_l = torch.zeros_like(theta), 0.0
-        with self._precision():
+        with self._precision(derivative=True):
             for x, y in self._chunks():
                 g, value = fn(theta, x, y)
                 w = x.shape[0] / self.n
@@ -371,7 +380,7 @@ class Objective:
             def fn(t: Tensor, vs_: Tensor, x: Tensor, y: Tensor) -> Tensor:
                 return torch.stack([product(t, vi, x, y) for vi in vs_])
         out = torch.zeros_like(vs)
-        with self._precision():
+        with self._precision(derivative=True):
             for x, y in self._chunks():
                 out += (x.shape[0] / self.n) * fn(theta, vs, x, y)
         self.counts["hvp"] += vs.shape[0]
@@ -429,7 +438,7 @@ class Objective:
         fn = vmap(grad(one), in_dims=(None, 0, 0))
         chunk = max(1, min(self.batch_size, 2**22 // max(1, self.space.numel)))
         parts = []
-        with self._precision():
+        with self._precision(derivative=True):
             for start in range(0, idx.numel(), chunk):
                 sel = idx[start : start + chunk]
                 parts.append(fn(theta, self.x[sel], self.y[sel]))

@@ -32,8 +32,8 @@ def _jsonable(obj: Any) -> Any:
         return {str(k): _jsonable(v) for k, v in obj.items()}
     if isinstance(obj, list | tuple):
         return [_jsonable(v) for v in obj]
-    if isinstance(obj, np.generic):
-        return obj.item()
+    if isinstance(obj, np.generic | np.ndarray):
+        return obj.tolist()
     if isinstance(obj, Path):
         return str(obj)
     return obj
@@ -57,6 +57,9 @@ def versions() -> dict[str, str]:
 
 
 def _open(path: Path, mode: str) -> h5py.File:
+    if not h5py.is_hdf5(path):
+        raise LandscapeError(f"{path}: not an HDF5 file (empty, truncated or another format); "
+                             "it was left untouched")
     try:
         return h5py.File(path, mode)
     except OSError as err:
@@ -96,6 +99,7 @@ def create(path: str | Path, kind: str, settings: Mapping[str, Any],
     path = Path(path)
     digest = settings_hash(settings)
     if path.exists() and not overwrite:
+        _open(path, "r").close()  # validate read-only first: a bad file is left untouched
         f = _open(path, "r+")
         try:
             _check_landscape(f, path, kind)
@@ -115,23 +119,27 @@ def create(path: str | Path, kind: str, settings: Mapping[str, Any],
     f = h5py.File(path, "w")
     f.attrs.update({"format": FORMAT, "format_version": FORMAT_VERSION, "kind": kind,
                     "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                    **versions(),
-                    "settings": json.dumps(_jsonable(settings), sort_keys=True, default=str),
-                    "settings_hash": digest})
-    write_attrs(f, attrs or {})
+                    **versions(), "settings_hash": digest})
+    write_attrs(f, {"settings": dict(settings), **(attrs or {})})
     f.flush()
     return f
 
 
 def write_attrs(obj: h5py.File | h5py.Group | h5py.Dataset, attrs: Mapping[str, Any]) -> None:
-    """Set attributes; dicts and lists of strings are stored as JSON text."""
+    """Set attributes; dicts and lists holding strings or lists are stored as JSON text
+    (their names listed in the ``json_attrs`` attribute, so :func:`read_attrs` decodes them)."""
+    json_keys = set(json.loads(obj.attrs.get("json_attrs", "[]")))
     for key, value in attrs.items():
         if value is None:
             continue
         if isinstance(value, Mapping) or (
                 isinstance(value, list | tuple) and any(isinstance(v, str | list) for v in value)):
             value = json.dumps(_jsonable(value), default=str)
+            json_keys.add(key)
+        else:
+            json_keys.discard(key)
         obj.attrs[key] = value
+    obj.attrs["json_attrs"] = json.dumps(sorted(json_keys))
 
 
 def open_result(path: str | Path, kind: str | tuple[str, ...] | None = None) -> h5py.File:
@@ -161,18 +169,18 @@ def write_arrays(group: h5py.File | h5py.Group, arrays: Mapping[str, Any],
 
 
 def read_attrs(obj: h5py.File | h5py.Group | h5py.Dataset) -> dict[str, Any]:
-    """Attributes as Python values, JSON text decoded back into dicts and lists."""
+    """Attributes as plain Python values (JSON-encoded ones decoded, arrays as lists)."""
+    json_keys = set(json.loads(obj.attrs.get("json_attrs", "[]")))
     out: dict[str, Any] = {}
     for key, value in obj.attrs.items():
+        if key == "json_attrs":
+            continue
         if isinstance(value, bytes):
             value = value.decode()
-        if isinstance(value, str) and value[:1] in "[{":
-            try:
-                value = json.loads(value)
-            except json.JSONDecodeError:
-                pass
-        elif isinstance(value, np.generic):
-            value = value.item()
+        if key in json_keys:
+            value = json.loads(value)
+        elif isinstance(value, np.generic | np.ndarray):
+            value = value.tolist()
         out[key] = value
     return out
 

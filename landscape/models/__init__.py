@@ -1,0 +1,198 @@
+"""Model zoo: the architectures the loss-landscape literature uses, shaped to the dataset.
+
+``build_model(name, input_shape, num_outputs, **options)`` builds a registry model
+(``MODELS``) or a user factory (``"path/to/file.py:factory"``, ``"package.module:factory"``).
+``input_shape`` is the per-sample shape: ``(C, H, W)`` for images, ``(d,)`` for vectors.
+Every model is deterministic given ``torch.manual_seed`` (it draws its initial weights from
+the global generator) and starts in training mode.
+
+Registry (options in brackets):
+- ``mlp`` [``widths=(100, 100)``, ``bias=True``]: any input shape (flattened);
+- ``lenet``: LeNet-5; ``vgg9``: VGG-9 of Li et al. 2018;
+- ``resnet20``, ``resnet56``, ``resnet110`` [``shortcut="B"``], and
+  ``resnet20-noshort``, ``resnet56-noshort``, ``resnet110-noshort``; any ``resnet{6n+2}``
+  and ``resnet{6n+2}-noshort`` is accepted too;
+- ``wrn`` [``depth=16``, ``widen=4``, ``dropout=0.0``], ``wrn-16-4`` [``dropout``]; any
+  ``wrn-{6n+4}-{k}`` is accepted too.
+Image models need ``(C, H, W)`` inputs; all of them run on 8x8 digits and 32x32 CIFAR.
+
+``model_spec(...)`` returns a JSON-able dict (name, input shape, outputs, every option with
+its default filled in) that ``model_from_spec`` turns back into the same architecture.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import operator
+import re
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from torch import nn
+
+from landscape.errors import LandscapeError, unknown_name
+from landscape.models._common import check_positive_int
+from landscape.models.lenet import lenet
+from landscape.models.mlp import mlp
+from landscape.models.resnet import resnet
+from landscape.models.user import canonical_user_name, is_user_model, load_user_model
+from landscape.models.vgg import vgg9
+from landscape.models.wide_resnet import wide_resnet
+
+__all__ = ["MODELS", "build_model", "model_spec", "model_from_spec", "count_parameters"]
+
+Builder = Callable[..., nn.Module]
+
+
+def _resnet_builder(depth: int, skip: bool) -> Builder:
+    if skip:
+
+        def build(
+            input_shape: tuple[int, ...], num_outputs: int, *, shortcut: str = "B"
+        ) -> nn.Module:
+            return resnet(input_shape, num_outputs, depth=depth, skip=True, shortcut=shortcut)
+
+        build.__doc__ = f"ResNet-{depth} (He et al. 2016), shortcut option 'B' or 'A'."
+    else:
+
+        def build(input_shape: tuple[int, ...], num_outputs: int) -> nn.Module:
+            return resnet(input_shape, num_outputs, depth=depth, skip=False)
+
+        build.__doc__ = f"ResNet-{depth} without skip connections (Li et al. 2018)."
+    return build
+
+
+def _wrn_builder(depth: int, widen: int) -> Builder:
+    def build(input_shape: tuple[int, ...], num_outputs: int, *, dropout: float = 0.0) -> nn.Module:
+        return wide_resnet(input_shape, num_outputs, depth=depth, widen=widen, dropout=dropout)
+
+    build.__doc__ = f"WRN-{depth}-{widen} (Zagoruyko & Komodakis 2016)."
+    return build
+
+
+MODELS: dict[str, Builder] = {
+    "mlp": mlp,
+    "lenet": lenet,
+    "vgg9": vgg9,
+    **{f"resnet{d}": _resnet_builder(d, True) for d in (20, 56, 110)},
+    **{f"resnet{d}-noshort": _resnet_builder(d, False) for d in (20, 56, 110)},
+    "wrn": wide_resnet,
+    "wrn-16-4": _wrn_builder(16, 4),
+}
+"""Model name -> builder ``(input_shape, num_outputs, **options) -> nn.Module``."""
+
+_RESNET = re.compile(r"resnet(\d+)(-noshort)?")
+_WRN = re.compile(r"wrn-(\d+)-(\d+)")
+
+
+def _resolve(name: str) -> tuple[str, Builder]:
+    """Canonical registry name and builder for ``name`` (case and ``_``/``-`` insensitive)."""
+    key = name.strip().lower().replace("_", "-")
+    if key in MODELS:
+        return key, MODELS[key]
+    if m := _RESNET.fullmatch(key):
+        return key, _resnet_builder(int(m[1]), m[2] is None)
+    if m := _WRN.fullmatch(key):
+        return key, _wrn_builder(int(m[1]), int(m[2]))
+    raise unknown_name("model", name, MODELS)
+
+
+def _option_defaults(builder: Builder) -> dict[str, Any]:
+    params = inspect.signature(builder).parameters
+    return {n: p.default for n, p in params.items() if p.kind is inspect.Parameter.KEYWORD_ONLY}
+
+
+def _check_options(name: str, builder: Builder, options: Mapping[str, Any]) -> dict[str, Any]:
+    """Defaults updated with ``options``; a LandscapeError names an option the model lacks."""
+    defaults = _option_defaults(builder)
+    for key in options:
+        if key not in defaults:
+            known = ", ".join(defaults) or "none"
+            raise LandscapeError(f"model {name!r} has no option {key!r} (options: {known})")
+    return {**defaults, **options}
+
+
+def _check_shape(input_shape: Any) -> tuple[int, ...]:
+    if isinstance(input_shape, int | str) or not hasattr(input_shape, "__iter__"):
+        raise LandscapeError(f"input_shape must be a tuple of sizes, got {input_shape!r}")
+    shape = tuple(input_shape)
+    if not shape:
+        raise LandscapeError("input_shape must have at least one dimension")
+    sizes = []
+    for s in shape:
+        try:
+            sizes.append(operator.index(s))
+        except TypeError:
+            raise LandscapeError(f"input_shape sizes must be integers, got {shape!r}") from None
+    return tuple(check_positive_int("each input_shape size", s) for s in sizes)
+
+
+def build_model(
+    name: str, input_shape: tuple[int, ...], num_outputs: int, **options: Any
+) -> nn.Module:
+    """Build model ``name`` for samples of shape ``input_shape`` with ``num_outputs`` outputs.
+
+    ``name`` is a ``MODELS`` key (see the module docstring for the options each takes) or a
+    user factory ``"path/to/file.py:factory"`` / ``"package.module:factory"``. Unknown names,
+    options and invalid values raise a one-line LandscapeError. Cost: one model construction
+    (plus one dry forward pass of a single zero sample for LeNet and VGG-9).
+    """
+    shape = _check_shape(input_shape)
+    num_outputs = check_positive_int("num_outputs", num_outputs)
+    if is_user_model(name):
+        return load_user_model(name, shape, num_outputs, **options)
+    key, builder = _resolve(name)
+    _check_options(key, builder, options)
+    return builder(shape, num_outputs, **options)
+
+
+def _jsonable(value: Any, where: str) -> Any:
+    if isinstance(value, tuple | list):
+        return [_jsonable(v, where) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v, where) for k, v in value.items()}
+    try:
+        json.dumps(value)
+    except (TypeError, ValueError) as exc:
+        raise LandscapeError(f"model option {where!r} is not JSON-serializable: {value!r}") from exc
+    return value
+
+
+def model_spec(
+    name: str, input_shape: tuple[int, ...], num_outputs: int, **options: Any
+) -> dict[str, Any]:
+    """JSON-able description that rebuilds the same architecture with ``model_from_spec``.
+
+    Keys: ``name`` (canonical registry name, or the user factory with its file path made
+    absolute), ``input_shape`` (list), ``num_outputs``, ``options`` (for registry models every
+    option, defaults filled in). Validates name and options without building the model.
+    """
+    shape = _check_shape(input_shape)
+    num_outputs = check_positive_int("num_outputs", num_outputs)
+    if is_user_model(name):
+        canonical, full = canonical_user_name(name), dict(options)
+    else:
+        canonical, builder = _resolve(name)
+        full = _check_options(canonical, builder, options)
+    return {
+        "name": canonical,
+        "input_shape": list(shape),
+        "num_outputs": num_outputs,
+        "options": {k: _jsonable(v, k) for k, v in full.items()},
+    }
+
+
+def model_from_spec(spec: Mapping[str, Any]) -> nn.Module:
+    """Build the model described by a ``model_spec`` dict (e.g. read back from run.json)."""
+    missing = [k for k in ("name", "input_shape", "num_outputs") if k not in spec]
+    if missing:
+        raise LandscapeError(f"model spec lacks {missing[0]!r}")
+    return build_model(
+        spec["name"], tuple(spec["input_shape"]), spec["num_outputs"], **spec.get("options", {})
+    )
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Number of scalar parameters (trainable tensors; buffers not counted)."""
+    return sum(p.numel() for p in model.parameters())

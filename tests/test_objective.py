@@ -1,0 +1,607 @@
+"""Objective: every number against an independent reference.
+
+References: the model's own forward pass and ``torch.nn.functional`` losses, plain
+``torch.autograd`` gradients, full Hessians from ``torch.func.hessian`` of tiny float64
+models, explicitly formed Jacobians for the Gauss-Newton matrix, and
+``torch.optim.swa_utils.update_bn`` for recomputed BatchNorm statistics.
+"""
+
+from __future__ import annotations
+
+import copy
+import types
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.func import functional_call
+from torch.nn.utils import parameters_to_vector, vector_to_parameters
+from torch.optim.swa_utils import update_bn
+
+from landscape.errors import LandscapeError
+from landscape.objective import Objective
+
+N = 23  # number of samples: prime, so no batch size below it divides it
+CLASSES = 3
+
+
+# ---------------------------------------------------------------------------------------
+# tiny models and data, built by hand
+def _mlp(seed: int = 0, outputs: int = CLASSES) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(4, 6), nn.Tanh(), nn.Linear(6, outputs))
+
+
+def _conv_bn(seed: int = 0) -> nn.Module:
+    """Conv -> BatchNorm (non-trivial running statistics) -> tanh -> linear, 1x4x4 inputs."""
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.BatchNorm2d(2), nn.Tanh(),
+                          nn.Flatten(), nn.Linear(32, CLASSES))
+    bn = model[1]
+    with torch.no_grad():
+        bn.weight.uniform_(0.5, 1.5)
+        bn.bias.normal_(0.0, 0.3)
+        bn.running_mean.copy_(torch.tensor([0.3, -0.2]))
+        bn.running_var.copy_(torch.tensor([1.7, 0.6]))
+        bn.num_batches_tracked.fill_(5)
+    return model
+
+
+def _class_data(shape: tuple[int, ...] = (4,), n: int = N, seed: int = 1) -> tuple[Tensor, Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randn(n, *shape, generator=gen), torch.randint(0, CLASSES, (n,), generator=gen)
+
+
+def _reg_data(d: int = 2, n: int = N, seed: int = 2) -> tuple[Tensor, Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    y = torch.randn(n, d, generator=gen)
+    return torch.randn(n, 4, generator=gen), (y if d > 1 else y[:, 0])
+
+
+def _points(theta0: Tensor, k: int, scale: float = 0.3, seed: int = 3) -> Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    return theta0 + scale * torch.randn(k, theta0.numel(), generator=gen, dtype=theta0.dtype)
+
+
+def _with_params(model: nn.Module, theta: Tensor, dtype: torch.dtype) -> nn.Module:
+    """A deep copy of ``model`` in ``dtype``, eval mode, with flat parameters ``theta``."""
+    m = copy.deepcopy(model).to(dtype).eval()
+    vector_to_parameters(theta.to(dtype), m.parameters())
+    return m
+
+
+def _own_views(model: nn.Module, theta: Tensor) -> dict[str, Tensor]:
+    """Name -> tensor for a flat vector, in ``model.parameters()`` order (independent of
+    ParamSpace)."""
+    out, off = {}, 0
+    for name, p in model.named_parameters():
+        out[name] = theta[off : off + p.numel()].reshape(p.shape)
+        off += p.numel()
+    assert off == theta.numel()
+    return out
+
+
+def _ref_forward(model: nn.Module, dtype: torch.dtype = torch.float64):
+    """``theta -> outputs`` of ``model`` (eval mode, its own buffers), differentiable with
+    torch.func."""
+    m = copy.deepcopy(model).to(dtype).eval()
+    buffers = dict(m.named_buffers())
+
+    def fn(theta: Tensor, x: Tensor) -> Tensor:
+        return functional_call(m, {**_own_views(m, theta), **buffers}, (x.to(dtype),))
+    return fn
+
+
+def _ref_loss_fn(model: nn.Module, x: Tensor, y: Tensor, loss: str):
+    forward = _ref_forward(model)
+
+    def fn(theta: Tensor) -> Tensor:
+        out = forward(theta, x)
+        if loss == "cross_entropy":
+            return F.cross_entropy(out, y)
+        return F.mse_loss(out.reshape(y.shape), y.to(theta.dtype))
+    return fn
+
+
+# ---------------------------------------------------------------------------------------
+# value at the model's own parameters
+def test_loss_at_theta0_equals_model_cross_entropy_float32() -> None:
+    model = _mlp()
+    x, y = _class_data()
+    obj = Objective(model, (x, y), precision="float32", device="cpu", batch_size=7)
+    with torch.no_grad():
+        ref = F.cross_entropy(model(x), y).item()
+    assert torch.equal(obj.theta0, parameters_to_vector(model.parameters()).detach())
+    assert obj.theta0.dtype == torch.float32
+    assert obj.loss(obj.theta0) == pytest.approx(ref, rel=1e-6)
+
+
+def test_loss_at_theta0_equals_model_cross_entropy_float64() -> None:
+    model = _mlp()
+    x, y = _class_data()
+    obj = Objective(model, (x, y), precision="float64", device="cpu", batch_size=7)
+    with torch.no_grad():
+        m = copy.deepcopy(model).double()
+        ref = F.cross_entropy(m(x.double()), y).item()
+    assert obj.theta0.dtype == torch.float64
+    assert obj.loss(obj.theta0) == pytest.approx(ref, rel=1e-12, abs=0)
+
+
+@pytest.mark.parametrize("precision,rel", [("float32", 1e-6), ("float64", 1e-12)])
+@pytest.mark.parametrize("d", [1, 2])
+def test_mse_loss_equals_torch_mse_loss(precision: str, rel: float, d: int) -> None:
+    model = _mlp(outputs=d)
+    x, y = _reg_data(d)
+    obj = Objective(model, (x, y), precision=precision, device="cpu", batch_size=5)
+    assert obj.loss_name == "mse"  # float targets default to mse
+    dtype = obj.dtype
+    with torch.no_grad():
+        m = copy.deepcopy(model).to(dtype)
+        ref = F.mse_loss(m(x.to(dtype)).reshape(y.shape), y.to(dtype)).item()
+    result = obj.evaluate(obj.theta0[None])
+    assert "acc" not in result
+    assert float(result["loss"][0]) == pytest.approx(ref, rel=rel, abs=0)
+
+
+def test_accuracy_equals_model_accuracy_at_several_points() -> None:
+    model = _mlp()
+    x, y = _class_data()
+    obj = Objective(model, (x, y), device="cpu", batch_size=6)
+    points = _points(obj.theta0, 4, scale=0.5)
+    result = obj.evaluate(points)
+    for k in range(points.shape[0]):
+        m = _with_params(model, points[k], torch.float32)
+        with torch.no_grad():
+            out = m(x)
+        ref_acc = (out.argmax(1) == y).double().mean().item()
+        assert float(result["acc"][k]) == pytest.approx(ref_acc, abs=1e-12)
+        assert float(result["loss"][k]) == pytest.approx(F.cross_entropy(out, y).item(),
+                                                         rel=1e-6)
+    assert 0 < result["acc"].min() and result["acc"].max() < 1  # a non-trivial check
+
+
+def test_evaluate_returns_float64_cpu_vectors_of_length_k() -> None:
+    model = _mlp()
+    obj = Objective(model, _class_data(), device="cpu")
+    result = obj.evaluate(_points(obj.theta0, 5))
+    assert set(result) == {"loss", "acc"}
+    for value in result.values():
+        assert value.dtype == torch.float64 and value.shape == (5,)
+        assert value.device.type == "cpu"
+
+
+def test_default_loss_is_cross_entropy_for_integer_labels() -> None:
+    obj = Objective(_mlp(), _class_data(), device="cpu")
+    assert obj.loss_name == "cross_entropy" and obj.n == N
+
+
+def test_dataset_object_uses_named_split_and_its_loss() -> None:
+    model = _mlp(outputs=2)
+    train, test = _reg_data(2, n=N, seed=5), _reg_data(2, n=11, seed=6)
+    splits = {"train": train, "test": test}
+    data = types.SimpleNamespace(split=lambda name: splits[name], loss="mse")
+    obj = Objective(model, data, split="test", device="cpu", precision="float64")
+    assert obj.n == 11 and obj.loss_name == "mse"
+    with torch.no_grad():
+        ref = F.mse_loss(copy.deepcopy(model).double()(test[0].double()), test[1].double())
+    assert obj.loss(obj.theta0) == pytest.approx(ref.item(), rel=1e-12)
+
+
+# ---------------------------------------------------------------------------------------
+# batched evaluation
+@pytest.mark.parametrize("point_chunk,batch_size", [(1, 5), (3, 7), (4, N), (16, 10), (2, 40)])
+def test_vmap_evaluation_equals_point_at_a_time(point_chunk: int, batch_size: int) -> None:
+    model = _mlp()
+    x, y = _class_data()
+    ref_obj = Objective(model, (x, y), device="cpu", strategy="loop", batch_size=N)
+    points = _points(ref_obj.theta0, 7)
+    ref = ref_obj.evaluate(points)
+    obj = Objective(model, (x, y), device="cpu", strategy="vmap",
+                    point_chunk=point_chunk, batch_size=batch_size)
+    got = obj.evaluate(points)
+    torch.testing.assert_close(got["loss"], ref["loss"], rtol=1e-6, atol=0)
+    assert torch.equal(got["acc"], ref["acc"])
+    # and both equal the model itself at each point
+    for k in range(points.shape[0]):
+        with torch.no_grad():
+            own = F.cross_entropy(_with_params(model, points[k], torch.float32)(x), y).item()
+        assert float(got["loss"][k]) == pytest.approx(own, rel=1e-6)
+
+
+@pytest.mark.parametrize("strategy", ["auto", "vmap", "loop"])
+def test_batchnorm_eval_mode_loss_equals_model_eval_loss(strategy: str) -> None:
+    model = _conv_bn().train()
+    x, y = _class_data((1, 4, 4))
+    obj = Objective(model, (x, y), device="cpu", strategy=strategy, batch_size=6, point_chunk=2)
+    points = torch.cat([obj.theta0[None], _points(obj.theta0, 3, scale=0.2)])
+    result = obj.evaluate(points)
+    for k in range(points.shape[0]):
+        with torch.no_grad():
+            out = _with_params(model, points[k], torch.float32)(x)
+        assert float(result["loss"][k]) == pytest.approx(F.cross_entropy(out, y).item(),
+                                                         rel=1e-6)
+        assert float(result["acc"][k]) == pytest.approx(
+            (out.argmax(1) == y).double().mean().item(), abs=1e-12)
+    # batch statistics would give another number: the check above is not vacuous
+    with torch.no_grad():
+        train_mode = F.cross_entropy(copy.deepcopy(model).train()(x), y).item()
+    assert abs(train_mode - float(result["loss"][0])) > 1e-3
+
+
+@pytest.mark.parametrize("strategy", ["vmap", "loop"])
+def test_per_point_buffers_equal_model_with_those_buffers(strategy: str) -> None:
+    model = _conv_bn()
+    x, y = _class_data((1, 4, 4))
+    obj = Objective(model, (x, y), device="cpu", precision="float64", strategy=strategy,
+                    batch_size=6, point_chunk=2)
+    points = _points(obj.theta0, 3, scale=0.1)
+    gen = torch.Generator().manual_seed(8)
+    buffers = {"1.running_mean": torch.randn(3, 2, generator=gen, dtype=torch.float64),
+               "1.running_var": 0.5 + torch.rand(3, 2, generator=gen, dtype=torch.float64)}
+    got = obj.evaluate(points, buffers=buffers)["loss"]
+    plain = obj.evaluate(points)["loss"]
+    for k in range(3):
+        m = _with_params(model, points[k], torch.float64)
+        m[1].running_mean.copy_(buffers["1.running_mean"][k])
+        m[1].running_var.copy_(buffers["1.running_var"][k])
+        with torch.no_grad():
+            ref = F.cross_entropy(m(x.double()), y).item()
+        assert float(got[k]) == pytest.approx(ref, rel=1e-12)
+        assert abs(float(plain[k]) - ref) > 1e-3
+    with pytest.raises(LandscapeError):
+        obj.evaluate(points, buffers={"2.running_mean": buffers["1.running_mean"]})
+
+
+def _update_bn_reference(model: nn.Module, theta: Tensor, x: Tensor, y: Tensor,
+                         batch_size: int) -> float:
+    m = _with_params(model, theta, torch.float64)
+    batches = [x[s : s + batch_size].double() for s in range(0, x.shape[0], batch_size)]
+    update_bn(batches, m)
+    m.eval()
+    with torch.no_grad():
+        return F.cross_entropy(m(x.double()), y).item()
+
+
+@pytest.mark.parametrize("batch_size", [5, N])
+def test_bn_recompute_equals_update_bn_statistics(batch_size: int) -> None:
+    model = _conv_bn()
+    x, y = _class_data((1, 4, 4))
+    obj = Objective(model, (x, y), device="cpu", precision="float64", bn="recompute",
+                    batch_size=batch_size)
+    points = torch.cat([obj.theta0[None], _points(obj.theta0, 2, scale=0.3)])
+    got = obj.evaluate(points)["loss"]
+    evaluated = Objective(model, (x, y), device="cpu", precision="float64").evaluate(points)
+    for k in range(points.shape[0]):
+        ref = _update_bn_reference(model, points[k], x, y, batch_size)
+        assert float(got[k]) == pytest.approx(ref, rel=1e-10, abs=1e-12)
+        assert abs(float(evaluated["loss"][k]) - ref) > 1e-3  # recompute differs from eval
+
+
+def test_bn_recompute_of_subset_uses_subset_statistics() -> None:
+    model = _conv_bn()
+    x, y = _class_data((1, 4, 4))
+    obj = Objective(model, (x, y), device="cpu", precision="float64", bn="recompute",
+                    batch_size=4)
+    idx = torch.tensor([0, 3, 5, 8, 9, 13, 21])
+    sub = obj.subset(idx)
+    ref = _update_bn_reference(model, obj.theta0, x[idx], y[idx], 4)
+    assert sub.loss(sub.theta0) == pytest.approx(ref, rel=1e-10)
+
+
+# ---------------------------------------------------------------------------------------
+# derivatives
+@pytest.mark.parametrize("kind", ["mlp", "conv_bn", "mse"])
+def test_grad_equals_autograd_gradient_of_full_data_loss(kind: str) -> None:
+    if kind == "conv_bn":
+        model, (x, y), loss = _conv_bn(), _class_data((1, 4, 4)), "cross_entropy"
+    elif kind == "mse":
+        model, (x, y), loss = _mlp(outputs=2), _reg_data(2), "mse"
+    else:
+        model, (x, y), loss = _mlp(), _class_data(), "cross_entropy"
+    obj = Objective(model, (x, y), device="cpu", precision="float64", batch_size=7)
+    theta = _points(obj.theta0, 1, scale=0.2)[0]
+    m = _with_params(model, theta, torch.float64)
+    out = m(x.double())
+    ref_loss = (F.cross_entropy(out, y) if loss == "cross_entropy"
+                else F.mse_loss(out, y.double()))
+    ref_grad = torch.autograd.grad(ref_loss, list(m.parameters()))
+    ref_grad = torch.cat([g.reshape(-1) for g in ref_grad])
+    value, g = obj.loss_and_grad(theta)
+    torch.testing.assert_close(g, ref_grad, rtol=1e-12, atol=1e-12)
+    assert value == pytest.approx(ref_loss.item(), rel=1e-12)
+    torch.testing.assert_close(obj.grad(theta), ref_grad, rtol=1e-12, atol=1e-12)
+
+
+def _hessian_case(kind: str) -> tuple[Objective, Tensor, Tensor]:
+    """(objective, theta, full Hessian at theta) for a tiny float64 model."""
+    if kind == "mlp":
+        model, (x, y) = _mlp(), _class_data(n=11)
+    else:
+        model, (x, y) = _conv_bn(), _class_data((1, 4, 4), n=11)
+    obj = Objective(model, (x, y), device="cpu", precision="float64", batch_size=4)
+    theta = _points(obj.theta0, 1, scale=0.2)[0]
+    hess = torch.func.hessian(_ref_loss_fn(model, x, y, "cross_entropy"))(theta)
+    return obj, theta, hess
+
+
+@pytest.mark.parametrize("kind", ["mlp", "conv_bn"])
+@pytest.mark.parametrize("method", ["fwd_rev", "double_backward"])
+def test_hvp_equals_full_hessian_times_v(kind: str, method: str) -> None:
+    obj, theta, hess = _hessian_case(kind)
+    assert hess.abs().max() > 1e-3
+    gen = torch.Generator().manual_seed(4)
+    vs = torch.randn(3, theta.numel(), generator=gen, dtype=torch.float64)
+    single = obj.hvp(theta, vs[0], method=method)
+    assert single.shape == (theta.numel(),)
+    torch.testing.assert_close(single, hess @ vs[0], rtol=1e-10, atol=1e-12)
+    block = obj.hvp(theta, vs, method=method)
+    assert block.shape == vs.shape
+    torch.testing.assert_close(block, vs @ hess.T, rtol=1e-10, atol=1e-12)
+
+
+def test_hvp_method_set_at_construction_is_used() -> None:
+    model, (x, y) = _mlp(), _class_data(n=11)
+    obj = Objective(model, (x, y), device="cpu", precision="float64",
+                    hvp_method="double_backward")
+    theta = obj.theta0
+    hess = torch.func.hessian(_ref_loss_fn(model, x, y, "cross_entropy"))(theta)
+    v = torch.linspace(-1, 1, theta.numel(), dtype=torch.float64)
+    torch.testing.assert_close(obj.hvp(theta, v), hess @ v, rtol=1e-10, atol=1e-12)
+
+
+def _explicit_ggn(model: nn.Module, theta: Tensor, x: Tensor, y: Tensor, loss: str) -> Tensor:
+    """J^T H_out J averaged over samples, with J the Jacobian of the outputs."""
+    forward = _ref_forward(model)
+    out = forward(theta, x).detach()
+    jac = torch.func.jacrev(lambda t: forward(t, x))(theta)  # [n, C, P]
+    n, c = out.shape
+    if loss == "cross_entropy":
+        p = torch.softmax(out, dim=1)
+        h_out = torch.diag_embed(p) - p[:, :, None] * p[:, None, :]  # [n, C, C]
+    else:
+        h_out = (2.0 / c) * torch.eye(c, dtype=out.dtype).expand(n, c, c)
+    return torch.einsum("ncp,ncd,ndq->pq", jac, h_out, jac) / n
+
+
+@pytest.mark.parametrize("loss", ["cross_entropy", "mse"])
+def test_ggn_vp_equals_explicit_jacobian_product(loss: str) -> None:
+    if loss == "cross_entropy":
+        model, (x, y) = _mlp(), _class_data(n=11)
+    else:
+        model, (x, y) = _mlp(outputs=3), _reg_data(3, n=11)
+    obj = Objective(model, (x, y), device="cpu", precision="float64", batch_size=4, loss=loss)
+    theta = _points(obj.theta0, 1, scale=0.2)[0]
+    ggn = _explicit_ggn(model, theta, x, y, loss)
+    assert torch.linalg.eigvalsh(ggn).min() > -1e-12  # PSD, as a GGN must be
+    gen = torch.Generator().manual_seed(7)
+    vs = torch.randn(2, theta.numel(), generator=gen, dtype=torch.float64)
+    torch.testing.assert_close(obj.ggn_vp(theta, vs[0]), ggn @ vs[0], rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(obj.ggn_vp(theta, vs), vs @ ggn.T, rtol=1e-10, atol=1e-12)
+
+
+def test_ggn_equals_hessian_for_linear_model_with_mse() -> None:
+    torch.manual_seed(0)
+    model = nn.Linear(4, 2)
+    x, y = _reg_data(2)
+    obj = Objective(model, (x, y), device="cpu", precision="float64", batch_size=6)
+    hess = torch.func.hessian(_ref_loss_fn(model, x, y, "mse"))(obj.theta0)
+    v = torch.randn(3, obj.space.numel, dtype=torch.float64)
+    torch.testing.assert_close(obj.ggn_vp(obj.theta0, v), v @ hess.T, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(obj.hvp(obj.theta0, v), v @ hess.T, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("kind", ["mlp", "conv_bn"])
+def test_per_sample_grads_equal_individual_autograd_gradients(kind: str) -> None:
+    if kind == "mlp":
+        model, (x, y) = _mlp(), _class_data(n=9)
+    else:
+        model, (x, y) = _conv_bn(), _class_data((1, 4, 4), n=9)
+    obj = Objective(model, (x, y), device="cpu", precision="float64", batch_size=4)
+    theta = _points(obj.theta0, 1, scale=0.2)[0]
+    m = _with_params(model, theta, torch.float64)
+    ref = []
+    for i in range(x.shape[0]):
+        li = F.cross_entropy(m(x[i : i + 1].double()), y[i : i + 1])
+        ref.append(torch.cat([g.reshape(-1) for g in torch.autograd.grad(li, m.parameters())]))
+    ref = torch.stack(ref)
+    got = obj.per_sample_grads(theta)
+    assert got.shape == (x.shape[0], theta.numel())
+    torch.testing.assert_close(got, ref, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(got.mean(0), obj.grad(theta), rtol=1e-12, atol=1e-12)
+    idx = torch.tensor([5, 0, 8])
+    torch.testing.assert_close(obj.per_sample_grads(theta, idx), ref[idx], rtol=1e-12,
+                               atol=1e-12)
+
+
+def test_batch_loss_is_differentiable_with_torch_func() -> None:
+    model, (x, y) = _mlp(), _class_data(n=8)
+    obj = Objective(model, (x, y), device="cpu", precision="float64")
+    ref = torch.func.grad(_ref_loss_fn(model, x, y, "cross_entropy"))(obj.theta0)
+    got = torch.func.grad(obj.batch_loss)(obj.theta0, obj.x, obj.y)
+    torch.testing.assert_close(got, ref, rtol=1e-12, atol=1e-12)
+
+
+# ---------------------------------------------------------------------------------------
+# subsets, settings, side effects
+def test_subset_is_reproducible_and_has_n_samples() -> None:
+    model = _mlp()
+    x, y = _class_data()
+    obj = Objective(model, (x, y), device="cpu", precision="float64")
+    a, b, c = obj.subset(7, seed=3), obj.subset(7, seed=3), obj.subset(7, seed=4)
+    assert a.n == 7 and a.x.shape[0] == 7 and a.y.shape[0] == 7
+    assert torch.equal(a.x, b.x) and torch.equal(a.y, b.y)
+    assert not torch.equal(a.x, c.x)
+    # rows are distinct rows of the full data, labels kept with them
+    rows = [int(torch.nonzero((x.double() == r).all(1))[0, 0]) for r in a.x]
+    assert len(set(rows)) == 7
+    assert torch.equal(a.y, y[rows])
+    with torch.no_grad():
+        ref = F.cross_entropy(copy.deepcopy(model).double()(x[rows].double()), y[rows]).item()
+    assert a.loss(a.theta0) == pytest.approx(ref, rel=1e-12)
+    assert obj.n == N  # the parent is unchanged
+
+
+def test_subset_by_indices_equals_loss_on_those_samples() -> None:
+    model = _mlp()
+    x, y = _class_data()
+    obj = Objective(model, (x, y), device="cpu", precision="float64", batch_size=4)
+    idx = torch.tensor([2, 17, 4, 9, 11])
+    sub = obj.subset(idx)
+    with torch.no_grad():
+        ref = F.cross_entropy(copy.deepcopy(model).double()(x[idx].double()), y[idx]).item()
+    assert sub.n == 5
+    assert sub.loss(sub.theta0) == pytest.approx(ref, rel=1e-12)
+
+
+@pytest.mark.parametrize("size", [0, N + 1])
+def test_subset_size_out_of_range_raises(size: int) -> None:
+    obj = Objective(_mlp(), _class_data(), device="cpu")
+    with pytest.raises(LandscapeError):
+        obj.subset(size)
+
+
+@pytest.mark.parametrize("kwargs", [
+    {"precision": "float16"}, {"precision": "fp32"}, {"bn": "train"}, {"loss": "nll"},
+    {"strategy": "fastest"}, {"hvp_method": "exact"},
+])
+def test_bad_setting_names_raise_landscape_error(kwargs: dict) -> None:
+    with pytest.raises(LandscapeError, match=str(next(iter(kwargs.values())))):
+        Objective(_mlp(), _class_data(), device="cpu", **kwargs)
+
+
+def test_precision_error_suggests_close_name() -> None:
+    with pytest.raises(LandscapeError, match="float64"):
+        Objective(_mlp(), _class_data(), device="cpu", precision="float46")
+
+
+def test_length_mismatch_raises_landscape_error() -> None:
+    obj = Objective(_mlp(), _class_data(), device="cpu")
+    p = obj.space.numel
+    with pytest.raises(LandscapeError):
+        obj.evaluate(torch.zeros(2, p + 1))
+    with pytest.raises(LandscapeError):
+        obj.grad(torch.zeros(p - 1))
+    with pytest.raises(LandscapeError):
+        obj.hvp(obj.theta0, torch.zeros(p + 2))
+
+
+@pytest.mark.parametrize("kwargs", [{"batch_size": -1},
+                                    {"point_chunk": -2, "strategy": "vmap"}])
+def test_negative_chunk_sizes_raise_landscape_error(kwargs: dict) -> None:
+    with pytest.raises(LandscapeError):
+        obj = Objective(_mlp(), _class_data(), device="cpu", **kwargs)
+        obj.evaluate(_points(obj.theta0, 3))
+
+
+def test_bf16_loss_is_within_1e_2_of_float32() -> None:
+    model = _mlp()
+    x, y = _class_data()
+    f32 = Objective(model, (x, y), device="cpu", precision="float32", strategy="loop")
+    bf16 = Objective(model, (x, y), device="cpu", precision="bf16", strategy="loop")
+    points = torch.cat([f32.theta0[None], _points(f32.theta0, 3)])
+    ref, got = f32.evaluate(points)["loss"], bf16.evaluate(points)["loss"]
+    torch.testing.assert_close(got, ref, rtol=1e-2, atol=0)
+    assert not torch.equal(got, ref)  # bf16 autocast really ran
+
+
+def test_tf32_equals_float32_on_cpu() -> None:
+    model = _conv_bn()
+    x, y = _class_data((1, 4, 4))
+    kw = {"device": "cpu", "strategy": "loop", "batch_size": 6}
+    f32 = Objective(model, (x, y), precision="float32", **kw)
+    tf32 = Objective(model, (x, y), precision="tf32", **kw)
+    points = _points(f32.theta0, 3, scale=0.1)
+    assert torch.equal(tf32.evaluate(points)["loss"], f32.evaluate(points)["loss"])
+    assert torch.equal(tf32.grad(points[0]), f32.grad(points[0]))
+
+
+@pytest.mark.parametrize("strategy", ["auto", "loop"])
+def test_counts_increase_as_documented(strategy: str) -> None:
+    obj = Objective(_mlp(), _class_data(), device="cpu", strategy=strategy, batch_size=5)
+    assert obj.counts == {"forward": 0, "grad": 0, "hvp": 0, "per_sample": 0}
+    obj.evaluate(_points(obj.theta0, 3))
+    assert obj.counts["forward"] == 3
+    obj.loss(obj.theta0)
+    assert obj.counts["forward"] == 4
+    obj.grad(obj.theta0)
+    obj.loss_and_grad(obj.theta0)
+    assert obj.counts["grad"] == 2
+    v = torch.randn(3, obj.space.numel)
+    obj.hvp(obj.theta0, v[0])
+    obj.hvp(obj.theta0, v)
+    obj.hvp(obj.theta0, v[:2], method="double_backward")
+    assert obj.counts["hvp"] == 6
+    obj.per_sample_grads(obj.theta0, torch.arange(5))
+    assert obj.counts["per_sample"] == pytest.approx(5 / N)
+    obj.per_sample_grads(obj.theta0)
+    assert obj.counts["per_sample"] == pytest.approx(1 + 5 / N)
+    assert obj.counts["forward"] == 4 and obj.counts["grad"] == 2
+    assert obj.subset(5).counts == {"forward": 0, "grad": 0, "hvp": 0, "per_sample": 0}
+
+
+def test_model_parameters_and_buffers_are_bit_identical_after_everything() -> None:
+    model = _conv_bn().train()
+    x, y = _class_data((1, 4, 4))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    x_before, y_before = x.clone(), y.clone()
+    configs = [({"precision": "float32", "strategy": "vmap"}, ("hvp", "ggn", "psg")),
+               ({"precision": "float64", "strategy": "loop"}, ("hvp_db",)),
+               ({"precision": "float64", "bn": "recompute"}, ()),
+               ({"precision": "bf16", "strategy": "loop"}, ())]
+    for kw, extra in configs:
+        obj = Objective(model, (x, y), device="cpu", batch_size=7, point_chunk=2, **kw)
+        points = _points(obj.theta0, 3)
+        points_before = points.clone()
+        obj.evaluate(points)
+        if kw.get("bn") != "recompute":  # derivatives are refused under recompute
+            obj.loss_and_grad(points[0])
+        obj.subset(5).evaluate(points[:2])
+        if "hvp" in extra:
+            obj.hvp(points[0], points[:2])
+        if "hvp_db" in extra:
+            obj.hvp(points[0], points[1], method="double_backward")
+        if "ggn" in extra:
+            obj.ggn_vp(points[0], points[1])
+        if "psg" in extra:
+            obj.per_sample_grads(points[0], torch.arange(4))
+        assert torch.equal(points, points_before)
+    assert model.training and model[1].training
+    after = model.state_dict()
+    assert list(after) == list(before)
+    for k, v in before.items():
+        assert after[k].dtype == v.dtype
+        assert torch.equal(after[k], v), k
+    assert torch.equal(x, x_before) and torch.equal(y, y_before)
+
+
+def test_bn_recompute_loss_and_grad_value_agrees_with_loss_or_is_refused() -> None:
+    model = _conv_bn()
+    x, y = _class_data((1, 4, 4))
+    obj = Objective(model, (x, y), device="cpu", precision="float64", bn="recompute")
+    try:
+        value, _ = obj.loss_and_grad(obj.theta0)
+    except LandscapeError:
+        return
+    assert value == pytest.approx(obj.loss(obj.theta0), rel=1e-10)
+
+
+@pytest.mark.parametrize("method", ["ggn_vp", "per_sample_grads"])
+def test_bf16_batchnorm_per_sample_grads_and_ggn_are_close_to_float32_or_refused(
+        method: str) -> None:
+    model = _conv_bn()
+    x, y = _class_data((1, 4, 4), n=9)
+    results = {}
+    for precision in ("float32", "bf16"):
+        obj = Objective(model, (x, y), device="cpu", precision=precision, batch_size=4)
+        theta = obj.theta0
+        try:
+            if method == "ggn_vp":
+                results[precision] = obj.ggn_vp(theta, torch.linspace(-1, 1, theta.numel()))
+            else:
+                results[precision] = obj.per_sample_grads(theta)
+        except LandscapeError:
+            assert precision == "bf16"
+            return
+    err = (results["bf16"] - results["float32"]).norm() / results["float32"].norm()
+    assert err < 5e-2

@@ -1,0 +1,257 @@
+"""HDF5 store: creation attributes, resume, refusal of other settings, corrupt files."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import datetime
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+from landscape import __version__, store
+from landscape.errors import LandscapeError
+
+SETTINGS = {"lr": 0.125, "seed": 0, "grid": [-1.0, 1.0, 21], "model": {"name": "mlp"}}
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _valid_file(path: Path, kind: str = "surface") -> None:
+    """A landscape file big enough that half of it misses real data."""
+    with store.create(path, kind, SETTINGS) as f:
+        store.write_arrays(f, {"train_loss": np.linspace(0.0, 1.0, 4096).reshape(64, 64),
+                               "x": np.linspace(-1.0, 1.0, 64)})
+
+
+def test_create_writes_format_kind_versions_and_settings_hash(tmp_path: Path) -> None:
+    path = tmp_path / "sub" / "dir" / "r.h5"  # parent folders are created
+    with store.create(path, "surface", SETTINGS, attrs={"device": "cpu"}) as f:
+        assert f.mode == "r+"
+    with h5py.File(path, "r") as f:
+        attrs = dict(f.attrs)
+    assert attrs["format"] == "landscape"
+    assert int(attrs["format_version"]) == 1
+    assert attrs["kind"] == "surface"
+    assert attrs["device"] == "cpu"
+    assert attrs["torch_version"] == torch.__version__
+    assert attrs["h5py_version"] == h5py.__version__
+    assert attrs["numpy_version"] == np.__version__
+    assert attrs["landscape_version"] == __version__
+    assert datetime.fromisoformat(attrs["created"]).tzinfo is not None
+    assert json.loads(attrs["settings"]) == SETTINGS
+    digest = attrs["settings_hash"]
+    assert isinstance(digest, str) and len(digest) == 64 and int(digest, 16) >= 0
+    assert digest == store.settings_hash(SETTINGS)
+
+
+def test_settings_hash_depends_on_values_not_key_order() -> None:
+    reordered = dict(reversed(list(SETTINGS.items())))
+    assert store.settings_hash(reordered) == store.settings_hash(SETTINGS)
+    assert store.settings_hash({**SETTINGS, "lr": 0.25}) != store.settings_hash(SETTINGS)
+    assert store.settings_hash({**SETTINGS, "extra": None}) != store.settings_hash(SETTINGS)
+    nested = {**SETTINGS, "model": {"name": "mlp", "widths": [8]}}
+    assert store.settings_hash(nested) != store.settings_hash(SETTINGS)
+
+
+def test_reopening_with_same_settings_resumes_with_old_data(tmp_path: Path) -> None:
+    path = tmp_path / "r.h5"
+    with store.create(path, "surface", SETTINGS) as f:
+        store.write_arrays(f, {"done": np.array([True, False, False])})
+        created = f.attrs["created"]
+    # equivalent settings: other key order, tuple for list, numpy scalars
+    again = {"model": {"name": "mlp"}, "grid": (-1.0, 1.0, np.int64(21)),
+             "seed": np.int64(0), "lr": np.float64(0.125)}
+    with store.create(path, "surface", again) as f:
+        assert f.mode == "r+"
+        assert f.attrs["created"] == created
+        np.testing.assert_array_equal(f["done"][()], [True, False, False])
+        store.write_arrays(f, {"done": np.array([True, True, False]), "more": np.arange(3)})
+    with store.open_result(path, "surface") as f:
+        np.testing.assert_array_equal(f["done"][()], [True, True, False])
+        np.testing.assert_array_equal(f["more"][()], [0, 1, 2])
+
+
+def test_different_settings_raise_naming_key_and_both_values(tmp_path: Path) -> None:
+    path = tmp_path / "r.h5"
+    _valid_file(path)
+    before = _sha(path)
+    with pytest.raises(LandscapeError) as err:
+        store.create(path, "surface", {**SETTINGS, "lr": 0.5})
+    message = str(err.value)
+    assert "lr" in message and "0.125" in message and "0.5" in message
+    assert "seed" not in message and "grid" not in message  # only what differs
+    assert "\n" not in message
+    with pytest.raises(LandscapeError) as err:
+        store.create(path, "surface", {**SETTINGS, "optimizer": "sam"})
+    assert "optimizer" in str(err.value) and "sam" in str(err.value)
+    assert _sha(path) == before
+    with store.open_result(path) as f:  # still readable afterwards
+        assert f["train_loss"].shape == (64, 64)
+
+
+def test_overwrite_replaces_file_with_new_settings(tmp_path: Path) -> None:
+    path = tmp_path / "r.h5"
+    _valid_file(path)
+    new = {**SETTINGS, "lr": 0.5}
+    with store.create(path, "hessian", new, overwrite=True) as f:
+        assert "train_loss" not in f and "x" not in f
+        assert f.attrs["kind"] == "hessian"
+    with store.open_result(path, "hessian") as f:
+        assert store.read_settings(f) == new
+        assert f.attrs["settings_hash"] == store.settings_hash(new)
+
+
+def _truncate(path: Path) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+@pytest.mark.parametrize("damage", [
+    "truncated", "not_hdf5",
+    "empty",
+])
+def test_corrupt_file_raises_and_is_left_unchanged(tmp_path: Path, damage: str) -> None:
+    path = tmp_path / "r.h5"
+    if damage == "truncated":
+        _valid_file(path)
+        _truncate(path)
+    elif damage == "not_hdf5":
+        path.write_text("x,y,loss\n0,0,1.5\n" * 50)
+    else:
+        path.write_bytes(b"")
+    before = _sha(path)
+    with pytest.raises(LandscapeError):
+        store.open_result(path)
+    with pytest.raises(LandscapeError):
+        store.open_result(path, "surface")
+    with pytest.raises(LandscapeError):
+        store.create(path, "surface", SETTINGS)
+    assert _sha(path) == before
+
+
+def test_overwrite_replaces_a_corrupt_file(tmp_path: Path) -> None:
+    path = tmp_path / "r.h5"
+    _valid_file(path)
+    _truncate(path)
+    store.create(path, "surface", SETTINGS, overwrite=True).close()
+    with store.open_result(path, "surface") as f:
+        assert store.read_settings(f) == SETTINGS
+
+
+def test_hdf5_file_that_is_not_a_landscape_file_is_refused_and_unchanged(
+        tmp_path: Path) -> None:
+    path = tmp_path / "other.h5"
+    with h5py.File(path, "w") as f:
+        f["data"] = np.arange(100)
+    before = _sha(path)
+    with pytest.raises(LandscapeError, match="landscape"):
+        store.open_result(path)
+    with pytest.raises(LandscapeError, match="landscape"):
+        store.create(path, "surface", SETTINGS)
+    assert _sha(path) == before
+
+
+def test_open_result_wrong_kind_names_both_kinds(tmp_path: Path) -> None:
+    path = tmp_path / "r.h5"
+    _valid_file(path, kind="surface")
+    with pytest.raises(LandscapeError) as err:
+        store.open_result(path, "hessian")
+    assert "surface" in str(err.value) and "hessian" in str(err.value)
+    with pytest.raises(LandscapeError) as err:
+        store.create(path, "hessian", SETTINGS)
+    assert "surface" in str(err.value) and "hessian" in str(err.value)
+    with store.open_result(path, ("hessian", "surface")) as f:
+        assert f.attrs["kind"] == "surface"
+
+
+def test_open_result_is_read_only(tmp_path: Path) -> None:
+    path = tmp_path / "r.h5"
+    _valid_file(path)
+    with store.open_result(path) as f:
+        assert f.mode == "r"
+        with pytest.raises((OSError, ValueError, KeyError)):
+            f.create_dataset("new", data=np.arange(3))
+
+
+def test_open_result_missing_file_raises(tmp_path: Path) -> None:
+    with pytest.raises(LandscapeError):
+        store.open_result(tmp_path / "nope.h5")
+
+
+def test_newer_format_version_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "r.h5"
+    _valid_file(path)
+    with h5py.File(path, "r+") as f:
+        f.attrs["format_version"] = 99
+    with pytest.raises(LandscapeError, match="99"):
+        store.open_result(path)
+
+
+def test_write_arrays_replaces_datasets_and_sets_their_attrs(tmp_path: Path) -> None:
+    path = tmp_path / "r.h5"
+    with store.create(path, "surface", SETTINGS) as f:
+        store.write_arrays(f, {"a": np.zeros((2, 3))})
+        store.write_arrays(f, {"a": np.arange(5.0)}, attrs={"a": {"units": "nats",
+                                                                    "layout": {"n": [1, 2]}}})
+    with store.open_result(path) as f:
+        np.testing.assert_array_equal(f["a"][()], np.arange(5.0))
+        assert store.read_attrs(f["a"]) == {"units": "nats", "layout": {"n": [1, 2]}}
+
+
+NESTED = {"name": "resnet", "widths": [16, 32], "options": {"skip": True, "depth": 20},
+          "labels": ["a", "b"], "none": None, "ratio": 0.5}
+
+
+def test_attrs_round_trip_dicts_and_string_lists(tmp_path: Path) -> None:
+    values = {"spec": NESTED, "names": ["conv1.weight", "fc.bias"],
+              "shapes": [[4, 1, 3, 3], [10]], "mixed": [1, "two", 3.0],
+              "text": "landscape surface --steps 21", "count": 7, "scale": 0.25, "flag": True}
+    with store.create(tmp_path / "r.h5", "surface", SETTINGS) as f:
+        store.write_attrs(f, values)
+        got = store.read_attrs(f)
+    for key, value in values.items():
+        assert got[key] == value, key
+        assert type(got[key]) is type(value), key
+    assert got["settings"] == SETTINGS
+
+
+def test_attrs_numeric_lists_round_trip_values(tmp_path: Path) -> None:
+    with store.create(tmp_path / "r.h5", "surface", SETTINGS) as f:
+        store.write_attrs(f, {"ints": [1, 2, 3], "floats": (0.5, -1.5)})
+        got = store.read_attrs(f)
+    np.testing.assert_array_equal(got["ints"], [1, 2, 3])
+    np.testing.assert_array_equal(got["floats"], [0.5, -1.5])
+
+
+def test_write_attrs_skips_none(tmp_path: Path) -> None:
+    with store.create(tmp_path / "r.h5", "surface", SETTINGS) as f:
+        store.write_attrs(f, {"seed": None, "loss": "mse"})
+        assert "seed" not in f.attrs and f.attrs["loss"] == "mse"
+
+
+def test_attrs_numeric_lists_read_back_as_json_able_lists(tmp_path: Path) -> None:
+    with store.create(tmp_path / "r.h5", "surface", SETTINGS) as f:
+        store.write_attrs(f, {"ints": [1, 2, 3], "floats": [0.5, -1.5]})
+        got = store.read_attrs(f)
+    assert json.loads(json.dumps(got))["ints"] == [1, 2, 3]
+    assert got["ints"] == [1, 2, 3] and got["floats"] == [0.5, -1.5]
+
+
+def test_attrs_dict_with_numpy_array_round_trips(tmp_path: Path) -> None:
+    with store.create(tmp_path / "r.h5", "surface", SETTINGS) as f:
+        store.write_attrs(f, {"spec": {"input_shape": np.array([1, 8, 8])}})
+        got = store.read_attrs(f)
+    assert got["spec"] == {"input_shape": [1, 8, 8]}
+
+
+def test_attrs_plain_string_that_looks_like_json_round_trips(tmp_path: Path) -> None:
+    with store.create(tmp_path / "r.h5", "surface", SETTINGS) as f:
+        store.write_attrs(f, {"note": "[1, 2]"})
+        got = store.read_attrs(f)
+    assert got["note"] == "[1, 2]"
