@@ -41,6 +41,105 @@ def command_line() -> str:
 
 
 
+def _parse_widths(text: str) -> list[int]:
+    """``"100,100"`` -> ``[100, 100]``; ``""`` -> ``[]`` (a linear model)."""
+    try:
+        widths = [int(w) for w in text.split(",") if w.strip()]
+    except ValueError:
+        widths = [0]
+    if any(w <= 0 for w in widths):
+        raise LandscapeError(f"--widths must be comma-separated positive integers, got {text!r}")
+    return widths
+
+
+def _parse_model_options(pairs: tuple[str, ...]) -> dict[str, Any]:
+    """``("depth=16", "dropout=0.3")`` -> ``{"depth": 16, "dropout": 0.3}`` (JSON values)."""
+    options: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise LandscapeError(f"--model-option must be KEY=VALUE, got {pair!r}")
+        try:
+            options[key.strip()] = json.loads(value)
+        except ValueError:
+            options[key.strip()] = value
+    return options
+
+
+# defaults as in landscape.train.trainer.train (repeated so `landscape --help` needs no torch)
+@main.command("train")
+@click.option("--model", default="mlp", show_default=True,
+              help="Model name, or path/to/file.py:factory or package.module:factory.")
+@click.option("--widths", default=None, help="MLP hidden widths, comma-separated [100,100].")
+@click.option("--model-option", "model_option", multiple=True, metavar="KEY=VALUE",
+              help="Another model option (JSON value, e.g. dropout=0.3); repeatable.")
+@click.option("--dataset", default="digits", show_default=True,
+              help="digits, mnist, fashion-mnist, cifar10, cifar100, spirals, teacher.")
+@click.option("--data-dir", default=None, help="Directory with the dataset's files.")
+@click.option("--train-size", type=int, default=None, help="Use a subset of the train split.")
+@click.option("--optimizer", default="momentum", show_default=True,
+              help="sgd, momentum, nesterov, adagrad, rmsprop, adadelta, adam, adamw, lbfgs, "
+                   "svrg, sag, sam, asam.")
+@click.option("--lr", type=float, default=None,
+              help="Learning rate (default per optimizer: 0.05 for momentum).")
+@click.option("--momentum", type=float, default=None, help="Momentum (default per optimizer).")
+@click.option("--nesterov", is_flag=True, help="Nesterov momentum (sgd, sam, asam).")
+@click.option("--weight-decay", type=float, default=0.0, show_default=True)
+@click.option("--rho", type=float, default=None, help="SAM/ASAM radius [0.05 / 0.5].")
+@click.option("--batch-size", type=int, default=64, show_default=True)
+@click.option("--epochs", type=int, default=20, show_default=True)
+@click.option("--schedule", default="constant", show_default=True,
+              help="constant, step, cosine (per iteration).")
+@click.option("--warmup-epochs", type=int, default=0, show_default=True,
+              help="Linear warm-up epochs before the schedule.")
+@click.option("--step-size", type=int, default=None,
+              help="Epochs between step decays [a third of the epochs].")
+@click.option("--gamma", type=float, default=0.1, show_default=True,
+              help="Step-decay factor.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1.")
+@click.option("--amp", is_flag=True, help="bf16 autocast (CUDA only).")
+@click.option("--augment/--no-augment", default=None,
+              help="Random crop + flip on the device [on for CIFAR].")
+@click.option("--save-every", type=int, default=1, show_default=True,
+              help="Checkpoint every N epochs (plus the first and the last).")
+@click.option("--threads", type=int, default=None,
+              help="CPU threads [1 for tiny models, else torch's default].")
+@click.option("--out", default=None, help="Run directory [outputs/runs/<name>].")
+@click.option("--resume", is_flag=True, help="Continue from the run's last checkpoint.")
+@click.option("--overwrite", is_flag=True, help="Replace a run already in --out.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout.")
+def train_cmd(widths: str | None, model_option: tuple[str, ...], as_json: bool,
+              **kwargs: Any) -> None:
+    """Train a model and keep a run directory (checkpoints, history, run.json)."""
+    import time
+
+    from landscape.train import train
+
+    options = _parse_model_options(model_option)
+    if widths is not None:
+        options["widths"] = _parse_widths(widths)
+    t0 = time.perf_counter()
+    run = train(model_options=options or None, **kwargs)
+    last = run.history[-1]
+    summary = {"run": str(run.path), "epochs": last["epoch"],
+               **{k: last[k] for k in ("train_loss", "train_acc", "test_loss", "test_acc")},
+               "train_seconds": sum(r["seconds"] for r in run.history),
+               "wall_seconds": time.perf_counter() - t0, "config": run.config}
+    if as_json:
+        echo_json(summary)
+        return
+
+    def acc(value: float | None) -> str:
+        return "" if value is None else f" acc {value:.2%}"
+
+    click.echo(f"{run.config['model']} on {run.config['dataset']}, {run.config['optimizer']} "
+               f"lr {run.config['lr']:g}, {last['epoch']} epochs: train loss "
+               f"{last['train_loss']:.4g}{acc(last['train_acc'])}, test loss "
+               f"{last['test_loss']:.4g}{acc(last['test_acc'])} "
+               f"({summary['wall_seconds']:.1f} s) -> {run.path}")
+
+
 def engine_options(fn: Callable) -> Callable:
     """The evaluation-engine options shared by every command that measures a run."""
     options = [
@@ -84,6 +183,8 @@ def _surface_summary(surface: Any) -> dict[str, Any]:
 
 
 def _report_surface(surface: Any, as_json: bool) -> None:
+    if surface is None:  # a rank other than 0 under torchrun: rank 0 reports
+        return
     summary = _surface_summary(surface)
     if as_json:
         echo_json(summary)
@@ -197,7 +298,7 @@ def trajectory_cmd(run_dir: str, x: str | None, y: str | None, split: str, out: 
     result = trajectory(run_dir, x=x, y=y, split=split, out=out, overwrite=overwrite,
                         command=command_line(), **engine_kwargs(opts))
     _report_surface(result, as_json)
-    if not as_json:
+    if result is not None and not as_json:
         evr = result.attrs.get("explained_variance_ratio")
         click.echo(f"  explained variance: {evr[0]:.1%} (x), {evr[1]:.1%} (y); "
                    f"largest relative residual off the plane "
@@ -222,3 +323,306 @@ def info_cmd(file: str, as_json: bool) -> None:
     for name, shape in info["datasets"].items():
         click.echo(f"  {name:<32} {shape}")
     click.echo("  settings: " + json.dumps(info["settings"], default=str)[:2000])
+
+
+def _measure_options(fn: Callable) -> Callable:
+    """Options shared by `landscape sharpness` and `landscape noise` (BatchNorm: eval mode)."""
+    options = [
+        click.option("--run", "run_dir", type=click.Path(exists=True, file_okay=False),
+                     required=True, help="Run directory (from `landscape train`)."),
+        click.option("--split", type=click.Choice(["train", "test"]), default="train",
+                     show_default=True),
+        click.option("--subset", type=click.IntRange(min=1), default=None,
+                     help="Use a fixed random subset of this many samples (drawn from --seed)."),
+        click.option("--seed", type=int, default=0, show_default=True),
+        click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, ..."),
+        click.option("--precision", type=click.Choice(["float64", "float32", "tf32", "bf16"]),
+                     default="float32", show_default=True),
+        click.option("--out", type=click.Path(dir_okay=False), default=None,
+                     help="Keep the results with their settings in this HDF5 file."),
+        _overwrite, _json]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+def _report_measures(results: dict[str, Any], as_json: bool) -> None:
+    from landscape.analysis.sharpness import format_table
+
+    if as_json:
+        echo_json({name: res.to_dict() for name, res in results.items()})
+    else:
+        click.echo(format_table(results))
+
+
+@main.command("sharpness")
+@click.option("--measures", default="all", show_default=True,
+              help="all, or comma-separated: epsilon_sharpness, adaptive_worst_l2, "
+                   "adaptive_worst_linf, adaptive_average_l2, sam_sharpness, "
+                   "pac_bayes_flatness, fisher_rao_norm.")
+@click.option("--eps", type=float, default=1e-3, show_default=True,
+              help="Box size of Keskar et al.'s epsilon-sharpness.")
+@click.option("--rho", default=None,
+              help="Radius of every rho-type measure, or name=value pairs "
+                   "(default: adaptive_worst_l2=0.1, adaptive_worst_linf=0.002, "
+                   "adaptive_average_l2=0.05, sam_sharpness=0.05).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=None,
+              help="Batch size m of the worst-case measures (default: the whole split).")
+@_measure_options
+def sharpness_cmd(run_dir: str, measures: str, eps: float, rho: str | None,
+                  batch_size: int | None, split: str, subset: int | None, seed: int,
+                  device: str, precision: str, out: str | None, overwrite: bool,
+                  as_json: bool) -> None:
+    """Sharpness and flatness measures of a run's final model, side by side."""
+    from landscape.analysis.sharpness import parse_rho, sharpness_of_run
+
+    results = sharpness_of_run(run_dir, measures=measures, eps=eps, rho=parse_rho(rho),
+                               split=split, subset=subset, batch_size=batch_size, seed=seed,
+                               device=device, precision=precision, out=out,
+                               overwrite=overwrite, command=command_line())
+    _report_measures(results, as_json)
+
+
+@main.command("noise")
+@click.option("--batch-size", type=click.IntRange(min=1), default=128, show_default=True,
+              help="SGD batch size B (minibatch error, implicit regularizer, SNR).")
+@click.option("--lr", type=float, default=0.1, show_default=True,
+              help="SGD learning rate (implicit regularizer).")
+@_measure_options
+def noise_cmd(run_dir: str, batch_size: int, lr: float, split: str, subset: int | None,
+              seed: int, device: str, precision: str, out: str | None, overwrite: bool,
+              as_json: bool) -> None:
+    """Gradient noise at a run's final model: covariance trace, noise scale, SGD's regularizer."""
+    from landscape.analysis.noise import noise_of_run
+
+    result = noise_of_run(run_dir, batch_size=batch_size, lr=lr, split=split, subset=subset,
+                          seed=seed, device=device, precision=precision, out=out,
+                          overwrite=overwrite, command=command_line())
+    _report_measures(result.measures(), as_json)
+
+
+@main.command("hessian")
+@click.option("--run", "run_dir", type=click.Path(exists=True, file_okay=False), required=True,
+              help="Run directory (from `landscape train`).")
+@click.option("--top", type=click.IntRange(min=0), default=5, show_default=True,
+              help="Number of largest eigenvalues.")
+@click.option("--bottom", type=click.IntRange(min=0), default=1, show_default=True,
+              help="Number of smallest (most negative) eigenvalues.")
+@click.option("--trace", is_flag=True, help="Estimate the trace.")
+@click.option("--trace-method", type=click.Choice(["hutchinson", "hutch++"]),
+              default="hutchinson", show_default=True)
+@click.option("--trace-rtol", type=float, default=1e-2, show_default=True,
+              help="Hutchinson: stop at this standard error relative to the estimate.")
+@click.option("--max-probes", type=click.IntRange(min=1), default=1000, show_default=True,
+              help="Most trace probes (the fixed HVP budget of hutch++).")
+@click.option("--density", is_flag=True, help="Spectral density (stochastic Lanczos quadrature).")
+@click.option("--density-probes", type=click.IntRange(min=1), default=10, show_default=True)
+@click.option("--density-steps", type=click.IntRange(min=1), default=80, show_default=True)
+@click.option("--sigma", type=float, default=0.01, show_default=True,
+              help="Density broadening, relative to the spectrum width.")
+@click.option("--split", type=click.Choice(["train", "test"]), default="train",
+              show_default=True)
+@click.option("--subset", type=click.IntRange(min=1), default=None,
+              help="Use a fixed random subset of this many samples (drawn from --seed).")
+@click.option("--operator", type=click.Choice(["hessian", "ggn"]), default="hessian",
+              show_default=True, help="The Hessian or the generalized Gauss-Newton matrix.")
+@click.option("--params", default=None,
+              help="Restrict to the parameters whose name contains this (e.g. layer3).")
+@click.option("--tol", type=float, default=1e-6, show_default=True,
+              help="Lanczos: residual ||Hv - lambda v|| relative to |lambda|.")
+@click.option("--max-iter", type=click.IntRange(min=1), default=1000, show_default=True,
+              help="Lanczos: most HVPs.")
+@click.option("--block-size", "lanczos_block", type=click.IntRange(min=1), default=1,
+              show_default=True, help="Block Lanczos: vectors per data pass.")
+@click.option("--verify", is_flag=True, help="Recompute the residuals explicitly.")
+@click.option("--no-eigenvectors", is_flag=True, help="Do not keep the eigenvectors.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@engine_options
+@click.option("--out", type=click.Path(dir_okay=False), required=True, help="HDF5 file.")
+@_overwrite
+@_json
+def hessian_cmd(run_dir: str, top: int, bottom: int, trace: bool, trace_method: str,
+                trace_rtol: float, max_probes: int, density: bool, density_probes: int,
+                density_steps: int, sigma: float, split: str, subset: int | None,
+                operator: str, params: str | None, tol: float, max_iter: int,
+                lanczos_block: int, verify: bool, no_eigenvectors: bool, seed: int, out: str,
+                overwrite: bool, as_json: bool, **opts: Any) -> None:
+    """Hessian eigenvalues (Lanczos), trace (Hutchinson / Hutch++) and spectral density."""
+    from landscape.analysis.hessian import hessian_of_run
+
+    report = hessian_of_run(
+        run_dir, split=split, subset=subset, out=out, overwrite=overwrite,
+        command=command_line(), top=top, bottom=bottom, trace=trace, density=density,
+        tol=tol, max_iter=max_iter, seed=seed, operator=operator, params=params,
+        block_size=lanczos_block, verify=verify, trace_method=trace_method,
+        trace_rtol=trace_rtol, max_probes=max_probes, density_probes=density_probes,
+        density_steps=density_steps, sigma=sigma, eigenvectors=not no_eigenvectors,
+        **engine_kwargs(opts))
+    summary = report.to_json()
+    if as_json:
+        echo_json(summary)
+        return
+    click.echo(f"{out}: {operator} of {run_dir} ({split}), {summary['n_hvp']} HVPs")
+    for name in ("top", "bottom"):
+        for value, res, ok in zip(summary[f"eigenvalues_{name}"], summary[f"residuals_{name}"],
+                                  summary[f"converged_{name}"]):
+            click.echo(f"  {name:<6} {value: .8g}  residual {res:.2g}"
+                       + ("" if ok else "  (not converged)"))
+    if summary["trace"]:
+        t = summary["trace"]
+        err = "n/a" if t["stderr"] is None else f"{t['stderr']:.3g}"
+        click.echo(f"  trace  {t['estimate']:.6g} +- {err} ({t['method']}, "
+                   f"{t['n_probes']} probes)")
+    if summary["density"]:
+        d = summary["density"]
+        click.echo(f"  density: {d['n_probes']} probes x {d['n_steps']} steps, nodes in "
+                   f"[{d['min_node']:.4g}, {d['max_node']:.4g}]")
+
+
+@main.command("toy")
+@click.option("--function", "function", default="quadratic", show_default=True,
+              help="quadratic, rosenbrock, beale, saddle, himmelblau, wide-narrow.")
+@click.option("--kappa", type=float, default=None, help="Condition number (quadratic).")
+@click.option("--eigenvalues", default=None, help="Comma-separated eigenvalues (n-D quadratic).")
+@click.option("--dim", type=click.IntRange(min=1), default=None,
+              help="Dimension (quadratic, rosenbrock).")
+@click.option("--angle", type=float, default=0.0, help="Rotation in degrees (2D quadratic).")
+@click.option("--optimizer", "optimizers", default="sgd,momentum,adam", show_default=True,
+              help="Comma-separated optimizer names (as for `landscape train`).")
+@click.option("--steps", type=click.IntRange(min=0), default=200, show_default=True)
+@click.option("--lr", default=None,
+              help="Learning rate, or one per optimizer, comma-separated (default per function).")
+@click.option("--momentum", type=float, default=None, help="For the optimizers that have one.")
+@click.option("--rho", type=float, default=None, help="SAM/ASAM radius.")
+@click.option("--noise", type=float, default=0.0, show_default=True,
+              help="Std of the additive Gaussian gradient noise.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--start", default=None, help="Start point, comma-separated (default per function).")
+@click.option("--tol", type=float, default=1e-6, show_default=True,
+              help="Tolerance on f - f_min for the steps-to-tolerance count.")
+@click.option("--out", type=click.Path(file_okay=False), default="outputs/toy",
+              show_default=True, help="Directory for paths.h5 and the figures.")
+@click.option("--format", "formats", default="pdf,png", show_default=True,
+              help="Figure formats: pdf, png, svg.")
+@_overwrite
+@_json
+def toy_cmd(function: str, kappa: float | None, eigenvalues: str | None, dim: int | None,
+            angle: float, optimizers: str, steps: int, lr: str | None, momentum: float | None,
+            rho: float | None, noise: float, seed: int, start: str | None, tol: float, out: str,
+            formats: str, overwrite: bool, as_json: bool) -> None:
+    """Optimizer paths on an analytic test function: paths.h5, paths and losses figures."""
+    from landscape.toy import parse_floats, run_toy
+
+    summary = run_toy(
+        function, [o.strip() for o in optimizers.split(",") if o.strip()], out=out,
+        kappa=kappa, eigenvalues=parse_floats(eigenvalues, "--eigenvalues"), dim=dim,
+        angle=angle, steps=steps, lr=parse_floats(lr, "--lr"), momentum=momentum, rho=rho,
+        noise=noise, seed=seed, start=parse_floats(start, "--start"), tol=tol,
+        formats=[f.strip() for f in formats.split(",") if f.strip()], overwrite=overwrite,
+        command=command_line())
+    if as_json:
+        echo_json(summary)
+        return
+    click.echo(f"{function}: {', '.join(summary['files'])}")
+    for label, s in summary["optimizers"].items():
+        loss = "nan" if s["final_loss"] is None else f"{s['final_loss']:.6g}"
+        reached = "never" if s["steps_to_tol"] is None else f"step {s['steps_to_tol']}"
+        click.echo(f"  {label:<10} lr {s['lr']:.3g}  final loss {loss}  tol reached: {reached}")
+
+
+@main.command("plot")
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option("--kind", type=click.Choice(["curve", "contour", "filled", "heatmap", "surface3d",
+                                           "trajectory", "density", "ratio", "vtk", "compare"]),
+              default=None, help="Plot kind (default: from the file's kind).")
+@click.option("--metric", default="train_loss", show_default=True,
+              help="Dataset of a 2D surface to draw (train_loss, test_acc, ...).")
+@click.option("--vmin", type=float, default=None, help="Lower end of the colour scale.")
+@click.option("--vmax", type=float, default=None,
+              help="Upper end of the colour scale (z clip for --kind vtk).")
+@click.option("--levels", default=None, help="Number of contour levels, or the levels (a,b,c).")
+@click.option("--log/--linear", "log", default=None,
+              help="Log-spaced levels / log loss axis (default: log when the range is wide).")
+@click.option("--out", type=click.Path(dir_okay=False), required=True,
+              help="Figure file: .pdf, .png, .svg (or .vtk/.vtp for --kind vtk).")
+def plot_cmd(file: str, kind: str | None, metric: str, vmin: float | None, vmax: float | None,
+             levels: str | None, log: bool | None, out: str) -> None:
+    """Draw a stored result (surface, interpolation, trajectory, Hessian, study) as a figure."""
+    from landscape.plot.render import render
+
+    click.echo(str(render(file, out, kind=kind, metric=metric, vmin=vmin, vmax=vmax,
+                          levels=levels, log=log)))
+
+
+def _study_options(fn: Callable) -> Callable:
+    """Options shared by `landscape compare` and `landscape demo` (None: file or default)."""
+    options = [
+        click.option("--curve", default=None, help="1D range MIN:MAX:NUM [-1:1:41]."),
+        click.option("--surface", default=None, help="2D range per axis [-1:1:21]."),
+        click.option("--interpolation", default=None, help="Range of t [-0.5:1.5:41]."),
+        click.option("--seed", type=int, default=None,
+                     help="Direction and measure seed [0]."),
+        click.option("--precision", type=click.Choice(["float64", "float32", "tf32", "bf16"]),
+                     default=None, help="Evaluation precision [float32]."),
+        click.option("--device", default=None, help="auto, cpu, cuda, ... [auto]."),
+        _overwrite, _json,
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+def _report_study(study: Any, as_json: bool) -> None:
+    from landscape.study import format_table
+
+    if as_json:
+        echo_json({"study": str(study.path), "figures": [str(p) for p in study.figures],
+                   "seconds": study.seconds, "computed": study.computed,
+                   "table": study.table})
+        return
+    click.echo(format_table(study.table))
+    click.echo(f"\n{study.path.parent}: study.h5, table.md, table.json, "
+               f"{', '.join(p.name for p in study.figures)} ({study.seconds:.0f} s)")
+
+
+@main.command("compare")
+@click.option("--recipe", "recipes", multiple=True, metavar="NAME=OPTIONS",
+              help="A model to train: NAME=batch_size=32,lr=0.1,optimizer=sgd,epochs=20 "
+                   "(keys: `landscape.train` arguments). Repeat for each model.")
+@click.option("--recipes", "recipe_file", type=click.Path(dir_okay=False), default=None,
+              help="TOML file of [recipes.NAME] tables (and study settings).")
+@click.option("--run", "runs", multiple=True, metavar="NAME=DIR",
+              help="An already trained run directory. Repeatable.")
+@click.option("--data", default=None, help="Dataset of the recipes [digits].")
+@click.option("--data-dir", default=None, help="Folder of the dataset's files.")
+@click.option("--model", default=None, help="Model of the recipes [mlp].")
+@click.option("--model-options", default=None, help="KEY=VALUE,... e.g. widths=[64,64].")
+@click.option("--train-size", type=click.IntRange(min=1), default=None,
+              help="Train on a fixed subset of this many samples.")
+@click.option("--out", type=click.Path(file_okay=False), default=None,
+              help="Study directory [outputs/compare].")
+@_study_options
+def compare_cmd(recipes: tuple[str, ...], recipe_file: str | None, runs: tuple[str, ...],
+                as_json: bool, **options: Any) -> None:
+    """Train recipes (or take runs) and compare their minima: figure, tables, study.h5."""
+    from landscape.study import study_from_options
+
+    study = study_from_options(list(recipes), recipe_file, list(runs), **options)
+    _report_study(study, as_json)
+
+
+@main.command("demo")
+@click.option("--out", type=click.Path(file_okay=False), default="outputs/demo",
+              show_default=True, help="Study directory.")
+@_study_options
+def demo_cmd(out: str, as_json: bool, overwrite: bool, **options: Any) -> None:
+    """Small- versus large-batch SGD on the embedded digits (Keskar et al. 2017), measured."""
+    from landscape.study import demo
+
+    study = demo(out, overwrite=overwrite,
+                 **{k: v for k, v in options.items() if v is not None})
+    _report_study(study, as_json)
+
+
+if __name__ == "__main__":
+    main()

@@ -52,7 +52,9 @@ def _default_out(run: Any, kind: str) -> Path:
 
 
 def _buffers(model: torch.nn.Module) -> dict[str, Tensor]:
-    return {k: v.detach().clone() for k, v in model.named_buffers()}
+    """The model's buffers, floating ones in float64 so that interpolated endpoints are exact."""
+    return {k: v.detach().double() if torch.is_floating_point(v) else v.detach().clone()
+            for k, v in model.named_buffers()}
 
 
 def _same_space(a: ParamSpace, b: ParamSpace, what: str) -> None:
@@ -124,7 +126,8 @@ def interpolate(run_a: Any, run_b: Any, *, x: Any = "-0.5:1.5:101", split: str =
     """Loss along ``theta_a + t (theta_b - theta_a)``, buffers interpolated the same way.
 
     ``t = 0`` and ``t = 1`` reproduce each model exactly, BatchNorm statistics included
-    (Goodfellow et al. 2015; Keskar et al. 2017 Fig. 3). Cost: one forward pass per point.
+    (Goodfellow et al. 2015; Keskar et al. 2017 Fig. 3). Every point is evaluated on the data
+    of ``run_a``. Cost: one forward pass per point.
     """
     return _affine(run_a, [run_b], x, None, split, out, overwrite, show_progress, command,
                    "interpolation", engine)

@@ -64,9 +64,7 @@ def load_surface(path: str | Path) -> Surface:
     with store.open_result(path, kind=("surface", "interpolation", "plane", "trajectory")) as f:
         if "done" not in f or "x" not in f:
             raise LandscapeError(f"{path}: no 'x' coordinates or 'done' mask: not a surface")
-        shape = f["done"].shape
-        values = {k: f[k][()] for k in f if isinstance(f[k], h5py.Dataset)
-                  and f[k].shape == shape and k != "done"}
+        values = {k: f[k][()] for k in store.read_attrs(f)["metrics"]}
         extras = {f"path/{k}": f["path"][k][()] for k in f.get("path", {})}
         return Surface(path, f["x"][()], f["y"][()] if "y" in f else None, values,
                        f["done"][()].astype(bool), store.read_attrs(f), extras)
@@ -159,6 +157,8 @@ def compute_surface(objectives: Objective | Mapping[str, Objective], out: str | 
     buffer_origin = {k: v.to(first.device) for k, v in (
         buffer_origin if buffer_origin is not None else first.buffers).items()}
     floating = [k for k, v in buffer_origin.items() if torch.is_floating_point(v)]
+    if not floating:
+        buffer_directions = None  # nothing to move (a model without BatchNorm)
     names = [f"{split}_{m}" for split, o in objs.items()
              for m in (("loss", "acc") if o.is_classification else ("loss",))]
     full_settings = {

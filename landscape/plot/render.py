@@ -1,0 +1,128 @@
+"""Render a stored result file to a figure file (what ``landscape plot`` does).
+
+The kind of plot defaults to the kind of result: a 1D surface or an interpolation -> ``curve``;
+a 2D surface or a plane -> ``contour``; a trajectory -> ``trajectory``; a Hessian analysis ->
+``density``; a study -> ``compare``. Asking for a plot the file cannot make (a density from a
+surface file, a contour from a 1D curve) is a one-line error naming what was expected.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from landscape import store
+from landscape.errors import LandscapeError, unknown_name
+
+#: Plot kind -> the result kinds (and dimension) it needs.
+PLOT_KINDS: dict[str, tuple[tuple[str, ...], int | None]] = {
+    "curve": (("surface", "interpolation"), 1),
+    "contour": (("surface", "plane", "trajectory"), 2),
+    "filled": (("surface", "plane", "trajectory"), 2),
+    "heatmap": (("surface", "plane", "trajectory"), 2),
+    "surface3d": (("surface", "plane", "trajectory"), 2),
+    "trajectory": (("trajectory",), 2),
+    "ratio": (("surface", "plane", "trajectory"), 2),
+    "vtk": (("surface", "plane", "trajectory"), 2),
+    "density": (("hessian",), None),
+    "compare": (("study",), None),
+}
+
+
+def parse_levels(text: str | int | Sequence[float] | None) -> int | list[float] | None:
+    """``"12"`` -> 12 levels; ``"0.1,0.5,1"`` -> those levels; None stays None."""
+    if text is None or isinstance(text, int):
+        return text
+    if not isinstance(text, str):
+        return [float(v) for v in text]
+    parts = [p.strip() for p in text.split(",") if p.strip()]
+    try:
+        if len(parts) == 1:
+            return int(parts[0])
+        return [float(p) for p in parts]
+    except ValueError:
+        raise LandscapeError(f"levels must be a number of levels or comma-separated values, "
+                             f"got {text!r}") from None
+
+
+def default_kind(path: str | Path) -> str:
+    """The plot kind a result file gets by default."""
+    with store.open_result(path) as f:
+        kind = f.attrs.get("kind")
+        ndim = len(f["done"].shape) if "done" in f else None
+    if kind in ("surface", "plane"):
+        return "curve" if ndim == 1 else "contour"
+    return {"interpolation": "curve", "trajectory": "trajectory", "hessian": "density",
+            "study": "compare"}.get(kind, "")
+
+
+def _check_kind(path: Path, plot: str) -> None:
+    kinds, ndim = PLOT_KINDS[plot]
+    with store.open_result(path) as f:
+        kind = f.attrs.get("kind")
+        got = len(f["done"].shape) if "done" in f else None
+    need = " or ".join(repr(k) for k in kinds)
+    dim = {1: "1D ", 2: "2D "}.get(ndim or 0, "")
+    if kind not in kinds or (ndim is not None and got != ndim):
+        what = f"a {got}D {kind!r}" if got else f"a {kind!r}"
+        raise LandscapeError(f"{path}: holds {what} result; --kind {plot} needs a {dim}{need} "
+                             "file")
+
+
+def render(path: str | Path, out: str | Path, *, kind: str | None = None,
+           metric: str = "train_loss", vmin: float | None = None, vmax: float | None = None,
+           levels: Any = None, log: bool | None = None) -> Path:
+    """Plot the result in ``path`` and save it to ``out`` (.pdf/.png/.svg; .vtk/.vtp for
+    ``kind="vtk"``, which a .vtk/.vtp ``out`` also selects). Returns ``out``."""
+    from landscape.plot.compare import plot_comparison
+    from landscape.plot.contours import (
+        plot_contour,
+        plot_filled,
+        plot_heatmap,
+        plot_surface3d,
+        plot_trajectory,
+    )
+    from landscape.plot.curves import plot_curve
+    from landscape.plot.spectrum import plot_density, plot_ratio
+    from landscape.plot.style import save_figure
+    from landscape.plot.vtk import export_vtk
+
+    path, out = Path(path), Path(out)
+    if kind is None:
+        kind = "vtk" if out.suffix.lower() in (".vtk", ".vtp") else default_kind(path)
+        if not kind:
+            with store.open_result(path) as f:
+                raise LandscapeError(f"{path}: nothing to plot in a {f.attrs.get('kind')!r} "
+                                     "result")
+    if kind not in PLOT_KINDS:
+        raise unknown_name("plot kind", kind, PLOT_KINDS)
+    _check_kind(path, kind)
+    levels = parse_levels(levels)
+    scale = {"vmin": vmin, "vmax": vmax, "log": log}
+    if kind == "vtk":
+        return export_vtk(path, out, metric=metric, log=bool(log), zmax=vmax)
+    if out.suffix.lower() in (".vtk", ".vtp"):
+        raise LandscapeError(f"{out}: a VTK file is written by --kind vtk, not --kind {kind}")
+    if kind == "curve":
+        fig = plot_curve(path, log=bool(log))
+    elif kind == "contour":
+        fig = plot_contour(path, metric=metric, levels=levels, **scale)
+    elif kind == "filled":
+        fig = plot_filled(path, metric=metric, levels=levels, **scale)
+    elif kind == "heatmap":
+        fig = plot_heatmap(path, metric=metric, **scale)
+    elif kind == "surface3d":
+        fig = plot_surface3d(path, metric=metric, **scale)
+    elif kind == "trajectory":
+        fig = plot_trajectory(path, metric=metric, levels=levels, **scale)
+    elif kind == "ratio":
+        fig = plot_ratio(path, vmax=vmax, **({} if vmin is None else {"vmin": vmin}))
+    elif kind == "density":
+        fig = plot_density(path, log=log is not False)
+    else:
+        fig = plot_comparison(path, metric=metric, levels=levels, **scale)
+    return save_figure(fig, out)
+
+
+__all__ = ["PLOT_KINDS", "default_kind", "parse_levels", "render"]

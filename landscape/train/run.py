@@ -1,0 +1,270 @@
+"""A training run on disk: the :class:`Run` record, :func:`load_run`, and atomic file writes.
+
+A run directory holds::
+
+    run.json                 configuration, dataset spec, model name/options, loss, versions
+    model.pt                 final state_dict (parameters and buffers), CPU tensors
+    history.json / .csv      one row per epoch (epoch 0 = initialization)
+    checkpoints/epoch_NNNN.pt  {"epoch", "model", "optimizer", "rng", "history", ...}
+
+Every file is written to a temporary name and renamed into place (``os.replace``), so a
+crash leaves either the old file or the new one, never a truncated one. Checkpoints are
+read with ``torch.load(..., weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import re
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from landscape.errors import LandscapeError
+
+RUN_FORMAT = "landscape-run"
+RUN_FORMAT_VERSION = 1
+HISTORY_COLUMNS = ("epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr", "seconds")
+_CHECKPOINT_RE = re.compile(r"^epoch_(\d+)\.pt$")
+
+
+# ----------------------------------------------------------------------------- atomic writes
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` via a temporary file and ``os.replace`` (crash-safe)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    """Write ``obj`` as indented JSON, atomically."""
+    _atomic_write_bytes(path, (json.dumps(obj, indent=2, allow_nan=True) + "\n").encode())
+
+
+def atomic_torch_save(path: Path, obj: Any) -> None:
+    """``torch.save`` ``obj`` to ``path``, atomically."""
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    _atomic_write_bytes(path, buf.getvalue())
+
+
+def write_history(path: Path, history: list[dict]) -> None:
+    """Write ``history.json`` and ``history.csv`` in run directory ``path``, atomically."""
+    atomic_write_json(path / "history.json", history)
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(HISTORY_COLUMNS), lineterminator="\n")
+    writer.writeheader()
+    for row in history:
+        writer.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in HISTORY_COLUMNS})
+    _atomic_write_bytes(path / "history.csv", buf.getvalue().encode())
+
+
+def to_cpu(obj: Any) -> Any:
+    """A copy of a nested dict/list/tuple structure with every tensor detached on the CPU."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().to("cpu", copy=True)
+    if isinstance(obj, dict):
+        return {k: to_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [to_cpu(v) for v in obj]
+    if isinstance(obj, tuple):
+        return tuple(to_cpu(v) for v in obj)
+    return obj
+
+
+# ----------------------------------------------------------------------------- loading
+def read_run_json(path: Path) -> dict:
+    """Read and validate ``run.json`` of run directory ``path`` (one-line errors)."""
+    path = Path(path)
+    if not path.exists():
+        raise LandscapeError(f"run directory {path} does not exist")
+    if not path.is_dir():
+        raise LandscapeError(f"{path} is not a run directory (it is a file)")
+    file = path / "run.json"
+    if not file.exists():
+        raise LandscapeError(f"{path} is not a landscape run directory (no run.json)")
+    try:
+        info = json.loads(file.read_text())
+    except (OSError, ValueError) as err:
+        raise LandscapeError(f"{file} is damaged: {err}") from None
+    if not isinstance(info, dict) or info.get("format") != RUN_FORMAT:
+        raise LandscapeError(f"{file} is not a landscape run file (format {RUN_FORMAT!r})")
+    return info
+
+
+def read_history(path: Path) -> list[dict]:
+    """The per-epoch history of run directory ``path`` ([] if none yet)."""
+    file = Path(path) / "history.json"
+    if not file.exists():
+        return []
+    try:
+        return json.loads(file.read_text())
+    except (OSError, ValueError) as err:
+        raise LandscapeError(f"{file} is damaged: {err}") from None
+
+
+def torch_load(file: Path) -> Any:
+    """``torch.load(file, weights_only=True)`` onto the CPU, with one-line errors."""
+    file = Path(file)
+    if not file.exists():
+        raise LandscapeError(f"checkpoint {file} does not exist")
+    try:
+        return torch.load(file, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - any unpickling failure is a damaged file
+        msg = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise LandscapeError(f"checkpoint {file} cannot be read: {msg}") from None
+
+
+def state_dict_of(obj: Any, file: Path) -> dict[str, torch.Tensor]:
+    """The model state_dict stored in ``obj`` (a checkpoint dict or a bare state_dict)."""
+    if isinstance(obj, dict) and isinstance(obj.get("model"), dict) and "epoch" in obj:
+        obj = obj["model"]
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise LandscapeError(f"checkpoint {file} does not hold a model state_dict")
+    return obj
+
+
+def load_weights(model: nn.Module, state: dict[str, torch.Tensor], file: Path | str) -> None:
+    """Load ``state`` into ``model`` strictly; a mismatch names the tensor and both shapes."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"missing tensor(s) {', '.join(repr(k) for k in missing[:3])}"
+                         + (" ..." if len(missing) > 3 else ""))
+        if unexpected:
+            parts.append(f"unexpected tensor(s) {', '.join(repr(k) for k in unexpected[:3])}"
+                         + (" ..." if len(unexpected) > 3 else ""))
+        raise LandscapeError(f"checkpoint {file} does not fit the model: {'; '.join(parts)}")
+    for name, tensor in own.items():
+        if tuple(state[name].shape) != tuple(tensor.shape):
+            raise LandscapeError(
+                f"checkpoint {file}: tensor {name!r} has shape {tuple(state[name].shape)}, "
+                f"the model expects {tuple(tensor.shape)}")
+    model.load_state_dict(state, strict=True)
+
+
+def build_run_model(info: dict) -> nn.Module:
+    """A freshly initialised model as described by ``run.json`` (seeded like the run)."""
+    from landscape.models import model_from_spec
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(info["config"]["seed"]))
+        return model_from_spec(info["model"])
+
+
+def load_run_data(info: dict):
+    """The run's :class:`landscape.data.Dataset`, rebuilt from its stored spec and checked."""
+    from landscape.data import load_dataset
+
+    data = load_dataset(**info["dataset"])
+    sizes = info.get("data_sizes")
+    if sizes:
+        got = {"train": len(data.y_train), "test": len(data.y_test)}
+        if got != sizes:
+            raise LandscapeError(
+                f"the dataset rebuilt from run.json has {got['train']} train / {got['test']} "
+                f"test samples, the run used {sizes['train']} / {sizes['test']} (data changed?)")
+    return data
+
+
+# ----------------------------------------------------------------------------- Run
+@dataclass
+class Run:
+    """A training run on disk: configuration, final model (eval mode, CPU), data, history.
+
+    ``config`` holds the training settings (the arguments of :func:`landscape.train`);
+    ``info`` the whole ``run.json`` (dataset spec, model spec, loss, versions, device).
+    """
+
+    path: Path
+    config: dict
+    model: nn.Module
+    data: Any
+    history: list[dict]
+    info: dict = field(default_factory=dict, repr=False)
+
+    @property
+    def loss(self) -> str:
+        """The training loss: ``"cross_entropy"`` or ``"mse"``."""
+        return self.info.get("loss", getattr(self.data, "loss", "cross_entropy"))
+
+    def checkpoints(self) -> list[tuple[int, Path]]:
+        """(epoch, file) of every saved checkpoint, ascending; epoch 0 is the initialization."""
+        folder = Path(self.path) / "checkpoints"
+        found = []
+        if folder.is_dir():
+            for file in folder.iterdir():
+                m = _CHECKPOINT_RE.match(file.name)
+                if m:
+                    found.append((int(m.group(1)), file))
+        return sorted(found)
+
+    def new_model(self) -> nn.Module:
+        """A freshly built model of this run's architecture (initial weights, eval mode, CPU)."""
+        return build_run_model(self.info).eval()
+
+    def load_checkpoint(self, epoch_or_path: int | str | Path) -> nn.Module:
+        """A fresh model (eval mode, CPU) with the weights and buffers of one checkpoint.
+
+        ``epoch_or_path``: an epoch number with a saved checkpoint, or a file path (a
+        checkpoint or a bare state_dict such as ``model.pt``).
+        """
+        if isinstance(epoch_or_path, int) and not isinstance(epoch_or_path, bool):
+            files = dict(self.checkpoints())
+            if epoch_or_path not in files:
+                have = ", ".join(str(e) for e in sorted(files)) or "none"
+                raise LandscapeError(f"run {self.path} has no checkpoint for epoch "
+                                     f"{epoch_or_path} (saved epochs: {have})")
+            file = files[epoch_or_path]
+        else:
+            file = Path(epoch_or_path)
+        model = self.new_model()
+        load_weights(model, state_dict_of(torch_load(file), file), file)
+        return model.eval()
+
+
+def load_run(path: str | Path, *, data: bool = True) -> Run:
+    """Load a run directory: rebuild the model from ``run.json`` with its final weights.
+
+    ``data=False`` skips rebuilding the dataset (``Run.data`` is then None). If the run has
+    no ``model.pt`` yet (interrupted), the weights of its last checkpoint are used, with a
+    warning. Cost: one model build, one file read, one dataset load.
+    """
+    path = Path(path)
+    info = read_run_json(path)
+    model = build_run_model(info)
+    final = path / "model.pt"
+    if final.exists():
+        file = final
+    else:
+        folder = path / "checkpoints"
+        files = sorted((int(m.group(1)), f) for f in (folder.iterdir() if folder.is_dir() else [])
+                       if (m := _CHECKPOINT_RE.match(f.name)))
+        if not files:
+            raise LandscapeError(f"run {path} has neither model.pt nor any checkpoint")
+        epoch, file = files[-1]
+        warnings.warn(f"run {path} is not finished; using its last checkpoint (epoch {epoch})",
+                      stacklevel=2)
+    load_weights(model, state_dict_of(torch_load(file), file), file)
+    model.eval()
+    dataset = load_run_data(info) if data else None
+    return Run(path=path, config=dict(info["config"]), model=model, data=dataset,
+               history=read_history(path), info=info)

@@ -1,0 +1,620 @@
+"""The trainer: data resident on the device, any optimizer of :mod:`.optimizers`, a run directory.
+
+``train(...)`` loads a dataset and builds a model by name, moves both to the device once, and
+trains with minibatches drawn by a seeded permutation on the device (CIFAR augmentation, random
+crop + flip, also on the device). Each epoch it evaluates loss and accuracy on the full train
+and test splits (eval mode, no grad) and writes the history; every ``save_every`` epochs (and at
+epoch 0, the initialization, and at the last epoch) it saves a checkpoint with everything a
+resumed run needs to continue bit for bit: model, optimizer state, random-number states,
+history. See :mod:`landscape.train.run` for the directory layout.
+
+Optimizers are driven through the step protocol of :mod:`landscape.train.optimizers`:
+``optimizer.step(closure)`` for all; SVRG gets a full-data gradient snapshot at every epoch
+start; SAG steps over a fixed partition of the training set into ``ceil(n / batch_size)``
+batches (visited in a fresh random order each epoch); L-BFGS takes one full-batch step per
+epoch (no augmentation). Learning rates follow :mod:`.schedules`, set before every step.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import platform
+import re
+import time
+from contextlib import contextmanager, nullcontext
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from landscape.errors import LandscapeError, check_positive
+from landscape.progress import progress as progress_bar
+from landscape.train.run import (
+    _CHECKPOINT_RE,
+    RUN_FORMAT,
+    RUN_FORMAT_VERSION,
+    Run,
+    atomic_torch_save,
+    atomic_write_json,
+    load_weights,
+    read_history,
+    read_run_json,
+    state_dict_of,
+    to_cpu,
+    torch_load,
+    write_history,
+)
+from landscape.train.schedules import make_schedule
+
+#: Learning rate used when ``lr`` is None, per optimizer.
+DEFAULT_LR: dict[str, float] = {
+    "sgd": 0.1, "momentum": 0.05, "nesterov": 0.05, "adagrad": 0.01, "rmsprop": 1e-3,
+    "adadelta": 1.0, "adam": 1e-3, "adamw": 1e-3, "lbfgs": 1.0, "svrg": 0.1, "sag": 0.1,
+    "sam": 0.1, "asam": 0.1,
+}
+#: Configuration keys that may differ when a run is resumed (they do not change the numbers
+#: on a given device; a run may be continued on another device).
+_NOT_COMPARED = ("device",)
+DEFAULT_RUNS_DIR = Path("outputs") / "runs"
+
+
+# ----------------------------------------------------------------------------- helpers
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``"auto"`` -> ``cuda`` if available else ``cpu``; a CUDA request without CUDA is an error."""
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise LandscapeError(f"unknown device {device!r} (use auto, cpu or cuda)") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise LandscapeError(f"device {device!r} requested but CUDA is not available "
+                             "(use --device cpu or auto)")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise LandscapeError(f"device {device!r} does not exist "
+                             f"({torch.cuda.device_count()} CUDA device(s))")
+    return dev
+
+
+def _positive_int(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value <= 0:
+        raise LandscapeError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def _versions() -> dict[str, str]:
+    from landscape import __version__
+
+    return {"landscape": __version__, "torch": torch.__version__, "numpy": np.__version__,
+            "python": platform.python_version()}
+
+
+def _device_name(dev: torch.device) -> str:
+    if dev.type == "cuda":
+        return torch.cuda.get_device_name(dev)
+    return platform.processor() or platform.machine()
+
+
+def _loss_fn(loss: str):
+    if loss == "cross_entropy":
+        return F.cross_entropy
+    if loss == "mse":
+        return lambda out, y: F.mse_loss(out.reshape(y.shape), y)
+    raise LandscapeError(f"unknown loss {loss!r}")
+
+
+def _config_hash(config: dict) -> str:
+    compared = {k: v for k, v in config.items() if k not in _NOT_COMPARED}
+    return hashlib.sha256(json.dumps(compared, sort_keys=True).encode()).hexdigest()[:8]
+
+
+def _default_name(config: dict) -> str:
+    model = re.sub(r"[^A-Za-z0-9_.-]+", "_", config["model"].rsplit(":", 1)[-1])
+    return (f"{model}-{config['dataset']}-{config['optimizer']}-lr{config['lr']:g}"
+            f"-bs{config['batch_size']}-seed{config['seed']}-{_config_hash(config)}")
+
+
+def _differences(old: dict, new: dict) -> list[str]:
+    keys = [k for k in dict.fromkeys([*old, *new]) if k not in _NOT_COMPARED]
+    return [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys if old.get(k) != new.get(k)]
+
+
+def _jsonable(obj: Any) -> Any:
+    return json.loads(json.dumps(obj))
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, x: Tensor, y: Tensor, loss: str,
+             batch_size: int = 1024) -> tuple[float, float | None]:
+    """Mean loss and accuracy (None for regression) of ``model`` on ``(x, y)``.
+
+    Eval mode, no grad, float32 forward in chunks of ``batch_size``, sums accumulated in
+    float64. The model's training flag is restored. Cost: one forward pass over the data.
+    """
+    was_training = model.training
+    model.eval()
+    n = len(x)
+    total = torch.zeros((), dtype=torch.float64, device=x.device)
+    correct = torch.zeros((), dtype=torch.int64, device=x.device)
+    classify = loss == "cross_entropy"
+    try:
+        for start in range(0, n, batch_size):
+            xb, yb = x[start:start + batch_size], y[start:start + batch_size]
+            out = model(xb).float()
+            if classify:
+                total += F.cross_entropy(out, yb, reduction="sum").double()
+                correct += (out.argmax(1) == yb).sum()
+            else:
+                total += (F.mse_loss(out.reshape(yb.shape), yb, reduction="sum")
+                          / max(1, yb[0].numel())).double()
+    finally:
+        model.train(was_training)
+    return total.item() / n, (correct.item() / n if classify else None)
+
+
+# ----------------------------------------------------------------------------- run directory
+def _prepare_dir(path: Path, config: dict, resume: bool, overwrite: bool) -> str:
+    """Decide what to do with run directory ``path``: "new", "resume" or "overwrite".
+
+    Reads only; nothing is changed here, so a refused command leaves the directory intact.
+    """
+    if not path.exists():
+        return "new"
+    if not path.is_dir():
+        raise LandscapeError(f"output path {path} exists and is not a directory")
+    if not (path / "run.json").exists():
+        if any(path.iterdir()):
+            raise LandscapeError(f"output directory {path} is not empty and holds no run "
+                                 "(no run.json); choose another --out")
+        return "new"
+    try:
+        old = read_run_json(path)["config"]
+    except (LandscapeError, KeyError):
+        if overwrite:
+            return "overwrite"
+        raise LandscapeError(f"{path}/run.json is damaged; pass --overwrite to replace the run "
+                             "or choose another --out") from None
+    if overwrite:
+        return "overwrite"
+    diff = _differences(old, config)
+    if diff:
+        raise LandscapeError(f"run directory {path} holds a different run ({'; '.join(diff)}); "
+                             "pass --overwrite to replace it or choose another --out")
+    if not resume:
+        raise LandscapeError(f"run directory {path} already holds this run; pass --resume to "
+                             "continue it or --overwrite to start again")
+    return "resume"
+
+
+def _clear_run_files(path: Path) -> None:
+    """Remove the files a run writes (and nothing else) from ``path``."""
+    for name in ("model.pt", "history.json", "history.csv", "run.json"):
+        (path / name).unlink(missing_ok=True)
+    folder = path / "checkpoints"
+    if folder.is_dir():
+        for file in folder.iterdir():
+            if _CHECKPOINT_RE.match(file.name):
+                file.unlink()
+
+
+def _latest_checkpoint(path: Path) -> Path | None:
+    folder = path / "checkpoints"
+    if not folder.is_dir():
+        return None
+    found = sorted((int(m.group(1)), f) for f in folder.iterdir()
+                   if (m := _CHECKPOINT_RE.match(f.name)))
+    return found[-1][1] if found else None
+
+
+# ----------------------------------------------------------------------------- train
+def train(*, model: str = "mlp", dataset: str = "digits", data_dir: str | Path | None = None,
+          train_size: int | None = None, model_options: dict | None = None,
+          optimizer: str = "momentum", lr: float | None = None, momentum: float | None = None,
+          nesterov: bool = False, weight_decay: float = 0.0, rho: float | None = None,
+          batch_size: int = 64, epochs: int = 20, schedule: str = "constant",
+          warmup_epochs: int = 0, step_size: int | None = None, gamma: float = 0.1,
+          seed: int = 0, device: str = "auto", amp: bool = False, augment: bool | None = None,
+          save_every: int = 1, out: str | Path | None = None, resume: bool = False,
+          overwrite: bool = False, progress: bool = True, threads: int | None = None) -> Run:
+    """Train ``model`` on ``dataset``, keep the run in directory ``out``, return its :class:`Run`.
+
+    Defaults: the 100-100 ReLU MLP on the embedded digits, SGD with heavy-ball momentum 0.9,
+    lr 0.05, batch 64, 20 epochs (a few seconds on a CPU core, ~97% test accuracy).
+
+    - ``model`` / ``model_options``: a :func:`landscape.models.build_model` name and options;
+      ``dataset`` / ``data_dir`` / ``train_size``: see :func:`landscape.data.load_dataset`
+      (its subset and synthetic data are drawn from ``seed``).
+    - ``optimizer``, ``lr`` (None: :data:`DEFAULT_LR`), ``momentum`` (None: the optimizer's
+      default), ``nesterov``, ``weight_decay``, ``rho`` (SAM/ASAM radius; None: default):
+      see :func:`landscape.train.optimizers.make_optimizer`.
+    - ``schedule`` ("constant", "step", "cosine"), ``warmup_epochs``, ``step_size`` (epochs),
+      ``gamma``: see :mod:`landscape.train.schedules` (evaluated per iteration).
+    - ``seed``: model initialization, minibatch order, augmentation. Same seed and device ->
+      bit-identical history on the CPU.
+    - ``device``: "auto", "cpu", "cuda" (or "cuda:1"); ``amp``: bf16 autocast (CUDA only).
+    - ``threads``: CPU threads while training (restored afterwards). None: 1 when a step is
+      tiny (under 1e8 multiply-adds, e.g. the digits MLP: intra-op threads only add
+      synchronization, and cost 30x when the cores are shared), else torch's setting.
+    - ``augment``: random crop (padding 4, black) + horizontal flip on the device; default on
+      for CIFAR datasets.
+    - ``out``: run directory (default ``outputs/runs/<name>``, name from the settings);
+      ``resume``: continue from its last checkpoint; ``overwrite``: replace a run there.
+
+    Cost per epoch: one forward+backward per minibatch (two for SAM/ASAM/SVRG, plus a full
+    gradient for SVRG), one forward pass over both splits, one checkpoint write.
+    """
+    from landscape.data import NORMALIZATION, augment_crop_flip, load_dataset
+    from landscape.models import count_parameters, model_from_spec, model_spec
+    from landscape.train.optimizers import OPTIMIZERS, make_optimizer
+
+    # --- validate everything before touching the disk
+    if optimizer not in OPTIMIZERS:
+        from landscape.errors import unknown_name
+        raise unknown_name("optimizer", optimizer, OPTIMIZERS)
+    lr = float(DEFAULT_LR[optimizer] if lr is None else lr)
+    check_positive("learning rate", lr)
+    batch_size = _positive_int("batch size", batch_size)
+    epochs = _positive_int("epochs", epochs)
+    save_every = _positive_int("save_every", save_every)
+    if threads is not None:
+        threads = _positive_int("threads", threads)
+    if isinstance(seed, bool) or not isinstance(seed, int | np.integer):
+        raise LandscapeError(f"seed must be an integer, got {seed!r}")
+    if resume and overwrite:
+        raise LandscapeError("--resume and --overwrite exclude each other; pass one of them")
+    dev = resolve_device(device)
+    if amp and dev.type != "cuda":
+        raise LandscapeError(f"amp (bf16 autocast) needs a CUDA device, the device is {dev}")
+
+    data = load_dataset(dataset, data_dir=data_dir, train_size=train_size, seed=int(seed))
+    mspec = model_spec(model, data.input_shape, data.num_outputs, **(model_options or {}))
+    if augment is None:
+        augment = data.name.startswith("cifar")
+    augment = bool(augment)
+    if augment and len(data.input_shape) != 3:
+        raise LandscapeError(f"augmentation needs images, dataset {data.name!r} has inputs of "
+                             f"shape {data.input_shape}")
+
+    n_train = len(data.y_train)
+    probe = make_optimizer(optimizer, [nn.Parameter(torch.zeros(1))], lr=lr, momentum=momentum,
+                           nesterov=nesterov, weight_decay=weight_decay, rho=rho,
+                           **({"n_batches": 1} if optimizer == "sag" else {}))
+    requires = getattr(probe, "requires", frozenset({"closure"}))
+    full_batch = "full_batch" in requires
+    steps = 1 if full_batch else math.ceil(n_train / batch_size)
+    sched = make_schedule(schedule, lr, epochs=epochs, steps_per_epoch=steps,
+                          warmup_epochs=warmup_epochs, step_size=step_size, gamma=gamma)
+
+    config = _jsonable({
+        "model": mspec["name"], "model_options": mspec["options"], "dataset": data.name,
+        "data_dir": data.spec.get("data_dir"), "train_size": data.spec.get("train_size"),
+        "optimizer": optimizer, "lr": lr, "momentum": momentum, "nesterov": bool(nesterov),
+        "weight_decay": float(weight_decay), "rho": rho, "batch_size": batch_size,
+        "epochs": epochs, "schedule": schedule, "warmup_epochs": int(warmup_epochs),
+        "step_size": step_size, "gamma": float(gamma), "seed": int(seed), "amp": bool(amp),
+        "augment": augment, "save_every": save_every, "device": str(device),
+    })
+    path = Path(out) if out is not None else DEFAULT_RUNS_DIR / _default_name(config)
+    action = _prepare_dir(path, config, resume, overwrite)
+    checkpoint_file = _latest_checkpoint(path) if action == "resume" else None
+    checkpoint = None
+    if checkpoint_file is not None:
+        checkpoint = torch_load(checkpoint_file)
+        if not isinstance(checkpoint, dict) or "epoch" not in checkpoint:
+            raise LandscapeError(f"checkpoint {checkpoint_file} is not a training checkpoint")
+
+    if (checkpoint is not None and int(checkpoint["epoch"]) >= epochs
+            and (path / "model.pt").exists()):
+        old = read_run_json(path)
+        if old.get("status") == "complete":  # nothing to do: read it back, write nothing
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(int(seed))
+                net = model_from_spec(mspec)
+            load_weights(net, state_dict_of(torch_load(path / "model.pt"), path / "model.pt"),
+                         path / "model.pt")
+            return Run(path=path, config=config, model=net.eval(), data=data,
+                       history=read_history(path), info=old)
+
+    cuda_devices = [dev.index if dev.index is not None else torch.cuda.current_device()] \
+        if dev.type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda_devices):
+        torch.manual_seed(int(seed))
+        net = model_from_spec(mspec).to(dev)
+        opt_kwargs = {"n_batches": steps} if optimizer == "sag" else {}
+        opt = make_optimizer(optimizer, net.parameters(), lr=lr, momentum=momentum,
+                             nesterov=nesterov, weight_decay=weight_decay, rho=rho,
+                             **opt_kwargs)
+        gen = torch.Generator(device=dev)
+        gen.manual_seed(int(seed))
+        history: list[dict] = []
+        start = 0
+        if checkpoint is not None:
+            try:
+                load_weights(net, state_dict_of(checkpoint, checkpoint_file), checkpoint_file)
+                opt.load_state_dict(checkpoint["optimizer"])
+                rng = checkpoint["rng"]
+                gen.set_state(rng["generator"])
+                torch.set_rng_state(rng["torch"])
+                if dev.type == "cuda" and rng.get("cuda") is not None:
+                    torch.cuda.set_rng_state(rng["cuda"], dev)
+                history = list(checkpoint["history"])
+                start = int(checkpoint["epoch"])
+            except (KeyError, TypeError, ValueError, RuntimeError) as err:
+                raise LandscapeError(f"checkpoint {checkpoint_file} cannot be resumed: "
+                                     f"{str(err).splitlines()[0] if str(err) else err!r}"
+                                     ) from None
+
+        if dev.type == "cpu" and threads is None:
+            small = _macs_per_sample(net, data.input_shape) * batch_size < 1e8
+            threads = 1 if small else torch.get_num_threads()
+        threads = threads or torch.get_num_threads()
+
+        # --- from here on the directory is written
+        if action == "overwrite":
+            _clear_run_files(path)
+        (path / "checkpoints").mkdir(parents=True, exist_ok=True)
+        info = {
+            "format": RUN_FORMAT, "format_version": RUN_FORMAT_VERSION, "name": path.name,
+            "config": config, "model": mspec, "dataset": data.spec,
+            "data_sizes": {"train": n_train, "test": len(data.y_test)},
+            "loss": data.loss, "task": data.task, "num_parameters": count_parameters(net),
+            "steps_per_epoch": steps, "optimizer_requires": sorted(requires),
+            "device": str(dev), "device_name": _device_name(dev), "versions": _versions(),
+            "threads": threads if dev.type == "cpu" else None,
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "status": "running",
+        }
+        if action == "resume":
+            old = read_run_json(path)
+            info["created"] = old.get("created", info["created"])
+            info["resumed"] = [*old.get("resumed", []),
+                               {"epoch": start, "device": str(dev),
+                                "at": datetime.now(timezone.utc).isoformat(timespec="seconds")}]
+        if start >= epochs and (path / "model.pt").exists():
+            info["status"] = "complete"
+        atomic_write_json(path / "run.json", info)
+
+        trainer = _Trainer(net, opt, requires, data, dev, loss=data.loss,
+                           batch_size=batch_size, steps=steps, sched=sched, gen=gen, amp=amp,
+                           augment=augment, seed=int(seed),
+                           fill=[-m / s for m, s in zip(*NORMALIZATION[data.name], strict=True)]
+                           if augment and data.name in NORMALIZATION else 0.0,
+                           augment_fn=augment_crop_flip)
+
+        def save_checkpoint(epoch: int) -> None:
+            state = {"epoch": epoch, "model": to_cpu(net.state_dict()),
+                     "optimizer": to_cpu(opt.state_dict()),
+                     "rng": {"generator": gen.get_state(), "torch": torch.get_rng_state(),
+                             "cuda": torch.cuda.get_rng_state(dev) if dev.type == "cuda"
+                             else None},
+                     "history": history, "config_hash": _config_hash(config)}
+            _save_checkpoint(path / "checkpoints" / f"epoch_{epoch:04d}.pt", state)
+
+        bar = progress_bar(total=epochs, desc=f"train {path.name}", unit="epoch",
+                           disable=None if progress else True)
+        with bar, _cuda_flags(dev), _num_threads(threads if dev.type == "cpu" else None):
+            if not history:
+                history.append(trainer.history_row(0, lr=None, seconds=0.0))
+                write_history(path, history)
+                save_checkpoint(0)
+            else:
+                write_history(path, history)
+            if start:
+                bar.update(start)
+            for epoch in range(start + 1, epochs + 1):
+                seconds, last_lr = trainer.train_epoch(epoch, bar)
+                row = trainer.history_row(epoch, lr=last_lr, seconds=seconds)
+                history.append(row)
+                write_history(path, history)
+                if epoch % save_every == 0 or epoch == epochs:
+                    save_checkpoint(epoch)
+                bar.set_postfix_str(_postfix(row), refresh=False)
+                bar.update(1)
+
+        final = to_cpu(net.state_dict())
+        atomic_torch_save(path / "model.pt", final)
+        info["status"] = "complete"
+        info["finished"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        atomic_write_json(path / "run.json", info)
+
+    return Run(path=path, config=config, model=net.cpu().eval(), data=data, history=history,
+               info=info)
+
+
+def _save_checkpoint(file: Path, state: dict) -> None:
+    """Write one training checkpoint atomically (a separate function so tests can interrupt)."""
+    atomic_torch_save(file, state)
+
+
+def _postfix(row: dict) -> str:
+    acc = "" if row["test_acc"] is None else f" acc {row['test_acc']:.1%}"
+    return f"train loss {row['train_loss']:.4g} test loss {row['test_loss']:.4g}{acc}"
+
+
+@contextmanager
+def _num_threads(threads: int | None):
+    """Use ``threads`` intra-op CPU threads inside the block (None: unchanged)."""
+    before = torch.get_num_threads()
+    if threads is not None and threads != before:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        if torch.get_num_threads() != before:
+            torch.set_num_threads(before)
+
+
+@torch.no_grad()
+def _macs_per_sample(net: nn.Module, input_shape: tuple[int, ...]) -> int:
+    """Multiply-adds of one forward pass of one sample in the linear and conv layers.
+
+    One dry forward of a zero sample in eval mode (no statistics change, no random numbers).
+    """
+    total = 0
+
+    def hook(module: nn.Module, inputs: Any, output: Tensor) -> None:
+        nonlocal total
+        spatial = output[0, 0].numel() if isinstance(module, nn.modules.conv._ConvNd) else 1
+        total += module.weight.numel() * spatial
+
+    layers = [m for m in net.modules() if isinstance(m, nn.Linear | nn.modules.conv._ConvNd)]
+    handles = [m.register_forward_hook(hook) for m in layers]
+    was_training = net.training
+    net.eval()
+    try:
+        device = next(net.parameters()).device
+        net(torch.zeros(1, *input_shape, device=device))
+    except Exception:  # noqa: BLE001 - a model we cannot probe is treated as large
+        return 1 << 62
+    finally:
+        net.train(was_training)
+        for h in handles:
+            h.remove()
+    return total
+
+
+@contextmanager
+def _cuda_flags(dev: torch.device):
+    """cuDNN autotuning on while training on CUDA (speed; CPU results are unaffected),
+    unless the user asked cuDNN to be deterministic; restored afterwards."""
+    cudnn = torch.backends.cudnn
+    before = cudnn.benchmark
+    if dev.type == "cuda" and not cudnn.deterministic:
+        cudnn.benchmark = True
+    try:
+        yield
+    finally:
+        cudnn.benchmark = before
+
+
+class _Trainer:
+    """One epoch of training for any optimizer of the step protocol, data on the device."""
+
+    def __init__(self, net: nn.Module, opt: torch.optim.Optimizer, requires: frozenset,
+                 data: Any, dev: torch.device, *, loss: str, batch_size: int, steps: int,
+                 sched: Any, gen: torch.Generator, amp: bool, augment: bool, seed: int,
+                 fill: Any, augment_fn: Any) -> None:
+        self.net, self.opt, self.requires = net, opt, requires
+        self.dev, self.loss, self.batch_size, self.steps = dev, loss, batch_size, steps
+        self.sched, self.gen, self.amp, self.augment = sched, gen, amp, augment
+        # the padding value as a device tensor, so augmenting a batch copies nothing from the host
+        self.fill = torch.as_tensor(fill, dtype=data.x_train.dtype, device=dev).reshape(-1)
+        self.augment_fn = augment_fn
+        self.loss_fn = _loss_fn(loss)
+        self.classify = loss == "cross_entropy"
+        self.x_train = data.x_train.to(dev)
+        self.y_train = data.y_train.to(dev)
+        self.x_test = data.x_test.to(dev)
+        self.y_test = data.y_test.to(dev)
+        self.n = len(self.y_train)
+        self.eval_batch = 4096 if dev.type == "cuda" else 1024
+        self.grad_batch = 2048 if dev.type == "cuda" else 1024
+        if "batch_index" in requires:
+            # SAG: a fixed partition of the training set, drawn once from the seed
+            part = torch.randperm(self.n, generator=torch.Generator().manual_seed(seed + 1))
+            self.fixed = [idx.to(dev) for idx in torch.tensor_split(part, steps)]
+
+    def autocast(self):
+        if self.amp:
+            return torch.autocast(device_type=self.dev.type, dtype=torch.bfloat16)
+        return nullcontext()
+
+    def history_row(self, epoch: int, *, lr: float | None, seconds: float) -> dict:
+        train_loss, train_acc = evaluate(self.net, self.x_train, self.y_train, self.loss,
+                                         self.eval_batch)
+        test_loss, test_acc = evaluate(self.net, self.x_test, self.y_test, self.loss,
+                                       self.eval_batch)
+        return {"epoch": epoch, "train_loss": train_loss, "train_acc": train_acc,
+                "test_loss": test_loss, "test_acc": test_acc, "lr": lr, "seconds": seconds}
+
+    def full_closure(self) -> Tensor:
+        """Zero the gradients, leave the full-training-set mean-loss gradient in ``p.grad``."""
+        self.opt.zero_grad(set_to_none=True)
+        total = torch.zeros((), device=self.dev)
+        for s in range(0, self.n, self.grad_batch):
+            xb, yb = self.x_train[s:s + self.grad_batch], self.y_train[s:s + self.grad_batch]
+            with self.autocast():
+                out = self.net(xb)
+            loss = self.loss_fn(out.float(), yb) * (len(yb) / self.n)
+            loss.backward()
+            total += loss.detach()
+        return total
+
+    def minibatch_closure(self, xb: Tensor, yb: Tensor, record: list):
+        def closure() -> Tensor:
+            self.opt.zero_grad(set_to_none=True)
+            with self.autocast():
+                out = self.net(xb)
+            loss = self.loss_fn(out.float(), yb)
+            loss.backward()
+            if not record:
+                correct = (out.argmax(1) == yb).sum() if self.classify else None
+                record.append((loss.detach(), correct))
+            return loss
+        return closure
+
+    def _batches(self):
+        if "batch_index" in self.requires:
+            order = torch.randperm(len(self.fixed), generator=self.gen, device=self.dev)
+            for i in order.tolist():
+                yield i, self.fixed[i]
+        else:
+            perm = torch.randperm(self.n, generator=self.gen, device=self.dev)
+            for b in range(self.steps):
+                yield None, perm[b * self.batch_size:(b + 1) * self.batch_size]
+
+    def train_epoch(self, epoch: int, bar: Any) -> tuple[float, float]:
+        """Train one epoch (1-based); returns (training seconds, last learning rate)."""
+        net, opt = self.net, self.opt
+        net.train()
+        if self.dev.type == "cuda":
+            torch.cuda.synchronize(self.dev)
+        t0 = time.perf_counter()
+        t = (epoch - 1) * self.steps
+        lr = self.sched(t)
+        if "snapshot" in self.requires:
+            opt.update_snapshot(self.full_closure)
+        if "full_batch" in self.requires:
+            self._set_lr(lr)
+            opt.step(self.full_closure)
+        else:
+            sum_loss = torch.zeros((), device=self.dev)
+            sum_correct = torch.zeros((), dtype=torch.int64, device=self.dev)
+            seen = 0
+            shown = time.perf_counter()
+            for b, (index, idx) in enumerate(self._batches()):
+                lr = self.sched(t + b)
+                self._set_lr(lr)
+                xb, yb = self.x_train[idx], self.y_train[idx]
+                if self.augment:
+                    xb = self.augment_fn(xb, self.gen, 4, fill=self.fill)
+                record: list = []
+                closure = self.minibatch_closure(xb, yb, record)
+                if index is None:
+                    opt.step(closure)
+                else:
+                    opt.step(closure, index=index)
+                batch_loss, correct = record[0]
+                sum_loss += batch_loss * len(yb)
+                if correct is not None:
+                    sum_correct += correct
+                seen += len(yb)
+                now = time.perf_counter()
+                if not bar.disable and now - shown > 0.5:
+                    shown = now
+                    acc = f" acc {sum_correct.item() / seen:.1%}" if self.classify else ""
+                    bar.set_postfix_str(f"epoch {epoch} batch {b + 1}/{self.steps} "
+                                        f"loss {sum_loss.item() / seen:.4g}{acc}")
+        if self.dev.type == "cuda":
+            torch.cuda.synchronize(self.dev)
+        return time.perf_counter() - t0, lr
+
+    def _set_lr(self, lr: float) -> None:
+        for group in self.opt.param_groups:
+            group["lr"] = lr

@@ -1,0 +1,256 @@
+"""Training: optimizers, schedules, reproducibility, resume, run directories, CLI errors."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from click.testing import CliRunner
+
+from landscape.cli import main
+from landscape.errors import LandscapeError
+from landscape.models import build_model
+from landscape.train import load_run, make_schedule, train
+from landscape.train import trainer as trainer_module
+from landscape.train.optimizers import OPTIMIZERS
+from landscape.train.run import atomic_torch_save, atomic_write_json
+
+TINY = {"train_size": 200, "batch_size": 32, "progress": False, "device": "cpu"}
+
+
+def _numbers(history: list[dict]) -> list[dict]:
+    """History without the wall-clock column."""
+    return [{k: v for k, v in row.items() if k != "seconds"} for row in history]
+
+
+def _snapshot(path: Path) -> dict[str, tuple[bytes, int]]:
+    return {str(f.relative_to(path)): (f.read_bytes(), f.stat().st_mtime_ns)
+            for f in sorted(path.rglob("*")) if f.is_file()}
+
+
+# ----------------------------------------------------------------------------- schedules
+def test_schedules_match_their_closed_forms():
+    lr, spe = 0.2, 4
+    const = make_schedule("constant", lr, epochs=5, steps_per_epoch=spe)
+    assert all(const(t) == lr for t in range(20))
+
+    step = make_schedule("step", lr, epochs=6, steps_per_epoch=spe, step_size=2, gamma=0.5)
+    for t in range(24):
+        assert step(t) == pytest.approx(lr * 0.5 ** (t // 8), rel=1e-15)
+
+    epochs = 10
+    total = epochs * spe
+    cos = make_schedule("cosine", lr, epochs=epochs, steps_per_epoch=spe)
+    for t in range(total):
+        assert cos(t) == pytest.approx(lr * 0.5 * (1 + math.cos(math.pi * t / total)), rel=1e-12)
+    assert cos(total // 2) == pytest.approx(lr / 2, rel=1e-12)
+
+    warm = make_schedule("cosine", lr, epochs=epochs, steps_per_epoch=spe, warmup_epochs=2)
+    w = 2 * spe
+    for t in range(w):
+        assert warm(t) == pytest.approx(lr * (t + 1) / w, rel=1e-12)
+    for t in range(w, total):
+        expected = lr * 0.5 * (1 + math.cos(math.pi * (t - w) / (total - w)))
+        assert warm(t) == pytest.approx(expected, rel=1e-12)
+
+    warm_step = make_schedule("step", lr, epochs=6, steps_per_epoch=spe, warmup_epochs=1,
+                              step_size=2, gamma=0.1)
+    assert warm_step(0) == pytest.approx(lr / spe)
+    assert warm_step(spe) == lr and warm_step(spe + 8) == pytest.approx(lr * 0.1)
+
+
+def test_history_learning_rate_follows_the_schedule(tmp_path):
+    run = train(**TINY, epochs=4, schedule="cosine", warmup_epochs=1, lr=0.1,
+                out=tmp_path / "run", save_every=10)
+    spe = math.ceil(200 / 32)
+    total, w = 4 * spe, spe
+    assert run.history[0]["lr"] is None
+    for row in run.history[1:]:
+        t = row["epoch"] * spe - 1  # the epoch's last iteration
+        expected = 0.1 * (t + 1) / w if t < w else \
+            0.1 * 0.5 * (1 + math.cos(math.pi * (t - w) / (total - w)))
+        assert row["lr"] == pytest.approx(expected, rel=1e-12)
+
+
+# ----------------------------------------------------------------------------- optimizers
+@pytest.mark.parametrize("name", OPTIMIZERS)
+def test_each_optimizer_lowers_the_training_loss_of_the_default_model(tmp_path, name):
+    settings = dict(TINY, batch_size=16)
+    run = train(**settings, optimizer=name, epochs=3, out=tmp_path / name, save_every=10)
+    first, last = run.history[0], run.history[-1]
+    assert [r["epoch"] for r in run.history] == [0, 1, 2, 3]
+    assert math.isfinite(last["train_loss"])
+    assert last["train_loss"] < 0.8 * first["train_loss"], (name, first, last)
+
+
+# ----------------------------------------------------------------------------- reproducibility
+@pytest.mark.parametrize(("optimizer", "augment"), [("momentum", False), ("sag", True)])
+def test_same_seed_gives_bit_identical_history_on_cpu(tmp_path, optimizer, augment):
+    kw = dict(TINY, optimizer=optimizer, augment=augment, epochs=3, save_every=10)
+    a = train(**kw, seed=3, out=tmp_path / "a")
+    b = train(**kw, seed=3, out=tmp_path / "b")
+    c = train(**kw, seed=4, out=tmp_path / "c")
+    assert _numbers(a.history) == _numbers(b.history)
+    assert _numbers(a.history) != _numbers(c.history)
+    for (k, va), vb in zip(a.model.state_dict().items(), b.model.state_dict().values(),
+                           strict=True):
+        assert torch.equal(va, vb), k
+
+
+@pytest.mark.parametrize(("optimizer", "augment"), [("adam", True), ("sag", False),
+                                                    ("svrg", False)])
+def test_resumed_run_equals_uninterrupted_run(tmp_path, monkeypatch, optimizer, augment):
+    kw = dict(TINY, optimizer=optimizer, augment=augment, epochs=4, save_every=2, seed=1)
+    whole = train(**kw, out=tmp_path / "whole")
+
+    real_save = trainer_module._save_checkpoint
+
+    def killed_at_epoch_4(file, state):
+        if state["epoch"] == 4:
+            raise KeyboardInterrupt  # the process dies after epoch 4's history row
+        real_save(file, state)
+
+    monkeypatch.setattr(trainer_module, "_save_checkpoint", killed_at_epoch_4)
+    with pytest.raises(KeyboardInterrupt):
+        train(**kw, out=tmp_path / "cut")
+    monkeypatch.setattr(trainer_module, "_save_checkpoint", real_save)
+    cut = tmp_path / "cut"
+    assert not (cut / "model.pt").exists()
+    assert len(json.loads((cut / "history.json").read_text())) == 5  # rows 0..4 were written
+    with pytest.raises(LandscapeError, match="--resume"):
+        train(**kw, out=cut)
+
+    resumed = train(**kw, out=cut, resume=True)
+    assert _numbers(resumed.history) == _numbers(whole.history)
+    assert _numbers(json.loads((cut / "history.json").read_text())) == _numbers(whole.history)
+    final_a = torch.load(tmp_path / "whole" / "model.pt", weights_only=True)
+    final_b = torch.load(cut / "model.pt", weights_only=True)
+    assert final_a.keys() == final_b.keys()
+    assert all(torch.equal(final_a[k], final_b[k]) for k in final_a)
+    assert [e for e, _ in load_run(cut).checkpoints()] == [0, 2, 4]
+
+    before = _snapshot(cut)  # resuming a finished run reads it back and writes nothing
+    again = train(**kw, out=cut, resume=True)
+    assert _snapshot(cut) == before and again.history == resumed.history
+
+
+# ----------------------------------------------------------------------------- run directory
+@pytest.mark.parametrize("dataset", ["digits", "teacher"])
+def test_load_run_model_reproduces_the_last_history_row(tmp_path, dataset):
+    trained = train(**TINY, dataset=dataset, epochs=2, out=tmp_path / "run")
+    run = load_run(tmp_path / "run")
+    assert run.config == trained.config and run.history == trained.history
+    assert not run.model.training
+    x, y = run.data.split("test")
+    assert torch.equal(x, trained.data.x_test) and torch.equal(y, trained.data.y_test)
+    with torch.no_grad():
+        out = run.model(x)
+    last = run.history[-1]
+    if dataset == "digits":
+        loss = F.cross_entropy(out.double(), y).item()
+        assert (out.argmax(1) == y).double().mean().item() == last["test_acc"]
+    else:
+        loss = ((out.double() - y.double()) ** 2).mean().item()
+        assert last["test_acc"] is None
+    assert loss == pytest.approx(last["test_loss"], rel=1e-5)
+
+    # epoch 0 is the initialization: the seeded model, whose loss is the first history row
+    assert [e for e, _ in run.checkpoints()] == [0, 1, 2]
+    init = run.load_checkpoint(0)
+    torch.manual_seed(trained.config["seed"])
+    fresh = build_model(trained.config["model"], run.data.input_shape, run.data.num_outputs,
+                        **trained.config["model_options"])
+    for k, v in fresh.state_dict().items():
+        assert torch.equal(init.state_dict()[k], v), k
+    final = run.load_checkpoint(2)
+    assert all(torch.equal(final.state_dict()[k], v) for k, v in run.model.state_dict().items())
+
+
+def test_checkpoint_that_does_not_fit_the_model_names_tensor_and_shapes(tmp_path):
+    train(**TINY, model_options={"widths": [50]}, epochs=1, out=tmp_path / "run")
+    run = load_run(tmp_path / "run")
+    wider = build_model("mlp", (1, 8, 8), 10, widths=[100])
+    bad = tmp_path / "wider.pt"
+    torch.save(wider.state_dict(), bad)
+    msg = r"tensor 'layers\.1\.weight' has shape \(100, 64\), the model expects \(50, 64\)"
+    with pytest.raises(LandscapeError, match=msg):
+        run.load_checkpoint(bad)
+    torch.save(wider.state_dict(), tmp_path / "run" / "model.pt")
+    with pytest.raises(LandscapeError, match=msg):
+        load_run(tmp_path / "run")
+    with pytest.raises(LandscapeError, match="no run.json"):
+        load_run(tmp_path)
+    with pytest.raises(LandscapeError, match="does not exist"):
+        load_run(tmp_path / "missing")
+
+
+def test_failed_write_leaves_the_previous_file_intact(tmp_path):
+    file = tmp_path / "x.pt"
+    atomic_torch_save(file, {"a": torch.ones(3)})
+    before = file.read_bytes()
+    with pytest.raises(Exception):  # noqa: B017 - any pickling failure
+        atomic_torch_save(file, {"a": lambda: 0})
+    assert file.read_bytes() == before
+    atomic_write_json(tmp_path / "h.json", [1])
+    with pytest.raises(TypeError):
+        atomic_write_json(tmp_path / "h.json", [object()])
+    assert json.loads((tmp_path / "h.json").read_text()) == [1]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["h.json", "x.pt"]
+
+
+# ----------------------------------------------------------------------------- CLI
+@pytest.fixture(scope="module")
+def existing_run(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("cli") / "run"
+    result = CliRunner().invoke(main, ["train", "--train-size", "100", "--epochs", "1",
+                                       "--widths", "20", "--out", str(out), "--json"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["run"] == str(out) and summary["epochs"] == 1
+    assert summary["test_acc"] == load_run(out).history[-1]["test_acc"]
+    return out
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--model", "mpl"], "unknown model 'mpl'; did you mean 'mlp'"),
+    (["--optimizer", "adma"], "unknown optimizer 'adma'; did you mean 'adam'"),
+    (["--dataset", "digit"], "unknown dataset 'digit'; did you mean 'digits'"),
+    (["--dataset", "mnist", "--data-dir", "/nonexistent/mnist"], "data directory not found"),
+    (["--lr", "0"], "learning rate must be positive"),
+    (["--lr", "-0.1"], "learning rate must be positive"),
+    (["--batch-size", "0"], "batch size must be a positive integer"),
+    (["--schedule", "cosin"], "unknown schedule 'cosin'; did you mean 'cosine'"),
+    (["--widths", "20,x"], "--widths must be"),
+    (["--train-size", "100", "--epochs", "1", "--widths", "30"], "holds a different run"),
+    (["--train-size", "100", "--epochs", "1", "--widths", "20"], "pass --resume"),
+])
+def test_bad_input_exits_1_with_one_line_and_leaves_the_run_intact(existing_run, args,
+                                                                    message):
+    before = _snapshot(existing_run)
+    result = CliRunner().invoke(main, ["train", *args, "--out", str(existing_run)])
+    assert result.exit_code == 1, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: "), result.stderr
+    assert message in lines[0]
+    assert result.stdout == ""
+    assert _snapshot(existing_run) == before
+
+
+def test_default_training_reaches_95_percent_test_accuracy(tmp_path):
+    start = time.perf_counter()
+    result = CliRunner().invoke(main, ["train", "--out", str(tmp_path / "default")])
+    seconds = time.perf_counter() - start
+    assert result.exit_code == 0, result.output
+    run = load_run(tmp_path / "default")
+    acc = run.history[-1]["test_acc"]
+    print(f"\ndefault `landscape train`: {run.config['model']} {run.config['model_options']} "
+          f"on {run.config['dataset']}, {run.config['optimizer']} lr {run.config['lr']}, "
+          f"{run.config['epochs']} epochs: test accuracy {acc:.2%} in {seconds:.1f} s")
+    assert acc >= 0.95
+    assert seconds < 120
+    assert "test loss" in result.stdout and str(tmp_path / "default") in result.stdout
