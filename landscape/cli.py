@@ -558,7 +558,7 @@ def _study_options(fn: Callable) -> Callable:
     """Options shared by `landscape compare` and `landscape demo` (None: file or default)."""
     options = [
         click.option("--curve", default=None, help="1D range MIN:MAX:NUM [-1:1:41]."),
-        click.option("--surface", default=None, help="2D range per axis [-1:1:21]."),
+        click.option("--surface", default=None, help="2D range per axis [-1:1:31]."),
         click.option("--interpolation", default=None, help="Range of t [-0.5:1.5:41]."),
         click.option("--seed", type=int, default=None,
                      help="Direction and measure seed [0]."),

@@ -164,7 +164,7 @@ def parse_recipe(text: str) -> Recipe:
 
 def read_recipes(path: str | Path) -> tuple[list[Recipe], dict[str, Any]]:
     """Recipes from a TOML file: ``[recipes.NAME]`` tables of :func:`landscape.train` options,
-    plus optional top-level study settings (``data``, ``model``, ``model_options``,
+    and/or top-level study settings (``data``, ``model``, ``model_options``,
     ``train_size``, ``curve``, ``surface``, ``interpolation``, ``seed``, ...).
 
     Returns ``(recipes, settings)``. Python 3.11+ reads TOML with ``tomllib``; 3.10 needs the
@@ -186,9 +186,9 @@ def read_recipes(path: str | Path) -> tuple[list[Recipe], dict[str, Any]]:
         doc = tomllib.loads(path.read_text())
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
         raise LandscapeError(f"{path}: not valid TOML: {err}") from None
-    tables = doc.pop("recipes", None)
-    if not isinstance(tables, dict) or not tables:
-        raise LandscapeError(f"{path}: no [recipes.NAME] tables")
+    tables = doc.pop("recipes", {})
+    if not isinstance(tables, dict) or not (tables or doc):
+        raise LandscapeError(f"{path}: no [recipes.NAME] tables and no study settings")
     recipes = []
     for name, options in tables.items():
         check_name(name)
@@ -219,7 +219,7 @@ class StudySettings:
     """
 
     curve: str = "-1:1:41"
-    surface: str = "-1:1:21"
+    surface: str = "-1:1:31"
     interpolation: str = "-0.5:1.5:41"
     seed: int = 0
     hessian_tol: float = 1e-4
@@ -384,12 +384,16 @@ def load_study(path: str | Path) -> Study:
 
 # ------------------------------------------------------------------------------ the study
 class _Log:
+    """Progress lines on stderr, stamped with the seconds since the study started."""
+
     def __init__(self, quiet: bool) -> None:
         self.quiet = quiet or os.environ.get("LANDSCAPE_QUIET", "") == "1"
+        self.t0 = time.perf_counter()
 
     def __call__(self, msg: str) -> None:
         if not self.quiet:
-            print(f"[study] {msg}", file=sys.stderr, flush=True)
+            print(f"[study {time.perf_counter() - self.t0:6.1f} s] {msg}", file=sys.stderr,
+                  flush=True)
 
 
 def _train_or_load(recipe: Recipe, common: Mapping[str, Any], out: Path, overwrite: bool,
@@ -496,7 +500,8 @@ def _row(name: str, recipe: Mapping[str, Any], curve: Any,
         row["curve_rise"] = curve_rise(curve, at=RISE_AT)
     except LandscapeError:
         row["curve_rise"] = None
-    return row
+    return {k: None if isinstance(v, float) and not np.isfinite(v) else v  # JSON: null
+            for k, v in row.items()}
 
 
 class _Runner:
@@ -575,6 +580,8 @@ class _Runner:
                       digests: Mapping[str, str]) -> Any:
         """The line from model ``a`` (t=0) to ``b`` (t=1), train and test; None when the
         two architectures differ."""
+        from landscape.surface import interpolate
+
         label = f"{a}__{b}"
         key = _digest({"part": "interpolation", "x": self.s.interpolation,
                        "weights": [digests[a], digests[b]], **self.engine})
@@ -584,7 +591,7 @@ class _Runner:
         if result is None:
             self.log(f"interpolation {a} -> {b}")
             try:
-                computed = _owned_file(_interpolate, self.surf_dir / f"interp_{label}.h5",
+                computed = _owned_file(interpolate, self.surf_dir / f"interp_{label}.h5",
                                        self.overwrite or label in group, runs[a], runs[b],
                                        x=self.s.interpolation, split="train,test",
                                        show_progress=self.show_progress, **self.engine)
@@ -717,30 +724,6 @@ def run_study(recipes: Sequence[Recipe | str] = (), runs: Mapping[str, str | Pat
                          save_figure(fig, out / "comparison.png", dpi=200)]
     study.seconds = time.perf_counter() - t0
     return study
-
-
-def _interpolate(run_a: Any, run_b: Any, *, x: str, split: str, out: Path, overwrite: bool,
-                 show_progress: bool, **engine: Any) -> Any:
-    """:func:`landscape.surface.interpolate`; for models without floating-point buffers the
-    same line through :func:`~landscape.surface.compute_surface` without buffer directions."""
-    from landscape.objective import Objective
-    from landscape.params import ParamSpace
-    from landscape.surface import compute_surface, interpolate
-
-    if any(torch.is_floating_point(b) for b in run_a.model.buffers()):
-        return interpolate(run_a, run_b, x=x, split=split, out=out, overwrite=overwrite,
-                           show_progress=show_progress, **engine)
-    objs = {sp: Objective.from_run(run_a, split=sp, **engine) for sp in split.split(",")}
-    first = next(iter(objs.values()))
-    if ParamSpace.from_model(run_b.model) != first.space:
-        raise LandscapeError(f"{run_b.path} has a different architecture (parameter layout) "
-                             "from the first run")
-    direction = first.space.flatten(run_b.model).to(first.theta0) - first.theta0
-    ends = [str(run_a.path), str(run_b.path)]
-    return compute_surface(objs, out, x, directions=[direction], kind="interpolation",
-                           settings={"endpoints": ends}, direction_attrs=[{"to": ends[1]}],
-                           attrs={"run": ends[0], "endpoints": ends}, overwrite=overwrite,
-                           show_progress=show_progress)
 
 
 def _owned_file(fn: Any, file: Path, replace: bool, *args: Any, **kwargs: Any) -> Any:

@@ -230,10 +230,13 @@ def plot_surface3d(surface: Any, ax: Axes | None = None, *, metric: str = "train
         ax.plot_surface(xx, yy, zplot, facecolors=facecolors, rstride=1, cstride=1,
                         linewidth=0.1, edgecolor=(0, 0, 0, 0.15), antialiased=True,
                         shade=False, rasterized=True)
+        def short(text: str) -> str:   # 3D axes have room for the symbol only
+            return text.split(",")[0].split(" (")[0]
+
         xlabel, ylabel = axis_labels(s)
-        ax.set_xlabel(xlabel, labelpad=-2)
-        ax.set_ylabel(ylabel, labelpad=-2)
-        ax.set_zlabel(f"log$_{{10}}$ {label}" if use_log else label, labelpad=-1)
+        ax.set_xlabel(short(xlabel), labelpad=-4)
+        ax.set_ylabel(short(ylabel), labelpad=-4)
+        ax.set_zlabel(f"log$_{{10}}$ {short(label)}" if use_log else label, labelpad=-2)
         from matplotlib.ticker import MaxNLocator
 
         for axis in (ax.xaxis, ax.yaxis, ax.zaxis):

@@ -84,16 +84,30 @@ def plot_density(results: Any, ax: Axes | None = None, *, log: bool = True,
     return fig
 
 
+def _curvature_arrays(s: Any) -> dict[str, np.ndarray]:
+    """``hessian_max``/``hessian_min`` (and ``hessian_done``) of a surface: from its values,
+    else from its file."""
+    from landscape import store
+
+    names = ("hessian_max", "hessian_min", "hessian_done")
+    found = {k: np.asarray(s.values[k]) for k in names if k in s.values}
+    if len(found) < 2 and Path(s.path).is_file():
+        with store.open_result(s.path) as f:
+            found = {k: np.asarray(f[k][()]) for k in names if k in f}
+    for k in names[:2]:
+        if k not in found:
+            raise LandscapeError(f"{s.path}: no dataset {k!r}; compute the curvature map "
+                                 "first (landscape.analysis.hessian.curvature_map)")
+        found[k] = found[k].astype(float)
+    return found
+
+
 def curvature_ratio(surface: Any) -> np.ndarray:
     """``|lambda_min / lambda_max|`` on the grid (NaN where not computed or lambda_max <= 0)."""
     s = as_surface(surface, ndim=2, what="a curvature ratio map")
-    missing = [k for k in ("hessian_max", "hessian_min") if k not in s.values]
-    if missing:
-        raise LandscapeError(f"{s.path}: no dataset {missing[0]!r}; compute the curvature map "
-                             "first (landscape.analysis.hessian.curvature_map)")
-    hmax = np.array(s.values["hessian_max"], dtype=float)
-    hmin = np.array(s.values["hessian_min"], dtype=float)
-    done = np.asarray(s.values.get("hessian_done", np.isfinite(hmax)), dtype=bool)
+    maps = _curvature_arrays(s)
+    hmax, hmin = maps["hessian_max"], maps["hessian_min"]
+    done = maps.get("hessian_done", np.isfinite(hmax)).astype(bool)
     with np.errstate(divide="ignore", invalid="ignore"):
         ratio = np.abs(hmin / hmax)
     ratio[~done | ~(hmax > 0) | ~np.isfinite(ratio)] = np.nan

@@ -1,0 +1,319 @@
+"""Figures: every kind rendered from small stored files, checked on the figure itself.
+
+References: the arrays read straight from the HDF5 files with h5py (what each plotted line,
+mesh and contour set must hold), the explained-variance ratios and epoch numbers stored with
+a trajectory, and hand-counted VTK points and cells.
+"""
+
+from __future__ import annotations
+
+import re
+import xml.etree.ElementTree as ET
+from dataclasses import replace
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from matplotlib import colors
+from matplotlib.collections import QuadMesh
+from matplotlib.contour import ContourSet
+from matplotlib.figure import Figure
+from torch import nn
+
+from landscape.analysis.hessian import analyze_hessian, curvature_map
+from landscape.cli import main
+from landscape.errors import LandscapeError
+from landscape.objective import Objective
+from landscape.plot import (
+    color_scale,
+    curvature_ratio,
+    export_vtk,
+    plot_contour,
+    plot_curve,
+    plot_density,
+    plot_filled,
+    plot_heatmap,
+    plot_ratio,
+    plot_surface3d,
+    plot_trajectory,
+    save_figure,
+)
+from landscape.plot.render import render
+from landscape.surface import compute_surface, load_surface, random_direction
+
+NX, NY = 6, 4   # a non-square grid, so swapped axes would show
+
+
+def _objectives(seed: int = 0) -> dict[str, Objective]:
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 3))
+    gen = torch.Generator().manual_seed(1)
+    x, y = torch.randn(50, 4, generator=gen), torch.randint(0, 3, (50,), generator=gen)
+    return {"train": Objective(model, (x[:36], y[:36]), precision="float64"),
+            "test": Objective(model, (x[36:], y[36:]), precision="float64")}
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Small stored results of every kind (a few seconds in all)."""
+    root = tmp_path_factory.mktemp("plots")
+    objs = _objectives()
+    o = objs["train"]
+    dx = random_direction(o.space, o.theta0, 0, "filter", "biasbn").double()
+    dy = random_direction(o.space, o.theta0, 1, "filter", "biasbn").double()
+    out = {name: root / f"{name}.h5" for name in
+           ("curve", "surface", "interp", "traj", "hessian")}
+    common = {"show_progress": False}
+    compute_surface(objs, out["curve"], "-1:1:9", directions=[dx],
+                    settings={"norm": "filter"}, **common)
+    compute_surface({"train": o}, out["surface"], f"-1:1:{NX}", f"-0.5:0.5:{NY}",
+                    directions=[dx, dy], settings={"norm": "filter"}, **common)
+    compute_surface(objs, out["interp"], "-0.5:1.5:5", directions=[dx], kind="interpolation",
+                    attrs={"endpoints": ["runs/small", "runs/large"]}, **common)
+    coords = np.array([[-1.0, 0.4], [-0.6, -0.2], [-0.2, 0.1]])
+    compute_surface({"train": o}, out["traj"], "-1.2:0.3:5", "-0.4:0.6:4", directions=[dx, dy],
+                    kind="trajectory", extras={"path/coords": coords,
+                                               "path/epochs": np.array([0, 2, 4])},
+                    attrs={"explained_variance_ratio": [0.812, 0.103]}, **common)
+    curvature_map(o, out["surface"], tol=1e-6)
+    analyze_hessian(o, top=2, bottom=1, density=True, density_probes=2, density_steps=12,
+                    out=out["hessian"])
+    return out
+
+
+def _read(path: Path, name: str) -> np.ndarray:
+    with h5py.File(path, "r") as f:
+        return f[name][()]
+
+
+def _contour_sets(fig: Figure) -> list[ContourSet]:
+    return [a for ax in fig.axes for a in ax.get_children() if isinstance(a, ContourSet)]
+
+
+# ------------------------------------------------------------------------------------- 1D
+def test_curve_draws_stored_loss_and_accuracy_on_twin_axes_with_units(files) -> None:
+    fig = plot_curve(files["curve"])
+    assert isinstance(fig, Figure) and len(fig.axes) == 2   # loss and its accuracy twin
+    ax, ax_acc = fig.axes
+    assert ax.get_ylabel() == "loss (nats)" and ax_acc.get_ylabel() == "accuracy (%)"
+    assert "alpha" in ax.get_xlabel() and "filter-normalized" in ax.get_xlabel()
+    x = _read(files["curve"], "x")
+    loss = {line.get_label(): line.get_ydata() for line in ax.get_lines()}
+    np.testing.assert_allclose(loss["train loss"], _read(files["curve"], "train_loss"))
+    np.testing.assert_allclose(loss["test loss"], _read(files["curve"], "test_loss"))
+    acc = {line.get_label(): line.get_ydata() for line in ax_acc.get_lines()}
+    np.testing.assert_allclose(acc["test accuracy"], 100 * _read(files["curve"], "test_acc"))
+    for line in [*ax.get_lines(), *ax_acc.get_lines()]:
+        np.testing.assert_allclose(line.get_xdata(), x)
+        assert np.isfinite(line.get_ydata()).all()
+    assert ax.get_legend() is not None
+
+
+def test_several_curves_share_one_axes_one_colour_per_model(files) -> None:
+    fig = plot_curve({"small": files["curve"], "large": load_surface(files["curve"])},
+                     log=True)
+    assert len(fig.axes) == 1                                   # accuracy off for several
+    ax = fig.axes[0]
+    assert ax.get_yscale() == "log"
+    lines = ax.get_lines()
+    assert len(lines) == 4                                       # 2 models x train/test
+    assert lines[0].get_color() == lines[1].get_color() != lines[2].get_color()
+    assert [line.get_linestyle() for line in lines] == ["-", "--", "-", "--"]
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert {"small", "large", "train", "test"} <= set(labels)
+
+
+def test_interpolation_curve_names_its_endpoints(files) -> None:
+    ax = plot_curve(files["interp"]).axes[0]
+    assert ax.get_xlabel() == "$t$ (0: small, 1: large)"
+
+
+def test_curve_into_a_given_axes_returns_that_figure(files) -> None:
+    fig = Figure()
+    ax = fig.add_subplot()
+    assert plot_curve(files["curve"], ax, accuracy=False) is fig and fig.axes == [ax]
+
+
+# ------------------------------------------------------------------------------------- 2D
+def test_color_scale_log_levels_by_default_for_a_wide_positive_range() -> None:
+    data = np.array([[1e-3, 1e-2], [1.0, 10.0]])
+    levels, norm = color_scale(data, levels=9)
+    assert isinstance(norm, colors.LogNorm) and (norm.vmin, norm.vmax) == (1e-3, 10.0)
+    np.testing.assert_allclose(np.diff(np.log(levels)), np.log(1e4) / 8)
+    levels, norm = color_scale(data, vmin=0.5, vmax=2.0, levels=4, log=False)
+    np.testing.assert_allclose(levels, [0.5, 1.0, 1.5, 2.0])
+    assert type(norm) is colors.Normalize
+    levels, norm = color_scale(data, levels=[0.2, 0.1, 3.0])
+    np.testing.assert_allclose(levels, [0.1, 0.2, 3.0])
+    assert (norm.vmin, norm.vmax) == (0.1, 3.0)
+    with pytest.raises(LandscapeError, match="vmax"):
+        color_scale(data, vmin=2.0, vmax=1.0)
+
+
+def test_contour_lines_follow_the_stored_grid_with_a_colorbar(files) -> None:
+    fig = plot_contour(files["surface"], levels=7, log=False)
+    (cs,) = _contour_sets(fig)
+    z = _read(files["surface"], "train_loss")
+    assert z.shape == (NY, NX)
+    assert (cs.norm.vmin, cs.norm.vmax) == (z.min(), z.max())
+    np.testing.assert_allclose(cs.levels, np.linspace(z.min(), z.max(), 7))
+    ax = fig.axes[0]
+    assert ax.get_xlim() == (-1.0, 1.0) and ax.get_ylim() == (-0.5, 0.5)
+    assert ax.get_xlabel().startswith("$\\alpha$") and ax.get_ylabel().startswith("$\\beta$")
+    assert len(fig.axes) == 2 and fig.axes[1].get_ylabel() == "train loss (nats)"
+
+
+def test_filled_contours_and_heat_map_show_the_stored_values(files) -> None:
+    fig = plot_filled(files["surface"], vmin=0.5, vmax=3.0)
+    (cs,) = _contour_sets(fig)
+    assert cs.filled and (cs.norm.vmin, cs.norm.vmax) == (0.5, 3.0)
+    fig = plot_heatmap(files["surface"], metric="train_acc")
+    (mesh,) = [a for a in fig.axes[0].get_children() if isinstance(a, QuadMesh)]
+    np.testing.assert_allclose(np.asarray(mesh.get_array()).reshape(NY, NX),
+                               100 * _read(files["surface"], "train_acc"))
+    assert fig.axes[1].get_ylabel() == "train accuracy (%)"
+
+
+def test_surface3d_draws_on_a_3d_axes_with_clipped_z(files) -> None:
+    z = _read(files["surface"], "train_loss")
+    vmax = float(np.median(z))
+    fig = plot_surface3d(files["surface"], vmax=vmax, log=False)
+    ax = fig.axes[0]
+    assert ax.name == "3d" and ax.get_zlabel() == "train loss (nats)"
+    lo, hi = ax.zz_dataLim.intervalx   # the z range of the drawn surface
+    assert (lo, hi) == (pytest.approx(z.min()), pytest.approx(vmax))
+    with pytest.raises(LandscapeError, match="3D axes"):
+        plot_surface3d(files["surface"], Figure().add_subplot())
+
+
+def test_trajectory_labels_carry_explained_variance_and_epochs(files) -> None:
+    fig = plot_trajectory(files["traj"])
+    ax = fig.axes[0]
+    assert ax.get_xlabel() == "PC 1 (81.2% of variance)"
+    assert ax.get_ylabel() == "PC 2 (10.3% of variance)"
+    path = [line for line in ax.get_lines() if line.get_label().startswith("path")][0]
+    np.testing.assert_allclose(np.c_[path.get_xdata(), path.get_ydata()],
+                               np.vstack([_read(files["traj"], "path/coords"), [[0, 0]]]))
+    assert sorted(t.get_text() for t in ax.texts) == ["0", "2", "4"]
+    assert len(_contour_sets(fig)) == 1
+
+
+def test_density_plot_is_log_scaled_and_marks_lanczos_eigenvalues(files) -> None:
+    fig = plot_density(files["hessian"])
+    ax = fig.axes[0]
+    assert ax.get_yscale() == "log" and "eigenvalue" in ax.get_xlabel()
+    density, eig = ax.get_lines()[0], ax.get_lines()[1]
+    grid, dens = _read(files["hessian"], "density/grid"), _read(files["hessian"], "density/density")
+    np.testing.assert_allclose(density.get_xdata(), grid)
+    shown = np.asarray(density.get_ydata(), dtype=float)
+    np.testing.assert_allclose(shown[np.isfinite(shown)], dens[np.isfinite(shown)])
+    stored = np.r_[_read(files["hessian"], "eigenvalues_top"),
+                   _read(files["hessian"], "eigenvalues_bottom")]
+    np.testing.assert_allclose(np.sort(eig.get_xdata()), np.sort(stored))
+
+
+def test_ratio_map_is_abs_min_over_max_of_the_curvature_map(files) -> None:
+    hmax, hmin = _read(files["surface"], "hessian_max"), _read(files["surface"], "hessian_min")
+    expected = np.where(hmax > 0, np.abs(hmin / hmax), np.nan)
+    np.testing.assert_allclose(curvature_ratio(files["surface"]), expected)
+    fig = plot_ratio(files["surface"])
+    (mesh,) = [a for a in fig.axes[0].get_children() if isinstance(a, QuadMesh)]
+    shown = np.ma.filled(np.asarray(mesh.get_array(), dtype=float), np.nan).reshape(NY, NX)
+    np.testing.assert_allclose(shown, expected)
+    assert "lambda" in fig.axes[1].get_ylabel()
+
+
+# ------------------------------------------------------------------------------------ VTK
+def test_legacy_vtk_has_one_point_per_grid_node_and_one_quad_per_cell(files, tmp_path) -> None:
+    path = export_vtk(files["surface"], tmp_path / "s.vtk")
+    lines = path.read_text().splitlines()
+    assert lines[0].startswith("# vtk DataFile") and lines[3] == "DATASET POLYDATA"
+    n_points = int(re.match(r"POINTS (\d+) double", lines[4]).group(1))
+    assert n_points == NX * NY
+    points = np.array([[float(v) for v in line.split()] for line in lines[5:5 + n_points]])
+    z = _read(files["surface"], "train_loss")
+    np.testing.assert_allclose(points[:, 2], z.ravel(), rtol=1e-8)
+    xx, yy = np.meshgrid(_read(files["surface"], "x"), _read(files["surface"], "y"))
+    np.testing.assert_allclose(points[:, :2], np.c_[xx.ravel(), yy.ravel()], atol=1e-12)
+    header = lines[5 + n_points].split()
+    assert header[0] == "POLYGONS" and int(header[1]) == (NX - 1) * (NY - 1)
+    assert int(header[2]) == 5 * (NX - 1) * (NY - 1)
+    polys = [list(map(int, line.split())) for line in
+             lines[6 + n_points: 6 + n_points + int(header[1])]]
+    assert all(p[0] == 4 and max(p[1:]) < n_points for p in polys)
+    assert lines[6 + n_points + int(header[1])] == f"POINT_DATA {n_points}"
+
+
+def test_xml_vtp_parses_and_leaves_out_cells_at_a_missing_point(files, tmp_path) -> None:
+    s = load_surface(files["surface"])
+    done = s.done.copy()
+    done[1, 2] = False                      # an interior point not computed: 4 cells go
+    path = export_vtk(replace(s, done=done), tmp_path / "s.vtp")
+    piece = ET.parse(path).getroot().find("PolyData/Piece")
+    assert int(piece.get("NumberOfPoints")) == NX * NY
+    assert int(piece.get("NumberOfPolys")) == (NX - 1) * (NY - 1) - 4
+    conn = piece.find("Polys/DataArray[@Name='connectivity']").text.split()
+    offsets = piece.find("Polys/DataArray[@Name='offsets']").text.split()
+    assert len(conn) == 4 * int(piece.get("NumberOfPolys")) and int(offsets[-1]) == len(conn)
+    assert str(1 * NX + 2) not in conn
+    points = np.array(piece.find("Points/DataArray").text.split(), dtype=float)
+    assert points.size == 3 * NX * NY and np.isfinite(points).all()
+
+
+# ---------------------------------------------------------------------------- bad input
+def test_wrong_kind_or_missing_dataset_is_a_one_line_error(files, tmp_path) -> None:
+    cases = [
+        (lambda: render(files["hessian"], tmp_path / "a.png", kind="contour"),
+         r"holds a 'hessian' result; --kind contour needs a 2D"),
+        (lambda: render(files["curve"], tmp_path / "a.png", kind="contour"),
+         r"holds a 1D 'surface' result; --kind contour needs a 2D"),
+        (lambda: render(files["surface"], tmp_path / "a.png", kind="density"),
+         r"--kind density needs a 'hessian' file"),
+        (lambda: plot_trajectory(files["surface"]), r"needs a 'trajectory' file"),
+        (lambda: plot_contour(files["surface"], metric="test_loss"),
+         r"no dataset 'test_loss' \(it holds train_loss, train_acc"),
+        (lambda: plot_ratio(files["traj"]), r"no dataset 'hessian_max'"),
+        (lambda: plot_curve(files["surface"]), r"needs a 1D curve"),
+        (lambda: render(files["surface"], tmp_path / "a.vtk", kind="contour"),
+         r"written by --kind vtk"),
+        (lambda: export_vtk(files["surface"], tmp_path / "a.txt"), r"\.vtk .*or \.vtp"),
+        (lambda: render(files["surface"], tmp_path / "a.png", kind="nope"),
+         r"unknown plot kind 'nope'"),
+    ]
+    for call, message in cases:
+        with pytest.raises(LandscapeError, match=message) as err:
+            call()
+        assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize(("file", "kind", "suffix"), [
+    ("curve", None, "png"), ("interp", None, "svg"), ("surface", None, "pdf"),
+    ("surface", "filled", "png"), ("surface", "heatmap", "png"),
+    ("surface", "surface3d", "png"), ("surface", "ratio", "png"), ("traj", None, "png"),
+    ("hessian", None, "png"), ("surface", None, "vtp"), ("surface", "vtk", "vtk")])
+def test_cli_plot_writes_every_kind(files, tmp_path, file, kind, suffix) -> None:
+    out = tmp_path / f"fig.{suffix}"
+    args = ["plot", str(files[file]), "--out", str(out)] + (["--kind", kind] if kind else [])
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    assert out.stat().st_size > 500
+    if suffix == "png":
+        assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_cli_plot_wrong_kind_exits_1_with_one_line(files, tmp_path) -> None:
+    result = CliRunner().invoke(main, ["plot", str(files["curve"]), "--kind", "trajectory",
+                                       "--out", str(tmp_path / "x.png")])
+    assert result.exit_code == 1
+    message = result.output.strip()
+    assert message.startswith("Error: ") and "\n" not in message
+    assert "needs a 2D 'trajectory' file" in message
+
+
+def test_saved_pdf_embeds_truetype_fonts(files, tmp_path) -> None:
+    path = save_figure(plot_contour(files["surface"]), tmp_path / "c.pdf")
+    data = path.read_bytes()
+    assert b"/FontFile2" in data and b"/Type3" not in data
