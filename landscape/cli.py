@@ -458,6 +458,10 @@ def hessian_cmd(run_dir: str, top: int, bottom: int, trace: bool, trace_method: 
         trace_rtol=trace_rtol, max_probes=max_probes, density_probes=density_probes,
         density_steps=density_steps, sigma=sigma, eigenvectors=not no_eigenvectors,
         **engine_kwargs(opts))
+    from landscape.distributed import rank_and_world
+
+    if rank_and_world()[0] != 0:  # under torchrun rank 0 reports
+        return
     summary = report.to_json()
     if as_json:
         echo_json(summary)

@@ -295,6 +295,12 @@ def test_hutchpp_is_unbiased_within_stderr_and_beats_hutchinson_on_a_decaying_sp
     assert abs(pp.estimate - exact) <= 3 * pp.stderr
     hutch = hessian_trace(obj, max_probes=30, min_probes=30, seed=0)
     assert pp.stderr < 0.5 * hutch.stderr
+    # unbiased, and its standard error is honest: over seeds, the mean is within 3 standard
+    # errors of the mean, and the spread matches the reported standard errors
+    runs = [hessian_trace(obj, method="hutch++", max_probes=30, seed=s) for s in range(100)]
+    estimates = np.array([r.estimate for r in runs])
+    assert abs(estimates.mean() - exact) <= 3 * estimates.std(ddof=1) / np.sqrt(len(runs))
+    assert 0.6 < estimates.std(ddof=1) / np.mean([r.stderr for r in runs]) < 1.6
     # a budget that covers the whole space makes Hutch++ exact
     full = hessian_trace(obj, method="hutch++", max_probes=3 * len(SPECTRUM), seed=1)
     assert full.estimate == pytest.approx(exact, rel=1e-10)
