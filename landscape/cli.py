@@ -628,5 +628,54 @@ def demo_cmd(out: str, as_json: bool, overwrite: bool, **options: Any) -> None:
     _report_study(study, as_json)
 
 
+
+@main.command("curvature")
+@click.option("--run", "run_dir", type=click.Path(exists=True, file_okay=False), required=True,
+              help="The run whose model and data the surface was computed from.")
+@click.option("--surface", "surface_file", type=click.Path(exists=True, dir_okay=False),
+              required=True, help="A 2D surface file; the map is added to it.")
+@click.option("--tol", type=float, default=1e-4, show_default=True,
+              help="Lanczos relative residual at each point.")
+@click.option("--split", type=click.Choice(["train", "test"]), default="train",
+              show_default=True)
+@click.option("--subset", type=click.IntRange(min=1), default=None,
+              help="Use a fixed random subset of this many samples (drawn from --seed).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--device", default="auto", show_default=True)
+@click.option("--precision", type=click.Choice(["float64", "float32", "tf32", "bf16"]),
+              default="float32", show_default=True)
+@_overwrite
+@_json
+def curvature_cmd(run_dir: str, surface_file: str, tol: float, split: str, subset: int | None,
+                  seed: int, device: str, precision: str, overwrite: bool,
+                  as_json: bool) -> None:
+    """Largest and smallest Hessian eigenvalue at every point of a 2D surface (Li et al.
+    2018, Fig. 7), stored in the surface file as hessian_max and hessian_min; resumable."""
+    import numpy as np
+
+    from landscape.analysis.hessian import curvature_map
+    from landscape.analysis.sharpness import run_objective
+
+    objective = run_objective(run_dir, split=split, subset=subset, seed=seed, device=device,
+                              precision=precision)
+    result = curvature_map(objective, surface_file, tol=tol, seed=seed, overwrite=overwrite)
+    if result is None:  # a rank other than 0 under torchrun
+        return
+    ratio = np.abs(result.hessian_min / result.hessian_max)
+    summary = {"file": str(result.path), "done": int(result.done.sum()),
+               "total": int(result.done.size), "n_hvp": result.n_hvp,
+               "hessian_max": [float(np.nanmin(result.hessian_max)),
+                               float(np.nanmax(result.hessian_max))],
+               "abs_min_over_max": [float(np.nanmin(ratio)), float(np.nanmax(ratio))]}
+    if as_json:
+        echo_json(summary)
+    else:
+        click.echo(f"{summary['file']}: curvature map {summary['done']}/{summary['total']} "
+                   f"points, lambda_max in [{summary['hessian_max'][0]:.4g}, "
+                   f"{summary['hessian_max'][1]:.4g}], |lambda_min/lambda_max| in "
+                   f"[{summary['abs_min_over_max'][0]:.3g}, {summary['abs_min_over_max'][1]:.3g}]"
+                   f" ({summary['n_hvp']} HVPs)")
+
+
 if __name__ == "__main__":
     main()

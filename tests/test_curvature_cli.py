@@ -1,0 +1,56 @@
+"""`landscape curvature` adds the extreme Hessian eigenvalues of every grid point to a surface
+file; checked against the full Hessian of a tiny float64 model."""
+
+import json
+from pathlib import Path
+
+import h5py
+import numpy as np
+import torch
+from click.testing import CliRunner
+
+from landscape import load_run, train
+from landscape.cli import main
+from landscape.objective import Objective
+
+
+def test_curvature_map_command_matches_full_hessian_at_each_point(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    train(model="mlp", model_options={"widths": [5]}, dataset="spirals", train_size=60,
+          epochs=2, batch_size=20, out=run_dir, progress=False)
+    surface = tmp_path / "s.h5"
+    runner = CliRunner()
+    result = runner.invoke(main, ["surface", "--run", str(run_dir), "--x", "-1:1:3", "--y",
+                                  "0:1:2", "--precision", "float64", "--out", str(surface)])
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(main, ["curvature", "--run", str(run_dir), "--surface", str(surface),
+                                  "--precision", "float64", "--tol", "1e-8", "--json"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["done"] == summary["total"] == 6
+
+    obj = Objective.from_run(load_run(run_dir), precision="float64")
+    with h5py.File(surface, "r") as f:
+        x, y = f["x"][()], f["y"][()]
+        origin, dx, dy = (torch.from_numpy(f[k][()]).double()
+                          for k in ("origin", "directions/x", "directions/y"))
+        hmax, hmin = f["hessian_max"][()], f["hessian_min"][()]
+    for i, b in enumerate(y):
+        for j, a in enumerate(x):
+            theta = origin + a * dx + b * dy
+            hessian = torch.func.hessian(lambda t: obj.batch_loss(t, obj.x, obj.y))(theta)
+            eig = torch.linalg.eigvalsh(hessian).numpy()
+            np.testing.assert_allclose([hmax[i, j], hmin[i, j]], [eig[-1], eig[0]], rtol=1e-6)
+
+
+def test_curvature_map_of_a_1d_curve_is_a_one_line_error(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    train(model="mlp", model_options={"widths": [5]}, dataset="spirals", train_size=40,
+          epochs=1, batch_size=20, out=run_dir, progress=False)
+    curve = tmp_path / "c.h5"
+    runner = CliRunner()
+    assert runner.invoke(main, ["surface", "--run", str(run_dir), "--x", "-1:1:3", "--out",
+                                str(curve)]).exit_code == 0
+    result = runner.invoke(main, ["curvature", "--run", str(run_dir), "--surface", str(curve)])
+    assert result.exit_code == 1
+    assert "2D surface" in result.output and len(result.output.strip().splitlines()) == 1
