@@ -148,7 +148,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args(argv)
 
-    from landscape.train.trainer import resolve_device
+    from landscape.objective import resolve_device
 
     device = resolve_device(args.device)
     images, labels = random_images(args.images)

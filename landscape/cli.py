@@ -193,8 +193,9 @@ def _report_surface(surface: Any, as_json: bool) -> None:
                f"{summary['done']}/{summary['total']} points done")
     for name, v in summary.items():
         if isinstance(v, dict) and "center" in v:
-            click.echo(f"  {name:<12} centre {v['center']:.6g}  min {v['min']:.6g}  "
-                       f"max {v['max']:.6g}")
+            low, high, centre = (f"{v[k]:.6g}" if v[k] is not None else "n/a"
+                                 for k in ("min", "max", "center"))
+            click.echo(f"  {name:<12} centre {centre}  min {low}  max {high}")
     if summary["nonfinite"]:
         click.echo(f"  {summary['nonfinite']} non-finite values (far from the minimum)")
 
@@ -651,8 +652,6 @@ def curvature_cmd(run_dir: str, surface_file: str, tol: float, split: str, subse
                   as_json: bool) -> None:
     """Largest and smallest Hessian eigenvalue at every point of a 2D surface (Li et al.
     2018, Fig. 7), stored in the surface file as hessian_max and hessian_min; resumable."""
-    import numpy as np
-
     from landscape.analysis.hessian import curvature_map
     from landscape.analysis.sharpness import run_objective
 
@@ -661,20 +660,13 @@ def curvature_cmd(run_dir: str, surface_file: str, tol: float, split: str, subse
     result = curvature_map(objective, surface_file, tol=tol, seed=seed, overwrite=overwrite)
     if result is None:  # a rank other than 0 under torchrun
         return
-    ratio = np.abs(result.hessian_min / result.hessian_max)
-    summary = {"file": str(result.path), "done": int(result.done.sum()),
-               "total": int(result.done.size), "n_hvp": result.n_hvp,
-               "hessian_max": [float(np.nanmin(result.hessian_max)),
-                               float(np.nanmax(result.hessian_max))],
-               "abs_min_over_max": [float(np.nanmin(ratio)), float(np.nanmax(ratio))]}
+    summary = result.summary()
     if as_json:
         echo_json(summary)
-    else:
-        click.echo(f"{summary['file']}: curvature map {summary['done']}/{summary['total']} "
-                   f"points, lambda_max in [{summary['hessian_max'][0]:.4g}, "
-                   f"{summary['hessian_max'][1]:.4g}], |lambda_min/lambda_max| in "
-                   f"[{summary['abs_min_over_max'][0]:.3g}, {summary['abs_min_over_max'][1]:.3g}]"
-                   f" ({summary['n_hvp']} HVPs)")
+        return
+    click.echo(f"{summary['file']}: curvature map {summary['done']}/{summary['total']} points, "
+               f"lambda_max in {summary['hessian_max']}, |lambda_min/lambda_max| in "
+               f"{summary['abs_min_over_max']} ({summary['n_hvp']} HVPs)")
 
 
 if __name__ == "__main__":

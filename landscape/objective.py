@@ -47,15 +47,23 @@ LOSSES = ("cross_entropy", "mse")
 
 
 def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
-    """``"auto"`` -> CUDA when available (this rank's GPU under torchrun), else CPU."""
-    if device is None or device == "auto":
+    """``"auto"`` -> CUDA when available (this rank's GPU under torchrun), else CPU; an
+    unknown or unavailable device is a LandscapeError."""
+    if device is None or str(device) == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         return torch.device("cpu")
-    device = torch.device(device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise LandscapeError("device 'cuda' requested but no CUDA device is available")
-    return device
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise LandscapeError(f"unknown device {device!r} (use auto, cpu or cuda)") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise LandscapeError(f"device {device!r} requested but CUDA is not available "
+                             "(use --device cpu or auto)")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise LandscapeError(f"device {device!r} does not exist "
+                             f"({torch.cuda.device_count()} CUDA device(s))")
+    return dev
 
 
 def _loss_sum(loss: str, out: Tensor, y: Tensor) -> Tensor:
@@ -401,8 +409,8 @@ class Objective:
         """Hessian-vector product of the mean loss: ``v[P] -> Hv``, or a block ``v[K, P]``.
 
         ``method``: ``"double_backward"`` (autograd, one vector at a time; the default, the
-        faster one measured: 2.5x a forward+backward pass for the digits MLP and 4.8x for
-        ResNet-20 on the CPU, against 3.7x and 6.6x, see ``benchmarks/README.md``) or
+        faster one measured: 2.0x a forward+backward pass for the digits MLP and 1.7x for
+        ResNet-20 on the CPU, against 3.8x and 2.7x, see ``benchmarks/README.md``) or
         ``"fwd_rev"`` (``torch.func.jvp`` of ``grad``; a block shares each data chunk across
         its K vectors through vmap).
         """

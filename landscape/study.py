@@ -609,16 +609,19 @@ class _Runner:
 
 
 def _check_same_data(names: Sequence[str], runs: Mapping[str, Any]) -> None:
-    """Refuse models trained on different data (seeds may differ: the digits split is fixed)."""
-    first = None
-    for name in names:
-        full = getattr(runs[name].data, "spec", None) or {}
-        spec = {k: full.get(k) for k in ("name", "data_dir", "train_size")}
-        if first is None:
-            first = spec
-        elif spec != first:
+    """Refuse models trained on different data: the training splits must be identical
+    (a digest of their tensors; the seed can change a ``train_size`` subset or a synthetic
+    dataset, but not the fixed digits split)."""
+    def digest(run: Any) -> str:
+        x, y = run.data.split("train")
+        return hashlib.sha256(x.numpy().tobytes() + y.numpy().tobytes()).hexdigest()
+
+    first = digest(runs[names[0]])
+    for name in names[1:]:
+        if digest(runs[name]) != first:
+            spec = getattr(runs[name].data, "spec", {})
             raise LandscapeError(f"model {name!r} was trained on other data ({spec}) than "
-                                 f"{names[0]!r} ({first}); compare models on one dataset")
+                                 f"{names[0]!r}; compare models on one dataset")
 
 
 def run_study(recipes: Sequence[Recipe | str] = (), runs: Mapping[str, str | Path] | None = None,

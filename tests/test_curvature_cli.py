@@ -35,12 +35,20 @@ def test_curvature_map_command_matches_full_hessian_at_each_point(tmp_path: Path
         origin, dx, dy = (torch.from_numpy(f[k][()]).double()
                           for k in ("origin", "directions/x", "directions/y"))
         hmax, hmin = f["hessian_max"][()], f["hessian_min"][()]
+    exact = np.zeros((len(y), len(x), 2))
     for i, b in enumerate(y):
         for j, a in enumerate(x):
             theta = origin + a * dx + b * dy
             hessian = torch.func.hessian(lambda t: obj.batch_loss(t, obj.x, obj.y))(theta)
             eig = torch.linalg.eigvalsh(hessian).numpy()
-            np.testing.assert_allclose([hmax[i, j], hmin[i, j]], [eig[-1], eig[0]], rtol=1e-6)
+            exact[i, j] = eig[-1], eig[0]
+    np.testing.assert_allclose(np.stack([hmax, hmin], -1), exact, rtol=1e-6)
+    # the printed ranges: of lambda_max, and of |lambda_min / lambda_max| where lambda_max > 0
+    np.testing.assert_allclose(summary["hessian_max"], [exact[..., 0].min(),
+                                                        exact[..., 0].max()], rtol=1e-6)
+    ratio = np.abs(exact[..., 1] / exact[..., 0])[exact[..., 0] > 0]
+    np.testing.assert_allclose(summary["abs_min_over_max"], [ratio.min(), ratio.max()],
+                               rtol=1e-5)
 
 
 def test_curvature_map_of_a_1d_curve_is_a_one_line_error(tmp_path: Path) -> None:

@@ -355,3 +355,13 @@ def test_compute_sharpness_reports_nan_when_no_noise_reaches_the_pac_bayes_targe
     obj = Objective(nn.Linear(4, 10), (x, y), device="cpu")  # chance level: error ~0.9 already
     res = compute_sharpness(obj, measures="pac_bayes_flatness")["pac_bayes_flatness"]
     assert math.isnan(res.value) and "never raised" in res.extra["error"]
+
+
+@pytest.mark.parametrize("measure", [epsilon_sharpness, sam_sharpness, pac_bayes_flatness,
+                                     fisher_rao_norm])
+def test_bf16_precision_is_refused_since_its_loss_error_exceeds_the_increases(measure) -> None:
+    model = nn.Linear(3, 2)
+    x, y = torch.randn(8, 3), torch.randint(0, 2, (8,))
+    obj = Objective(model, (x, y), precision="bf16", device="cpu")
+    with pytest.raises(LandscapeError, match="bf16"):
+        measure(obj)

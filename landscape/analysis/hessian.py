@@ -161,6 +161,32 @@ class CurvatureMap:
     n_hvp: int
     path: Path
 
+    @property
+    def ratio(self) -> np.ndarray:
+        """``|lambda_min / lambda_max|`` (NaN where not computed or ``lambda_max <= 0``)."""
+        return min_max_ratio(self.hessian_max, self.hessian_min, self.done)
+
+    def summary(self) -> dict[str, Any]:
+        """Completeness, HVPs, and the ranges of ``lambda_max`` and of the ratio (finite)."""
+        def span(a: np.ndarray) -> list[float] | None:
+            a = a[np.isfinite(a)]
+            return [float(a.min()), float(a.max())] if a.size else None
+
+        return {"file": str(self.path), "done": int(self.done.sum()),
+                "total": int(self.done.size), "n_hvp": self.n_hvp,
+                "hessian_max": span(np.where(self.done, self.hessian_max, np.nan)),
+                "abs_min_over_max": span(self.ratio)}
+
+
+def min_max_ratio(hessian_max: np.ndarray, hessian_min: np.ndarray, done: np.ndarray,
+                  ) -> np.ndarray:
+    """``|lambda_min / lambda_max|`` per grid point, Li et al. (2018) Fig. 7: near 0 where the
+    surface is locally convex; NaN where not computed or ``lambda_max <= 0``."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = np.abs(hessian_min / hessian_max)
+    ratio[~done.astype(bool) | ~(hessian_max > 0) | ~np.isfinite(ratio)] = np.nan
+    return ratio
+
 
 # ------------------------------------------------------------------------------------------
 # the operator

@@ -108,6 +108,15 @@ class _Cost:
 
 
 def _theta(objective: Any, theta: Tensor | None) -> Tensor:
+    """The point to measure at (default: the model's own parameters), checked.
+
+    bf16 is refused: these measures subtract losses from the float32 gradient path and
+    losses evaluated under autocast, and bf16's loss error (6e-3 relative, benchmarks/
+    README.md) is larger than the increases measured near a minimum.
+    """
+    if getattr(objective, "precision", None) == "bf16":
+        raise LandscapeError("sharpness measures need float32 or float64 precision: bf16's "
+                             "loss error is larger than the increases they measure")
     if theta is None:
         return objective.theta0.clone()
     theta = torch.as_tensor(theta)

@@ -11,6 +11,7 @@ from matplotlib import colors
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
+from landscape.analysis.hessian import min_max_ratio
 from landscape.errors import LandscapeError
 from landscape.plot._inputs import as_surface, named
 from landscape.plot.contours import _finish_2d, _mark_points
@@ -107,11 +108,7 @@ def curvature_ratio(surface: Any) -> np.ndarray:
     s = as_surface(surface, ndim=2, what="a curvature ratio map")
     maps = _curvature_arrays(s)
     hmax, hmin = maps["hessian_max"], maps["hessian_min"]
-    done = maps.get("hessian_done", np.isfinite(hmax)).astype(bool)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        ratio = np.abs(hmin / hmax)
-    ratio[~done | ~(hmax > 0) | ~np.isfinite(ratio)] = np.nan
-    return ratio
+    return min_max_ratio(hmax, hmin, maps.get("hessian_done", np.isfinite(hmax)))
 
 
 def plot_ratio(surface: Any, ax: Axes | None = None, *, vmin: float = 0.0,

@@ -82,9 +82,8 @@ def _init_file(f: h5py.File, x: np.ndarray, y: np.ndarray | None, names: Sequenc
     for c, axis in zip(coords, ("y", "x") if y is not None else ("x",)):
         c.make_scale(axis)
     shape = tuple(len(c) for c in coords)
-    for name in [*names, "done"]:
-        ds = f.create_dataset(name, shape=shape, dtype=bool if name == "done" else "f8",
-                              fillvalue=False if name == "done" else np.nan)
+    for name in names:
+        ds = f.create_dataset(name, shape=shape, dtype="f8", fillvalue=np.nan)
         for dim, c in enumerate(coords):
             ds.dims[dim].attach_scale(c)
     f.create_dataset("origin", data=origin.detach().cpu().float().numpy())
@@ -99,6 +98,9 @@ def _init_file(f: h5py.File, x: np.ndarray, y: np.ndarray | None, names: Sequenc
             f.create_dataset(f"buffers/{axis}/{name}", data=b.detach().cpu().numpy())
     for name, value in extras.items():
         f.create_dataset(name, data=np.asarray(value))
+    done = f.create_dataset("done", shape=shape, dtype=bool, fillvalue=False)  # last: complete
+    for dim, c in enumerate(coords):
+        done.dims[dim].attach_scale(c)
 
 
 def _point_buffers(coords: Tensor, origin: Mapping[str, Tensor],
@@ -181,16 +183,22 @@ def compute_surface(objectives: Objective | Mapping[str, Objective], out: str | 
             "ndim": len(shape),
             "cosine_xy": cosine(dirs[0], dirs[1]) if len(dirs) == 2 else None},
             overwrite=overwrite)
-        if "done" not in f:
-            _init_file(f, x, y, names, origin, dirs, space.layout(),
-                       direction_attrs or [{}] * len(dirs), buffer_origin, buffer_directions,
-                       extras or {})
-            f.flush()
-        if "center_" + names[0] not in f.attrs:  # the centre is evaluated even off the grid
-            for split, o in objs.items():
-                for m, v in o.evaluate(origin[None]).items():
-                    f.attrs[f"center_{split}_{m}"] = float(v[0])
-            f.flush()
+        try:
+            if "done" not in f:  # new, or killed while being set up: (re)create the layout
+                for name in list(f):
+                    del f[name]
+                _init_file(f, x, y, names, origin, dirs, space.layout(),
+                           direction_attrs or [{}] * len(dirs), buffer_origin,
+                           buffer_directions, extras or {})
+                f.flush()
+            if "center_" + names[0] not in f.attrs:  # the centre is evaluated even off the grid
+                for split, o in objs.items():
+                    for m, v in o.evaluate(origin[None]).items():
+                        f.attrs[f"center_{split}_{m}"] = float(v[0])
+                f.flush()
+        except BaseException:
+            f.close()
+            raise
         done = f["done"][()].reshape(-1)
         arrays = {n: f[n][()].reshape(-1) for n in names}
         pending = np.flatnonzero(~done)
@@ -199,7 +207,7 @@ def compute_surface(objectives: Objective | Mapping[str, Objective], out: str | 
     pending = distributed.broadcast(pending)
     grid = np.stack(np.meshgrid(y if y is not None else [0.0], x, indexing="ij"), -1)
     grid = grid.reshape(-1, 2)[:, ::-1][:, : len(dirs)]  # flat index -> (x, y) coordinates
-    size = chunk or min(64, max(8, first.point_chunk if first.strategy == "vmap" else 8))
+    size = chunk or min(64, max(8, first.point_chunk))
     chunks = [pending[i : i + size] for i in range(0, len(pending), size)]
     bar = progress(total=len(pending), desc=f"{kind} {Path(out).name}", unit="pt",
                    disable=None if show_progress and rank == 0 else True)

@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from landscape.errors import LandscapeError, check_positive
+from landscape.objective import resolve_device
 from landscape.progress import progress as progress_bar
 from landscape.train.run import (
     _CHECKPOINT_RE,
@@ -65,23 +66,6 @@ DEFAULT_RUNS_DIR = Path("outputs") / "runs"
 
 
 # ----------------------------------------------------------------------------- helpers
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """``"auto"`` -> ``cuda`` if available else ``cpu``; a CUDA request without CUDA is an error."""
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise LandscapeError(f"unknown device {device!r} (use auto, cpu or cuda)") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise LandscapeError(f"device {device!r} requested but CUDA is not available "
-                             "(use --device cpu or auto)")
-    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
-        raise LandscapeError(f"device {device!r} does not exist "
-                             f"({torch.cuda.device_count()} CUDA device(s))")
-    return dev
-
-
 def _positive_int(name: str, value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int | np.integer) or value <= 0:
         raise LandscapeError(f"{name} must be a positive integer, got {value!r}")
