@@ -207,7 +207,8 @@ def compute_surface(objectives: Objective | Mapping[str, Objective], out: str | 
     pending = distributed.broadcast(pending)
     grid = np.stack(np.meshgrid(y if y is not None else [0.0], x, indexing="ij"), -1)
     grid = grid.reshape(-1, 2)[:, ::-1][:, : len(dirs)]  # flat index -> (x, y) coordinates
-    size = chunk or min(64, max(8, first.point_chunk))
+    size = chunk or min(64, max(8, first.point_chunk),
+                        max(1, -(-len(pending) // world)))  # every rank gets work
     chunks = [pending[i : i + size] for i in range(0, len(pending), size)]
     bar = progress(total=len(pending), desc=f"{kind} {Path(out).name}", unit="pt",
                    disable=None if show_progress and rank == 0 else True)
