@@ -27,11 +27,12 @@ FORMAT = "landscape"
 FORMAT_VERSION = 1
 
 
-def _jsonable(obj: Any) -> Any:
+def jsonable(obj: Any) -> Any:
+    """``obj`` with numpy values, tuples and paths turned into JSON types."""
     if isinstance(obj, Mapping):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
+        return {str(k): jsonable(v) for k, v in obj.items()}
     if isinstance(obj, list | tuple):
-        return [_jsonable(v) for v in obj]
+        return [jsonable(v) for v in obj]
     if isinstance(obj, np.generic | np.ndarray):
         return obj.tolist()
     if isinstance(obj, Path):
@@ -41,7 +42,7 @@ def _jsonable(obj: Any) -> Any:
 
 def settings_hash(settings: Mapping[str, Any]) -> str:
     """SHA-256 of the canonical JSON of ``settings``."""
-    text = json.dumps(_jsonable(settings), sort_keys=True, default=str)
+    text = json.dumps(jsonable(settings), sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()
 
 
@@ -81,8 +82,9 @@ def _check_landscape(f: h5py.File, path: Path, kind: str | tuple[str, ...] | Non
             f"{path}: holds a {f.attrs.get('kind')!r} result, expected {' or '.join(kinds)}")
 
 
-def _differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
-    old, new = _jsonable(old), _jsonable(new)
+def differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
+    """``key: old -> new`` for every key whose value differs."""
+    old, new = jsonable(old), jsonable(new)
     return [f"{k}: {old.get(k, '<unset>')!r} -> {new.get(k, '<unset>')!r}"
             for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
 
@@ -105,7 +107,7 @@ def create(path: str | Path, kind: str, settings: Mapping[str, Any],
             _check_landscape(f, path, kind)
             if f.attrs.get("settings_hash") != digest:
                 old = json.loads(f.attrs.get("settings", "{}"))
-                diff = "; ".join(_differences(old, settings))
+                diff = "; ".join(differences(old, settings))
                 raise LandscapeError(
                     f"{path} was computed with other settings ({diff}); "
                     "use --overwrite to replace it or choose another --out")
@@ -134,7 +136,7 @@ def write_attrs(obj: h5py.File | h5py.Group | h5py.Dataset, attrs: Mapping[str, 
             continue
         if isinstance(value, Mapping) or (
                 isinstance(value, list | tuple) and any(isinstance(v, str | list) for v in value)):
-            value = json.dumps(_jsonable(value), default=str)
+            value = json.dumps(jsonable(value), default=str)
             json_keys.add(key)
         else:
             json_keys.discard(key)

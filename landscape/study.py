@@ -303,7 +303,7 @@ def format_table(rows: Sequence[Mapping[str, Any]]) -> str:
 
 # ------------------------------------------------------------------------------ storage
 def _digest(obj: Any) -> str:
-    return hashlib.sha256(json.dumps(store._jsonable(obj), sort_keys=True, default=str)
+    return hashlib.sha256(json.dumps(store.jsonable(obj), sort_keys=True, default=str)
                           .encode()).hexdigest()[:16]
 
 
@@ -713,7 +713,7 @@ def run_study(recipes: Sequence[Recipe | str] = (), runs: Mapping[str, str | Pat
                     if result is not None:
                         interps[(a, b)] = result
             table = [rows[n] for n in names]
-            store.write_attrs(f, {"table": json.dumps(store._jsonable(table), default=str)})
+            store.write_attrs(f, {"table": json.dumps(store.jsonable(table), default=str)})
     finally:
         bar.close()
     study = Study(path, names, table, curves, surfaces, interps, asdict(s), computed=r.computed)
@@ -743,7 +743,7 @@ def _owned_file(fn: Any, file: Path, replace: bool, *args: Any, **kwargs: Any) -
 
 def _write_tables(study: Study, out: Path) -> None:
     (out / "table.md").write_text(format_table(study.table) + "\n")
-    (out / "table.json").write_text(json.dumps(store._jsonable(study.table), indent=2,
+    (out / "table.json").write_text(json.dumps(store.jsonable(study.table), indent=2,
                                                default=str) + "\n")
 
 

@@ -803,7 +803,7 @@ def curvature_map(objective: Objective, surface: str | Path, *, tol: float = 1e-
     settings = {"tol": tol, "max_iter": max_iter, "seed": int(seed), "operator": operator,
                 "params": _params_setting(params), "block_size": block_size,
                 "hvp_method": objective.hvp_method, **objective.settings()}
-    text = json.dumps(store._jsonable(settings), sort_keys=True, default=str)
+    text = json.dumps(store.jsonable(settings), sort_keys=True, default=str)
     shape = (len(y), len(x))
     rank, world = rank_and_world()
     f, todo, error = None, [], None
@@ -813,7 +813,7 @@ def curvature_map(objective: Objective, surface: str | Path, *, tol: float = 1e-
                 "settings", "") != text:
             old = json.loads(f["hessian_done"].attrs.get("settings", "") or "{}")
             error = (f"{path} holds a curvature map with other settings "
-                     f"({'; '.join(store._differences(old, settings))}); "
+                     f"({'; '.join(store.differences(old, settings))}); "
                      "pass overwrite=True (--overwrite) to redo it")
         else:
             if "hessian_done" not in f or overwrite:

@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from landscape import store
 from landscape.errors import LandscapeError, check_positive
 from landscape.objective import resolve_device
 from landscape.progress import progress as progress_bar
@@ -72,13 +73,6 @@ def _positive_int(name: str, value: Any) -> int:
     return int(value)
 
 
-def _versions() -> dict[str, str]:
-    from landscape import __version__
-
-    return {"landscape": __version__, "torch": torch.__version__, "numpy": np.__version__,
-            "python": platform.python_version()}
-
-
 def _device_name(dev: torch.device) -> str:
     if dev.type == "cuda":
         return torch.cuda.get_device_name(dev)
@@ -102,15 +96,6 @@ def _default_name(config: dict) -> str:
     model = re.sub(r"[^A-Za-z0-9_.-]+", "_", config["model"].rsplit(":", 1)[-1])
     return (f"{model}-{config['dataset']}-{config['optimizer']}-lr{config['lr']:g}"
             f"-bs{config['batch_size']}-seed{config['seed']}-{_config_hash(config)}")
-
-
-def _differences(old: dict, new: dict) -> list[str]:
-    keys = [k for k in dict.fromkeys([*old, *new]) if k not in _NOT_COMPARED]
-    return [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys if old.get(k) != new.get(k)]
-
-
-def _jsonable(obj: Any) -> Any:
-    return json.loads(json.dumps(obj))
 
 
 @torch.no_grad()
@@ -166,7 +151,8 @@ def _prepare_dir(path: Path, config: dict, resume: bool, overwrite: bool) -> str
                              "or choose another --out") from None
     if overwrite:
         return "overwrite"
-    diff = _differences(old, config)
+    diff = store.differences(*({k: v for k, v in c.items() if k not in _NOT_COMPARED}
+                                  for c in (old, config)))
     if diff:
         raise LandscapeError(f"run directory {path} holds a different run ({'; '.join(diff)}); "
                              "pass --overwrite to replace it or choose another --out")
@@ -275,7 +261,7 @@ def train(*, model: str = "mlp", dataset: str = "digits", data_dir: str | Path |
     sched = make_schedule(schedule, lr, epochs=epochs, steps_per_epoch=steps,
                           warmup_epochs=warmup_epochs, step_size=step_size, gamma=gamma)
 
-    config = _jsonable({
+    config = store.jsonable({
         "model": mspec["name"], "model_options": mspec["options"], "dataset": data.name,
         "data_dir": data.spec.get("data_dir"), "train_size": data.spec.get("train_size"),
         "optimizer": optimizer, "lr": lr, "momentum": momentum, "nesterov": bool(nesterov),
@@ -349,7 +335,7 @@ def train(*, model: str = "mlp", dataset: str = "digits", data_dir: str | Path |
             "data_sizes": {"train": n_train, "test": len(data.y_test)},
             "loss": data.loss, "task": data.task, "num_parameters": count_parameters(net),
             "steps_per_epoch": steps, "optimizer_requires": sorted(requires),
-            "device": str(dev), "device_name": _device_name(dev), "versions": _versions(),
+            "device": str(dev), "device_name": _device_name(dev), "versions": store.versions(),
             "threads": threads if dev.type == "cpu" else None,
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "status": "running",
