@@ -653,10 +653,10 @@ def curvature_cmd(run_dir: str, surface_file: str, tol: float, split: str, subse
     """Largest and smallest Hessian eigenvalue at every point of a 2D surface (Li et al.
     2018, Fig. 7), stored in the surface file as hessian_max and hessian_min; resumable."""
     from landscape.analysis.hessian import curvature_map
-    from landscape.analysis.sharpness import run_objective
+    from landscape.objective import Objective
 
-    objective = run_objective(run_dir, split=split, subset=subset, seed=seed, device=device,
-                              precision=precision)
+    objective = Objective.from_run(run_dir, split=split, subset=subset, seed=seed,
+                                   device=device, precision=precision)
     result = curvature_map(objective, surface_file, tol=tol, seed=seed, overwrite=overwrite)
     if result is None:  # a rank other than 0 under torchrun
         return

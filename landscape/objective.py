@@ -167,9 +167,15 @@ class Objective:
     # ----------------------------------------------------------------------------------
     # construction helpers
     @classmethod
-    def from_run(cls, run: Any, split: str = "train", **kwargs: Any) -> Objective:
-        """Objective of a trained run (``landscape.load_run``) on one of its splits."""
-        return cls(run.model, run.data, split=split, **kwargs)
+    def from_run(cls, run: Any, split: str = "train", *, subset: int | None = None,
+                 seed: int = 0, **kwargs: Any) -> Objective:
+        """Objective of a trained run (a directory or a loaded ``landscape.load_run``) on one
+        of its splits; ``subset``: a fixed random subset of that many samples from ``seed``."""
+        from landscape.train.run import as_run
+
+        run = as_run(run)
+        objective = cls(run.model, run.data, split=split, **kwargs)
+        return objective if subset is None else objective.subset(int(subset), seed=seed)
 
     def subset(self, idx: Tensor | int, seed: int = 0) -> Objective:
         """Same settings on a fixed subset: indices, or ``n`` samples drawn with ``seed``."""

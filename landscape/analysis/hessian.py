@@ -1092,14 +1092,12 @@ def hessian_of_run(run: Any, *, split: str = "train", subset: int | None = None,
     settings identify the run (path, model and dataset specs, a digest of the weights and
     buffers), the split and the subset, plus every analysis option.
     """
-    from landscape.train.run import load_run
+    from landscape.train.run import as_run
 
-    loaded = run if hasattr(run, "model") else load_run(run)
-    objective = Objective.from_run(loaded, split=split, device=device, precision=precision,
-                                   bn=bn, batch_size=batch_size)
-    seed = int(options.get("seed", 0))
-    if subset is not None:
-        objective = objective.subset(subset, seed=seed)
+    loaded = as_run(run)
+    objective = Objective.from_run(loaded, split=split, subset=subset,
+                                   seed=int(options.get("seed", 0)), device=device,
+                                   precision=precision, bn=bn, batch_size=batch_size)
     info = getattr(loaded, "info", {}) or {}
     settings = {"run": str(Path(loaded.path).resolve()), "model": info.get("model"),
                 "dataset": getattr(loaded.data, "spec", None), "split": split,

@@ -219,9 +219,11 @@ def noise_of_run(run: Any, *, batch_size: int = 128, lr: float = 0.1, split: str
     :data:`NOISE_MEASURES` in an HDF5 file (kind ``"noise"``) with their settings."""
     from pathlib import Path
 
-    from landscape.analysis.sharpness import run_objective, save_results
+    from landscape.analysis.sharpness import save_results
+    from landscape.objective import Objective
 
-    objective = run_objective(run, split, subset, seed, device, precision)
+    objective = Objective.from_run(run, split, subset=subset, seed=seed, device=device,
+                                   precision=precision)
     result = gradient_noise(objective, batch_size=batch_size, lr=lr)
     if out is not None:
         run_path = str(Path(run).resolve()) if not hasattr(run, "model") else str(run.path)

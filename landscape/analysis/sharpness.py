@@ -34,6 +34,7 @@ from torch import Tensor
 from torch.func import jvp, vmap
 
 from landscape.errors import LandscapeError, check_positive, unknown_name
+from landscape.objective import Objective
 
 NORMS = ("l2", "linf")
 KINDS = ("worst", "average")
@@ -669,22 +670,6 @@ def parse_rho(text: str | None) -> float | dict[str, float] | None:
         raise LandscapeError(f"--rho must be a number or name=number pairs, got {text!r}") from None
 
 
-def run_objective(run: Any, split: str = "train", subset: int | None = None, seed: int = 0,
-                  device: str = "auto", precision: str = "float32") -> Any:
-    """The Objective of a run (a directory or a loaded ``Run``) on ``split``, BatchNorm in eval
-    mode; ``subset``: a fixed random subset of that many samples (drawn from ``seed``)."""
-    from landscape.objective import Objective
-    from landscape.train import load_run
-
-    if not hasattr(run, "model"):
-        run = load_run(run)
-    objective = Objective.from_run(run, split=split, bn="eval", device=device,
-                                   precision=precision)
-    if subset is not None:
-        objective = objective.subset(int(subset), seed=seed)
-    return objective
-
-
 def sharpness_of_run(run: Any, *, measures: str | Iterable[str] = "all", eps: float = 1e-3,
                      rho: float | Mapping[str, float] | None = None, split: str = "train",
                      subset: int | None = None, batch_size: int | None = None, seed: int = 0,
@@ -696,7 +681,8 @@ def sharpness_of_run(run: Any, *, measures: str | Iterable[str] = "all", eps: fl
     from pathlib import Path
 
     names = parse_measures(measures)
-    objective = run_objective(run, split, subset, seed, device, precision)
+    objective = Objective.from_run(run, split, subset=subset, seed=seed, device=device,
+                                   precision=precision)
     results = compute_sharpness(objective, measures=names, eps=eps, rho=rho,
                                 batch_size=batch_size, seed=seed)
     if out is not None:

@@ -18,14 +18,9 @@ from landscape.params import ParamSpace
 from landscape.surface.compute import Surface, compute_surface
 from landscape.surface.directions import orthogonalize, pca_directions, random_direction
 from landscape.surface.grid import parse_range
+from landscape.train.run import as_run
 
 SPLITS = ("train", "test")
-
-
-def _as_run(run: Any) -> Any:
-    from landscape.train.run import load_run
-
-    return run if hasattr(run, "model") else load_run(run)
 
 
 def _splits(split: str | Sequence[str]) -> list[str]:
@@ -94,7 +89,7 @@ def random_surface(run: Any, *, x: Any = "-1:1:51", y: Any = None, norm: str = "
     surface file instead. ``engine`` goes to :class:`Objective` (``bn``, ``precision``,
     ``device``, ``batch_size``). Cost: one forward pass per point and split.
     """
-    run = _as_run(run)
+    run = as_run(run)
     objs = _objectives(run, split, engine)
     first = next(iter(objs.values()))
     theta, n_dirs = first.theta0, 1 if y is None else 2
@@ -149,8 +144,8 @@ def plane(run_a: Any, run_b: Any, run_c: Any, *, x: Any = "-0.5:1.5:41",
 def _affine(run_a: Any, others: list[Any], x: Any, y: Any, split: str, out: Any,
             overwrite: bool, show_progress: bool, command: str | None, kind: str,
             engine: dict[str, Any]) -> Surface:
-    run_a = _as_run(run_a)
-    others = [_as_run(r) for r in others]
+    run_a = as_run(run_a)
+    others = [as_run(r) for r in others]
     objs = _objectives(run_a, split, engine)
     first = next(iter(objs.values()))
     buf_a = _buffers(run_a.model)
@@ -187,7 +182,7 @@ def trajectory(run: Any, *, x: Any = None, y: Any = None, split: str = "train",
     surface is a slice through the final model and can differ from the path's own loss.
     ``x``/``y`` default to the path's extent plus a 25% margin, 41 points each.
     """
-    run = _as_run(run)
+    run = as_run(run)
     objs = _objectives(run, split, engine)
     first = next(iter(objs.values()))
     final = first.theta0

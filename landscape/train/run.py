@@ -268,3 +268,8 @@ def load_run(path: str | Path, *, data: bool = True) -> Run:
     dataset = load_run_data(info) if data else None
     return Run(path=path, config=dict(info["config"]), model=model, data=dataset,
                history=read_history(path), info=info)
+
+
+def as_run(run: Any) -> Run:
+    """``run`` itself if it is a loaded run, else :func:`load_run` of that directory."""
+    return run if hasattr(run, "model") else load_run(run)
