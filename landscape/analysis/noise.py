@@ -16,7 +16,7 @@ gradient, as in McCandlish et al. 2018's i.i.d. model and Smith et al. 2021's Ga
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -70,11 +70,6 @@ class NoiseResult:
         return {name: MeasureResult(name, float(getattr(self, name)), None, self.settings,
                                     self.cost, dict(extra.get(name, {})))
                 for name in NOISE_MEASURES}
-
-    def as_record(self) -> dict[str, Any]:
-        record = asdict(self)
-        record.pop("grad")
-        return record
 
 
 def _ratio(a: float, b: float) -> float:

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -77,10 +77,6 @@ class MeasureResult:
             out["stderr"] = self.stderr
         out.update(self.extra)
         return out
-
-    def as_record(self) -> dict[str, Any]:
-        """Everything, JSON-able."""
-        return asdict(self)
 
 
 # ------------------------------------------------------------------------------------ helpers
