@@ -338,7 +338,7 @@ class Objective:
                     fn = self._eval_vmap if strategy == "vmap" else self._eval_loop
                     sums = fn(points, buffers)
                 break
-            except torch.OutOfMemoryError:
+            except torch.cuda.OutOfMemoryError:  # (torch.OutOfMemoryError only from 2.5)
                 if strategy == "vmap" and self.point_chunk > 1:
                     self.point_chunk //= 2
                 elif self.batch_size > 1:

@@ -247,7 +247,7 @@ class _Operator:
             chunk = v[start : start + self.block_size]
             try:
                 outs.append(self._apply(chunk))
-            except torch.OutOfMemoryError:
+            except torch.cuda.OutOfMemoryError:  # (torch.OutOfMemoryError only from 2.5)
                 if self.block_size == 1:
                     raise
                 self.block_size = max(1, self.block_size // 2)
