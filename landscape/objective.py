@@ -192,9 +192,10 @@ class Objective:
         return new
 
     def settings(self) -> dict[str, Any]:
-        """The settings that determine the numbers (stored in result files)."""
+        """The settings that determine the numbers (hashed in result files). The device is
+        not one of them (a run may resume on another device); files keep it as an attribute."""
         return {"loss": self.loss_name, "bn": self.bn, "precision": self.precision,
-                "n": self.n, "device": str(self.device)}
+                "n": self.n}
 
     # ----------------------------------------------------------------------------------
     # the forward pass: nothing else calls the model

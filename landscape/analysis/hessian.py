@@ -1012,7 +1012,8 @@ def analyze_hessian(objective: Objective, theta: Tensor | None = None, *, top: i
     if out is not None and rank == 0:
         try:
             f = store.create(out, "hessian", all_settings, attrs={
-                "layout": objective.space.layout(), **(attrs or {})}, overwrite=overwrite)
+                "layout": objective.space.layout(), "device": str(objective.device),
+                **(attrs or {})}, overwrite=overwrite)
         except LandscapeError as err:
             error = str(err)
         else:

@@ -224,6 +224,7 @@ def noise_of_run(run: Any, *, batch_size: int = 128, lr: float = 0.1, split: str
         run_path = str(Path(run).resolve()) if not hasattr(run, "model") else str(run.path)
         settings = {"run": run_path, "batch_size": batch_size, "lr": lr, "split": split,
                     "subset": subset, "seed": seed, "objective": objective.settings()}
-        save_results(out, "noise", result.measures(), settings, attrs={"command": command},
+        save_results(out, "noise", result.measures(), settings,
+                     attrs={"command": command, "device": str(objective.device)},
                      overwrite=overwrite)
     return result

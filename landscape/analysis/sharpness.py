@@ -687,6 +687,7 @@ def sharpness_of_run(run: Any, *, measures: str | Iterable[str] = "all", eps: fl
                     "rho": {n: _rho_for(n, rho) for n in names if n in DEFAULT_RHO},
                     "split": split, "subset": subset, "batch_size": batch_size, "seed": seed,
                     "objective": objective.settings()}
-        save_results(out, "sharpness", results, settings, attrs={"command": command},
+        save_results(out, "sharpness", results, settings,
+                     attrs={"command": command, "device": str(objective.device)},
                      overwrite=overwrite)
     return results

@@ -166,8 +166,7 @@ def compute_surface(objectives: Objective | Mapping[str, Objective], out: str | 
     full_settings = {
         **(settings or {}), "kind": kind, "x": x.tolist(), "y": None if y is None else y.tolist(),
         "splits": list(objs),
-        "objectives": {s: {k: v for k, v in o.settings().items() if k != "device"}
-                       for s, o in objs.items()},
+        "objectives": {s: o.settings() for s, o in objs.items()},
         "origin_sha": _digest(origin), "directions_sha": [_digest(d) for d in dirs],
         "buffer_directions_sha": [_digest(torch.cat([b[k].reshape(-1).float() for k in floating]))
                                   for b in buffer_directions] if buffer_directions else None,
