@@ -317,3 +317,13 @@ def test_saved_pdf_embeds_truetype_fonts(files, tmp_path) -> None:
     path = save_figure(plot_contour(files["surface"]), tmp_path / "c.pdf")
     data = path.read_bytes()
     assert b"/FontFile2" in data and b"/Type3" not in data
+
+
+def test_curve_plot_clips_the_loss_axis_to_vmin_vmax(files: dict[str, Path], tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    import landscape.plot.style as style
+
+    saved: dict[str, Figure] = {}
+    monkeypatch.setattr(style, "save_figure", lambda fig, out: saved.setdefault("fig", fig))
+    render(files["curve"], tmp_path / "c.png", vmin=0.1, vmax=2.0)
+    assert saved["fig"].axes[0].get_ylim() == (0.1, 2.0)

@@ -104,8 +104,10 @@ def render(path: str | Path, out: str | Path, *, kind: str | None = None,
         return export_vtk(path, out, metric=metric, log=bool(log), zmax=vmax)
     if out.suffix.lower() in (".vtk", ".vtp"):
         raise LandscapeError(f"{out}: a VTK file is written by --kind vtk, not --kind {kind}")
-    if kind == "curve":
+    if kind == "curve":  # both splits' loss, accuracy on a twin axis; vmin/vmax clip the loss
         fig = plot_curve(path, log=bool(log))
+        if vmin is not None or vmax is not None:
+            fig.axes[0].set_ylim(vmin, vmax)
     elif kind == "contour":
         fig = plot_contour(path, metric=metric, levels=levels, **scale)
     elif kind == "filled":
