@@ -29,6 +29,7 @@ import contextlib
 import copy
 import os
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -137,6 +138,7 @@ class Objective:
             raise unknown_name("loss", self.loss_name, LOSSES)
         self.device = resolve_device(device)
         self.precision, self.bn, self.strategy = precision, bn, strategy
+        self.strategy_forced = strategy != "auto"  # an explicit choice is never overridden
         self.hvp_method = hvp_method
         self.dtype = torch.float64 if precision == "float64" else torch.float32
         self.space = ParamSpace.from_model(model)
@@ -347,6 +349,13 @@ class Objective:
                 else:
                     raise
                 torch.cuda.empty_cache()
+            except (RuntimeError, NotImplementedError) as err:
+                if strategy != "vmap" or self.strategy_forced:
+                    raise
+                # e.g. cuDNN BatchNorm under vmap at large chunk sizes: go on point by point
+                warnings.warn(f"vmap evaluation failed ({str(err)[:200]}); using the loop "
+                              "strategy from now on", RuntimeWarning, stacklevel=2)
+                self.strategy = strategy = "loop"
         self.counts["forward"] += points.shape[0]
         sums = sums.cpu() / self.n
         result = {"loss": sums[:, 0]}

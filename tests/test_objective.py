@@ -603,3 +603,38 @@ def test_bf16_derivatives_run_in_float32(method: str) -> None:
                               "loss_and_grad": lambda o=obj, t=theta: o.loss_and_grad(t)[1],
                               }[method]()
     assert torch.equal(results["bf16"], results["float32"])
+
+
+def test_auto_strategy_falls_back_to_loop_when_vmap_fails(monkeypatch: pytest.MonkeyPatch,
+                                                          ) -> None:
+    """A vmap failure after the strategy was chosen (as cuDNN BatchNorm at large chunks)
+    switches to point-at-a-time evaluation with a warning and the same numbers."""
+    model = nn.Sequential(nn.Linear(4, 5), nn.Tanh(), nn.Linear(5, 3))
+    x, y = torch.randn(20, 4), torch.randint(0, 3, (20,))
+    obj = Objective(model, (x, y), device="cpu", precision="float64")
+    obj.strategy = "vmap"  # as if chosen by timing
+
+    def broken(*args: object) -> None:
+        raise RuntimeError("cuDNN error: CUDNN_STATUS_NOT_SUPPORTED")
+
+    monkeypatch.setattr(obj, "_eval_vmap", broken)
+    points = obj.theta0 + 0.1 * torch.randn(3, obj.space.numel, dtype=torch.float64)
+    with pytest.warns(RuntimeWarning, match="loop"):
+        got = obj.evaluate(points)["loss"]
+    assert obj.strategy == "loop"
+    expected = Objective(model, (x, y), device="cpu", precision="float64",
+                         strategy="loop").evaluate(points)["loss"]
+    torch.testing.assert_close(got, expected, rtol=0, atol=0)
+
+
+def test_explicit_vmap_strategy_failure_is_raised(monkeypatch: pytest.MonkeyPatch) -> None:
+    model = nn.Sequential(nn.Linear(4, 3))
+    obj = Objective(model, (torch.randn(6, 4), torch.randint(0, 3, (6,))), device="cpu",
+                    strategy="vmap")
+
+    def broken(*args: object) -> None:
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(obj, "_eval_vmap", broken)
+    with pytest.raises(RuntimeError, match="boom"):
+        obj.evaluate(obj.theta0[None].repeat(2, 1))
