@@ -42,6 +42,7 @@ from landscape.surface import (
     load_surface,
     normalize_direction,
     parse_range,
+    pca_directions,
     plane,
     random_direction,
     random_surface,
@@ -809,12 +810,20 @@ def test_trajectory_stores_each_checkpoints_own_loss_with_its_own_buffers(
         _ref(final, *run.data.split("train"))[0], rel=1e-12)
 
 
-def test_trajectory_needs_two_checkpoints_besides_the_final_model(tmp_path: Path) -> None:
+def test_trajectory_needs_three_checkpoints_besides_the_final_model(tmp_path: Path) -> None:
+    """Centring leaves T - 1 dimensions: two checkpoints do not define a plane."""
     final = _at(_bn_mlp(10))
-    saved, _, _, _ = _plane_checkpoints(final, [(0.3, 0.1)])
-    with pytest.raises(LandscapeError, match="at least 2"):
+    saved, _, _, _ = _plane_checkpoints(final, [(0.3, 0.1), (0.5, -0.2)])
+    with pytest.raises(LandscapeError, match="at least 3"):
         trajectory(_run(tmp_path, final, saved=saved), x="-1:1:3", y="-1:1:3",
                    out=tmp_path / "t.h5", show_progress=False)
+
+
+def test_pca_of_a_collinear_trajectory_is_refused() -> None:
+    final = torch.zeros(6, dtype=torch.float64)
+    line = torch.arange(1.0, 5.0, dtype=torch.float64)[:, None] * torch.ones(6)
+    with pytest.raises(LandscapeError, match="fewer than 2 dimensions"):
+        pca_directions(line, final)
 
 
 # ---------------------------------------------------------------------------------------

@@ -530,10 +530,11 @@ def fisher_rao_norm(objective: Any, theta: Tensor | None = None,
             return vmap(lambda xi, yi: objective.batch_loss(t, xi[None], yi[None]))(x, y)
 
         step = objective.batch_size
-        for start in range(0, objective.n, step):
-            x, y = objective.x[start:start + step], objective.y[start:start + step]
-            _, directional = jvp(lambda t, x=x, y=y: losses(t, x, y), (theta,), (theta,))
-            total += float((directional.double() ** 2).sum())
+        with objective._precision(derivative=True):  # as every derivative of the engine
+            for start in range(0, objective.n, step):
+                x, y = objective.x[start:start + step], objective.y[start:start + step]
+                _, directional = jvp(lambda t, x=x, y=y: losses(t, x, y), (theta,), (theta,))
+                total += float((directional.double() ** 2).sum())
         cost.add("jvp", 1.0)
     value = total / objective.n
     return MeasureResult("fisher_rao_norm", value, None, _settings(objective, method=method),

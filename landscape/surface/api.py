@@ -189,9 +189,9 @@ def trajectory(run: Any, *, x: Any = None, y: Any = None, split: str = "train",
     ckpts = [(e, run.load_checkpoint(e)) for e, _ in run.checkpoints()]
     thetas = [(e, first.space.flatten(m).to(final), m) for e, m in ckpts]
     thetas = [t for t in thetas if not torch.equal(t[1], final)]
-    if len(thetas) < 2:
+    if len(thetas) < 3:
         raise LandscapeError(f"run {run.path} has {len(thetas)} checkpoint(s) besides the final "
-                             "model; a trajectory needs at least 2 (train with --save-every 1)")
+                             "model; a trajectory needs at least 3 (train with --save-every 1)")
     traj = torch.stack([t for _, t, _ in thetas])
     pca = pca_directions(traj, final)
     coords = pca.coords.numpy()

@@ -102,13 +102,15 @@ def pca_directions(trajectory: Tensor, final: Tensor) -> PCAPlane:
 
     Cost: one thin SVD of a T x P matrix in float64.
     """
-    if trajectory.dim() != 2 or trajectory.shape[0] < 2:
-        raise LandscapeError("a PCA plane needs at least 2 checkpoints besides the final model")
+    if trajectory.dim() != 2 or trajectory.shape[0] < 3:
+        raise LandscapeError("a PCA plane needs at least 3 checkpoints besides the final model "
+                             "(centring leaves T - 1 dimensions)")
     diffs = (trajectory - final).double()
     centred = diffs - diffs.mean(0, keepdim=True)
     _, s, vh = torch.linalg.svd(centred, full_matrices=False)
-    if vh.shape[0] < 2:
-        raise LandscapeError("the trajectory spans fewer than 2 dimensions")
+    if not s[1] > 1e-10 * s[0]:
+        raise LandscapeError("the trajectory's checkpoints lie on a line (or a point): it "
+                             "spans fewer than 2 dimensions, so it has no PCA plane")
     directions = vh[:2]
     var = s**2
     ratio = var[:2] / var.sum()
