@@ -254,3 +254,17 @@ def test_default_training_reaches_95_percent_test_accuracy(tmp_path):
     assert acc >= 0.95
     assert seconds < 120
     assert "test loss" in result.stdout and str(tmp_path / "default") in result.stdout
+
+
+@pytest.mark.parametrize("optimizer", ["sam", "svrg"])
+def test_extra_evaluations_of_a_step_leave_batchnorm_statistics_alone(optimizer: str,
+                                                                       tmp_path) -> None:
+    """SAM's ascent point and SVRG's snapshot passes do not update the running statistics:
+    one epoch tracks exactly one batch per step, as plain SGD does."""
+    tracked = {}
+    for name in ("sgd", optimizer):
+        run = train(model="resnet20", dataset="digits", train_size=128, batch_size=64, epochs=1,
+                    optimizer=name, lr=0.01, out=tmp_path / name, progress=False)
+        tracked[name] = [int(v) for k, v in run.model.state_dict().items()
+                         if k.endswith("num_batches_tracked")]
+    assert tracked[optimizer] == tracked["sgd"]

@@ -17,6 +17,7 @@ epoch (no augmentation). Learning rates follow :mod:`.schedules`, set before eve
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -503,31 +504,56 @@ class _Trainer:
         return {"epoch": epoch, "train_loss": train_loss, "train_acc": train_acc,
                 "test_loss": test_loss, "test_acc": test_acc, "lr": lr, "seconds": seconds}
 
-    def full_closure(self) -> Tensor:
+    @contextlib.contextmanager
+    def _bn_frozen(self, frozen: bool = True):
+        """Restore the buffers (BatchNorm running statistics) after the block when ``frozen``:
+        extra evaluations of a step (SAM's ascent point, SVRG's snapshot, line searches) must
+        not move the statistics, as in Foret et al.'s code."""
+        saved = {k: v.clone() for k, v in self.net.named_buffers()} if frozen else None
+        try:
+            yield
+        finally:
+            if saved is not None:
+                with torch.no_grad():
+                    for k, v in self.net.named_buffers():
+                        v.copy_(saved[k])
+
+    def full_closure(self, update_bn: bool = True) -> Tensor:
         """Zero the gradients, leave the full-training-set mean-loss gradient in ``p.grad``."""
         self.opt.zero_grad(set_to_none=True)
         total = torch.zeros((), device=self.dev)
-        for s in range(0, self.n, self.grad_batch):
-            xb, yb = self.x_train[s:s + self.grad_batch], self.y_train[s:s + self.grad_batch]
-            with self.autocast():
-                out = self.net(xb)
-            loss = self.loss_fn(out.float(), yb) * (len(yb) / self.n)
-            loss.backward()
-            total += loss.detach()
+        with self._bn_frozen(not update_bn):
+            for s in range(0, self.n, self.grad_batch):
+                xb, yb = self.x_train[s:s + self.grad_batch], self.y_train[s:s + self.grad_batch]
+                with self.autocast():
+                    out = self.net(xb)
+                loss = self.loss_fn(out.float(), yb) * (len(yb) / self.n)
+                loss.backward()
+                total += loss.detach()
         return total
 
-    def minibatch_closure(self, xb: Tensor, yb: Tensor, record: list):
+    def step_closure(self, fn):
+        """``fn(update_bn)`` as a closure whose calls after the first leave the buffers alone."""
+        calls = [0]
+
         def closure() -> Tensor:
+            calls[0] += 1
+            return fn(calls[0] == 1)
+        return closure
+
+    def minibatch_closure(self, xb: Tensor, yb: Tensor, record: list):
+        def fn(update_bn: bool) -> Tensor:
             self.opt.zero_grad(set_to_none=True)
-            with self.autocast():
-                out = self.net(xb)
-            loss = self.loss_fn(out.float(), yb)
-            loss.backward()
+            with self._bn_frozen(not update_bn):  # restored after backward (autograd versions)
+                with self.autocast():
+                    out = self.net(xb)
+                loss = self.loss_fn(out.float(), yb)
+                loss.backward()
             if not record:
                 correct = (out.argmax(1) == yb).sum() if self.classify else None
                 record.append((loss.detach(), correct))
             return loss
-        return closure
+        return self.step_closure(fn)
 
     def _batches(self):
         if "batch_index" in self.requires:
@@ -549,10 +575,10 @@ class _Trainer:
         t = (epoch - 1) * self.steps
         lr = self.sched(t)
         if "snapshot" in self.requires:
-            opt.update_snapshot(self.full_closure)
+            opt.update_snapshot(lambda: self.full_closure(update_bn=False))
         if "full_batch" in self.requires:
             self._set_lr(lr)
-            opt.step(self.full_closure)
+            opt.step(self.step_closure(self.full_closure))
         else:
             sum_loss = torch.zeros((), device=self.dev)
             sum_correct = torch.zeros((), dtype=torch.int64, device=self.dev)
