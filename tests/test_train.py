@@ -268,3 +268,13 @@ def test_extra_evaluations_of_a_step_leave_batchnorm_statistics_alone(optimizer:
         tracked[name] = [int(v) for k, v in run.model.state_dict().items()
                          if k.endswith("num_batches_tracked")]
     assert tracked[optimizer] == tracked["sgd"]
+
+
+@pytest.mark.parametrize("args", [["--seed", "-1"], ["--seed", "99999999999999999999"],
+                                  ["--lr", "inf"]])
+def test_out_of_range_seed_or_infinite_lr_is_a_one_line_error(args: list[str], tmp_path) -> None:
+    result = CliRunner().invoke(main, ["train", "--train-size", "50", "--epochs", "1",
+                                       "--out", str(tmp_path / "r"), *args])
+    assert result.exit_code == 1, result.output
+    assert len(result.output.strip().splitlines()) == 1
+    assert not (tmp_path / "r").exists()

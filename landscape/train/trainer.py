@@ -237,6 +237,10 @@ def train(*, model: str = "mlp", dataset: str = "digits", data_dir: str | Path |
         threads = _positive_int("threads", threads)
     if isinstance(seed, bool) or not isinstance(seed, int | np.integer):
         raise LandscapeError(f"seed must be an integer, got {seed!r}")
+    if not 0 <= int(seed) < 2**32:
+        raise LandscapeError(f"seed must be in 0 .. 2**32 - 1, got {seed}")
+    if not math.isfinite(lr):
+        raise LandscapeError(f"learning rate must be finite, got {lr}")
     if resume and overwrite:
         raise LandscapeError("--resume and --overwrite exclude each other; pass one of them")
     dev = resolve_device(device)
