@@ -25,3 +25,12 @@ def check_positive(name: str, value: float) -> None:
     """Raise a LandscapeError unless ``value > 0``."""
     if not value > 0:
         raise LandscapeError(f"{name} must be positive, got {value}")
+
+
+def check_int(name: str, value: object, minimum: int = 1) -> int:
+    """``value`` as an int; a LandscapeError unless it is an integer >= ``minimum``."""
+    import numpy as np
+
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < minimum:
+        raise LandscapeError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return int(value)

@@ -50,7 +50,7 @@ from torch import Tensor
 
 from landscape import store
 from landscape.distributed import all_gather, broadcast, rank_and_world
-from landscape.errors import LandscapeError, check_positive, unknown_name
+from landscape.errors import LandscapeError, check_int, check_positive, unknown_name
 from landscape.objective import Objective
 from landscape.progress import progress
 
@@ -283,12 +283,6 @@ def _rademacher(n: int, seed: int, index: int, salt: int, dtype: torch.dtype,
     return (bits * 2 - 1).to(device=device, dtype=dtype)
 
 
-def _check_int(name: str, value: Any, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < minimum:
-        raise LandscapeError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return int(value)
-
-
 # ------------------------------------------------------------------------------------------
 # Lanczos
 def _orthonormal_block(W: Tensor, V: Tensor, thresh: float, limit: int,
@@ -478,9 +472,9 @@ def hessian_eigenvalues(objective: Objective, theta: Tensor | None = None, k: in
     if isinstance(k, tuple | list):
         if which != "both" or len(k) != 2:
             raise LandscapeError("k may be a pair (k_largest, k_smallest) only with which='both'")
-        k_top, k_bot = (_check_int("k", int(x), 0) for x in k)
+        k_top, k_bot = (check_int("k", int(x), 0) for x in k)
     else:
-        kk = _check_int("k", k, 1)
+        kk = check_int("k", k, 1)
         k_top = kk if which in ("largest", "both") else 0
         k_bot = kk if which in ("smallest", "both") else 0
     k_total = k_top + k_bot
@@ -490,8 +484,8 @@ def hessian_eigenvalues(objective: Objective, theta: Tensor | None = None, k: in
         raise LandscapeError(f"k = {k_total} eigenvalues asked for, but the operator has only "
                              f"{op.n} (the number of parameters)")
     check_positive("tol", tol)
-    max_iter = _check_int("max_iter", max_iter)
-    max_basis = _check_int("max_basis", max_basis if max_basis is not None
+    max_iter = check_int("max_iter", max_iter)
+    max_basis = check_int("max_basis", max_basis if max_basis is not None
                            else max(40, 4 * k_total, k_total + 8 * block_size))
     seed = int(seed)
     values, vectors, res, conv, used, restarts = _lanczos(
@@ -592,10 +586,10 @@ def hessian_trace(objective: Objective, theta: Tensor | None = None, method: str
     if method not in TRACE_METHODS:
         raise unknown_name("trace method", method, TRACE_METHODS)
     check_positive("rtol", rtol)
-    max_probes = _check_int("max_probes", max_probes)
-    min_probes = _check_int("min_probes", min(10, max_probes) if min_probes is None
+    max_probes = check_int("max_probes", max_probes)
+    min_probes = check_int("min_probes", min(10, max_probes) if min_probes is None
                             else min_probes)
-    check_every = _check_int("check_every", check_every)
+    check_every = check_int("check_every", check_every)
     if min_probes > max_probes:
         raise LandscapeError(f"min_probes ({min_probes}) exceeds max_probes ({max_probes})")
     op = _Operator(objective, theta, operator, params, block_size)
@@ -700,9 +694,9 @@ def spectral_density(objective: Objective, theta: Tensor | None = None, *, n_pro
     HVPs; memory ``block_size * n_steps * P`` floats. Runs on any torch >= 2 (no
     ``torch.eig``).
     """
-    n_probes = _check_int("n_probes", n_probes)
-    n_steps = _check_int("n_steps", n_steps)
-    grid_size = _check_int("grid_size", grid_size, 2)
+    n_probes = check_int("n_probes", n_probes)
+    n_steps = check_int("n_steps", n_steps)
+    grid_size = check_int("grid_size", grid_size, 2)
     check_positive("sigma", sigma)
     op = _Operator(objective, theta, operator, params, block_size)
     m = min(n_steps, op.n)
@@ -1001,8 +995,8 @@ def analyze_hessian(objective: Objective, theta: Tensor | None = None, *, top: i
     Under ``torchrun`` rank 0 writes (and alone returns the parts read back from the file);
     trace and density probes are split among the ranks.
     """
-    _check_int("top", top, 0)
-    _check_int("bottom", bottom, 0)
+    check_int("top", top, 0)
+    check_int("bottom", bottom, 0)
     all_settings = {**(settings or {}), "top": top, "bottom": bottom, "trace": trace,
                     "density": density, "tol": tol, "max_iter": max_iter, "seed": int(seed),
                     "operator": operator, "params": _params_setting(params),

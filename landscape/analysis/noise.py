@@ -23,8 +23,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from landscape.analysis.sharpness import MeasureResult, _check_int, _Cost, _settings, _theta
-from landscape.errors import LandscapeError, check_positive
+from landscape.analysis.sharpness import MeasureResult, _Cost, _settings, _theta
+from landscape.errors import LandscapeError, check_int, check_positive
 
 #: The per-quantity names of :meth:`NoiseResult.measures` (and ``landscape noise --json``).
 NOISE_MEASURES = ("grad_norm_sq", "trace_cov", "noise_scale", "implicit_regularizer",
@@ -87,7 +87,7 @@ def gradient_noise(objective: Any, theta: Tensor | None = None, batch_size: int 
     call (default: ``2**22 / P`` floats' worth). Cost: one per-sample-gradient pass; memory
     ``chunk * P`` floats.
     """
-    batch_size = _check_int("batch_size", batch_size)
+    batch_size = check_int("batch_size", batch_size)
     check_positive("lr", lr)
     n = objective.n
     if batch_size > n:
@@ -95,7 +95,7 @@ def gradient_noise(objective: Any, theta: Tensor | None = None, batch_size: int 
                              f"({n} samples)")
     theta = _theta(objective, theta)
     p = theta.numel()
-    chunk = max(1, min(n, 2**22 // max(1, p))) if chunk is None else _check_int("chunk", chunk)
+    chunk = max(1, min(n, 2**22 // max(1, p))) if chunk is None else check_int("chunk", chunk)
     cost = _Cost(objective)
     mean = torch.zeros(p, dtype=torch.float64, device=objective.device)
     m2, count = 0.0, 0
@@ -168,9 +168,9 @@ def noise_scale_two_batch(objective: Any, theta: Tensor | None = None, b_small: 
     data-parallel worker's share, McCandlish et al. 2018). B_simple = mean S / mean |G|^2.
     Cost: ``n_pairs`` gradients of ``b_big`` samples (``n_pairs * b_big / N`` passes).
     """
-    b_small = _check_int("b_small", b_small)
-    b_big = _check_int("b_big", b_big)
-    n_pairs = _check_int("n_pairs", n_pairs, low=2)
+    b_small = check_int("b_small", b_small)
+    b_big = check_int("b_big", b_big)
+    n_pairs = check_int("n_pairs", n_pairs, minimum=2)
     if b_small >= b_big:
         raise LandscapeError(f"b_small ({b_small}) must be smaller than b_big ({b_big})")
     if b_big > objective.n:

@@ -33,7 +33,7 @@ from scipy.optimize import Bounds, minimize
 from torch import Tensor
 from torch.func import jvp, vmap
 
-from landscape.errors import LandscapeError, check_positive, unknown_name
+from landscape.errors import LandscapeError, check_int, check_positive, unknown_name
 from landscape.objective import Objective
 
 NORMS = ("l2", "linf")
@@ -123,12 +123,6 @@ def _theta(objective: Any, theta: Tensor | None) -> Tensor:
     return theta.to(objective.device, objective.dtype)
 
 
-def _check_int(name: str, value: Any, low: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < low:
-        raise LandscapeError(f"{name} must be an integer >= {low}, got {value!r}")
-    return int(value)
-
-
 def _generator(device: torch.device, seed: int) -> torch.Generator:
     return torch.Generator(device=device).manual_seed(int(seed))
 
@@ -152,12 +146,12 @@ def _batches(objective: Any, batch_size: int | None, n_batches: int | None,
         if n_batches not in (None, 1):
             raise LandscapeError("n_batches needs a batch_size")
         return [None]
-    batch_size = _check_int("batch_size", batch_size)
+    batch_size = check_int("batch_size", batch_size)
     if batch_size > objective.n:
         raise LandscapeError(
             f"batch size {batch_size} is larger than the data split ({objective.n} samples)")
     most = objective.n // batch_size
-    n_batches = most if n_batches is None else _check_int("n_batches", n_batches)
+    n_batches = most if n_batches is None else check_int("n_batches", n_batches)
     if n_batches > most:
         raise LandscapeError(f"{n_batches} disjoint batches of {batch_size} need "
                              f"{n_batches * batch_size} samples; the split has {objective.n}")
@@ -192,8 +186,8 @@ def epsilon_sharpness(objective: Any, theta: Tensor | None = None, eps: float = 
     Cost: about ``maxiter`` to ``2 maxiter`` gradient passes per start.
     """
     check_positive("eps", eps)
-    maxiter = _check_int("maxiter", maxiter)
-    n_starts = _check_int("n_starts", n_starts)
+    maxiter = check_int("maxiter", maxiter)
+    n_starts = check_int("n_starts", n_starts)
     theta = _theta(objective, theta)
     cost = _Cost(objective)
     f0 = objective.loss(theta)
@@ -201,7 +195,7 @@ def epsilon_sharpness(objective: Any, theta: Tensor | None = None, eps: float = 
         basis = None
         bound = (eps * (theta.double().abs() + 1.0)).cpu().numpy()
     else:
-        subspace_dim = _check_int("subspace_dim", subspace_dim)
+        subspace_dim = check_int("subspace_dim", subspace_dim)
         basis = subspace_basis(theta.numel(), subspace_dim, seed).to(objective.device)
         coords = torch.linalg.lstsq(basis, theta.double()[:, None]).solution[:, 0]  # A^+ theta
         bound = (eps * (coords.abs() + 1.0)).cpu().numpy()
@@ -330,8 +324,8 @@ def adaptive_sharpness(objective: Any, theta: Tensor | None = None, rho: float |
     check_positive("rho", rho)
     if offset < 0:
         raise LandscapeError(f"offset must be >= 0, got {offset}")
-    n_iters = _check_int("n_iters", n_iters)
-    n_samples = _check_int("n_samples", n_samples, low=2)
+    n_iters = check_int("n_iters", n_iters)
+    n_samples = check_int("n_samples", n_samples, minimum=2)
     theta = _theta(objective, theta)
     cost = _Cost(objective)
     batches = _batches(objective, batch_size, n_batches, seed)
@@ -425,7 +419,7 @@ def pac_bayes_flatness(objective: Any, theta: Tensor | None = None, target: floa
     check_positive("rtol", rtol)
     if eps_offset < 0:
         raise LandscapeError(f"eps_offset must be >= 0, got {eps_offset}")
-    n_samples = _check_int("n_samples", n_samples, low=2)
+    n_samples = check_int("n_samples", n_samples, minimum=2)
     theta = _theta(objective, theta)
     cost = _Cost(objective)
     base_stats = objective.evaluate(theta[None])
