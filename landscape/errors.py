@@ -34,3 +34,7 @@ def check_int(name: str, value: object, minimum: int = 1) -> int:
     if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < minimum:
         raise LandscapeError(f"{name} must be an integer >= {minimum}, got {value!r}")
     return int(value)
+
+
+class SettingsMismatch(LandscapeError):
+    """An existing result file or run directory was computed with other settings."""

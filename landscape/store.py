@@ -21,7 +21,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from landscape.errors import LandscapeError
+from landscape.errors import LandscapeError, SettingsMismatch
 
 FORMAT = "landscape"
 FORMAT_VERSION = 1
@@ -108,7 +108,7 @@ def create(path: str | Path, kind: str, settings: Mapping[str, Any],
             if f.attrs.get("settings_hash") != digest:
                 old = json.loads(f.attrs.get("settings", "{}"))
                 diff = "; ".join(differences(old, settings))
-                raise LandscapeError(
+                raise SettingsMismatch(
                     f"{path} was computed with other settings ({diff}); "
                     "use --overwrite to replace it or choose another --out")
         except LandscapeError:

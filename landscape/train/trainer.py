@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from landscape import store
-from landscape.errors import LandscapeError, check_positive
+from landscape.errors import LandscapeError, SettingsMismatch, check_positive
 from landscape.objective import resolve_device
 from landscape.progress import progress as progress_bar
 from landscape.train.run import (
@@ -155,7 +155,7 @@ def _prepare_dir(path: Path, config: dict, resume: bool, overwrite: bool) -> str
     diff = store.differences(*({k: v for k, v in c.items() if k not in _NOT_COMPARED}
                                   for c in (old, config)))
     if diff:
-        raise LandscapeError(f"run directory {path} holds a different run ({'; '.join(diff)}); "
+        raise SettingsMismatch(f"run directory {path} holds a different run ({'; '.join(diff)}); "
                              "pass --overwrite to replace it or choose another --out")
     if not resume:
         raise LandscapeError(f"run directory {path} already holds this run; pass --resume to "

@@ -1,0 +1,255 @@
+"""One definition per measure: the registry that the API, the CLI, the study, its tables and
+its figures all read.
+
+A :class:`Measure` names a number the tool reports about a minimum, how it is computed (a
+function of an :class:`~landscape.objective.Objective`, a point and :class:`MeasureSettings`),
+which settings it reads, and how it is shown (column header, figure label, units). Measures
+of one ``family`` come out of one computation (the noise statistics share one pass of
+per-sample gradients) and are computed once by :func:`compute_measures`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+from torch import Tensor
+
+from landscape.analysis.hessian import hessian_eigenvalues, hessian_trace
+from landscape.analysis.noise import gradient_noise
+from landscape.analysis.sharpness import (
+    MeasureResult,
+    adaptive_sharpness,
+    epsilon_sharpness,
+    fisher_rao_norm,
+    pac_bayes_flatness,
+    sam_sharpness,
+)
+from landscape.errors import LandscapeError, check_int, check_positive, unknown_name
+
+
+@dataclass
+class MeasureSettings:
+    """Settings of every measure (each measure reads the fields listed in its entry).
+
+    ``seed`` seeds every random start, probe and Monte Carlo sample. ``hessian_tol``: relative
+    residual of the top eigenpair (Lanczos); ``trace_rtol``/``trace_probes``: Hutchinson's
+    stopping rule; ``eps``: Keskar's box size; ``rho_*``: radii of the adaptive (relative to
+    ``|theta|``) and SAM measures; ``sharpness_batch_size``: the batch size m of the
+    worst-case measures (None: the function's default); ``pac_bayes_target``: the increase
+    of the training error PAC-Bayes flatness allows; ``noise_batch_size``/``lr``: the batch
+    size B and learning rate of the SGD noise measures (None: the run's own, else 128 / 0.1).
+    """
+
+    seed: int = 0
+    hessian_tol: float = 1e-4
+    trace_rtol: float = 0.05
+    trace_probes: int = 200
+    eps: float = 1e-3
+    rho_worst_l2: float = 0.1
+    rho_worst_linf: float = 2e-3
+    rho_average_l2: float = 0.05
+    rho_sam: float = 0.05
+    sharpness_batch_size: int | None = None
+    pac_bayes_target: float = 0.1
+    pac_bayes_samples: int = 32
+    noise_batch_size: int | None = None
+    lr: float | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("hessian_tol", "trace_rtol", "eps", "rho_worst_l2", "rho_worst_linf",
+                     "rho_average_l2", "rho_sam", "pac_bayes_target"):
+            check_positive(name, getattr(self, name))
+        for name in ("trace_probes", "pac_bayes_samples", "sharpness_batch_size",
+                     "noise_batch_size"):
+            if getattr(self, name) is not None:
+                check_int(name, getattr(self, name))
+        if self.lr is not None:
+            check_positive("lr", self.lr)
+
+    def replace(self, **changes: Any) -> Any:
+        """A copy (of the same class) with ``changes``; an unknown name is a one-line error."""
+        known = {f.name for f in fields(self)}
+        for key in changes:
+            if key not in known:
+                raise unknown_name("setting", key, sorted(known))
+        return type(self)(**{**asdict(self), **changes})
+
+
+Compute = Callable[[Any, "Tensor | None", MeasureSettings], "MeasureResult | dict"]
+
+
+@dataclass(frozen=True)
+class Measure:
+    """A registered measure: ``compute(objective, theta, settings)`` returns its
+    :class:`MeasureResult` (or, for a family, a dict of every member's result); ``kind`` is
+    ``"curvature"``, ``"sharpness"``, ``"noise"`` or ``"curve"`` (read off the 1D curves, no
+    compute); ``sharpness`` says whether a larger value means a sharper minimum (the measures a
+    sharpness figure compares)."""
+
+    name: str
+    kind: str
+    header: str
+    label: str
+    units: str
+    settings: tuple[str, ...]
+    compute: Compute | None = None
+    family: str | None = None
+    sharpness: bool = True
+
+
+def _top_eigenvalue(objective: Any, theta: Tensor | None, s: MeasureSettings) -> MeasureResult:
+    e = hessian_eigenvalues(objective, theta, k=1, which="largest", tol=s.hessian_tol,
+                            seed=s.seed, return_vectors=False)
+    return MeasureResult("top_eigenvalue", float(e.largest[0]), None,
+                         {"tol": s.hessian_tol, "seed": s.seed}, {"hvp": float(e.n_hvp)},
+                         {"residual": float(e.residuals[0]), "converged": bool(e.converged[0])})
+
+
+def _hessian_trace(objective: Any, theta: Tensor | None, s: MeasureSettings) -> MeasureResult:
+    t = hessian_trace(objective, theta, rtol=s.trace_rtol, max_probes=s.trace_probes,
+                      min_probes=min(10, s.trace_probes), seed=s.seed)
+    return MeasureResult("hessian_trace", float(t.estimate), float(t.stderr),
+                         {"rtol": s.trace_rtol, "max_probes": s.trace_probes, "seed": s.seed},
+                         {"hvp": float(t.n_hvp)}, {"n_probes": int(t.n_probes)})
+
+
+def _epsilon(objective: Any, theta: Tensor | None, s: MeasureSettings) -> MeasureResult:
+    return epsilon_sharpness(objective, theta, eps=s.eps, seed=s.seed)
+
+
+def _adaptive(kind: str, norm: str) -> Compute:
+    def compute(objective: Any, theta: Tensor | None, s: MeasureSettings) -> MeasureResult:
+        rho = getattr(s, f"rho_{kind}_{norm}")
+        return adaptive_sharpness(objective, theta, rho=rho, norm=norm, kind=kind,
+                                  batch_size=s.sharpness_batch_size if kind == "worst"
+                                  else None, seed=s.seed)
+    return compute
+
+
+def _sam(objective: Any, theta: Tensor | None, s: MeasureSettings) -> MeasureResult:
+    return sam_sharpness(objective, theta, rho=s.rho_sam)
+
+
+def _pac_bayes(objective: Any, theta: Tensor | None, s: MeasureSettings) -> MeasureResult:
+    """Error criterion for classification, loss otherwise; NaN (with the reason in
+    ``extra["error"]``) when no noise level meets the target."""
+    criterion = "error" if objective.is_classification else "loss"
+    try:
+        return pac_bayes_flatness(objective, theta, target=s.pac_bayes_target, seed=s.seed,
+                                  n_samples=s.pac_bayes_samples, criterion=criterion)
+    except LandscapeError as err:
+        return MeasureResult("pac_bayes_flatness", math.nan, None,
+                             {"criterion": criterion, "target": s.pac_bayes_target,
+                              "seed": s.seed}, {}, {"error": str(err)})
+
+
+def _fisher_rao(objective: Any, theta: Tensor | None, s: MeasureSettings) -> MeasureResult:
+    return fisher_rao_norm(objective, theta)
+
+
+def _noise(objective: Any, theta: Tensor | None, s: MeasureSettings) -> dict[str, MeasureResult]:
+    batch = min(s.noise_batch_size or 128, objective.n)
+    return gradient_noise(objective, theta, batch_size=batch,
+                          lr=0.1 if s.lr is None else s.lr).measures()
+
+
+_NOISE = ("noise_batch_size", "lr")
+#: Every measure, in table order.
+REGISTRY: dict[str, Measure] = {m.name: m for m in (
+    Measure("top_eigenvalue", "curvature", "top Hessian eig.", "top Hessian eigenvalue",
+            "loss / param$^2$", ("hessian_tol", "seed"), _top_eigenvalue),
+    Measure("hessian_trace", "curvature", "Hessian trace", "Hessian trace",
+            "loss / param$^2$", ("trace_rtol", "trace_probes", "seed"), _hessian_trace),
+    Measure("epsilon_sharpness", "sharpness", "eps-sharpness", "$\\epsilon$-sharpness",
+            "% of 1 + loss", ("eps", "seed"), _epsilon),
+    Measure("adaptive_worst_l2", "sharpness", "adaptive worst l2", "adaptive worst $\\ell_2$",
+            "loss", ("rho_worst_l2", "sharpness_batch_size", "seed"), _adaptive("worst", "l2")),
+    Measure("adaptive_worst_linf", "sharpness", "adaptive worst linf",
+            "adaptive worst $\\ell_\\infty$", "loss",
+            ("rho_worst_linf", "sharpness_batch_size", "seed"), _adaptive("worst", "linf")),
+    Measure("adaptive_average_l2", "sharpness", "adaptive avg. l2", "adaptive avg. $\\ell_2$",
+            "loss", ("rho_average_l2", "seed"), _adaptive("average", "l2")),
+    Measure("sam_sharpness", "sharpness", "SAM sharpness", "SAM sharpness", "loss",
+            ("rho_sam",), _sam),
+    Measure("pac_bayes_flatness", "sharpness", "PAC-Bayes 1/sigma^2",
+            "PAC-Bayes $1/\\sigma^2$", "1 / param$^2$",
+            ("pac_bayes_target", "pac_bayes_samples", "seed"), _pac_bayes),
+    Measure("fisher_rao_norm", "sharpness", "Fisher-Rao norm^2", "Fisher-Rao norm$^2$",
+            "loss$^2$", (), _fisher_rao),
+    Measure("curve_rise", "curve", "1D rise", "1D filter-normalized rise", "loss", ()),
+    Measure("grad_norm_sq", "noise", "|G|^2", "$|G|^2$", "loss$^2$ / param$^2$", _NOISE,
+            _noise, "noise", False),
+    Measure("trace_cov", "noise", "tr(Sigma)", "tr$(\\Sigma)$", "loss$^2$ / param$^2$", _NOISE,
+            _noise, "noise", False),
+    Measure("noise_scale", "noise", "noise scale B", "noise scale $B_{simple}$", "samples",
+            _NOISE, _noise, "noise", False),
+    Measure("implicit_regularizer", "noise", "implicit reg.", "implicit regularizer", "loss",
+            _NOISE, _noise, "noise", False),
+    Measure("gradient_diversity", "noise", "grad. diversity", "gradient diversity", "1",
+            _NOISE, _noise, "noise", False),
+    Measure("gradient_snr", "noise", "grad. SNR", "gradient SNR", "1", _NOISE, _noise,
+            "noise", False),
+)}
+
+
+def names_of(kind: str | Sequence[str]) -> list[str]:
+    """The registered measures of one kind (or several), in table order."""
+    kinds = (kind,) if isinstance(kind, str) else tuple(kind)
+    return [m.name for m in REGISTRY.values() if m.kind in kinds]
+
+
+def parse_measures(measures: str | Iterable[str], choices: Sequence[str]) -> list[str]:
+    """``"all"`` or comma-separated names (or a list) -> validated list in registry order."""
+    names = ([m.strip() for m in measures.split(",") if m.strip()]
+             if isinstance(measures, str) else list(measures))
+    if not names:
+        raise LandscapeError("no measures given")
+    if names == ["all"]:
+        return list(choices)
+    for name in names:
+        if name not in choices:
+            raise unknown_name("measure", name, choices)
+    return [m for m in choices if m in names]
+
+
+def measure_settings(name: str, settings: MeasureSettings) -> dict[str, Any]:
+    """The settings a measure's value depends on (a key for storing it)."""
+    return {"measure": name, **{k: getattr(settings, k) for k in REGISTRY[name].settings}}
+
+
+def compute_measures(objective: Any, names: Iterable[str], theta: Tensor | None = None,
+                     settings: MeasureSettings | None = None,
+                     show_progress: bool = True) -> dict[str, MeasureResult]:
+    """Each named measure at ``theta`` (default: the model's own parameters), keyed by name.
+
+    A family (the noise statistics) is computed once for all its members. Cost: the sum of
+    the measures' costs (each result's ``cost``, in passes over the data).
+    """
+    from landscape.progress import progress
+
+    s = settings or MeasureSettings()
+    names = list(names)
+    for name in names:
+        if name not in REGISTRY or REGISTRY[name].compute is None:
+            raise unknown_name("measure", name, [m for m, e in REGISTRY.items() if e.compute])
+    out: dict[str, MeasureResult] = {}
+    done: dict[str, dict[str, MeasureResult]] = {}
+    for name in progress(names, desc="measures", unit="measure",
+                         disable=None if show_progress else True):
+        entry = REGISTRY[name]
+        if entry.family is None:
+            res = entry.compute(objective, theta, s)
+        else:
+            if entry.family not in done:
+                done[entry.family] = entry.compute(objective, theta, s)
+            res = done[entry.family][name]
+        res.name = name
+        out[name] = res
+    return out
+
+
+__all__ = ["REGISTRY", "Measure", "MeasureSettings", "compute_measures", "measure_settings",
+           "names_of", "parse_measures"]
