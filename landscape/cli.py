@@ -148,8 +148,8 @@ def train_cmd(widths: str | None, model_option: tuple[str, ...], as_json: bool,
 
     click.echo(f"{run.config['model']} on {run.config['dataset']}, {run.config['optimizer']} "
                f"lr {run.config['lr']:g}, {last['epoch']} epochs ({last['step']} steps, "
-               f"stopped by {run.stopping['rule']}"
-               f"{'' if run.stopping['met'] else ': target NOT met'}): train loss "
+               + (f"stopped by {run.stopping['rule']}" if run.stopping["met"]
+                  else "cap reached, target train loss NOT met") + "): train loss "
                f"{last['train_loss']:.4g}{acc(last['train_acc'])}, test loss "
                f"{last['test_loss']:.4g}{acc(last['test_acc'])} "
                f"({summary['wall_seconds']:.1f} s) -> {run.path}")

@@ -34,9 +34,10 @@ optimizer this module builds) says what else the trainer must do:
   set; call ``step`` once per epoch (one step runs ``max_iter`` L-BFGS iterations).
 - ``"batch_index"`` (``sag``): call ``step(closure, index=i)`` where ``i`` in
   ``range(n_batches)`` names a FIXED subset of the training data (the same samples every
-  time ``i`` comes back); partition the data once into ``n_batches`` equal batches (given
-  to ``make_optimizer(..., n_batches=...)``) and draw ``i`` at random or in a shuffled
-  order each epoch.
+  time ``i`` comes back); partition the data once into ``n_batches`` batches (given to
+  ``make_optimizer(..., n_batches=..., batch_sizes=...)``; ``batch_sizes`` defaults to
+  equal batches, and weights the memory so that unequal batches still give the gradient of
+  the sample-mean loss) and draw ``i`` at random or in a shuffled order each epoch.
 - ``"snapshot"`` (``svrg``): at the start of every epoch (before its first step) call
   ``optimizer.update_snapshot(full_closure)``, where ``full_closure()`` zeroes the
   gradients and leaves in ``p.grad`` the gradient of the mean loss over the whole
