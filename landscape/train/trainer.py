@@ -307,7 +307,6 @@ def train(*, model: str = "mlp", dataset: str = "digits", data_dir: str | Path |
         n_train, generator=torch.Generator().manual_seed(int(seed) + 1)), spe)
         if "batch_index" in requires else None)
 
-
     config = store.jsonable({
         "model": mspec["name"], "model_options": mspec["options"], "dataset": data.name,
         "data_dir": data.spec.get("data_dir"), "train_size": data.spec.get("train_size"),
