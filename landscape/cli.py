@@ -86,8 +86,16 @@ def _parse_model_options(pairs: tuple[str, ...]) -> dict[str, Any]:
 @click.option("--nesterov", is_flag=True, help="Nesterov momentum (sgd, sam, asam).")
 @click.option("--weight-decay", type=float, default=0.0, show_default=True)
 @click.option("--rho", type=float, default=None, help="SAM/ASAM radius [0.05 / 0.5].")
+@click.option("--asam-scale", type=click.Choice(["all", "weights"]), default="all",
+              show_default=True, help="ASAM: scale every tensor by |w|+eta, or only tensors "
+                                      "named *weight* (the authors' code).")
 @click.option("--batch-size", type=int, default=64, show_default=True)
-@click.option("--epochs", type=int, default=20, show_default=True)
+@click.option("--epochs", type=int, default=None, help="Epochs [20]; not with --steps.")
+@click.option("--steps", type=int, default=None,
+              help="Train exactly N optimizer steps instead of epochs.")
+@click.option("--target-train-loss", type=float, default=None,
+              help="Stop at the first epoch whose full train-split loss is <= L "
+                   "(--epochs/--steps is the cap).")
 @click.option("--schedule", default="constant", show_default=True,
               help="constant, step, cosine (per iteration).")
 @click.option("--warmup-epochs", type=int, default=0, show_default=True,
@@ -113,6 +121,7 @@ def train_cmd(widths: str | None, model_option: tuple[str, ...], as_json: bool,
               **kwargs: Any) -> None:
     """Train a model and keep a run directory (checkpoints, history, run.json)."""
     import time
+    import warnings
 
     from landscape.train import train
 
@@ -120,9 +129,13 @@ def train_cmd(widths: str | None, model_option: tuple[str, ...], as_json: bool,
     if widths is not None:
         options["widths"] = _parse_widths(widths)
     t0 = time.perf_counter()
-    run = train(model_options=options or None, **kwargs)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", UserWarning)
+        run = train(model_options=options or None, **kwargs)
+    for warning in caught:  # one line each on stderr (e.g. a target loss not reached)
+        click.echo(f"Warning: {warning.message}", err=True)
     last = run.history[-1]
-    summary = {"run": str(run.path), "epochs": last["epoch"],
+    summary = {"run": str(run.path), "epochs": last["epoch"], "stopping": run.stopping,
                **{k: last[k] for k in ("train_loss", "train_acc", "test_loss", "test_acc")},
                "train_seconds": sum(r["seconds"] for r in run.history),
                "wall_seconds": time.perf_counter() - t0, "config": run.config}
@@ -134,7 +147,9 @@ def train_cmd(widths: str | None, model_option: tuple[str, ...], as_json: bool,
         return "" if value is None else f" acc {value:.2%}"
 
     click.echo(f"{run.config['model']} on {run.config['dataset']}, {run.config['optimizer']} "
-               f"lr {run.config['lr']:g}, {last['epoch']} epochs: train loss "
+               f"lr {run.config['lr']:g}, {last['epoch']} epochs ({last['step']} steps, "
+               + (f"stopped by {run.stopping['rule']}" if run.stopping["met"]
+                  else "cap reached, target train loss NOT met") + "): train loss "
                f"{last['train_loss']:.4g}{acc(last['train_acc'])}, test loss "
                f"{last['test_loss']:.4g}{acc(last['test_acc'])} "
                f"({summary['wall_seconds']:.1f} s) -> {run.path}")

@@ -246,3 +246,150 @@ def test_bad_names_and_settings_raise_landscape_error(call, message):
     w = [torch.zeros(2, requires_grad=True)]
     with pytest.raises(LandscapeError, match=message):
         call(w)
+
+
+def _sag(batches, d, lr, **extra):
+    """SAG over one float64 vector w = 0 (``extra``: ``batch_sizes``); (optimizer, w)."""
+    w = torch.zeros(d, dtype=DT, requires_grad=True)
+    return make_optimizer("sag", [w], lr=lr, n_batches=len(batches), **extra), w
+
+
+def _sag_steps(opt, w, loss, batches, order):
+    """SAG steps over the batch indices ``order``; the parameters after them."""
+    def closure_for(i):
+        def closure():
+            opt.zero_grad()
+            value = loss(w, batches[i])
+            value.backward()
+            return value
+        return closure
+
+    for i in order:
+        opt.step(closure_for(i), index=i)
+    return w.detach().clone()
+
+
+def _run_sag(loss, batches, d, lr, order, **extra):
+    """SAG from w = 0 over the batch indices ``order``; the final parameters."""
+    return _sag_steps(*_sag(batches, d, lr, **extra), loss, batches, order)
+
+def _unequal_logistic():
+    """L2-regularized logistic regression, n = 23 in fixed batches 5,5,5,4,4, float64, and
+    the minimizer of its sample-mean loss by Newton's method."""
+    g = torch.Generator().manual_seed(0)
+    n, d, lam = 23, 4, 0.1
+    x = torch.randn(n, d, generator=g, dtype=DT)
+    y = (torch.rand(n, generator=g, dtype=DT)
+         < torch.sigmoid(x @ torch.randn(d, generator=g, dtype=DT))).to(DT)
+    batches = list(torch.tensor_split(torch.arange(n), 5))
+    sizes = [len(b) for b in batches]
+    assert sizes == [5, 5, 5, 4, 4]
+
+    def loss(w, idx=slice(None)):
+        return (nn.functional.binary_cross_entropy_with_logits(x[idx] @ w, y[idx])
+                + 0.5 * lam * w @ w)
+
+    def full_grad(w):  # closed form, not autograd
+        return x.T @ (torch.sigmoid(x @ w) - y) / n + lam * w
+
+    best = torch.zeros(d, dtype=DT)
+    for _ in range(30):   # Newton's method on the sample-mean loss
+        p = torch.sigmoid(x @ best)
+        hess = x.T @ (x * (p * (1 - p))[:, None]) / n + lam * torch.eye(d, dtype=DT)
+        best = best - torch.linalg.solve(hess, full_grad(best))
+    return loss, full_grad, batches, sizes, d, best
+
+
+def test_sag_with_unequal_batches_converges_to_the_minimizer_of_the_mean_loss():
+    """n = 23 in fixed batches 5,5,5,4,4: weighting the table by batch size gives the
+    sample-mean minimizer (Newton's), the unweighted table of batch means does not."""
+    loss, full_grad, batches, sizes, d, best = _unequal_logistic()
+    rng = np.random.default_rng(1)
+    order = [i for _ in range(100) for i in rng.permutation(5).tolist()]
+    limits = {"weighted": _run_sag(loss, batches, d, 0.5, order, batch_sizes=sizes),
+              "unweighted": _run_sag(loss, batches, d, 0.5, order)}
+    norms = {k: full_grad(v).norm().item() for k, v in limits.items()}
+    print(f"full-gradient norm at the SAG limit, n=23 in 5,5,5,4,4: {norms}")
+    assert norms["weighted"] < 1e-13
+    assert (limits["weighted"] - best).norm() < 1e-12
+    assert norms["unweighted"] > 1e-3     # the old weighting: a different (biased) point
+
+
+def test_sag_equal_batch_sizes_give_the_unweighted_update_bit_for_bit():
+    loss, _, batches, d, _ = _logistic_problem()
+    order = [3, 0, 3, 7, 1]
+    assert torch.equal(_run_sag(loss, batches, d, 0.3, order),
+                       _run_sag(loss, batches, d, 0.3, order, batch_sizes=[10] * len(batches)))
+
+
+@pytest.mark.parametrize("scale", ["all", "weights"])
+def test_asam_perturbation_scales_biases_only_in_mode_all(scale):
+    """The ascent point of one ASAM step, read at the closure's second call. With
+    asam_scale="weights" (SamsungLabs/ASAM's asam.py) tensors named *weight* (here also a
+    normalization scale "norm.weight") get rho T^2 g / ||v|| and the bias rho g / ||v||, with
+    v = (T g for weights, g for the bias)."""
+    gen = torch.Generator().manual_seed(3)
+    weight = torch.randn(2, 3, generator=gen, dtype=DT).requires_grad_(True)
+    scale_w = torch.randn(2, generator=gen, dtype=DT).requires_grad_(True)
+    bias = torch.randn(2, generator=gen, dtype=DT).requires_grad_(True)
+    xin = torch.randn(5, 3, generator=gen, dtype=DT)
+    named = [("lin.weight", weight), ("norm.weight", scale_w), ("lin.bias", bias)]
+    rho, eta = 0.5, 0.01
+    opt = make_optimizer("asam", named, lr=0.1, rho=rho, eta=eta, asam_scale=scale)
+    points = []
+
+    def closure():
+        opt.zero_grad()
+        points.append([p.detach().clone() for _, p in named])
+        value = (torch.tanh(xin @ weight.T) * scale_w + bias).pow(2).sum()
+        value.backward()
+        return value
+
+    start = [p.detach().clone() for _, p in named]
+    opt.zero_grad()
+    closure()
+    grads = [p.grad.clone() for _, p in named]
+    points.clear()
+    opt.step(closure)
+    e = [q - p for q, p in zip(points[1], start, strict=True)]
+    ts = [p.abs() + eta for p in start]
+    if scale == "all":
+        ts_used = ts
+    else:
+        ts_used = [ts[0], ts[1], torch.ones_like(start[2])]   # the bias is not scaled
+    norm = torch.sqrt(sum(((t * g) ** 2).sum() for t, g in zip(ts_used, grads, strict=True)))
+    for ei, t, g in zip(e, ts_used, grads, strict=True):
+        torch.testing.assert_close(ei, rho * t * t * g / norm, rtol=1e-12, atol=1e-14)
+    bias_unscaled = rho * grads[2] / norm
+    assert torch.allclose(e[2], bias_unscaled) == (scale == "weights")
+
+
+def test_asam_scale_weights_needs_names_and_the_asam_optimizer():
+    w = [torch.zeros(2, requires_grad=True)]
+    with pytest.raises(LandscapeError, match="named parameters"):
+        make_optimizer("asam", w, lr=0.1, asam_scale="weights")
+    with pytest.raises(LandscapeError, match="option of optimizer 'asam'"):
+        make_optimizer("sam", w, lr=0.1, asam_scale="weights")
+    with pytest.raises(LandscapeError, match="unknown ASAM scale"):
+        make_optimizer("asam", w, lr=0.1, asam_scale="bias")
+
+
+def test_sag_state_saved_before_weighting_is_rebuilt_on_its_next_step():
+    """A state whose ``sum`` is the unweighted sum of the table (and has no ``weights``) gets
+    its weighted sum rebuilt, then continues as if it had always been weighted."""
+    loss, _, batches, sizes, d, _ = _unequal_logistic()
+    first, rest = [0, 3, 1, 4, 2], [4, 0, 2, 2, 1, 3]
+    opt1, w1 = _sag(batches, d, 0.5, batch_sizes=sizes)
+    _sag_steps(opt1, w1, loss, batches, first)
+    legacy = copy.deepcopy(opt1.state_dict())
+    state = legacy["state"][0]
+    state["sum"] = state["table"].sum(0)      # what the unweighted code kept
+    del state["weights"]
+    assert not torch.allclose(state["sum"], opt1.state[w1]["sum"])
+    opt2, w2 = _sag(batches, d, 0.5, batch_sizes=sizes)
+    with torch.no_grad():
+        w2.copy_(w1)
+    opt2.load_state_dict(legacy)
+    whole = _sag_steps(opt1, w1, loss, batches, rest)
+    torch.testing.assert_close(_sag_steps(opt2, w2, loss, batches, rest), whole,
+                               rtol=0, atol=1e-14)

@@ -228,6 +228,12 @@ def existing_run(tmp_path_factory) -> Path:
     (["--widths", "20,x"], "--widths must be"),
     (["--train-size", "100", "--epochs", "1", "--widths", "30"], "holds a different run"),
     (["--train-size", "100", "--epochs", "1", "--widths", "20"], "pass --resume"),
+    (["--steps", "0"], "steps must be a positive integer"),
+    (["--epochs", "3", "--steps", "5"], "give epochs or steps, not both"),
+    (["--target-train-loss", "nan"], "target train loss must be a finite positive number"),
+    (["--target-train-loss", "inf"], "target train loss must be a finite positive number"),
+    (["--target-train-loss", "0"], "target train loss must be a finite positive number"),
+    (["--asam-scale", "weights"], "asam_scale is an option of optimizer 'asam'"),
 ])
 def test_bad_input_exits_1_with_one_line_and_leaves_the_run_intact(existing_run, args,
                                                                     message):
@@ -278,3 +284,131 @@ def test_out_of_range_seed_or_infinite_lr_is_a_one_line_error(args: list[str], t
     assert result.exit_code == 1, result.output
     assert len(result.output.strip().splitlines()) == 1
     assert not (tmp_path / "r").exists()
+
+
+# ----------------------------------------------------------------------------- stopping rules
+def test_target_train_loss_stops_at_the_first_epoch_at_or_below_it(tmp_path):
+    kw = dict(TINY, epochs=12, save_every=5)
+    free = train(**kw, out=tmp_path / "free")           # the same trajectory, no rule
+    target = 0.5
+    first = next(r["epoch"] for r in free.history if r["train_loss"] <= target)
+    assert 1 < first < 12                              # the test means something
+    run = train(**kw, target_train_loss=target, out=tmp_path / "target")
+    assert _numbers(run.history) == _numbers(free.history[:first + 1])
+    assert all(r["train_loss"] > target for r in run.history[:-1])
+    assert run.history[-1]["train_loss"] <= target
+    spe = math.ceil(200 / 32)
+    assert [r["step"] for r in run.history] == [e * spe for e in range(first + 1)]
+    expected = {"rule": "target_train_loss", "target": target, "met": True, "epochs": first,
+                "steps": first * spe, "train_loss": run.history[-1]["train_loss"],
+                "cap": {"epochs": 12}}
+    assert run.stopping == expected
+    assert load_run(tmp_path / "target").stopping == expected
+    # model.pt and the last checkpoint are the model at the stopping epoch
+    assert run.checkpoints()[-1][0] == first
+    last = run.load_checkpoint(first).state_dict()
+    assert all(torch.equal(last[k], v) for k, v in load_run(run.path).model.state_dict().items())
+    x, y = run.data.split("train")
+    with torch.no_grad():
+        loss = F.cross_entropy(run.model(x).double(), y).item()
+    assert loss == pytest.approx(run.history[-1]["train_loss"], rel=1e-5)
+
+
+def test_target_met_by_the_initialization_trains_nothing(tmp_path):
+    run = train(**TINY, epochs=3, target_train_loss=100.0, out=tmp_path / "r")
+    assert [r["step"] for r in run.history] == [0]
+    assert run.stopping["met"] and run.stopping["epochs"] == 0 and run.stopping["steps"] == 0
+
+
+def test_cap_reached_before_the_target_is_reported(tmp_path):
+    with pytest.warns(UserWarning, match="target was NOT met"):
+        run = train(**TINY, epochs=2, target_train_loss=1e-6, out=tmp_path / "api")
+    assert run.stopping["met"] is False and run.stopping["epochs"] == 2
+    assert run.stopping["train_loss"] == run.history[-1]["train_loss"] > 1e-6
+    assert json.loads((tmp_path / "api" / "run.json").read_text())["stopping"] == run.stopping
+
+    result = CliRunner().invoke(main, ["train", "--train-size", "100", "--widths", "20",
+                                       "--epochs", "1", "--target-train-loss", "1e-6", "--json",
+                                       "--out", str(tmp_path / "cli")])
+    assert result.exit_code == 0, result.output
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("Warning:")]
+    assert len(warnings) == 1 and "NOT met" in warnings[0]
+    summary = json.loads(result.stdout)
+    assert summary["stopping"]["met"] is False
+    assert summary["stopping"]["rule"] == "target_train_loss"
+
+
+def test_step_budget_takes_exactly_n_optimizer_steps(tmp_path, monkeypatch):
+    calls = []
+    real_step = torch.optim.SGD.step
+
+    def counted(self, *args, **kwargs):
+        calls.append(1)
+        return real_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.SGD, "step", counted)
+    run = train(**TINY, steps=15, schedule="cosine", lr=0.1, out=tmp_path / "steps")
+    monkeypatch.setattr(torch.optim.SGD, "step", real_step)
+    assert len(calls) == 15
+    assert [(r["epoch"], r["step"]) for r in run.history] == [(0, 0), (1, 7), (2, 14), (3, 15)]
+    # the cosine schedule spans the 15 steps: step 15 (t = 14) is its last iteration
+    assert run.history[-1]["lr"] == pytest.approx(0.1 * 0.5 * (1 + math.cos(math.pi * 14 / 15)))
+    assert run.stopping == {"rule": "steps", "target": 15, "met": True, "epochs": 3,
+                            "steps": 15, "train_loss": run.history[-1]["train_loss"],
+                            "cap": {"steps": 15}}
+    with pytest.warns(UserWarning, match="NOT met"):
+        both = train(**TINY, steps=15, target_train_loss=1e-6, out=tmp_path / "both")
+    assert both.stopping["rule"] == "target_train_loss" and not both.stopping["met"]
+    assert both.stopping["steps"] == 15 and both.stopping["cap"] == {"steps": 15}
+
+
+@pytest.mark.parametrize("rule", [{"target_train_loss": 0.5, "epochs": 30},
+                                  {"steps": 33}])
+def test_resumed_run_with_a_stopping_rule_equals_uninterrupted_run(tmp_path, monkeypatch,
+                                                                   rule):
+    kw = dict(TINY, save_every=2, seed=2, **rule)
+    whole = train(**kw, out=tmp_path / "whole")
+    assert whole.stopping["epochs"] > 4
+
+    real_save = trainer_module._save_checkpoint
+
+    def killed_at_epoch_4(file, state):
+        if state["epoch"] == 4:
+            raise KeyboardInterrupt
+        real_save(file, state)
+
+    monkeypatch.setattr(trainer_module, "_save_checkpoint", killed_at_epoch_4)
+    with pytest.raises(KeyboardInterrupt):
+        train(**kw, out=tmp_path / "cut")
+    monkeypatch.setattr(trainer_module, "_save_checkpoint", real_save)
+    resumed = train(**kw, out=tmp_path / "cut", resume=True)   # from epoch 2
+    assert _numbers(resumed.history) == _numbers(whole.history)
+    assert resumed.stopping == whole.stopping
+    final_a = torch.load(tmp_path / "whole" / "model.pt", weights_only=True)
+    final_b = torch.load(tmp_path / "cut" / "model.pt", weights_only=True)
+    assert all(torch.equal(final_a[k], final_b[k]) for k in final_a)
+    before = _snapshot(tmp_path / "cut")
+    again = train(**kw, out=tmp_path / "cut", resume=True)
+    assert _snapshot(tmp_path / "cut") == before and again.stopping == whole.stopping
+
+
+def test_sag_trainer_reaches_the_least_squares_minimizer_with_unequal_batches(tmp_path):
+    """n = 23 in batches 5,5,5,4,4: the limit is the minimizer of the sample-mean loss."""
+    run = train(model="mlp", model_options={"widths": []}, dataset="teacher", train_size=23,
+                batch_size=5, optimizer="sag", lr=0.1, epochs=60, save_every=100,
+                progress=False, device="cpu", out=tmp_path / "sag")
+    x, y = run.data.x_train.double(), run.data.y_train.double().reshape(-1)
+    a = torch.cat([x, torch.ones(len(x), 1, dtype=x.dtype)], 1)   # weight, then bias
+    w = torch.cat([p.detach().double().reshape(-1) for p in run.model.parameters()])
+    grad = 2 * a.T @ (a @ w - y) / len(y)
+    print(f"\nSAG trainer, linear least squares, n=23 in 5,5,5,4,4: |grad| {grad.norm():.2e}")
+    assert grad.norm() < 1e-5   # float32 training; the 1/|B_k| weighting leaves 3e-2
+    assert torch.linalg.lstsq(a, y).solution.sub(w).norm() < 1e-5
+
+
+def test_asam_scale_weights_reaches_the_optimizer_and_the_run_name(tmp_path):
+    kw = dict(TINY, train_size=64, optimizer="asam", epochs=1, save_every=10)
+    a = train(**kw, out=tmp_path / "all")
+    b = train(**kw, asam_scale="weights", out=tmp_path / "weights")
+    assert "asam_scale" not in a.config and b.config["asam_scale"] == "weights"
+    assert a.history[0] == b.history[0] and a.history[1] != b.history[1]

@@ -34,9 +34,10 @@ optimizer this module builds) says what else the trainer must do:
   set; call ``step`` once per epoch (one step runs ``max_iter`` L-BFGS iterations).
 - ``"batch_index"`` (``sag``): call ``step(closure, index=i)`` where ``i`` in
   ``range(n_batches)`` names a FIXED subset of the training data (the same samples every
-  time ``i`` comes back); partition the data once into ``n_batches`` equal batches (given
-  to ``make_optimizer(..., n_batches=...)``) and draw ``i`` at random or in a shuffled
-  order each epoch.
+  time ``i`` comes back); partition the data once into ``n_batches`` batches (given to
+  ``make_optimizer(..., n_batches=..., batch_sizes=...)``; ``batch_sizes`` defaults to
+  equal batches, and weights the memory so that unequal batches still give the gradient of
+  the sample-mean loss) and draw ``i`` at random or in a shuffled order each epoch.
 - ``"snapshot"`` (``svrg``): at the start of every epoch (before its first step) call
   ``optimizer.update_snapshot(full_closure)``, where ``full_closure()`` zeroes the
   gradients and leaves in ``p.grad`` the gradient of the mean loss over the whole
@@ -50,7 +51,7 @@ gradient per batch (``n_batches * P`` numbers); SVRG three copies of the paramet
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import torch
@@ -76,6 +77,8 @@ _TORCH = {
     "adadelta": torch.optim.Adadelta, "adam": torch.optim.Adam, "adamw": torch.optim.AdamW,
     "lbfgs": torch.optim.LBFGS,
 }
+#: ASAM's choices of the parameters scaled by ``|w| + eta`` (see :class:`SAM`)
+ASAM_SCALES: tuple[str, ...] = ("all", "weights")
 #: optimizers that take ``momentum``
 WITH_MOMENTUM: frozenset[str] = frozenset({"sgd", "momentum", "nesterov", "rmsprop", "sam", "asam"})
 _REQUIRES = {
@@ -156,21 +159,32 @@ class SVRG(torch.optim.Optimizer):
 class SAG(torch.optim.Optimizer):
     """Stochastic average gradient (Schmidt, Le Roux & Bach, Math. Prog. 2017 / arXiv 2013).
 
-    Keeps the last gradient ``y_i`` of each of ``n_batches`` fixed batches and their sum
-    ``d``; a step on batch ``i`` sets ``d += g_i - y_i``, ``y_i = g_i`` and
-    ``w -= lr * (d / m + wd * w)`` with ``m`` the number of batches seen so far (the
-    paper's normalization in the first pass). Call ``step(closure, index=i)``.
+    Keeps the last gradient ``y_i`` (mean over its samples) of each of ``n_batches`` fixed
+    batches and their weighted sum ``d = sum_i a_i y_i`` with ``a_i = |B_i| k / n`` (``k``
+    batches, ``n`` samples; ``a_i = 1`` for equal batches); a step on batch ``i`` sets
+    ``d += a_i (g_i - y_i)``, ``y_i = g_i`` and ``w -= lr * (d / m + wd * w)`` with ``m`` the
+    sum of ``a_j`` over the batches seen so far (the paper's normalization in the first
+    pass). Once every batch has been seen, ``d / m`` is the gradient of the sample-mean loss
+    at the stored points, so SAG converges to the minimizer of the training loss also when
+    the batches differ in size (an unweighted sum of batch means would converge to the
+    minimizer of ``sum_i L_{B_i}``, which weights each sample by ``1 / |B_i|``).
+    ``batch_sizes`` (default: all equal) gives ``|B_i|``. Call ``step(closure, index=i)``.
     Memory: ``n_batches`` copies of the parameters.
     """
 
     requires = _REQUIRES["sag"]
 
     def __init__(self, params: Iterable, lr: float, n_batches: int,
-                 weight_decay: float = 0.0) -> None:
+                 weight_decay: float = 0.0, batch_sizes: Sequence[int] | None = None) -> None:
         if not isinstance(n_batches, int) or n_batches < 1:
             raise LandscapeError(f"SAG needs n_batches >= 1, got {n_batches!r}")
+        sizes = [1] * n_batches if batch_sizes is None else list(batch_sizes)
+        if len(sizes) != n_batches or not all(
+                isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in sizes):
+            raise LandscapeError(f"SAG needs {n_batches} positive batch sizes, got {batch_sizes!r}")
         super().__init__(params, {"lr": lr, "weight_decay": weight_decay})
         self.n_batches = n_batches
+        self.weights = [s * n_batches / sum(sizes) for s in sizes]   # exactly 1.0 if equal
 
     @torch.no_grad()
     def step(self, closure: Closure | None = None, *,  # type: ignore[override]
@@ -179,6 +193,7 @@ class SAG(torch.optim.Optimizer):
         if index is None or not 0 <= int(index) < self.n_batches:
             raise ValueError(f"SAG.step needs index in range({self.n_batches}), got {index!r}")
         index = int(index)
+        a = self.weights[index]
         loss = _evaluate(closure)
         for group in self.param_groups:
             for p in group["params"]:
@@ -189,12 +204,14 @@ class SAG(torch.optim.Optimizer):
                     state["sum"] = torch.zeros_like(p)
                     state["seen"] = torch.zeros(self.n_batches, dtype=p.dtype,
                                                 device=p.device)
+                if "weights" not in state:  # new, or a state saved before batches were weighted
+                    state["weights"] = torch.tensor(self.weights, dtype=p.dtype, device=p.device)
+                    state["sum"] = torch.einsum("k,k...->...", state["weights"], state["table"])
                 g = _grad(p)
-                state["sum"].add_(g).sub_(state["table"][index])
+                state["sum"].add_(g, alpha=a).sub_(state["table"][index], alpha=a)
                 state["table"][index].copy_(g)
                 state["seen"][index] = 1
-                m = state["seen"].sum()
-                update = state["sum"] / m
+                update = state["sum"] / (state["seen"] * state["weights"]).sum()
                 if group["weight_decay"]:
                     update.add_(p, alpha=group["weight_decay"])
                 p.add_(update, alpha=-group["lr"])
@@ -208,12 +225,23 @@ class SAM(torch.optim.Optimizer):
     ``e = rho * g / ||g||`` (SAM) or, adaptive, ``e = rho * T^2 g / ||T g||`` with
     ``T = |w| + eta`` elementwise (ASAM), computes ``grad L(w + e)`` (second call), returns
     to ``w`` and lets the base optimizer step with that gradient. ``||.||`` is the norm over
-    all parameters, and ASAM scales every tensor (biases included) by ``T^2`` as in the
-    paper's formula (the authors' code scales biases by ``T`` only). Defaults: SAM
-    ``rho=0.05``; ASAM ``rho=0.5, eta=0.01`` (Kwon et al.'s CIFAR setting), set in
-    :func:`make_optimizer`. The base optimizer (default ``torch.optim.SGD``) shares this
-    optimizer's ``param_groups``, so learning-rate schedules act on both; its state
-    (momentum buffers) is what ``state_dict`` saves.
+    all parameters (1e-12 is added to it). ``adaptive`` is a per-group setting: in a group
+    with ``adaptive=False`` the parameters are perturbed along ``g`` itself (``T = 1``), and
+    their ``g`` enters the common norm unscaled.
+
+    The authors' code (github.com/SamsungLabs/ASAM, ``asam.py``) scales by ``T`` only the
+    parameters whose name contains ``"weight"`` (linear and convolution weights, and the
+    scales of normalization layers); every other parameter (biases) gets ``e = rho * g /
+    ||v||`` with ``v`` the concatenation of ``T g`` (weights) and ``g`` (the others), and 1e-16
+    is added to the norm. Its ``ASAM`` class defaults to ``rho=0.5, eta=0.01``; its CIFAR
+    script defaults to ``--eta 0.0`` (the README's commands do not set it) with rho 0.5
+    (CIFAR-10) or 1.0 (CIFAR-100). :func:`make_optimizer` builds ``asam`` with
+    ``asam_scale="all"`` (default: ``T`` on every tensor, biases included, one group) or
+    ``asam_scale="weights"`` (the authors' rule: two groups split by name, given named
+    parameters). Defaults here: SAM ``rho=0.05``; ASAM ``rho=0.5, eta=0.01``. The base
+    optimizer (default ``torch.optim.SGD``) shares this optimizer's ``param_groups``, so
+    learning-rate schedules act on both; its state (momentum buffers) is what
+    ``state_dict`` saves.
     """
 
     requires = _REQUIRES["sam"]
@@ -269,9 +297,14 @@ def make_optimizer(name: str, params: Iterable, *, lr: float, momentum: float | 
     ``momentum`` (sgd: 0, momentum/nesterov: 0.9, rmsprop/sam/asam: 0) is refused by
     optimizers without one; ``rho`` is the SAM/ASAM radius (default 0.05 for SAM, and
     0.5 for ASAM, Kwon et al.'s CIFAR setting); ``eta`` (ASAM, default 0.01) and
-    ``base`` (the optimizer SAM/ASAM wraps, default ``"sgd"``) go in ``options``, as do
-    torch's own options (``betas``, ``eps``, ``alpha``, ``history_size``, ...) and SAG's
-    required ``n_batches``. The result has ``requires`` (see the module docstring).
+    ``base`` (the optimizer SAM/ASAM wraps, default ``"sgd"``) and ``asam_scale`` (ASAM:
+    ``"all"`` scales every tensor by ``|w| + eta``, ``"weights"`` only those whose name
+    contains ``"weight"``, as the authors' code does; see :class:`SAM`) go in ``options``,
+    as do torch's own options (``betas``, ``eps``, ``alpha``, ``history_size``, ...) and
+    SAG's required ``n_batches`` and optional ``batch_sizes`` (see :class:`SAG`).
+    ``params`` are tensors or ``(name, tensor)`` pairs (``model.named_parameters()``; the
+    names are needed by ``asam_scale="weights"`` only). The result has ``requires`` (see the
+    module docstring).
     Cost: O(1); state is allocated lazily on the first step.
     """
     if name not in OPTIMIZERS:
@@ -287,7 +320,16 @@ def make_optimizer(name: str, params: Iterable, *, lr: float, momentum: float | 
         raise LandscapeError(f"optimizer {name!r} has no Nesterov option")
     if rho is not None and name not in {"sam", "asam"}:
         raise LandscapeError(f"rho is the SAM/ASAM radius; optimizer {name!r} has none")
+    scale = options.pop("asam_scale", "all")
+    if scale not in ASAM_SCALES:
+        raise unknown_name("ASAM scale", scale, ASAM_SCALES)
+    if scale != "all" and name != "asam":
+        raise LandscapeError(f"asam_scale is an option of optimizer 'asam', not {name!r}")
     params = list(params)
+    names = None
+    if params and all(isinstance(p, tuple) and len(p) == 2 and isinstance(p[0], str)
+                      for p in params):
+        names, params = [n for n, _ in params], [p for _, p in params]
 
     def build(cls: type[torch.optim.Optimizer], **kwargs: Any) -> torch.optim.Optimizer:
         try:
@@ -336,6 +378,14 @@ def make_optimizer(name: str, params: Iterable, *, lr: float, momentum: float | 
             base_kw.update(momentum=mu, nesterov=nesterov or base_name == "nesterov")
         elif momentum:
             raise LandscapeError(f"momentum is not an option of the {base_name!r} base")
+        if scale == "weights":  # the authors' rule: T on tensors named "...weight..." only
+            if names is None:
+                raise LandscapeError("asam_scale='weights' needs named parameters "
+                                     "(model.named_parameters())")
+            groups = [{"params": [p for n, p in zip(names, params, strict=True)
+                                  if ("weight" in n) == flag], "adaptive": flag}
+                      for flag in (True, False)]
+            params = [g for g in groups if g["params"]]
         opt = build(SAM, base=_TORCH[base_name], rho=radius, adaptive=adaptive, eta=eta,
                     **base_kw)
     opt.requires = _REQUIRES.get(name, frozenset({"closure"}))  # type: ignore[attr-defined]

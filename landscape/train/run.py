@@ -4,7 +4,8 @@ A run directory holds::
 
     run.json                 configuration, dataset spec, model name/options, loss, versions
     model.pt                 final state_dict (parameters and buffers), CPU tensors
-    history.json / .csv      one row per epoch (epoch 0 = initialization)
+    history.json / .csv      one row per epoch (epoch 0 = initialization), with the
+                             cumulative optimizer ``step`` count
     checkpoints/epoch_NNNN.pt  {"epoch", "model", "optimizer", "rng", "history", ...}
 
 Every file is written to a temporary name and renamed into place (``os.replace``), so a
@@ -31,7 +32,8 @@ from landscape.errors import LandscapeError
 
 RUN_FORMAT = "landscape-run"
 RUN_FORMAT_VERSION = 1
-HISTORY_COLUMNS = ("epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr", "seconds")
+HISTORY_COLUMNS = ("epoch", "step", "train_loss", "train_acc", "test_loss", "test_acc", "lr",
+                   "seconds")
 _CHECKPOINT_RE = re.compile(r"^epoch_(\d+)\.pt$")
 
 
@@ -185,6 +187,29 @@ def load_run_data(info: dict):
     return data
 
 
+# ----------------------------------------------------------------------------- stopping
+def at_cap(config: dict, row: dict) -> bool:
+    """Whether history row ``row`` reached the run's cap: ``config["steps"]`` optimizer steps
+    if set, else ``config["epochs"]`` epochs."""
+    steps = config.get("steps")
+    return row["step"] >= steps if steps is not None else row["epoch"] >= config["epochs"]
+
+
+def stopping_record(config: dict, row: dict) -> dict:
+    """The ``stopping`` record of a run with training settings ``config`` (run.json's
+    ``config``) whose last history row is ``row``; see :attr:`Run.stopping`."""
+    target, steps = config.get("target_train_loss"), config.get("steps")
+    rule = ("target_train_loss" if target is not None else
+            "steps" if steps is not None else "epochs")
+    return {"rule": rule,
+            "target": {"target_train_loss": target, "steps": steps,
+                       "epochs": config.get("epochs")}[rule],
+            "met": (row["train_loss"] <= target if target is not None
+                    else at_cap(config, row)),
+            "epochs": row["epoch"], "steps": row["step"], "train_loss": row["train_loss"],
+            "cap": {"steps": steps} if steps is not None else {"epochs": config.get("epochs")}}
+
+
 # ----------------------------------------------------------------------------- Run
 @dataclass
 class Run:
@@ -205,6 +230,24 @@ class Run:
     def loss(self) -> str:
         """The training loss: ``"cross_entropy"`` or ``"mse"``."""
         return self.info.get("loss", getattr(self.data, "loss", "cross_entropy"))
+
+    @property
+    def stopping(self) -> dict:
+        """How the run stopped: ``{"rule", "target", "met", "epochs", "steps", "train_loss",
+        "cap"}``.
+
+        ``rule``: ``"epochs"``, ``"steps"`` or ``"target_train_loss"``; ``target``: the
+        number of epochs, of steps, or the target loss; ``met``: whether the rule was met
+        (False: a target loss not reached within the cap); ``epochs`` and ``steps``: epochs
+        (a partial last one included) and optimizer steps taken; ``train_loss``: the final
+        full-train-split loss; ``cap``: ``{"epochs": E}`` or ``{"steps": N}``. A run written
+        before stopping rules existed (or not finished) is described from its history.
+        """
+        if "stopping" in self.info:
+            return dict(self.info["stopping"])
+        last = dict(self.history[-1])   # an unfinished run, or one from before stopping rules
+        last.setdefault("step", last["epoch"] * self.info.get("steps_per_epoch", 0))
+        return stopping_record(self.config, last)
 
     def checkpoints(self) -> list[tuple[int, Path]]:
         """(epoch, file) of every saved checkpoint, ascending; epoch 0 is the initialization."""

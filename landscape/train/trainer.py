@@ -8,6 +8,11 @@ epoch 0, the initialization, and at the last epoch) it saves a checkpoint with e
 resumed run needs to continue bit for bit: model, optimizer state, random-number states,
 history. See :mod:`landscape.train.run` for the directory layout.
 
+Stopping rules: ``epochs`` (a number of epochs), ``steps`` (exactly that many optimizer steps;
+the last epoch may be partial) and ``target_train_loss`` (the first epoch whose full-train-split
+loss of the history is <= the target, with ``epochs`` or ``steps`` as the cap). run.json
+records which rule stopped the run and whether it was met (:attr:`Run.stopping`).
+
 Optimizers are driven through the step protocol of :mod:`landscape.train.optimizers`:
 ``optimizer.step(closure)`` for all; SVRG gets a full-data gradient snapshot at every epoch
 start; SAG steps over a fixed partition of the training set into ``ceil(n / batch_size)``
@@ -18,12 +23,14 @@ epoch (no augmentation). Learning rates follow :mod:`.schedules`, set before eve
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import math
 import platform
 import re
 import time
+import warnings
 from contextlib import contextmanager, nullcontext
 from datetime import datetime, timezone
 from pathlib import Path
@@ -43,12 +50,14 @@ from landscape.train.run import (
     RUN_FORMAT,
     RUN_FORMAT_VERSION,
     Run,
+    at_cap,
     atomic_torch_save,
     atomic_write_json,
     load_weights,
     read_history,
     read_run_json,
     state_dict_of,
+    stopping_record,
     to_cpu,
     torch_load,
     write_history,
@@ -188,7 +197,9 @@ def train(*, model: str = "mlp", dataset: str = "digits", data_dir: str | Path |
           train_size: int | None = None, model_options: dict | None = None,
           optimizer: str = "momentum", lr: float | None = None, momentum: float | None = None,
           nesterov: bool = False, weight_decay: float = 0.0, rho: float | None = None,
-          batch_size: int = 64, epochs: int = 20, schedule: str = "constant",
+          batch_size: int = 64, epochs: int | None = None, steps: int | None = None,
+          target_train_loss: float | None = None, asam_scale: str = "all",
+          schedule: str = "constant",
           warmup_epochs: int = 0, step_size: int | None = None, gamma: float = 0.1,
           seed: int = 0, device: str = "auto", amp: bool = False, augment: bool | None = None,
           save_every: int = 1, out: str | Path | None = None, resume: bool = False,
@@ -202,8 +213,17 @@ def train(*, model: str = "mlp", dataset: str = "digits", data_dir: str | Path |
       ``dataset`` / ``data_dir`` / ``train_size``: see :func:`landscape.data.load_dataset`
       (its subset and synthetic data are drawn from ``seed``).
     - ``optimizer``, ``lr`` (None: :data:`DEFAULT_LR`), ``momentum`` (None: the optimizer's
-      default), ``nesterov``, ``weight_decay``, ``rho`` (SAM/ASAM radius; None: default):
-      see :func:`landscape.train.optimizers.make_optimizer`.
+      default), ``nesterov``, ``weight_decay``, ``rho`` (SAM/ASAM radius; None: default),
+      ``asam_scale`` ("all": every tensor scaled by ``|w| + eta``; "weights": only those
+      named "...weight...", as the authors' code): see
+      :func:`landscape.train.optimizers.make_optimizer`.
+    - Stopping: ``epochs`` (None: 20) or ``steps`` (exactly that many optimizer steps, the
+      last epoch possibly partial; not both); ``target_train_loss``: stop after the first
+      epoch (0 included) whose full-train-split loss (the history's ``train_loss``) is <= it,
+      with ``epochs``/``steps`` as the cap; a run that hits the cap first warns, and
+      ``run.stopping["met"]`` is False. Schedules span the cap (``steps`` iterations, or
+      ``epochs`` epochs). The final ``model.pt`` and the last checkpoint are the model
+      where the run stopped.
     - ``schedule`` ("constant", "step", "cosine"), ``warmup_epochs``, ``step_size`` (epochs),
       ``gamma``: see :mod:`landscape.train.schedules` (evaluated per iteration).
     - ``seed``: model initialization, minibatch order, augmentation. Same seed and device ->
@@ -231,7 +251,20 @@ def train(*, model: str = "mlp", dataset: str = "digits", data_dir: str | Path |
     lr = float(DEFAULT_LR[optimizer] if lr is None else lr)
     check_positive("learning rate", lr)
     batch_size = _positive_int("batch size", batch_size)
-    epochs = _positive_int("epochs", epochs)
+    if steps is not None:
+        if epochs is not None:
+            raise LandscapeError("give epochs or steps, not both (steps replaces the epoch "
+                                 "budget)")
+        steps = _positive_int("steps", steps)
+    else:
+        epochs = _positive_int("epochs", 20 if epochs is None else epochs)
+    if target_train_loss is not None:
+        if isinstance(target_train_loss, bool) or not isinstance(
+                target_train_loss, int | float | np.integer | np.floating) \
+                or not math.isfinite(target_train_loss) or target_train_loss <= 0:
+            raise LandscapeError("target train loss must be a finite positive number, got "
+                                 f"{target_train_loss!r}")
+        target_train_loss = float(target_train_loss)
     save_every = _positive_int("save_every", save_every)
     if threads is not None:
         threads = _positive_int("threads", threads)
@@ -257,14 +290,22 @@ def train(*, model: str = "mlp", dataset: str = "digits", data_dir: str | Path |
                              f"shape {data.input_shape}")
 
     n_train = len(data.y_train)
-    probe = make_optimizer(optimizer, [nn.Parameter(torch.zeros(1))], lr=lr, momentum=momentum,
-                           nesterov=nesterov, weight_decay=weight_decay, rho=rho,
+    probe = make_optimizer(optimizer, [("weight", nn.Parameter(torch.zeros(1)))], lr=lr,
+                           momentum=momentum, nesterov=nesterov, weight_decay=weight_decay,
+                           rho=rho, asam_scale=asam_scale,
                            **({"n_batches": 1} if optimizer == "sag" else {}))
     requires = getattr(probe, "requires", frozenset({"closure"}))
     full_batch = "full_batch" in requires
-    steps = 1 if full_batch else math.ceil(n_train / batch_size)
-    sched = make_schedule(schedule, lr, epochs=epochs, steps_per_epoch=steps,
+    spe = 1 if full_batch else math.ceil(n_train / batch_size)   # steps per epoch
+    cap = epochs if steps is None else math.ceil(steps / spe)    # epochs at most
+    sched = make_schedule(schedule, lr, epochs=cap, steps_per_epoch=spe,
                           warmup_epochs=warmup_epochs, step_size=step_size, gamma=gamma)
+    if steps is not None:
+        sched = dataclasses.replace(sched, total_steps=steps)
+    # SAG: a fixed partition of the training set, drawn once from the seed
+    fixed = (torch.tensor_split(torch.randperm(
+        n_train, generator=torch.Generator().manual_seed(int(seed) + 1)), spe)
+        if "batch_index" in requires else None)
 
     config = store.jsonable({
         "model": mspec["name"], "model_options": mspec["options"], "dataset": data.name,
@@ -274,8 +315,17 @@ def train(*, model: str = "mlp", dataset: str = "digits", data_dir: str | Path |
         "epochs": epochs, "schedule": schedule, "warmup_epochs": int(warmup_epochs),
         "step_size": step_size, "gamma": float(gamma), "seed": int(seed), "amp": bool(amp),
         "augment": augment, "save_every": save_every, "device": str(device),
+        # set only when used, so runs from before these options keep their name and hash
+        **({"steps": steps} if steps is not None else {}),
+        **({"target_train_loss": target_train_loss} if target_train_loss is not None else {}),
+        **({"asam_scale": asam_scale} if asam_scale != "all" else {}),
     })
     path = Path(out) if out is not None else DEFAULT_RUNS_DIR / _default_name(config)
+
+    def finished(row: dict) -> bool:
+        """Whether the run stops after the epoch of history row ``row``."""
+        return stopping_record(config, row)["met"] or at_cap(config, row)
+
     action = _prepare_dir(path, config, resume, overwrite)
     checkpoint_file = _latest_checkpoint(path) if action == "resume" else None
     checkpoint = None
@@ -284,15 +334,23 @@ def train(*, model: str = "mlp", dataset: str = "digits", data_dir: str | Path |
         if not isinstance(checkpoint, dict) or "epoch" not in checkpoint:
             raise LandscapeError(f"checkpoint {checkpoint_file} is not a training checkpoint")
 
-    if (checkpoint is not None and int(checkpoint["epoch"]) >= epochs
-            and (path / "model.pt").exists()):
+    if checkpoint is not None:
+        try:
+            for row in checkpoint["history"]:  # rows written before the step count was kept
+                row.setdefault("step", int(row["epoch"]) * spe)
+            done = finished(checkpoint["history"][-1])
+        except (KeyError, TypeError, IndexError) as err:
+            raise LandscapeError(f"checkpoint {checkpoint_file} cannot be resumed: "
+                                 f"damaged history ({err!r})") from None
         old = read_run_json(path)
-        if old.get("status") == "complete":  # nothing to do: read it back, write nothing
+        if done and (path / "model.pt").exists() and old.get("status") == "complete":
+            # nothing to do: read it back, write nothing
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(int(seed))
                 net = model_from_spec(mspec)
             load_weights(net, state_dict_of(torch_load(path / "model.pt"), path / "model.pt"),
                          path / "model.pt")
+            _warn_unmet(path, old.get("stopping"))
             return Run(path=path, config=config, model=net.eval(), data=data,
                        history=read_history(path), info=old)
 
@@ -301,10 +359,11 @@ def train(*, model: str = "mlp", dataset: str = "digits", data_dir: str | Path |
     with torch.random.fork_rng(devices=cuda_devices):
         torch.manual_seed(int(seed))
         net = model_from_spec(mspec).to(dev)
-        opt_kwargs = {"n_batches": steps} if optimizer == "sag" else {}
-        opt = make_optimizer(optimizer, net.parameters(), lr=lr, momentum=momentum,
-                             nesterov=nesterov, weight_decay=weight_decay, rho=rho,
-                             **opt_kwargs)
+        opt_kwargs = {} if fixed is None else \
+            {"n_batches": spe, "batch_sizes": [len(idx) for idx in fixed]}
+        opt = make_optimizer(optimizer, list(net.named_parameters()), lr=lr,
+                             momentum=momentum, nesterov=nesterov, weight_decay=weight_decay,
+                             rho=rho, asam_scale=asam_scale, **opt_kwargs)
         gen = torch.Generator(device=dev)
         gen.manual_seed(int(seed))
         history: list[dict] = []
@@ -339,7 +398,7 @@ def train(*, model: str = "mlp", dataset: str = "digits", data_dir: str | Path |
             "config": config, "model": mspec, "dataset": data.spec,
             "data_sizes": {"train": n_train, "test": len(data.y_test)},
             "loss": data.loss, "task": data.task, "num_parameters": count_parameters(net),
-            "steps_per_epoch": steps, "optimizer_requires": sorted(requires),
+            "steps_per_epoch": spe, "optimizer_requires": sorted(requires),
             "device": str(dev), "device_name": _device_name(dev), "versions": store.versions(),
             "threads": threads if dev.type == "cpu" else None,
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -351,13 +410,13 @@ def train(*, model: str = "mlp", dataset: str = "digits", data_dir: str | Path |
             info["resumed"] = [*old.get("resumed", []),
                                {"epoch": start, "device": str(dev),
                                 "at": datetime.now(timezone.utc).isoformat(timespec="seconds")}]
-        if start >= epochs and (path / "model.pt").exists():
+        if history and finished(history[-1]) and (path / "model.pt").exists():
             info["status"] = "complete"
         atomic_write_json(path / "run.json", info)
 
         trainer = _Trainer(net, opt, requires, data, dev, loss=data.loss,
-                           batch_size=batch_size, steps=steps, sched=sched, gen=gen, amp=amp,
-                           augment=augment, seed=int(seed),
+                           batch_size=batch_size, steps=spe, sched=sched, gen=gen, amp=amp,
+                           augment=augment, fixed=fixed,
                            fill=[-m / s for m, s in zip(*NORMALIZATION[data.name], strict=True)]
                            if augment and data.name in NORMALIZATION else 0.0,
                            augment_fn=augment_crop_flip)
@@ -371,35 +430,49 @@ def train(*, model: str = "mlp", dataset: str = "digits", data_dir: str | Path |
                      "history": history, "config_hash": _config_hash(config)}
             _save_checkpoint(path / "checkpoints" / f"epoch_{epoch:04d}.pt", state)
 
-        bar = progress_bar(total=epochs, desc=f"train {path.name}", unit="epoch",
+        bar = progress_bar(total=cap, desc=f"train {path.name}", unit="epoch",
                            disable=None if progress else True)
         with bar, _cuda_flags(dev), _num_threads(threads if dev.type == "cpu" else None):
             if not history:
-                history.append(trainer.history_row(0, lr=None, seconds=0.0))
+                history.append(trainer.history_row(0, step=0, lr=None, seconds=0.0))
                 write_history(path, history)
                 save_checkpoint(0)
             else:
                 write_history(path, history)
             if start:
                 bar.update(start)
-            for epoch in range(start + 1, epochs + 1):
-                seconds, last_lr = trainer.train_epoch(epoch, bar)
-                row = trainer.history_row(epoch, lr=last_lr, seconds=seconds)
+            while not finished(history[-1]):
+                epoch, done_steps = history[-1]["epoch"] + 1, history[-1]["step"]
+                budget = spe if steps is None else min(spe, steps - done_steps)
+                seconds, last_lr, taken = trainer.train_epoch(epoch, bar, budget)
+                row = trainer.history_row(epoch, step=done_steps + taken, lr=last_lr,
+                                          seconds=seconds)
                 history.append(row)
                 write_history(path, history)
-                if epoch % save_every == 0 or epoch == epochs:
+                if epoch % save_every == 0 or finished(row):
                     save_checkpoint(epoch)
                 bar.set_postfix_str(_postfix(row), refresh=False)
                 bar.update(1)
 
         final = to_cpu(net.state_dict())
         atomic_torch_save(path / "model.pt", final)
+        info["stopping"] = stopping_record(config, history[-1])
         info["status"] = "complete"
         info["finished"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
         atomic_write_json(path / "run.json", info)
 
+    _warn_unmet(path, info["stopping"])
     return Run(path=path, config=config, model=net.cpu().eval(), data=data, history=history,
                info=info)
+
+
+def _warn_unmet(path: Path, stopping: dict | None) -> None:
+    """Warn (one line) when a run hit its cap before reaching its target training loss."""
+    if stopping and not stopping["met"]:
+        cap = ", ".join(f"{v} {k}" for k, v in stopping["cap"].items())
+        warnings.warn(f"run {path} stopped at its cap ({cap}) with train loss "
+                      f"{stopping['train_loss']:.4g}, above the target "
+                      f"{stopping['target']:g}: the target was NOT met", stacklevel=3)
 
 
 def _save_checkpoint(file: Path, state: dict) -> None:
@@ -473,8 +546,8 @@ class _Trainer:
 
     def __init__(self, net: nn.Module, opt: torch.optim.Optimizer, requires: frozenset,
                  data: Any, dev: torch.device, *, loss: str, batch_size: int, steps: int,
-                 sched: Any, gen: torch.Generator, amp: bool, augment: bool, seed: int,
-                 fill: Any, augment_fn: Any) -> None:
+                 sched: Any, gen: torch.Generator, amp: bool, augment: bool,
+                 fixed: list[Tensor] | None, fill: Any, augment_fn: Any) -> None:
         self.net, self.opt, self.requires = net, opt, requires
         self.dev, self.loss, self.batch_size, self.steps = dev, loss, batch_size, steps
         self.sched, self.gen, self.amp, self.augment = sched, gen, amp, augment
@@ -490,22 +563,20 @@ class _Trainer:
         self.n = len(self.y_train)
         self.eval_batch = 4096 if dev.type == "cuda" else 1024
         self.grad_batch = 2048 if dev.type == "cuda" else 1024
-        if "batch_index" in requires:
-            # SAG: a fixed partition of the training set, drawn once from the seed
-            part = torch.randperm(self.n, generator=torch.Generator().manual_seed(seed + 1))
-            self.fixed = [idx.to(dev) for idx in torch.tensor_split(part, steps)]
+        self.fixed = None if fixed is None else [idx.to(dev) for idx in fixed]
 
     def autocast(self):
         if self.amp:
             return torch.autocast(device_type=self.dev.type, dtype=torch.bfloat16)
         return nullcontext()
 
-    def history_row(self, epoch: int, *, lr: float | None, seconds: float) -> dict:
+    def history_row(self, epoch: int, *, step: int, lr: float | None, seconds: float) -> dict:
+        """The history row of ``epoch``; ``step``: optimizer steps taken so far in all."""
         train_loss, train_acc = evaluate(self.net, self.x_train, self.y_train, self.loss,
                                          self.eval_batch)
         test_loss, test_acc = evaluate(self.net, self.x_test, self.y_test, self.loss,
                                        self.eval_batch)
-        return {"epoch": epoch, "train_loss": train_loss, "train_acc": train_acc,
+        return {"epoch": epoch, "step": step, "train_loss": train_loss, "train_acc": train_acc,
                 "test_loss": test_loss, "test_acc": test_acc, "lr": lr, "seconds": seconds}
 
     @contextlib.contextmanager
@@ -560,7 +631,7 @@ class _Trainer:
         return self.step_closure(fn)
 
     def _batches(self):
-        if "batch_index" in self.requires:
+        if self.fixed is not None:
             order = torch.randperm(len(self.fixed), generator=self.gen, device=self.dev)
             for i in order.tolist():
                 yield i, self.fixed[i]
@@ -569,8 +640,9 @@ class _Trainer:
             for b in range(self.steps):
                 yield None, perm[b * self.batch_size:(b + 1) * self.batch_size]
 
-    def train_epoch(self, epoch: int, bar: Any) -> tuple[float, float]:
-        """Train one epoch (1-based); returns (training seconds, last learning rate)."""
+    def train_epoch(self, epoch: int, bar: Any, budget: int) -> tuple[float, float, int]:
+        """Train epoch ``epoch`` (1-based), its first ``budget`` steps at most; returns
+        (training seconds, last learning rate, optimizer steps taken)."""
         net, opt = self.net, self.opt
         net.train()
         if self.dev.type == "cuda":
@@ -583,12 +655,17 @@ class _Trainer:
         if "full_batch" in self.requires:
             self._set_lr(lr)
             opt.step(self.step_closure(self.full_closure))
+            taken = 1
         else:
             sum_loss = torch.zeros((), device=self.dev)
             sum_correct = torch.zeros((), dtype=torch.int64, device=self.dev)
             seen = 0
             shown = time.perf_counter()
+            taken = 0
             for b, (index, idx) in enumerate(self._batches()):
+                if b == budget:
+                    break
+                taken += 1
                 lr = self.sched(t + b)
                 self._set_lr(lr)
                 xb, yb = self.x_train[idx], self.y_train[idx]
@@ -613,7 +690,7 @@ class _Trainer:
                                         f"loss {sum_loss.item() / seen:.4g}{acc}")
         if self.dev.type == "cuda":
             torch.cuda.synchronize(self.dev)
-        return time.perf_counter() - t0, lr
+        return time.perf_counter() - t0, lr, taken
 
     def _set_lr(self, lr: float) -> None:
         for group in self.opt.param_groups:
