@@ -300,7 +300,9 @@ def test_every_measure_leaves_the_model_bit_identical() -> None:
     lambda o: adaptive_sharpness(o, rho=0.0),
     lambda o: adaptive_sharpness(o, rho=-1.0, kind="average"),
     lambda o: sam_sharpness(o, rho=0.0),
-    lambda o: adaptive_sharpness(o, batch_size=1000),
+    lambda o: adaptive_sharpness(o, batch_size=2, n_batches=4),  # 7 samples: 3 batches
+    lambda o: adaptive_sharpness(o, init="ones"),
+    lambda o: epsilon_sharpness(o, ascent_steps=-1),
     lambda o: adaptive_sharpness(o, norm="l3"),
     lambda o: adaptive_sharpness(o, kind="best"),
     lambda o: pac_bayes_flatness(o, target=0.0),
