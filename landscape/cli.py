@@ -382,8 +382,8 @@ def _report_measures(results: dict[str, Any], as_json: bool) -> None:
               help="Radius of every rho-type measure, or name=value pairs "
                    "(default: adaptive_worst_l2=0.1, adaptive_worst_linf=0.002, "
                    "adaptive_average_l2=0.05, sam_sharpness=0.05).")
-@click.option("--batch-size", type=click.IntRange(min=1), default=None,
-              help="Batch size m of the worst-case measures (default: the whole split).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=128, show_default=True,
+              help="Samples per batch m of the adaptive measures (Andriushchenko et al.).")
 @_measure_options
 def sharpness_cmd(run_dir: str, measures: str, eps: float, rho: str | None,
                   batch_size: int | None, split: str, subset: int | None, seed: int,

@@ -23,7 +23,7 @@ a subset of m samples counts ``m / n``.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,6 +39,10 @@ from landscape.objective import Objective
 NORMS = ("l2", "linf")
 KINDS = ("worst", "average")
 CRITERIA = ("error", "loss")
+INITS = ("zero", "random")
+
+#: Samples per batch of the adaptive measures (Andriushchenko et al. 2023's m).
+BATCH_SIZE = 128
 
 #: The measures that :func:`compute_sharpness` (and ``landscape sharpness``) knows.
 MEASURES = ("epsilon_sharpness", "adaptive_worst_l2", "adaptive_worst_linf",
@@ -141,15 +145,15 @@ def _scale(theta: Tensor, adaptive: bool, offset: float) -> Tensor:
 
 def _batches(objective: Any, batch_size: int | None, n_batches: int | None,
              seed: int) -> list[Tensor | None]:
-    """Disjoint random batches of ``batch_size`` samples (``[None]``: the whole split)."""
+    """Disjoint random batches of ``min(batch_size, n)`` samples (``[None]``: the whole split).
+
+    A split smaller than one batch is one batch, as in Andriushchenko et al.'s loader.
+    """
     if batch_size is None:
         if n_batches not in (None, 1):
             raise LandscapeError("n_batches needs a batch_size")
         return [None]
-    batch_size = check_int("batch_size", batch_size)
-    if batch_size > objective.n:
-        raise LandscapeError(
-            f"batch size {batch_size} is larger than the data split ({objective.n} samples)")
+    batch_size = min(check_int("batch_size", batch_size), objective.n)
     most = objective.n // batch_size
     n_batches = most if n_batches is None else check_int("n_batches", n_batches)
     if n_batches > most:
@@ -170,27 +174,77 @@ def subspace_basis(numel: int, dim: int, seed: int = 0) -> Tensor:
     return torch.randn(numel, dim, generator=gen, dtype=torch.float64)
 
 
+def _box_search(probe: Callable[[np.ndarray], tuple[float, np.ndarray]], y: np.ndarray,
+                f: float, g: np.ndarray, bound: np.ndarray, ascent_steps: int,
+                maxiter: int) -> dict[str, Any]:
+    """Maximize over ``|y| <= bound`` from ``y`` (loss f, gradient g): projected sign-gradient
+    ascent, then L-BFGS-B; the best point's ``loss``, ``y``, ``g`` and ``solver``."""
+    top: dict[str, Any] = {"loss": f, "y": y, "g": g, "solver": "start"}
+
+    def consider(y: np.ndarray, f: float, g: np.ndarray, solver: str) -> bool:
+        if f <= top["loss"]:
+            return False
+        top.update(loss=f, y=y, g=g, solver=solver)
+        return True
+
+    step = 2.0
+    for _ in range(ascent_steps):
+        new = np.clip(top["y"] + step * bound * np.sign(top["g"]), -bound, bound)
+        if np.array_equal(new, top["y"]):
+            break  # a vertex where every gradient component points out of the box
+        if not consider(new, *probe(new), "ascent"):
+            step /= 2
+
+    def negative(y: np.ndarray) -> tuple[float, np.ndarray]:
+        if np.array_equal(y, top["y"]):  # L-BFGS-B's first call: known already
+            return -top["loss"], -top["g"]
+        f, g = probe(y)
+        consider(y.copy(), f, g, "lbfgsb")
+        return -f, -g
+
+    minimize(negative, top["y"], jac=True, method="L-BFGS-B", bounds=Bounds(-bound, bound),
+             options={"maxiter": maxiter})
+    return top
+
+
 def epsilon_sharpness(objective: Any, theta: Tensor | None = None, eps: float = 1e-3,
                       subspace_dim: int | None = None, maxiter: int = 10, seed: int = 0,
-                      n_starts: int = 1) -> MeasureResult:
+                      n_starts: int = 3, ascent_steps: int = 10,
+                      return_maximizer: bool = False) -> MeasureResult:
     """Keskar et al.'s epsilon-sharpness (Metric 2.1), in percent of ``1 + f(theta)``.
 
     ``100 * (max_{z in C} f(theta + A z) - f(theta)) / (1 + f(theta))`` where, in the full
-    space (``A = I``), ``C = {|z_i| <= eps (|theta_i| + 1)}``; with ``subspace_dim = p``,
-    ``A`` is a ``[P, p]`` matrix of standard Gaussian entries (the paper says only "randomly
-    generated") and ``C = {|y_i| <= eps (|(A^+ theta)_i| + 1)}``. The maximum is sought with
-    scipy's L-BFGS-B under these box bounds for ``maxiter`` iterations (10 in the paper),
-    started at a uniformly random point of the box (at an exact minimizer the gradient
-    vanishes and L-BFGS-B would stop at once); the largest loss seen at any evaluated point
-    (``theta`` itself included) is kept. ``n_starts > 1`` restarts from further random points.
-    Cost: about ``maxiter`` to ``2 maxiter`` gradient passes per start.
+    space (``A = I``), ``C = {|z_i| <= b_i}``, ``b = eps (|theta| + 1)``; with
+    ``subspace_dim = p``, ``A`` is a ``[P, p]`` matrix of standard Gaussian entries (the paper
+    says only "randomly generated") and ``b = eps (|A^+ theta| + 1)``.
+
+    Keskar et al. run L-BFGS-B for 10 iterations. From a random start in the box that stops
+    far below the maximum near low-loss minima (23-100x below 10 sign-gradient steps on the
+    digits MLP), so the maximum is sought here by, for each of ``n_starts`` starts (start 0:
+    ``z = 0``, the others uniform random points of the box from ``seed``):
+
+    1. projected sign-gradient ascent, ``z <- clip(z + s b sign(grad_z f), -b, b)``, at most
+       ``ascent_steps`` steps, from the best point so far; ``s`` starts at 2 (so the first
+       step from ``z = 0`` lands on the vertex ``b sign(g)``) and halves after each step that
+       does not raise the loss; it stops early at a vertex where every gradient component
+       points out of the box;
+    2. scipy's L-BFGS-B under the box bounds for ``maxiter`` iterations (Keskar's solver and
+       count) from the ascent's best point.
+
+    The largest loss at any evaluated point (``theta`` included) is reported. ``extra``:
+    ``loss``, ``max_loss``, ``solver`` (``"ascent"``, ``"lbfgsb"``, or ``"start"`` when nothing
+    beat a start point) and ``start`` (its index) of the maximum, ``start_values`` (each
+    start's best value), ``evaluations`` (gradient passes); with ``return_maximizer``,
+    ``maximizer``: the best ``z`` (float64 CPU tensor, box coordinates; not JSON-able).
+    Cost: ``1 + n_starts (ascent_steps + 1)`` gradient passes at most for the ascent plus
+    L-BFGS-B's evaluations (70-90 passes in all at the defaults on the digits MLP).
     """
     check_positive("eps", eps)
     maxiter = check_int("maxiter", maxiter)
     n_starts = check_int("n_starts", n_starts)
+    ascent_steps = check_int("ascent_steps", ascent_steps, minimum=0)
     theta = _theta(objective, theta)
     cost = _Cost(objective)
-    f0 = objective.loss(theta)
     if subspace_dim is None:
         basis = None
         bound = (eps * (theta.double().abs() + 1.0)).cpu().numpy()
@@ -199,30 +253,42 @@ def epsilon_sharpness(objective: Any, theta: Tensor | None = None, eps: float = 
         basis = subspace_basis(theta.numel(), subspace_dim, seed).to(objective.device)
         coords = torch.linalg.lstsq(basis, theta.double()[:, None]).solution[:, 0]  # A^+ theta
         bound = (eps * (coords.abs() + 1.0)).cpu().numpy()
-    best = {"loss": f0, "evals": 0}
+    evaluations = 0
 
-    def negative(y: np.ndarray) -> tuple[float, np.ndarray]:
+    def probe(y: np.ndarray) -> tuple[float, np.ndarray]:
+        """Loss at ``theta + A y`` and its gradient with respect to y (float64 numpy)."""
+        nonlocal evaluations
         z = torch.as_tensor(y, dtype=torch.float64, device=objective.device)
         delta = z if basis is None else basis @ z
         loss, grad = objective.loss_and_grad(theta + delta.to(objective.dtype))
-        best["evals"] += 1
-        if math.isfinite(loss) and loss > best["loss"]:
-            best["loss"] = loss
+        evaluations += 1
         grad = grad.double()
         grad = grad if basis is None else basis.T @ grad
-        return -loss, -grad.cpu().numpy()
+        return (loss if math.isfinite(loss) else -math.inf), grad.cpu().numpy()
 
+    center = np.zeros_like(bound)
+    f0, g0 = probe(center)
+    best = {"loss": f0, "y": center, "solver": "start", "start": 0}
+    start_values = []
     rng = np.random.default_rng(seed)
-    for _ in range(n_starts):
-        start = rng.uniform(-bound, bound)
-        minimize(negative, start, jac=True, method="L-BFGS-B", bounds=Bounds(-bound, bound),
-                  options={"maxiter": maxiter})
+    for start in range(n_starts):
+        y = center if start == 0 else rng.uniform(-bound, bound)
+        top = _box_search(probe, y, *((f0, g0) if start == 0 else probe(y)), bound,
+                          ascent_steps, maxiter)
+        start_values.append(100.0 * (top["loss"] - f0) / (1.0 + f0))
+        if top["loss"] > best["loss"]:
+            best = {**top, "start": start}
     value = 100.0 * (best["loss"] - f0) / (1.0 + f0)
+    extra: dict[str, Any] = {"loss": f0, "max_loss": best["loss"], "solver": best["solver"],
+                             "start": best["start"], "start_values": start_values,
+                             "evaluations": evaluations}
+    if return_maximizer:
+        extra["maximizer"] = torch.as_tensor(best["y"], dtype=torch.float64)
     return MeasureResult(
         "epsilon_sharpness", float(value), None,
         _settings(objective, eps=eps, subspace_dim=subspace_dim, maxiter=maxiter, seed=seed,
-                  n_starts=n_starts),
-        cost.result(), {"loss": f0, "max_loss": best["loss"], "evaluations": best["evals"]})
+                  n_starts=n_starts, ascent_steps=ascent_steps),
+        cost.result(), extra)
 
 
 # ------------------------------------------------------------- Andriushchenko et al. 2023
@@ -242,10 +308,13 @@ def _apgd_checkpoints(n_iters: int) -> set[int]:
 
 
 def _worst_case(sub: Any, theta: Tensor, scale: Tensor, rho: float, norm: str, n_iters: int,
-                gen: torch.Generator) -> tuple[float, float]:
-    """Largest loss over Auto-PGD iterates in ``{theta + scale * u : ||u||_p <= rho}``."""
+                gen: torch.Generator | None) -> tuple[float, float]:
+    """Largest loss over Auto-PGD iterates in ``{theta + scale * u : ||u||_p <= rho}``, from
+    ``u = 0`` (``gen`` None) or a random point of the sphere (l2) or box (linf)."""
     f0 = sub.loss(theta)
-    if norm == "linf":
+    if gen is None:
+        u = torch.zeros_like(theta)
+    elif norm == "linf":
         u = (2 * torch.rand(theta.shape, generator=gen, device=theta.device,
                             dtype=theta.dtype) - 1) * rho
     else:
@@ -287,37 +356,54 @@ def _worst_case(sub: Any, theta: Tensor, scale: Tensor, rho: float, norm: str, n
 
 def adaptive_sharpness(objective: Any, theta: Tensor | None = None, rho: float | None = None,
                        norm: str = "l2", adaptive: bool = True, kind: str = "worst",
-                       n_iters: int = 20, batch_size: int | None = None,
-                       n_batches: int | None = None, n_samples: int = 64, offset: float = 0.0,
-                       seed: int = 0) -> MeasureResult:
-    """Worst- or average-case (adaptive) sharpness, an increase of the mean loss.
+                       n_iters: int = 20, batch_size: int | None = BATCH_SIZE,
+                       n_batches: int | None = None, n_samples: int = 20, offset: float = 0.0,
+                       seed: int = 0, init: str = "zero") -> MeasureResult:
+    """Worst- or average-case (adaptive) sharpness, a mean over batches of loss increases.
 
     Perturbations ``delta = c * u`` with ``c = |theta| + offset`` (adaptive; ASAM's
     normalization, scale-invariant for ``offset = 0``) or ``c = 1``, and ``||u||_p <= rho``.
+    Batches: ``n_batches`` (default: as many as fit) disjoint batches of ``m = min(batch_size,
+    n)`` samples (default 128, the authors'), consecutive slices of ``torch.randperm(n)``
+    seeded with ``seed``; ``batch_size=None``: the whole split as one batch. Batch k's
+    random draws come from ``seed + k``. The authors (``eval_sharpness.py``) use the first
+    1024 training samples in order (8 batches); ``n_batches=8`` takes 8 random batches.
 
-    - ``kind="worst"``: ``max_delta L_B(theta + delta) - L_B(theta)``, maximized for each
-      batch B of ``batch_size`` samples (None: the whole split as one batch) by Auto-PGD
-      (Croce & Hein 2020) on u as Andriushchenko et al. do: ``n_iters`` steps (default 20),
-      initial step ``2 rho`` halved at Auto-PGD's checkpoints when fewer than 75% of the
-      steps improved or nothing changed (restarting from the best point), momentum 0.75,
-      normalized-gradient steps and projection onto the ball ``||u||_2 <= rho`` (the
-      ellipsoid ``||delta / c||_2 <= rho``) for l2, sign steps and clipping for linf, from a
-      random start on the sphere (l2) or in the box (linf). The largest loss over the
-      iterates counts; the increases are averaged over ``n_batches`` disjoint random batches
-      (default: as many as fit), with the standard error over batches when there are several.
-      Cost: ``n_iters`` gradient passes and 2 forward passes per batch.
-    - ``kind="average"``: ``E_u L(theta + c u) - L(theta)`` with ``u ~ N(0, rho^2 I)`` (l2)
-      or uniform in ``[-rho, rho]^P`` (linf), by Monte Carlo over ``n_samples`` draws, each
-      used antithetically (``(L(+) + L(-))/2``, which cancels the gradient term's noise),
-      evaluated on the union of the batches (in expectation the same as averaging per batch).
-      ``stderr`` is the Monte Carlo standard error. Cost: ``2 n_samples + 1`` forward passes.
+    - ``kind="worst"``: per batch B, ``max_u L_B(theta + c u) - L_B(theta)`` over
+      ``||u||_p <= rho``, by ``n_iters`` (default 20, as theirs) Auto-PGD steps on u (Croce &
+      Hein 2020): step ``2 rho`` halved at Auto-PGD's checkpoints (after 5, 9, 12, 15, 16,
+      18, 19 of 20 steps; theirs one step later) when fewer than 75% of the steps since the
+      last one raised the loss or nothing changed, then resuming from the best point
+      (iterate and momentum); the largest loss over the iterates counts. ``init="zero"``
+      starts at ``u = 0`` (their script's default, so the first step is the (A)SAM point);
+      ``"random"``: uniform on the sphere (l2) or in the box (linf). l2: steps along the
+      normalized gradient with respect to u, ``c g / ||c g||``, projection by rescaling onto
+      ``||u||_2 <= rho``, momentum as Auto-PGD's (``u + 0.75 (z - u) + 0.25 (u - u_prev)``,
+      projected). linf: sign steps and clipping.
+      Where the authors' code differs: its l2 step in u is ``g / ||g||`` (not ``c g``), its
+      adaptive projection is the Euclidean one onto the ellipsoid ``||delta / c||_2 <= rho``
+      (by bisection), its momentum is ``0.75 z + 0.25 u_prev`` (not Auto-PGD's formula its
+      docstring states), and on a halving it reloads the best weights but keeps the current
+      perturbation. ``stderr``: the standard error over batches. Cost: per batch
+      ``n_iters`` gradient and 2 forward passes on m samples (about ``n_iters`` passes over
+      the split in all).
+    - ``kind="average"``: per batch B, ``E_u L_B(theta + c u) - L_B(theta)`` with ``u ~ N(0,
+      rho^2 I)`` (l2) or uniform in ``[-rho, rho]^P`` (linf), by ``n_samples`` fresh draws
+      per batch (default 20, as their scripts), each used antithetically (``(L_B(+) +
+      L_B(-))/2``, which cancels the gradient term's noise; theirs are not). The
+      expectation does not depend on m. ``stderr``: the Monte Carlo standard error. Cost:
+      ``2 n_samples + 1`` forward passes over the batches' samples.
 
+    Andriushchenko et al. 2023, "A modern look at the relationship between sharpness and
+    generalization" (reference code: github.com/tml-epfl/sharpness-vs-generalization).
     ``rho`` defaults to :data:`DEFAULT_RHO` of the matching measure.
     """
     if norm not in NORMS:
         raise unknown_name("norm", norm, NORMS)
     if kind not in KINDS:
         raise unknown_name("sharpness kind", kind, KINDS)
+    if init not in INITS:
+        raise unknown_name("init", init, INITS)
     if rho is None:
         rho = DEFAULT_RHO[f"adaptive_{kind}_{norm}" if f"adaptive_{kind}_{norm}" in DEFAULT_RHO
                           else f"adaptive_worst_{norm}"]
@@ -331,24 +417,36 @@ def adaptive_sharpness(objective: Any, theta: Tensor | None = None, rho: float |
     batches = _batches(objective, batch_size, n_batches, seed)
     scale = _scale(theta, adaptive, offset)
     name = f"{'adaptive' if adaptive else 'plain'}_{kind}_{norm}"
+    m = objective.n if batches == [None] else int(batches[0].numel())
     settings = _settings(objective, rho=rho, norm=norm, adaptive=adaptive, kind=kind,
-                         offset=offset, seed=seed, batch_size=batch_size,
-                         n_batches=len(batches) if batch_size else None,
-                         **({"n_iters": n_iters} if kind == "worst" else
+                         offset=offset, seed=seed, batch_size=m, n_batches=len(batches),
+                         **({"n_iters": n_iters, "init": init} if kind == "worst" else
                             {"n_samples": n_samples, "antithetic": True}))
-    gen = _generator(objective.device, seed)
-    if kind == "worst":
-        increases = []
-        for idx in batches:
-            sub = objective if idx is None else objective.subset(idx)
-            f0, worst = _worst_case(sub, theta, scale, rho, norm, n_iters, gen)
-            cost.add_subset(sub)
-            increases.append(worst - f0)
-        inc = np.asarray(increases)
-        stderr = float(inc.std(ddof=1) / math.sqrt(inc.size)) if inc.size > 1 else None
-        return MeasureResult(name, float(inc.mean()), stderr, settings, cost.result(),
-                             {"batches": int(inc.size)})
-    sub = objective if batches == [None] else objective.subset(torch.cat(batches))
+    values, mc_vars = [], []
+    for k, idx in enumerate(batches):
+        sub = objective if idx is None else objective.subset(idx)
+        gen = _generator(objective.device, seed + k)
+        if kind == "worst":
+            f0, worst = _worst_case(sub, theta, scale, rho, norm, n_iters,
+                                    gen if init == "random" else None)
+            values.append(worst - f0)
+        else:
+            d = _average_increases(sub, theta, scale, rho, norm, n_samples, gen)
+            values.append(float(d.mean()))
+            mc_vars.append(float(d.var(ddof=1)) / d.size)
+        cost.add_subset(sub)
+    v = np.asarray(values)
+    if kind == "average":
+        stderr: float | None = math.sqrt(sum(mc_vars)) / v.size
+    else:
+        stderr = float(v.std(ddof=1) / math.sqrt(v.size)) if v.size > 1 else None
+    return MeasureResult(name, float(v.mean()), stderr, settings, cost.result(),
+                         {"batches": int(v.size), "batch_values": v.tolist()})
+
+
+def _average_increases(sub: Any, theta: Tensor, scale: Tensor, rho: float, norm: str,
+                       n_samples: int, gen: torch.Generator) -> np.ndarray:
+    """``(L(theta + c u) + L(theta - c u))/2 - L(theta)`` on ``sub`` for n_samples draws of u."""
     f0 = sub.loss(theta)
     diffs = []
     chunk = _point_chunk(theta.numel())
@@ -363,10 +461,7 @@ def adaptive_sharpness(objective: Any, theta: Tensor | None = None, rho: float |
         delta = u * scale
         losses = sub.evaluate(torch.cat([theta + delta, theta - delta]))["loss"]
         diffs.append(((losses[:k] + losses[k:]) / 2 - f0).numpy())
-    d = np.concatenate(diffs)
-    cost.add_subset(sub)
-    return MeasureResult(name, float(d.mean()), float(d.std(ddof=1) / math.sqrt(d.size)),
-                         settings, cost.result(), {"loss": f0})
+    return np.concatenate(diffs)
 
 
 def sam_sharpness(objective: Any, theta: Tensor | None = None, rho: float = 0.05,
@@ -567,12 +662,12 @@ def parse_measures(measures: str | Iterable[str], choices: Sequence[str] = MEASU
 def compute_sharpness(objective: Any, theta: Tensor | None = None,
                       measures: str | Iterable[str] = "all", eps: float = 1e-3,
                       rho: float | Mapping[str, float] | None = None,
-                      batch_size: int | None = None, seed: int = 0,
+                      batch_size: int | None = BATCH_SIZE, seed: int = 0,
                       ) -> dict[str, MeasureResult]:
     """The named measures (:data:`MEASURES`) with default settings, keyed by name.
 
     ``rho``: one radius for every rho-type measure, a ``{measure: rho}`` mapping, or None
-    (:data:`DEFAULT_RHO`). ``batch_size``: the batch size m of the worst-case measures.
+    (:data:`DEFAULT_RHO`). ``batch_size``: the batch size m of the adaptive measures.
     PAC-Bayes uses the error criterion for classification and the loss (target 0.1) else;
     when no noise level meets the target its value is NaN and ``extra["error"]`` says why.
     """
@@ -590,8 +685,7 @@ def compute_sharpness(objective: Any, theta: Tensor | None = None,
         elif name.startswith("adaptive_"):
             _, kind, norm = name.split("_")
             res = adaptive_sharpness(objective, theta, rho=_rho_for(name, rho), norm=norm,
-                                     kind=kind, batch_size=batch_size if kind == "worst"
-                                     else None, seed=seed)
+                                     kind=kind, batch_size=batch_size, seed=seed)
         elif name == "sam_sharpness":
             res = sam_sharpness(objective, theta, rho=_rho_for(name, rho))
         elif name == "pac_bayes_flatness":
@@ -663,7 +757,8 @@ def parse_rho(text: str | None) -> float | dict[str, float] | None:
 
 def sharpness_of_run(run: Any, *, measures: str | Iterable[str] = "all", eps: float = 1e-3,
                      rho: float | Mapping[str, float] | None = None, split: str = "train",
-                     subset: int | None = None, batch_size: int | None = None, seed: int = 0,
+                     subset: int | None = None, batch_size: int | None = BATCH_SIZE,
+                     seed: int = 0,
                      device: str = "auto", precision: str = "float32", out: Any = None,
                      overwrite: bool = False, command: str | None = None,
                      ) -> dict[str, MeasureResult]:
