@@ -221,12 +221,14 @@ def measure_settings(name: str, settings: MeasureSettings) -> dict[str, Any]:
 
 
 def compute_measures(objective: Any, names: Iterable[str], theta: Tensor | None = None,
-                     settings: MeasureSettings | None = None,
-                     show_progress: bool = True) -> dict[str, MeasureResult]:
+                     settings: MeasureSettings | None = None, show_progress: bool = True,
+                     on_result: Callable[[str, MeasureResult], None] | None = None,
+                     ) -> dict[str, MeasureResult]:
     """Each named measure at ``theta`` (default: the model's own parameters), keyed by name.
 
-    A family (the noise statistics) is computed once for all its members. Cost: the sum of
-    the measures' costs (each result's ``cost``, in passes over the data).
+    A family (the noise statistics) is computed once for all its members; ``on_result(name,
+    result)`` is called as each one is ready (to keep it before the next starts). Cost: the
+    sum of the measures' costs (each result's ``cost``, in passes over the data).
     """
     from landscape.progress import progress
 
@@ -248,6 +250,8 @@ def compute_measures(objective: Any, names: Iterable[str], theta: Tensor | None 
             res = done[entry.family][name]
         res.name = name
         out[name] = res
+        if on_result is not None:
+            on_result(name, res)
     return out
 
 

@@ -121,19 +121,8 @@ def plot_curve(results: Any, ax: Axes | None = None, *, splits: Sequence[str] | 
 
 
 def curve_rise(curve: Any, metric: str = "train_loss", at: float = 0.5) -> float:
-    """Mean increase of ``metric`` at ``x = -at`` and ``x = +at`` over its value at 0.
-
-    A simple measure of how fast a 1D curve rises away from the minimum (same units as the
-    metric; linear interpolation between grid points).
-    """
-    c = as_surface(curve, kinds=("surface",), ndim=1, what="the curve rise")
-    y = values(c, metric)
-    ok = np.isfinite(y)
-    if not (c.x[ok].min() <= -at and c.x[ok].max() >= at):
-        raise LandscapeError(f"{c.path}: the curve does not reach x = +-{at}")
-    center = c.attrs.get(f"center_{metric}")
-    y0 = float(center) if center is not None else float(np.interp(0.0, c.x[ok], y[ok]))
-    return float(np.mean(np.interp([-at, at], c.x[ok], y[ok])) - y0)
+    """:meth:`landscape.surface.Surface.rise` of a curve given as a path or a loaded curve."""
+    return as_surface(curve, kinds=("surface",), ndim=1, what="the curve rise").rise(metric, at)
 
 
 __all__ = ["curve_rise", "plot_curve"]

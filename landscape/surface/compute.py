@@ -47,6 +47,20 @@ class Surface:
     def complete(self) -> bool:
         return bool(self.done.all())
 
+    def rise(self, metric: str = "train_loss", at: float = 0.5) -> float:
+        """Mean increase of ``metric`` at ``x = -at`` and ``x = +at`` over its value at the
+        centre (the trained model), on a 1D curve with linear interpolation between grid
+        points: how fast the curve rises away from the minimum, in the metric's units."""
+        if self.y is not None or metric not in self.values:
+            raise LandscapeError(f"{self.path}: the rise needs a 1D curve holding {metric!r}")
+        y = np.where(self.done, np.asarray(self.values[metric], dtype=float), np.nan)
+        ok = np.isfinite(y)
+        if not ok.any() or not (self.x[ok].min() <= -at and self.x[ok].max() >= at):
+            raise LandscapeError(f"{self.path}: the curve does not reach x = +-{at}")
+        center = self.attrs.get(f"center_{metric}")
+        y0 = float(center) if center is not None else float(np.interp(0.0, self.x[ok], y[ok]))
+        return float(np.mean(np.interp([-at, at], self.x[ok], y[ok])) - y0)
+
     @property
     def n_nonfinite(self) -> int:
         """Number of computed values that are NaN or infinite (far from the minimum)."""
