@@ -15,6 +15,11 @@ from landscape.analysis.hessian import (  # noqa: E402
     load_hessian,
     spectral_density,
 )
+from landscape.analysis.measures import (  # noqa: E402
+    REGISTRY,
+    MeasureSettings,
+    compute_measures,
+)
 from landscape.analysis.noise import gradient_noise, noise_scale_two_batch  # noqa: E402
 from landscape.analysis.sharpness import (  # noqa: E402
     adaptive_sharpness,
@@ -40,7 +45,8 @@ from landscape.surface import (  # noqa: E402
 from landscape.train import Run, load_run, train  # noqa: E402
 
 __all__ = [
-    "Dataset", "LandscapeError", "Objective", "ParamSpace", "Run", "adaptive_sharpness",
+    "REGISTRY", "Dataset", "LandscapeError", "MeasureSettings", "Objective", "ParamSpace", "Run",
+    "adaptive_sharpness", "compute_measures",
     "analyze_hessian", "build_model", "compute_surface", "curvature_map", "demo",
     "epsilon_sharpness", "fisher_rao_norm", "gradient_noise", "hessian_eigenvalues",
     "hessian_trace", "interpolate", "load_dataset", "load_hessian", "load_run", "load_study",

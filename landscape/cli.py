@@ -363,12 +363,12 @@ def _measure_options(fn: Callable) -> Callable:
 
 
 def _report_measures(results: dict[str, Any], as_json: bool) -> None:
-    from landscape.analysis.sharpness import format_table
+    from landscape.analysis.measures import format_results
 
     if as_json:
         echo_json({name: res.to_dict() for name, res in results.items()})
     else:
-        click.echo(format_table(results))
+        click.echo(format_results(results))
 
 
 @main.command("sharpness")
@@ -390,12 +390,13 @@ def sharpness_cmd(run_dir: str, measures: str, eps: float, rho: str | None,
                   device: str, precision: str, out: str | None, overwrite: bool,
                   as_json: bool) -> None:
     """Sharpness and flatness measures of a run's final model, side by side."""
-    from landscape.analysis.sharpness import parse_rho, sharpness_of_run
+    from landscape.analysis.measures import MeasureSettings, measures_of_run, parse_rho
 
-    results = sharpness_of_run(run_dir, measures=measures, eps=eps, rho=parse_rho(rho),
-                               split=split, subset=subset, batch_size=batch_size, seed=seed,
-                               device=device, precision=precision, out=out,
-                               overwrite=overwrite, command=command_line())
+    settings = MeasureSettings(eps=eps, sharpness_batch_size=batch_size, seed=seed,
+                               **parse_rho(rho))
+    results = measures_of_run(run_dir, measures, settings, kind="sharpness", split=split,
+                              subset=subset, device=device, precision=precision, out=out,
+                              overwrite=overwrite, command=command_line())
     _report_measures(results, as_json)
 
 
@@ -409,12 +410,13 @@ def noise_cmd(run_dir: str, batch_size: int, lr: float, split: str, subset: int 
               seed: int, device: str, precision: str, out: str | None, overwrite: bool,
               as_json: bool) -> None:
     """Gradient noise at a run's final model: covariance trace, noise scale, SGD's regularizer."""
-    from landscape.analysis.noise import noise_of_run
+    from landscape.analysis.measures import MeasureSettings, measures_of_run
 
-    result = noise_of_run(run_dir, batch_size=batch_size, lr=lr, split=split, subset=subset,
-                          seed=seed, device=device, precision=precision, out=out,
-                          overwrite=overwrite, command=command_line())
-    _report_measures(result.measures(), as_json)
+    settings = MeasureSettings(noise_batch_size=batch_size, lr=lr, seed=seed)
+    results = measures_of_run(run_dir, "all", settings, kind="noise", split=split,
+                              subset=subset, device=device, precision=precision, out=out,
+                              overwrite=overwrite, command=command_line())
+    _report_measures(results, as_json)
 
 
 @main.command("hessian")
@@ -577,11 +579,25 @@ def plot_cmd(file: str, kind: str | None, metric: str, vmin: float | None, vmax:
 def _study_options(fn: Callable) -> Callable:
     """Options shared by `landscape compare` and `landscape demo` (None: file or default)."""
     options = [
+        click.option("--seeds", default=None,
+                     help="Training seeds of every recipe, e.g. 0,1,2 [0; demo 0,1,2]."),
+        click.option("--match", default=None,
+                     help="Stop every run at the same training loss (train-loss=0.02) or "
+                          "step count (steps=4500) [none; demo train-loss=0.02]."),
+        click.option("--sweep", multiple=True, metavar="OPTION=V1,V2,...",
+                     help="Cross every recipe with these values of a train option (e.g. "
+                          "lr=0.025,0.2 and batch_size=32,256). Repeatable."),
         click.option("--curve", default=None, help="1D range MIN:MAX:NUM [-1:1:41]."),
-        click.option("--surface", default=None, help="2D range per axis [-1:1:31]."),
+        click.option("--surface", default=None, help="2D range per axis [-1:1:21]."),
         click.option("--interpolation", default=None, help="Range of t [-0.5:1.5:41]."),
         click.option("--seed", type=int, default=None,
-                     help="Direction and measure seed [0]."),
+                     help="First direction seed and measure seed [0]."),
+        click.option("--direction-seeds", type=click.IntRange(min=1), default=None,
+                     help="Random directions per 1D curve [3]."),
+        click.option("--measures", default=None,
+                     help="Comma-separated measures [top_eigenvalue,hessian_trace,"
+                          "epsilon_sharpness,adaptive_worst_l2,adaptive_average_l2,"
+                          "pac_bayes_flatness,noise_scale]."),
         click.option("--precision", type=click.Choice(["float64", "float32", "tf32", "bf16"]),
                      default=None, help="Evaluation precision [float32]."),
         click.option("--device", default=None, help="auto, cpu, cuda, ... [auto]."),
@@ -636,11 +652,12 @@ def compare_cmd(recipes: tuple[str, ...], recipe_file: str | None, runs: tuple[s
               show_default=True, help="Study directory.")
 @_study_options
 def demo_cmd(out: str, as_json: bool, overwrite: bool, **options: Any) -> None:
-    """Small- versus large-batch SGD on the embedded digits (Keskar et al. 2017), measured."""
+    """SGD over learning rate x batch size on the embedded digits, every run stopped at the
+    same training loss, three seeds: which minima are sharper, with 95% intervals."""
     from landscape.study import demo
 
     study = demo(out, overwrite=overwrite,
-                 **{k: v for k, v in options.items() if v is not None})
+                 **{k: v for k, v in options.items() if v not in (None, ())})
     _report_study(study, as_json)
 
 

@@ -17,10 +17,9 @@ import torch
 from click.testing import CliRunner
 from torch import nn
 
+from landscape.analysis.measures import MeasureSettings, compute_measures, names_of
 from landscape.analysis.sharpness import (
-    MEASURES,
     adaptive_sharpness,
-    compute_sharpness,
     epsilon_sharpness,
     fisher_rao_norm,
     pac_bayes_flatness,
@@ -398,7 +397,7 @@ def test_every_measure_leaves_the_model_bit_identical() -> None:
     x = torch.randn(40, 4)
     y = torch.randint(0, 3, (40,))
     obj = Objective(model, (x, y), device="cpu")
-    compute_sharpness(obj, measures=[m for m in MEASURES if m != "pac_bayes_flatness"])
+    compute_measures(obj, [m for m in names_of("sharpness") if m != "pac_bayes_flatness"])
     pac_bayes_flatness(obj, criterion="loss", n_samples=4, target=0.5)
     adaptive_sharpness(obj, batch_size=10, n_iters=3)
     gradient_noise(obj, batch_size=8)
@@ -424,8 +423,8 @@ def test_every_measure_leaves_the_model_bit_identical() -> None:
     lambda o: adaptive_sharpness(o, kind="best"),
     lambda o: pac_bayes_flatness(o, target=0.0),
     lambda o: pac_bayes_flatness(o, criterion="error"),  # regression: no error rate
-    lambda o: compute_sharpness(o, measures="epsilon,sam_sharpness"),
-    lambda o: compute_sharpness(o, measures="sam_sharpness", rho=0.0),
+    lambda o: compute_measures(o, "epsilon,sam_sharpness"),
+    lambda o: compute_measures(o, "sam_sharpness", settings=MeasureSettings(rho_sam=0.0)),
 ])
 def test_bad_settings_raise_a_one_line_error(call) -> None:
     obj, _ = quadratic_objective(np.eye(4), W_STAR)
@@ -454,7 +453,7 @@ def test_cli_sharpness_json_has_every_measure_and_keeps_a_result_file(tiny_run, 
                                        "--json", "--out", str(out), "--device", "cpu"])
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
-    assert list(data) == list(MEASURES)
+    assert list(data) == names_of("sharpness")
     assert all(math.isfinite(v["value"]) for v in data.values())
     assert "stderr" in data["adaptive_average_l2"] and "stderr" not in data["sam_sharpness"]
     with store.open_result(out, kind="sharpness") as f:
@@ -468,11 +467,11 @@ def test_cli_sharpness_json_has_every_measure_and_keeps_a_result_file(tiny_run, 
     assert bad.exit_code == 1 and "eps must be positive" in bad.output
 
 
-def test_compute_sharpness_reports_nan_when_no_noise_reaches_the_pac_bayes_target() -> None:
+def test_pac_bayes_measure_reports_nan_when_no_noise_reaches_its_target() -> None:
     torch.manual_seed(0)
     x, y = torch.randn(50, 4), torch.randint(0, 10, (50,))
     obj = Objective(nn.Linear(4, 10), (x, y), device="cpu")  # chance level: error ~0.9 already
-    res = compute_sharpness(obj, measures="pac_bayes_flatness")["pac_bayes_flatness"]
+    res = compute_measures(obj, "pac_bayes_flatness")["pac_bayes_flatness"]
     assert math.isnan(res.value) and "never raised" in res.extra["error"]
 
 

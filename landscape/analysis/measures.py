@@ -11,15 +11,18 @@ per-sample gradients) and are computed once by :func:`compute_measures`.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 from torch import Tensor
 
 from landscape.analysis.hessian import hessian_eigenvalues, hessian_trace
 from landscape.analysis.noise import gradient_noise
 from landscape.analysis.sharpness import (
+    DEFAULT_RHO,
     MeasureResult,
     adaptive_sharpness,
     epsilon_sharpness,
@@ -48,10 +51,10 @@ class MeasureSettings:
     trace_rtol: float = 0.05
     trace_probes: int = 200
     eps: float = 1e-3
-    rho_worst_l2: float = 0.1
-    rho_worst_linf: float = 2e-3
-    rho_average_l2: float = 0.05
-    rho_sam: float = 0.05
+    rho_worst_l2: float = DEFAULT_RHO["adaptive_worst_l2"]
+    rho_worst_linf: float = DEFAULT_RHO["adaptive_worst_linf"]
+    rho_average_l2: float = DEFAULT_RHO["adaptive_average_l2"]
+    rho_sam: float = DEFAULT_RHO["sam_sharpness"]
     sharpness_batch_size: int | None = None
     pac_bayes_target: float = 0.1
     pac_bayes_samples: int = 32
@@ -151,7 +154,7 @@ def _fisher_rao(objective: Any, theta: Tensor | None, s: MeasureSettings) -> Mea
 
 
 def _noise(objective: Any, theta: Tensor | None, s: MeasureSettings) -> dict[str, MeasureResult]:
-    batch = min(s.noise_batch_size or 128, objective.n)
+    batch = s.noise_batch_size or min(128, objective.n)
     return gradient_noise(objective, theta, batch_size=batch,
                           lr=0.1 if s.lr is None else s.lr).measures()
 
@@ -233,10 +236,7 @@ def compute_measures(objective: Any, names: Iterable[str], theta: Tensor | None 
     from landscape.progress import progress
 
     s = settings or MeasureSettings()
-    names = list(names)
-    for name in names:
-        if name not in REGISTRY or REGISTRY[name].compute is None:
-            raise unknown_name("measure", name, [m for m, e in REGISTRY.items() if e.compute])
+    names = parse_measures(names, [m for m, e in REGISTRY.items() if e.compute])
     out: dict[str, MeasureResult] = {}
     done: dict[str, dict[str, MeasureResult]] = {}
     for name in progress(names, desc="measures", unit="measure",
@@ -255,5 +255,87 @@ def compute_measures(objective: Any, names: Iterable[str], theta: Tensor | None 
     return out
 
 
-__all__ = ["REGISTRY", "Measure", "MeasureSettings", "compute_measures", "measure_settings",
-           "names_of", "parse_measures"]
+#: The ``--rho`` names of the radii (a measure name -> its :class:`MeasureSettings` field).
+RHO_FIELDS = {"adaptive_worst_l2": "rho_worst_l2", "adaptive_worst_linf": "rho_worst_linf",
+              "adaptive_average_l2": "rho_average_l2", "sam_sharpness": "rho_sam"}
+
+
+def parse_rho(text: str | None) -> dict[str, float]:
+    """``"0.05"`` (every radius) or ``"adaptive_worst_l2=0.1,sam_sharpness=0.02"`` ->
+    :class:`MeasureSettings` fields; None or empty -> {} (the defaults)."""
+    if text is None or not str(text).strip():
+        return {}
+    text = str(text).strip()
+    try:
+        if "=" not in text:
+            return dict.fromkeys(RHO_FIELDS.values(), float(text))
+        out = {}
+        for part in text.split(","):
+            name, _, value = part.partition("=")
+            if name.strip() not in RHO_FIELDS:
+                raise unknown_name("rho measure", name.strip(), RHO_FIELDS)
+            out[RHO_FIELDS[name.strip()]] = float(value)
+        return out
+    except ValueError:
+        raise LandscapeError(f"--rho must be a number or name=number pairs, got {text!r}") from None
+
+
+def format_results(results: Mapping[str, MeasureResult]) -> str:
+    """An aligned text table: measure, value, standard error, cost (passes over the data)."""
+    rows = [("measure", "value", "stderr", "cost (passes)")]
+    for name, res in results.items():
+        stderr = "" if res.stderr is None else f"{res.stderr:.4g}"
+        cost = ", ".join(f"{k} {v:.4g}" for k, v in res.cost.items())
+        rows.append((name, f"{res.value:.6g}", stderr, cost))
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    lines = ["  ".join([r[0].ljust(widths[0]), r[1].rjust(widths[1]), r[2].rjust(widths[2]),
+                        r[3]]).rstrip() for r in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def save_results(path: str | Path, kind: str, results: Mapping[str, MeasureResult],
+                 settings: Mapping[str, Any], attrs: Mapping[str, Any] | None = None,
+                 overwrite: bool = False) -> None:
+    """Write each result as a scalar dataset ``name`` (attrs: stderr, settings, cost, extra)
+    in a result file of ``kind`` whose root ``settings`` decide resume versus refusal
+    (:func:`landscape.store.create`)."""
+    from landscape import store
+
+    with store.create(path, kind, settings, attrs=attrs, overwrite=overwrite) as f:
+        store.write_arrays(f, {n: np.float64(r.value) for n, r in results.items()},
+                           attrs={n: {"stderr": r.stderr, "settings": r.settings,
+                                      "cost": r.cost, "extra": r.extra}
+                                  for n, r in results.items()})
+
+
+def measures_of_run(run: Any, measures: str | Iterable[str], settings: MeasureSettings | None
+                    = None, *, kind: str = "sharpness", split: str = "train",
+                    subset: int | None = None, device: str = "auto", precision: str = "float32",
+                    out: str | Path | None = None, overwrite: bool = False,
+                    command: str | None = None) -> dict[str, MeasureResult]:
+    """:func:`compute_measures` at a run's final model (``landscape sharpness`` and
+    ``landscape noise``); ``out``: keep them in an HDF5 file of ``kind`` with their settings.
+    ``settings.seed`` also draws the ``subset``."""
+    from landscape.objective import Objective
+
+    s = settings or MeasureSettings()
+    names = parse_measures(measures, names_of(kind))
+    objective = Objective.from_run(run, split, subset=subset, seed=s.seed, device=device,
+                                   precision=precision)
+    results = compute_measures(objective, names, settings=s)
+    if out is not None:
+        run_path = str(Path(run).resolve()) if not hasattr(run, "model") else str(run.path)
+        file_settings = {"run": run_path, "measures": names, "split": split, "subset": subset,
+                         **{k: v for n in names for k, v in measure_settings(n, s).items()
+                            if k != "measure"},
+                         "objective": objective.settings()}
+        save_results(out, kind, results, file_settings,
+                     attrs={"command": command, "device": str(objective.device)},
+                     overwrite=overwrite)
+    return results
+
+
+__all__ = ["REGISTRY", "RHO_FIELDS", "Measure", "MeasureSettings", "compute_measures",
+           "format_results", "measure_settings", "measures_of_run", "names_of",
+           "parse_measures", "parse_rho", "save_results"]

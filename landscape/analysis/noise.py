@@ -204,27 +204,3 @@ def noise_scale_two_batch(objective: Any, theta: Tensor | None = None, b_small: 
         cost=cost.result(), grad_norm_sq=g2_mean,
         grad_norm_sq_stderr=float(g2.std(ddof=1) / se), trace_cov=s_mean,
         trace_cov_stderr=float(s.std(ddof=1) / se))
-
-
-def noise_of_run(run: Any, *, batch_size: int = 128, lr: float = 0.1, split: str = "train",
-                 subset: int | None = None, seed: int = 0, device: str = "auto",
-                 precision: str = "float32", out: Any = None, overwrite: bool = False,
-                 command: str | None = None) -> NoiseResult:
-    """:func:`gradient_noise` at a run's final model; ``out``: keep the quantities of
-    :data:`NOISE_MEASURES` in an HDF5 file (kind ``"noise"``) with their settings."""
-    from pathlib import Path
-
-    from landscape.analysis.sharpness import save_results
-    from landscape.objective import Objective
-
-    objective = Objective.from_run(run, split, subset=subset, seed=seed, device=device,
-                                   precision=precision)
-    result = gradient_noise(objective, batch_size=batch_size, lr=lr)
-    if out is not None:
-        run_path = str(Path(run).resolve()) if not hasattr(run, "model") else str(run.path)
-        settings = {"run": run_path, "batch_size": batch_size, "lr": lr, "split": split,
-                    "subset": subset, "seed": seed, "objective": objective.settings()}
-        save_results(out, "noise", result.measures(), settings,
-                     attrs={"command": command, "device": str(objective.device)},
-                     overwrite=overwrite)
-    return result

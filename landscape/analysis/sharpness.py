@@ -23,7 +23,7 @@ a subset of m samples counts ``m / n``.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,7 +34,6 @@ from torch import Tensor
 from torch.func import jvp, vmap
 
 from landscape.errors import LandscapeError, check_int, check_positive, unknown_name
-from landscape.objective import Objective
 
 NORMS = ("l2", "linf")
 KINDS = ("worst", "average")
@@ -43,10 +42,6 @@ INITS = ("zero", "random")
 
 #: Samples per batch of the adaptive measures (Andriushchenko et al. 2023's m).
 BATCH_SIZE = 128
-
-#: The measures that :func:`compute_sharpness` (and ``landscape sharpness``) knows.
-MEASURES = ("epsilon_sharpness", "adaptive_worst_l2", "adaptive_worst_linf",
-            "adaptive_average_l2", "sam_sharpness", "pac_bayes_flatness", "fisher_rao_norm")
 
 #: Default radii of the rho-type measures (adaptive ones are relative to ``|theta|``).
 DEFAULT_RHO = {"adaptive_worst_l2": 0.1, "adaptive_worst_linf": 2e-3,
@@ -630,154 +625,5 @@ def fisher_rao_norm(objective: Any, theta: Tensor | None = None,
                          cost.result(), {"norm": math.sqrt(value)})
 
 
-# ------------------------------------------------------------------------- all at once
-def _rho_for(name: str, rho: float | Mapping[str, float] | None) -> float:
-    if rho is None:
-        return DEFAULT_RHO[name]
-    if isinstance(rho, Mapping):
-        unknown = set(rho) - set(DEFAULT_RHO)
-        if unknown:
-            raise unknown_name("rho measure", sorted(unknown)[0], DEFAULT_RHO)
-        return float(rho.get(name, DEFAULT_RHO[name]))
-    return float(rho)
-
-
-def parse_measures(measures: str | Iterable[str], choices: Sequence[str] = MEASURES,
-                   ) -> list[str]:
-    """``"all"`` or comma-separated names (or a list) -> validated list in canonical order."""
-    if isinstance(measures, str):
-        names = [m.strip() for m in measures.split(",") if m.strip()]
-    else:
-        names = list(measures)
-    if not names:
-        raise LandscapeError("no measures given")
-    if names == ["all"]:
-        return list(choices)
-    for name in names:
-        if name not in choices:
-            raise unknown_name("measure", name, choices)
-    return [m for m in choices if m in names]
-
-
-def compute_sharpness(objective: Any, theta: Tensor | None = None,
-                      measures: str | Iterable[str] = "all", eps: float = 1e-3,
-                      rho: float | Mapping[str, float] | None = None,
-                      batch_size: int | None = BATCH_SIZE, seed: int = 0,
-                      ) -> dict[str, MeasureResult]:
-    """The named measures (:data:`MEASURES`) with default settings, keyed by name.
-
-    ``rho``: one radius for every rho-type measure, a ``{measure: rho}`` mapping, or None
-    (:data:`DEFAULT_RHO`). ``batch_size``: the batch size m of the adaptive measures.
-    PAC-Bayes uses the error criterion for classification and the loss (target 0.1) else;
-    when no noise level meets the target its value is NaN and ``extra["error"]`` says why.
-    """
-    from landscape.progress import progress
-
-    names = parse_measures(measures)
-    for name in names:
-        if name in DEFAULT_RHO:
-            check_positive(f"rho of {name}", _rho_for(name, rho))
-    check_positive("eps", eps)
-    out: dict[str, MeasureResult] = {}
-    for name in progress(names, desc="sharpness", unit="measure"):
-        if name == "epsilon_sharpness":
-            res = epsilon_sharpness(objective, theta, eps=eps, seed=seed)
-        elif name.startswith("adaptive_"):
-            _, kind, norm = name.split("_")
-            res = adaptive_sharpness(objective, theta, rho=_rho_for(name, rho), norm=norm,
-                                     kind=kind, batch_size=batch_size, seed=seed)
-        elif name == "sam_sharpness":
-            res = sam_sharpness(objective, theta, rho=_rho_for(name, rho))
-        elif name == "pac_bayes_flatness":
-            criterion = "error" if objective.is_classification else "loss"
-            try:
-                res = pac_bayes_flatness(objective, theta, seed=seed, criterion=criterion)
-            except LandscapeError as err:  # no sigma reaches the target: report NaN and why
-                res = MeasureResult(name, math.nan, None,
-                                    _settings(objective, criterion=criterion, seed=seed), {},
-                                    {"error": str(err)})
-        else:
-            res = fisher_rao_norm(objective, theta)
-        res.name = name
-        out[name] = res
-    return out
-
-
-# ------------------------------------------------------------------- display and storage
-def format_table(results: Mapping[str, Any]) -> str:
-    """An aligned text table: measure, value, standard error, cost."""
-    rows = [("measure", "value", "stderr", "cost (passes)")]
-    for name, res in results.items():
-        stderr = "" if res.stderr is None else f"{res.stderr:.4g}"
-        cost = ", ".join(f"{k} {v:.4g}" for k, v in res.cost.items())
-        rows.append((name, f"{res.value:.6g}", stderr, cost))
-    widths = [max(len(r[i]) for r in rows) for i in range(4)]
-    lines = ["  ".join([r[0].ljust(widths[0]), r[1].rjust(widths[1]), r[2].rjust(widths[2]),
-                        r[3]]).rstrip() for r in rows]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
-
-
-def save_results(path: Any, kind: str, results: Mapping[str, Any], settings: Mapping[str, Any],
-                 attrs: Mapping[str, Any] | None = None, overwrite: bool = False) -> None:
-    """Write each result as a scalar dataset ``name`` (attrs: stderr, settings, cost, extra).
-
-    The file's root ``settings`` are ``settings`` (its hash decides resume versus refusal,
-    see :func:`landscape.store.create`).
-    """
-    from landscape import store
-
-    with store.create(path, kind, settings, attrs=attrs, overwrite=overwrite) as f:
-        arrays = {name: np.float64(res.value) for name, res in results.items()}
-        meta = {name: {"stderr": res.stderr, "settings": res.settings, "cost": res.cost,
-                       "extra": res.extra} for name, res in results.items()}
-        store.write_arrays(f, arrays, attrs=meta)
-
-
-# ------------------------------------------------------------------------------ runs (CLI)
-def parse_rho(text: str | None) -> float | dict[str, float] | None:
-    """``"0.05"`` (every rho-type measure) or ``"adaptive_worst_l2=0.1,sam_sharpness=0.02"``."""
-    if text is None or not str(text).strip():
-        return None
-    text = str(text).strip()
-    try:
-        if "=" not in text:
-            return float(text)
-        out = {}
-        for part in text.split(","):
-            name, _, value = part.partition("=")
-            name = name.strip()
-            if name not in DEFAULT_RHO:
-                raise unknown_name("rho measure", name, DEFAULT_RHO)
-            out[name] = float(value)
-        return out
-    except ValueError:
-        raise LandscapeError(f"--rho must be a number or name=number pairs, got {text!r}") from None
-
-
-def sharpness_of_run(run: Any, *, measures: str | Iterable[str] = "all", eps: float = 1e-3,
-                     rho: float | Mapping[str, float] | None = None, split: str = "train",
-                     subset: int | None = None, batch_size: int | None = BATCH_SIZE,
-                     seed: int = 0,
-                     device: str = "auto", precision: str = "float32", out: Any = None,
-                     overwrite: bool = False, command: str | None = None,
-                     ) -> dict[str, MeasureResult]:
-    """:func:`compute_sharpness` on a run's final model; ``out``: keep them in an HDF5 file
-    (kind ``"sharpness"``) with their settings."""
-    from pathlib import Path
-
-    names = parse_measures(measures)
-    objective = Objective.from_run(run, split, subset=subset, seed=seed, device=device,
-                                   precision=precision)
-    results = compute_sharpness(objective, measures=names, eps=eps, rho=rho,
-                                batch_size=batch_size, seed=seed)
-    if out is not None:
-        run_path = str(Path(run).resolve()) if not hasattr(run, "model") else str(run.path)
-        settings = {"run": run_path, "measures": names, "eps": eps,
-                    "rho": {n: _rho_for(n, rho) for n in names if n in DEFAULT_RHO},
-                    "split": split, "subset": subset, "batch_size": batch_size, "seed": seed,
-                    "objective": objective.settings()}
-        save_results(out, "sharpness", results, settings,
-                     attrs={"command": command, "device": str(objective.device)},
-                     overwrite=overwrite)
-    return results
+__all__ = ["DEFAULT_RHO", "MeasureResult", "adaptive_sharpness", "epsilon_sharpness",
+           "fisher_rao_norm", "pac_bayes_flatness", "sam_sharpness", "subspace_basis"]
