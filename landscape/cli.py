@@ -140,6 +140,32 @@ def train_cmd(widths: str | None, model_option: tuple[str, ...], as_json: bool,
                f"({summary['wall_seconds']:.1f} s) -> {run.path}")
 
 
+def trust_options(fn: Callable | None = None, *, model_option: bool = True) -> Callable:
+    """``--trust-code`` (and ``--model SPEC``, repeatable): trust the user code recorded in the
+    run directories or study files this command opens (see :mod:`landscape.trust`). Without
+    them a recorded user factory is refused, never imported."""
+    import functools
+
+    def decorate(fn: Callable) -> Callable:
+        @functools.wraps(fn)
+        def run(*args: Any, trust_code: bool, **kwargs: Any) -> Any:
+            from landscape.trust import trusting
+
+            named = kwargs.pop("trusted_models", ()) if model_option else (kwargs.get("model"),)
+            with trusting([n for n in named if n], trust_all=trust_code):
+                return fn(*args, **kwargs)
+
+        run = click.option("--trust-code", is_flag=True,
+                           help="Import the user code recorded in the run or study file.")(run)
+        if model_option:
+            run = click.option("--model", "trusted_models", multiple=True, metavar="SPEC",
+                               help="The user model factory recorded in the run "
+                                    "(file.py:factory), named again to trust it.")(run)
+        return run
+
+    return decorate(fn) if fn is not None else decorate
+
+
 def engine_options(fn: Callable) -> Callable:
     """The evaluation-engine options shared by every command that measures a run."""
     options = [
@@ -228,6 +254,7 @@ _split = click.option("--split", default="train", show_default=True,
 @_grid_out
 @_overwrite
 @_json
+@trust_options
 def surface_cmd(run_dir: str, x: str, y: str | None, norm: str, ignore: str, seed: int,
                 orthogonal: bool, dir_file: str | None, split: str, out: str | None,
                 overwrite: bool, as_json: bool, **opts: Any) -> None:
@@ -251,6 +278,7 @@ def surface_cmd(run_dir: str, x: str, y: str | None, norm: str, ignore: str, see
 @_grid_out
 @_overwrite
 @_json
+@trust_options
 def interpolate_cmd(run_dir: str, to_dir: str, x: str, split: str, out: str | None,
                     overwrite: bool, as_json: bool, **opts: Any) -> None:
     """Loss along the line from one solution (t=0) to another (t=1), buffers included."""
@@ -272,6 +300,7 @@ def interpolate_cmd(run_dir: str, to_dir: str, x: str, split: str, out: str | No
 @_grid_out
 @_overwrite
 @_json
+@trust_options
 def plane_cmd(run_dir: str, through: tuple[str, str], x: str, y: str, split: str,
               out: str | None, overwrite: bool, as_json: bool, **opts: Any) -> None:
     """The plane through three solutions: A at (0,0), B at (1,0), C at (0,1)."""
@@ -291,6 +320,7 @@ def plane_cmd(run_dir: str, through: tuple[str, str], x: str, y: str, split: str
 @_grid_out
 @_overwrite
 @_json
+@trust_options
 def trajectory_cmd(run_dir: str, x: str | None, y: str | None, split: str, out: str | None,
                    overwrite: bool, as_json: bool, **opts: Any) -> None:
     """The training path on the PCA plane of its checkpoints, over the loss there."""
@@ -370,6 +400,7 @@ def _report_measures(results: dict[str, Any], as_json: bool) -> None:
 @click.option("--batch-size", type=click.IntRange(min=1), default=None,
               help="Batch size m of the worst-case measures (default: the whole split).")
 @_measure_options
+@trust_options
 def sharpness_cmd(run_dir: str, measures: str, eps: float, rho: str | None,
                   batch_size: int | None, split: str, subset: int | None, seed: int,
                   device: str, precision: str, out: str | None, overwrite: bool,
@@ -390,6 +421,7 @@ def sharpness_cmd(run_dir: str, measures: str, eps: float, rho: str | None,
 @click.option("--lr", type=float, default=0.1, show_default=True,
               help="SGD learning rate (implicit regularizer).")
 @_measure_options
+@trust_options
 def noise_cmd(run_dir: str, batch_size: int, lr: float, split: str, subset: int | None,
               seed: int, device: str, precision: str, out: str | None, overwrite: bool,
               as_json: bool) -> None:
@@ -442,6 +474,7 @@ def noise_cmd(run_dir: str, batch_size: int, lr: float, split: str, subset: int 
 @click.option("--out", type=click.Path(dir_okay=False), required=True, help="HDF5 file.")
 @_overwrite
 @_json
+@trust_options
 def hessian_cmd(run_dir: str, top: int, bottom: int, trace: bool, trace_method: str,
                 trace_rtol: float, max_probes: int, density: bool, density_probes: int,
                 density_steps: int, sigma: float, split: str, subset: int | None,
@@ -607,6 +640,7 @@ def _report_study(study: Any, as_json: bool) -> None:
 @click.option("--out", type=click.Path(file_okay=False), default=None,
               help="Study directory [outputs/compare].")
 @_study_options
+@trust_options(model_option=False)
 def compare_cmd(recipes: tuple[str, ...], recipe_file: str | None, runs: tuple[str, ...],
                 as_json: bool, **options: Any) -> None:
     """Train recipes (or take runs) and compare their minima: figure, tables, study.h5."""
@@ -647,6 +681,7 @@ def demo_cmd(out: str, as_json: bool, overwrite: bool, **options: Any) -> None:
               default="float32", show_default=True)
 @_overwrite
 @_json
+@trust_options
 def curvature_cmd(run_dir: str, surface_file: str, tol: float, split: str, subset: int | None,
                   seed: int, device: str, precision: str, overwrite: bool,
                   as_json: bool) -> None:

@@ -104,6 +104,12 @@ def read_run_json(path: Path) -> dict:
         raise LandscapeError(f"{file} is damaged: {err}") from None
     if not isinstance(info, dict) or info.get("format") != RUN_FORMAT:
         raise LandscapeError(f"{file} is not a landscape run file (format {RUN_FORMAT!r})")
+    for key in ("config", "model", "dataset"):
+        if not isinstance(info.get(key), dict):
+            raise LandscapeError(f"{file} is damaged: {key!r} is missing or not an object")
+    seed = info["config"].get("seed")
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise LandscapeError(f"{file} is damaged: config has no integer 'seed' (got {seed!r})")
     return info
 
 
@@ -161,19 +167,30 @@ def load_weights(model: nn.Module, state: dict[str, torch.Tensor], file: Path | 
     model.load_state_dict(state, strict=True)
 
 
-def build_run_model(info: dict) -> nn.Module:
-    """A freshly initialised model as described by ``run.json`` (seeded like the run)."""
+def build_run_model(info: dict, source: str | Path, trust: bool = False) -> nn.Module:
+    """A freshly initialised model as described by ``run.json`` (seeded like the run).
+
+    ``source``: the run.json the spec came from; a user factory recorded there is imported
+    only if trusted (:func:`landscape.trust.check_recorded`).
+    """
     from landscape.models import model_from_spec
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(int(info["config"]["seed"]))
-        return model_from_spec(info["model"])
+        return model_from_spec(info["model"], source=str(source), trust=trust)
 
 
-def load_run_data(info: dict):
+def load_run_data(info: dict, source: str | Path = "run.json"):
     """The run's :class:`landscape.data.Dataset`, rebuilt from its stored spec and checked."""
+    import inspect
+
     from landscape.data import load_dataset
 
+    known = set(inspect.signature(load_dataset).parameters)
+    unknown = sorted(set(info["dataset"]) - known)
+    if unknown:
+        raise LandscapeError(f"{source}: unknown dataset key {unknown[0]!r} "
+                             f"(known: {', '.join(sorted(known))})")
     data = load_dataset(**info["dataset"])
     sizes = info.get("data_sizes")
     if sizes:
@@ -200,6 +217,7 @@ class Run:
     data: Any
     history: list[dict]
     info: dict = field(default_factory=dict, repr=False)
+    trust: bool = field(default=False, repr=False)
 
     @property
     def loss(self) -> str:
@@ -219,7 +237,7 @@ class Run:
 
     def new_model(self) -> nn.Module:
         """A freshly built model of this run's architecture (initial weights, eval mode, CPU)."""
-        return build_run_model(self.info).eval()
+        return build_run_model(self.info, Path(self.path) / "run.json", self.trust).eval()
 
     def load_checkpoint(self, epoch_or_path: int | str | Path) -> nn.Module:
         """A fresh model (eval mode, CPU) with the weights and buffers of one checkpoint.
@@ -241,16 +259,19 @@ class Run:
         return model.eval()
 
 
-def load_run(path: str | Path, *, data: bool = True) -> Run:
+def load_run(path: str | Path, *, data: bool = True, trust: bool = False) -> Run:
     """Load a run directory: rebuild the model from ``run.json`` with its final weights.
 
     ``data=False`` skips rebuilding the dataset (``Run.data`` is then None). If the run has
     no ``model.pt`` yet (interrupted), the weights of its last checkpoint are used, with a
-    warning. Cost: one model build, one file read, one dataset load.
+    warning. A user model factory recorded in ``run.json`` is imported only with
+    ``trust=True`` (or within :func:`landscape.trust.trusting`), never when it resolves
+    outside the user's own code, and not when its file changed since the run recorded it.
+    Cost: one model build, one file read, one dataset load.
     """
     path = Path(path)
     info = read_run_json(path)
-    model = build_run_model(info)
+    model = build_run_model(info, path / "run.json", trust)
     final = path / "model.pt"
     if final.exists():
         file = final
@@ -265,9 +286,9 @@ def load_run(path: str | Path, *, data: bool = True) -> Run:
                       stacklevel=2)
     load_weights(model, state_dict_of(torch_load(file), file), file)
     model.eval()
-    dataset = load_run_data(info) if data else None
+    dataset = load_run_data(info, path / "run.json") if data else None
     return Run(path=path, config=dict(info["config"]), model=model, data=dataset,
-               history=read_history(path), info=info)
+               history=read_history(path), info=info, trust=trust)
 
 
 def as_run(run: Any) -> Run:
