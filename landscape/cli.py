@@ -20,10 +20,18 @@ class _Group(click.Group):
     """A click group that turns LandscapeError into a one-line error with exit code 1."""
 
     def invoke(self, ctx: click.Context):
+        import errno
+
         try:
             return super().invoke(ctx)
         except LandscapeError as err:
             raise click.ClickException(str(err)) from None
+        except OSError as err:  # a write the library did not wrap: still one line
+            if err.errno not in (errno.ENOSPC, errno.EFBIG, errno.EROFS, errno.EACCES,
+                                 errno.EPERM, errno.EDQUOT):
+                raise
+            where = f"{err.filename}: " if err.filename else ""
+            raise click.ClickException(f"cannot write: {where}{err.strerror}") from None
 
 
 @click.group(cls=_Group)
@@ -188,8 +196,11 @@ def engine_kwargs(opts: dict[str, Any]) -> dict[str, Any]:
 
 
 def echo_json(obj: Any) -> None:
-    """One JSON object on stdout."""
-    click.echo(json.dumps(obj, indent=2, default=float))
+    """One strict JSON object on stdout (NaN and infinities as ``null``)."""
+    from landscape.store import jsonable, strict_json
+
+    text = json.dumps(jsonable(obj), default=float)  # numpy scalars and the like as floats
+    click.echo(json.dumps(strict_json(json.loads(text)), indent=2, allow_nan=False))
 
 
 def _surface_summary(surface: Any) -> dict[str, Any]:

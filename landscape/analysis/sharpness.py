@@ -633,11 +633,13 @@ def save_results(path: Any, kind: str, results: Mapping[str, Any], settings: Map
     """
     from landscape import store
 
-    with store.create(path, kind, settings, attrs=attrs, overwrite=overwrite) as f:
+    with store.create(path, kind, settings, attrs=attrs, overwrite=overwrite,
+                      memory=True) as f:
         arrays = {name: np.float64(res.value) for name, res in results.items()}
         meta = {name: {"stderr": res.stderr, "settings": res.settings, "cost": res.cost,
                        "extra": res.extra} for name, res in results.items()}
         store.write_arrays(f, arrays, attrs=meta)
+        store.commit(f, path)
 
 
 # ------------------------------------------------------------------------------ runs (CLI)

@@ -17,7 +17,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 import re
 import warnings
 from dataclasses import dataclass, field
@@ -28,6 +27,7 @@ import torch
 from torch import nn
 
 from landscape.errors import LandscapeError
+from landscape.store import atomic_write, strict_json
 
 RUN_FORMAT = "landscape-run"
 RUN_FORMAT_VERSION = 1
@@ -36,31 +36,17 @@ _CHECKPOINT_RE = re.compile(r"^epoch_(\d+)\.pt$")
 
 
 # ----------------------------------------------------------------------------- atomic writes
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temporary file and ``os.replace`` (crash-safe)."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
 def atomic_write_json(path: Path, obj: Any) -> None:
-    """Write ``obj`` as indented JSON, atomically."""
-    _atomic_write_bytes(path, (json.dumps(obj, indent=2, allow_nan=True) + "\n").encode())
+    """Write ``obj`` as indented strict JSON (NaN and infinities as ``null``), atomically."""
+    text = json.dumps(strict_json(obj), indent=2, allow_nan=False)
+    atomic_write(path, (text + "\n").encode())
 
 
 def atomic_torch_save(path: Path, obj: Any) -> None:
     """``torch.save`` ``obj`` to ``path``, atomically."""
     buf = io.BytesIO()
     torch.save(obj, buf)
-    _atomic_write_bytes(path, buf.getvalue())
+    atomic_write(path, buf.getvalue())
 
 
 def write_history(path: Path, history: list[dict]) -> None:
@@ -71,7 +57,7 @@ def write_history(path: Path, history: list[dict]) -> None:
     writer.writeheader()
     for row in history:
         writer.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in HISTORY_COLUMNS})
-    _atomic_write_bytes(path / "history.csv", buf.getvalue().encode())
+    atomic_write(path / "history.csv", buf.getvalue().encode())
 
 
 def to_cpu(obj: Any) -> Any:
