@@ -177,14 +177,13 @@ def compute_surface(objectives: Objective | Mapping[str, Objective], out: str | 
     f = None
     if rank == 0:
 
-        centre = {f"center_{split}_{m}": float(v[0]) for split, o in objs.items()  # off-grid
-                  for m, v in o.evaluate(origin[None]).items()}
-
         def init(new: h5py.File) -> None:  # the layout and the centre, before the rename
             _init_file(new, x, y, names, origin, dirs, space.layout(),
                        direction_attrs or [{}] * len(dirs), buffer_origin, buffer_directions,
                        extras or {})
-            new.attrs.update(centre)
+            new.attrs.update({f"center_{split}_{m}": float(v[0])  # evaluated even off-grid
+                              for split, o in objs.items()
+                              for m, v in o.evaluate(origin[None]).items()})
 
         f = store.create(out, kind, full_settings, {
             **(attrs or {}), "device": str(first.device), "precision": first.precision,
