@@ -20,10 +20,18 @@ class _Group(click.Group):
     """A click group that turns LandscapeError into a one-line error with exit code 1."""
 
     def invoke(self, ctx: click.Context):
+        import errno
+
         try:
             return super().invoke(ctx)
         except LandscapeError as err:
             raise click.ClickException(str(err)) from None
+        except OSError as err:  # a write the library did not wrap: still one line
+            if err.errno not in (errno.ENOSPC, errno.EFBIG, errno.EROFS, errno.EACCES,
+                                 errno.EPERM, errno.EDQUOT):
+                raise
+            where = f"{err.filename}: " if err.filename else ""
+            raise click.ClickException(f"cannot write: {where}{err.strerror}") from None
 
 
 @click.group(cls=_Group)
@@ -155,6 +163,32 @@ def train_cmd(widths: str | None, model_option: tuple[str, ...], as_json: bool,
                f"({summary['wall_seconds']:.1f} s) -> {run.path}")
 
 
+def trust_options(fn: Callable | None = None, *, model_option: bool = True) -> Callable:
+    """``--trust-code`` (and ``--model SPEC``, repeatable): trust the user code recorded in the
+    run directories or study files this command opens (see :mod:`landscape.trust`). Without
+    them a recorded user factory is refused, never imported."""
+    import functools
+
+    def decorate(fn: Callable) -> Callable:
+        @functools.wraps(fn)
+        def run(*args: Any, trust_code: bool, **kwargs: Any) -> Any:
+            from landscape.trust import trusting
+
+            named = kwargs.pop("trusted_models", ()) if model_option else (kwargs.get("model"),)
+            with trusting([n for n in named if n], trust_all=trust_code):
+                return fn(*args, **kwargs)
+
+        run = click.option("--trust-code", is_flag=True,
+                           help="Import the user code recorded in the run or study file.")(run)
+        if model_option:
+            run = click.option("--model", "trusted_models", multiple=True, metavar="SPEC",
+                               help="The user model factory recorded in the run "
+                                    "(file.py:factory), named again to trust it.")(run)
+        return run
+
+    return decorate(fn) if fn is not None else decorate
+
+
 def engine_options(fn: Callable) -> Callable:
     """The evaluation-engine options shared by every command that measures a run."""
     options = [
@@ -177,8 +211,11 @@ def engine_kwargs(opts: dict[str, Any]) -> dict[str, Any]:
 
 
 def echo_json(obj: Any) -> None:
-    """One JSON object on stdout."""
-    click.echo(json.dumps(obj, indent=2, default=float))
+    """One strict JSON object on stdout (NaN and infinities as ``null``)."""
+    from landscape.store import jsonable, strict_json
+
+    text = json.dumps(jsonable(obj), default=float)  # numpy scalars and the like as floats
+    click.echo(json.dumps(strict_json(json.loads(text)), indent=2, allow_nan=False))
 
 
 def _surface_summary(surface: Any) -> dict[str, Any]:
@@ -243,6 +280,7 @@ _split = click.option("--split", default="train", show_default=True,
 @_grid_out
 @_overwrite
 @_json
+@trust_options
 def surface_cmd(run_dir: str, x: str, y: str | None, norm: str, ignore: str, seed: int,
                 orthogonal: bool, dir_file: str | None, split: str, out: str | None,
                 overwrite: bool, as_json: bool, **opts: Any) -> None:
@@ -266,6 +304,7 @@ def surface_cmd(run_dir: str, x: str, y: str | None, norm: str, ignore: str, see
 @_grid_out
 @_overwrite
 @_json
+@trust_options
 def interpolate_cmd(run_dir: str, to_dir: str, x: str, split: str, out: str | None,
                     overwrite: bool, as_json: bool, **opts: Any) -> None:
     """Loss along the line from one solution (t=0) to another (t=1), buffers included."""
@@ -287,6 +326,7 @@ def interpolate_cmd(run_dir: str, to_dir: str, x: str, split: str, out: str | No
 @_grid_out
 @_overwrite
 @_json
+@trust_options
 def plane_cmd(run_dir: str, through: tuple[str, str], x: str, y: str, split: str,
               out: str | None, overwrite: bool, as_json: bool, **opts: Any) -> None:
     """The plane through three solutions: A at (0,0), B at (1,0), C at (0,1)."""
@@ -306,6 +346,7 @@ def plane_cmd(run_dir: str, through: tuple[str, str], x: str, y: str, split: str
 @_grid_out
 @_overwrite
 @_json
+@trust_options
 def trajectory_cmd(run_dir: str, x: str | None, y: str | None, split: str, out: str | None,
                    overwrite: bool, as_json: bool, **opts: Any) -> None:
     """The training path on the PCA plane of its checkpoints, over the loss there."""
@@ -385,6 +426,7 @@ def _report_measures(results: dict[str, Any], as_json: bool) -> None:
 @click.option("--batch-size", type=click.IntRange(min=1), default=128, show_default=True,
               help="Samples per batch m of the adaptive measures (Andriushchenko et al.).")
 @_measure_options
+@trust_options
 def sharpness_cmd(run_dir: str, measures: str, eps: float, rho: str | None,
                   batch_size: int | None, split: str, subset: int | None, seed: int,
                   device: str, precision: str, out: str | None, overwrite: bool,
@@ -406,6 +448,7 @@ def sharpness_cmd(run_dir: str, measures: str, eps: float, rho: str | None,
 @click.option("--lr", type=float, default=0.1, show_default=True,
               help="SGD learning rate (implicit regularizer).")
 @_measure_options
+@trust_options
 def noise_cmd(run_dir: str, batch_size: int, lr: float, split: str, subset: int | None,
               seed: int, device: str, precision: str, out: str | None, overwrite: bool,
               as_json: bool) -> None:
@@ -459,6 +502,7 @@ def noise_cmd(run_dir: str, batch_size: int, lr: float, split: str, subset: int 
 @click.option("--out", type=click.Path(dir_okay=False), required=True, help="HDF5 file.")
 @_overwrite
 @_json
+@trust_options
 def hessian_cmd(run_dir: str, top: int, bottom: int, trace: bool, trace_method: str,
                 trace_rtol: float, max_probes: int, density: bool, density_probes: int,
                 density_steps: int, sigma: float, split: str, subset: int | None,
@@ -638,6 +682,7 @@ def _report_study(study: Any, as_json: bool) -> None:
 @click.option("--out", type=click.Path(file_okay=False), default=None,
               help="Study directory [outputs/compare].")
 @_study_options
+@trust_options(model_option=False)
 def compare_cmd(recipes: tuple[str, ...], recipe_file: str | None, runs: tuple[str, ...],
                 as_json: bool, **options: Any) -> None:
     """Train recipes (or take runs) and compare their minima: figure, tables, study.h5."""
@@ -679,6 +724,7 @@ def demo_cmd(out: str, as_json: bool, overwrite: bool, **options: Any) -> None:
               default="float32", show_default=True)
 @_overwrite
 @_json
+@trust_options
 def curvature_cmd(run_dir: str, surface_file: str, tol: float, split: str, subset: int | None,
                   seed: int, device: str, precision: str, overwrite: bool,
                   as_json: bool) -> None:

@@ -483,6 +483,10 @@ def load_dataset(name: str = "digits", *, data_dir: str | Path | None = None,
         folder = None
 
     x_tr, y_tr, x_te, y_te = info.loader(folder, seed)
+    for split, y in (("train", y_tr), ("test", y_te)):
+        if len(y) == 0:
+            raise LandscapeError(f"dataset {key!r}: the {split} split has no samples"
+                                 + (f" (files in {folder})" if folder else ""))
     regression = key in _REGRESSION
     input_shape, num_outputs = (_REGRESSION if regression else _CLASSIFICATION)[key]
     if train_size is not None:

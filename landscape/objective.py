@@ -359,8 +359,8 @@ class Objective:
         self.counts["forward"] += points.shape[0]
         sums = sums.cpu() / self.n
         result = {"loss": sums[:, 0]}
-        if self.is_classification:
-            result["acc"] = sums[:, 1]
+        if self.is_classification:  # no accuracy where the loss is NaN (NaN logits)
+            result["acc"] = torch.where(sums[:, 0].isnan(), torch.nan, sums[:, 1])
         return result
 
     def loss(self, theta: Tensor) -> float:

@@ -12,8 +12,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
+import os
 import platform
-from collections.abc import Mapping
+import re
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -40,6 +44,18 @@ def jsonable(obj: Any) -> Any:
     return obj
 
 
+def strict_json(obj: Any) -> Any:
+    """``obj`` (JSON types) with every NaN or infinite float replaced by None, so that it
+    serializes as strict JSON (``null``), never as the non-standard ``NaN``/``Infinity``."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, Mapping):
+        return {k: strict_json(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [strict_json(v) for v in obj]
+    return obj
+
+
 def settings_hash(settings: Mapping[str, Any]) -> str:
     """SHA-256 of the canonical JSON of ``settings``."""
     text = json.dumps(jsonable(settings), sort_keys=True, default=str)
@@ -55,6 +71,43 @@ def versions() -> dict[str, str]:
     return {"landscape_version": __version__, "torch_version": str(torch.__version__),
             "numpy_version": np.__version__, "h5py_version": h5py.__version__,
             "python_version": platform.python_version()}
+
+
+class WriteFailure(LandscapeError):
+    """A file could not be written (disk full, file-size limit, read-only filesystem)."""
+
+
+def _reason(err: BaseException) -> str:
+    """The operating system's reason inside an h5py/OS error, as a few words."""
+    text = str(err)
+    found = re.search(r"error message = '([^']*)'", text)
+    if found:
+        return found.group(1)
+    if isinstance(err, OSError) and err.strerror:
+        return err.strerror
+    return " ".join(text.split())[:200] or type(err).__name__
+
+
+@contextmanager
+def writing(path: str | Path, *, resumable: bool = True) -> Iterator[None]:
+    """Turn an OS or HDF5 write error inside the block into a one-line :class:`WriteFailure`
+    naming ``path`` (no half-reported cascade of HDF5 messages)."""
+    try:
+        yield
+    except (OSError, RuntimeError) as err:
+        hint = ("; what was stored before is kept: free space and rerun the same command to "
+                "continue" if resumable else "")
+        raise WriteFailure(f"cannot write {path}: {_reason(err)}{hint}") from None
+
+
+def close_quietly(f: h5py.File | None) -> None:
+    """Close ``f``, ignoring the errors of a file whose last writes already failed."""
+    if f is None:
+        return
+    try:
+        f.close()
+    except Exception:  # noqa: BLE001 - the write error itself has been reported
+        pass
 
 
 def _open(path: Path, mode: str) -> h5py.File:
@@ -90,19 +143,30 @@ def differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
 
 
 def create(path: str | Path, kind: str, settings: Mapping[str, Any],
-           attrs: Mapping[str, Any] | None = None, overwrite: bool = False) -> h5py.File:
-    """Open ``path`` for writing a ``kind`` result computed with ``settings``.
+           attrs: Mapping[str, Any] | None = None, overwrite: bool = False,
+           init: Callable[[h5py.File], None] | None = None, memory: bool = False) -> h5py.File:
+    r"""Open ``path`` for writing a ``kind`` result computed with ``settings``.
 
     A new file gets the root attributes; an existing one with the same ``settings_hash`` is
     opened for resuming (``r+``); one with different settings raises a LandscapeError that
     names each difference, unless ``overwrite`` (then it is replaced). A file that is not a
     readable landscape file is never overwritten without ``overwrite``.
+
+    A new file is written under a temporary name (header, then ``init(f)``: datasets whose
+    space is best allocated up front) and renamed into place, so a killed or failed
+    creation never leaves a partial file under ``path``. Write errors are one-line
+    :class:`WriteFailure` errors. ``memory=True`` returns the file held in memory (for small
+    results written in parts): nothing reaches the disk until :func:`commit`, which replaces
+    the file atomically, so a full disk never leaves a half-written HDF5 file.
     """
     path = Path(path)
     digest = settings_hash(settings)
     if path.exists() and not overwrite:
         _open(path, "r").close()  # validate read-only first: a bad file is left untouched
         f = _open(path, "r+")
+        if memory:
+            f.close()
+            f = h5py.File(path, "r+", driver="core", backing_store=False)
         try:
             _check_landscape(f, path, kind)
             if f.attrs.get("settings_hash") != digest:
@@ -115,16 +179,70 @@ def create(path: str | Path, kind: str, settings: Mapping[str, Any],
             f.close()
             raise
         return f
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if path.exists():
-        path.unlink()
-    f = h5py.File(path, "w")
-    f.attrs.update({"format": FORMAT, "format_version": FORMAT_VERSION, "kind": kind,
-                    "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                    **versions(), "settings_hash": digest})
-    write_attrs(f, {"settings": dict(settings), **(attrs or {})})
+    with writing(path, resumable=False):
+        path.parent.mkdir(parents=True, exist_ok=True)
+    f = None
+    try:  # the header is complete before the file has its name; built in memory, so a write
+        # error leaves no half-open HDF5 file behind
+        f = h5py.File(f"{path}.{os.getpid()}.image", "w", driver="core", backing_store=False)
+        f.attrs.update({"format": FORMAT, "format_version": FORMAT_VERSION, "kind": kind,
+                        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                        **versions(), "settings_hash": digest})
+        write_attrs(f, {"settings": dict(settings), **(attrs or {})})
+        if init is not None:
+            init(f)
+        commit(f, path)
+    except BaseException:
+        close_quietly(f)
+        raise
+    if memory:
+        return f
+    close_quietly(f)
+    with writing(path):
+        return h5py.File(path, "r+")
+
+
+def commit(f: h5py.File, path: str | Path) -> None:
+    """Write the in-memory file ``f`` (see :func:`create`) to ``path``, atomically."""
     f.flush()
-    return f
+    atomic_write(path, f.id.get_file_image())
+
+
+def atomic_write(path: str | Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` via a temporary file and ``os.replace`` (crash-safe); an
+    OS error is a one-line :class:`WriteFailure` and leaves no temporary file."""
+    path = Path(path)
+    tmp = temporary_name(path)
+    try:
+        with writing(path, resumable=False):
+            remove_orphans(path)
+            with open(tmp, "wb") as out:
+                out.write(data)
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def temporary_name(path: Path) -> Path:
+    """``.NAME.tmpPID`` next to ``path``: where a file is written before it is renamed."""
+    return path.with_name(f".{path.name}.tmp{os.getpid()}")
+
+
+def remove_orphans(path: Path) -> None:
+    """Delete the temporary files of ``path`` left by processes that no longer run (killed
+    while writing); a temporary file of a live process is left alone."""
+    for tmp in Path(path).parent.glob(f".{Path(path).name}.tmp*"):
+        pid = tmp.name.rpartition(".tmp")[2]
+        if not pid.isdigit():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            tmp.unlink(missing_ok=True)
+        except OSError:  # alive, owned by someone else
+            continue
 
 
 def write_attrs(obj: h5py.File | h5py.Group | h5py.Dataset, attrs: Mapping[str, Any]) -> None:
@@ -156,6 +274,15 @@ def open_result(path: str | Path, kind: str | tuple[str, ...] | None = None) -> 
         f.close()
         raise
     return f
+
+
+def allocated(group: h5py.Group, name: str, shape: tuple[int, ...], dtype: Any,
+              fillvalue: Any) -> h5py.Dataset:
+    """A dataset whose disk space is allocated (and filled) now, so that later writes into it
+    never grow the file: a full disk fails at creation, not halfway through."""
+    dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+    dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)
+    return group.create_dataset(name, shape=shape, dtype=dtype, fillvalue=fillvalue, dcpl=dcpl)
 
 
 def write_arrays(group: h5py.File | h5py.Group, arrays: Mapping[str, Any],

@@ -222,6 +222,11 @@ def read_recipes(path: str | Path) -> tuple[list[Recipe], dict[str, Any]]:
     for key in doc:
         if key not in known:
             raise LandscapeError(f"{path}: {unknown_name('study setting', key, known)}")
+    from landscape.trust import check_recorded, is_code_spec
+
+    for spec in [doc.get("model"), *(r.options.get("model") for r in recipes)]:
+        if isinstance(spec, str) and is_code_spec(spec):  # a file's code runs only if trusted
+            check_recorded(spec, None, source=path)
     return recipes, doc
 
 

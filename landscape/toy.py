@@ -440,13 +440,14 @@ def save_paths(paths: Mapping[str, ToyPath], path: str | Path,
                           for label, p in paths.items()}}
     with store.create(path, "toy", settings, attrs={"function": f.name, "labels":
                                                    list(paths), **(attrs or {})},
-                      overwrite=overwrite) as h5:
+                      overwrite=overwrite, memory=True) as h5:
         for label, p in paths.items():
             steps = p.steps_to_tol
             meta = {"optimizer": p.optimizer, "settings": p.settings, "tol": p.tol,
                     "steps_to_tol": -1 if steps is None else steps}
             store.write_arrays(h5, {f"{label}/path": p.path, f"{label}/loss": p.losses},
                                attrs={f"{label}/path": meta})
+        store.commit(h5, path)
     return Path(path)
 
 

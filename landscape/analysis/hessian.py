@@ -1015,7 +1015,7 @@ def analyze_hessian(objective: Objective, theta: Tensor | None = None, *, top: i
         try:
             f = store.create(out, "hessian", all_settings, attrs={
                 "layout": objective.space.layout(), "device": str(objective.device),
-                **(attrs or {})}, overwrite=overwrite)
+                **(attrs or {})}, overwrite=overwrite, memory=True)
         except LandscapeError as err:
             error = str(err)
         else:
@@ -1036,6 +1036,7 @@ def analyze_hessian(objective: Objective, theta: Tensor | None = None, *, top: i
                     verify=verify, return_vectors=eigenvectors)
                 if f is not None:
                     _write_eigen(f, report.eigen)
+                    store.commit(f, out)
         if trace:
             if done.get("trace"):
                 report.trace = None if f is None else _read_trace(f)
@@ -1045,6 +1046,7 @@ def analyze_hessian(objective: Objective, theta: Tensor | None = None, *, top: i
                     seed=seed, operator=operator, params=params)
                 if f is not None:
                     _write_trace(f, report.trace)
+                    store.commit(f, out)
         if density:
             if done.get("density"):
                 report.density = None if f is None else _read_density(f)
@@ -1055,9 +1057,9 @@ def analyze_hessian(objective: Objective, theta: Tensor | None = None, *, top: i
                     params=params)
                 if f is not None:
                     _write_density(f, report.density)
+                    store.commit(f, out)
     finally:
-        if f is not None:
-            f.close()
+        store.close_quietly(f)
     return report
 
 

@@ -302,11 +302,13 @@ def save_results(path: str | Path, kind: str, results: Mapping[str, MeasureResul
     (:func:`landscape.store.create`)."""
     from landscape import store
 
-    with store.create(path, kind, settings, attrs=attrs, overwrite=overwrite) as f:
+    with store.create(path, kind, settings, attrs=attrs, overwrite=overwrite,
+                      memory=True) as f:
         store.write_arrays(f, {n: np.float64(r.value) for n, r in results.items()},
                            attrs={n: {"stderr": r.stderr, "settings": r.settings,
                                       "cost": r.cost, "extra": r.extra}
                                   for n, r in results.items()})
+        store.commit(f, path)
 
 
 def measures_of_run(run: Any, measures: str | Iterable[str], settings: MeasureSettings | None

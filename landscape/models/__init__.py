@@ -36,9 +36,10 @@ from landscape.models._common import check_positive_int
 from landscape.models.lenet import lenet
 from landscape.models.mlp import mlp
 from landscape.models.resnet import resnet
-from landscape.models.user import canonical_user_name, is_user_model, load_user_model
+from landscape.models.user import is_user_model, load_user_model
 from landscape.models.vgg import vgg9
 from landscape.models.wide_resnet import wide_resnet
+from landscape.trust import check_recorded, record
 
 __all__ = ["MODELS", "build_model", "model_spec", "model_from_spec", "count_parameters"]
 
@@ -170,8 +171,10 @@ def model_spec(
     """
     shape = _check_shape(input_shape)
     num_outputs = check_positive_int("num_outputs", num_outputs)
+    code: dict[str, Any] = {}
     if is_user_model(name):
-        canonical, full = canonical_user_name(name), dict(options)
+        code = record(name)
+        canonical, full = code.pop("name"), dict(options)
     else:
         canonical, builder = _resolve(name)
         full = _check_options(canonical, builder, options)
@@ -180,14 +183,26 @@ def model_spec(
         "input_shape": list(shape),
         "num_outputs": num_outputs,
         "options": {k: _jsonable(v, k) for k, v in full.items()},
+        **code,
     }
 
 
-def model_from_spec(spec: Mapping[str, Any]) -> nn.Module:
-    """Build the model described by a ``model_spec`` dict (e.g. read back from run.json)."""
+def model_from_spec(spec: Mapping[str, Any], *, source: str | None = None,
+                    trust: bool = False) -> nn.Module:
+    """Build the model described by a ``model_spec`` dict.
+
+    ``source``: the file the spec was read from (e.g. a ``run.json``). A user factory in a
+    spec read from a file is imported only when :func:`landscape.trust.check_recorded`
+    allows it (named again in this invocation, or ``trust``); ``source=None`` means the spec
+    was just made from names the caller gave, so nothing is checked.
+    """
+    if not isinstance(spec, Mapping) or not isinstance(spec.get("name"), str):
+        raise LandscapeError(f"{source or 'model spec'}: the model spec has no model name")
     missing = [k for k in ("name", "input_shape", "num_outputs") if k not in spec]
     if missing:
         raise LandscapeError(f"model spec lacks {missing[0]!r}")
+    if source is not None and is_user_model(spec["name"]):
+        check_recorded(spec["name"], spec.get("sha256"), source=source, trust=trust)
     return build_model(
         spec["name"], tuple(spec["input_shape"]), spec["num_outputs"], **spec.get("options", {})
     )

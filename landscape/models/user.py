@@ -22,36 +22,17 @@ from typing import Any
 from torch import nn
 
 from landscape.errors import LandscapeError
+from landscape.trust import is_code_spec, split_spec
 
 
 def is_user_model(name: str) -> bool:
     """True if ``name`` refers to a user factory (``target:attribute``), not the registry."""
-    return ":" in name
+    return is_code_spec(name)
 
 
 def _one_line(exc: BaseException) -> str:
     text = " ".join(str(exc).split())
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-
-
-def _split(name: str) -> tuple[str, str, bool]:
-    """Split ``name`` into (file or module, attribute, is_file)."""
-    target, _, attr = name.strip().rpartition(":")
-    if not target or not attr.isidentifier():
-        raise LandscapeError(
-            f"user model must be 'path/to/file.py:factory' or 'package.module:factory', "
-            f"got {name!r}"
-        )
-    is_file = target.endswith(".py") or "/" in target or "\\" in target
-    return target, attr, is_file
-
-
-def canonical_user_name(name: str) -> str:
-    """``name`` with a file path made absolute, so that it can rebuild the model elsewhere."""
-    target, attr, is_file = _split(name)
-    if is_file:
-        target = str(Path(target).expanduser().resolve())
-    return f"{target}:{attr}"
 
 
 def _load_file(path_text: str) -> ModuleType:
@@ -119,7 +100,7 @@ def load_user_model(
     name: str, input_shape: tuple[int, ...], num_outputs: int, **options: Any
 ) -> nn.Module:
     """Import the factory named by ``name`` and return the module it builds."""
-    target, attr, is_file = _split(name)
+    target, attr, is_file = split_spec(name)
     module = _load_file(target) if is_file else _load_module(target)
     where = f"model file {module.__file__}" if is_file else f"module {target!r}"
     if not hasattr(module, attr):

@@ -124,8 +124,15 @@ def save_figure(fig: Figure, path: str | Path, *, dpi: int = 300) -> Path:
         raise LandscapeError(
             f"{path}: cannot save a figure as {path.suffix or 'no suffix'!r}; "
             f"use one of {', '.join('.' + f for f in FORMATS)}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with house_style():
-        fig.savefig(path, format=fmt, dpi=dpi if fmt == "png" else None,
+    import io
+
+    from landscape.store import atomic_write, writing
+
+    buf = io.BytesIO()  # rendered in memory, then written atomically: a full disk or a
+    with house_style():  # read-only folder is one line and leaves no partial figure
+        fig.savefig(buf, format=fmt, dpi=dpi if fmt == "png" else None,
                     metadata={"Creator": "landscape"} if fmt != "png" else None)
+    with writing(path, resumable=False):
+        path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, buf.getvalue())
     return path

@@ -66,7 +66,10 @@ def export_vtk(surface: Any, path: str | Path, *, metric: str = "train_loss",
                              f"(XML), not {path.suffix or 'no suffix'!r}")
     points, quads, scalars = surface_mesh(surface, metric, log=log, zmax=zmax, zscale=zscale)
     scalars = scalars.astype(np.float64)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    from landscape.store import writing
+
+    with writing(path, resumable=False):
+        path.parent.mkdir(parents=True, exist_ok=True)
     name = "".join(c if c.isalnum() or c == "_" else "_" for c in metric)
     if suffix == ".vtk":
         text = "\n".join([
@@ -116,7 +119,9 @@ def export_vtk(surface: Any, path: str | Path, *, metric: str = "train_loss",
             "</VTKFile>",
             "",
         ])
-    path.write_text(text.replace("nan", "NaN"))
+    from landscape.store import atomic_write
+
+    atomic_write(path, text.replace("nan", "NaN").encode())
     return path
 
 

@@ -97,7 +97,7 @@ def _init_file(f: h5py.File, x: np.ndarray, y: np.ndarray | None, names: Sequenc
         c.make_scale(axis)
     shape = tuple(len(c) for c in coords)
     for name in names:
-        ds = f.create_dataset(name, shape=shape, dtype="f8", fillvalue=np.nan)
+        ds = store.allocated(f, name, shape, "f8", np.nan)
         for dim, c in enumerate(coords):
             ds.dims[dim].attach_scale(c)
     f.create_dataset("origin", data=origin.detach().cpu().float().numpy())
@@ -112,7 +112,7 @@ def _init_file(f: h5py.File, x: np.ndarray, y: np.ndarray | None, names: Sequenc
             f.create_dataset(f"buffers/{axis}/{name}", data=b.detach().cpu().numpy())
     for name, value in extras.items():
         f.create_dataset(name, data=np.asarray(value))
-    done = f.create_dataset("done", shape=shape, dtype=bool, fillvalue=False)  # last: complete
+    done = store.allocated(f, "done", shape, bool, False)
     for dim, c in enumerate(coords):
         done.dims[dim].attach_scale(c)
 
@@ -190,28 +190,25 @@ def compute_surface(objectives: Objective | Mapping[str, Objective], out: str | 
 
     f = None
     if rank == 0:
+
+        def init(new: h5py.File) -> None:  # the layout and the centre, before the rename
+            _init_file(new, x, y, names, origin, dirs, space.layout(),
+                       direction_attrs or [{}] * len(dirs), buffer_origin, buffer_directions,
+                       extras or {})
+            new.attrs.update({f"center_{split}_{m}": float(v[0])  # evaluated even off-grid
+                              for split, o in objs.items()
+                              for m, v in o.evaluate(origin[None]).items()})
+
         f = store.create(out, kind, full_settings, {
             **(attrs or {}), "device": str(first.device), "precision": first.precision,
             "bn": first.bn, "loss": first.loss_name, "splits": list(objs), "metrics": names,
             "ndim": len(shape),
             "cosine_xy": cosine(dirs[0], dirs[1]) if len(dirs) == 2 else None},
-            overwrite=overwrite)
-        try:
-            if "done" not in f:  # new, or killed while being set up: (re)create the layout
-                for name in list(f):
-                    del f[name]
-                _init_file(f, x, y, names, origin, dirs, space.layout(),
-                           direction_attrs or [{}] * len(dirs), buffer_origin,
-                           buffer_directions, extras or {})
-                f.flush()
-            if "center_" + names[0] not in f.attrs:  # the centre is evaluated even off the grid
-                for split, o in objs.items():
-                    for m, v in o.evaluate(origin[None]).items():
-                        f.attrs[f"center_{split}_{m}"] = float(v[0])
-                f.flush()
-        except BaseException:
-            f.close()
-            raise
+            overwrite=overwrite, init=init)
+        if "done" not in f or any(n not in f for n in names):
+            store.close_quietly(f)
+            raise LandscapeError(f"{out}: no 'done' mask or values: not a complete surface "
+                                 "file; use --overwrite to replace it")
         done = f["done"][()].reshape(-1)
         arrays = {n: f[n][()].reshape(-1) for n in names}
         pending = np.flatnonzero(~done)
@@ -242,15 +239,16 @@ def compute_surface(objectives: Objective | Mapping[str, Objective], out: str | 
                         arrays[n][idx] = res[n]
                     done[idx] = True
             if rank == 0:
-                for n in names:
-                    f[n][...] = arrays[n].reshape(shape)
-                f["done"][...] = done.reshape(shape)
-                f.flush()
+                with store.writing(out):
+                    for n in names:
+                        f[n][...] = arrays[n].reshape(shape)
+                    f.flush()  # values before the mask: a point is done only once stored
+                    f["done"][...] = done.reshape(shape)
+                    f.flush()
                 bar.update(sum(len(c) for c in chunks[r : r + world]))
     finally:
         bar.close()
-        if f is not None:
-            f.close()
+        store.close_quietly(f)
     if rank != 0:
         return None
     result = load_surface(out)

@@ -18,7 +18,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 import re
 import warnings
 from dataclasses import dataclass, field
@@ -29,6 +28,7 @@ import torch
 from torch import nn
 
 from landscape.errors import LandscapeError
+from landscape.store import atomic_write, strict_json
 
 RUN_FORMAT = "landscape-run"
 RUN_FORMAT_VERSION = 1
@@ -38,31 +38,17 @@ _CHECKPOINT_RE = re.compile(r"^epoch_(\d+)\.pt$")
 
 
 # ----------------------------------------------------------------------------- atomic writes
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temporary file and ``os.replace`` (crash-safe)."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
 def atomic_write_json(path: Path, obj: Any) -> None:
-    """Write ``obj`` as indented JSON, atomically."""
-    _atomic_write_bytes(path, (json.dumps(obj, indent=2, allow_nan=True) + "\n").encode())
+    """Write ``obj`` as indented strict JSON (NaN and infinities as ``null``), atomically."""
+    text = json.dumps(strict_json(obj), indent=2, allow_nan=False)
+    atomic_write(path, (text + "\n").encode())
 
 
 def atomic_torch_save(path: Path, obj: Any) -> None:
     """``torch.save`` ``obj`` to ``path``, atomically."""
     buf = io.BytesIO()
     torch.save(obj, buf)
-    _atomic_write_bytes(path, buf.getvalue())
+    atomic_write(path, buf.getvalue())
 
 
 def write_history(path: Path, history: list[dict]) -> None:
@@ -73,7 +59,7 @@ def write_history(path: Path, history: list[dict]) -> None:
     writer.writeheader()
     for row in history:
         writer.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in HISTORY_COLUMNS})
-    _atomic_write_bytes(path / "history.csv", buf.getvalue().encode())
+    atomic_write(path / "history.csv", buf.getvalue().encode())
 
 
 def to_cpu(obj: Any) -> Any:
@@ -106,6 +92,12 @@ def read_run_json(path: Path) -> dict:
         raise LandscapeError(f"{file} is damaged: {err}") from None
     if not isinstance(info, dict) or info.get("format") != RUN_FORMAT:
         raise LandscapeError(f"{file} is not a landscape run file (format {RUN_FORMAT!r})")
+    for key in ("config", "model", "dataset"):
+        if not isinstance(info.get(key), dict):
+            raise LandscapeError(f"{file} is damaged: {key!r} is missing or not an object")
+    seed = info["config"].get("seed")
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise LandscapeError(f"{file} is damaged: config has no integer 'seed' (got {seed!r})")
     return info
 
 
@@ -163,19 +155,30 @@ def load_weights(model: nn.Module, state: dict[str, torch.Tensor], file: Path | 
     model.load_state_dict(state, strict=True)
 
 
-def build_run_model(info: dict) -> nn.Module:
-    """A freshly initialised model as described by ``run.json`` (seeded like the run)."""
+def build_run_model(info: dict, source: str | Path, trust: bool = False) -> nn.Module:
+    """A freshly initialised model as described by ``run.json`` (seeded like the run).
+
+    ``source``: the run.json the spec came from; a user factory recorded there is imported
+    only if trusted (:func:`landscape.trust.check_recorded`).
+    """
     from landscape.models import model_from_spec
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(int(info["config"]["seed"]))
-        return model_from_spec(info["model"])
+        return model_from_spec(info["model"], source=str(source), trust=trust)
 
 
-def load_run_data(info: dict):
+def load_run_data(info: dict, source: str | Path = "run.json"):
     """The run's :class:`landscape.data.Dataset`, rebuilt from its stored spec and checked."""
+    import inspect
+
     from landscape.data import load_dataset
 
+    known = set(inspect.signature(load_dataset).parameters)
+    unknown = sorted(set(info["dataset"]) - known)
+    if unknown:
+        raise LandscapeError(f"{source}: unknown dataset key {unknown[0]!r} "
+                             f"(known: {', '.join(sorted(known))})")
     data = load_dataset(**info["dataset"])
     sizes = info.get("data_sizes")
     if sizes:
@@ -225,6 +228,7 @@ class Run:
     data: Any
     history: list[dict]
     info: dict = field(default_factory=dict, repr=False)
+    trust: bool = field(default=False, repr=False)
 
     @property
     def loss(self) -> str:
@@ -262,7 +266,7 @@ class Run:
 
     def new_model(self) -> nn.Module:
         """A freshly built model of this run's architecture (initial weights, eval mode, CPU)."""
-        return build_run_model(self.info).eval()
+        return build_run_model(self.info, Path(self.path) / "run.json", self.trust).eval()
 
     def load_checkpoint(self, epoch_or_path: int | str | Path) -> nn.Module:
         """A fresh model (eval mode, CPU) with the weights and buffers of one checkpoint.
@@ -284,16 +288,19 @@ class Run:
         return model.eval()
 
 
-def load_run(path: str | Path, *, data: bool = True) -> Run:
+def load_run(path: str | Path, *, data: bool = True, trust: bool = False) -> Run:
     """Load a run directory: rebuild the model from ``run.json`` with its final weights.
 
     ``data=False`` skips rebuilding the dataset (``Run.data`` is then None). If the run has
     no ``model.pt`` yet (interrupted), the weights of its last checkpoint are used, with a
-    warning. Cost: one model build, one file read, one dataset load.
+    warning. A user model factory recorded in ``run.json`` is imported only with
+    ``trust=True`` (or within :func:`landscape.trust.trusting`), never when it resolves
+    outside the user's own code, and not when its file changed since the run recorded it.
+    Cost: one model build, one file read, one dataset load.
     """
     path = Path(path)
     info = read_run_json(path)
-    model = build_run_model(info)
+    model = build_run_model(info, path / "run.json", trust)
     final = path / "model.pt"
     if final.exists():
         file = final
@@ -308,9 +315,9 @@ def load_run(path: str | Path, *, data: bool = True) -> Run:
                       stacklevel=2)
     load_weights(model, state_dict_of(torch_load(file), file), file)
     model.eval()
-    dataset = load_run_data(info) if data else None
+    dataset = load_run_data(info, path / "run.json") if data else None
     return Run(path=path, config=dict(info["config"]), model=model, data=dataset,
-               history=read_history(path), info=info)
+               history=read_history(path), info=info, trust=trust)
 
 
 def as_run(run: Any) -> Run:

@@ -134,7 +134,10 @@ def evaluate(model: nn.Module, x: Tensor, y: Tensor, loss: str,
                           / max(1, yb[0].numel())).double()
     finally:
         model.train(was_training)
-    return total.item() / n, (correct.item() / n if classify else None)
+    mean = total.item() / n
+    if not classify:
+        return mean, None
+    return mean, (math.nan if math.isnan(mean) else correct.item() / n)  # NaN logits: no acc
 
 
 # ----------------------------------------------------------------------------- run directory
@@ -392,7 +395,8 @@ def train(*, model: str = "mlp", dataset: str = "digits", data_dir: str | Path |
         # --- from here on the directory is written
         if action == "overwrite":
             _clear_run_files(path)
-        (path / "checkpoints").mkdir(parents=True, exist_ok=True)
+        with store.writing(path, resumable=False):
+            (path / "checkpoints").mkdir(parents=True, exist_ok=True)
         info = {
             "format": RUN_FORMAT, "format_version": RUN_FORMAT_VERSION, "name": path.name,
             "config": config, "model": mspec, "dataset": data.spec,
