@@ -66,10 +66,11 @@ from landscape.stats import LEVEL, Interval, compare, confidence_interval
 
 STUDY_FORMAT = 2
 #: Options of :func:`landscape.train` a recipe may not set (the study manages them).
-RESERVED = ("out", "resume", "overwrite", "progress", "seed", "target_train_loss", "steps")
+RESERVED = ("out", "resume", "overwrite", "progress", "seed", "data_seed", "target_train_loss",
+            "steps")
 #: Keys of a study's design (beside :class:`StudySettings`) in a TOML file.
-DESIGN_KEYS = ("data", "data_dir", "model", "model_options", "train_size", "seeds", "match",
-               "sweep")
+DESIGN_KEYS = ("data", "data_dir", "data_seed", "model", "model_options", "train_size", "seeds",
+               "match", "sweep")
 #: The measures of every model, in table order (``curve_rise`` comes from the 1D curves).
 STUDY_MEASURES = ("top_eigenvalue", "hessian_trace", "epsilon_sharpness", "adaptive_worst_l2",
                   "adaptive_average_l2", "pac_bayes_flatness", "noise_scale")
@@ -787,7 +788,8 @@ def _check_same_data(runs: Mapping[str, Any]) -> None:
 def run_study(recipes: Sequence[Recipe | str] = (), runs: Mapping[str, str | Path] | None = None,
               *, data: str = "digits", data_dir: str | Path | None = None,
               model: str | None = None, model_options: Mapping[str, Any] | None = None,
-              train_size: int | None = None, seeds: str | int | Sequence[int] = (0,),
+              train_size: int | None = None, data_seed: int = 0,
+              seeds: str | int | Sequence[int] = (0,),
               match: str | None = None, sweep: Any = None, out: str | Path = "outputs/compare",
               settings: StudySettings | None = None, overwrite: bool = False, figure: bool = True,
               show_progress: bool = True, quiet: bool = False,
@@ -796,7 +798,9 @@ def run_study(recipes: Sequence[Recipe | str] = (), runs: Mapping[str, str | Pat
     write ``study.h5``, the figure and the tables (see the module docstring).
 
     ``recipes``: :class:`Recipe`\\ s or ``"NAME=OPTIONS"`` strings, trained with
-    ``data``/``model``/``model_options``/``train_size`` plus their own options (which win);
+    ``data``/``model``/``model_options``/``train_size`` plus their own options (which win),
+    every seed on the same data (a ``train_size`` subset or synthetic data drawn from
+    ``data_seed``);
     ``sweep``: ``{option: values}`` (or ``["lr=0.1,0.2", ...]``) crossed with every recipe;
     ``seeds``: training seeds (a list, ``"0,1,2"``, or a count); ``match``:
     ``"train-loss=L"`` (every run stops at the first epoch whose full-train-split loss is
@@ -828,7 +832,8 @@ def run_study(recipes: Sequence[Recipe | str] = (), runs: Mapping[str, str | Pat
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     common = {k: v for k, v in {"dataset": data, "data_dir": data_dir, "train_size": train_size,
-                                "model": model, "model_options": None if model_options is None
+                                "data_seed": data_seed, "model": model,
+                                "model_options": None if model_options is None
                                 else dict(model_options)}.items() if v is not None}
     design = {"seeds": seeds, "match": match, "sweep": parse_sweep(sweep),
               "recipes": {r.name: {**common, **r.options} for r in recipes},

@@ -204,9 +204,10 @@ def train(*, model: str = "mlp", dataset: str = "digits", data_dir: str | Path |
           target_train_loss: float | None = None, asam_scale: str = "all",
           schedule: str = "constant",
           warmup_epochs: int = 0, step_size: int | None = None, gamma: float = 0.1,
-          seed: int = 0, device: str = "auto", amp: bool = False, augment: bool | None = None,
-          save_every: int = 1, out: str | Path | None = None, resume: bool = False,
-          overwrite: bool = False, progress: bool = True, threads: int | None = None) -> Run:
+          seed: int = 0, data_seed: int | None = None, device: str = "auto", amp: bool = False,
+          augment: bool | None = None, save_every: int = 1, out: str | Path | None = None,
+          resume: bool = False, overwrite: bool = False, progress: bool = True,
+          threads: int | None = None) -> Run:
     """Train ``model`` on ``dataset``, keep the run in directory ``out``, return its :class:`Run`.
 
     Defaults: the 100-100 ReLU MLP on the embedded digits, SGD with heavy-ball momentum 0.9,
@@ -214,7 +215,8 @@ def train(*, model: str = "mlp", dataset: str = "digits", data_dir: str | Path |
 
     - ``model`` / ``model_options``: a :func:`landscape.models.build_model` name and options;
       ``dataset`` / ``data_dir`` / ``train_size``: see :func:`landscape.data.load_dataset`
-      (its subset and synthetic data are drawn from ``seed``).
+      (its subset and synthetic data are drawn from ``data_seed``, None: ``seed``; a study
+      fixes it so that training seeds vary the initialization and batch order, not the data).
     - ``optimizer``, ``lr`` (None: :data:`DEFAULT_LR`), ``momentum`` (None: the optimizer's
       default), ``nesterov``, ``weight_decay``, ``rho`` (SAM/ASAM radius; None: default),
       ``asam_scale`` ("all": every tensor scaled by ``|w| + eta``; "weights": only those
@@ -283,7 +285,11 @@ def train(*, model: str = "mlp", dataset: str = "digits", data_dir: str | Path |
     if amp and dev.type != "cuda":
         raise LandscapeError(f"amp (bf16 autocast) needs a CUDA device, the device is {dev}")
 
-    data = load_dataset(dataset, data_dir=data_dir, train_size=train_size, seed=int(seed))
+    if data_seed is not None and (isinstance(data_seed, bool) or
+                                  not isinstance(data_seed, int | np.integer) or data_seed < 0):
+        raise LandscapeError(f"data_seed must be a non-negative integer, got {data_seed!r}")
+    data = load_dataset(dataset, data_dir=data_dir, train_size=train_size,
+                        seed=int(seed if data_seed is None else data_seed))
     mspec = model_spec(model, data.input_shape, data.num_outputs, **(model_options or {}))
     if augment is None:
         augment = data.name.startswith("cifar")
@@ -322,6 +328,7 @@ def train(*, model: str = "mlp", dataset: str = "digits", data_dir: str | Path |
         **({"steps": steps} if steps is not None else {}),
         **({"target_train_loss": target_train_loss} if target_train_loss is not None else {}),
         **({"asam_scale": asam_scale} if asam_scale != "all" else {}),
+        **({"data_seed": int(data_seed)} if data_seed is not None else {}),
     })
     path = Path(out) if out is not None else DEFAULT_RUNS_DIR / _default_name(config)
 
