@@ -391,6 +391,14 @@ def test_comparison_keeps_every_text_inside_the_canvas_and_labels_every_axis(
     for text, ext in drawn_texts:
         assert (ext.x0 >= box.x0 - 1 and ext.x1 <= box.x1 + 1 and ext.y0 >= box.y0 - 1
                 and ext.y1 <= box.y1 + 1), f"text {text!r} leaves the canvas"
+    # the controls' text overlaps no panel
+    renderer = fig.canvas.get_renderer()
+    (controls,) = [ax for ax in fig.axes if ax.get_title(loc="left").endswith("controls")]
+    (text_box,) = controls.artists
+    text_ext = text_box.get_window_extent(renderer)
+    for ax in fig.axes:
+        if ax is not controls and ax.axison:
+            assert not text_ext.overlaps(ax.get_tightbbox(renderer)), ax.get_title(loc="left")
     drawn = [ax for ax in fig.axes if ax.axison and ax.get_label() != "<colorbar>"]
     (colorbar,) = [ax for ax in fig.axes if ax.get_label() == "<colorbar>"]
     assert "nats" in colorbar.get_ylabel()
@@ -525,7 +533,7 @@ def test_significance_notes_follow_the_table(studies) -> None:
         pairs = [(a, b) for i, a in enumerate(study.table) for b in study.table[i + 1:]]
         for m in ("top_eigenvalue", "curve_rise"):
             ax = _panel(fig, REGISTRY[m].label)
-            note = ax.get_legend().get_texts()[0].get_text()
+            (note,) = [t.get_text() for t in ax.texts if t.get_gid() == "significance"]
             differ = sum(a["differences"][m][b["model"]] != "no significant difference"
                          for a, b in pairs)
             if len(pairs) == 1:

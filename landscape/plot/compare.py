@@ -63,6 +63,8 @@ WARN = "#D55E00"   # Okabe-Ito vermillion: a control that failed
 _MARKERS = ("o", "s", "^", "D", "v", "P")
 _DASHES = ("-", "--", ":", "-.")
 _TEXT_PT = 6.3
+#: Share of the figure's width taken by the controls panel.
+TEXT_SHARE = 0.55
 
 
 @dataclass(frozen=True)
@@ -233,7 +235,10 @@ def control_items(study: Any) -> list[tuple[str, str, bool]]:
         text = " \u00d7 ".join(f"{k} \u2208 {{{', '.join(map(_number, vals))}}}"
                                for k, vals in sweep.items())
     else:
-        text = ", ".join(varied) or "nothing (the recipes are identical)"
+        recipes = study.design.get("recipes", {})
+        text = "; ".join(f"{k} (" + ", ".join(f"{n}: {_number(recipes[n].get(k, '-'))}"
+                                              for n in study.names if n in recipes) + ")"
+                         for k in varied) or "nothing (the recipes are identical)"
     items.append(("Varied", text + ".", False))
     return items
 
@@ -241,10 +246,10 @@ def control_items(study: Any) -> list[tuple[str, str, bool]]:
 def _controls_panel(ax: Axes, study: Any, plotted: str, width_in: float) -> None:
     """The controls as wrapped text in the axes ``ax`` (its frame hidden)."""
     ax.set_axis_off()
-    chars = max(30, int(width_in * 72 / (_TEXT_PT * 0.53)))
+    chars = max(30, int(width_in * 72 / (_TEXT_PT * 0.56)))
     boxes = []
     for key, text, warn in [*control_items(study), ("Plotted", plotted, False)]:
-        wrapped = textwrap.fill(f"{key}: {text}", chars)
+        wrapped = textwrap.fill(f"{key}: {text}", chars, break_on_hyphens=False)
         # the key in bold through mathtext (its spaces escaped); the rest stays plain text
         wrapped = wrapped.replace(key, "$\\bf{" + key.replace(" ", "\\ ") + "}$", 1)
         boxes.append(TextArea(wrapped, textprops={
@@ -364,22 +369,34 @@ def _measure_panel(ax: Axes, study: Any, measure: str, look: Mapping[str, Look],
         ax.set_xlabel("recipe")
     finite = np.array([y for y in ys if np.isfinite(y)])
     positive = finite[finite > 0]
-    if finite.size and positive.size == finite.size and positive.max() / positive.min() > 10:
+    log = bool(finite.size and positive.size == finite.size
+               and positive.max() / positive.min() > 10)
+    if log:
         _log_axis(ax.yaxis, positive.min(), positive.max())
-        ax.set_ylim(positive.min() / 1.5, positive.max() * 1.6)
     else:
         ax.yaxis.set_major_locator(MaxNLocator(4))
+    if finite.size:   # the data below, a free strip on top for the note
+        ax.set_ylim(*_headroom(float(finite.min()), float(finite.max()), log))
     entry = REGISTRY[measure]
     ax.set_title(entry.label, loc="left", fontsize=7)
     ax.set_ylabel(entry.units)
     note = _significance(study, measure)
     if missing:
         note += f"\nn/a: {', '.join(missing)}"
-    ax.legend([Line2D([], [], lw=0)], [note], loc="best", handlelength=0, handletextpad=0,
-              fontsize=6, borderaxespad=0.3, labelcolor="0.3")
+    ax.text(0.97, 0.97, note, transform=ax.transAxes, ha="right", va="top", fontsize=6,
+            color="0.3", gid="significance")
     shared = sweep and len({round(float(np.log10(r["lr_over_b"])), 6)
                             for r in study.table}) < len(study.table)
     return shared
+
+
+def _headroom(lo: float, hi: float, log: bool) -> tuple[float, float]:
+    """Axis limits that leave 8% of the span below the data and 30% above it."""
+    f = np.log10 if log else (lambda v: v)
+    a, b = f(lo), f(hi)
+    span = b - a if b > a else max(abs(b), 1.0) if not log else 1.0
+    lo, hi = a - 0.08 * span, b + 0.3 * span
+    return (10 ** lo, 10 ** hi) if log else (lo, hi)
 
 
 def _log_axis(axis: Any, lo: float, hi: float) -> None:
@@ -556,7 +573,9 @@ def _surface_panels(sub: SubFigure, sf: _Surfaces, look: Mapping[str, Look], met
         cs = ax.contour(surface.x, surface.y, shown, levels=sf.levels, norm=sf.norm,
                         cmap=SEQUENTIAL_CMAP, linewidths=0.9)
         cs.set_gid(f"mean-contour:{name}")
-        ax.clabel(cs, fmt=_level_text, fontsize=5.2, inline_spacing=1)
+        labelled = sorted({*sf.levels[::-2], sf.reference})   # every other level: legible
+        ax.clabel(cs, [v for v in labelled if v in cs.levels], fmt=_level_text, fontsize=5.2,
+                  inline_spacing=1)
         for k, g in enumerate(sf.grids[name]):
             seed_cs = ax.contour(surface.x, surface.y, g, levels=[sf.reference],
                                  colors="black", linewidths=0.45, alpha=0.75)
@@ -616,14 +635,15 @@ def plot_comparison(study: Any, *, metric: str = "train_loss",
         if surface_recipes(study) else None
     n_cols = 4
     n_rows = max(1, -(-len(measures) // n_cols))
-    heights = [2.45, 1.5 * n_rows, 2.0 if sf else 0.01]
+    heights = [2.6, 1.5 * n_rows, 2.0 if sf else 0.01]
     first_surface = 2 + len(measures)
     with house_style():
         fig = Figure(figsize=(DOUBLE_COLUMN, sum(heights)), layout="constrained")
         top, mid, bottom = fig.subfigures(3, 1, height_ratios=heights)
-        ax_text, ax_curve = top.subplots(1, 2, width_ratios=[1.3, 1.0])
+        left, right = top.subfigures(1, 2, width_ratios=[TEXT_SHARE, 1 - TEXT_SHARE])
+        ax_text, ax_curve = left.subplots(), right.subplots()
         _controls_panel(ax_text, study, _plotted(study, measures, sf, sweep, increase),
-                        DOUBLE_COLUMN * 1.3 / 2.3 - 0.15)
+                        DOUBLE_COLUMN * TEXT_SHARE - 0.2)
         ax_text.set_title("(a) Fairness controls", loc="left", fontweight="bold")
         handles = _curve_panel(ax_curve, study, look, metric)
         ax_curve.set_title("(b)", loc="left", fontweight="bold")
@@ -656,21 +676,20 @@ def _plotted(study: Any, measures: Sequence[str], sf: _Surfaces | None, sweep: b
              increase: bool) -> str:
     """The "Plotted" item of the controls: what each panel draws, in the figure's words."""
     rise_at = float(study.settings.get("rise_at", 0.5))
-    text = ("(b) training-loss rise above each model's own centre value (its trained "
-            "weights), mean over training seeds \u00d7 directions; the 1D rise of the table "
-            f"is its mean at \u03b1 = \u00b1{rise_at:g}.")
+    text = ("(b) rise of the training loss above each model's own centre value (its trained "
+            "weights), mean over seeds \u00d7 directions; band: interval over seeds of each "
+            f"seed's direction mean; the table's 1D rise is read at \u03b1 = \u00b1{rise_at:g}.")
     if measures:
-        text += (f" {_letters(2, len(measures))} absolute values: mean, interval and each "
-                 "seed (dots)" + (" against lr / B; dashed: 2/lr, where full-batch GD's top "
-                                  "eigenvalue settles (Cohen et al. 2021)" if sweep else "")
-                 + ".")
+        text += (f" {_letters(2, len(measures))} absolute values: mean, interval, seeds (dots)"
+                 + (" against lr / B; dashed: 2/lr, full-batch GD's top eigenvalue at the edge "
+                    "of stability (Cohen et al. 2021)" if sweep else "") + ".")
     if sf is not None:
         unit = "nats" if study.models[sf.names[0]][0].surface.attrs.get(
-            "loss", "cross_entropy") == "cross_entropy" else ""
+            "loss", "cross_entropy") == "cross_entropy" else "MSE"
         text += (f" {_letters(2 + len(measures), len(sf.names))} 2D "
                  + ("rise above the centre" if increase else "loss")
-                 + f", mean over seeds; thin black: the {sf.reference:g} {unit} level of each "
-                 "seed" + ("; hatched: below the centre value" if sf.below else "") + ".")
+                 + f", mean over seeds; thin black: each seed's {sf.reference:g}-{unit} level"
+                 + ("; hatched: below the centre value" if sf.below else "") + ".")
     return text
 
 
