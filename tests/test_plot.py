@@ -357,6 +357,12 @@ def studies(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     return {"sweep": sweep, "pair": pair}
 
 
+@pytest.fixture(scope="module")
+def figures(studies) -> dict[str, Figure]:
+    """The default comparison figure of each study (drawn once; tests only read it)."""
+    return {kind: plot_comparison(study) for kind, study in studies.items()}
+
+
 def _panel(fig: Figure, title: str) -> Any:
     (ax,) = [ax for ax in fig.axes if ax.get_title(loc="left").endswith(title)]
     return ax
@@ -370,7 +376,7 @@ def _texts(fig: Figure) -> list[Any]:
 
 @pytest.mark.parametrize("kind", ["sweep", "pair"])
 def test_comparison_keeps_every_text_inside_the_canvas_and_labels_every_axis(
-        studies, kind, monkeypatch) -> None:
+        figures, kind, monkeypatch) -> None:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.text import Text
 
@@ -383,7 +389,7 @@ def test_comparison_keeps_every_text_inside_the_canvas_and_labels_every_axis(
             drawn_texts.append((self.get_text(), self.get_window_extent(renderer)))
 
     monkeypatch.setattr(Text, "draw", recording_draw)
-    fig = plot_comparison(studies[kind])
+    fig = figures[kind]
     assert fig.get_figwidth() == pytest.approx(7.0)
     FigureCanvasAgg(fig).draw()
     box = fig.bbox
@@ -409,10 +415,10 @@ def test_comparison_keeps_every_text_inside_the_canvas_and_labels_every_axis(
     assert all(ax.get_shared_y_axes().get_siblings(ax) != [ax] for ax in unlabelled)
 
 
-def test_comparison_compares_sharpness_measures_only_in_absolute_units(studies) -> None:
+def test_comparison_compares_sharpness_measures_only_in_absolute_units(figures) -> None:
     from landscape.analysis.measures import REGISTRY
 
-    fig = plot_comparison(studies["sweep"])
+    fig = figures["sweep"]
     titles = [ax.get_title(loc="left") for ax in fig.axes]
     for m in ("top_eigenvalue", "epsilon_sharpness", "curve_rise"):
         ax = _panel(fig, REGISTRY[m].label)
@@ -421,12 +427,12 @@ def test_comparison_compares_sharpness_measures_only_in_absolute_units(studies) 
 
 
 @pytest.mark.parametrize("kind", ["sweep", "pair"])
-def test_error_bars_are_the_table_intervals_at_lr_over_b(studies, kind) -> None:
+def test_error_bars_are_the_table_intervals_at_lr_over_b(studies, figures, kind) -> None:
     from landscape.analysis.measures import REGISTRY
     from landscape.plot.compare import DODGE
 
     study = studies[kind]
-    fig = plot_comparison(study)
+    fig = figures[kind]
     rows = {r["model"]: r for r in study.table}
     for m in ("top_eigenvalue", "epsilon_sharpness", "curve_rise"):
         ax = _panel(fig, REGISTRY[m].label)
@@ -449,20 +455,20 @@ def test_error_bars_are_the_table_intervals_at_lr_over_b(studies, kind) -> None:
         assert [t.get_text() for t in ax.get_xticklabels()] == ["small", "large"]
 
 
-def test_shared_lr_over_b_points_are_spread_apart(studies) -> None:
+def test_shared_lr_over_b_points_are_spread_apart(figures) -> None:
     from landscape.analysis.measures import REGISTRY
 
-    fig = plot_comparison(studies["sweep"])
+    fig = figures["sweep"]
     ax = _panel(fig, REGISTRY["top_eigenvalue"].label)
     xs = {c.lines[0].get_gid(): c.lines[0].get_xdata()[0] for c in ax.containers}
     # 0.05 / 16 == 0.2 / 64: two recipes at one lr / B, drawn at distinct x
     assert xs["interval:sgd-lr0.05-bs16"] != xs["interval:sgd-lr0.2-bs64"]
 
 
-def test_top_eigenvalue_panel_draws_2_over_lr_for_each_learning_rate(studies) -> None:
+def test_top_eigenvalue_panel_draws_2_over_lr_for_each_learning_rate(figures) -> None:
     from landscape.analysis.measures import REGISTRY
 
-    fig = plot_comparison(studies["sweep"])
+    fig = figures["sweep"]
     ax = _panel(fig, REGISTRY["top_eigenvalue"].label)
     lines = [ln for ln in ax.get_lines() if ln.get_gid() == "2/lr"]
     assert sorted(ln.get_ydata()[0] for ln in lines) == pytest.approx([2 / 0.2, 2 / 0.05])
@@ -471,15 +477,15 @@ def test_top_eigenvalue_panel_draws_2_over_lr_for_each_learning_rate(studies) ->
     assert lo < 2 / 0.2 and 2 / 0.05 < hi
     assert not [ln for ax in fig.axes if ax is not _panel(fig, REGISTRY["top_eigenvalue"].label)
                 for ln in ax.get_lines() if ln.get_gid() == "2/lr"]
-    pair = plot_comparison(studies["pair"])
+    pair = figures["pair"]
     assert not [ln for ax in pair.axes for ln in ax.get_lines() if ln.get_gid() == "2/lr"]
 
 
-def test_1d_bands_are_t_intervals_over_seeds_of_the_direction_mean_rise(studies) -> None:
+def test_1d_bands_are_t_intervals_over_seeds_of_the_direction_mean_rise(studies, figures) -> None:
     from scipy import stats
 
     study = studies["sweep"]
-    fig = plot_comparison(study)
+    fig = figures["sweep"]
     ax = _panel(fig, "(b)")
     bands = {c.get_gid(): c for c in ax.collections if str(c.get_gid()).startswith("band:")}
     means = {ln.get_gid(): ln for ln in ax.get_lines()}
@@ -525,11 +531,11 @@ def test_controls_panel_states_the_rule_seeds_level_and_shouts_a_missed_target(
     assert "large (target NOT met)" in legend
 
 
-def test_significance_notes_follow_the_table(studies) -> None:
+def test_significance_notes_follow_the_table(studies, figures) -> None:
     from landscape.analysis.measures import REGISTRY
 
-    for study in studies.values():
-        fig = plot_comparison(study)
+    for kind, study in studies.items():
+        fig = figures[kind]
         pairs = [(a, b) for i, a in enumerate(study.table) for b in study.table[i + 1:]]
         for m in ("top_eigenvalue", "curve_rise"):
             ax = _panel(fig, REGISTRY[m].label)
@@ -543,9 +549,9 @@ def test_significance_notes_follow_the_table(studies) -> None:
                                 else "all pairs n.s.")
 
 
-def test_2d_panels_share_round_log_levels_with_one_level_per_seed(studies) -> None:
+def test_2d_panels_share_round_log_levels_with_one_level_per_seed(studies, figures) -> None:
     study = studies["sweep"]
-    fig = plot_comparison(study)
+    fig = figures["sweep"]
     sets = {c.get_gid(): c for ax in fig.axes for c in ax.get_children()
             if isinstance(c, ContourSet) and c.get_gid()}
     mean_sets = [sets[f"mean-contour:{n}"] for n in study.names]
