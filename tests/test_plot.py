@@ -529,6 +529,9 @@ def test_controls_panel_states_the_rule_seeds_level_and_shouts_a_missed_target(
     assert colors.same_color(shout.get_color(), WARN)
     legend = " ".join(t.get_text() for t in texts)
     assert "large (target NOT met)" in legend
+    study.design["match"] = None   # no matching rule at all: said in red
+    (none,) = [t for t in _texts(plot_comparison(study)) if "NONE" in t.get_text()]
+    assert colors.same_color(none.get_color(), WARN)
 
 
 def test_significance_notes_follow_the_table(studies, figures) -> None:

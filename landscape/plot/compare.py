@@ -118,12 +118,15 @@ def looks(study: Any) -> dict[str, Look]:
                 for i, n in enumerate(study.names)}
     lrs = sorted({rows[n]["lr"] for n in study.names})
     sizes = sorted({rows[n]["batch_size"] for n in study.names})
+    others = [k for k in study.design.get("sweep", {}) if k not in ("lr", "batch_size")]
+    recipes = study.design.get("recipes", {})
     out = {}
     for n in study.names:
         i, j = lrs.index(rows[n]["lr"]), sizes.index(rows[n]["batch_size"])
+        label = ", ".join([f"lr {rows[n]['lr']:g}", f"B {rows[n]['batch_size']}",
+                           *(f"{k} {_number(recipes.get(n, {}).get(k))}" for k in others)])
         out[n] = Look(palette[i % len(palette)], _MARKERS[j % len(_MARKERS)],
-                      _DASHES[j % len(_DASHES)],
-                      f"lr {rows[n]['lr']:g}, B {rows[n]['batch_size']}", met[n])
+                      _DASHES[j % len(_DASHES)], label, met[n])
     return out
 
 
@@ -198,8 +201,12 @@ def control_items(study: Any) -> list[tuple[str, str, bool]]:
               for seed, ok in zip(r.get("seeds", []), r.get("met", [])) if not ok]
     items: list[tuple[str, str, bool]] = []
     if "target_train_loss" in match:
+        recipes = design.get("recipes", {})
+        caps = [int(recipes[n].get("epochs") or s.get("max_epochs", 0)) for n in study.names
+                if n in recipes]
+        cap = f" (cap: {_range(caps, ',d')} epochs)" if caps else ""
         items.append(("Matching", "every run stopped at the first epoch whose full "
-                      f"train-split loss was \u2264 {match['target_train_loss']:g}; "
+                      f"train-split loss was \u2264 {match['target_train_loss']:g}{cap}; "
                       f"{n_runs - len(missed)}/{n_runs} runs met it{reached}.", False))
     elif "steps" in match:
         items.append(("Matching", f"every run trained for {match['steps']:,} optimizer "
@@ -228,8 +235,9 @@ def control_items(study: Any) -> list[tuple[str, str, bool]]:
     capped = "target_train_loss" in match
     given = ", ".join(f"{k}={_number(v)}" + (" (cap)" if capped and k == "epochs" else "")
                       for k, v in fixed.items() if k != "run")
-    items.append(("Fixed", "data, model, loss and every training option but the varied "
-                  f"ones{f' ({given})' if given else ''}.", False))
+    here = " of the recipes trained here" if design.get("runs") else ""
+    items.append(("Fixed", f"data, model, loss and every training option{here} but the "
+                  f"varied ones{f' ({given})' if given else ''}.", False))
     sweep = design.get("sweep") or {}
     if sweep:
         text = " \u00d7 ".join(f"{k} \u2208 {{{', '.join(map(_number, vals))}}}"
