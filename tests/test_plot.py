@@ -2,7 +2,9 @@
 
 References: the arrays read straight from the HDF5 files with h5py (what each plotted line,
 mesh and contour set must hold), the explained-variance ratios and epoch numbers stored with
-a trajectory, and hand-counted VTK points and cells.
+a trajectory, and hand-counted VTK points and cells. The comparison figure of a study is
+checked against its table (the intervals) and against Student-t intervals computed here
+from the stored curves with scipy.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import re
 import xml.etree.ElementTree as ET
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import h5py
 import numpy as np
@@ -31,6 +34,7 @@ from landscape.plot import (
     color_scale,
     curvature_ratio,
     export_vtk,
+    plot_comparison,
     plot_contour,
     plot_curve,
     plot_density,
@@ -327,3 +331,280 @@ def test_curve_plot_clips_the_loss_axis_to_vmin_vmax(files: dict[str, Path], tmp
     monkeypatch.setattr(style, "save_figure", lambda fig, out: saved.setdefault("fig", fig))
     render(files["curve"], tmp_path / "c.png", vmin=0.1, vmax=2.0)
     assert saved["fig"].axes[0].get_ylim() == (0.1, 2.0)
+
+
+# ----------------------------------------------------------------------- comparison figure
+TINY_STUDY = {"model_options": {"widths": [8]}, "curve": "-1:1:5", "surface": "-1:1:5",
+              "interpolation": "-0.5:1.5:3", "trace_probes": 10, "hessian_tol": 1e-3,
+              "direction_seeds": 2, "seeds": [0, 1], "show_progress": False, "quiet": True,
+              "figure": False,
+              "measures": ("top_eigenvalue", "epsilon_sharpness", "noise_scale")}
+
+
+@pytest.fixture(scope="module")
+def studies(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """A 2 x 2 lr / batch-size sweep (two recipes share lr / B) and a two-recipe study,
+    two seeds each, tiny grids (about 25 s in all)."""
+    from landscape.study import Recipe, run_study
+
+    root = tmp_path_factory.mktemp("studies")
+    sweep = run_study([Recipe("sgd", {"optimizer": "sgd", "epochs": 2})],
+                      sweep={"lr": [0.05, 0.2], "batch_size": [16, 64]},
+                      match="train-loss=1.0", out=root / "sweep", **TINY_STUDY)
+    pair = run_study(["small=optimizer=sgd,lr=0.1,batch_size=16",
+                      "large=optimizer=sgd,lr=0.1,batch_size=64"], match="steps=20",
+                     out=root / "pair", **TINY_STUDY)
+    return {"sweep": sweep, "pair": pair}
+
+
+@pytest.fixture(scope="module")
+def figures(studies) -> dict[str, Figure]:
+    """The default comparison figure of each study (drawn once; tests only read it)."""
+    return {kind: plot_comparison(study) for kind, study in studies.items()}
+
+
+def _panel(fig: Figure, title: str) -> Any:
+    (ax,) = [ax for ax in fig.axes if ax.get_title(loc="left").endswith(title)]
+    return ax
+
+
+def _texts(fig: Figure) -> list[Any]:
+    from matplotlib.text import Text
+
+    return [t for t in fig.findobj(Text) if t.get_visible() and t.get_text().strip()]
+
+
+@pytest.mark.parametrize("kind", ["sweep", "pair"])
+def test_comparison_keeps_every_text_inside_the_canvas_and_labels_every_axis(
+        figures, kind, monkeypatch) -> None:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.text import Text
+
+    drawn_texts: list[tuple[str, Any]] = []
+    draw = Text.draw
+
+    def recording_draw(self: Text, renderer: Any) -> None:   # every text as it is drawn
+        draw(self, renderer)
+        if self.get_visible() and self.get_text().strip():
+            drawn_texts.append((self.get_text(), self.get_window_extent(renderer)))
+
+    monkeypatch.setattr(Text, "draw", recording_draw)
+    fig = figures[kind]
+    assert fig.get_figwidth() == pytest.approx(7.0)
+    FigureCanvasAgg(fig).draw()
+    box = fig.bbox
+    assert len(drawn_texts) > 40
+    for text, ext in drawn_texts:
+        assert (ext.x0 >= box.x0 - 1 and ext.x1 <= box.x1 + 1 and ext.y0 >= box.y0 - 1
+                and ext.y1 <= box.y1 + 1), f"text {text!r} leaves the canvas"
+    # the controls' text overlaps no panel
+    renderer = fig.canvas.get_renderer()
+    (controls,) = [ax for ax in fig.axes if ax.get_title(loc="left").endswith("controls")]
+    (text_box,) = controls.artists
+    text_ext = text_box.get_window_extent(renderer)
+    for ax in fig.axes:
+        if ax is not controls and ax.axison:
+            assert not text_ext.overlaps(ax.get_tightbbox(renderer)), ax.get_title(loc="left")
+    drawn = [ax for ax in fig.axes if ax.axison and ax.get_label() != "<colorbar>"]
+    (colorbar,) = [ax for ax in fig.axes if ax.get_label() == "<colorbar>"]
+    assert "nats" in colorbar.get_ylabel()
+    for ax in drawn:
+        assert ax.get_xlabel(), ax.get_title(loc="left")
+    # every y axis carries a label, except 2D panels that share the first one's
+    unlabelled = [ax for ax in drawn if not ax.get_ylabel()]
+    assert all(ax.get_shared_y_axes().get_siblings(ax) != [ax] for ax in unlabelled)
+
+
+def test_comparison_compares_sharpness_measures_only_in_absolute_units(figures) -> None:
+    from landscape.analysis.measures import REGISTRY
+
+    fig = figures["sweep"]
+    titles = [ax.get_title(loc="left") for ax in fig.axes]
+    for m in ("top_eigenvalue", "epsilon_sharpness", "curve_rise"):
+        ax = _panel(fig, REGISTRY[m].label)
+        assert ax.get_ylabel() == REGISTRY[m].units
+    assert not any(REGISTRY["noise_scale"].label in t for t in titles)
+
+
+@pytest.mark.parametrize("kind", ["sweep", "pair"])
+def test_error_bars_are_the_table_intervals_at_lr_over_b(studies, figures, kind) -> None:
+    from landscape.analysis.measures import REGISTRY
+    from landscape.plot.compare import DODGE
+
+    study = studies[kind]
+    fig = figures[kind]
+    rows = {r["model"]: r for r in study.table}
+    for m in ("top_eigenvalue", "epsilon_sharpness", "curve_rise"):
+        ax = _panel(fig, REGISTRY[m].label)
+        bars = {c.lines[0].get_gid(): c for c in ax.containers}
+        assert set(bars) == {f"interval:{n}" for n in study.names}
+        for i, name in enumerate(study.names):
+            c, stat = bars[f"interval:{name}"], rows[name][m]
+            (x,), (y,) = c.lines[0].get_xdata(), c.lines[0].get_ydata()
+            (lo_pt, hi_pt), = c.lines[2][0].get_segments()
+            assert y == pytest.approx(stat["mean"])
+            assert (lo_pt[1], hi_pt[1]) == (pytest.approx(stat["ci_low"]),
+                                           pytest.approx(stat["ci_high"]))
+            if kind == "sweep":   # on lr / B, spread by at most DODGE where shared
+                assert ax.get_xscale() == "log"
+                assert 1 / DODGE <= x / rows[name]["lr_over_b"] <= DODGE
+            else:
+                assert x == i
+    if kind == "pair":
+        ax = _panel(fig, REGISTRY["top_eigenvalue"].label)
+        assert [t.get_text() for t in ax.get_xticklabels()] == ["small", "large"]
+
+
+def test_shared_lr_over_b_points_are_spread_apart(figures) -> None:
+    from landscape.analysis.measures import REGISTRY
+
+    fig = figures["sweep"]
+    ax = _panel(fig, REGISTRY["top_eigenvalue"].label)
+    xs = {c.lines[0].get_gid(): c.lines[0].get_xdata()[0] for c in ax.containers}
+    # 0.05 / 16 == 0.2 / 64: two recipes at one lr / B, drawn at distinct x
+    assert xs["interval:sgd-lr0.05-bs16"] != xs["interval:sgd-lr0.2-bs64"]
+
+
+def test_top_eigenvalue_panel_draws_2_over_lr_for_each_learning_rate(figures) -> None:
+    from landscape.analysis.measures import REGISTRY
+
+    fig = figures["sweep"]
+    ax = _panel(fig, REGISTRY["top_eigenvalue"].label)
+    lines = [ln for ln in ax.get_lines() if ln.get_gid() == "2/lr"]
+    assert sorted(ln.get_ydata()[0] for ln in lines) == pytest.approx([2 / 0.2, 2 / 0.05])
+    assert all(ln.get_ydata()[0] == ln.get_ydata()[1] for ln in lines)   # horizontal
+    lo, hi = ax.get_ylim()
+    assert lo < 2 / 0.2 and 2 / 0.05 < hi
+    assert not [ln for ax in fig.axes if ax is not _panel(fig, REGISTRY["top_eigenvalue"].label)
+                for ln in ax.get_lines() if ln.get_gid() == "2/lr"]
+    pair = figures["pair"]
+    assert not [ln for ax in pair.axes for ln in ax.get_lines() if ln.get_gid() == "2/lr"]
+
+
+def test_1d_bands_are_t_intervals_over_seeds_of_the_direction_mean_rise(studies, figures) -> None:
+    from scipy import stats
+
+    study = studies["sweep"]
+    fig = figures["sweep"]
+    ax = _panel(fig, "(b)")
+    bands = {c.get_gid(): c for c in ax.collections if str(c.get_gid()).startswith("band:")}
+    means = {ln.get_gid(): ln for ln in ax.get_lines()}
+    for name in study.names:
+        per_seed = np.array([np.mean([c.values["train_loss"] - c.attrs["center_train_loss"]
+                                      for c in model.curves], axis=0)
+                             for model in study.models[name]])
+        n = per_seed.shape[0]
+        mean = per_seed.mean(0)
+        half = stats.t.ppf(0.975, n - 1) * per_seed.std(0, ddof=1) / np.sqrt(n)
+        x = study.models[name][0].curves[0].x
+        np.testing.assert_allclose(means[f"mean:{name}"].get_ydata(), mean, atol=1e-12)
+        verts = bands[f"band:{name}"].get_paths()[0].vertices
+        for xi, lo, hi in zip(x, mean - half, mean + half):
+            ys = verts[np.isclose(verts[:, 0], xi), 1]
+            assert ys.min() == pytest.approx(lo, abs=1e-12)
+            assert ys.max() == pytest.approx(hi, abs=1e-12)
+    window = sorted(ln.get_xdata()[0] for ln in ax.get_lines() if ln.get_gid() == "rise-window")
+    assert window == [-study.settings["rise_at"], study.settings["rise_at"]]
+    assert "centre value" in ax.get_ylabel() and "nats" in ax.get_ylabel()
+
+
+def test_controls_panel_states_the_rule_seeds_level_and_shouts_a_missed_target(
+        studies) -> None:
+    from copy import deepcopy
+
+    from landscape.plot.compare import WARN
+
+    study = deepcopy(studies["pair"])
+    text = " ".join(t.get_text() for t in _texts(plot_comparison(study)))
+    flat = " ".join(text.split())
+    for phrase in ("trained for 20 optimizer steps", "2 training seeds per recipe",
+                   "2 random filter-normalized directions", "95% Student-t",
+                   "batch_size", "optimizer=sgd"):
+        assert phrase in flat, phrase
+    assert "NOT" not in flat
+    study.table[1]["met"] = [True, False]
+    texts = _texts(plot_comparison(study))
+    (shout,) = [t for t in texts if "NOT" in t.get_text() and "MET" in t.get_text()]
+    assert "large seed 1" in " ".join(shout.get_text().split())
+    assert colors.same_color(shout.get_color(), WARN)
+    legend = " ".join(t.get_text() for t in texts)
+    assert "large (target NOT met)" in legend
+    study.design["match"] = None   # no matching rule at all: said in red
+    (none,) = [t for t in _texts(plot_comparison(study)) if "NONE" in t.get_text()]
+    assert colors.same_color(none.get_color(), WARN)
+
+
+def test_significance_notes_follow_the_table(studies, figures) -> None:
+    from landscape.analysis.measures import REGISTRY
+
+    for kind, study in studies.items():
+        fig = figures[kind]
+        pairs = [(a, b) for i, a in enumerate(study.table) for b in study.table[i + 1:]]
+        for m in ("top_eigenvalue", "curve_rise"):
+            ax = _panel(fig, REGISTRY[m].label)
+            (note,) = [t.get_text() for t in ax.texts if t.get_gid() == "significance"]
+            differ = sum(a["differences"][m][b["model"]] != "no significant difference"
+                         for a, b in pairs)
+            if len(pairs) == 1:
+                assert note == ("differ" if differ else "n.s.")
+            else:
+                assert note == (f"{differ}/{len(pairs)} pairs differ" if differ
+                                else "all pairs n.s.")
+
+
+def test_2d_panels_share_round_log_levels_with_one_level_per_seed(studies, figures) -> None:
+    study = studies["sweep"]
+    fig = figures["sweep"]
+    sets = {c.get_gid(): c for ax in fig.axes for c in ax.get_children()
+            if isinstance(c, ContourSet) and c.get_gid()}
+    mean_sets = [sets[f"mean-contour:{n}"] for n in study.names]
+    for cs in mean_sets:
+        assert isinstance(cs.norm, colors.LogNorm)
+        np.testing.assert_array_equal(cs.levels, mean_sets[0].levels)
+        assert cs.labelTexts   # contour labels
+    mantissa = mean_sets[0].levels / 10.0 ** np.floor(np.log10(mean_sets[0].levels))
+    assert set(np.round(mantissa, 9)) <= {1.0, 2.0, 3.0, 5.0}
+    ref = {tuple(sets[f"seed-contour:{n}:{k}"].levels) for n in study.names for k in range(2)}
+    assert len(ref) == 1 and ref.pop()[0] in mean_sets[0].levels
+    (cbar,) = [ax for ax in fig.axes if "centre" in ax.get_ylabel() and "seeds" in ax.get_ylabel()]
+    raw = plot_comparison(study, increase=False)
+    (cbar,) = [ax for ax in raw.axes if "mean of 2 seeds" in ax.get_ylabel()]
+    assert "centre" not in cbar.get_ylabel()
+    lowest = min(float(m.row["train_loss"]) for ms in study.models.values() for m in ms)
+    raw_levels = [c for ax in raw.axes for c in ax.get_children()
+                  if isinstance(c, ContourSet) and str(c.get_gid()).startswith("mean")][0].levels
+    assert raw_levels[-1] > lowest
+
+
+def test_many_recipes_show_the_surfaces_of_the_extreme_lr_over_b(studies, monkeypatch) -> None:
+    import landscape.plot.compare as compare
+
+    monkeypatch.setattr(compare, "MAX_SURFACES", 2)
+    study = studies["sweep"]
+    ratio = {r["model"]: r["lr_over_b"] for r in study.table}
+    chosen = compare.surface_recipes(study)
+    assert sorted(ratio[n] for n in chosen) == [min(ratio.values()), max(ratio.values())]
+
+
+def test_nice_levels_are_round_and_few() -> None:
+    from landscape.plot.compare import nice_levels
+
+    np.testing.assert_allclose(nice_levels(0.003, 2.5),
+                               [0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2])
+    np.testing.assert_allclose(nice_levels(0.02, 0.5), [0.02, 0.05, 0.1, 0.2, 0.5])
+    np.testing.assert_allclose(nice_levels(1e-4, 10), [1e-4, 1e-3, 1e-2, 0.1, 1, 10])
+    wide = nice_levels(1e-6, 1e3, most=9)
+    assert len(wide) <= 9 and np.allclose(np.log10(wide), np.round(np.log10(wide)))
+
+
+def test_comparison_renders_from_the_study_file_to_png_and_pdf(studies, tmp_path) -> None:
+    for suffix in ("png", "pdf"):
+        out = render(studies["sweep"].path, tmp_path / f"c.{suffix}")
+        data = out.read_bytes()
+        assert len(data) > 10_000
+        if suffix == "png":
+            assert data[:8] == b"\x89PNG\r\n\x1a\n"
+        else:
+            assert data[:5] == b"%PDF-" and b"/FontFile2" in data and b"/Type3" not in data
+    with pytest.raises(LandscapeError, match="draws a loss"):
+        render(studies["sweep"].path, tmp_path / "c.png", metric="train_acc")

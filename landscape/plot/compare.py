@@ -1,44 +1,82 @@
-"""The comparison figure of a study (:mod:`landscape.study`): every model on shared axes and
-one shared colour scale, so that differences in sharpness are differences in the picture.
+"""The comparison figure of a study (:mod:`landscape.study`): what a reviewer needs to judge
+whether one recipe reaches sharper minima than another, with every number shown as an
+interval over training seeds.
 
-Layout (double column): top row, (a) the 1D filter-normalized curves of all models on one
-axes (train solid, test dashed), (b) the interpolations between the solutions, (c) every
-sharpness measure of each model relative to the largest over models (log scale); bottom row,
-the 2D filter-normalized surfaces side by side, sharing their axes, levels and colour bar.
+Layout (double column, 7 in wide):
+
+- (a) the fairness controls in words: the matching rule and how many runs met it (in red
+  when some did not), training and direction seeds, the interval level, what is held fixed
+  and what varies, and what each panel plots;
+- (b) the 1D filter-normalized curves (Li et al. 2018) as the rise of the training loss
+  above each model's own centre value (its trained weights), averaged over training seeds x
+  direction seeds, with the interval over training seeds as a band and the +-``rise_at``
+  window where the table's "1D rise" is read;
+- one panel per sharpness measure (registry kinds ``curvature`` and ``sharpness``, plus the
+  1D rise; the gradient-noise statistics are left to the table): absolute values with their
+  intervals and each seed's value. In a learning-rate / batch-size sweep the x axis is
+  ``lr / B`` on a log scale (colour: learning rate, marker: batch size), and the top
+  Hessian eigenvalue panel draws ``2 / lr``, where full-batch gradient descent's top
+  eigenvalue settles (Cohen et al. 2021, "Gradient descent on neural networks typically
+  occurs at the edge of stability"); otherwise the recipes are categories. Each panel says
+  how many pairs of recipes differ (intervals disjoint) or "n.s.";
+- the 2D filter-normalized surfaces (at most :data:`MAX_SURFACES`; for more, those with
+  the extreme ``lr / B``): contours of the mean over training seeds of the rise above the
+  centre on one labelled log scale, and one level drawn thinly for every seed.
+
+The interpolations between recipes stay in ``study.h5`` (:func:`landscape.plot.plot_curve`
+draws them); the figure leaves them out.
 """
 
 from __future__ import annotations
 
+import textwrap
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from matplotlib import colors
-from matplotlib.figure import Figure
+from matplotlib import colors, transforms
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure, SubFigure
 from matplotlib.lines import Line2D
-from matplotlib.ticker import MaxNLocator
+from matplotlib.offsetbox import AnchoredOffsetbox, TextArea, VPacker
+from matplotlib.patches import Patch
+from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
 
+from landscape.analysis.measures import REGISTRY
 from landscape.errors import LandscapeError
-from landscape.plot._inputs import metric_label, scale_metric, values
-from landscape.plot.contours import add_colorbar, color_scale, plot_contour
-from landscape.plot.curves import SPLIT_STYLE, plot_curve
-from landscape.plot.style import DOUBLE_COLUMN, OKABE_ITO, house_style
+from landscape.plot._inputs import metric_label, values
+from landscape.plot.contours import add_colorbar
+from landscape.plot.style import DOUBLE_COLUMN, OKABE_ITO, SEQUENTIAL_CMAP, house_style
+from landscape.stats import LEVEL, confidence_interval
 
-#: (table key, label) of the measures drawn in the relative-value panel.
-RELATIVE_MEASURES = (
-    ("top_eigenvalue", "top eigenvalue"),
-    ("hessian_trace", "Hessian trace"),
-    ("epsilon_sharpness", "$\\epsilon$-sharpness"),
-    ("adaptive_worst_l2", "adaptive worst $\\ell_2$"),
-    ("adaptive_average_l2", "adaptive avg. $\\ell_2$"),
-    ("pac_bayes_flatness", "PAC-Bayes $1/\\sigma^2$"),
-    ("curve_rise", "1D rise"),
-    ("noise_scale", "noise scale"),
-)
+#: Most 2D panels drawn; a larger study shows the recipes with the extreme lr / B.
+MAX_SURFACES = 4
+#: Registry kinds compared as sharpness (the noise statistics are not).
+SHARPNESS_KINDS = ("curvature", "sharpness", "curve")
+#: Points of a sweep that share lr / B are spread by this factor in x (log axis).
+DODGE = 1.08
+#: Without ``levels`` or ``vmin``, log levels of the rise start at this fraction of the top.
+RISE_RANGE = 1e-3
+WARN = "#D55E00"   # Okabe-Ito vermillion: a control that failed
+_MARKERS = ("o", "s", "^", "D", "v", "P")
+_DASHES = ("-", "--", ":", "-.")
+_TEXT_PT = 6.3
+#: Share of the figure's width taken by the controls panel.
+TEXT_SHARE = 0.55
 
 
-#: With ``increase``, log levels span this fraction of the largest rise up to the largest.
-INCREASE_RANGE = 3e-4
+@dataclass(frozen=True)
+class Look:
+    """How a recipe is drawn in every panel: colour, marker, line style, legend label, and
+    whether all its runs met the matching rule (open markers where not)."""
+
+    color: str
+    marker: str
+    ls: str
+    label: str
+    met: bool
 
 
 def _as_study(study: Any) -> Any:
@@ -52,173 +90,617 @@ def _as_study(study: Any) -> Any:
     return study
 
 
-def _letter(ax: Any, letter: str) -> None:
-    ax.set_title(f"({letter})", loc="left", fontweight="bold", fontsize=8)
+def is_sweep(study: Any) -> bool:
+    """Whether the study is a sweep whose recipes all know lr / B (the x axis of the
+    measure panels)."""
+    return bool(study.design.get("sweep")) and all(
+        r.get("lr_over_b") is not None for r in study.table)
 
 
-def _interpolation_panel(ax: Any, study: Any, colors_of: dict[str, str]) -> None:
-    """Loss (black, left) and accuracy (grey, right) from one solution to the other; with
-    more than two models, every pair's loss in its own colour."""
-    pairs = list(study.interpolations.items())
-    if not pairs:
-        ax.text(0.5, 0.5, "no interpolation\n(different architectures)", ha="center",
-                va="center", transform=ax.transAxes, fontsize=7, color="0.4")
-        ax.set_axis_off()
-        return
-    single = len(pairs) == 1
-    ax_acc = None
-    if single and any(k.endswith("_acc") for k in pairs[0][1].values):
-        ax_acc = ax.twinx()
-        ax_acc.spines["right"].set_visible(True)
-        ax_acc.set_ylim(-2, 102)
-        ax_acc.set_ylabel("accuracy (%)", color="0.5")
-        ax_acc.tick_params(axis="y", colors="0.5")
-        ax.set_zorder(ax_acc.get_zorder() + 1)
-        ax.patch.set_visible(False)
-    for i, ((a, b), curve) in enumerate(pairs):
-        color = "black" if single else OKABE_ITO[(i + len(colors_of)) % (len(OKABE_ITO) - 1)]
-        for split in ("train", "test"):
-            if f"{split}_loss" in curve.values:
-                ax.plot(curve.x, values(curve, f"{split}_loss"), color=color,
-                        ls=SPLIT_STYLE[split])
-            if ax_acc is not None and f"{split}_acc" in curve.values:
-                ax_acc.plot(curve.x, 100 * values(curve, f"{split}_acc"), color="0.55",
-                            ls=SPLIT_STYLE[split], lw=0.8)
-        if not single:
-            ax.plot([], [], color=color, label=f"{a} $\\to$ {b}")
-    for t in (0.0, 1.0):
-        ax.axvline(t, color="0.6", lw=0.5, ls=":", zorder=1)
-    if single:
-        (a, b), _ = pairs[0]
-        for t, name in ((0.0, a), (1.0, b)):  # each end in its model's colour
-            ax.plot(t, 0, marker="^", ms=6, color=colors_of[name], clip_on=False, zorder=6,
-                    transform=ax.get_xaxis_transform())
-        ax.set_xlabel(f"$t$ (0: {a}, 1: {b})")
-    else:
-        ax.set_xlabel("$t$ (0: first model, 1: second)")
-        ax.legend(loc="best", fontsize=6.5)
-    ax.set_xlim(float(pairs[0][1].x.min()), float(pairs[0][1].x.max()))
-    ax.set_ylabel(metric_label("loss", pairs[0][1].attrs.get("loss")))
+def sharpness_measures(study: Any) -> list[str]:
+    """The study's measures that the figure compares: registry kinds curvature and
+    sharpness, then the 1D rise (the noise statistics are not sharpness measures)."""
+    names = [m for m in study.settings.get("measures", ()) if m in REGISTRY
+             and REGISTRY[m].kind in SHARPNESS_KINDS]
+    if study.table and "curve_rise" in study.table[0]:
+        names.append("curve_rise")
+    return names
 
 
-def _relative_panel(ax: Any, study: Any, colors_of: dict[str, str]) -> None:
+def looks(study: Any) -> dict[str, Look]:
+    """Colour by learning rate and marker/line style by batch size in a sweep; one colour
+    per recipe otherwise."""
     rows = {r["model"]: r for r in study.table}
-    shown = [(k, label) for k, label in RELATIVE_MEASURES
-             if any(isinstance(rows[n].get(k), int | float) and rows[n][k] > 0
-                    for n in study.names)]
-    n_models = len(study.names)
-    height = 0.7 / max(1, n_models)
-    for j, name in enumerate(study.names):
-        for i, (key, _) in enumerate(shown):
-            vals = [rows[n].get(key) for n in study.names]
-            top = max(v for v in vals if isinstance(v, int | float) and v > 0)
-            v = rows[name].get(key)
-            y = i + (j - (n_models - 1) / 2) * height
-            if isinstance(v, int | float) and v > 0:
-                ax.barh(y, v / top, height=height * 0.9, left=0, color=colors_of[name],
-                        log=True)
-            else:
-                missing = v is None or not np.isfinite(v)
-                ax.text(1.2e-4, y, "n/a" if missing else "$\\leq$ 0", va="center",
-                        fontsize=5.5, color=colors_of[name])
-    ax.set_xscale("log")
-    ax.set_xlim(1e-4, 1.6)
-    ax.set_yticks(range(len(shown)), [label for _, label in shown])
-    ax.invert_yaxis()
-    ax.tick_params(axis="y", length=0)
-    ax.set_xlabel("value / largest over models")
+    met = {n: all(rows[n].get("met") or [True]) for n in study.names}
+    palette = OKABE_ITO[:-2]   # without yellow (too light on white) and black
+    if not is_sweep(study):
+        return {n: Look(palette[i % len(palette)], "o", "-", n, met[n])
+                for i, n in enumerate(study.names)}
+    lrs = sorted({rows[n]["lr"] for n in study.names})
+    sizes = sorted({rows[n]["batch_size"] for n in study.names})
+    others = [k for k in study.design.get("sweep", {}) if k not in ("lr", "batch_size")]
+    recipes = study.design.get("recipes", {})
+    out = {}
+    for n in study.names:
+        i, j = lrs.index(rows[n]["lr"]), sizes.index(rows[n]["batch_size"])
+        label = ", ".join([f"lr {rows[n]['lr']:g}", f"B {rows[n]['batch_size']}",
+                           *(f"{k} {_number(recipes.get(n, {}).get(k))}" for k in others)])
+        out[n] = Look(palette[i % len(palette)], _MARKERS[j % len(_MARKERS)],
+                      _DASHES[j % len(_DASHES)], label, met[n])
+    return out
 
 
+def rise_per_seed(study: Any, name: str, metric: str = "train_loss",
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """``(x, rise[seeds, x])``: per training seed of recipe ``name``, the mean over direction
+    seeds of ``metric`` along each 1D curve minus that model's centre value (the loss of
+    its trained weights), in the metric's units."""
+    xs, per_seed = None, []
+    for model in study.models[name]:
+        rises = []
+        for c in model.curves:
+            center = c.attrs.get(f"center_{metric}")
+            if center is None:
+                raise LandscapeError(f"{c.path}: no centre value of {metric!r} to subtract")
+            if xs is None:
+                xs = np.asarray(c.x, dtype=float)
+            elif c.x.shape != xs.shape or not np.allclose(c.x, xs):
+                raise LandscapeError(f"{c.path}: its 1D grid differs from the study's others")
+            rises.append(values(c, metric) - float(center))
+        if rises:
+            per_seed.append(np.mean(rises, axis=0))
+    if xs is None:
+        raise LandscapeError(f"{study.path}: recipe {name!r} has no 1D curve")
+    return xs, np.asarray(per_seed)
+
+
+def pointwise_interval(per_seed: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Mean and the :data:`~landscape.stats.LEVEL` Student-t interval over the first axis,
+    at every point (the interval is NaN with fewer than two seeds)."""
+    stats = [confidence_interval(col) for col in np.asarray(per_seed, dtype=float).T]
+    def get(key: str) -> np.ndarray:
+        return np.array([np.nan if getattr(s, key) is None else getattr(s, key)
+                         for s in stats])
+    return get("mean"), get("ci_low"), get("ci_high")
+
+
+# ------------------------------------------------------------------------ (a) the controls
+def _fixed_and_varied(study: Any) -> tuple[dict[str, Any], list[str]]:
+    recipes = study.design.get("recipes", {})
+    opts = [recipes.get(n, {}) for n in study.names if n in recipes]
+    keys = sorted({k for o in opts for k in o})
+    fixed = {k: opts[0][k] for k in keys if opts and all(k in o and o[k] == opts[0][k]
+                                                         for o in opts)}
+    return fixed, [k for k in keys if k not in fixed]
+
+
+def _range(vals: Sequence[float], spec: str) -> str:
+    lo, hi = min(vals), max(vals)
+    return format(lo, spec) if format(lo, spec) == format(hi, spec) else \
+        f"{format(lo, spec)}\u2013{format(hi, spec)}"
+
+
+def _number(v: Any) -> str:
+    return f"{v:g}" if isinstance(v, float) else str(v)
+
+
+def control_items(study: Any) -> list[tuple[str, str, bool]]:
+    """The fairness controls as ``(key, text, warning)`` items, in the order a reviewer
+    checks them; ``warning`` marks a control that failed or is missing."""
+    from landscape.study import parse_match
+
+    rows = study.table
+    s, design = study.settings, study.design
+    match = parse_match(design.get("match"))
+    n_runs = sum(len(r.get("met", [])) for r in rows)
+    losses = [v for r in rows for v in r["train_loss"]["values"] if v is not None]
+    steps = [v for r in rows for v in r["steps"]["values"] if v is not None]
+    reached = (f"; train loss reached {_range(losses, '.3g')} after "
+               f"{_range(steps, ',.0f')} steps") if losses and steps else ""
+    missed = [f"{r['model']} seed {seed}" for r in rows
+              for seed, ok in zip(r.get("seeds", []), r.get("met", [])) if not ok]
+    items: list[tuple[str, str, bool]] = []
+    if "target_train_loss" in match:
+        recipes = design.get("recipes", {})
+        caps = [int(recipes[n].get("epochs") or s.get("max_epochs", 0)) for n in study.names
+                if n in recipes]
+        cap = f" (cap: {_range(caps, ',d')} epochs)" if caps else ""
+        items.append(("Matching", "every run stopped at the first epoch whose full "
+                      f"train-split loss was \u2264 {match['target_train_loss']:g}{cap}; "
+                      f"{n_runs - len(missed)}/{n_runs} runs met it{reached}.", False))
+    elif "steps" in match:
+        items.append(("Matching", f"every run trained for {match['steps']:,} optimizer "
+                      f"steps{reached}.", False))
+    else:
+        items.append(("Matching", "NONE: each recipe trained for its own epochs"
+                      f"{reached}; sharpness tracks the training loss.", True))
+    if missed:
+        items.append(("NOT MET", f"{len(missed)}/{n_runs} runs stopped at the epoch cap "
+                      f"above the target ({', '.join(missed)}); open markers.", True))
+    if design.get("runs"):
+        items.append(("Outside", f"{', '.join(design['runs'])} trained outside the study: "
+                      "options and seeds not controlled.", True))
+    seeds = design.get("seeds") or sorted({k for r in rows for k in r.get("seeds", [])})
+    d, s0 = int(s.get("direction_seeds", 1)), int(s.get("seed", 0))
+    direction_seeds = f"seeds {_range([s0, s0 + d - 1], 'd')}" if d > 1 else f"seed {s0}"
+    items.append(("Seeds", f"{len(seeds)} training seeds per recipe "
+                  f"({', '.join(map(str, seeds))}); {d} random filter-normalized "
+                  f"direction{'s' if d > 1 else ''} per model ({direction_seeds}), the same for "
+                  "every model; 2D "
+                  f"plane from direction seed {s0}.", len(seeds) < 2))
+    items.append(("Intervals", f"{100 * LEVEL:g}% Student-t over training seeds (bands, "
+                  "bars); two recipes differ only where their intervals are disjoint, "
+                  "else n.s.", False))
+    fixed, varied = _fixed_and_varied(study)
+    capped = "target_train_loss" in match
+    given = ", ".join(f"{k}={_number(v)}" + (" (cap)" if capped and k == "epochs" else "")
+                      for k, v in fixed.items() if k != "run")
+    here = " of the recipes trained here" if design.get("runs") else ""
+    items.append(("Fixed", f"data, model, loss and every training option{here} but the "
+                  f"varied ones{f' ({given})' if given else ''}.", False))
+    sweep = design.get("sweep") or {}
+    if sweep:
+        text = " \u00d7 ".join(f"{k} \u2208 {{{', '.join(map(_number, vals))}}}"
+                               for k, vals in sweep.items())
+    else:
+        recipes = study.design.get("recipes", {})
+        text = "; ".join(f"{k} (" + ", ".join(f"{n}: {_number(recipes[n].get(k, '-'))}"
+                                              for n in study.names if n in recipes) + ")"
+                         for k in varied) or "nothing (the recipes are identical)"
+    items.append(("Varied", text + ".", False))
+    return items
+
+
+def _controls_panel(ax: Axes, study: Any, plotted: str, width_in: float) -> None:
+    """The controls as wrapped text in the axes ``ax`` (its frame hidden)."""
+    ax.set_axis_off()
+    chars = max(30, int(width_in * 72 / (_TEXT_PT * 0.56)))
+    boxes = []
+    for key, text, warn in [*control_items(study), ("Plotted", plotted, False)]:
+        wrapped = textwrap.fill(f"{key}: {text}", chars, break_on_hyphens=False)
+        # the key in bold through mathtext (its spaces escaped); the rest stays plain text
+        wrapped = wrapped.replace(key, "$\\bf{" + key.replace(" ", "\\ ") + "}$", 1)
+        boxes.append(TextArea(wrapped, textprops={
+            "fontsize": _TEXT_PT, "linespacing": 1.15,
+            "color": WARN if warn else "black", "fontweight": "bold" if warn else "normal"}))
+    box = AnchoredOffsetbox("upper left", child=VPacker(children=boxes, align="left", pad=0,
+                                                          sep=3.0),
+                            pad=0.0, borderpad=0.0, frameon=False,
+                            bbox_to_anchor=(0, 1), bbox_transform=ax.transAxes)
+    ax.add_artist(box)
+
+
+# --------------------------------------------------------------------------- (b) 1D curves
+def _curve_panel(ax: Axes, study: Any, look: Mapping[str, Look], metric: str) -> list[Any]:
+    """Mean rise above the centre with its band per recipe; returns the legend handles."""
+    rise_at = float(study.settings.get("rise_at", 0.5))
+    banded = False
+    for name in study.names:
+        x, per_seed = rise_per_seed(study, name, metric)
+        mean, lo, hi = pointwise_interval(per_seed)
+        lk = look[name]
+        if np.isfinite(lo).any():
+            ax.fill_between(x, lo, hi, color=lk.color, alpha=0.18, lw=0, gid=f"band:{name}")
+            banded = True
+        ax.plot(x, mean, color=lk.color, ls=lk.ls, lw=1.1, gid=f"mean:{name}")
+    for side in (-rise_at, rise_at):
+        ax.axvline(side, color="0.35", ls=(0, (1, 1.5)), lw=0.8, zorder=1, gid="rise-window")
+    ax.axhline(0, color="0.6", lw=0.5, zorder=0)
+    some = study.models[study.names[0]][0].curves[0]
+    unit = metric_label(metric, some.attrs.get("loss"))
+    ax.set_ylabel(unit.replace(" (", " \u2212 centre value\n(", 1))
+    ax.set_xlabel("$\\alpha$ (filter-normalized direction)")
+    ax.set_xlim(float(some.x.min()), float(some.x.max()))
+    handles: list[Any] = [
+        Line2D([], [], color=look[n].color, ls=look[n].ls, marker=look[n].marker, ms=3.5,
+               mfc=look[n].color if look[n].met else "white", lw=1.1,
+               label=look[n].label + ("" if look[n].met else " (target NOT met)"))
+        for n in study.names]
+    if banded:
+        handles.append(Patch(color="0.5", alpha=0.3, lw=0,
+                             label=f"{100 * LEVEL:g}% interval over\ntraining seeds"))
+    handles.append(Line2D([], [], color="0.35", ls=(0, (1, 1.5)), lw=0.8,
+                          label=f"$\\alpha = \\pm${rise_at:g}: where the\n1D rise is read"))
+    return handles
+
+
+# ------------------------------------------------------------------------- measure panels
+def _significance(study: Any, measure: str) -> str:
+    rows = study.table
+    pairs = [(a, b) for i, a in enumerate(rows) for b in rows[i + 1:]]
+    differ = sum(a.get("differences", {}).get(measure, {}).get(b["model"]) in (">", "<")
+                 for a, b in pairs)
+    if len(pairs) == 1:
+        return "differ" if differ else "n.s."
+    return f"{differ}/{len(pairs)} pairs differ" if differ else "all pairs n.s."
+
+
+def _x_positions(study: Any, sweep: bool) -> dict[str, float]:
+    rows = {r["model"]: r for r in study.table}
+    if not sweep:
+        return {n: float(i) for i, n in enumerate(study.names)}
+    out: dict[str, float] = {}
+    groups: dict[float, list[str]] = {}
+    for n in study.names:
+        key = float(np.round(np.log10(rows[n]["lr_over_b"]), 6))
+        groups.setdefault(key, []).append(n)
+    for group in groups.values():
+        for k, n in enumerate(sorted(group, key=lambda m: rows[m]["batch_size"])):
+            out[n] = rows[n]["lr_over_b"] * DODGE ** (k - (len(group) - 1) / 2)
+    return out
+
+
+def _measure_panel(ax: Axes, study: Any, measure: str, look: Mapping[str, Look],
+                   sweep: bool) -> bool:
+    """Mean and interval of ``measure`` per recipe, each seed's value as a dot; returns
+    whether points were spread in x (shared lr / B)."""
+    rows = {r["model"]: r for r in study.table}
+    xs = _x_positions(study, sweep)
+    ys: list[float] = []
+    missing = []
+    for name in study.names:
+        stat, lk = rows[name].get(measure) or {}, look[name]
+        if stat.get("mean") is None:
+            missing.append(lk.label)
+            continue
+        mean = float(stat["mean"])
+        lo = mean if stat.get("ci_low") is None else float(stat["ci_low"])
+        hi = mean if stat.get("ci_high") is None else float(stat["ci_high"])
+        ax.errorbar([xs[name]], [mean], yerr=[[mean - lo], [hi - mean]], fmt=lk.marker,
+                    color=lk.color, mfc=lk.color if lk.met else "white", ms=3.8, lw=0.9,
+                    capsize=2.0, capthick=0.9, zorder=4, gid=f"interval:{name}")
+        seeds = [float(v) for v in stat.get("values", []) if v is not None]
+        ax.plot([xs[name]] * len(seeds), seeds, ls="none", marker=".", ms=2.2,
+                color=lk.color, alpha=0.55, zorder=3, gid=f"seeds:{name}")
+        ys += [mean, lo, hi, *seeds]
+    if sweep:   # join the recipes of one learning rate
+        by_lr: dict[float, list[str]] = {}
+        for n in study.names:
+            if rows[n].get(measure, {}).get("mean") is not None:
+                by_lr.setdefault(rows[n]["lr"], []).append(n)
+        for group in by_lr.values():
+            group.sort(key=lambda n: xs[n])
+            ax.plot([xs[n] for n in group], [rows[n][measure]["mean"] for n in group],
+                    color=look[group[0]].color, lw=0.6, alpha=0.6, zorder=2)
+        if measure == "top_eigenvalue":
+            _edge_of_stability(ax, study, look)
+            ys += [2.0 / rows[n]["lr"] for n in study.names]
+        ax.set_xscale("log")
+        ax.set_xlabel("lr / B (per sample)")
+        lo_x, hi_x = min(xs.values()), max(xs.values())
+        ax.set_xlim(lo_x / 1.6, hi_x * 1.6)
+    else:
+        ax.set_xticks(range(len(study.names)), [look[n].label for n in study.names],
+                      rotation=25 if len(study.names) > 2 else 0,
+                      ha="right" if len(study.names) > 2 else "center")
+        ax.set_xlim(-0.6, len(study.names) - 0.4)
+        ax.set_xlabel("recipe")
+    finite = np.array([y for y in ys if np.isfinite(y)])
+    positive = finite[finite > 0]
+    log = bool(finite.size and positive.size == finite.size
+               and positive.max() / positive.min() > 10)
+    if log:
+        _log_axis(ax.yaxis, positive.min(), positive.max())
+    else:
+        ax.yaxis.set_major_locator(MaxNLocator(4))
+    if finite.size:   # the data below, a free strip on top for the note
+        ax.set_ylim(*_headroom(float(finite.min()), float(finite.max()), log))
+    entry = REGISTRY[measure]
+    ax.set_title(entry.label, loc="left", fontsize=7)
+    ax.set_ylabel(entry.units)
+    note = _significance(study, measure)
+    if missing:
+        note += f"\nn/a: {', '.join(missing)}"
+    ax.text(0.97, 0.97, note, transform=ax.transAxes, ha="right", va="top", fontsize=6,
+            color="0.3", gid="significance")
+    shared = sweep and len({round(float(np.log10(r["lr_over_b"])), 6)
+                            for r in study.table}) < len(study.table)
+    return shared
+
+
+def _headroom(lo: float, hi: float, log: bool) -> tuple[float, float]:
+    """Axis limits that leave 8% of the span below the data and 30% above it."""
+    f = np.log10 if log else (lambda v: v)
+    a, b = f(lo), f(hi)
+    span = b - a if b > a else max(abs(b), 1.0) if not log else 1.0
+    lo, hi = a - 0.08 * span, b + 0.3 * span
+    return (10 ** lo, 10 ** hi) if log else (lo, hi)
+
+
+def _log_axis(axis: Any, lo: float, hi: float) -> None:
+    """A log scale with plain-number ticks: 1-2-5, 1-3 or one per decade by the span."""
+    axis.axes.set_yscale("log")
+    decades = np.log10(hi / lo)
+    subs = (1.0, 2.0, 5.0) if decades < 1.5 else (1.0, 3.0) if decades < 2.5 else (1.0,)
+    axis.set_major_locator(LogLocator(subs=subs))
+    axis.set_major_formatter(FuncFormatter(lambda v, _: _level_text(v)))
+    axis.set_minor_formatter(NullFormatter())
+
+
+def _edge_of_stability(ax: Axes, study: Any, look: Mapping[str, Look]) -> None:
+    """``2 / lr`` for each learning rate (Cohen et al. 2021), labelled at the right."""
+    rows = {r["model"]: r for r in study.table}
+    seen: dict[float, str] = {}
+    for n in study.names:
+        seen.setdefault(rows[n]["lr"], look[n].color)
+    trans = transforms.blended_transform_factory(ax.transAxes, ax.transData)
+    for lr, color in seen.items():
+        ax.axhline(2.0 / lr, color=color, ls=(0, (4, 2)), lw=0.8, zorder=1, gid="2/lr")
+        ax.text(0.03, 2.0 / lr, f"2/lr = {2.0 / lr:g}", transform=trans, ha="left",
+                va="bottom", fontsize=5.8, color=color)
+
+
+# ------------------------------------------------------------------------------ 2D panels
+def surface_recipes(study: Any) -> list[str]:
+    """The recipes whose 2D surface is drawn: all up to :data:`MAX_SURFACES`, else those with
+    the smallest and largest lr / B (the first ones outside a sweep)."""
+    names = [n for n in study.names if study.models[n] and study.models[n][0].surface]
+    if len(names) <= MAX_SURFACES:
+        return names
+    if not is_sweep(study):
+        return names[:MAX_SURFACES]
+    rows = {r["model"]: r for r in study.table}
+    order = sorted(names, key=lambda n: rows[n]["lr_over_b"])
+    half = MAX_SURFACES // 2
+    keep = set(order[:half] + order[-half:])
+    return [n for n in names if n in keep]
+
+
+def surface_grids(study: Any, name: str, metric: str = "train_loss",
+                  increase: bool = True) -> tuple[Any, np.ndarray]:
+    """``(first seed's surface, z[seeds, y, x])``: each training seed's 2D ``metric``, minus
+    its centre value when ``increase``."""
+    grids = []
+    first = study.models[name][0].surface
+    for model in study.models[name]:
+        s = model.surface
+        if s.x.shape != first.x.shape or s.y.shape != first.y.shape:
+            raise LandscapeError(f"{s.path}: its 2D grid differs from the study's others")
+        z = values(s, metric)
+        if increase:
+            center = s.attrs.get(f"center_{metric}")
+            if center is None:
+                raise LandscapeError(f"{s.path}: no centre value of {metric!r} to subtract")
+            z = z - float(center)
+        grids.append(z)
+    return first, np.asarray(grids)
+
+
+def nice_levels(lo: float, hi: float, most: int = 9) -> np.ndarray:
+    """Round log-spaced levels in ``[lo, hi]`` (1-2-5, else 1-3, else decades per decade),
+    at most ``most`` of them (every other one dropped until they fit)."""
+    lv = np.array([])
+    for mantissas in ((1, 2, 5), (1, 3), (1,)):
+        decades = range(int(np.floor(np.log10(lo))), int(np.ceil(np.log10(hi))) + 1)
+        lv = np.array([m * 10.0 ** k for k in decades for m in mantissas])
+        lv = lv[(lv >= lo * (1 - 1e-9)) & (lv <= hi * (1 + 1e-9))]
+        if len(lv) <= most:
+            return lv
+    while len(lv) > most:
+        lv = lv[::2]
+    return lv
+
+
+def _level_text(v: float) -> str:
+    return f"{v:g}"
+
+
+def _surface_levels(means: Sequence[np.ndarray], levels: Any, vmin: float | None,
+                    vmax: float | None, log: bool | None, increase: bool,
+                    ) -> tuple[np.ndarray, colors.Normalize]:
+    vals = np.concatenate([m[np.isfinite(m)].ravel() for m in means])
+    if not vals.size:
+        raise LandscapeError("no finite value on the 2D surfaces")
+    if levels is not None and not isinstance(levels, int | np.integer):
+        lv = np.sort(np.asarray(levels, dtype=float))
+        if lv.size < 2:
+            raise LandscapeError(f"give at least 2 contour levels, got {lv.size}")
+        lo, hi = float(lv[0]), float(lv[-1])
+        log = bool(lo > 0 and (log if log is not None else hi / lo > 30))
+    else:
+        hi = float(vmax) if vmax is not None else float(vals.max())
+        positive = vals[vals > 0]
+        if vmin is not None:
+            lo = float(vmin)
+        elif increase:
+            lo = max(hi * RISE_RANGE, float(positive.min()) if positive.size else hi * 1e-3)
+        else:
+            lo = float(vals.min())
+        if log is None:
+            log = increase or (lo > 0 and hi / lo > 30)
+        if not hi > lo:
+            raise LandscapeError(f"vmax ({hi:g}) must be larger than vmin ({lo:g})")
+        if log and lo <= 0:
+            raise LandscapeError(f"a log colour scale needs vmin > 0, got {lo:g}")
+        most = 9 if levels is None else int(levels)
+        if log:
+            lv = nice_levels(lo, hi, most)
+            if len(lv) < 2:
+                lv = np.geomspace(lo, hi, max(2, most))
+        else:
+            lv = MaxNLocator(most).tick_values(lo, hi)
+            lv = lv[(lv >= lo) & (lv <= hi)]
+    norm = colors.LogNorm(lo, hi) if log else colors.Normalize(lo, hi)
+    return lv, norm
+
+
+def _reference_level(study: Any, names: Sequence[str], lv: np.ndarray, increase: bool,
+                     metric: str) -> float:
+    """The level drawn for every seed: the shared level nearest the median 1D rise (plus
+    the centre loss when drawing the loss itself)."""
+    rows = {r["model"]: r for r in study.table}
+    targets = []
+    for n in names:
+        rise = (rows[n].get("curve_rise") or {}).get("mean")
+        base = 0.0 if increase else float((rows[n].get(metric) or {}).get("mean") or 0.0)
+        if rise is not None and rise + base > 0:
+            targets.append(rise + base)
+    target = float(np.median(targets)) if targets else float(np.median(lv))
+    positive = lv[lv > 0]
+    if positive.size == 0:
+        return float(lv[np.argmin(np.abs(lv - target))])
+    return float(positive[np.argmin(np.abs(np.log(positive) - np.log(max(target, 1e-300))))])
+
+
+@dataclass
+class _Surfaces:
+    """What the 2D panels draw: per recipe the first seed's surface (for its grid) and every
+    seed's grid, their mean, the shared levels and norm, and the level drawn per seed."""
+
+    names: list[str]
+    first: dict[str, Any]
+    grids: dict[str, np.ndarray]
+    means: dict[str, np.ndarray]
+    levels: np.ndarray
+    norm: colors.Normalize
+    reference: float
+    below: bool
+
+
+def _surfaces(study: Any, metric: str, increase: bool, levels: Any, vmin: float | None,
+              vmax: float | None, log: bool | None) -> _Surfaces:
+    names = surface_recipes(study)
+    first, grids = {}, {}
+    for n in names:
+        first[n], grids[n] = surface_grids(study, n, metric, increase)
+    means = {n: np.nanmean(g, axis=0) for n, g in grids.items()}
+    lv, norm = _surface_levels(list(means.values()), levels, vmin, vmax, log, increase)
+    ref = _reference_level(study, names, lv, increase, metric)
+    below = increase and any(float(np.nanmin(z)) < 0 for z in means.values())
+    return _Surfaces(names, first, grids, means, lv, norm, ref, below)
+
+
+def _surface_panels(sub: SubFigure, sf: _Surfaces, look: Mapping[str, Look], metric: str,
+                    increase: bool, first_letter: int) -> list[Axes]:
+    axes = list(np.atleast_1d(sub.subplots(1, len(sf.names), sharex=True, sharey=True)))
+    cs = None
+    for i, (ax, name) in enumerate(zip(axes, sf.names)):
+        surface, z = sf.first[name], sf.means[name]
+        shown = (np.where(z > 0, z, sf.norm.vmin * 1e-3)
+                 if isinstance(sf.norm, colors.LogNorm) else z)
+        cs = ax.contour(surface.x, surface.y, shown, levels=sf.levels, norm=sf.norm,
+                        cmap=SEQUENTIAL_CMAP, linewidths=0.9)
+        cs.set_gid(f"mean-contour:{name}")
+        labelled = sorted({*sf.levels[::-2], sf.reference})   # every other level: legible
+        ax.clabel(cs, [v for v in labelled if v in cs.levels], fmt=_level_text, fontsize=5.2,
+                  inline_spacing=1)
+        for k, g in enumerate(sf.grids[name]):
+            seed_cs = ax.contour(surface.x, surface.y, g, levels=[sf.reference],
+                                 colors="black", linewidths=0.45, alpha=0.75)
+            seed_cs.set_gid(f"seed-contour:{name}:{k}")
+        if increase and float(np.nanmin(z)) < 0:
+            ax.contourf(surface.x, surface.y, z, levels=[float(np.nanmin(z)) - 1.0, 0.0],
+                        colors="none", hatches=["/////"])
+        ax.plot(0, 0, marker="+", ms=6, color="black", mew=0.9, zorder=5)
+        ax.set_aspect("equal")
+        ax.set_xlim(float(surface.x.min()), float(surface.x.max()))
+        ax.set_ylim(float(surface.y.min()), float(surface.y.max()))
+        ax.xaxis.set_major_locator(MaxNLocator(4))
+        ax.yaxis.set_major_locator(MaxNLocator(4))
+        ax.set_xlabel("$\\alpha$ (direction 1)")
+        ax.set_ylabel("$\\beta$ (direction 2)" if i == 0 else "")
+        ax.set_title(f"({chr(ord('a') + first_letter + i)})", loc="left", fontweight="bold")
+        ax.set_title(look[name].label, loc="right", color=look[name].color, fontsize=7)
+    n_seeds = max(len(g) for g in sf.grids.values())
+    label = metric_label(metric, sf.first[sf.names[0]].attrs.get("loss"))
+    label = (label.replace(" (", " \u2212 centre\n(", 1) if increase else
+             label.replace(" (", "\n(", 1))
+    label = label[:-1] + f", mean of {n_seeds} seeds)"
+    cbar = add_colorbar(sub, axes, cs, label)
+    cbar.ax.axhline(sf.reference, color="black", lw=1.0, gid="seed-level")
+    cbar.set_ticks(sf.levels)
+    cbar.ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: _level_text(v)))
+    cbar.ax.minorticks_off()
+    return axes
+
+
+# ------------------------------------------------------------------------------ the figure
 def plot_comparison(study: Any, *, metric: str = "train_loss",
-                    levels: int | None = None, vmin: float | None = None,
+                    levels: int | Sequence[float] | None = None, vmin: float | None = None,
                     vmax: float | None = None, log: bool | None = None,
-                    increase: bool = True, relative: bool = True) -> Figure:
+                    increase: bool = True) -> Figure:
     """The comparison figure of a study (a ``study.h5`` path, its folder, or a loaded
-    :class:`~landscape.study.Study`).
+    :class:`~landscape.study.Study`); see the module docstring for its panels.
 
-    The 2D panels share x and y axes and one colour scale (the same norm and levels, from
-    the values of all models: ``levels``/``vmin``/``vmax``/``log`` as in
-    :func:`~landscape.plot.contours.color_scale`) with a single colour bar. ``increase``
-    (default) draws each model's rise above its own centre value, on log-spaced levels from
-    ``3e-4`` of the largest rise: minima at different loss levels then compare by their
-    shape (the same rise is reached closer to a sharper minimum); ``increase=False`` draws
-    the loss itself, as Li et al. (2018) do. ``relative=False`` leaves out the panel of
-    relative measures. Returns the figure (7 in wide).
+    ``metric``: the loss of the 1D and 2D panels (the study's 2D surfaces hold the training
+    split only). ``increase`` (default) draws the rise above each model's centre value;
+    ``increase=False`` draws the loss itself, as Li et al. (2018) do (minima at different
+    loss levels then differ by their level, not only their shape). ``levels`` (a number or
+    the levels), ``vmin``, ``vmax`` and ``log`` set the 2D panels' shared scale (default:
+    round log-spaced levels from 1e-3 of the largest rise). Returns the figure (7 in wide);
+    drawing costs nothing beyond reading the study.
     """
     study = _as_study(study)
-    names = list(study.names)
-    if len(names) < 1:
-        raise LandscapeError(f"{study.path}: the study holds no model")
-    colors_of = {n: OKABE_ITO[i % (len(OKABE_ITO) - 1)] for i, n in enumerate(names)}
-    surfaces = {n: _increase(study.surfaces[n], metric) if increase else study.surfaces[n]
-                for n in names}
-    grids = [scale_metric(metric, values(surfaces[n], metric)) for n in names]
-    if increase and log is not False and vmin is None:  # log levels of the rise above 0
-        top_value = max(float(np.nanmax(g)) for g in grids)
-        vmin, log = max(top_value * INCREASE_RANGE, 1e-12), True
-    lv, norm = color_scale(grids, levels=levels, vmin=vmin, vmax=vmax, log=log)
-    n_top = 3 if relative and study.table else 2
-    n = len(names)
-    bottom_h = min(3.3, (DOUBLE_COLUMN - 1.3) / n + 0.75)
+    if not study.names:
+        raise LandscapeError(f"{study.path}: the study holds no recipe")
+    if not metric.endswith("_loss"):
+        raise LandscapeError(f"the comparison figure draws a loss (train_loss, ...), got "
+                             f"{metric!r}")
+    sweep = is_sweep(study)
+    look = looks(study)
+    measures = sharpness_measures(study)
+    sf = _surfaces(study, metric, increase, levels, vmin, vmax, log) \
+        if surface_recipes(study) else None
+    n_cols = 4
+    n_rows = max(1, -(-len(measures) // n_cols))
+    heights = [2.6, 1.5 * n_rows, 2.0 if sf else 0.01]
+    first_surface = 2 + len(measures)
     with house_style():
-        fig = Figure(figsize=(DOUBLE_COLUMN, 2.45 + bottom_h))
-        top, bottom = fig.subfigures(2, 1, height_ratios=[2.45, bottom_h])
-        ax_top = top.subplots(1, n_top, width_ratios=[1.0, 1.0, 0.9][:n_top])
-        plot_curve({m: study.curves[m] for m in names}, ax_top[0], accuracy=False,
-                   colors=[colors_of[m] for m in names], legend=False)
-        _interpolation_panel(ax_top[1], study, colors_of)
-        if n_top == 3:
-            _relative_panel(ax_top[2], study, colors_of)
-        for i, ax in enumerate(ax_top):
-            _letter(ax, chr(ord("a") + i))
-        handles = [Line2D([], [], color=colors_of[m], lw=2.5, label=m) for m in names]
-        handles += [Line2D([], [], color="0.3", ls=SPLIT_STYLE[sp], label=sp)
-                    for sp in ("train", "test")]
-        top.legend(handles=handles, loc="outside upper center", ncols=len(handles))
-        axes = np.atleast_1d(bottom.subplots(1, n, sharex=True, sharey=True))
-        for i, (ax, name) in enumerate(zip(axes, names)):
-            plot_contour(surfaces[name], ax, metric=metric, levels=lv, norm=norm,
-                         colorbar=False)
-            ax.set_title(name, color=colors_of[name])
-            _letter(ax, chr(ord("a") + n_top + i))
-            ax.xaxis.set_major_locator(MaxNLocator(5))
-            ax.yaxis.set_major_locator(MaxNLocator(5))
-            if i:
-                ax.set_ylabel("")
-        label = metric_label(metric, study.surfaces[names[0]].attrs.get("loss"))
-        if increase:
-            label = label.replace(" (", " increase over the centre (", 1)
-        add_colorbar(bottom, list(axes), _first_contour(axes), label)
+        fig = Figure(figsize=(DOUBLE_COLUMN, sum(heights)), layout="constrained")
+        top, mid, bottom = fig.subfigures(3, 1, height_ratios=heights)
+        left, right = top.subfigures(1, 2, width_ratios=[TEXT_SHARE, 1 - TEXT_SHARE])
+        ax_text, ax_curve = left.subplots(), right.subplots()
+        _controls_panel(ax_text, study, _plotted(study, measures, sf, sweep, increase),
+                        DOUBLE_COLUMN * TEXT_SHARE - 0.2)
+        ax_text.set_title("(a) Fairness controls", loc="left", fontweight="bold")
+        handles = _curve_panel(ax_curve, study, look, metric)
+        ax_curve.set_title("(b)", loc="left", fontweight="bold")
+        ax_curve.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.02, 1.0),
+                        fontsize=6, borderaxespad=0.0, handlelength=2.2)
+        if measures:
+            grid = np.atleast_2d(mid.subplots(n_rows, n_cols)).ravel()
+            shared = False
+            for i, (ax, m) in enumerate(zip(grid, measures)):
+                shared |= _measure_panel(ax, study, m, look, sweep)
+                ax.set_title(f"({chr(ord('a') + 2 + i)}) {REGISTRY[m].label}",
+                             loc="left", fontsize=7)
+            for ax in grid[len(measures):]:
+                ax.set_axis_off()
+            if shared and len(grid) > len(measures):
+                grid[-1].text(0.0, 0.5, f"Recipes sharing lr / B are\nspread by \u00d7{DODGE:g} "
+                              "in x.", transform=grid[-1].transAxes, fontsize=6,
+                              color="0.3", va="center")
+        if sf is not None:
+            _surface_panels(bottom, sf, look, metric, increase, first_surface)
     return fig
 
 
-def _increase(surface: Any, metric: str) -> Any:
-    """A copy of ``surface`` whose ``metric`` is its rise over the value at the centre
-    (the trained model), so minima at different loss levels compare by their shape."""
-    from dataclasses import replace
-
-    center = surface.attrs.get(f"center_{metric}")
-    if center is None:
-        raise LandscapeError(f"{surface.path}: no centre value of {metric!r} to subtract")
-    rise = values(surface, metric) - float(center)
-    return replace(surface, values={**surface.values, metric: np.maximum(rise, 0.0)})
+def _letters(first: int, n: int) -> str:
+    a = chr(ord("a") + first)
+    return f"({a})" if n == 1 else f"({a}-{chr(ord('a') + first + n - 1)})"
 
 
-def _first_contour(axes: Any) -> Any:
-    from matplotlib.contour import ContourSet
+def _plotted(study: Any, measures: Sequence[str], sf: _Surfaces | None, sweep: bool,
+             increase: bool) -> str:
+    """The "Plotted" item of the controls: what each panel draws, in the figure's words."""
+    rise_at = float(study.settings.get("rise_at", 0.5))
+    text = ("(b) rise of the training loss above each model's own centre value (its trained "
+            "weights), mean over seeds \u00d7 directions; band: interval over seeds of each "
+            f"seed's direction mean; the table's 1D rise is read at \u03b1 = \u00b1{rise_at:g}.")
+    if measures:
+        text += (f" {_letters(2, len(measures))} absolute values: mean, interval, seeds (dots)"
+                 + (" against lr / B; dashed: 2/lr, full-batch GD's top eigenvalue at the edge "
+                    "of stability (Cohen et al. 2021)" if sweep else "") + ".")
+    if sf is not None:
+        unit = "nats" if study.models[sf.names[0]][0].surface.attrs.get(
+            "loss", "cross_entropy") == "cross_entropy" else "MSE"
+        text += (f" {_letters(2 + len(measures), len(sf.names))} 2D "
+                 + ("rise above the centre" if increase else "loss")
+                 + f", mean over seeds; thin black: each seed's {sf.reference:g}-{unit} level"
+                 + ("; hatched: below the centre value" if sf.below else "") + ".")
+    return text
 
-    for ax in axes:
-        for artist in ax.get_children():
-            if isinstance(artist, ContourSet):
-                return artist
-    return None
 
-
-def shared_norm(fig: Figure) -> list[colors.Normalize]:
-    """The colour norms of the contour sets in ``fig`` (one per 2D panel), for checks."""
-    from matplotlib.contour import ContourSet
-
-    return [a.norm for ax in fig.axes for a in ax.get_children() if isinstance(a, ContourSet)]
-
-
-__all__ = ["plot_comparison", "shared_norm"]
+__all__ = ["Look", "control_items", "is_sweep", "looks", "nice_levels", "plot_comparison",
+           "pointwise_interval", "rise_per_seed", "sharpness_measures", "surface_grids",
+           "surface_recipes"]
