@@ -78,6 +78,7 @@ STUDY_MEASURES = ("top_eigenvalue", "hessian_trace", "epsilon_sharpness", "adapt
 OUTCOMES: tuple[tuple[str, str, str], ...] = (
     ("train_loss", "train loss", ".3g"),
     ("steps", "steps", ".0f"),
+    ("train_acc", "train acc. (%)", ".1f"),
     ("test_acc", "test acc. (%)", ".1f"),
     ("generalization_gap", "gap (pp)", ".2f"),
     ("test_loss", "test loss", ".3g"),
