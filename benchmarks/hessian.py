@@ -31,7 +31,9 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -241,6 +243,42 @@ def top_eigenvalues(model: torch.nn.Module, x: Tensor, y: Tensor,
          "relative_errors": r[4], "notes": r[5]} for r in rows]}
 
 
+# ------------------------------------------------------------------------------------------
+def dense_hessian(obj: Objective, block: int = 256) -> Tensor:
+    """The full Hessian ``[P, P]`` (float64, on the CPU) from P HVPs with the unit vectors,
+    ``block`` per call. Memory ``P^2`` doubles (2.5 GB for the digits MLP)."""
+    P = obj.space.numel
+    H = torch.empty(P, P, dtype=torch.float64)
+    for start in range(0, P, block):
+        stop = min(start + block, P)
+        E = torch.zeros(stop - start, P, dtype=obj.dtype, device=obj.device)
+        E[torch.arange(stop - start), torch.arange(start, stop)] = 1
+        H[start:stop] = obj.hvp(obj.theta0, E, method="fwd_rev").double().cpu()
+    return H
+
+
+def exact_spectrum(model: torch.nn.Module, x: Tensor, y: Tensor, args: argparse.Namespace,
+                   ) -> dict[str, np.ndarray]:
+    """Diagonal and all eigenvalues of the float64 Hessian, cached in ``args.exact_cache``
+    (an ``.npz``) because the dense eigendecomposition takes minutes."""
+    if args.exact_cache and Path(args.exact_cache).exists():
+        with np.load(args.exact_cache) as f:
+            return dict(f)
+    obj = objective(model, x, y, args, "float64")
+    start = time.perf_counter()
+    H = dense_hessian(obj)
+    built = time.perf_counter() - start
+    out = {"diagonal": H.diagonal().numpy().copy(),
+           "asymmetry": np.array(float((H - H.T).abs().max()))}
+    out["eigenvalues"] = torch.linalg.eigvalsh(H).numpy()  # lower triangle
+    print(f"dense float64 Hessian: {obj.space.numel} HVPs in {built:.1f} s, eigvalsh in "
+          f"{time.perf_counter() - start - built:.1f} s; trace {out['diagonal'].sum():.10g}, "
+          f"largest {out['eigenvalues'][-5:][::-1]}, max |H - H^T| {out['asymmetry']:.2e}")
+    if args.exact_cache:
+        np.savez(args.exact_cache, **out)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="resnet56")
@@ -267,6 +305,8 @@ def main() -> None:
                              "measures errors below the float32 HVP error)")
     parser.add_argument("--parts", default="hvp,eigen")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--exact-cache", default=None,
+                        help="an .npz caching the dense float64 Hessian's diagonal and spectrum")
     parser.add_argument("--json", default=None, help="also write the results to this file")
     args = parser.parse_args()
     sys.stdout.reconfigure(line_buffering=True)  # progress of long runs shows up in logs
@@ -280,6 +320,8 @@ def main() -> None:
             "torch": torch.__version__, "threads": torch.get_num_threads()}
     results: dict = {"info": info}
     parts = args.parts.split(",")
+    if "exact" in parts:
+        exact_spectrum(model, x, y, args)
     if "hvp" in parts:
         results["hvp"] = hvp_cost(model, x, y, args)
     if "eigen" in parts:
