@@ -6,7 +6,7 @@ a Hutch++ stage, all SLQ probes of a step, a Lanczos block). Small projected pro
 float64 on the CPU; vectors stay on the operator's device and in its dtype.
 
 - :func:`orthogonalize`: the one (block, two-pass) Gram-Schmidt of this module.
-- :func:`converged`: the one convergence test of a Ritz pair.
+- :func:`convergence`: the one convergence test of Ritz pairs.
 - :func:`lanczos`: thick-restart (block) Lanczos with full reorthogonalization for the
   largest and/or smallest eigenvalues (Lanczos 1950; Wu and Simon 2000, "Thick-restart
   Lanczos method for large symmetric eigenvalue problems"), optionally warm-started.
@@ -137,9 +137,20 @@ def rounding_floor(dtype: torch.dtype, scale: float) -> float:
     return 100 * torch.finfo(dtype).eps * max(scale, _TINY)
 
 
-def converged(residuals: Tensor, values: Tensor, tol: float, floor: float = 0.0) -> Tensor:
-    """Ritz pairs with ``||A v - lambda v|| <= max(tol |lambda|, floor)`` (float64 inputs)."""
-    return residuals <= torch.clamp(tol * values.abs(), min=floor)
+def convergence(residuals: Tensor, values: Tensor, tol: float, floor: float = 0.0,
+                ) -> tuple[Tensor, Tensor]:
+    """The one convergence test of Ritz pairs (float64 inputs): ``(converged, at_floor)``.
+
+    ``converged``: ``||A v - lambda v|| <= tol |lambda|`` with ``tol |lambda|`` at or above
+    ``floor`` (below the rounding floor of the working precision a residual is not resolved,
+    so it cannot show convergence). ``at_floor``: not converged, but the residual is at most
+    ``max(tol |lambda|, floor)``: more iterations cannot help, a higher precision can.
+    Iterations stop when every wanted pair is one or the other.
+    """
+    target = tol * values.abs()
+    done = residuals <= torch.clamp(target, min=floor)
+    ok = done & (target >= floor)
+    return ok, done & ~ok
 
 
 # ------------------------------------------------------------------------------------------
@@ -192,7 +203,7 @@ def lanczos(op: Operator, n: int, k_largest: int = 1, k_smallest: int = 0, *,
     ``max(40, 4k, k + 8 block_size)``), the basis is replaced by Ritz vectors from the
     wanted ends. After an invariant subspace, fresh random directions are grown ``k`` more
     steps before stopping, so repeated eigenvalues and null spaces show. Stops when every
-    wanted pair satisfies :func:`converged` with ``tol`` (or the rounding floor), or after
+    wanted pair passes :func:`convergence` (converged, or at the rounding floor), or after
     ``max_matvecs`` products. ``v0[b, n]`` (or ``[n]``): the start block (a warm start, e.g.
     the previous eigenvectors), completed with random rows up to ``block_size``; otherwise
     random from ``seed``. Memory: ``max_basis * n`` numbers.
@@ -271,7 +282,8 @@ def lanczos(op: Operator, n: int, k_largest: int = 1, k_smallest: int = 0, *,
             if m >= k_total and settled:
                 wanted = _wanted(m, k_largest, k_smallest)
                 floor = rounding_floor(dtype, float(theta.abs().max()))
-                if bool(converged(res[wanted], theta[wanted], tol, floor).all()):
+                ok, at_floor = convergence(res[wanted], theta[wanted], tol, floor)
+                if bool((ok | at_floor).all()):
                     break
     finally:
         bar.close()
@@ -283,10 +295,8 @@ def lanczos(op: Operator, n: int, k_largest: int = 1, k_smallest: int = 0, *,
     vectors = U[:, wanted].T.to(device, dtype) @ V[:m]
     vectors = vectors / torch.linalg.vector_norm(vectors, dim=1, keepdim=True)
     values, res = theta[wanted], res[wanted]
-    strict = converged(res, values, tol)
-    floor = rounding_floor(dtype, float(theta.abs().max()))
-    at_floor = converged(res, values, tol, floor) & ~strict
-    return Eigenpairs(values, vectors, res, strict, at_floor, used, restarts)
+    ok, at_floor = convergence(res, values, tol, rounding_floor(dtype, float(theta.abs().max())))
+    return Eigenpairs(values, vectors, res, ok, at_floor, used, restarts)
 
 
 # ------------------------------------------------------------------------------------------

@@ -578,3 +578,74 @@ def test_lanczos_continues_past_an_invariant_subspace_to_repeated_eigenvalues() 
     pairs = lanczos(lambda v: v @ h, n, 1, 2, tol=1e-8, max_matvecs=500, max_basis=500)
     torch.testing.assert_close(pairs.values, torch.tensor([5.0, -3.0, -3.0], dtype=torch.float64))
     assert bool(pairs.converged.all())
+
+
+# ------------------------------------------------------------------------------------------
+# honest values: what missed its tolerance says so in the JSON, the file and on stderr
+def _run_hessian(run_dir: Path) -> tuple[Tensor, Tensor, Tensor]:
+    """The exact Hessian of a run's mean train loss, its eigenvalues, and the flat point."""
+    from landscape.train import load_run
+
+    run = load_run(run_dir)
+    model = run.model.double().eval()
+    x, y = run.data.split("train")
+    loss, _ = _loss_fn(model, x.double(), y)
+    theta = parameters_to_vector(model.parameters()).detach()
+    H = hessian(loss)(theta)
+    return H, torch.linalg.eigvalsh(H), theta
+
+
+def test_a_trace_stopped_at_max_probes_above_rtol_says_so(run_dir: Path, tmp_path: Path,
+                                                          ) -> None:
+    out = tmp_path / "t.h5"
+    result = CliRunner().invoke(main, [
+        "hessian", "--run", str(run_dir), "--top", "1", "--bottom", "0", "--trace",
+        "--trace-method", "hutchinson", "--trace-rtol", "1e-6", "--max-probes", "12",
+        "--precision", "float64", "--device", "cpu", "--out", str(out), "--json"])
+    assert result.exit_code == 0, result.output
+    trace = json.loads(result.stdout)["trace"]
+    assert trace["n_probes"] == 12 and trace["converged"] is False
+    with h5py.File(out) as f:
+        samples = f["trace/samples"][()]
+        assert not f["trace"].attrs["converged"]
+    # independently: the standard error of the stored samples is above the tolerance
+    assert samples.std(ddof=1) / np.sqrt(12) > 1e-6 * abs(samples.mean())
+    assert "trace" in result.stderr and "not converged" in result.stderr
+    H, _, _ = _run_hessian(run_dir)
+    assert abs(trace["estimate"] - float(torch.trace(H))) < 5 * trace["stderr"]
+    # within its tolerance: no flag, no warning
+    ok = CliRunner().invoke(main, [
+        "hessian", "--run", str(run_dir), "--top", "0", "--bottom", "0", "--trace",
+        "--trace-method", "hutchinson", "--trace-rtol", "0.5", "--max-probes", "40",
+        "--precision", "float64", "--device", "cpu", "--out", str(tmp_path / "ok.h5"),
+        "--json"])
+    assert json.loads(ok.stdout)["trace"]["converged"] is True and "warn" not in ok.stderr
+
+
+def test_an_eigenvalue_above_tol_is_not_reported_converged(run_dir: Path, tmp_path: Path,
+                                                           ) -> None:
+    H, exact, _ = _run_hessian(run_dir)
+    for precision, extra, reason in (("float64", ["--max-iter", "4"], "--max-iter"),
+                                     ("float32", [], "rounding floor")):
+        out = tmp_path / f"{precision}.h5"
+        result = CliRunner().invoke(main, [
+            "hessian", "--run", str(run_dir), "--top", "2", "--bottom", "1", "--tol",
+            "1e-9", *extra, "--precision", precision, "--device", "cpu", "--out", str(out),
+            "--json"])
+        assert result.exit_code == 0, result.output
+        data = json.loads(result.stdout)
+        load = load_hessian(out, eigenvectors=True).eigen
+        V = load.eigenvectors.double()
+        true = (V @ H - load.eigenvalues[:, None] * V).norm(dim=1) / load.eigenvalues.abs()
+        flags = data["converged_top"] + data["converged_bottom"]
+        # a pair is reported converged exactly when its true residual is below tol
+        assert flags == (true <= 1e-9).tolist() == load.converged.tolist()
+        assert not all(flags)
+        assert len(data["warnings"]) == flags.count(False)
+        assert reason in result.stderr and "not converged" in result.stderr
+        with h5py.File(out) as f:
+            assert f["converged_top"][()].tolist() == data["converged_top"]
+            assert f["at_floor_bottom"][()].tolist() == data["at_floor_bottom"]
+    # the float32 bottom eigenvalue sits at the rounding floor: flagged, not converged
+    assert data["at_floor_bottom"] == [True] and data["converged_bottom"] == [False]
+    assert data["eigenvalues_bottom"][0] == pytest.approx(float(exact[0]), abs=1e-4)

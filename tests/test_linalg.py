@@ -58,11 +58,15 @@ def test_orthogonalize_gives_orthonormal_rows_that_reconstruct_the_block() -> No
     torch.testing.assert_close(C2, W @ basis.T, rtol=0, atol=1e-13)
 
 
-def test_converged_is_relative_to_lambda_with_an_absolute_floor() -> None:
-    res = torch.tensor([1e-7, 1e-7, 1e-3], dtype=torch.float64)
-    lam = torch.tensor([1.0, 1e-3, 10.0], dtype=torch.float64)
-    assert linalg.converged(res, lam, 1e-6).tolist() == [True, False, False]
-    assert linalg.converged(res, lam, 1e-6, floor=1e-6).tolist() == [True, True, False]
+def test_convergence_is_relative_to_lambda_and_never_below_the_rounding_floor() -> None:
+    res = torch.tensor([1e-7, 1e-7, 1e-3, 1e-9], dtype=torch.float64)
+    lam = torch.tensor([1.0, 1e-3, 10.0, 1e-3], dtype=torch.float64)
+    ok, floor = linalg.convergence(res, lam, 1e-6)
+    assert ok.tolist() == [True, False, False, True] and not bool(floor.any())
+    ok, floor = linalg.convergence(res, lam, 1e-6, floor=1e-6)
+    # tol |lambda| = 1e-9 is below the floor: a residual there is not resolved
+    assert ok.tolist() == [True, False, False, False]
+    assert floor.tolist() == [False, True, False, True]
     assert linalg.rounding_floor(torch.float32, 2.0) == pytest.approx(
         100 * 2.0 * torch.finfo(torch.float32).eps)
 

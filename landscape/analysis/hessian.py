@@ -375,9 +375,8 @@ def hessian_eigenvalues(objective: Objective, theta: Tensor | None = None, k: in
     if verify:
         resid = op(vectors) - values.to(op.device, op.dtype)[:, None] * vectors
         res = torch.linalg.vector_norm(resid.double(), dim=1).cpu()
-        conv = linalg.converged(res, values, tol)
-        floor = linalg.rounding_floor(op.dtype, float(values.abs().max()))
-        at_floor = linalg.converged(res, values, tol, floor) & ~conv
+        conv, at_floor = linalg.convergence(
+            res, values, tol, linalg.rounding_floor(op.dtype, float(values.abs().max())))
     denom = values.abs().clamp(min=float(torch.finfo(torch.float64).tiny))
     settings = {"k_largest": k_top, "k_smallest": k_bot, "tol": tol, "max_iter": max_iter,
                 "max_basis": max_basis, "seed": seed, "block_size": block_size,
