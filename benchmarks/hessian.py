@@ -30,7 +30,7 @@ import math
 import statistics
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -249,38 +249,48 @@ def top_eigenvalues(model: torch.nn.Module, x: Tensor, y: Tensor, args: argparse
 
 
 # ------------------------------------------------------------------------------------------
-def dense_hessian(obj: Objective, block: int = 256) -> Tensor:
-    """The full Hessian ``[P, P]`` (float64, on the CPU) from P HVPs with the unit vectors,
-    ``block`` per call. Memory ``P^2`` doubles (2.5 GB for the digits MLP)."""
+def hessian_rows(obj: Objective, block: int = 256) -> Iterator[tuple[int, Tensor]]:
+    """The rows of the Hessian (float64, on the CPU) from P HVPs with the unit vectors,
+    ``block`` rows at a time: ``(first row, rows[b, P])``."""
     P = obj.space.numel
-    H = torch.empty(P, P, dtype=torch.float64)
     for start in range(0, P, block):
         stop = min(start + block, P)
         E = torch.zeros(stop - start, P, dtype=obj.dtype, device=obj.device)
         E[torch.arange(stop - start), torch.arange(start, stop)] = 1
-        H[start:stop] = obj.hvp(obj.theta0, E, method="fwd_rev").double().cpu()
-    return H
+        yield start, obj.hvp(obj.theta0, E, method="fwd_rev").double().cpu()
 
 
 def exact_spectrum(model: torch.nn.Module, x: Tensor, y: Tensor, args: argparse.Namespace,
-                   ) -> dict[str, np.ndarray]:
-    """Diagonal and all eigenvalues of the float64 Hessian, cached in ``args.exact_cache``
-    (an ``.npz``) because the dense eigendecomposition takes minutes."""
-    if args.exact_cache and Path(args.exact_cache).exists():
-        with np.load(args.exact_cache) as f:
-            return dict(f)
+                   eigenvalues: bool) -> dict[str, np.ndarray]:
+    """The float64 Hessian's diagonal (``P`` HVPs) and, if asked, all its eigenvalues (a
+    dense ``P x P`` matrix, 2.5 GB for the digits MLP, and minutes of ``eigvalsh``); cached
+    in ``args.exact_cache`` (an ``.npz``)."""
+    cache = Path(args.exact_cache) if args.exact_cache else None
+    if cache and cache.exists():
+        with np.load(cache) as f:
+            out = dict(f)
+        if "eigenvalues" in out or not eigenvalues:
+            return out
     obj = objective(model, x, y, args, "float64")
+    P = obj.space.numel
     start = time.perf_counter()
-    H = dense_hessian(obj)
-    built = time.perf_counter() - start
-    out = {"diagonal": H.diagonal().numpy().copy(),
-           "asymmetry": np.array(float((H - H.T).abs().max()))}
-    out["eigenvalues"] = torch.linalg.eigvalsh(H).numpy()  # lower triangle
-    print(f"dense float64 Hessian: {obj.space.numel} HVPs in {built:.1f} s, eigvalsh in "
-          f"{time.perf_counter() - start - built:.1f} s; trace {out['diagonal'].sum():.10g}, "
-          f"largest {out['eigenvalues'][-5:][::-1]}, max |H - H^T| {out['asymmetry']:.2e}")
-    if args.exact_cache:
-        np.savez(args.exact_cache, **out)
+    H = torch.empty(P, P, dtype=torch.float64) if eigenvalues else None
+    diagonal = torch.empty(P, dtype=torch.float64)
+    for first, rows in hessian_rows(obj):
+        diagonal[first : first + rows.shape[0]] = rows.diagonal(offset=first)
+        if H is not None:
+            H[first : first + rows.shape[0]] = rows
+    out = {"diagonal": diagonal.numpy()}
+    print(f"float64 Hessian rows: {P} HVPs in {time.perf_counter() - start:.1f} s; trace "
+          f"{diagonal.sum():.10g}")
+    if H is not None:
+        start = time.perf_counter()
+        out["asymmetry"] = np.array(float((H - H.T).abs().max()))
+        out["eigenvalues"] = torch.linalg.eigvalsh(H).numpy()  # lower triangle
+        print(f"eigvalsh in {time.perf_counter() - start:.1f} s; largest "
+              f"{out['eigenvalues'][-5:][::-1]}, max |H - H^T| {out['asymmetry']:.2e}")
+    if cache:
+        np.savez(cache, **out)
     return out
 
 
@@ -365,8 +375,9 @@ def main() -> None:
     results: dict = {"info": info}
     parts = args.parts.split(",")
     exact = None
-    if {"exact", "trace"} & set(parts) or args.exact_cache:
-        exact = exact_spectrum(model, x, y, args)
+    if {"exact", "trace"} & set(parts) or (args.exact_cache and "eigen" in parts):
+        exact = exact_spectrum(model, x, y, args, eigenvalues="exact" in parts
+                               or "eigen" in parts)
     if "trace" in parts:
         results["trace"] = trace_table(model, x, y, args, exact)
     if "hvp" in parts:

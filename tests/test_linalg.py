@@ -33,7 +33,8 @@ class Counted:
         return V @ self.A.to(V.dtype)
 
 
-SPECTRUM = torch.cat([torch.tensor([30.0, 12.0, 7.0, 5.0]), torch.linspace(-2.0, 3.0, 116)]).double()
+SPECTRUM = torch.cat([torch.tensor([30.0, 12.0, 7.0, 5.0]),
+                      torch.linspace(-2.0, 3.0, 116)]).double()
 
 
 # ------------------------------------------------------------------------------------------
@@ -92,7 +93,8 @@ def test_lanczos_largest_smallest_and_both_ends_match_the_known_spectrum() -> No
 
 
 def test_block_lanczos_finds_a_repeated_eigenvalue_with_its_multiplicity() -> None:
-    spectrum = torch.cat([torch.tensor([9.0, 9.0, 9.0, 4.0]), torch.linspace(0.0, 2.0, 56)]).double()
+    spectrum = torch.cat([torch.tensor([9.0, 9.0, 9.0, 4.0]),
+                          torch.linspace(0.0, 2.0, 56)]).double()
     op = Counted(_matrix(spectrum, seed=1))
     res = linalg.lanczos(op, 60, 4, 0, tol=1e-10, block_size=3)
     torch.testing.assert_close(res.values, torch.tensor([9.0, 9.0, 9.0, 4.0],

@@ -55,6 +55,9 @@ from landscape.progress import progress
 OPERATORS = ("hessian", "ggn")
 WHICH = ("largest", "smallest", "both")
 TRACE_METHODS = ("hutchinson", "hutch++")
+# the default HVP budget (max_probes) of each trace method in analyze_hessian and the CLI:
+# Hutch++'s is chosen by the error-per-HVP table in benchmarks/README.md
+TRACE_BUDGET = {"hutch++": 150, "hutchinson": 1000}
 
 __all__ = [
     "EigenResult", "TraceResult", "DensityResult", "CurvatureMap", "HessianReport",
@@ -723,8 +726,9 @@ def analyze_hessian(objective: Objective, theta: Tensor | None = None, *, top: i
                     bottom: int = 1, trace: bool = False, density: bool = False,
                     tol: float = 1e-6, max_iter: int = 1000, seed: int = 0,
                     operator: str = "hessian", params: str | None = None, block_size: int = 1,
-                    verify: bool = False, trace_method: str = "hutchinson",
-                    trace_rtol: float = 1e-2, max_probes: int = 1000, density_probes: int = 10,
+                    verify: bool = False, trace_method: str = "hutch++",
+                    trace_rtol: float = 1e-2, max_probes: int | None = None,
+                    density_probes: int = 10,
                     density_steps: int = 80, sigma: float = 0.01, grid_size: int = 1000,
                     eigenvectors: bool = True, out: str | Path | None = None,
                     overwrite: bool = False, settings: dict[str, Any] | None = None,
@@ -747,6 +751,10 @@ def analyze_hessian(objective: Objective, theta: Tensor | None = None, *, top: i
                     "eigenvectors": eigenvectors, **objective.settings(),
                     "hvp_method": objective.hvp_method}
     if trace:
+        if max_probes is None:
+            if trace_method not in TRACE_BUDGET:
+                raise unknown_name("trace method", trace_method, TRACE_METHODS)
+            max_probes = TRACE_BUDGET[trace_method]
         all_settings.update(trace_method=trace_method, trace_rtol=trace_rtol,
                             max_probes=max_probes)
     if density:
