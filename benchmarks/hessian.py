@@ -1,6 +1,6 @@
 """Hessian benchmarks: the cost of one HVP, and top-5 eigenvalues by Lanczos vs power iteration.
 
-Two parts, measured side by side in one process on one model and one data set:
+Parts (``--parts``), measured side by side in one process on one model and one data set:
 
 1. HVP cost: one forward+backward pass over the data (``Objective.loss_and_grad``) against one
    Hessian-vector product by forward-over-reverse (``torch.func.jvp`` of ``grad``) and by
@@ -14,12 +14,21 @@ Two parts, measured side by side in one process on one model and one data set:
    ``top_n=5``, at most ``maxIter=100`` HVPs per eigenvalue, stopping when the Rayleigh
    quotient changes by less than ``tol=1e-3`` relative (``|new - old| / (|old| + 1e-6)``),
    each new vector orthogonalized against the eigenvectors already found (then normalized)
-   before every product. Each method's HVP count and its error against a tightly converged
-   Lanczos run (the reference) are printed in a table.
+   before every product. Each method's HVP count and its error against the reference are
+   printed in a table: the dense float64 eigendecomposition when ``--exact-cache`` is given
+   (part ``exact``), else a tightly converged Lanczos run.
+3. ``exact``: the float64 Hessian from P HVPs with the unit vectors (its diagonal, and all
+   its eigenvalues by a dense ``eigvalsh``), cached in ``--exact-cache``.
+4. ``trace``: the relative error of Hutchinson and Hutch++ against the exact trace at several
+   HVP budgets (``--trace-budgets``) over ``--trace-seeds`` seeds, the methods interleaved;
+   and Hutchinson to a 1% standard error (the former ``landscape hessian --trace`` default).
 
 Defaults are the GPU case of issue 4 (ResNet-56 on 10,000 CIFAR-shaped random images, float32,
 batches of 1,000). CPU check: ``python benchmarks/hessian.py --model mlp --dataset digits
---n 512 --device cpu`` or ``--model resnet20 --n 256 --batch-size 256 --device cpu``.
+--n 512 --device cpu`` or ``--model resnet20 --n 256 --batch-size 256 --device cpu``. The
+trace table and the float64 reference of the default digits MLP (``landscape train``
+defaults, P = 17,610): ``--run RUN --n 100000 --device cpu --parts trace,eigen --exact-cache
+exact.npz`` (the dense eigendecomposition takes minutes and 5 GB).
 """
 
 from __future__ import annotations
@@ -234,7 +243,7 @@ def top_eigenvalues(model: torch.nn.Module, x: Tensor, y: Tensor, args: argparse
     err = ((ordered - exact).abs() / exact.abs()).tolist()
     rows.append(("power iteration (PyHessian)", n_hvp, time.perf_counter() - start, values,
                  err, "top_n=5, tol 1e-3, maxIter 100"))
-    print(f"\nTop-{k} eigenvalues: {args.model}, {obj.n} samples, {obj.space.numel:,} "
+    print(f"\nTop-{k} eigenvalues: {args.run or args.model}, {obj.n} samples, {obj.space.numel:,} "
           f"parameters, {args.precision}, {args.hvp_method} HVPs, {device}")
     print(f"reference eigenvalues: {', '.join(f'{v:.6g}' for v in exact.tolist())}")
     print(f"{'method':30s} {'HVPs':>6s} {'seconds':>9s} {'max rel err':>12s} "
@@ -306,12 +315,12 @@ def trace_table(model: torch.nn.Module, x: Tensor, y: Tensor, args: argparse.Nam
     for seed in range(args.trace_seeds):
         for budget in args.trace_budgets:
             for method in ("hutchinson", "hutch++"):
-                t = hessian_trace(obj, method, rtol=1e-12, max_probes=budget,
+                t = hessian_trace(obj, method=method, rtol=1e-12, max_probes=budget,
                                   min_probes=budget, seed=seed)
                 errors.setdefault((method, budget), []).append(abs(t.estimate - true) / true)
                 hvps.setdefault((method, budget), []).append(t.n_hvp)
     for seed in range(args.trace_default_seeds):
-        t = hessian_trace(obj, "hutchinson", rtol=1e-2, max_probes=2000, seed=seed)
+        t = hessian_trace(obj, method="hutchinson", rtol=1e-2, max_probes=2000, seed=seed)
         errors.setdefault(("hutchinson rtol 1e-2", 0), []).append(abs(t.estimate - true) / true)
         hvps.setdefault(("hutchinson rtol 1e-2", 0), []).append(t.n_hvp)
     print(f"\nTrace: exact {true:.8g} (float64 diagonal), {obj.space.numel:,} parameters, "
