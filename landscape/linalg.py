@@ -451,7 +451,7 @@ def _gauss(alpha: Tensor, beta: Tensor, m: int) -> tuple[Tensor, Tensor]:
 
 
 def slq(op: Operator, n: int, n_probes: int = 10, n_steps: int = 80, *, seed: int = 0,
-        kind: str = "rademacher", block_size: int = 8, dtype: torch.dtype = torch.float64,
+        kind: str = "rademacher", block_size: int = 10, dtype: torch.dtype = torch.float64,
         device: torch.device | str = "cpu", split: Split | None = None) -> Quadrature:
     """Stochastic Lanczos quadrature: for each normalized probe, ``min(n_steps, n)`` Lanczos
     steps give a Gauss quadrature (nodes: Ritz values; weights: squared first components of

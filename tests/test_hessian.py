@@ -649,3 +649,17 @@ def test_an_eigenvalue_above_tol_is_not_reported_converged(run_dir: Path, tmp_pa
     # the float32 bottom eigenvalue sits at the rounding floor: flagged, not converged
     assert data["at_floor_bottom"] == [True] and data["converged_bottom"] == [False]
     assert data["eigenvalues_bottom"][0] == pytest.approx(float(exact[0]), abs=1e-4)
+
+
+def test_cli_default_trace_is_hutchpp_with_150_hvps_near_the_exact_trace(run_dir: Path,
+                                                                        tmp_path: Path) -> None:
+    result = CliRunner().invoke(main, [
+        "hessian", "--run", str(run_dir), "--top", "0", "--bottom", "0", "--trace",
+        "--precision", "float64", "--device", "cpu", "--out", str(tmp_path / "d.h5"), "--json"])
+    assert result.exit_code == 0, result.output
+    trace = json.loads(result.stdout)["trace"]
+    assert trace["method"] == "hutch++" and trace["n_hvp"] == 150
+    H, _, _ = _run_hessian(run_dir)
+    exact = float(torch.trace(H))
+    assert abs(trace["estimate"] - exact) <= 4 * trace["stderr"]
+    assert abs(trace["estimate"] - exact) <= 0.05 * abs(exact)

@@ -398,7 +398,7 @@ def hessian_eigenvalues(objective: Objective, theta: Tensor | None = None, k: in
 def hessian_trace(objective: Objective, theta: Tensor | None = None, method: str = "hutchinson",
                   *, rtol: float = 1e-2, max_probes: int = 1000, min_probes: int | None = None,
                   seed: int = 0, operator: str = "hessian", params: str | Tensor | None = None,
-                  block_size: int = 8, check_every: int = 10) -> TraceResult:
+                  block_size: int = 10, check_every: int = 10) -> TraceResult:
     """Trace of the Hessian (or GGN) by randomized probing with Rademacher probes.
 
     ``"hutchinson"`` (:func:`landscape.linalg.hutchinson`): rounds of ``check_every``
@@ -411,7 +411,8 @@ def hessian_trace(objective: Objective, theta: Tensor | None = None, method: str
     unbiased for every sketch). Far fewer HVPs than Hutchinson for the same error on a
     decaying spectrum (the table in ``benchmarks/README.md``).
     Either way ``converged`` says whether ``stderr <= rtol |estimate|``. Cost: ``n_hvp``
-    HVPs, ``block_size`` vectors per data pass.
+    HVPs, handed to the engine in blocks of up to ``block_size`` vectors (a Hutchinson round
+    of ``check_every`` probes, a Hutch++ stage), which share each data pass.
     """
     if method not in TRACE_METHODS:
         raise unknown_name("trace method", method, TRACE_METHODS)
@@ -443,7 +444,7 @@ def hessian_trace(objective: Objective, theta: Tensor | None = None, method: str
 def spectral_density(objective: Objective, theta: Tensor | None = None, *, n_probes: int = 10,
                      n_steps: int = 80, sigma: float = 0.01, grid_size: int = 1000,
                      seed: int = 0, operator: str = "hessian",
-                     params: str | Tensor | None = None, block_size: int = 8) -> DensityResult:
+                     params: str | Tensor | None = None, block_size: int = 10) -> DensityResult:
     """Eigenvalue density of the Hessian (or GGN) by stochastic Lanczos quadrature.
 
     :func:`landscape.linalg.slq` with ``n_probes`` normalized Rademacher probes and
