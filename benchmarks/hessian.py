@@ -1,6 +1,6 @@
 """Hessian benchmarks: the cost of one HVP, and top-5 eigenvalues by Lanczos vs power iteration.
 
-Two parts, measured side by side in one process on one model and one data set:
+Parts (``--parts``), measured side by side in one process on one model and one data set:
 
 1. HVP cost: one forward+backward pass over the data (``Objective.loss_and_grad``) against one
    Hessian-vector product by forward-over-reverse (``torch.func.jvp`` of ``grad``) and by
@@ -14,12 +14,21 @@ Two parts, measured side by side in one process on one model and one data set:
    ``top_n=5``, at most ``maxIter=100`` HVPs per eigenvalue, stopping when the Rayleigh
    quotient changes by less than ``tol=1e-3`` relative (``|new - old| / (|old| + 1e-6)``),
    each new vector orthogonalized against the eigenvectors already found (then normalized)
-   before every product. Each method's HVP count and its error against a tightly converged
-   Lanczos run (the reference) are printed in a table.
+   before every product. Each method's HVP count and its error against the reference are
+   printed in a table: the dense float64 eigendecomposition when ``--exact-cache`` is given
+   (part ``exact``), else a tightly converged Lanczos run.
+3. ``exact``: the float64 Hessian from P HVPs with the unit vectors (its diagonal, and all
+   its eigenvalues by a dense ``eigvalsh``), cached in ``--exact-cache``.
+4. ``trace``: the relative error of Hutchinson and Hutch++ against the exact trace at several
+   HVP budgets (``--trace-budgets``) over ``--trace-seeds`` seeds, the methods interleaved;
+   and Hutchinson to a 1% standard error (the former ``landscape hessian --trace`` default).
 
 Defaults are the GPU case of issue 4 (ResNet-56 on 10,000 CIFAR-shaped random images, float32,
 batches of 1,000). CPU check: ``python benchmarks/hessian.py --model mlp --dataset digits
---n 512 --device cpu`` or ``--model resnet20 --n 256 --batch-size 256 --device cpu``.
+--n 512 --device cpu`` or ``--model resnet20 --n 256 --batch-size 256 --device cpu``. The
+trace table and the float64 reference of the default digits MLP (``landscape train``
+defaults, P = 17,610): ``--run RUN --n 100000 --device cpu --parts trace,eigen --exact-cache
+exact.npz`` (the dense eigendecomposition takes minutes and 5 GB).
 """
 
 from __future__ import annotations
@@ -30,12 +39,14 @@ import math
 import statistics
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
+import numpy as np
 import torch
 from torch import Tensor
 
-from landscape.analysis.hessian import hessian_eigenvalues
+from landscape.analysis.hessian import hessian_eigenvalues, hessian_trace
 from landscape.models import build_model
 from landscape.objective import Objective, resolve_device
 
@@ -193,23 +204,28 @@ def pyhessian_power_iteration(obj: Objective, top_n: int, max_iter: int, tol: fl
     return found_values, n_hvp
 
 
-def top_eigenvalues(model: torch.nn.Module, x: Tensor, y: Tensor,
-                    args: argparse.Namespace) -> dict:
+def top_eigenvalues(model: torch.nn.Module, x: Tensor, y: Tensor, args: argparse.Namespace,
+                    exact: dict[str, np.ndarray] | None = None) -> dict:
+    """Lanczos at ``args.tols`` and PyHessian's power iteration against the reference: the
+    dense float64 eigendecomposition when ``exact`` is given, else a tight Lanczos."""
     device = resolve_device(args.device)
     obj = objective(model, x, y, args, args.precision, args.hvp_method)
     k = PYHESSIAN["top_n"]
-    ref_obj = obj
-    if args.reference_precision and args.reference_precision != args.precision:
-        ref_obj = objective(model, x, y, args, args.reference_precision, args.hvp_method)
-    start = time.perf_counter()
-    ref = hessian_eigenvalues(ref_obj, k=k, tol=args.reference_tol,
-                              max_iter=args.reference_max_iter, seed=args.seed + 100)
-    sync(device)
-    ref_seconds = time.perf_counter() - start
-    exact = ref.eigenvalues
-    rows = [("reference Lanczos", ref.n_hvp, ref_seconds, ref.eigenvalues.tolist(), None,
-             f"{ref_obj.precision}, tol {args.reference_tol:g}, residuals <= "
-             f"{float(ref.residuals.max()):.1e}")]
+    if exact is not None:
+        exact = torch.from_numpy(exact["eigenvalues"][-k:][::-1].copy())
+        rows = [("dense float64 eigvalsh", 0, 0.0, exact.tolist(), None, "the reference")]
+    else:
+        ref_obj = obj
+        if args.reference_precision and args.reference_precision != args.precision:
+            ref_obj = objective(model, x, y, args, args.reference_precision, args.hvp_method)
+        start = time.perf_counter()
+        ref = hessian_eigenvalues(ref_obj, k=k, tol=args.reference_tol,
+                                  max_iter=args.reference_max_iter, seed=args.seed + 100)
+        sync(device)
+        exact = ref.eigenvalues
+        rows = [("reference Lanczos", ref.n_hvp, time.perf_counter() - start,
+                 ref.eigenvalues.tolist(), None, f"{ref_obj.precision}, tol "
+                 f"{args.reference_tol:g}, residuals <= {float(ref.residuals.max()):.1e}")]
     for tol in args.tols:
         start = time.perf_counter()
         res = hessian_eigenvalues(obj, k=k, tol=tol, seed=args.seed)
@@ -227,7 +243,7 @@ def top_eigenvalues(model: torch.nn.Module, x: Tensor, y: Tensor,
     err = ((ordered - exact).abs() / exact.abs()).tolist()
     rows.append(("power iteration (PyHessian)", n_hvp, time.perf_counter() - start, values,
                  err, "top_n=5, tol 1e-3, maxIter 100"))
-    print(f"\nTop-{k} eigenvalues: {args.model}, {obj.n} samples, {obj.space.numel:,} "
+    print(f"\nTop-{k} eigenvalues: {args.run or args.model}, {obj.n} samples, {obj.space.numel:,} "
           f"parameters, {args.precision}, {args.hvp_method} HVPs, {device}")
     print(f"reference eigenvalues: {', '.join(f'{v:.6g}' for v in exact.tolist())}")
     print(f"{'method':30s} {'HVPs':>6s} {'seconds':>9s} {'max rel err':>12s} "
@@ -239,6 +255,85 @@ def top_eigenvalues(model: torch.nn.Module, x: Tensor, y: Tensor,
     return {"reference": exact.tolist(), "rows": [
         {"method": r[0], "n_hvp": r[1], "seconds": r[2], "eigenvalues": r[3],
          "relative_errors": r[4], "notes": r[5]} for r in rows]}
+
+
+# ------------------------------------------------------------------------------------------
+def hessian_rows(obj: Objective, block: int = 256) -> Iterator[tuple[int, Tensor]]:
+    """The rows of the Hessian (float64, on the CPU) from P HVPs with the unit vectors,
+    ``block`` rows at a time: ``(first row, rows[b, P])``."""
+    P = obj.space.numel
+    for start in range(0, P, block):
+        stop = min(start + block, P)
+        E = torch.zeros(stop - start, P, dtype=obj.dtype, device=obj.device)
+        E[torch.arange(stop - start), torch.arange(start, stop)] = 1
+        yield start, obj.hvp(obj.theta0, E, method="fwd_rev").double().cpu()
+
+
+def exact_spectrum(model: torch.nn.Module, x: Tensor, y: Tensor, args: argparse.Namespace,
+                   eigenvalues: bool) -> dict[str, np.ndarray]:
+    """The float64 Hessian's diagonal (``P`` HVPs) and, if asked, all its eigenvalues (a
+    dense ``P x P`` matrix, 2.5 GB for the digits MLP, and minutes of ``eigvalsh``); cached
+    in ``args.exact_cache`` (an ``.npz``)."""
+    cache = Path(args.exact_cache) if args.exact_cache else None
+    if cache and cache.exists():
+        with np.load(cache) as f:
+            out = dict(f)
+        if "eigenvalues" in out or not eigenvalues:
+            return out
+    obj = objective(model, x, y, args, "float64")
+    P = obj.space.numel
+    start = time.perf_counter()
+    H = torch.empty(P, P, dtype=torch.float64) if eigenvalues else None
+    diagonal = torch.empty(P, dtype=torch.float64)
+    for first, rows in hessian_rows(obj):
+        diagonal[first : first + rows.shape[0]] = rows.diagonal(offset=first)
+        if H is not None:
+            H[first : first + rows.shape[0]] = rows
+    out = {"diagonal": diagonal.numpy()}
+    print(f"float64 Hessian rows: {P} HVPs in {time.perf_counter() - start:.1f} s; trace "
+          f"{diagonal.sum():.10g}")
+    if H is not None:
+        start = time.perf_counter()
+        out["asymmetry"] = np.array(float((H - H.T).abs().max()))
+        out["eigenvalues"] = torch.linalg.eigvalsh(H).numpy()  # lower triangle
+        print(f"eigvalsh in {time.perf_counter() - start:.1f} s; largest "
+              f"{out['eigenvalues'][-5:][::-1]}, max |H - H^T| {out['asymmetry']:.2e}")
+    if cache:
+        np.savez(cache, **out)
+    return out
+
+
+def trace_table(model: torch.nn.Module, x: Tensor, y: Tensor, args: argparse.Namespace,
+                exact: dict[str, np.ndarray]) -> dict:
+    """Relative error of Hutchinson and Hutch++ against the exact trace (the float64
+    Hessian's diagonal), per HVP budget, over ``args.trace_seeds`` seeds each; the methods
+    interleaved seed by seed. Also the former CLI default (Hutchinson to 1% standard error)."""
+    obj = objective(model, x, y, args, args.precision, "double_backward")
+    true = float(exact["diagonal"].sum())
+    errors: dict[tuple[str, int], list[float]] = {}
+    hvps: dict[tuple[str, int], list[int]] = {}
+    for seed in range(args.trace_seeds):
+        for budget in args.trace_budgets:
+            for method in ("hutchinson", "hutch++"):
+                t = hessian_trace(obj, method=method, rtol=1e-12, max_probes=budget,
+                                  min_probes=budget, seed=seed)
+                errors.setdefault((method, budget), []).append(abs(t.estimate - true) / true)
+                hvps.setdefault((method, budget), []).append(t.n_hvp)
+    for seed in range(args.trace_default_seeds):
+        t = hessian_trace(obj, method="hutchinson", rtol=1e-2, max_probes=2000, seed=seed)
+        errors.setdefault(("hutchinson rtol 1e-2", 0), []).append(abs(t.estimate - true) / true)
+        hvps.setdefault(("hutchinson rtol 1e-2", 0), []).append(t.n_hvp)
+    print(f"\nTrace: exact {true:.8g} (float64 diagonal), {obj.space.numel:,} parameters, "
+          f"{obj.n} samples, {args.precision} estimates")
+    print(f"{'method':24s} {'HVPs':>6s} {'median rel err':>15s} {'max rel err':>12s} seeds")
+    rows = []
+    for (method, _), errs in errors.items():
+        n_hvp = int(statistics.median(hvps[(method, _)]))
+        rows.append({"method": method, "n_hvp": n_hvp, "median": statistics.median(errs),
+                     "max": max(errs), "seeds": len(errs)})
+        print(f"{method:24s} {n_hvp:6d} {rows[-1]['median']:15.2e} {rows[-1]['max']:12.2e} "
+              f"{len(errs)}")
+    return {"exact": true, "rows": rows}
 
 
 def main() -> None:
@@ -267,12 +362,20 @@ def main() -> None:
                              "measures errors below the float32 HVP error)")
     parser.add_argument("--parts", default="hvp,eigen")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--exact-cache", default=None,
+                        help="an .npz caching the dense float64 Hessian's diagonal and spectrum")
+    parser.add_argument("--trace-budgets", default="30,60,99,150,300",
+                        help="HVP budgets of the trace table")
+    parser.add_argument("--trace-seeds", type=int, default=10)
+    parser.add_argument("--trace-default-seeds", type=int, default=3,
+                        help="seeds of Hutchinson to 1%% standard error (the former default)")
     parser.add_argument("--json", default=None, help="also write the results to this file")
     args = parser.parse_args()
     sys.stdout.reconfigure(line_buffering=True)  # progress of long runs shows up in logs
     args.precisions = [p for p in args.precisions.split(",") if p]
     args.blocks = [int(b) for b in args.blocks.split(",") if b]
     args.tols = [float(t) for t in args.tols.split(",") if t]
+    args.trace_budgets = [int(b) for b in args.trace_budgets.split(",") if b]
     device = resolve_device(args.device)
     model, x, y = make_problem(args)
     info = {"args": vars(args), "device": str(device),
@@ -280,10 +383,16 @@ def main() -> None:
             "torch": torch.__version__, "threads": torch.get_num_threads()}
     results: dict = {"info": info}
     parts = args.parts.split(",")
+    exact = None
+    if {"exact", "trace"} & set(parts) or (args.exact_cache and "eigen" in parts):
+        exact = exact_spectrum(model, x, y, args, eigenvalues="exact" in parts
+                               or "eigen" in parts)
+    if "trace" in parts:
+        results["trace"] = trace_table(model, x, y, args, exact)
     if "hvp" in parts:
         results["hvp"] = hvp_cost(model, x, y, args)
     if "eigen" in parts:
-        results["eigen"] = top_eigenvalues(model, x, y, args)
+        results["eigen"] = top_eigenvalues(model, x, y, args, exact)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=2, default=lambda o: None if isinstance(

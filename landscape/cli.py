@@ -471,11 +471,14 @@ def noise_cmd(run_dir: str, batch_size: int, lr: float, split: str, subset: int 
               help="Number of smallest (most negative) eigenvalues.")
 @click.option("--trace", is_flag=True, help="Estimate the trace.")
 @click.option("--trace-method", type=click.Choice(["hutchinson", "hutch++"]),
-              default="hutchinson", show_default=True)
+              default="hutch++", show_default=True,
+              help="hutch++: a fixed HVP budget; hutchinson: probes until --trace-rtol.")
 @click.option("--trace-rtol", type=float, default=1e-2, show_default=True,
-              help="Hutchinson: stop at this standard error relative to the estimate.")
-@click.option("--max-probes", type=click.IntRange(min=1), default=1000, show_default=True,
-              help="Most trace probes (the fixed HVP budget of hutch++).")
+              help="Hutchinson stops at this standard error relative to the estimate; "
+                   "either method warns if its standard error is above it.")
+@click.option("--max-probes", type=click.IntRange(min=1), default=None,
+              help="Most trace HVPs (the fixed budget of hutch++) [hutch++: 150, "
+                   "hutchinson: 1000].")
 @click.option("--density", is_flag=True, help="Spectral density (stochastic Lanczos quadrature).")
 @click.option("--density-probes", type=click.IntRange(min=1), default=10, show_default=True)
 @click.option("--density-steps", type=click.IntRange(min=1), default=80, show_default=True)
@@ -504,7 +507,7 @@ def noise_cmd(run_dir: str, batch_size: int, lr: float, split: str, subset: int 
 @_json
 @trust_options
 def hessian_cmd(run_dir: str, top: int, bottom: int, trace: bool, trace_method: str,
-                trace_rtol: float, max_probes: int, density: bool, density_probes: int,
+                trace_rtol: float, max_probes: int | None, density: bool, density_probes: int,
                 density_steps: int, sigma: float, split: str, subset: int | None,
                 operator: str, params: str | None, tol: float, max_iter: int,
                 lanczos_block: int, verify: bool, no_eigenvectors: bool, seed: int, out: str,

@@ -142,6 +142,34 @@ def differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
             for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
 
 
+def _other_settings(path: Path, old: str, new: Mapping[str, Any], what: str = "",
+                    hint: str = "use --overwrite to replace it or choose another --out",
+                    ) -> LandscapeError:
+    diff = "; ".join(differences(json.loads(old or "{}"), new))
+    return SettingsMismatch(f"{path}{what} was computed with other settings ({diff}); {hint}")
+
+
+def claim_part(f: h5py.File, name: str, settings: Mapping[str, Any], what: str,
+               overwrite: bool = False) -> bool:
+    """For a part of an open file computed with its own ``settings`` (``f[name]``, e.g. a
+    curvature map in a surface file): True when it is absent or ``overwrite`` (the caller
+    writes it afresh, then records the settings with :func:`mark_part`), False when it holds
+    the same settings (resume), a LandscapeError naming the differences otherwise."""
+    if name not in f or overwrite:
+        return True
+    old = f[name].attrs.get("settings", "")
+    if settings_hash(json.loads(old or "{}")) != settings_hash(settings):
+        raise _other_settings(Path(f.filename), old, settings, f" holds {what} that",
+                              "use --overwrite to redo it")
+    return False
+
+
+def mark_part(f: h5py.File, name: str, settings: Mapping[str, Any]) -> None:
+    """Record the settings of the part ``f[name]`` (see :func:`claim_part`) and flush."""
+    f[name].attrs["settings"] = json.dumps(jsonable(settings), sort_keys=True, default=str)
+    f.flush()
+
+
 def create(path: str | Path, kind: str, settings: Mapping[str, Any],
            attrs: Mapping[str, Any] | None = None, overwrite: bool = False,
            init: Callable[[h5py.File], None] | None = None, memory: bool = False) -> h5py.File:
@@ -170,11 +198,7 @@ def create(path: str | Path, kind: str, settings: Mapping[str, Any],
         try:
             _check_landscape(f, path, kind)
             if f.attrs.get("settings_hash") != digest:
-                old = json.loads(f.attrs.get("settings", "{}"))
-                diff = "; ".join(differences(old, settings))
-                raise SettingsMismatch(
-                    f"{path} was computed with other settings ({diff}); "
-                    "use --overwrite to replace it or choose another --out")
+                raise _other_settings(path, f.attrs.get("settings", "{}"), settings)
         except LandscapeError:
             f.close()
             raise
@@ -262,12 +286,16 @@ def write_attrs(obj: h5py.File | h5py.Group | h5py.Dataset, attrs: Mapping[str, 
     obj.attrs["json_attrs"] = json.dumps(sorted(json_keys))
 
 
-def open_result(path: str | Path, kind: str | tuple[str, ...] | None = None) -> h5py.File:
-    """Open a landscape result read-only, checking format and (optionally) kind."""
+def open_result(path: str | Path, kind: str | tuple[str, ...] | None = None,
+                mode: str = "r") -> h5py.File:
+    """Open a landscape result read-only (or ``mode="r+"`` to add to it), checking format
+    and (optionally) kind."""
     path = Path(path)
     if not path.exists():
         raise LandscapeError(f"{path}: no such file")
-    f = _open(path, "r")
+    if mode != "r":
+        _open(path, "r").close()  # validate read-only first: a bad file is left untouched
+    f = _open(path, mode)
     try:
         _check_landscape(f, path, kind)
     except LandscapeError:

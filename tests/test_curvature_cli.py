@@ -11,7 +11,6 @@ from click.testing import CliRunner
 
 from landscape import load_run, train
 from landscape.cli import main
-from landscape.objective import Objective
 
 
 def test_curvature_map_command_matches_full_hessian_at_each_point(tmp_path: Path) -> None:
@@ -29,7 +28,19 @@ def test_curvature_map_command_matches_full_hessian_at_each_point(tmp_path: Path
     summary = json.loads(result.stdout)
     assert summary["done"] == summary["total"] == 6
 
-    obj = Objective.from_run(load_run(run_dir), precision="float64")
+    run = load_run(run_dir)
+    model = run.model.double().eval()
+    xs, ys = run.data.split("train")
+    names_shapes = [(n, p.shape) for n, p in model.named_parameters()]
+
+    def loss(theta: torch.Tensor) -> torch.Tensor:  # written here, not the engine's loss
+        params, offset = {}, 0
+        for name, shape in names_shapes:
+            params[name] = theta[offset : offset + shape.numel()].reshape(shape)
+            offset += shape.numel()
+        out = torch.func.functional_call(model, params, (xs.double(),))
+        return torch.nn.functional.cross_entropy(out, ys)
+
     with h5py.File(surface, "r") as f:
         x, y = f["x"][()], f["y"][()]
         origin, dx, dy = (torch.from_numpy(f[k][()]).double()
@@ -39,7 +50,7 @@ def test_curvature_map_command_matches_full_hessian_at_each_point(tmp_path: Path
     for i, b in enumerate(y):
         for j, a in enumerate(x):
             theta = origin + a * dx + b * dy
-            hessian = torch.func.hessian(lambda t: obj.batch_loss(t, obj.x, obj.y))(theta)
+            hessian = torch.func.hessian(loss)(theta)
             eig = torch.linalg.eigvalsh(hessian).numpy()
             exact[i, j] = eig[-1], eig[0]
     np.testing.assert_allclose(np.stack([hmax, hmin], -1), exact, rtol=1e-6)

@@ -567,7 +567,7 @@ def test_cli_hessian_json_has_the_documented_keys_and_values(run_dir: Path,
 def test_lanczos_continues_past_an_invariant_subspace_to_repeated_eigenvalues() -> None:
     """A low-rank operator makes the Krylov space invariant after a few steps; the fresh random
     directions must be grown before stopping, so the second copy of -3 is found."""
-    from landscape.analysis.hessian import _lanczos
+    from landscape.linalg import lanczos
 
     n = 40
     q, _ = torch.linalg.qr(torch.randn(n, n, dtype=torch.float64,
@@ -575,7 +575,91 @@ def test_lanczos_continues_past_an_invariant_subspace_to_repeated_eigenvalues() 
     spectrum = torch.zeros(n, dtype=torch.float64)
     spectrum[:3] = torch.tensor([5.0, -3.0, -3.0], dtype=torch.float64)
     h = q @ torch.diag(spectrum) @ q.T
-    values, _, _, converged, _, _ = _lanczos(lambda v: v @ h, n, 1, 2, 1e-8, 500, 500, 1, 0,
-                                             torch.float64, torch.device("cpu"))
-    torch.testing.assert_close(values, torch.tensor([5.0, -3.0, -3.0], dtype=torch.float64))
-    assert bool(converged.all())
+    pairs = lanczos(lambda v: v @ h, n, 1, 2, tol=1e-8, max_matvecs=500, max_basis=500)
+    torch.testing.assert_close(pairs.values, torch.tensor([5.0, -3.0, -3.0], dtype=torch.float64))
+    assert bool(pairs.converged.all())
+
+
+# ------------------------------------------------------------------------------------------
+# honest values: what missed its tolerance says so in the JSON, the file and on stderr
+def _run_hessian(run_dir: Path) -> tuple[Tensor, Tensor, Tensor]:
+    """The exact Hessian of a run's mean train loss, its eigenvalues, and the flat point."""
+    from landscape.train import load_run
+
+    run = load_run(run_dir)
+    model = run.model.double().eval()
+    x, y = run.data.split("train")
+    loss, _ = _loss_fn(model, x.double(), y)
+    theta = parameters_to_vector(model.parameters()).detach()
+    H = hessian(loss)(theta)
+    return H, torch.linalg.eigvalsh(H), theta
+
+
+def test_a_trace_stopped_at_max_probes_above_rtol_says_so(run_dir: Path, tmp_path: Path,
+                                                          ) -> None:
+    out = tmp_path / "t.h5"
+    result = CliRunner().invoke(main, [
+        "hessian", "--run", str(run_dir), "--top", "1", "--bottom", "0", "--trace",
+        "--trace-method", "hutchinson", "--trace-rtol", "1e-6", "--max-probes", "12",
+        "--precision", "float64", "--device", "cpu", "--out", str(out), "--json"])
+    assert result.exit_code == 0, result.output
+    trace = json.loads(result.stdout)["trace"]
+    assert trace["n_probes"] == 12 and trace["converged"] is False
+    with h5py.File(out) as f:
+        samples = f["trace/samples"][()]
+        assert not f["trace"].attrs["converged"]
+    # independently: the standard error of the stored samples is above the tolerance
+    assert samples.std(ddof=1) / np.sqrt(12) > 1e-6 * abs(samples.mean())
+    assert "trace" in result.stderr and "not converged" in result.stderr
+    H, _, _ = _run_hessian(run_dir)
+    assert abs(trace["estimate"] - float(torch.trace(H))) < 5 * trace["stderr"]
+    # within its tolerance: no flag, no warning
+    ok = CliRunner().invoke(main, [
+        "hessian", "--run", str(run_dir), "--top", "0", "--bottom", "0", "--trace",
+        "--trace-method", "hutchinson", "--trace-rtol", "0.5", "--max-probes", "40",
+        "--precision", "float64", "--device", "cpu", "--out", str(tmp_path / "ok.h5"),
+        "--json"])
+    assert json.loads(ok.stdout)["trace"]["converged"] is True and "warn" not in ok.stderr
+
+
+def test_an_eigenvalue_above_tol_is_not_reported_converged(run_dir: Path, tmp_path: Path,
+                                                           ) -> None:
+    H, exact, _ = _run_hessian(run_dir)
+    for precision, extra, reason in (("float64", ["--max-iter", "4"], "--max-iter"),
+                                     ("float32", [], "rounding floor")):
+        out = tmp_path / f"{precision}.h5"
+        result = CliRunner().invoke(main, [
+            "hessian", "--run", str(run_dir), "--top", "2", "--bottom", "1", "--tol",
+            "1e-9", *extra, "--precision", precision, "--device", "cpu", "--out", str(out),
+            "--json"])
+        assert result.exit_code == 0, result.output
+        data = json.loads(result.stdout)
+        load = load_hessian(out, eigenvectors=True).eigen
+        V = load.eigenvectors.double()
+        true = (V @ H - load.eigenvalues[:, None] * V).norm(dim=1) / load.eigenvalues.abs()
+        flags = data["converged_top"] + data["converged_bottom"]
+        # a pair is reported converged exactly when its true residual is below tol
+        assert flags == (true <= 1e-9).tolist() == load.converged.tolist()
+        assert not all(flags)
+        assert len(data["warnings"]) == flags.count(False)
+        assert reason in result.stderr and "not converged" in result.stderr
+        with h5py.File(out) as f:
+            assert f["converged_top"][()].tolist() == data["converged_top"]
+            assert f["at_floor_bottom"][()].tolist() == data["at_floor_bottom"]
+    # the float32 bottom eigenvalue sits at the rounding floor: flagged, not converged
+    assert data["at_floor_bottom"] == [True] and data["converged_bottom"] == [False]
+    assert data["eigenvalues_bottom"][0] == pytest.approx(float(exact[0]), abs=1e-4)
+
+
+def test_cli_default_trace_is_hutchpp_with_150_hvps_near_the_exact_trace(run_dir: Path,
+                                                                        tmp_path: Path) -> None:
+    result = CliRunner().invoke(main, [
+        "hessian", "--run", str(run_dir), "--top", "0", "--bottom", "0", "--trace",
+        "--precision", "float64", "--device", "cpu", "--out", str(tmp_path / "d.h5"), "--json"])
+    assert result.exit_code == 0, result.output
+    trace = json.loads(result.stdout)["trace"]
+    assert trace["method"] == "hutch++" and trace["n_hvp"] == 150
+    H, _, _ = _run_hessian(run_dir)
+    exact = float(torch.trace(H))
+    assert abs(trace["estimate"] - exact) <= 4 * trace["stderr"]
+    assert abs(trace["estimate"] - exact) <= 0.05 * abs(exact)

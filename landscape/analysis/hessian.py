@@ -6,15 +6,14 @@ share each pass over the data. Costs are reported in ``n_hvp``, the number of ve
 multiplied (one HVP costs a few forward+backward passes over the split; see
 ``benchmarks/hessian.py``).
 
+This module builds the operator from an :class:`Objective` and hands it to the pure
+algorithms of :mod:`landscape.linalg` (where the papers are cited):
+
 - :func:`hessian_eigenvalues`: extreme eigenvalues by thick-restart (block) Lanczos with full
-  reorthogonalization (Lanczos 1950; Wu and Simon 2000, "Thick-restart Lanczos method for
-  large symmetric eigenvalue problems"), converged on each Ritz pair's residual.
-- :func:`hessian_trace`: Hutchinson's estimator with Rademacher probes and a standard error,
-  or Hutch++ (Meyer, Musco, Musco and Woodruff 2021, "Hutch++: optimal stochastic trace
-  estimation").
-- :func:`spectral_density`: stochastic Lanczos quadrature (Lin, Saad and Yang 2016,
-  "Approximating spectral densities of large matrices"; Ghorbani, Krishnan and Xiao 2019,
-  "An investigation into neural net optimization via Hessian eigenvalue density").
+  reorthogonalization, converged on each Ritz pair's residual.
+- :func:`hessian_trace`: Hutchinson's estimator or Hutch++, with a standard error.
+- :func:`spectral_density`: stochastic Lanczos quadrature (as in Ghorbani, Krishnan and Xiao
+  2019, "An investigation into neural net optimization via Hessian eigenvalue density").
 - :func:`curvature_map`: largest and smallest eigenvalue at every point of a stored 2D
   surface (Li, Xu, Taylor, Studer and Goldstein 2018, Fig. 7).
 - :func:`analyze_hessian` / :func:`load_hessian`: all of the above for one model, written to
@@ -36,9 +35,8 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import json
-import math
-from collections.abc import Callable, Sequence
+import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,7 +46,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from landscape import store
+from landscape import linalg, store
 from landscape.distributed import all_gather, broadcast, rank_and_world
 from landscape.errors import LandscapeError, check_int, check_positive, unknown_name
 from landscape.objective import Objective
@@ -57,6 +55,9 @@ from landscape.progress import progress
 OPERATORS = ("hessian", "ggn")
 WHICH = ("largest", "smallest", "both")
 TRACE_METHODS = ("hutchinson", "hutch++")
+# the default HVP budget (max_probes) of each trace method in analyze_hessian and the CLI:
+# Hutch++'s is chosen by the error-per-HVP table in benchmarks/README.md
+TRACE_BUDGET = {"hutch++": 150, "hutchinson": 1000}
 
 __all__ = [
     "EigenResult", "TraceResult", "DensityResult", "CurvatureMap", "HessianReport",
@@ -76,8 +77,10 @@ class EigenResult:
     ``eigenvectors[k, P]``: unit vectors in ``model.parameters()`` order, zero outside the
     parameter block, sign fixed so that the largest-magnitude entry is positive.
     ``residuals[k]``: ``||H v - lambda v|| / |lambda|`` (the Lanczos estimate, or the
-    explicitly recomputed value when ``verify=True``); ``converged[k]``: residual below ``tol``
-    (or below the rounding floor of the working precision). ``n_hvp``: vectors multiplied.
+    explicitly recomputed value when ``verify=True``); ``converged[k]``: relative residual
+    at most ``tol``; ``at_floor[k]``: not converged, but at the rounding floor of the working
+    precision (more iterations cannot help; a higher precision can). ``n_hvp``: vectors
+    multiplied.
     """
 
     eigenvalues: Tensor
@@ -88,6 +91,7 @@ class EigenResult:
     n_largest: int
     n_restarts: int = 0
     settings: dict[str, Any] = field(default_factory=dict)
+    at_floor: Tensor | None = None
 
     @property
     def largest(self) -> Tensor:
@@ -105,9 +109,27 @@ class EigenResult:
             raise unknown_name("part", which, ("largest", "smallest"))
         sl = slice(0, self.n_largest) if which == "largest" else slice(self.n_largest, None)
         vecs = None if self.eigenvectors is None else self.eigenvectors[sl]
+        floor = None if self.at_floor is None else self.at_floor[sl]
         return EigenResult(self.eigenvalues[sl], vecs, self.residuals[sl], self.converged[sl],
                            self.n_hvp, self.n_largest if which == "largest" else 0,
-                           self.n_restarts, dict(self.settings))
+                           self.n_restarts, dict(self.settings), floor)
+
+    def warnings(self) -> list[str]:
+        """One line per eigenvalue whose residual is above ``tol``, saying why."""
+        tol = self.settings.get("tol")
+        out = []
+        for i in range(self.eigenvalues.numel()):
+            if bool(self.converged[i]):
+                continue
+            name = (f"top eigenvalue {i + 1}" if i < self.n_largest
+                    else f"bottom eigenvalue {i + 1 - self.n_largest}")
+            why = ("the rounding floor of this precision (try --precision float64)"
+                   if self.at_floor is not None and bool(self.at_floor[i])
+                   else "--max-iter HVPs")
+            out.append(f"{name} {float(self.eigenvalues[i]):.6g} is not converged: relative "
+                       f"residual {float(self.residuals[i]):.2g} > --tol {tol:g} (stopped at "
+                       f"{why})")
+        return out
 
 
 @dataclass
@@ -118,7 +140,7 @@ class TraceResult:
     values over the square root of their number; for Hutch++ that of its Hutchinson part on
     the deflated remainder, see :func:`hessian_trace`); None when it cannot be estimated
     (one probe). ``samples``: the per-probe values (Hutchinson) or the deflated remainder's
-    (Hutch++).
+    (Hutch++). ``converged``: ``stderr <= rtol |estimate|``.
     """
 
     estimate: float
@@ -128,6 +150,17 @@ class TraceResult:
     method: str
     samples: Tensor
     settings: dict[str, Any] = field(default_factory=dict)
+    converged: bool = True
+    rtol: float | None = None
+
+    def warnings(self) -> list[str]:
+        """One line if the standard error is above ``rtol`` of the estimate."""
+        if self.converged:
+            return []
+        rel = "n/a" if self.stderr is None else f"{self.stderr / abs(self.estimate):.2g}"
+        return [f"trace {self.estimate:.6g} ({self.method}) is not converged: relative "
+                f"standard error {rel} > --trace-rtol {self.rtol:g} after {self.n_hvp} HVPs "
+                "(raise --max-probes)"]
 
 
 @dataclass
@@ -216,7 +249,10 @@ class _Operator:
         if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1:
             raise LandscapeError(f"block_size must be a positive integer, got {block_size!r}")
         self.objective = objective
-        self.theta = objective.theta0 if theta is None else objective._check(theta)
+        if theta is None:
+            theta = objective.theta0
+        objective.space.check(theta)
+        self.theta = torch.as_tensor(theta).to(objective.device, objective.dtype)
         self.product = objective.hvp if operator == "hessian" else objective.ggn_vp
         self.operator = operator
         mask = _resolve_mask(objective, params)
@@ -235,16 +271,20 @@ class _Operator:
         full[:, self.mask.to(v.device)] = v
         return full
 
+    def restrict(self, v: Tensor) -> Tensor:
+        """Full vectors ``[K, P]`` restricted to the block ``[K, n]``."""
+        return v if self.mask is None else v[:, self.mask]
+
     def _apply(self, v: Tensor) -> Tensor:
-        out = self.product(self.theta, self.embed(v))
-        return out if self.mask is None else out[:, self.mask]
+        return self.restrict(self.product(self.theta, self.embed(v)))
 
     def __call__(self, v: Tensor) -> Tensor:
         """``A v`` for ``v[K, n]``, in blocks of ``block_size`` (halved on out-of-memory)."""
         outs = []
         start = 0
         while start < v.shape[0]:
-            chunk = v[start : start + self.block_size]
+            rest = v.shape[0] - start  # equal chunks of at most block_size vectors
+            chunk = v[start : start + -(-rest // -(-rest // self.block_size))]
             try:
                 outs.append(self._apply(chunk))
             except torch.cuda.OutOfMemoryError:  # (torch.OutOfMemoryError only from 2.5)
@@ -269,171 +309,13 @@ def _params_setting(params: Any) -> Any:
     return {"mask_sha256": hashlib.sha256(mask.tobytes()).hexdigest(), "size": int(mask.sum())}
 
 
-# ------------------------------------------------------------------------------------------
-# randomness and processes
-def _generator(seed: int, *key: int) -> torch.Generator:
-    """A CPU generator for (seed, key...): independent streams, same on every device."""
-    words = np.random.SeedSequence([int(seed) % 2**63, *key]).generate_state(2, np.uint32)
-    return torch.Generator().manual_seed(int(words[0]) << 31 ^ int(words[1]))
-
-
-def _rademacher(n: int, seed: int, index: int, salt: int, dtype: torch.dtype,
-                device: torch.device) -> Tensor:
-    bits = torch.randint(0, 2, (n,), generator=_generator(seed, salt, index))
-    return (bits * 2 - 1).to(device=device, dtype=dtype)
+def _split() -> linalg.Split:
+    rank, world = rank_and_world()
+    return linalg.Split(rank, world, all_gather)
 
 
 # ------------------------------------------------------------------------------------------
-# Lanczos
-def _orthonormal_block(W: Tensor, V: Tensor, thresh: float, limit: int,
-                       ) -> tuple[Tensor, Tensor]:
-    """Orthonormalize the rows of ``W[b, n]`` (already orthogonal to ``V``) among themselves.
-
-    Returns ``Q[b', n]`` and ``R[b', b]`` (float64) with ``W[j] = sum_i R[i, j] Q[i]`` up to
-    the dropped components below ``thresh`` (an invariant subspace: deflated). At most
-    ``limit`` rows are kept.
-    """
-    qs: list[Tensor] = []
-    R = torch.zeros(W.shape[0], W.shape[0], dtype=torch.float64)
-    for j in range(W.shape[0]):
-        w = W[j]
-        for _ in range(2):
-            if qs:
-                Qs = torch.stack(qs)
-                c = Qs @ w
-                w = w - c @ Qs
-                R[: len(qs), j] += c.double().cpu()
-            if V.shape[0]:
-                w = w - (V @ w) @ V
-        norm = float(torch.linalg.vector_norm(w))
-        if norm > thresh and len(qs) < limit:
-            R[len(qs), j] = norm
-            qs.append(w / norm)
-    Q = torch.stack(qs) if qs else W[:0]
-    return Q, R[: len(qs)]
-
-
-def _random_orthonormal(k: int, V: Tensor, gen: torch.Generator, dtype: torch.dtype,
-                        device: torch.device) -> Tensor:
-    """``k`` random unit rows orthogonal to ``V`` and to each other."""
-    W = torch.randn(k, V.shape[1], generator=gen, dtype=torch.float64).to(device, dtype)
-    W = W - (W @ V.T) @ V
-    Q, _ = _orthonormal_block(W, V, 0.0, k)
-    return Q
-
-
-def _keep_indices(m: int, k_top: int, k_bot: int, n_keep: int) -> list[int]:
-    """Indices (into ascending Ritz values) kept at a thick restart."""
-    extra = n_keep - k_top - k_bot
-    if k_bot == 0:
-        n_top = n_keep
-    elif k_top == 0:
-        n_top = 0
-    else:
-        n_top = k_top + (extra * k_top) // (k_top + k_bot)
-    n_bot = n_keep - n_top
-    return list(range(n_bot)) + list(range(m - n_top, m))
-
-
-def _lanczos(op: Callable[[Tensor], Tensor], n: int, k_top: int, k_bot: int, tol: float,
-             max_iter: int, max_basis: int, block: int, seed: int, dtype: torch.dtype,
-             device: torch.device, desc: str = "lanczos",
-             ) -> tuple[Tensor, Tensor, Tensor, Tensor, int, int]:
-    """Thick-restart block Lanczos with full reorthogonalization.
-
-    Keeps an orthonormal basis ``V[:m]`` and the Rayleigh quotient ``T = V^T A V`` (float64),
-    computed from the Gram-Schmidt coefficients of each new block ``A Q`` (two passes, "twice
-    is enough"), so the same code covers plain and thick-restarted steps. With the pending
-    block ``Q`` and its coupling ``C`` (``A V = V T + Q^T C``), the residual of the Ritz pair
-    ``(theta, V^T u)`` is ``||C u||``. When ``m`` would exceed ``max_basis``, the basis is
-    replaced by ``n_keep`` Ritz vectors from the wanted ends (Wu and Simon 2000).
-
-    Returns (values, vectors[k, n], residual norms, converged, n_matvecs, n_restarts).
-    """
-    k_total = k_top + k_bot
-    m_max = min(n, max_basis)
-    eps = torch.finfo(dtype).eps
-    gen = _generator(seed, 0x1A2C)
-    V = torch.zeros(m_max, n, dtype=dtype, device=device)
-    T = torch.zeros(m_max, m_max, dtype=torch.float64)
-    Q = _random_orthonormal(min(block, n), V[:0], gen, dtype, device)
-    m, used, restarts = 0, 0, 0
-    last_fill = None  # basis size when an invariant subspace was last left for random fill
-    theta = torch.zeros(0, dtype=torch.float64)
-    U = torch.zeros(0, 0, dtype=torch.float64)
-    res = torch.zeros(0, dtype=torch.float64)
-    bar = progress(total=max_iter, desc=desc, unit="hvp")
-    try:
-        while Q.shape[0] and used < max_iter:
-            bq = Q.shape[0]
-            if m + bq > m_max:  # thick restart
-                n_keep = min(m_max - bq, k_total + (m_max - k_total) // 2)
-                if n_keep < k_total:
-                    raise LandscapeError(
-                        f"max_basis {max_basis} is too small for {k_total} eigenvalues with "
-                        f"block size {block}; use at least {k_total + 2 * bq}")
-                keep = _keep_indices(m, k_top, k_bot, n_keep)
-                Uk = U[:, keep]
-                V[:n_keep] = Uk.T.to(device, dtype) @ V[:m]
-                T.zero_()
-                T[:n_keep, :n_keep] = torch.diag(theta[keep])
-                m = n_keep
-                restarts += 1
-            V[m : m + bq] = Q
-            W = op(Q)
-            used += bq
-            bar.update(bq)
-            m += bq
-            Vm = V[:m]
-            h = Vm @ W.T
-            W = W - h.T @ Vm
-            h2 = Vm @ W.T
-            W = W - h2.T @ Vm
-            h = (h + h2).double().cpu()
-            T[:m, m - bq : m] = h
-            T[m - bq : m, :m] = h.T
-            diag_block = T[m - bq : m, m - bq : m]
-            T[m - bq : m, m - bq : m] = (diag_block + diag_block.T) / 2
-            theta, U = torch.linalg.eigh(T[:m, :m])
-            scale = max(float(theta.abs().max()), float(torch.finfo(torch.float64).tiny))
-            Q, R = _orthonormal_block(W, Vm, 100 * eps * scale, n - m)
-            if Q.shape[0] < bq and m + Q.shape[0] < n and Q.shape[0] < block:
-                # invariant subspace found: continue from fresh random directions
-                fill = min(block - Q.shape[0], n - m - Q.shape[0])
-                basis = torch.cat([Vm, Q]) if Q.shape[0] else Vm
-                Q = torch.cat([Q, _random_orthonormal(fill, basis, gen, dtype, device)])
-                R = torch.cat([R, torch.zeros(fill, bq, dtype=torch.float64)])
-                last_fill = m
-            C = torch.zeros(Q.shape[0], m, dtype=torch.float64)
-            C[:, m - bq :] = R
-            res = (torch.linalg.vector_norm(C @ U, dim=0) if Q.shape[0]
-                   else torch.zeros(m, dtype=torch.float64))
-            # after an invariant subspace, the residuals are zero but a repeated eigenvalue
-            # (or a null space) shows only once the fresh directions have grown: k more steps
-            settled = last_fill is None or m - last_fill >= k_total or m + block > n
-            if m >= k_total and settled:
-                wanted = _wanted(m, k_top, k_bot)
-                floor = 100 * eps * scale
-                if bool((res[wanted] <= torch.clamp(tol * theta[wanted].abs(), min=floor)).all()):
-                    break
-    finally:
-        bar.close()
-    if m < k_total:
-        raise LandscapeError(
-            f"max_iter {max_iter} is too small to get {k_total} eigenvalues with block size "
-            f"{block}; use at least {k_total + block}")
-    wanted = _wanted(m, k_top, k_bot)
-    vectors = U[:, wanted].T.to(device, dtype) @ V[:m]
-    vectors = vectors / torch.linalg.vector_norm(vectors, dim=1, keepdim=True)
-    floor = 100 * eps * max(float(theta.abs().max()), float(torch.finfo(torch.float64).tiny))
-    conv = res[wanted] <= torch.clamp(tol * theta[wanted].abs(), min=floor)
-    return theta[wanted], vectors, res[wanted], conv, used, restarts
-
-
-def _wanted(m: int, k_top: int, k_bot: int) -> list[int]:
-    return [m - 1 - i for i in range(k_top)] + list(range(k_bot))
-
-
+# eigenvalues
 def _fix_signs(vectors: Tensor) -> Tensor:
     idx = vectors.abs().argmax(dim=1)
     signs = torch.sign(vectors.gather(1, idx[:, None]))
@@ -446,25 +328,23 @@ def hessian_eigenvalues(objective: Objective, theta: Tensor | None = None, k: in
                         max_iter: int = 1000, max_basis: int | None = None, seed: int = 0,
                         operator: str = "hessian", params: str | Tensor | None = None,
                         block_size: int = 1, verify: bool = False,
-                        return_vectors: bool = True) -> EigenResult:
+                        return_vectors: bool = True, v0: Tensor | None = None) -> EigenResult:
     """Extreme eigenvalues and eigenvectors of the Hessian (or GGN) of the mean loss.
 
-    Thick-restart Lanczos with full reorthogonalization, on the objective's device and in its
-    precision (the small projected eigenproblem in float64). ``k``: the number of eigenvalues;
-    with ``which="both"`` an int means k largest and k smallest, a pair ``(k_largest,
-    k_smallest)`` sets them separately; one Krylov space serves both ends. A pair converges
-    when its residual ``||Hv - lambda v|| <= tol * |lambda|`` (or is below the rounding floor
-    ``100 eps ||H||`` of the working precision). ``max_iter``: the most HVPs; ``max_basis``:
-    the Krylov basis size that triggers a thick restart (default ``max(40, 4k, k + 8 *
-    block_size)``; memory ``max_basis * P`` floats). ``block_size > 1``: block Lanczos, whose
-    ``block_size`` vectors share each data pass (and which finds repeated eigenvalues).
-    Single-vector Lanczos sees each distinct eigenvalue once: a repeated eigenvalue or a null
-    space (the GGN's smallest eigenvalues, a tiny data subset) is returned once, and the next
-    reported value is the next distinct one; use ``block_size`` >= the multiplicity there.
-    ``verify``: recompute the residuals explicitly (k more HVPs). ``seed``: the start block.
-    Cost: 13-20 HVPs for the top 5 of a trained MLP or ResNet-20 at ``tol=1e-3`` (see
-    ``benchmarks/hessian.py``); more for clustered or interior eigenvalues. Nothing changes
-    the model.
+    :func:`landscape.linalg.lanczos` on the objective's device and in its precision. ``k``:
+    the number of eigenvalues; with ``which="both"`` an int means k largest and k smallest,
+    a pair ``(k_largest, k_smallest)`` sets them separately; one Krylov space serves both
+    ends. A pair is ``converged`` when ``||Hv - lambda v|| <= tol * |lambda|``; Lanczos also
+    stops at the rounding floor ``100 eps ||H||`` of the working precision, where such a pair
+    is reported as not converged and ``at_floor``. ``max_iter``: the most HVPs;
+    ``max_basis``: the Krylov basis size that triggers a thick restart (default ``max(40, 4k,
+    k + 8 * block_size)``; memory ``max_basis * P`` floats). ``block_size > 1``: block
+    Lanczos, whose vectors share each data pass (and which finds repeated eigenvalues;
+    single-vector Lanczos returns a repeated eigenvalue or a null space once). ``v0``: a
+    start vector or block ``[b, P]`` (a warm start, e.g. the previous step's eigenvector);
+    otherwise random from ``seed``. ``verify``: recompute the residuals explicitly (k more
+    HVPs). Cost: 13-20 HVPs for the top 5 of a trained MLP or ResNet-20 at ``tol=1e-3``
+    (``benchmarks/hessian.py``). Nothing changes the model.
     """
     if which not in WHICH:
         raise unknown_name("which", which, WHICH)
@@ -488,100 +368,51 @@ def hessian_eigenvalues(objective: Objective, theta: Tensor | None = None, k: in
     max_basis = check_int("max_basis", max_basis if max_basis is not None
                            else max(40, 4 * k_total, k_total + 8 * block_size))
     seed = int(seed)
-    values, vectors, res, conv, used, restarts = _lanczos(
-        op, op.n, k_top, k_bot, tol, max_iter, max_basis, block_size, seed, op.dtype, op.device,
-        desc=f"lanczos ({operator})")
-    vectors = _fix_signs(vectors)
-    eps = torch.finfo(op.dtype).eps
-    denom = values.abs().clamp(min=float(torch.finfo(torch.float64).tiny))
+    start = None if v0 is None else op.restrict(torch.as_tensor(v0).reshape(
+        -1, op.P).to(op.device, op.dtype))
+    pairs = linalg.lanczos(op, op.n, k_top, k_bot, tol=tol, max_matvecs=max_iter,
+                           max_basis=max_basis, block_size=block_size, v0=start, seed=seed,
+                           dtype=op.dtype, device=op.device, desc=f"lanczos ({operator})")
+    values, res, conv, at_floor = pairs.values, pairs.residuals, pairs.converged, pairs.at_floor
+    vectors = _fix_signs(pairs.vectors)
     if verify:
         resid = op(vectors) - values.to(op.device, op.dtype)[:, None] * vectors
         res = torch.linalg.vector_norm(resid.double(), dim=1).cpu()
-        floor = 100 * eps * float(values.abs().max())
-        conv = res <= torch.clamp(tol * values.abs(), min=floor)
+        conv, at_floor = linalg.convergence(
+            res, values, tol, linalg.rounding_floor(op.dtype, float(values.abs().max())))
+    denom = values.abs().clamp(min=float(torch.finfo(torch.float64).tiny))
     settings = {"k_largest": k_top, "k_smallest": k_bot, "tol": tol, "max_iter": max_iter,
                 "max_basis": max_basis, "seed": seed, "block_size": block_size,
-                "params": _params_setting(params), "verify": verify, **op.settings()}
+                "params": _params_setting(params), "verify": verify,
+                "warm_start": v0 is not None, **op.settings()}
     return EigenResult(
         eigenvalues=values.clone(),
         eigenvectors=op.embed(vectors).cpu() if return_vectors else None,
         residuals=(res / denom).cpu(), converged=conv.cpu(), n_hvp=op.n_hvp,
-        n_largest=k_top, n_restarts=restarts, settings=settings)
+        n_largest=k_top, n_restarts=pairs.n_restarts, settings=settings,
+        at_floor=at_floor.cpu())
 
 
 # ------------------------------------------------------------------------------------------
 # trace
-def _hutchinson(op: _Operator, rtol: float, min_probes: int, max_probes: int, seed: int,
-                check_every: int) -> tuple[list[float], int]:
-    rank, world = rank_and_world()
-    values: dict[int, float] = {}
-    local_hvp = 0
-    start = 0
-    bar = progress(total=max_probes, desc="hutchinson", unit="probe")
-    try:
-        while start < max_probes:
-            stop = min(start + check_every, max_probes)
-            mine = [i for i in range(start, stop) if i % world == rank]
-            local: list[tuple[int, float]] = []
-            if mine:
-                Z = torch.stack([_rademacher(op.n, seed, i, 1, op.dtype, op.device)
-                                 for i in mine])
-                vals = (Z * op(Z)).sum(dim=1, dtype=torch.float64).cpu().tolist()
-                local_hvp += len(mine)
-                local = list(zip(mine, vals))
-            for part in all_gather(local):
-                values.update(part)
-            bar.update(stop - start)
-            start = stop
-            samples = [values[i] for i in sorted(values)]
-            count = len(samples)
-            if count >= min_probes and count >= 2:
-                est = float(np.mean(samples))
-                se = float(np.std(samples, ddof=1) / math.sqrt(count))
-                if se <= rtol * abs(est):
-                    break
-    finally:
-        bar.close()
-    return [values[i] for i in sorted(values)], sum(all_gather(local_hvp))
-
-
-def _hutchpp(op: _Operator, budget: int, seed: int) -> tuple[float, list[float]]:
-    """Hutch++ with ``budget // 3`` vectors for each of its three stages."""
-    s = budget // 3
-    if s > op.n:
-        s = op.n
-    S = torch.stack([_rademacher(op.n, seed, i, 2, op.dtype, op.device) for i in range(s)])
-    Y = op(S)
-    Qm, _ = torch.linalg.qr(Y.T.double())  # [n, s], float64 for stability
-    Q = Qm.T.to(op.dtype)
-    low_rank = float((Q * op(Q)).sum(dtype=torch.float64))
-    G = torch.stack([_rademacher(op.n, seed, i, 3, op.dtype, op.device) for i in range(s)])
-    G = G - (G @ Q.T) @ Q
-    G = G - (G @ Q.T) @ Q
-    rest = (G * op(G)).sum(dim=1, dtype=torch.float64).cpu().tolist()
-    return low_rank + float(np.mean(rest)), rest
-
-
 def hessian_trace(objective: Objective, theta: Tensor | None = None, method: str = "hutchinson",
                   *, rtol: float = 1e-2, max_probes: int = 1000, min_probes: int | None = None,
                   seed: int = 0, operator: str = "hessian", params: str | Tensor | None = None,
-                  block_size: int = 8, check_every: int = 10) -> TraceResult:
-    """Trace of the Hessian (or GGN) by randomized probing.
+                  block_size: int = 10, check_every: int = 10) -> TraceResult:
+    """Trace of the Hessian (or GGN) by randomized probing with Rademacher probes.
 
-    ``"hutchinson"``: the mean of ``z^T H z`` over Rademacher probes ``z`` (exact in one
-    probe for a diagonal matrix), in rounds of ``check_every`` probes, stopping once at least
-    ``min_probes`` (default ``min(10, max_probes)``) are in and ``stderr / |estimate| <=
-    rtol``, or at ``max_probes``. The
-    standard error is the sample standard deviation over ``sqrt(n_probes)``. Probes are split
-    across ``torch.distributed`` ranks when initialized.
-
-    ``"hutch++"``: Meyer et al. (2021) with a fixed budget of ``max_probes`` matrix-vector
-    products (a third each for the range sketch ``H S``, the exact part ``tr(Q^T H Q)``, and
-    Hutchinson on the deflated remainder ``(I - QQ^T) H (I - QQ^T)``). Its ``stderr`` is the
-    standard error of the Hutchinson part given ``Q``: since the estimate is unbiased for
-    every ``Q``, its variance is the mean of that conditional variance, so this is an honest
-    (if itself noisy) standard error. ``rtol`` and ``min_probes`` do not apply.
-    Cost: ``n_hvp`` HVPs, ``block_size`` vectors per data pass.
+    ``"hutchinson"`` (:func:`landscape.linalg.hutchinson`): rounds of ``check_every``
+    probes, stopping once at least ``min_probes`` (default ``min(10, max_probes)``) are in
+    and ``stderr / |estimate| <= rtol``, or at ``max_probes``. Probes are split across
+    ``torch.distributed`` ranks when initialized.
+    ``"hutch++"`` (:func:`landscape.linalg.hutchpp`): a fixed budget of ``max_probes`` HVPs,
+    a third each for the range sketch, the exact part and Hutchinson on the deflated
+    remainder; ``stderr`` is that of the remainder given the sketch (honest: the estimate is
+    unbiased for every sketch). Far fewer HVPs than Hutchinson for the same error on a
+    decaying spectrum (the table in ``benchmarks/README.md``).
+    Either way ``converged`` says whether ``stderr <= rtol |estimate|``. Cost: ``n_hvp``
+    HVPs, handed to the engine in blocks of up to ``block_size`` vectors (a Hutchinson round
+    of ``check_every`` probes, a Hutch++ stage), which share each data pass.
     """
     if method not in TRACE_METHODS:
         raise unknown_name("trace method", method, TRACE_METHODS)
@@ -594,143 +425,48 @@ def hessian_trace(objective: Objective, theta: Tensor | None = None, method: str
         raise LandscapeError(f"min_probes ({min_probes}) exceeds max_probes ({max_probes})")
     op = _Operator(objective, theta, operator, params, block_size)
     seed = int(seed)
-    settings = {"method": method, "max_probes": max_probes, "seed": seed,
+    settings = {"method": method, "max_probes": max_probes, "seed": seed, "rtol": rtol,
                 "params": _params_setting(params), **op.settings()}
     if method == "hutchinson":
-        settings.update(rtol=rtol, min_probes=min_probes, check_every=check_every)
-        samples, n_hvp = _hutchinson(op, rtol, min_probes, max_probes, seed, check_every)
-        count = len(samples)
-        stderr = float(np.std(samples, ddof=1) / math.sqrt(count)) if count > 1 else None
-        return TraceResult(float(np.mean(samples)), stderr, n_hvp, count, method,
-                           torch.tensor(samples, dtype=torch.float64), settings)
-    if max_probes < 3:
-        raise LandscapeError("hutch++ needs max_probes >= 3 (a third for each stage)")
-    estimate, rest = _hutchpp(op, max_probes, seed)
-    stderr = float(np.std(rest, ddof=1) / math.sqrt(len(rest))) if len(rest) > 1 else None
-    return TraceResult(estimate, stderr, op.n_hvp, len(rest), method,
-                       torch.tensor(rest, dtype=torch.float64), settings)
+        settings.update(min_probes=min_probes, check_every=check_every)
+        est = linalg.hutchinson(op, op.n, rtol=rtol, min_probes=min_probes,
+                                max_probes=max_probes, check_every=check_every, seed=seed,
+                                dtype=op.dtype, device=op.device, split=_split())
+    else:
+        est = linalg.hutchpp(op, op.n, max_probes, rtol=rtol, seed=seed, dtype=op.dtype,
+                             device=op.device)
+    return TraceResult(est.estimate, est.stderr, est.n_matvecs, est.n_probes, method,
+                       est.samples, settings, converged=est.converged, rtol=rtol)
 
 
 # ------------------------------------------------------------------------------------------
 # spectral density
-def _slq_batch(op: _Operator, Z: Tensor, m: int) -> list[tuple[Tensor, Tensor]]:
-    """``m`` Lanczos steps (full reorthogonalization) from each unit row of ``Z`` at once.
-
-    Returns each probe's tridiagonal (alphas, betas), shortened on breakdown (an invariant
-    Krylov space: the quadrature is then exact).
-    """
-    K, n = Z.shape
-    eps = torch.finfo(Z.dtype).eps
-    V = torch.zeros(K, m, n, dtype=Z.dtype, device=Z.device)
-    V[:, 0] = Z
-    alpha = torch.zeros(K, m, dtype=torch.float64)
-    beta = torch.zeros(K, m, dtype=torch.float64)
-    length = [m] * K
-    active = list(range(K))
-    for j in range(m):
-        if not active:
-            break
-        idx = torch.tensor(active, device=Z.device)
-        v = V[idx, j]
-        W = op(v)
-        alpha[active, j] = (W * v).sum(dim=1, dtype=torch.float64).cpu()
-        basis = V[idx, : j + 1]
-        for _ in range(2):
-            coef = torch.einsum("kin,kn->ki", basis, W)
-            W = W - torch.einsum("ki,kin->kn", coef, basis)
-        if j + 1 == m:
-            break
-        norms = torch.linalg.vector_norm(W, dim=1).double().cpu()
-        still = []
-        for row, k in enumerate(active):
-            scale = max(float(alpha[k, : j + 1].abs().max()), float(beta[k].max()))
-            if float(norms[row]) <= 100 * eps * max(scale, 1e-300):
-                length[k] = j + 1
-            else:
-                beta[k, j] = norms[row]
-                V[k, j + 1] = W[row] / norms[row].to(W.dtype)
-                still.append(k)
-        active = still
-    return [(alpha[k, : length[k]], beta[k, : length[k] - 1]) for k in range(K)]
-
-
-def _quadrature(alpha: Tensor, beta: Tensor, m: int) -> tuple[Tensor, Tensor]:
-    """Gauss quadrature nodes and weights of one tridiagonal, padded to ``m`` (weight 0)."""
-    L = alpha.numel()
-    T = torch.diag(alpha) + torch.diag(beta, 1) + torch.diag(beta, -1)
-    nodes, U = torch.linalg.eigh(T)
-    weights = U[0] ** 2
-    pad = m - L
-    if pad:
-        nodes = torch.cat([nodes, nodes[-1:].expand(pad)])
-        weights = torch.cat([weights, torch.zeros(pad, dtype=torch.float64)])
-    return nodes, weights
-
-
-def _broaden(nodes: Tensor, weights: Tensor, grid: Tensor, sigma: float) -> Tensor:
-    """Mean over probes of the Gaussian-broadened quadrature measures on ``grid``."""
-    flat_n, flat_w = nodes.reshape(-1), weights.reshape(-1) / nodes.shape[0]
-    out = torch.zeros_like(grid)
-    norm = 1.0 / (math.sqrt(2 * math.pi) * sigma)
-    for start in range(0, flat_n.numel(), 4096):
-        d = (grid[:, None] - flat_n[None, start : start + 4096]) / sigma
-        out += (torch.exp(-0.5 * d * d) * flat_w[None, start : start + 4096]).sum(dim=1)
-    return out * norm
-
-
 def spectral_density(objective: Objective, theta: Tensor | None = None, *, n_probes: int = 10,
                      n_steps: int = 80, sigma: float = 0.01, grid_size: int = 1000,
                      seed: int = 0, operator: str = "hessian",
-                     params: str | Tensor | None = None, block_size: int = 8) -> DensityResult:
+                     params: str | Tensor | None = None, block_size: int = 10) -> DensityResult:
     """Eigenvalue density of the Hessian (or GGN) by stochastic Lanczos quadrature.
 
-    For each of ``n_probes`` normalized Rademacher probes, ``n_steps`` Lanczos steps with full
-    reorthogonalization give a Gauss quadrature (nodes = Ritz values, weights = squared first
-    components of the Ritz vectors) of the probe's spectral measure; the density is their
-    mean, broadened by Gaussians of standard deviation ``sigma`` times the spectrum width,
-    on ``grid_size`` points reaching 5 broadening widths past the extreme nodes (so it
-    integrates to 1). The probes run side by side, ``block_size`` per data pass, and are
-    split across ``torch.distributed`` ranks when initialized. Cost: ``n_probes * n_steps``
-    HVPs; memory ``block_size * n_steps * P`` floats. Runs on any torch >= 2 (no
-    ``torch.eig``).
+    :func:`landscape.linalg.slq` with ``n_probes`` normalized Rademacher probes and
+    ``n_steps`` Lanczos steps each (``block_size`` probes per data pass, split across
+    ``torch.distributed`` ranks when initialized), broadened by
+    :func:`landscape.linalg.slq_density`: Gaussians of standard deviation ``sigma`` times the
+    spectrum width, on ``grid_size`` points (integrates to 1). Cost: ``n_probes * n_steps``
+    HVPs; memory ``block_size * n_steps * P`` floats.
     """
     n_probes = check_int("n_probes", n_probes)
     n_steps = check_int("n_steps", n_steps)
     grid_size = check_int("grid_size", grid_size, 2)
     check_positive("sigma", sigma)
     op = _Operator(objective, theta, operator, params, block_size)
-    m = min(n_steps, op.n)
-    rank, world = rank_and_world()
-    mine = [i for i in range(n_probes) if i % world == rank]
-    per_batch = max(1, min(block_size, (2**30) // max(1, m * op.n * op.dtype.itemsize)))
-    local: list[tuple[int, Tensor, Tensor]] = []
-    bar = progress(total=len(mine), desc="slq", unit="probe")
-    for start in range(0, len(mine), per_batch):
-        batch = mine[start : start + per_batch]
-        Z = torch.stack([_rademacher(op.n, seed, i, 4, op.dtype, op.device) for i in batch])
-        Z = Z / math.sqrt(op.n)
-        for i, (a, b) in zip(batch, _slq_batch(op, Z, m)):
-            nodes, weights = _quadrature(a, b, m)
-            local.append((i, nodes, weights))
-        bar.update(len(batch))
-    bar.close()
-    parts = all_gather((local, op.n_hvp))
-    rows = sorted((item for part, _ in parts for item in part), key=lambda r: r[0])
-    nodes = torch.stack([r[1] for r in rows])
-    weights = torch.stack([r[2] for r in rows])
-    n_hvp = sum(count for _, count in parts)
-    lo, hi = float(nodes.min()), float(nodes.max())
-    width = hi - lo if hi > lo else max(abs(hi), 1.0)
-    sig = sigma * width
-    grid = torch.linspace(lo - 5 * sig, hi + 5 * sig, grid_size, dtype=torch.float64)
-    if float(grid[1] - grid[0]) > sig / 2:
-        need = math.ceil(2 * (hi - lo + 10 * sig) / sig) + 1
-        raise LandscapeError(f"grid_size {grid_size} is too coarse for sigma {sigma}; "
-                             f"use grid_size >= {need} or a larger sigma")
-    density = _broaden(nodes, weights, grid, sig)
-    settings = {"n_probes": n_probes, "n_steps": m, "sigma": sigma, "grid_size": grid_size,
-                "seed": int(seed), "params": _params_setting(params), **op.settings()}
-    return DensityResult(grid, density, nodes, weights, sig, n_hvp, settings)
+    quad = linalg.slq(op, op.n, n_probes, n_steps, seed=int(seed), block_size=block_size,
+                      dtype=op.dtype, device=op.device, split=_split())
+    grid, density, sig = linalg.slq_density(quad, sigma, grid_size)
+    settings = {"n_probes": n_probes, "n_steps": min(n_steps, op.n), "sigma": sigma,
+                "grid_size": grid_size, "seed": int(seed), "params": _params_setting(params),
+                **op.settings()}
+    return DensityResult(grid, density, quad.nodes, quad.weights, sig, quad.n_matvecs, settings)
+
 
 
 # ------------------------------------------------------------------------------------------
@@ -805,31 +541,27 @@ def curvature_map(objective: Objective, surface: str | Path, *, tol: float = 1e-
     settings = {"tol": tol, "max_iter": max_iter, "seed": int(seed), "operator": operator,
                 "params": _params_setting(params), "block_size": block_size,
                 "hvp_method": objective.hvp_method, **objective.settings()}
-    text = json.dumps(store.jsonable(settings), sort_keys=True, default=str)
     shape = (len(y), len(x))
     rank, world = rank_and_world()
     f, todo, error = None, [], None
     if rank == 0:
-        f = h5py.File(path, "r+")
-        if "hessian_done" in f and not overwrite and f["hessian_done"].attrs.get(
-                "settings", "") != text:
-            old = json.loads(f["hessian_done"].attrs.get("settings", "") or "{}")
-            error = (f"{path} holds a curvature map with other settings "
-                     f"({'; '.join(store.differences(old, settings))}); "
-                     "pass overwrite=True (--overwrite) to redo it")
-        else:
-            if "hessian_done" not in f or overwrite:
+        try:
+            f = store.open_result(path, kind=SURFACE_KINDS, mode="r+")
+            if store.claim_part(f, "hessian_done", settings, "a curvature map", overwrite):
                 store.write_arrays(f, {"hessian_max": np.full(shape, np.nan),
                                        "hessian_min": np.full(shape, np.nan),
                                        "hessian_done": np.zeros(shape, dtype=bool)})
-                f["hessian_done"].attrs["settings"] = text
-                f.flush()
+                store.mark_part(f, "hessian_done", settings)
+        except LandscapeError as err:
+            error = str(err)
+            if f is not None:
+                f.close()
+                f = None
+        else:
             done = np.asarray(f["hessian_done"][()], dtype=bool)
             todo = [(i, j) for i in range(shape[0]) for j in range(shape[1]) if not done[i, j]]
     error, todo = broadcast((error, todo))
     if error:
-        if f is not None:
-            f.close()
         raise LandscapeError(error)
     total_hvp = 0
     bar = progress(total=len(todo), desc="curvature map", unit="point",
@@ -883,6 +615,11 @@ class HessianReport:
     def n_hvp(self) -> int:
         return sum(p.n_hvp for p in (self.eigen, self.trace, self.density) if p is not None)
 
+    def warnings(self) -> list[str]:
+        """One line per value that missed its tolerance (eigenvalue residual, trace error)."""
+        return [w for part in (self.eigen, self.trace) if part is not None
+                for w in part.warnings()]
+
     def to_json(self) -> dict[str, Any]:
         """The ``--json`` object: eigenvalues (top descending, bottom ascending), residuals,
         convergence flags, trace, a density summary and the HVP count."""
@@ -894,12 +631,17 @@ class HessianReport:
             "residuals_bottom": [] if e is None else e.residuals[e.n_largest :].tolist(),
             "converged_top": [] if e is None else e.converged[: e.n_largest].tolist(),
             "converged_bottom": [] if e is None else e.converged[e.n_largest :].tolist(),
-            "trace": None, "density": None, "n_hvp": self.n_hvp,
+            "at_floor_top": [] if e is None or e.at_floor is None
+            else e.at_floor[: e.n_largest].tolist(),
+            "at_floor_bottom": [] if e is None or e.at_floor is None
+            else e.at_floor[e.n_largest :].tolist(),
+            "warnings": self.warnings(), "trace": None, "density": None, "n_hvp": self.n_hvp,
             "out": None if self.path is None else str(self.path)}
         if self.trace is not None:
             t = self.trace
             out["trace"] = {"estimate": t.estimate, "stderr": t.stderr, "method": t.method,
-                            "n_probes": t.n_probes, "n_hvp": t.n_hvp}
+                            "n_probes": t.n_probes, "n_hvp": t.n_hvp,
+                            "converged": t.converged, "rtol": t.rtol}
         if self.density is not None:
             d = self.density
             out["density"] = {"n_probes": int(d.nodes.shape[0]), "n_steps": int(d.nodes.shape[1]),
@@ -916,6 +658,8 @@ def _write_eigen(f: h5py.File, e: EigenResult) -> None:
         arrays[f"eigenvalues_{tag}"] = sub.eigenvalues.numpy()
         arrays[f"residuals_{tag}"] = sub.residuals.numpy()
         arrays[f"converged_{tag}"] = sub.converged.numpy()
+        if sub.at_floor is not None:
+            arrays[f"at_floor_{tag}"] = sub.at_floor.numpy()
         if sub.eigenvectors is not None:
             arrays[f"eigenvectors_{tag}"] = sub.eigenvectors.numpy()
     store.write_arrays(f, arrays)
@@ -926,11 +670,13 @@ def _write_eigen(f: h5py.File, e: EigenResult) -> None:
 
 def _read_eigen(f: h5py.File, eigenvectors: bool) -> EigenResult:
     attrs = store.read_attrs(f)
-    values, res, conv, vecs = [], [], [], []
+    values, res, conv, floor, vecs = [], [], [], [], []
     for tag in ("top", "bottom"):
         values.append(torch.from_numpy(f[f"eigenvalues_{tag}"][()]))
         res.append(torch.from_numpy(f[f"residuals_{tag}"][()]))
         conv.append(torch.from_numpy(f[f"converged_{tag}"][()]))
+        if f"at_floor_{tag}" in f:
+            floor.append(torch.from_numpy(f[f"at_floor_{tag}"][()]))
         if eigenvectors:
             if f"eigenvectors_{tag}" not in f:
                 raise LandscapeError(f"{f.filename} has no eigenvectors (it was computed "
@@ -939,14 +685,15 @@ def _read_eigen(f: h5py.File, eigenvectors: bool) -> EigenResult:
     return EigenResult(torch.cat(values), torch.cat(vecs) if eigenvectors else None,
                        torch.cat(res), torch.cat(conv), int(attrs["eigen_n_hvp"]),
                        int(values[0].numel()), int(attrs.get("eigen_n_restarts", 0)),
-                       attrs.get("eigen_settings", {}))
+                       attrs.get("eigen_settings", {}), torch.cat(floor) if floor else None)
 
 
 def _write_trace(f: h5py.File, t: TraceResult) -> None:
     g = f.require_group("trace")
     store.write_arrays(g, {"samples": t.samples.numpy()})
     store.write_attrs(g, {"estimate": t.estimate, "stderr": t.stderr, "n_hvp": t.n_hvp,
-                          "n_probes": t.n_probes, "method": t.method, "settings": t.settings})
+                          "n_probes": t.n_probes, "method": t.method, "settings": t.settings,
+                          "converged": t.converged, "rtol": t.rtol})
     f.attrs["trace_done"] = True
     f.flush()
 
@@ -956,7 +703,7 @@ def _read_trace(f: h5py.File) -> TraceResult:
     a = store.read_attrs(g)
     return TraceResult(float(a["estimate"]), a.get("stderr"), int(a["n_hvp"]),
                        int(a["n_probes"]), str(a["method"]), torch.from_numpy(g["samples"][()]),
-                       a.get("settings", {}))
+                       a.get("settings", {}), bool(a.get("converged", True)), a.get("rtol"))
 
 
 def _write_density(f: h5py.File, d: DensityResult) -> None:
@@ -980,8 +727,9 @@ def analyze_hessian(objective: Objective, theta: Tensor | None = None, *, top: i
                     bottom: int = 1, trace: bool = False, density: bool = False,
                     tol: float = 1e-6, max_iter: int = 1000, seed: int = 0,
                     operator: str = "hessian", params: str | None = None, block_size: int = 1,
-                    verify: bool = False, trace_method: str = "hutchinson",
-                    trace_rtol: float = 1e-2, max_probes: int = 1000, density_probes: int = 10,
+                    verify: bool = False, trace_method: str = "hutch++",
+                    trace_rtol: float = 1e-2, max_probes: int | None = None,
+                    density_probes: int = 10,
                     density_steps: int = 80, sigma: float = 0.01, grid_size: int = 1000,
                     eigenvectors: bool = True, out: str | Path | None = None,
                     overwrite: bool = False, settings: dict[str, Any] | None = None,
@@ -1004,6 +752,10 @@ def analyze_hessian(objective: Objective, theta: Tensor | None = None, *, top: i
                     "eigenvectors": eigenvectors, **objective.settings(),
                     "hvp_method": objective.hvp_method}
     if trace:
+        if max_probes is None:
+            if trace_method not in TRACE_BUDGET:
+                raise unknown_name("trace method", trace_method, TRACE_METHODS)
+            max_probes = TRACE_BUDGET[trace_method]
         all_settings.update(trace_method=trace_method, trace_rtol=trace_rtol,
                             max_probes=max_probes)
     if density:
@@ -1060,6 +812,8 @@ def analyze_hessian(objective: Objective, theta: Tensor | None = None, *, top: i
                     store.commit(f, out)
     finally:
         store.close_quietly(f)
+    for line in report.warnings():
+        warnings.warn(line, RuntimeWarning, stacklevel=2)
     return report
 
 

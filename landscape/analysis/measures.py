@@ -38,8 +38,9 @@ class MeasureSettings:
     """Settings of every measure (each measure reads the fields listed in its entry).
 
     ``seed`` seeds every random start, probe and Monte Carlo sample. ``hessian_tol``: relative
-    residual of the top eigenpair (Lanczos); ``trace_rtol``/``trace_probes``: Hutchinson's
-    stopping rule; ``eps``: Keskar's box size; ``rho_*``: radii of the adaptive (relative to
+    residual of the top eigenpair (Lanczos); ``trace_method``: ``"hutch++"`` (a budget of
+    ``trace_probes`` HVPs: within 0.6% of the exact trace of the digits MLP at 150, see
+    benchmarks/README.md) or ``"hutchinson"`` (stops at ``trace_rtol`` or ``trace_probes``); ``eps``: Keskar's box size; ``rho_*``: radii of the adaptive (relative to
     ``|theta|``) and SAM measures; ``sharpness_batch_size``: the batch size m of the
     worst-case measures (None: the function's default); ``pac_bayes_target``: the increase
     of the training error PAC-Bayes flatness allows; ``noise_batch_size``/``lr``: the batch
@@ -48,8 +49,9 @@ class MeasureSettings:
 
     seed: int = 0
     hessian_tol: float = 1e-4
+    trace_method: str = "hutch++"
     trace_rtol: float = 0.05
-    trace_probes: int = 200
+    trace_probes: int = 150
     eps: float = 1e-3
     rho_worst_l2: float = DEFAULT_RHO["adaptive_worst_l2"]
     rho_worst_linf: float = DEFAULT_RHO["adaptive_worst_linf"]
@@ -71,6 +73,8 @@ class MeasureSettings:
                 check_int(name, getattr(self, name))
         if self.lr is not None:
             check_positive("lr", self.lr)
+        if self.trace_method not in ("hutch++", "hutchinson"):
+            raise unknown_name("trace method", self.trace_method, ("hutch++", "hutchinson"))
 
     def replace(self, **changes: Any) -> Any:
         """A copy (of the same class) with ``changes``; an unknown name is a one-line error."""
@@ -112,10 +116,12 @@ def _top_eigenvalue(objective: Any, theta: Tensor | None, s: MeasureSettings) ->
 
 
 def _hessian_trace(objective: Any, theta: Tensor | None, s: MeasureSettings) -> MeasureResult:
-    t = hessian_trace(objective, theta, rtol=s.trace_rtol, max_probes=s.trace_probes,
-                      min_probes=min(10, s.trace_probes), seed=s.seed)
+    t = hessian_trace(objective, theta, method=s.trace_method, rtol=s.trace_rtol,
+                      max_probes=s.trace_probes, min_probes=min(10, s.trace_probes),
+                      seed=s.seed)
     return MeasureResult("hessian_trace", float(t.estimate), float(t.stderr),
-                         {"rtol": s.trace_rtol, "max_probes": s.trace_probes, "seed": s.seed},
+                         {"method": s.trace_method, "rtol": s.trace_rtol,
+                          "max_probes": s.trace_probes, "seed": s.seed},
                          {"hvp": float(t.n_hvp)}, {"n_probes": int(t.n_probes)})
 
 
@@ -165,7 +171,8 @@ REGISTRY: dict[str, Measure] = {m.name: m for m in (
     Measure("top_eigenvalue", "curvature", "top Hessian eig.", "top Hessian eigenvalue",
             "loss / param$^2$", ("hessian_tol", "seed"), _top_eigenvalue),
     Measure("hessian_trace", "curvature", "Hessian trace", "Hessian trace",
-            "loss / param$^2$", ("trace_rtol", "trace_probes", "seed"), _hessian_trace),
+            "loss / param$^2$", ("trace_method", "trace_rtol", "trace_probes", "seed"),
+            _hessian_trace),
     Measure("epsilon_sharpness", "sharpness", "eps-sharpness", "$\\epsilon$-sharpness",
             "% of 1 + loss", ("eps", "seed"), _epsilon),
     Measure("adaptive_worst_l2", "sharpness", "adaptive worst l2", "adaptive worst $\\ell_2$",

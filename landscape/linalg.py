@@ -1,0 +1,502 @@
+"""Matrix-free algorithms on a symmetric operator, knowing nothing of models.
+
+An operator is a callable ``op(V[K, n]) -> A V[K, n]`` on a BLOCK of flat vectors, so every
+algorithm here hands it as many vectors at once as the algorithm allows (a Hutchinson round,
+a Hutch++ stage, all SLQ probes of a step, a Lanczos block). Small projected problems run in
+float64 on the CPU; vectors stay on the operator's device and in its dtype.
+
+- :func:`orthogonalize`: the one (block, two-pass) Gram-Schmidt of this module.
+- :func:`convergence`: the one convergence test of Ritz pairs.
+- :func:`lanczos`: thick-restart (block) Lanczos with full reorthogonalization for the
+  largest and/or smallest eigenvalues (Lanczos 1950; Wu and Simon 2000, "Thick-restart
+  Lanczos method for large symmetric eigenvalue problems"), optionally warm-started.
+- :func:`hutchinson`, :func:`hutchpp`: trace estimators (Hutchinson 1989; Meyer, Musco,
+  Musco and Woodruff 2021, "Hutch++: optimal stochastic trace estimation").
+- :func:`slq`, :func:`slq_density`: stochastic Lanczos quadrature of the spectral density
+  (Lin, Saad and Yang 2016, "Approximating spectral densities of large matrices").
+
+Probes are drawn on the operator's device from one generator per probe, seeded from
+``(seed, salt, index)``, so a probe does not depend on which process or block draws it;
+:class:`Split` shares independent probes among processes.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from landscape.errors import LandscapeError
+from landscape.progress import progress
+
+Operator = Callable[[Tensor], Tensor]
+PROBES = ("rademacher", "gaussian")
+_TINY = float(torch.finfo(torch.float64).tiny)
+
+
+# ------------------------------------------------------------------------------------------
+# randomness and processes
+def generator(seed: int, *key: int, device: torch.device | str = "cpu") -> torch.Generator:
+    """A generator on ``device`` for (seed, key...): independent streams per key."""
+    words = np.random.SeedSequence([int(seed) % 2**63, *key]).generate_state(2, np.uint32)
+    return torch.Generator(device=device).manual_seed(int(words[0]) << 31 ^ int(words[1]))
+
+
+def probes(n: int, indices: list[int], seed: int, salt: int, dtype: torch.dtype,
+           device: torch.device | str, kind: str = "rademacher") -> Tensor:
+    """Probe vectors ``[len(indices), n]``: probe ``i`` drawn from its own generator
+    ``(seed, salt, i)`` on ``device``; Rademacher (+-1) or standard Gaussian entries."""
+    if kind not in PROBES:
+        raise LandscapeError(f"unknown probe kind {kind!r}; choose from {', '.join(PROBES)}")
+    rows = []
+    for i in indices:
+        gen = generator(seed, salt, i, device=device)
+        if kind == "rademacher":
+            bits = torch.randint(0, 2, (n,), generator=gen, device=device)
+            rows.append((bits * 2 - 1).to(dtype))
+        else:
+            rows.append(torch.randn(n, generator=gen, device=device, dtype=torch.float64)
+                        .to(dtype))
+    return torch.stack(rows) if rows else torch.zeros(0, n, dtype=dtype, device=device)
+
+
+def _one_process(obj: Any) -> list[Any]:
+    return [obj]
+
+
+@dataclass(frozen=True)
+class Split:
+    """Independent probes shared among processes: this one takes probes ``i`` with
+    ``i % world == rank``; ``gather(obj)`` returns every process's ``obj`` (rank order)."""
+
+    rank: int = 0
+    world: int = 1
+    gather: Callable[[Any], list[Any]] = _one_process
+
+    def mine(self, indices: range) -> list[int]:
+        return [i for i in indices if i % self.world == self.rank]
+
+
+# ------------------------------------------------------------------------------------------
+# the one orthogonalization and the one convergence test
+def orthogonalize(W: Tensor, basis: Tensor | None = None, *, normalize: bool = True,
+                  drop_tol: float | Tensor = 0.0) -> tuple[Tensor, Tensor, Tensor | None]:
+    """Gram-Schmidt of the rows of ``W[..., b, n]`` against the orthonormal rows of
+    ``basis[..., m, n]``, two passes ("twice is enough"); leading dimensions are a batch.
+
+    Returns ``(Q, C, R)``. ``C[..., b, m]`` (float64): the coefficients removed along the
+    basis. With ``normalize=False``, ``Q`` is ``W`` minus those components and ``R`` is None.
+    Otherwise the rows are also orthonormalized among themselves, in order: ``Q[..., b, n]``
+    has unit rows, or zero rows where what remains has norm ``<= drop_tol`` (the row lies in
+    the span already: an invariant subspace), and ``R[..., b, b]`` (float64, upper
+    triangular) gives ``W = C basis + R^T Q``. Cost: ``4 b (m + b) n`` flops.
+    """
+    batch = W.shape[:-2]
+    b = W.shape[-2]
+    m = 0 if basis is None else basis.shape[-2]
+    C = torch.zeros(*batch, b, m, dtype=torch.float64)
+
+    def against_basis(w: Tensor, rows: slice) -> Tensor:
+        if not m:
+            return w
+        for _ in range(2):
+            c = w @ basis.mT
+            w = w - c @ basis
+            C[..., rows, :] += c.double().cpu()
+        return w
+
+    if not normalize:
+        return against_basis(W, slice(None)), C, None
+    R = torch.zeros(*batch, b, b, dtype=torch.float64)
+    qs: list[Tensor] = []
+    drop = torch.as_tensor(drop_tol, dtype=torch.float64).expand(*batch, 1)
+    for j in range(b):
+        w = W[..., j : j + 1, :]
+        for _ in range(2):
+            w = against_basis(w, slice(j, j + 1))
+            if qs:
+                Qp = torch.cat(qs, dim=-2)
+                c = w @ Qp.mT
+                w = w - c @ Qp
+                R[..., :j, j] += c[..., 0, :].double().cpu()
+        norm = torch.linalg.vector_norm(w, dim=-1)  # [..., 1]
+        keep = norm.double().cpu() > drop
+        R[..., j, j] = torch.where(keep, norm.double().cpu(), 0.0)[..., 0]
+        scale = torch.where(keep.to(norm.device), 1.0 / norm.clamp(min=_TINY), 0.0)
+        qs.append(w * scale[..., None].to(w.dtype))
+    return torch.cat(qs, dim=-2), C, R
+
+
+def rounding_floor(dtype: torch.dtype, scale: float) -> float:
+    """The smallest residual a product in ``dtype`` resolves: ``100 eps ||A||``."""
+    return 100 * torch.finfo(dtype).eps * max(scale, _TINY)
+
+
+def convergence(residuals: Tensor, values: Tensor, tol: float, floor: float = 0.0,
+                ) -> tuple[Tensor, Tensor]:
+    """The one convergence test of Ritz pairs (float64 inputs): ``(converged, at_floor)``.
+
+    ``converged``: ``||A v - lambda v|| <= tol |lambda|`` with ``tol |lambda|`` at or above
+    ``floor`` (below the rounding floor of the working precision a residual is not resolved,
+    so it cannot show convergence). ``at_floor``: not converged, but the residual is at most
+    ``max(tol |lambda|, floor)``: more iterations cannot help, a higher precision can.
+    Iterations stop when every wanted pair is one or the other.
+    """
+    target = tol * values.abs()
+    done = residuals <= torch.clamp(target, min=floor)
+    ok = done & (target >= floor)
+    return ok, done & ~ok
+
+
+# ------------------------------------------------------------------------------------------
+# Lanczos
+@dataclass
+class Eigenpairs:
+    """Extreme eigenpairs: ``values`` (float64; the largest descending, then the smallest
+    ascending), ``vectors[k, n]`` (unit rows, operator dtype and device), ``residuals``
+    (``||A v - lambda v||``, float64), ``converged`` (residual ``<= tol |lambda|``),
+    ``at_floor`` (not converged, but at the rounding floor of the working precision, where
+    more iterations cannot help), ``n_matvecs``, ``n_restarts``."""
+
+    values: Tensor
+    vectors: Tensor
+    residuals: Tensor
+    converged: Tensor
+    at_floor: Tensor
+    n_matvecs: int
+    n_restarts: int
+
+
+def _keep_indices(m: int, k_top: int, k_bot: int, n_keep: int) -> list[int]:
+    """Indices (into ascending Ritz values) kept at a thick restart."""
+    extra = n_keep - k_top - k_bot
+    if k_bot == 0:
+        n_top = n_keep
+    elif k_top == 0:
+        n_top = 0
+    else:
+        n_top = k_top + (extra * k_top) // (k_top + k_bot)
+    return list(range(n_keep - n_top)) + list(range(m - n_top, m))
+
+
+def _wanted(m: int, k_top: int, k_bot: int) -> list[int]:
+    return [m - 1 - i for i in range(k_top)] + list(range(k_bot))
+
+
+def lanczos(op: Operator, n: int, k_largest: int = 1, k_smallest: int = 0, *,
+            tol: float = 1e-6, max_matvecs: int = 1000, max_basis: int | None = None,
+            block_size: int = 1, v0: Tensor | None = None, seed: int = 0,
+            dtype: torch.dtype = torch.float64, device: torch.device | str = "cpu",
+            desc: str = "lanczos") -> Eigenpairs:
+    """Extreme eigenpairs of a symmetric ``n x n`` operator by thick-restart block Lanczos.
+
+    Keeps an orthonormal basis ``V[:m]`` and the Rayleigh quotient ``T = V^T A V`` (float64)
+    built from the Gram-Schmidt coefficients of each new block ``A Q`` (full
+    reorthogonalization), so plain and restarted steps are the same code. With the pending
+    block ``Q`` and its coupling ``R`` (``A V = V T + Q^T R``), the residual of the Ritz
+    pair ``(theta, V^T u)`` is ``||R u||``. When ``m`` would exceed ``max_basis`` (default
+    ``max(40, 4k, k + 8 block_size)``), the basis is replaced by Ritz vectors from the
+    wanted ends. After an invariant subspace, fresh random directions are grown ``k`` more
+    steps before stopping, so repeated eigenvalues and null spaces show. Stops when every
+    wanted pair passes :func:`convergence` (converged, or at the rounding floor), or after
+    ``max_matvecs`` products. ``v0[b, n]`` (or ``[n]``): the start block (a warm start, e.g.
+    the previous eigenvectors), completed with random rows up to ``block_size``; otherwise
+    random from ``seed``. Memory: ``max_basis * n`` numbers.
+    """
+    k_total = k_largest + k_smallest
+    if k_total < 1 or k_total > n:
+        raise LandscapeError(f"ask for between 1 and {n} eigenvalues, not {k_total}")
+    m_max = min(n, max_basis if max_basis is not None
+                else max(40, 4 * k_total, k_total + 8 * block_size))
+    gen = generator(seed, 0x1A2C, device=device)
+    empty = torch.zeros(0, n, dtype=dtype, device=device)
+
+    def random_rows(k: int, basis: Tensor) -> Tensor:
+        W = torch.randn(k, n, generator=gen, dtype=torch.float64, device=device).to(dtype)
+        Q, _, R = orthogonalize(W, basis)
+        return Q[R.diagonal() > 0]
+
+    if v0 is not None:
+        v0 = v0.reshape(-1, n).to(device, dtype)[:block_size]
+        Q, _, R = orthogonalize(v0, drop_tol=0.0)
+        Q = Q[R.diagonal() > 0]
+        if Q.shape[0] < min(block_size, n):
+            Q = torch.cat([Q, random_rows(min(block_size, n) - Q.shape[0], Q)])
+    else:
+        Q = random_rows(min(block_size, n), empty)
+    V = torch.zeros(m_max, n, dtype=dtype, device=device)
+    T = torch.zeros(m_max, m_max, dtype=torch.float64)
+    m, used, restarts, last_fill = 0, 0, 0, None
+    theta = torch.zeros(0, dtype=torch.float64)
+    U = torch.zeros(0, 0, dtype=torch.float64)
+    res = torch.zeros(0, dtype=torch.float64)
+    bar = progress(total=max_matvecs, desc=desc, unit="hvp")
+    try:
+        while Q.shape[0] and used < max_matvecs:
+            bq = Q.shape[0]
+            if m + bq > m_max:  # thick restart
+                n_keep = min(m_max - bq, k_total + (m_max - k_total) // 2)
+                if n_keep < k_total:
+                    raise LandscapeError(
+                        f"max_basis {m_max} is too small for {k_total} eigenvalues with "
+                        f"block size {block_size}; use at least {k_total + 2 * bq}")
+                keep = _keep_indices(m, k_largest, k_smallest, n_keep)
+                V[:n_keep] = U[:, keep].T.to(device, dtype) @ V[:m]
+                T.zero_()
+                T[:n_keep, :n_keep] = torch.diag(theta[keep])
+                m = n_keep
+                restarts += 1
+            V[m : m + bq] = Q
+            W = op(Q)
+            used += bq
+            bar.update(bq)
+            m += bq
+            scale = max(float(theta.abs().max()) if theta.numel() else 0.0,
+                        float(torch.linalg.vector_norm(W, dim=1).max()))
+            Q, C, R = orthogonalize(W, V[:m], drop_tol=rounding_floor(dtype, scale))
+            T[:m, m - bq : m] = C.T
+            T[m - bq : m, :m] = C
+            diag = T[m - bq : m, m - bq : m]
+            T[m - bq : m, m - bq : m] = (diag + diag.T) / 2
+            theta, U = torch.linalg.eigh(T[:m, :m])
+            kept = R.diagonal() > 0
+            Q, R = Q[kept][: n - m], R[kept][: n - m]
+            if Q.shape[0] < bq and m + Q.shape[0] < n and Q.shape[0] < block_size:
+                # invariant subspace: continue from fresh random directions
+                fill = min(block_size - Q.shape[0], n - m - Q.shape[0])
+                fresh = random_rows(fill, torch.cat([V[:m], Q]))
+                Q = torch.cat([Q, fresh])
+                R = torch.cat([R, torch.zeros(fresh.shape[0], bq, dtype=torch.float64)])
+                last_fill = m
+            coupling = torch.zeros(Q.shape[0], m, dtype=torch.float64)
+            coupling[:, m - bq :] = R
+            res = torch.linalg.vector_norm(coupling @ U, dim=0)
+            # after a fill the residuals are zero, but a repeated eigenvalue shows only
+            # once the fresh directions have grown
+            settled = last_fill is None or m - last_fill >= k_total or m + block_size > n
+            if m >= k_total and settled:
+                wanted = _wanted(m, k_largest, k_smallest)
+                floor = rounding_floor(dtype, float(theta.abs().max()))
+                ok, at_floor = convergence(res[wanted], theta[wanted], tol, floor)
+                if bool((ok | at_floor).all()):
+                    break
+    finally:
+        bar.close()
+    if m < k_total:
+        raise LandscapeError(
+            f"max_iter {max_matvecs} is too small to get {k_total} eigenvalues with block "
+            f"size {block_size}; use at least {k_total + block_size}")
+    wanted = _wanted(m, k_largest, k_smallest)
+    vectors = U[:, wanted].T.to(device, dtype) @ V[:m]
+    vectors = vectors / torch.linalg.vector_norm(vectors, dim=1, keepdim=True)
+    values, res = theta[wanted], res[wanted]
+    ok, at_floor = convergence(res, values, tol, rounding_floor(dtype, float(theta.abs().max())))
+    return Eigenpairs(values, vectors, res, ok, at_floor, used, restarts)
+
+
+# ------------------------------------------------------------------------------------------
+# trace
+@dataclass
+class TraceEstimate:
+    """``estimate`` of ``tr(A)``, its standard error (None from one probe), the per-probe
+    values ``samples`` (for Hutch++: of the deflated remainder), ``n_matvecs``, ``n_probes``
+    and ``converged``: ``stderr <= rtol |estimate|``."""
+
+    estimate: float
+    stderr: float | None
+    samples: Tensor
+    n_matvecs: int
+    n_probes: int
+    converged: bool
+
+
+def _mean_stderr(samples: list[float]) -> tuple[float, float | None]:
+    mean = float(np.mean(samples))
+    if len(samples) < 2:
+        return mean, None
+    return mean, float(np.std(samples, ddof=1) / math.sqrt(len(samples)))
+
+
+def _within(estimate: float, stderr: float | None, rtol: float) -> bool:
+    return stderr is not None and stderr <= rtol * abs(estimate)
+
+
+def hutchinson(op: Operator, n: int, *, rtol: float = 1e-2, min_probes: int = 10,
+               max_probes: int = 1000, check_every: int = 10, seed: int = 0,
+               kind: str = "rademacher", dtype: torch.dtype = torch.float64,
+               device: torch.device | str = "cpu", split: Split | None = None,
+               ) -> TraceEstimate:
+    """Hutchinson's estimator, the mean of ``z^T A z`` over probes ``z``, in rounds of
+    ``check_every`` probes (one block each), stopping once ``min_probes`` are in and the
+    standard error is ``<= rtol |estimate|``, or at ``max_probes``. Its variance per probe is
+    ``2 (||A||_F^2 - sum_i A_ii^2)`` for Rademacher probes. Cost: ``n_probes`` products."""
+    split = split or Split()
+    values: dict[int, float] = {}
+    local = 0
+    bar = progress(total=max_probes, desc="hutchinson", unit="probe")
+    try:
+        for start in range(0, max_probes, check_every):
+            stop = min(start + check_every, max_probes)
+            mine = split.mine(range(start, stop))
+            found: list[tuple[int, float]] = []
+            if mine:
+                Z = probes(n, mine, seed, 1, dtype, device, kind)
+                found = list(zip(mine, (Z * op(Z)).sum(dim=1, dtype=torch.float64)
+                                 .cpu().tolist()))
+                local += len(mine)
+            for part in split.gather(found):
+                values.update(part)
+            bar.update(stop - start)
+            if len(values) >= min_probes and _within(
+                    *_mean_stderr(list(values.values())), rtol):
+                break
+    finally:
+        bar.close()
+    samples = [values[i] for i in sorted(values)]
+    estimate, stderr = _mean_stderr(samples)
+    return TraceEstimate(estimate, stderr, torch.tensor(samples, dtype=torch.float64),
+                         sum(split.gather(local)), len(samples),
+                         _within(estimate, stderr, rtol))
+
+
+def hutchpp(op: Operator, n: int, budget: int, *, rtol: float = 1e-2, seed: int = 0,
+            kind: str = "rademacher", dtype: torch.dtype = torch.float64,
+            device: torch.device | str = "cpu") -> TraceEstimate:
+    """Hutch++: with ``s = budget // 3`` (at most ``n``), the range sketch ``Q = orth(A S)``,
+    the exact part ``tr(Q^T A Q)`` and Hutchinson on the deflated remainder
+    ``(I - QQ^T) A (I - QQ^T)`` with ``s`` probes. Unbiased for every ``Q``; ``stderr`` is
+    that of the remainder's mean given ``Q`` (whose mean over ``Q`` is the variance).
+    Exact once ``s`` reaches the rank of ``A``. Cost: at most ``budget`` products, in three
+    blocks."""
+    s = min(budget // 3, n)
+    if s < 1:
+        raise LandscapeError("hutch++ needs a budget of at least 3 products (a third per stage)")
+    Y = op(probes(n, list(range(s)), seed, 2, dtype, device, kind))
+    scale = float(torch.linalg.vector_norm(Y, dim=1).max())
+    Q, _, R = orthogonalize(Y, drop_tol=rounding_floor(dtype, scale))
+    Q = Q[R.diagonal() > 0]
+    low_rank = float((Q * op(Q)).sum(dtype=torch.float64)) if Q.shape[0] else 0.0
+    G, _, _ = orthogonalize(probes(n, list(range(s)), seed, 3, dtype, device, kind), Q,
+                            normalize=False)
+    rest = (G * op(G)).sum(dim=1, dtype=torch.float64).cpu().tolist()
+    mean, stderr = _mean_stderr(rest)
+    return TraceEstimate(low_rank + mean, stderr, torch.tensor(rest, dtype=torch.float64),
+                         2 * s + Q.shape[0], s, _within(low_rank + mean, stderr, rtol))
+
+
+# ------------------------------------------------------------------------------------------
+# stochastic Lanczos quadrature
+@dataclass
+class Quadrature:
+    """Each probe's Gauss quadrature of its spectral measure: ``nodes[p, m]``,
+    ``weights[p, m]`` (rows sum to 1; padding after an early breakdown has weight 0)."""
+
+    nodes: Tensor
+    weights: Tensor
+    n_matvecs: int
+    probe_ids: list[int] = field(default_factory=list)
+
+
+def _tridiagonals(op: Operator, Z: Tensor, m: int) -> list[tuple[Tensor, Tensor]]:
+    """``m`` Lanczos steps with full reorthogonalization from each unit row of ``Z`` at
+    once (one block product per step). Each probe's (alphas, betas), shortened on breakdown
+    (an invariant Krylov space: the quadrature is then exact)."""
+    K, n = Z.shape
+    V = torch.zeros(K, m, n, dtype=Z.dtype, device=Z.device)
+    V[:, 0] = Z
+    alpha = torch.zeros(K, m, dtype=torch.float64)
+    beta = torch.zeros(K, m, dtype=torch.float64)
+    length = [m] * K
+    active = list(range(K))
+    for j in range(m):
+        if not active:
+            break
+        idx = torch.tensor(active, device=Z.device)
+        v = V[idx, j]
+        W = op(v)
+        alpha[active, j] = (W * v).sum(dim=1, dtype=torch.float64).cpu()
+        if j + 1 == m:
+            break
+        scale = torch.maximum(alpha[active, : j + 1].abs().amax(dim=1), beta[active].amax(dim=1))
+        floor = torch.tensor([rounding_floor(Z.dtype, float(c)) for c in scale])
+        Q, _, R = orthogonalize(W[:, None], V[idx, : j + 1], drop_tol=floor[:, None])
+        still = []
+        for row, k in enumerate(active):
+            norm = float(R[row, 0, 0])
+            if norm > 0:
+                beta[k, j] = norm
+                V[k, j + 1] = Q[row, 0]
+                still.append(k)
+            else:
+                length[k] = j + 1
+        active = still
+    return [(alpha[k, : length[k]], beta[k, : length[k] - 1]) for k in range(K)]
+
+
+def _gauss(alpha: Tensor, beta: Tensor, m: int) -> tuple[Tensor, Tensor]:
+    """Nodes and weights of one tridiagonal's Gauss quadrature, padded to ``m``."""
+    T = torch.diag(alpha) + torch.diag(beta, 1) + torch.diag(beta, -1)
+    nodes, U = torch.linalg.eigh(T)
+    weights = U[0] ** 2
+    pad = m - alpha.numel()
+    if pad:
+        nodes = torch.cat([nodes, nodes[-1:].expand(pad)])
+        weights = torch.cat([weights, torch.zeros(pad, dtype=torch.float64)])
+    return nodes, weights
+
+
+def slq(op: Operator, n: int, n_probes: int = 10, n_steps: int = 80, *, seed: int = 0,
+        kind: str = "rademacher", block_size: int = 10, dtype: torch.dtype = torch.float64,
+        device: torch.device | str = "cpu", split: Split | None = None) -> Quadrature:
+    """Stochastic Lanczos quadrature: for each normalized probe, ``min(n_steps, n)`` Lanczos
+    steps give a Gauss quadrature (nodes: Ritz values; weights: squared first components of
+    the Ritz vectors) of ``z^T f(A) z``; ``mean_probes sum_j w_j f(theta_j)`` estimates
+    ``tr f(A) / n``. ``block_size`` probes advance together, one block product per step.
+    Cost: ``n_probes * n_steps`` products; memory ``block_size * n_steps * n`` numbers."""
+    split = split or Split()
+    m = min(n_steps, n)
+    mine = split.mine(range(n_probes))
+    per_batch = max(1, min(block_size, 2**30 // max(1, m * n * dtype.itemsize)))
+    local: list[tuple[int, Tensor, Tensor]] = []
+    bar = progress(total=len(mine), desc="slq", unit="probe")
+    used = 0
+    for start in range(0, len(mine), per_batch):
+        batch = mine[start : start + per_batch]
+        Z = probes(n, batch, seed, 4, dtype, device, kind)
+        Z = Z / torch.linalg.vector_norm(Z, dim=1, keepdim=True)
+        for i, (a, b) in zip(batch, _tridiagonals(op, Z, m)):
+            used += a.numel()
+            local.append((i, *_gauss(a, b, m)))
+        bar.update(len(batch))
+    bar.close()
+    parts = split.gather((local, used))
+    rows = sorted((row for part, _ in parts for row in part), key=lambda r: r[0])
+    return Quadrature(torch.stack([r[1] for r in rows]), torch.stack([r[2] for r in rows]),
+                      sum(count for _, count in parts), [r[0] for r in rows])
+
+
+def slq_density(quad: Quadrature, sigma: float = 0.01, grid_size: int = 1000,
+                ) -> tuple[Tensor, Tensor, float]:
+    """The mean quadrature measure broadened by Gaussians of standard deviation ``sigma``
+    times the node range, on ``grid_size`` points reaching 5 widths past the extreme nodes:
+    ``(grid, density, absolute sigma)``; the density integrates to 1."""
+    nodes, weights = quad.nodes, quad.weights
+    lo, hi = float(nodes.min()), float(nodes.max())
+    width = hi - lo if hi > lo else max(abs(hi), 1.0)
+    sig = sigma * width
+    grid = torch.linspace(lo - 5 * sig, hi + 5 * sig, grid_size, dtype=torch.float64)
+    if float(grid[1] - grid[0]) > sig / 2:
+        need = math.ceil(2 * (hi - lo + 10 * sig) / sig) + 1
+        raise LandscapeError(f"grid_size {grid_size} is too coarse for sigma {sigma}; "
+                             f"use grid_size >= {need} or a larger sigma")
+    flat_n, flat_w = nodes.reshape(-1), weights.reshape(-1) / nodes.shape[0]
+    density = torch.zeros_like(grid)
+    for start in range(0, flat_n.numel(), 4096):
+        d = (grid[:, None] - flat_n[None, start : start + 4096]) / sig
+        density += (torch.exp(-0.5 * d * d) * flat_w[None, start : start + 4096]).sum(dim=1)
+    return grid, density / (math.sqrt(2 * math.pi) * sig), sig
