@@ -39,12 +39,13 @@ class MeasureSettings:
 
     ``seed`` seeds every random start, probe and Monte Carlo sample. ``hessian_tol``: relative
     residual of the top eigenpair (Lanczos); ``trace_method``: ``"hutch++"`` (a budget of
-    ``trace_probes`` HVPs: within 0.6% of the exact trace of the digits MLP at 150, see
-    benchmarks/README.md) or ``"hutchinson"`` (stops at ``trace_rtol`` or ``trace_probes``);
-    ``eps``: Keskar's box size; ``rho_*``: radii of the adaptive (relative to ``|theta|``) and SAM measures; ``sharpness_batch_size``: the batch size m of the
-    worst-case measures (None: the function's default); ``pac_bayes_target``: the increase
-    of the training error PAC-Bayes flatness allows; ``noise_batch_size``/``lr``: the batch
-    size B and learning rate of the SGD noise measures (None: the run's own, else 128 / 0.1).
+    ``trace_probes`` HVPs; its error per budget is in benchmarks/README.md) or
+    ``"hutchinson"`` (stops at ``trace_rtol`` or ``trace_probes``); ``eps``: Keskar's box
+    size; ``rho_*``: radii of the adaptive (relative to ``|theta|``) and SAM measures;
+    ``sharpness_batch_size``: the batch size m of the worst-case measures (None: the
+    function's default); ``pac_bayes_target``: the increase of the training error PAC-Bayes
+    flatness allows; ``noise_batch_size``/``lr``: the batch size B and learning rate of the
+    SGD noise measures (None: the run's own, else 128 / 0.1).
     """
 
     seed: int = 0
