@@ -17,13 +17,25 @@ from landscape.errors import LandscapeError
 
 
 class _Group(click.Group):
-    """A click group that turns LandscapeError into a one-line error with exit code 1."""
+    """A click group that turns LandscapeError into a one-line error with exit code 1, and
+    the library's warnings (a target loss not reached, an eigenvalue not converged) into one
+    ``Warning: ...`` line each on stderr, every time they occur."""
 
     def invoke(self, ctx: click.Context):
         import errno
+        import warnings
 
         try:
-            return super().invoke(ctx)
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                try:
+                    return super().invoke(ctx)
+                finally:
+                    for w in caught:
+                        if _ours(w.filename):
+                            click.echo(f"Warning: {w.message}", err=True)
+                        else:  # others under the usual filters
+                            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
         except LandscapeError as err:
             raise click.ClickException(str(err)) from None
         except OSError as err:  # a write the library did not wrap: still one line
@@ -32,6 +44,13 @@ class _Group(click.Group):
                 raise
             where = f"{err.filename}: " if err.filename else ""
             raise click.ClickException(f"cannot write: {where}{err.strerror}") from None
+
+
+def _ours(filename: str) -> bool:
+    """Whether a warning was raised from this package's code."""
+    from pathlib import Path
+
+    return Path(__file__).parent in Path(filename).resolve().parents
 
 
 @click.group(cls=_Group)
@@ -129,7 +148,6 @@ def train_cmd(widths: str | None, model_option: tuple[str, ...], as_json: bool,
               **kwargs: Any) -> None:
     """Train a model and keep a run directory (checkpoints, history, run.json)."""
     import time
-    import warnings
 
     from landscape.train import train
 
@@ -137,11 +155,7 @@ def train_cmd(widths: str | None, model_option: tuple[str, ...], as_json: bool,
     if widths is not None:
         options["widths"] = _parse_widths(widths)
     t0 = time.perf_counter()
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", UserWarning)
-        run = train(model_options=options or None, **kwargs)
-    for warning in caught:  # one line each on stderr (e.g. a target loss not reached)
-        click.echo(f"Warning: {warning.message}", err=True)
+    run = train(model_options=options or None, **kwargs)
     last = run.history[-1]
     summary = {"run": str(run.path), "epochs": last["epoch"], "stopping": run.stopping,
                **{k: last[k] for k in ("train_loss", "train_acc", "test_loss", "test_acc")},
