@@ -5,44 +5,33 @@ curvature, sharpness and gradient noise, and the comparison study. Figures live 
 :mod:`landscape.plot`, analytic test functions in :mod:`landscape.toy`.
 """
 
+import sys
+import types
+from importlib import import_module
+from typing import Any
+
 __version__ = "0.1.0"
 
-from landscape.analysis.hessian import (  # noqa: E402
-    analyze_hessian,
-    curvature_map,
-    hessian_eigenvalues,
-    hessian_trace,
-    load_hessian,
-    spectral_density,
-)
-from landscape.analysis.measures import (  # noqa: E402
-    REGISTRY,
-    MeasureSettings,
-    compute_measures,
-)
-from landscape.analysis.noise import gradient_noise, noise_scale_two_batch  # noqa: E402
-from landscape.analysis.sharpness import (  # noqa: E402
-    adaptive_sharpness,
-    epsilon_sharpness,
-    fisher_rao_norm,
-    pac_bayes_flatness,
-    sam_sharpness,
-)
-from landscape.data import Dataset, load_dataset  # noqa: E402
-from landscape.errors import LandscapeError  # noqa: E402
-from landscape.models import build_model  # noqa: E402
-from landscape.objective import Objective  # noqa: E402
-from landscape.params import ParamSpace  # noqa: E402
-from landscape.study import demo, load_study, run_study  # noqa: E402
-from landscape.surface import (  # noqa: E402
-    compute_surface,
-    interpolate,
-    load_surface,
-    plane,
-    random_surface,
-    trajectory,
-)
-from landscape.train import Run, load_run, train  # noqa: E402
+# public name -> its module, imported on first use (PEP 562) so that `import landscape` and
+# `landscape --help` need no torch
+_SOURCES = {
+    "landscape.analysis.hessian": ("analyze_hessian", "curvature_map", "hessian_eigenvalues",
+        "hessian_trace", "load_hessian", "spectral_density"),
+    "landscape.analysis.measures": ("REGISTRY", "MeasureSettings", "compute_measures"),
+    "landscape.analysis.noise": ("gradient_noise", "noise_scale_two_batch"),
+    "landscape.analysis.sharpness": ("adaptive_sharpness", "epsilon_sharpness", "fisher_rao_norm",
+        "pac_bayes_flatness", "sam_sharpness"),
+    "landscape.data": ("Dataset", "load_dataset"),
+    "landscape.errors": ("LandscapeError",),
+    "landscape.models": ("build_model",),
+    "landscape.objective": ("Objective",),
+    "landscape.params": ("ParamSpace",),
+    "landscape.study": ("demo", "load_study", "run_study"),
+    "landscape.surface": ("compute_surface", "interpolate", "load_surface", "plane",
+        "random_surface", "trajectory"),
+    "landscape.train": ("Run", "load_run", "train"),
+}
+_MODULE_OF = {name: module for module, names in _SOURCES.items() for name in names}
 
 __all__ = [
     "REGISTRY", "Dataset", "LandscapeError", "MeasureSettings", "Objective", "ParamSpace", "Run",
@@ -53,3 +42,29 @@ __all__ = [
     "load_surface", "noise_scale_two_batch", "pac_bayes_flatness", "plane", "random_surface",
     "run_study", "sam_sharpness", "spectral_density", "train", "trajectory",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """Import a public name's module on first access and keep the name here."""
+    if name not in _MODULE_OF:
+        raise AttributeError(f"module 'landscape' has no attribute {name!r}")
+    value = getattr(import_module(_MODULE_OF[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})
+
+
+class _Package(types.ModuleType):
+    """The package module: importing a subpackage named like a public function
+    (``landscape.train``) does not replace the function, as with eager imports."""
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in _MODULE_OF and isinstance(value, types.ModuleType):
+            return  # the subpackage stays reachable as sys.modules["landscape.train"]
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package

@@ -6,20 +6,90 @@ Data (``--json``) goes to stdout; progress bars and logs to stderr. User errors
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import click
 
 from landscape.errors import LandscapeError
 
+DEFAULT_THREADS = 1  # CPU threads of the measuring commands: the table in benchmarks/README.md
+
+
+@contextlib.contextmanager
+def _one_line_usage_errors() -> Iterator[None]:
+    """Click's usage errors (three lines, exit code 2) as one line with exit code 1, like every
+    other user error; the line names the command and its ``-h``."""
+    try:
+        yield
+    except click.UsageError as err:
+        where = err.ctx.command_path if err.ctx is not None else "landscape"
+        message = " ".join(err.format_message().split())
+        raise click.ClickException(f"{where}: {message} (see '{where} -h')") from None
+
+
+class _Command(click.Command):
+    """Every command: ``-h``/``--help``, ``--threads`` (added where the command does not declare
+    its own), one-line usage errors, and the process group under ``torchrun``."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.own_threads = any(p.name == "threads" for p in self.params)
+        if not self.own_threads:
+            self.params.append(click.Option(
+                ["--threads"], type=click.IntRange(min=1), default=DEFAULT_THREADS,
+                show_default=True, help="CPU threads (more threads pay only for large models on "
+                                        "an idle machine: benchmarks/README.md)."))
+
+    def make_context(self, *args: Any, **kwargs: Any) -> click.Context:
+        with _one_line_usage_errors():
+            return super().make_context(*args, **kwargs)
+
+    def invoke(self, ctx: click.Context) -> Any:
+        import os
+
+        threads = None if self.own_threads else ctx.params.pop("threads")
+        with _one_line_usage_errors():
+            if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # under torchrun
+                from landscape.distributed import init_from_env
+
+                init_from_env()  # one process group, ranks share the points or probes
+            if threads is None:
+                return super().invoke(ctx)
+            import torch
+
+            before = torch.get_num_threads()
+            torch.set_num_threads(threads)
+            try:
+                return super().invoke(ctx)
+            finally:
+                torch.set_num_threads(before)
+
 
 class _Group(click.Group):
     """A click group that turns LandscapeError into a one-line error with exit code 1, and
     the library's warnings (a target loss not reached, an eigenvalue not converged) into one
-    ``Warning: ...`` line each on stderr, every time they occur."""
+    ``Warning: ...`` line each on stderr, every time they occur. Its commands are
+    :class:`_Command`s; ``landscape`` alone prints the help."""
+
+    command_class = _Command
+
+    def make_context(self, *args: Any, **kwargs: Any) -> click.Context:
+        try:
+            with _one_line_usage_errors():
+                return super().make_context(*args, **kwargs)
+        except click.ClickException as err:
+            if isinstance(err.__context__, click.exceptions.NoArgsIsHelpError):
+                click.echo(self.get_help(err.__context__.ctx))
+                raise click.exceptions.Exit(0) from None
+            raise
+
+    def resolve_command(self, ctx: click.Context, args: list[str]) -> Any:
+        with _one_line_usage_errors():
+            return super().resolve_command(ctx, args)
 
     def invoke(self, ctx: click.Context):
         import errno
@@ -53,13 +123,10 @@ def _ours(filename: str) -> bool:
     return Path(__file__).parent in Path(filename).resolve().parents
 
 
-@click.group(cls=_Group)
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="landscape")
 def main() -> None:
     """Loss-landscape analysis: train, measure and plot the geometry of minima."""
-    from landscape.distributed import init_from_env
-
-    init_from_env()  # under torchrun: one process group, ranks share the points or probes
 
 
 def command_line() -> str:
