@@ -147,17 +147,30 @@ def _parse_widths(text: str) -> list[int]:
 
 
 def _parse_model_options(pairs: tuple[str, ...]) -> dict[str, Any]:
-    """``("depth=16", "dropout=0.3")`` -> ``{"depth": 16, "dropout": 0.3}`` (JSON values)."""
+    """``("depth=16", "widths=[64,64]")`` -> ``{"depth": 16, "widths": [64, 64]}``: values in
+    the one syntax of recipes and ``--sweep`` (:func:`landscape.study.parse_value`)."""
+    from landscape.study import parse_value
+
     options: dict[str, Any] = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key.strip():
             raise LandscapeError(f"--model-option must be KEY=VALUE, got {pair!r}")
-        try:
-            options[key.strip()] = json.loads(value)
-        except ValueError:
-            options[key.strip()] = value
+        options[key.strip()] = parse_value(value)
     return options
+
+
+def _h5(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """Refuse a result file whose name does not end in ``.h5``."""
+    if value is not None and not value.endswith(".h5"):
+        raise click.BadParameter(f"a result file ends in .h5, got {value!r}", ctx, param)
+    return value
+
+
+_model_option = click.option(
+    "--model-option", "model_option", multiple=True, metavar="KEY=VALUE",
+    help="A model option, e.g. widths=[64,64] or dropout=0.3 (values as in recipes); "
+         "repeatable.")
 
 
 # defaults as in landscape.train.trainer.train (repeated so `landscape --help` needs no torch)
@@ -165,8 +178,7 @@ def _parse_model_options(pairs: tuple[str, ...]) -> dict[str, Any]:
 @click.option("--model", default="mlp", show_default=True,
               help="Model name, or path/to/file.py:factory or package.module:factory.")
 @click.option("--widths", default=None, help="MLP hidden widths, comma-separated [100,100].")
-@click.option("--model-option", "model_option", multiple=True, metavar="KEY=VALUE",
-              help="Another model option (JSON value, e.g. dropout=0.3); repeatable.")
+@_model_option
 @click.option("--dataset", default="digits", show_default=True,
               help="digits, mnist, fashion-mnist, cifar10, cifar100, spirals, teacher.")
 @click.option("--data-dir", default=None, help="Directory with the dataset's files.")
@@ -333,7 +345,7 @@ def _report_surface(surface: Any, as_json: bool) -> None:
         click.echo(f"  {summary['nonfinite']} non-finite values (far from the minimum)")
 
 
-_grid_out = click.option("--out", type=click.Path(dir_okay=False), default=None,
+_grid_out = click.option("--out", type=click.Path(dir_okay=False), default=None, callback=_h5,
                          help="HDF5 file (default: outputs/<run>_<kind>.h5).")
 _overwrite = click.option("--overwrite", is_flag=True,
                           help="Replace an existing file computed with other settings.")
@@ -476,8 +488,8 @@ def _measure_options(fn: Callable) -> Callable:
         click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, ..."),
         click.option("--precision", type=click.Choice(["float64", "float32", "tf32", "bf16"]),
                      default="float32", show_default=True),
-        click.option("--out", type=click.Path(dir_okay=False), default=None,
-                     help="Keep the results with their settings in this HDF5 file."),
+        click.option("--out", type=click.Path(dir_okay=False), default=None, callback=_h5,
+                     help="Keep the results with their settings in this HDF5 file (.h5)."),
         _overwrite, _json]
     for option in reversed(options):
         fn = option(fn)
@@ -504,7 +516,8 @@ def _report_measures(results: dict[str, Any], as_json: bool) -> None:
               help="Radius of every rho-type measure, or name=value pairs "
                    "(default: adaptive_worst_l2=0.1, adaptive_worst_linf=0.002, "
                    "adaptive_average_l2=0.05, sam_sharpness=0.05).")
-@click.option("--batch-size", type=click.IntRange(min=1), default=128, show_default=True,
+@click.option("--sharpness-batch-size", "batch_size", type=click.IntRange(min=1), default=128,
+              show_default=True,
               help="Samples per batch m of the adaptive measures (Andriushchenko et al.).")
 @_measure_options
 @trust_options
@@ -524,7 +537,8 @@ def sharpness_cmd(run_dir: str, measures: str, eps: float, rho: str | None,
 
 
 @main.command("noise")
-@click.option("--batch-size", type=click.IntRange(min=1), default=128, show_default=True,
+@click.option("--noise-batch-size", "batch_size", type=click.IntRange(min=1), default=128,
+              show_default=True,
               help="SGD batch size B (minibatch error, implicit regularizer, SNR).")
 @click.option("--lr", type=float, default=0.1, show_default=True,
               help="SGD learning rate (implicit regularizer).")
@@ -583,7 +597,8 @@ def noise_cmd(run_dir: str, batch_size: int, lr: float, split: str, subset: int 
 @click.option("--no-eigenvectors", is_flag=True, help="Do not keep the eigenvectors.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @engine_options
-@click.option("--out", type=click.Path(dir_okay=False), required=True, help="HDF5 file.")
+@click.option("--out", type=click.Path(dir_okay=False), required=True, callback=_h5,
+              help="HDF5 file (.h5).")
 @_overwrite
 @_json
 @trust_options
@@ -596,6 +611,9 @@ def hessian_cmd(run_dir: str, top: int, bottom: int, trace: bool, trace_method: 
     """Hessian eigenvalues (Lanczos), trace (Hutchinson / Hutch++) and spectral density."""
     from landscape.analysis.hessian import hessian_of_run
 
+    if top == bottom == 0 and not (trace or density):
+        raise LandscapeError("nothing to compute: --top and --bottom are 0 and neither "
+                             "--trace nor --density is given")
     report = hessian_of_run(
         run_dir, split=split, subset=subset, out=out, overwrite=overwrite,
         command=command_line(), top=top, bottom=bottom, trace=trace, density=density,
@@ -757,10 +775,10 @@ def _report_study(study: Any, as_json: bool) -> None:
               help="TOML file of [recipes.NAME] tables (and study settings).")
 @click.option("--run", "runs", multiple=True, metavar="NAME=DIR",
               help="An already trained run directory. Repeatable.")
-@click.option("--data", default=None, help="Dataset of the recipes [digits].")
+@click.option("--dataset", "data", default=None, help="Dataset of the recipes [digits].")
 @click.option("--data-dir", default=None, help="Folder of the dataset's files.")
 @click.option("--model", default=None, help="Model of the recipes [mlp].")
-@click.option("--model-options", default=None, help="KEY=VALUE,... e.g. widths=[64,64].")
+@_model_option
 @click.option("--train-size", type=click.IntRange(min=1), default=None,
               help="Train on a fixed subset of this many samples.")
 @click.option("--out", type=click.Path(file_okay=False), default=None,
@@ -772,6 +790,7 @@ def compare_cmd(recipes: tuple[str, ...], recipe_file: str | None, runs: tuple[s
     """Train recipes (or take runs) and compare their minima: figure, tables, study.h5."""
     from landscape.study import study_from_options
 
+    options["model_options"] = _parse_model_options(options.pop("model_option")) or None
     study = study_from_options(list(recipes), recipe_file, list(runs), **options)
     _report_study(study, as_json)
 

@@ -201,7 +201,7 @@ def test_accuracy_is_nan_where_the_loss_is_nan() -> None:
 
 
 def test_noise_json_is_strict(run: Path) -> None:
-    proc = _cli("noise", "--run", run, "--batch-size", "40", "--json")  # B = n: 0/0 terms
+    proc = _cli("noise", "--run", run, "--noise-batch-size", "40", "--json")  # B = n: 0/0 terms
     assert proc.returncode == 0, proc.stderr[-1000:]
     _strict(proc.stdout)
 

@@ -136,7 +136,7 @@ def test_cli_noise_json_has_every_quantity_and_keeps_a_result_file(tiny_run, tmp
     from landscape.cli import main
 
     out = tmp_path / "noise.h5"
-    result = CliRunner().invoke(main, ["noise", "--run", str(tiny_run), "--batch-size", "16",
+    result = CliRunner().invoke(main, ["noise", "--run", str(tiny_run), "--noise-batch-size", "16",
                                        "--lr", "0.05", "--json", "--out", str(out)])
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
@@ -147,7 +147,7 @@ def test_cli_noise_json_has_every_quantity_and_keeps_a_result_file(tiny_run, tmp
     with store.open_result(out, kind="noise") as f:
         assert float(f["trace_cov"][()]) == pytest.approx(data["trace_cov"]["value"])
         assert store.read_settings(f)["lr"] == 0.05
-    table = CliRunner().invoke(main, ["noise", "--run", str(tiny_run), "--batch-size", "32"])
+    table = CliRunner().invoke(main, ["noise", "--run", str(tiny_run), "--noise-batch-size", "32"])
     assert table.exit_code == 0 and "gradient_diversity" in table.stdout
-    bad = CliRunner().invoke(main, ["noise", "--run", str(tiny_run), "--batch-size", "1000"])
+    bad = CliRunner().invoke(main, ["noise", "--run", str(tiny_run), "--noise-batch-size", "1000"])
     assert bad.exit_code == 1 and "larger than the data split" in bad.output

@@ -299,7 +299,7 @@ def test_toml_file_holds_recipes_design_and_settings(tmp_path) -> None:
 def test_cli_compare_sweep_resumes_and_prints_json(study) -> None:
     args = ["compare", "--recipe", "sgd=optimizer=sgd,epochs=60", "--sweep", "lr=0.05,0.2",
             "--sweep", "batch_size=25", "--seeds", "0,1", "--match", "train-loss=0.6",
-            "--train-size", "100", "--model-options", "widths=[8]", "--curve", "-1:1:5",
+            "--train-size", "100", "--model-option", "widths=[8]", "--curve", "-1:1:5",
             "--surface", "-1:1:3", "--interpolation", "-0.5:1.5:5", "--direction-seeds", "2",
             "--out", str(study.path.parent), "--json"]
     settings = study.path.parent / "settings.toml"
