@@ -37,23 +37,23 @@ def supports(module: nn.Module) -> bool:
 
 
 def _positions(module: nn.Module, a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
-    """Inputs ``[n, L, d_in]`` and output gradients ``[n, L, d_out]`` at the L positions
-    where the weight of a Linear or Conv2d layer is applied."""
+    """Inputs ``[n, d_in, L]`` and output gradients ``[n, d_out, L]`` at the L positions
+    where the weight of a Linear or Conv2d layer is applied (views where possible)."""
     n = a.shape[0]
     if isinstance(module, nn.Linear):
-        return a.reshape(n, -1, a.shape[-1]), b.reshape(n, -1, b.shape[-1])
+        return a.reshape(n, -1, a.shape[-1]).mT, b.reshape(n, -1, b.shape[-1]).mT
     cols = F.unfold(a, module.kernel_size, module.dilation, module.padding, module.stride)
-    return cols.transpose(1, 2), b.flatten(2).transpose(1, 2)
+    return cols, b.flatten(2)
 
 
 def _weight_sq_norms(a: Tensor, b: Tensor) -> Tensor:
-    """``||sum_l b_il a_il^T||^2`` for each i, from ``a[n, L, d_in]`` and ``b[n, L, d_out]``."""
-    length, d_in, d_out = a.shape[1], a.shape[2], b.shape[2]
+    """``||sum_l b_il a_il^T||^2`` for each i, from ``a[n, d_in, L]`` and ``b[n, d_out, L]``."""
+    d_in, d_out, length = a.shape[1], b.shape[1], a.shape[2]
     if length == 1:
         return a.square().sum((1, 2)) * b.square().sum((1, 2))
     if length * (d_in + d_out) < d_in * d_out:
-        return (torch.bmm(a, a.mT) * torch.bmm(b, b.mT)).sum((1, 2))
-    return torch.bmm(b.mT, a).square().sum((1, 2))
+        return (torch.bmm(a.mT, a) * torch.bmm(b.mT, b)).sum((1, 2))
+    return torch.bmm(b, a.mT).square().sum((1, 2))
 
 
 def sq_norms(module: nn.Module, calls: list[tuple[Tensor, Tensor]]) -> Tensor:
@@ -72,9 +72,8 @@ def sq_norms(module: nn.Module, calls: list[tuple[Tensor, Tensor]]) -> Tensor:
             g_bias = g_bias + b.sum(dims)
         return g_weight.square().sum(1) + g_bias.square().sum(1)
     pairs = [_positions(module, a, b) for a, b in calls]
-    a = torch.cat([p[0] for p in pairs], 1)
-    b = torch.cat([p[1] for p in pairs], 1)
+    a, b = pairs[0] if len(pairs) == 1 else (torch.cat(p, 2) for p in zip(*pairs))
     out = _weight_sq_norms(a, b)
     if module.bias is not None:
-        out = out + b.sum(1).square().sum(1)
+        out = out + b.sum(2).square().sum(1)
     return out
