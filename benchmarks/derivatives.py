@@ -5,9 +5,11 @@ medians), each printing the values the methods compute so that equal work is com
 
 1. ``block``: a block of K Hessian-vector products by double backward, as the engine did
    before (one forward pass and one ``create_graph`` gradient per vector and data chunk,
-   written out here) and as it does now (one graph per chunk shared by the K vectors);
-   forward calls counted by a hook. Default: MLP 64-100-100-10 on 4,096 random samples in 4
-   chunks, K = 8.
+   written out here) and as it does now (one graph per chunk shared by the K vectors); the
+   same for GGN products (before: ``jvp`` and ``vjp`` of the forward pass, two passes per
+   chunk, vectorized by ``vmap``; now one forward pass per chunk); forward calls counted by
+   a hook. Default: MLP 64-100-100-10 on 4,096 random samples and LeNet on 1,024 random
+   28x28 images, each in 4 chunks, K = 8.
 2. ``hutchinson``: 99 Hutchinson probes (Rademacher) on the digits MLP (1,437 samples, one
    chunk): the engine's block ``hvp`` against PyHessian's ``hessian.trace`` (Yao et al. 2020;
    it keeps one gradient graph and backpropagates per probe) and curvlinops'
@@ -33,7 +35,9 @@ import time
 from collections.abc import Callable
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.func import grad, jvp, vjp, vmap
 
 from landscape.analysis.noise import gradient_noise
 from landscape.data import load_dataset
@@ -68,39 +72,67 @@ def rel(a: Tensor, b: Tensor) -> float:
 # ------------------------------------------------------------------------------------------
 def block_part(args: argparse.Namespace) -> None:
     g = torch.Generator().manual_seed(0)
-    x = torch.randn(args.block_n, 64, generator=g)
-    y = torch.randint(0, 10, (args.block_n,), generator=g)
     torch.manual_seed(0)
-    model = build_model("mlp", (64,), 10, widths=(100, 100))
-    obj = Objective(model, (x, y), device="cpu", batch_size=args.block_n // args.chunks)
+    cases = {
+        "MLP 64-100-100-10": (build_model("mlp", (64,), 10, widths=(100, 100)),
+                              torch.randn(args.block_n, 64, generator=g)),
+        "LeNet, 28x28": (build_model("lenet", (1, 28, 28), 10),
+                         torch.randn(args.block_n // 4, 1, 28, 28, generator=g)),
+    }
+    for label, (model, x) in cases.items():
+        y = torch.randint(0, 10, (x.shape[0],), generator=g)
+        obj = Objective(model, (x, y), device="cpu", batch_size=x.shape[0] // args.chunks)
+        block_case(f"{label}, {x.shape[0]} samples in {args.chunks} chunks", obj, args, g)
+
+
+def block_case(label: str, obj: Objective, args: argparse.Namespace,
+               g: torch.Generator) -> None:
     theta = obj.theta0
     vs = torch.randn(args.k, theta.numel(), generator=g)
     calls = [0]
     obj.model.register_forward_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))
 
-    def before() -> Tensor:  # the engine's former path, one graph per vector and chunk
+    def chunks() -> zip:
+        return zip(obj.x.split(obj.batch_size), obj.y.split(obj.batch_size))
+
+    def hvp_before() -> Tensor:  # the engine's former path: one graph per vector and chunk
         out = torch.zeros_like(vs)
-        for xb, yb in zip(x.split(obj.batch_size), y.split(obj.batch_size)):
+        for xb, yb in chunks():
             for k, v in enumerate(vs):
                 t = theta.detach().requires_grad_(True)
                 (gr,) = torch.autograd.grad(obj.batch_loss(t, xb, yb), t, create_graph=True)
                 out[k] += xb.shape[0] / obj.n * torch.autograd.grad(gr, t, v)[0]
         return out
 
-    def after() -> Tensor:
-        return obj.hvp(theta, vs)
+    def ggn_before() -> Tensor:  # the former GGN: jvp and vjp of the forward (two passes)
+        def one(v: Tensor, xb: Tensor, yb: Tensor) -> Tensor:
+            def f(t: Tensor) -> Tensor:
+                return obj.forward(t, xb)
 
+            out, jv = jvp(f, (theta,), (v,))
+            _, hjv = jvp(lambda z: grad(lambda z_: F.cross_entropy(z_, yb))(z), (out,), (jv,))
+            return vjp(f, theta)[1](hjv)[0]
+
+        out = torch.zeros_like(vs)
+        for xb, yb in chunks():
+            out += xb.shape[0] / obj.n * vmap(one, in_dims=(0, None, None))(vs, xb, yb)
+        return out
+
+    fns = {"HVP before": hvp_before, "HVP after": lambda: obj.hvp(theta, vs),
+           "GGN before": ggn_before, "GGN after": lambda: obj.ggn_vp(theta, vs)}
     counts = {}
-    for name, fn in (("before", before), ("after", after)):
+    for name, fn in fns.items():
         calls[0] = 0
         fn()
         counts[name] = calls[0]
-    times = medians({"before": before, "after": after}, args.repeats)
-    print(f"block of {args.k} HVPs, MLP, {args.block_n} samples in {args.chunks} chunks: "
-          f"relative difference {rel(after(), before()):.1e}")
+    times = medians(fns, args.repeats)
+    print(f"block of {args.k} products, {label}: relative difference after vs before: "
+          f"HVP {rel(fns['HVP after'](), hvp_before()):.1e}, "
+          f"GGN {rel(fns['GGN after'](), ggn_before()):.1e}")
     for name in times:
         print(f"  {name}: {counts[name]} forward calls, {times[name]:.3f} s")
-    print(f"  speed-up {times['before'] / times['after']:.2f}x")
+    for product in ("HVP", "GGN"):
+        print(f"  {product} speed-up {times[product + ' before'] / times[product + ' after']:.2f}x")
 
 
 # ------------------------------------------------------------------------------------------
