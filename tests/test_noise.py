@@ -161,6 +161,7 @@ def test_two_batch_noise_scale_is_unbiased_on_average() -> None:
     lambda o: gradient_noise(o, batch_size=13),
     lambda o: gradient_noise(o, batch_size=0),
     lambda o: gradient_noise(o, lr=0.0),
+    lambda o: gradient_noise(o, chunk=4),
     lambda o: noise_scale_two_batch(o, b_small=4, b_big=4),
     lambda o: noise_scale_two_batch(o, b_small=2, b_big=20),
 ])

@@ -103,6 +103,8 @@ def gradient_noise(objective: Any, theta: Tensor | None = None, batch_size: int 
     check_positive("lr", lr)
     if method not in NOISE_METHODS:
         raise unknown_name("method", method, NOISE_METHODS)
+    if chunk is not None and method != "per_sample":
+        raise LandscapeError("chunk sets the per-sample-gradient calls of method='per_sample'")
     n = objective.n
     if batch_size > n:
         raise LandscapeError(f"batch size {batch_size} is larger than the data split "
