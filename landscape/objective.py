@@ -570,7 +570,7 @@ class Objective:
         handles = [m.register_forward_hook(capture(name)) for name, m in layers.items()]
         total_g = torch.zeros_like(theta)
         sq = torch.zeros(self.n, dtype=torch.float64, device=self.device)
-        start = 0
+        start, uncalled = 0, set(layers)
         try:
             with self._precision(derivative=True), torch.enable_grad():
                 for x, y in self._chunks():
@@ -580,6 +580,8 @@ class Objective:
                     loss = _loss_sum(self.loss_name, self.forward(t, x), y)
                     total_g += torch.autograd.grad(loss, t)[0]
                     for name, c in calls.items():
+                        if c:
+                            uncalled.discard(name)
                         pairs = [(p[0], p[1]) for p in c if len(p) == 2]
                         if pairs:
                             sq[start : start + x.shape[0]] += per_sample.sq_norms(
@@ -589,6 +591,9 @@ class Objective:
             for h in handles:
                 h.remove()
         self.counts["grad"] += 1
+        # parameters of a layer that was never called may be used by another module's code
+        rest += tuple(f"{prefix}.{n}" if prefix else n for prefix in sorted(uncalled)
+                      for n, _ in layers[prefix].named_parameters(recurse=False))
         if rest:  # e.g. LayerNorm, embeddings, shared weights: per-sample gradients
             chunk = self.per_sample_chunk(sum(self.space.unflatten(theta)[n].numel()
                                               for n in rest))

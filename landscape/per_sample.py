@@ -13,8 +13,9 @@ i's weight gradient is ``g_i = sum_l b_il a_il^T`` and its bias gradient ``sum_l
 
 Eval-mode BatchNorm is a per-channel affine map of ``xhat = (a - mean) / sqrt(var + eps)``
 (running statistics), so ``g_i(gamma) = sum_pos b_i xhat_i`` and ``g_i(beta) = sum_pos b_i``.
-Layers are handled when their parameters are used by them alone; every other parameter
-needs per-sample gradients (``Objective.per_sample_grads``).
+Layers are handled when their parameters are used by their own forward alone (not tied,
+not read by other modules' code); every other parameter needs per-sample gradients
+(``Objective.per_sample_grads``).
 """
 
 from __future__ import annotations
@@ -26,9 +27,9 @@ from torch import Tensor, nn
 
 def supports(module: nn.Module) -> bool:
     """Whether :func:`sq_norms` covers all of ``module``'s own parameters."""
-    if isinstance(module, nn.Linear):
+    if type(module) is nn.Linear:  # subclasses may use their weights otherwise
         return True
-    if isinstance(module, nn.Conv2d):
+    if type(module) is nn.Conv2d:
         return (module.groups == 1 and module.padding_mode == "zeros"
                 and not isinstance(module.padding, str))
     if isinstance(module, nn.modules.batchnorm._BatchNorm):

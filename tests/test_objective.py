@@ -671,8 +671,9 @@ def test_block_runs_one_forward_per_data_chunk_and_equals_single_calls(product: 
 
 class _SequenceNet(nn.Module):
     """A Linear layer on 2 positions per sample (Gram form), a strided dilated convolution on
-    4 positions (Gram form) whose output is changed in place, and a Linear layer whose weight
-    is tied to another's (needs per-sample gradients)."""
+    4 positions (Gram form) whose output is changed in place, a Linear layer whose weight
+    is tied to another's, and one whose parameters are used without calling it (both need
+    per-sample gradients)."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -681,12 +682,14 @@ class _SequenceNet(nn.Module):
         self.a, self.b = nn.Linear(32, 32), nn.Linear(32, 32)
         self.b.weight = self.a.weight
         self.head = nn.Linear(32 + 16, CLASSES)
+        self.mix = nn.Linear(CLASSES, CLASSES)
 
     def forward(self, x: Tensor) -> Tensor:
         h = torch.tanh(self.seq(x[:, :16].reshape(-1, 2, 8))).flatten(1)  # [n, 16]
         c = self.conv(x.reshape(-1, 8, 7, 7)).tanh_()  # [n, 8, 2, 2], changed in place
         c = torch.tanh(self.b(torch.tanh(self.a(c.flatten(1)))))
-        return self.head(torch.cat([h, c], 1))
+        out = self.head(torch.cat([h, c], 1))
+        return F.linear(torch.tanh(out), self.mix.weight, self.mix.bias)
 
 
 @pytest.mark.parametrize("kind", ["mlp", "conv_bn", "sequence"])
