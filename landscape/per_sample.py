@@ -68,9 +68,9 @@ def sq_norms(module: nn.Module, calls: list[tuple[Tensor, Tensor]]) -> Tensor:
             shape = (1, -1) + (1,) * (a.dim() - 2)
             xhat = (a - module.running_mean.view(shape)) * torch.rsqrt(
                 module.running_var.view(shape) + module.eps)
-            dims = tuple(range(2, a.dim()))
-            g_weight = g_weight + (b * xhat).sum(dims)
-            g_bias = g_bias + b.sum(dims)
+            dims = tuple(range(2, a.dim()))  # none for [n, C] inputs (sum(()) sums all)
+            g_weight = g_weight + ((b * xhat).sum(dims) if dims else b * xhat)
+            g_bias = g_bias + (b.sum(dims) if dims else b)
         return g_weight.square().sum(1) + g_bias.square().sum(1)
     pairs = [_positions(module, a, b) for a, b in calls]
     a, b = pairs[0] if len(pairs) == 1 else (torch.cat(p, 2) for p in zip(*pairs))

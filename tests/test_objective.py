@@ -692,10 +692,17 @@ class _SequenceNet(nn.Module):
         return F.linear(torch.tanh(out), self.mix.weight, self.mix.bias)
 
 
-@pytest.mark.parametrize("kind", ["mlp", "conv_bn", "sequence"])
+@pytest.mark.parametrize("kind", ["mlp", "bn1d", "conv_bn", "sequence"])
 def test_per_sample_sq_norms_equal_brute_force_per_sample_gradients(kind: str) -> None:
     if kind == "mlp":
         model, (x, y) = _mlp(), _class_data(n=9)
+    elif kind == "bn1d":
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(4, 6), nn.BatchNorm1d(6), nn.Tanh(), nn.Linear(6, 3))
+        with torch.no_grad():
+            model[1].running_mean.normal_()
+            model[1].running_var.uniform_(0.5, 2.0)
+        (x, y) = _class_data(n=9)
     elif kind == "conv_bn":
         model, (x, y) = _conv_bn(), _class_data((1, 4, 4), n=9)
     else:
