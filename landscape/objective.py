@@ -36,8 +36,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.func import functional_call, grad, grad_and_value, jvp, vjp, vmap
+from torch.func import functional_call, grad, grad_and_value, jvp, vmap
 
+from landscape import per_sample
 from landscape.errors import LandscapeError, check_positive, unknown_name
 from landscape.params import ParamSpace
 
@@ -106,6 +107,8 @@ class Objective:
         point_chunk: points per vmap call (default: as many as keep ``point_chunk *
             batch_size`` under ``2**16`` on the CPU, ``2**20`` on a GPU).
         strategy: ``"auto"`` (measure on the first call), ``"vmap"`` or ``"loop"``.
+        memory_budget: bytes for one vmap call of per-sample gradients (default: a quarter
+            of the free GPU memory, 16 MiB on the CPU, the fastest measured).
 
     All losses are means over the whole split. ``counts`` tracks the cost in passes over the
     split: ``forward`` (one per point evaluated), ``grad``, ``hvp`` and ``per_sample``.
@@ -115,14 +118,16 @@ class Objective:
                  loss: str | None = None, bn: str = "eval", precision: str = "float32",
                  device: str | torch.device | None = "auto", batch_size: int | None = None,
                  point_chunk: int | None = None, strategy: str = "auto",
-                 hvp_method: str = "double_backward") -> None:
+                 hvp_method: str = "double_backward", memory_budget: int | None = None,
+                 ) -> None:
         if precision not in PRECISIONS:
             raise unknown_name("precision", precision, PRECISIONS)
         if bn not in BN_MODES:
             raise unknown_name("bn mode", bn, BN_MODES)
         if strategy not in STRATEGIES:
             raise unknown_name("strategy", strategy, STRATEGIES)
-        for name, value in (("batch_size", batch_size), ("point_chunk", point_chunk)):
+        for name, value in (("batch_size", batch_size), ("point_chunk", point_chunk),
+                            ("memory_budget", memory_budget)):
             if value is not None:
                 check_positive(name, value)
         if hvp_method not in ("fwd_rev", "double_backward"):
@@ -140,6 +145,8 @@ class Objective:
         self.precision, self.bn, self.strategy = precision, bn, strategy
         self.strategy_forced = strategy != "auto"  # an explicit choice is never overridden
         self.hvp_method = hvp_method
+        self.memory_budget = memory_budget
+        self._activation_numel: int | None = None
         self.dtype = torch.float64 if precision == "float64" else torch.float32
         self.space = ParamSpace.from_model(model)
         self.model = copy.deepcopy(model).to(self.device, self.dtype).eval()
@@ -374,100 +381,224 @@ class Objective:
         return torch.as_tensor(theta).to(self.device, self.dtype)
 
     def loss_and_grad(self, theta: Tensor) -> tuple[float, Tensor]:
-        """Mean loss and its gradient [P] at ``theta``. Cost: one forward+backward pass."""
+        """Mean loss and its gradient [P] at ``theta``. Cost: one forward+backward pass; one
+        host synchronization (the loss is accumulated on the device)."""
         theta = self._check(theta)
         fn = grad_and_value(self.batch_loss)
-        total_g, total_l = torch.zeros_like(theta), 0.0
+        total_g = torch.zeros_like(theta)
+        total_l = torch.zeros((), dtype=torch.float64, device=self.device)
         with self._precision(derivative=True):
             for x, y in self._chunks():
                 g, value = fn(theta, x, y)
                 w = x.shape[0] / self.n
                 total_g += w * g
-                total_l += w * float(value)
+                total_l += w * value.double()
         self.counts["grad"] += 1
-        return total_l, total_g
+        return total_l.item(), total_g
 
     def grad(self, theta: Tensor) -> Tensor:
         """Gradient [P] of the mean loss at ``theta``."""
         return self.loss_and_grad(theta)[1]
 
-    def _block(self, theta: Tensor, v: Tensor, product: Callable,
-               vectorize: bool = True) -> Tensor:
-        """Chunk-weighted sum of ``product(theta, v, x, y)`` for ``v[P]`` or a block ``v[K, P]``."""
+    def _block(self, theta: Tensor, v: Tensor, products: Callable) -> Tensor:
+        """Chunk-weighted sum of ``products(theta, vs[K, P], x, y) -> [K, P]`` for ``v[P]`` or
+        a block ``v[K, P]``: each data chunk is visited once for the whole block."""
         theta = self._check(theta)
         v = torch.as_tensor(v).to(self.device, self.dtype)
         self.space.check(v)
         single = v.dim() == 1
         vs = v[None] if single else v
-        if vectorize:
-            fn = vmap(product, in_dims=(None, 0, None, None))
-        else:
-            def fn(t: Tensor, vs_: Tensor, x: Tensor, y: Tensor) -> Tensor:
-                return torch.stack([product(t, vi, x, y) for vi in vs_])
         out = torch.zeros_like(vs)
         with self._precision(derivative=True):
             for x, y in self._chunks():
-                out += (x.shape[0] / self.n) * fn(theta, vs, x, y)
+                out += (x.shape[0] / self.n) * products(theta, vs, x, y)
         self.counts["hvp"] += vs.shape[0]
         return out[0] if single else out
 
-    def _hvp_fwd_rev(self, theta: Tensor, v: Tensor, x: Tensor, y: Tensor) -> Tensor:
-        return jvp(lambda t: grad(self.batch_loss)(t, x, y), (theta,), (v,))[1]
+    def _hvp_fwd_rev(self, theta: Tensor, vs: Tensor, x: Tensor, y: Tensor) -> Tensor:
+        def one(v: Tensor) -> Tensor:
+            return jvp(lambda t: grad(self.batch_loss)(t, x, y), (theta,), (v,))[1]
+        return vmap(one)(vs)
 
-    def _hvp_double_backward(self, theta: Tensor, v: Tensor, x: Tensor, y: Tensor) -> Tensor:
+    def _hvp_double_backward(self, theta: Tensor, vs: Tensor, x: Tensor, y: Tensor) -> Tensor:
+        """One forward pass and one gradient graph for the chunk; one second backward pass
+        through it per vector."""
         with torch.enable_grad():
             t = theta.detach().requires_grad_(True)
             (g,) = torch.autograd.grad(self.batch_loss(t, x, y), t, create_graph=True)
-            (hv,) = torch.autograd.grad(g, t, grad_outputs=v)
-        return hv.detach()
+            last = vs.shape[0] - 1
+            return torch.stack([torch.autograd.grad(g, t, grad_outputs=v,
+                                                    retain_graph=k < last)[0]
+                                for k, v in enumerate(vs)])
 
     def hvp(self, theta: Tensor, v: Tensor, method: str | None = None) -> Tensor:
         """Hessian-vector product of the mean loss: ``v[P] -> Hv``, or a block ``v[K, P]``.
 
-        ``method``: ``"double_backward"`` (autograd, one vector at a time; the default, the
-        faster one measured: 2.0x a forward+backward pass for the digits MLP and 1.7x for
-        ResNet-20 on the CPU, against 3.8x and 2.7x, see ``benchmarks/README.md``) or
-        ``"fwd_rev"`` (``torch.func.jvp`` of ``grad``; a block shares each data chunk across
-        its K vectors through vmap).
+        A block visits each data chunk once. ``method``: ``"double_backward"`` (the default:
+        one forward pass and one ``create_graph`` gradient per chunk, then one backward pass
+        through that graph per vector) or ``"fwd_rev"`` (``torch.func.jvp`` of ``grad``,
+        vectorized over the block by ``vmap``). Their measured costs are in
+        ``benchmarks/README.md``.
         """
         method = method or self.hvp_method
         if method == "double_backward":
-            return self._block(theta, v, self._hvp_double_backward, vectorize=False)
+            return self._block(theta, v, self._hvp_double_backward)
         return self._block(theta, v, self._hvp_fwd_rev)
 
-    def _ggn(self, theta: Tensor, v: Tensor, x: Tensor, y: Tensor) -> Tensor:
-        out, jv = jvp(lambda t: self.forward(t, x), (theta,), (v,))
-        n = x.shape[0]
-        _, hjv = jvp(lambda z: grad(lambda z_: _loss_sum(self.loss_name, z_, y) / n)(z),
-                     (out,), (jv,))
-        return vjp(lambda t: self.forward(t, x), theta)[1](hjv)[0]
+    def _ggn(self, theta: Tensor, vs: Tensor, x: Tensor, y: Tensor) -> Tensor:
+        """``J^T H_out J v`` for each v from one forward pass: ``J v`` is the derivative of the
+        linear map ``u -> J^T u`` (a backward pass with ``create_graph``) along v."""
+        with torch.enable_grad():
+            t = theta.detach().requires_grad_(True)
+            out = self.forward(t, x)
+            u = torch.zeros_like(out, requires_grad=True)
+            (jtu,) = torch.autograd.grad(out, t, u, create_graph=True)
+            z = out.detach().requires_grad_(True)
+            (gz,) = torch.autograd.grad(_loss_sum(self.loss_name, z, y) / x.shape[0], z,
+                                        create_graph=True)
+            products = []
+            for v in vs:
+                (jv,) = torch.autograd.grad(jtu, u, v, retain_graph=True)
+                (hjv,) = torch.autograd.grad(gz, z, jv, retain_graph=True)
+                products.append(torch.autograd.grad(out, t, hjv, retain_graph=True)[0])
+        return torch.stack(products)
 
     def ggn_vp(self, theta: Tensor, v: Tensor) -> Tensor:
         """Generalized Gauss-Newton product ``J^T H_out J v`` (positive semi-definite).
 
         For cross-entropy this is the Fisher information (Martens 2020). Same shapes as
-        :meth:`hvp`.
+        :meth:`hvp`; one forward pass per data chunk for the whole block.
         """
         return self._block(theta, v, self._ggn)
 
-    def per_sample_grads(self, theta: Tensor, idx: Tensor | None = None) -> Tensor:
-        """Gradients of each sample's loss, shape [len(idx), P] (all samples by default).
+    def per_sample_chunk(self, numel: int) -> int:
+        """Samples per vmap call of :meth:`per_sample_grads` for ``numel`` parameters, sized so
+        that gradients and activations fit ``memory_budget`` bytes (default: a quarter of the
+        free GPU memory, 16 MiB on the CPU, the fastest measured), at most ``batch_size``."""
+        if self._activation_numel is None:  # one sample's activations, measured once
+            sizes: list[int] = []
+            handles = [m.register_forward_hook(
+                lambda _m, _i, o: sizes.append(o.numel()) if isinstance(o, Tensor) else None)
+                for m in self.model.modules()]
+            try:
+                with torch.no_grad(), self._precision(derivative=True):
+                    self.forward(self.theta0, self.x[:1])
+            finally:
+                for h in handles:
+                    h.remove()
+            self._activation_numel = sum(sizes)
+        budget = self.memory_budget
+        if budget is None:
+            budget = (torch.cuda.mem_get_info(self.device)[0] // 4
+                      if self.device.type == "cuda" else 2**24)
+        itemsize = torch.finfo(self.dtype).bits // 8
+        per_sample_bytes = itemsize * (2 * numel + 2 * self._activation_numel
+                                       + self.x[0].numel())
+        return max(1, min(self.batch_size, budget // per_sample_bytes))
 
-        Memory: ``batch_size * P`` floats per chunk.
+    def per_sample_grads(self, theta: Tensor, idx: Tensor | None = None,
+                         names: tuple[str, ...] | None = None) -> Tensor:
+        """Gradients of each sample's loss, shape [len(idx), P] (all samples by default), or
+        only of the parameters ``names`` (flat in the space's order; the others held fixed).
+
+        Memory: :meth:`per_sample_chunk` samples per vmap call.
         """
         theta = self._check(theta)
         idx = torch.arange(self.n, device=self.device) if idx is None else torch.as_tensor(
             idx, device=self.device)
+        views = self.space.unflatten(theta)
+        names = self.space.names if names is None else tuple(names)
+        unknown = set(names) - set(views)
+        if unknown:
+            raise LandscapeError(f"unknown parameters {sorted(unknown)}")
+        names = tuple(n for n in self.space.names if n in names)
 
-        def one(t: Tensor, x: Tensor, y: Tensor) -> Tensor:
-            return self.batch_loss(t, x[None], y[None])
+        def one(sub: dict[str, Tensor], x: Tensor, y: Tensor) -> Tensor:
+            state = {**views, **sub, **self.buffers}
+            return _loss_sum(self.loss_name, functional_call(self.model, state, (x[None],)),
+                             y[None])
 
         fn = vmap(grad(one), in_dims=(None, 0, 0))
-        chunk = max(1, min(self.batch_size, 2**22 // max(1, self.space.numel)))
+        sub = {n: views[n] for n in names}
+        chunk = self.per_sample_chunk(sum(v.numel() for v in sub.values()))
         parts = []
         with self._precision(derivative=True):
             for start in range(0, idx.numel(), chunk):
                 sel = idx[start : start + chunk]
-                parts.append(fn(theta, self.x[sel], self.y[sel]))
+                g = fn(sub, self.x[sel], self.y[sel])
+                parts.append(torch.cat([g[n].reshape(sel.numel(), -1) for n in names], 1))
         self.counts["per_sample"] += idx.numel() / self.n
         return torch.cat(parts)
+
+    def _norm_layers(self) -> tuple[dict[str, nn.Module], tuple[str, ...]]:
+        """Modules whose per-sample gradient norms :mod:`landscape.per_sample` computes
+        (their parameters used by them alone), and the names of all other parameters."""
+        owners: dict[int, int] = {}
+        for m in self.model.modules():
+            for p in m.parameters(recurse=False):
+                owners[id(p)] = owners.get(id(p), 0) + 1
+        layers, covered = {}, set()
+        for prefix, m in self.model.named_modules():
+            own = [(f"{prefix}.{n}" if prefix else n, p)
+                   for n, p in m.named_parameters(recurse=False)]
+            if (own and per_sample.supports(m) and all(owners[id(p)] == 1 for _, p in own)
+                    and all(n in self.space.names for n, _ in own)):
+                layers[prefix] = m
+                covered.update(n for n, _ in own)
+        return layers, tuple(n for n in self.space.names if n not in covered)
+
+    def per_sample_sq_norms(self, theta: Tensor) -> tuple[Tensor, Tensor]:
+        """Mean gradient ``[P]`` and each sample's squared gradient norm ``||grad loss_i||^2``
+        (``[n]``, float64), without forming per-sample gradients where the layer allows
+        (Linear, Conv2d, eval-mode BatchNorm: :mod:`landscape.per_sample`).
+
+        Cost: one forward+backward pass (``counts["grad"]``), plus per-sample gradients of the
+        parameters of other layers (``counts["per_sample"]``) when there are any.
+        """
+        theta = self._check(theta)
+        layers, rest = self._norm_layers()
+        calls: dict[str, list[list[Tensor]]] = {name: [] for name in layers}
+
+        def capture(name: str) -> Callable:
+            def hook(_module: nn.Module, inputs: tuple, output: Tensor) -> None:
+                pair = [inputs[0].detach()]  # + the output gradient, when backward reaches it
+                calls[name].append(pair)
+                if output.requires_grad:  # registered before any in-place change of output
+                    output.register_hook(lambda g: pair.append(g))
+            return hook
+
+        handles = [m.register_forward_hook(capture(name)) for name, m in layers.items()]
+        total_g = torch.zeros_like(theta)
+        sq = torch.zeros(self.n, dtype=torch.float64, device=self.device)
+        start, uncalled = 0, set(layers)
+        try:
+            with self._precision(derivative=True), torch.enable_grad():
+                for x, y in self._chunks():
+                    for c in calls.values():
+                        c.clear()
+                    t = theta.detach().requires_grad_(True)
+                    loss = _loss_sum(self.loss_name, self.forward(t, x), y)
+                    total_g += torch.autograd.grad(loss, t)[0]
+                    for name, c in calls.items():
+                        if c:
+                            uncalled.discard(name)
+                        pairs = [(p[0], p[1]) for p in c if len(p) == 2]
+                        if pairs:
+                            sq[start : start + x.shape[0]] += per_sample.sq_norms(
+                                layers[name], pairs).double()
+                    start += x.shape[0]
+        finally:
+            for h in handles:
+                h.remove()
+        self.counts["grad"] += 1
+        # parameters of a layer that was never called may be used by another module's code
+        rest += tuple(f"{prefix}.{n}" if prefix else n for prefix in sorted(uncalled)
+                      for n, _ in layers[prefix].named_parameters(recurse=False))
+        if rest:  # e.g. LayerNorm, embeddings, shared weights: per-sample gradients
+            chunk = self.per_sample_chunk(sum(self.space.unflatten(theta)[n].numel()
+                                              for n in rest))
+            for begin in range(0, self.n, chunk):
+                idx = torch.arange(begin, min(self.n, begin + chunk), device=self.device)
+                g = self.per_sample_grads(theta, idx, names=rest)
+                sq[idx] += g.double().square().sum(1)
+        return total_g / self.n, sq

@@ -43,12 +43,13 @@ def regression(n: int = 12, d: int = 3, seed: int = 0) -> tuple[Objective, np.nd
     return obj, grads
 
 
-def test_gradient_noise_matches_linear_regression_closed_forms() -> None:
+@pytest.mark.parametrize("method,cost", [("norms", "grad"), ("per_sample", "per_sample")])
+def test_gradient_noise_matches_linear_regression_closed_forms(method: str, cost: str) -> None:
     obj, g = regression()
     n, batch, lr = len(g), 4, 0.3
     full = g.mean(0)
     gamma = ((g - full) ** 2).sum(1).mean()
-    res = gradient_noise(obj, batch_size=batch, lr=lr)
+    res = gradient_noise(obj, batch_size=batch, lr=lr, method=method)
     assert np.allclose(obj.per_sample_grads(obj.theta0).numpy(), g, rtol=1e-12)
     assert np.allclose(res.grad.numpy(), full, rtol=1e-12)
     assert res.grad_norm_sq == pytest.approx(full @ full, rel=1e-12)
@@ -62,13 +63,13 @@ def test_gradient_noise_matches_linear_regression_closed_forms() -> None:
     diversity = (g**2).sum() / (g.sum(0) @ g.sum(0))
     assert res.gradient_diversity == pytest.approx(diversity, rel=1e-12)
     assert res.gradient_snr == pytest.approx((full @ full) / minibatch, rel=1e-12)
-    assert res.cost == {"per_sample": pytest.approx(1.0)}
+    assert res.cost == {cost: pytest.approx(1.0)}
 
 
 def test_chunked_accumulation_equals_one_chunk() -> None:
     obj, _ = regression(n=23)
-    whole = gradient_noise(obj, batch_size=5)
-    pieces = gradient_noise(obj, batch_size=5, chunk=4)
+    whole = gradient_noise(obj, batch_size=5, method="per_sample", chunk=23)
+    pieces = gradient_noise(obj, batch_size=5, method="per_sample", chunk=4)
     for name in NOISE_MEASURES:
         assert getattr(pieces, name) == pytest.approx(getattr(whole, name), rel=1e-12)
 
@@ -83,6 +84,55 @@ def test_minibatch_error_equals_enumeration_over_all_batches_without_replacement
     assert res.minibatch_error == pytest.approx(np.mean(errors), rel=1e-12)
     # batch = N: no noise at all
     assert gradient_noise(obj, batch_size=len(g)).minibatch_error == 0.0
+
+
+class _LayerNormNet(nn.Module):
+    """A Linear layer called twice (positions of one weight), then LayerNorm (per-sample
+    gradients by vmap) and a head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin, self.norm, self.head = nn.Linear(16, 16), nn.LayerNorm(16), nn.Linear(16, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.tanh(self.lin(torch.tanh(self.lin(x.flatten(1)))))
+        return self.head(self.norm(h))
+
+
+def _noise_case(kind: str) -> Objective:
+    from landscape.models import build_model
+
+    torch.manual_seed(0)
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(30, 1, 4, 4, generator=gen)
+    y = torch.randint(0, 3, (30,), generator=gen)
+    if kind == "mlp":
+        model = build_model("mlp", (1, 4, 4), 3, widths=(8, 8))
+    elif kind == "lenet":
+        x = torch.randn(30, 1, 12, 12, generator=gen)
+        model = build_model("lenet", (1, 12, 12), 3)
+    else:
+        model = _LayerNormNet()
+    return Objective(model, (x, y), precision="float64", device="cpu", batch_size=7)
+
+
+@pytest.mark.parametrize("kind", ["mlp", "lenet", "layernorm"])
+def test_norms_method_equals_per_sample_gradients(kind: str) -> None:
+    obj = _noise_case(kind)
+    fast = gradient_noise(obj, batch_size=4, method="norms")
+    slow = gradient_noise(obj, batch_size=4, method="per_sample")
+    assert 0.5 < fast.noise_scale < 1e3
+    for name in NOISE_MEASURES:
+        assert getattr(fast, name) == pytest.approx(getattr(slow, name), rel=1e-9)
+    torch.testing.assert_close(fast.grad, slow.grad, rtol=1e-12, atol=1e-14)
+    # only the LayerNorm model needs per-sample gradients (of its LayerNorm alone)
+    assert fast.cost.get("per_sample", 0.0) == (1.0 if kind == "layernorm" else 0.0)
+
+
+def test_unknown_noise_method_raises_a_one_line_error() -> None:
+    obj, _ = regression()
+    with pytest.raises(LandscapeError, match="method"):
+        gradient_noise(obj, method="backpack")
 
 
 def test_two_batch_estimators_are_exact_on_exact_expectations() -> None:
@@ -111,6 +161,7 @@ def test_two_batch_noise_scale_is_unbiased_on_average() -> None:
     lambda o: gradient_noise(o, batch_size=13),
     lambda o: gradient_noise(o, batch_size=0),
     lambda o: gradient_noise(o, lr=0.0),
+    lambda o: gradient_noise(o, chunk=4),
     lambda o: noise_scale_two_batch(o, b_small=4, b_big=4),
     lambda o: noise_scale_two_batch(o, b_small=2, b_big=20),
 ])

@@ -638,3 +638,100 @@ def test_explicit_vmap_strategy_failure_is_raised(monkeypatch: pytest.MonkeyPatc
     monkeypatch.setattr(obj, "_eval_vmap", broken)
     with pytest.raises(RuntimeError, match="boom"):
         obj.evaluate(obj.theta0[None].repeat(2, 1))
+
+
+# ---------------------------------------------------------------------------------------
+# blocks of products share each data chunk; per-sample gradient norms
+def _count_forwards(obj: Objective) -> list[int]:
+    calls = [0]
+    obj.model.register_forward_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))
+    return calls
+
+
+@pytest.mark.parametrize("product", ["double_backward", "fwd_rev", "ggn"])
+def test_block_runs_one_forward_per_data_chunk_and_equals_single_calls(product: str) -> None:
+    obj, theta, hess = _hessian_case("conv_bn")  # 11 samples in chunks of 4: 3 chunks
+    if product == "ggn":
+        def fn(v: Tensor) -> Tensor:
+            return obj.ggn_vp(theta, v)
+    else:
+        def fn(v: Tensor) -> Tensor:
+            return obj.hvp(theta, v, method=product)
+    gen = torch.Generator().manual_seed(5)
+    vs = torch.randn(5, theta.numel(), generator=gen, dtype=torch.float64)
+    calls = _count_forwards(obj)
+    block = fn(vs)
+    assert calls[0] == 3
+    singles = torch.stack([fn(v) for v in vs])
+    assert calls[0] == 3 + 5 * 3
+    torch.testing.assert_close(block, singles, rtol=1e-12, atol=1e-14)
+    if product != "ggn":
+        torch.testing.assert_close(block, vs @ hess.T, rtol=1e-10, atol=1e-12)
+
+
+class _SequenceNet(nn.Module):
+    """A Linear layer on 2 positions per sample (Gram form), a strided dilated convolution on
+    4 positions (Gram form) whose output is changed in place, a Linear layer whose weight
+    is tied to another's, and one whose parameters are used without calling it (both need
+    per-sample gradients)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seq = nn.Linear(8, 8)
+        self.conv = nn.Conv2d(8, 8, 3, stride=2, dilation=2, bias=False)
+        self.a, self.b = nn.Linear(32, 32), nn.Linear(32, 32)
+        self.b.weight = self.a.weight
+        self.head = nn.Linear(32 + 16, CLASSES)
+        self.mix = nn.Linear(CLASSES, CLASSES)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = torch.tanh(self.seq(x[:, :16].reshape(-1, 2, 8))).flatten(1)  # [n, 16]
+        c = self.conv(x.reshape(-1, 8, 7, 7)).tanh_()  # [n, 8, 2, 2], changed in place
+        c = torch.tanh(self.b(torch.tanh(self.a(c.flatten(1)))))
+        out = self.head(torch.cat([h, c], 1))
+        return F.linear(torch.tanh(out), self.mix.weight, self.mix.bias)
+
+
+@pytest.mark.parametrize("kind", ["mlp", "bn1d", "conv_bn", "sequence"])
+def test_per_sample_sq_norms_equal_brute_force_per_sample_gradients(kind: str) -> None:
+    if kind == "mlp":
+        model, (x, y) = _mlp(), _class_data(n=9)
+    elif kind == "bn1d":
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(4, 6), nn.BatchNorm1d(6), nn.Tanh(), nn.Linear(6, 3))
+        with torch.no_grad():
+            model[1].running_mean.normal_()
+            model[1].running_var.uniform_(0.5, 2.0)
+        (x, y) = _class_data(n=9)
+    elif kind == "conv_bn":
+        model, (x, y) = _conv_bn(), _class_data((1, 4, 4), n=9)
+    else:
+        torch.manual_seed(0)
+        model, (x, y) = _SequenceNet(), _class_data((8 * 49,), n=9)
+    obj = Objective(model, (x, y), device="cpu", precision="float64", batch_size=4)
+    theta = _points(obj.theta0, 1, scale=0.2)[0]
+    m = _with_params(model, theta, torch.float64)
+    ref = []
+    for i in range(x.shape[0]):
+        li = F.cross_entropy(m(x[i : i + 1].double()), y[i : i + 1])
+        ref.append(sum(g.square().sum() for g in torch.autograd.grad(li, m.parameters())))
+    g, sq = obj.per_sample_sq_norms(theta)
+    assert sq.dtype == torch.float64 and sq.shape == (x.shape[0],)
+    torch.testing.assert_close(sq, torch.stack(ref), rtol=1e-12, atol=0.0)
+    torch.testing.assert_close(g, obj.grad(theta), rtol=1e-12, atol=1e-14)
+
+
+def test_per_sample_grads_of_named_parameters_are_their_columns() -> None:
+    model, (x, y) = _conv_bn(), _class_data((1, 4, 4), n=9)
+    obj = Objective(model, (x, y), device="cpu", precision="float64", memory_budget=4096)
+    theta = _points(obj.theta0, 1, scale=0.2)[0]
+    assert obj.per_sample_chunk(obj.space.numel) < 9  # the budget forces several vmap calls
+    full = obj.per_sample_grads(theta)
+    names = ("4.bias", "1.weight")  # returned in the space's order
+    cols = torch.cat([torch.arange(o, o + k) for n, o, k in
+                      zip(obj.space.names, obj.space.offsets, obj.space.numels)
+                      if n in names])
+    torch.testing.assert_close(obj.per_sample_grads(theta, names=names), full[:, cols],
+                               rtol=1e-12, atol=1e-14)
+    with pytest.raises(LandscapeError, match="unknown parameters"):
+        obj.per_sample_grads(theta, names=("nope",))

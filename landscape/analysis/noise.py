@@ -5,8 +5,9 @@ gradient, and ``Gamma = (1/N) sum_i ||g_i - G||^2`` the trace of the per-sample 
 covariance with the ``1/N`` normalization (the covariance of one uniformly drawn sample's
 gradient, as in McCandlish et al. 2018's i.i.d. model and Smith et al. 2021's Gamma).
 
-- :func:`gradient_noise`: everything exactly, from per-sample gradients accumulated in chunks
-  (running mean and sum of squared deviations, Chan et al.'s pairwise update, in float64;
+- :func:`gradient_noise`: everything exactly, from the per-sample gradient norms of one
+  backward pass (Goodfellow 2015's identities, :mod:`landscape.per_sample`), or from
+  per-sample gradients accumulated in chunks (Chan et al.'s pairwise update, in float64;
   never N x P in memory).
 - :func:`noise_scale_two_batch`: McCandlish et al. 2018 ("An empirical model of large-batch
   training"), Appendix A: unbiased estimates of ``|G|^2`` and ``tr(Sigma)`` from gradient
@@ -24,11 +25,14 @@ import torch
 from torch import Tensor
 
 from landscape.analysis.sharpness import MeasureResult, _Cost, _settings, _theta
-from landscape.errors import LandscapeError, check_int, check_positive
+from landscape.errors import LandscapeError, check_int, check_positive, unknown_name
 
 #: The per-quantity names of :meth:`NoiseResult.measures` (and ``landscape noise --json``).
 NOISE_MEASURES = ("grad_norm_sq", "trace_cov", "noise_scale", "implicit_regularizer",
                   "gradient_diversity", "gradient_snr")
+#: ``gradient_noise`` methods: per-sample gradient norms from one backward pass, or
+#: per-sample gradients.
+NOISE_METHODS = ("norms", "per_sample")
 
 
 @dataclass
@@ -79,38 +83,56 @@ def _ratio(a: float, b: float) -> float:
 
 
 def gradient_noise(objective: Any, theta: Tensor | None = None, batch_size: int = 128,
-                   lr: float = 0.1, chunk: int | None = None) -> NoiseResult:
-    """Exact gradient-noise statistics from per-sample gradients (see :class:`NoiseResult`).
+                   lr: float = 0.1, chunk: int | None = None,
+                   method: str = "norms") -> NoiseResult:
+    """Exact gradient-noise statistics at a point (see :class:`NoiseResult`).
 
     ``batch_size`` (B, 1..N) and ``lr`` only enter ``minibatch_error``,
-    ``implicit_regularizer`` and ``gradient_snr``. ``chunk``: samples per per-sample-gradient
-    call (default: ``2**22 / P`` floats' worth). Cost: one per-sample-gradient pass; memory
-    ``chunk * P`` floats.
+    ``implicit_regularizer`` and ``gradient_snr``. ``method``:
+
+    - ``"norms"`` (default): every statistic needs only ``G`` and ``sum_i ||g_i||^2``, which
+      one backward pass gives for Linear, Conv2d and eval-mode BatchNorm layers without
+      forming per-sample gradients (``Objective.per_sample_sq_norms``; other layers' parameters
+      by per-sample gradients). ``Gamma = sum_i ||g_i||^2 / N - |G|^2`` in float64; it loses
+      relative accuracy when ``Gamma << |G|^2`` (noise scale far below one sample).
+    - ``"per_sample"``: per-sample gradients in chunks of ``chunk`` samples (default: the
+      objective's memory budget), deviations accumulated by Chan et al.'s pairwise update in
+      float64 (no cancellation); memory ``chunk * P`` floats.
     """
     batch_size = check_int("batch_size", batch_size)
     check_positive("lr", lr)
+    if method not in NOISE_METHODS:
+        raise unknown_name("method", method, NOISE_METHODS)
+    if chunk is not None and method != "per_sample":
+        raise LandscapeError("chunk sets the per-sample-gradient calls of method='per_sample'")
     n = objective.n
     if batch_size > n:
         raise LandscapeError(f"batch size {batch_size} is larger than the data split "
                              f"({n} samples)")
     theta = _theta(objective, theta)
-    p = theta.numel()
-    chunk = max(1, min(n, 2**22 // max(1, p))) if chunk is None else check_int("chunk", chunk)
     cost = _Cost(objective)
-    mean = torch.zeros(p, dtype=torch.float64, device=objective.device)
-    m2, count = 0.0, 0
-    for start in range(0, n, chunk):
-        idx = torch.arange(start, min(n, start + chunk), device=objective.device)
-        g = objective.per_sample_grads(theta, idx).double()
-        k = g.shape[0]
-        mean_k = g.mean(0)
-        m2_k = float(((g - mean_k) ** 2).sum())
-        delta = mean_k - mean
-        total = count + k
-        m2 += m2_k + float(delta @ delta) * count * k / total
-        mean += delta * (k / total)
-        count = total
-    grad_norm_sq = float(mean @ mean)
+    if method == "norms":
+        g, sq = objective.per_sample_sq_norms(theta)
+        mean = g.double()
+        grad_norm_sq = float(mean @ mean)
+        m2 = max(float(sq.sum()) - n * grad_norm_sq, 0.0)
+    else:
+        p = theta.numel()
+        chunk = objective.per_sample_chunk(p) if chunk is None else check_int("chunk", chunk)
+        mean = torch.zeros(p, dtype=torch.float64, device=objective.device)
+        m2, count = 0.0, 0
+        for start in range(0, n, chunk):
+            idx = torch.arange(start, min(n, start + chunk), device=objective.device)
+            g = objective.per_sample_grads(theta, idx).double()
+            k = g.shape[0]
+            mean_k = g.mean(0)
+            m2_k = float(((g - mean_k) ** 2).sum())
+            delta = mean_k - mean
+            total = count + k
+            m2 += m2_k + float(delta @ delta) * count * k / total
+            mean += delta * (k / total)
+            count = total
+        grad_norm_sq = float(mean @ mean)
     gamma = m2 / n
     minibatch = (n - batch_size) / ((n - 1) * batch_size) * gamma if n > 1 else 0.0
     sum_sq = m2 + n * grad_norm_sq  # sum_i ||g_i||^2
