@@ -190,12 +190,14 @@ _model_option = click.option(
               help="Learning rate (default per optimizer: 0.05 for momentum).")
 @click.option("--momentum", type=float, default=None, help="Momentum (default per optimizer).")
 @click.option("--nesterov", is_flag=True, help="Nesterov momentum (sgd, sam, asam).")
-@click.option("--weight-decay", type=float, default=0.0, show_default=True)
+@click.option("--weight-decay", type=float, default=0.0, show_default=True,
+              help="L2 weight decay (decoupled for adamw).")
 @click.option("--rho", type=float, default=None, help="SAM/ASAM radius [0.05 / 0.5].")
 @click.option("--asam-scale", type=click.Choice(["all", "weights"]), default="all",
               show_default=True, help="ASAM: scale every tensor by |w|+eta, or only tensors "
                                       "named *weight* (the authors' code).")
-@click.option("--batch-size", type=int, default=64, show_default=True)
+@click.option("--batch-size", type=int, default=64, show_default=True,
+              help="Samples per optimizer step.")
 @click.option("--epochs", type=int, default=None, help="Epochs [20]; not with --steps.")
 @click.option("--steps", type=int, default=None,
               help="Train exactly N optimizer steps instead of epochs.")
@@ -210,14 +212,15 @@ _model_option = click.option(
               help="Epochs between step decays [a third of the epochs].")
 @click.option("--gamma", type=float, default=0.1, show_default=True,
               help="Step-decay factor.")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Seed of the initialization, the batches and the augmentation.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1.")
 @click.option("--amp", is_flag=True, help="bf16 autocast (CUDA only).")
 @click.option("--augment/--no-augment", default=None,
               help="Random crop + flip on the device [on for CIFAR].")
 @click.option("--save-every", type=int, default=1, show_default=True,
               help="Checkpoint every N epochs (plus the first and the last).")
-@click.option("--threads", type=int, default=None,
+@click.option("--threads", type=click.IntRange(min=1), default=None,
               help="CPU threads [1 for tiny models, else torch's default].")
 @click.option("--out", default=None, help="Run directory [outputs/runs/<name>].")
 @click.option("--resume", is_flag=True, help="Continue from the run's last checkpoint.")
@@ -282,13 +285,20 @@ def trust_options(fn: Callable | None = None, *, model_option: bool = True) -> C
     return decorate(fn) if fn is not None else decorate
 
 
+_precision = click.option(
+    "--precision", type=click.Choice(["float64", "float32", "tf32", "bf16"]), default="float32",
+    show_default=True, help="Arithmetic of the evaluation (tf32: CUDA matmuls; bf16: losses "
+                            "only, derivatives in float32).")
+_one_split = click.option("--split", type=click.Choice(["train", "test"]), default="train",
+                          show_default=True, help="The data split the measure is computed on.")
+
+
 def engine_options(fn: Callable) -> Callable:
     """The evaluation-engine options shared by every command that measures a run."""
     options = [
         click.option("--bn", type=click.Choice(["eval", "recompute"]), default="eval",
                      show_default=True, help="BatchNorm statistics: running (eval) or recomputed."),
-        click.option("--precision", type=click.Choice(["float64", "float32", "tf32", "bf16"]),
-                     default="float32", show_default=True),
+        _precision,
         click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, ..."),
         click.option("--batch-size", type=click.IntRange(min=1), default=None,
                      help="Samples per data chunk (default: whole split up to 4096 on CPU)."),
@@ -360,7 +370,8 @@ _split = click.option("--split", default="train", show_default=True,
 @click.option("--x", default="-1:1:51", show_default=True, help="Range MIN:MAX:NUM.")
 @click.option("--y", default=None, help="Range MIN:MAX:NUM for a 2D surface (omit for 1D).")
 @click.option("--norm", type=click.Choice(["filter", "layer", "weight", "none"]),
-              default="filter", show_default=True)
+              default="filter", show_default=True,
+              help="Scale each direction per filter, per layer, per weight, or not at all.")
 @click.option("--ignore", type=click.Choice(["biasbn", "none"]), default="biasbn",
               show_default=True, help="Zero the direction on biases and norm parameters.")
 @click.option("--seed", type=int, default=0, show_default=True,
@@ -388,7 +399,8 @@ def surface_cmd(run_dir: str, x: str, y: str | None, norm: str, ignore: str, see
 
 
 @main.command("interpolate")
-@click.option("--run", "run_dir", type=click.Path(exists=True, file_okay=False), required=True)
+@click.option("--run", "run_dir", type=click.Path(exists=True, file_okay=False), required=True,
+              help="Run directory (from `landscape train`).")
 @click.option("--to", "to_dir", type=click.Path(exists=True, file_okay=False), required=True,
               help="The second run directory.")
 @click.option("--x", default="-0.5:1.5:101", show_default=True, help="Range of t.")
@@ -409,11 +421,14 @@ def interpolate_cmd(run_dir: str, to_dir: str, x: str, split: str, out: str | No
 
 
 @main.command("plane")
-@click.option("--run", "run_dir", type=click.Path(exists=True, file_okay=False), required=True)
+@click.option("--run", "run_dir", type=click.Path(exists=True, file_okay=False), required=True,
+              help="Run directory (from `landscape train`).")
 @click.option("--through", nargs=2, type=click.Path(exists=True, file_okay=False),
               required=True, help="Two more run directories.")
-@click.option("--x", default="-0.5:1.5:41", show_default=True)
-@click.option("--y", default="-0.5:1.5:41", show_default=True)
+@click.option("--x", default="-0.5:1.5:41", show_default=True,
+              help="Range MIN:MAX:NUM along B - A.")
+@click.option("--y", default="-0.5:1.5:41", show_default=True,
+              help="Range MIN:MAX:NUM along C - A.")
 @_split
 @engine_options
 @_grid_out
@@ -431,7 +446,8 @@ def plane_cmd(run_dir: str, through: tuple[str, str], x: str, y: str, split: str
 
 
 @main.command("trajectory")
-@click.option("--run", "run_dir", type=click.Path(exists=True, file_okay=False), required=True)
+@click.option("--run", "run_dir", type=click.Path(exists=True, file_okay=False), required=True,
+              help="Run directory (from `landscape train`).")
 @click.option("--x", default=None, help="Range MIN:MAX:NUM (default: the path's extent).")
 @click.option("--y", default=None, help="Range MIN:MAX:NUM (default: the path's extent).")
 @_split
@@ -455,11 +471,53 @@ def trajectory_cmd(run_dir: str, x: str | None, y: str | None, split: str, out: 
                    f"{result.extras['path/relative_residuals'].max():.3g}")
 
 
+def _describe_run(folder: str) -> dict[str, Any]:
+    """A run directory's record (run.json, the last history row, the checkpoints), read as
+    data: no model code is imported."""
+    from pathlib import Path
+
+    path = Path(folder)
+
+    def read(name: str) -> Any:
+        try:
+            return json.loads((path / name).read_text())
+        except FileNotFoundError:
+            if name == "run.json":
+                raise LandscapeError(f"{folder}: not a run directory (no run.json)") from None
+            return []
+        except (OSError, ValueError) as err:
+            raise LandscapeError(f"{path / name}: unreadable ({err})") from None
+
+    record, history = read("run.json"), read("history.json")
+    if not isinstance(record, dict) or not isinstance(history, list):
+        raise LandscapeError(f"{folder}: run.json or history.json is not a run record")
+    return {"run": str(path), "status": record.get("status"), "config": record.get("config"),
+            "num_parameters": record.get("num_parameters"),
+            "stopping": record.get("stopping"), "last": history[-1] if history else None,
+            "checkpoints": sorted(p.name for p in (path / "checkpoints").glob("*.pt"))}
+
+
 @main.command("info")
-@click.argument("file", type=click.Path(dir_okay=False))
+@click.argument("file", type=click.Path(exists=True))
 @_json
 def info_cmd(file: str, as_json: bool) -> None:
-    """What a result file holds and how complete it is."""
+    """What a result file or run directory holds and how complete it is."""
+    import os
+
+    if os.path.isdir(file):
+        run = _describe_run(file)
+        if as_json:
+            echo_json(run)
+            return
+        config, last = run["config"] or {}, run["last"] or {}
+        click.echo(f"{file}: run ({run['status']}), {config.get('model')} on "
+                   f"{config.get('dataset')}, {run['num_parameters']} parameters, "
+                   f"{len(run['checkpoints'])} checkpoints")
+        for key in ("epoch", "step", "train_loss", "train_acc", "test_loss", "test_acc"):
+            if last.get(key) is not None:
+                click.echo(f"  {key:<12} {last[key]:.6g}")
+        click.echo("  config: " + json.dumps(config, default=str)[:2000])
+        return
     from landscape.store import describe
 
     info = describe(file)
@@ -480,14 +538,13 @@ def _measure_options(fn: Callable) -> Callable:
     options = [
         click.option("--run", "run_dir", type=click.Path(exists=True, file_okay=False),
                      required=True, help="Run directory (from `landscape train`)."),
-        click.option("--split", type=click.Choice(["train", "test"]), default="train",
-                     show_default=True),
+        _one_split,
         click.option("--subset", type=click.IntRange(min=1), default=None,
                      help="Use a fixed random subset of this many samples (drawn from --seed)."),
-        click.option("--seed", type=int, default=0, show_default=True),
+        click.option("--seed", type=int, default=0, show_default=True,
+                     help="Seed of the subset and of the measures' random draws."),
         click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, ..."),
-        click.option("--precision", type=click.Choice(["float64", "float32", "tf32", "bf16"]),
-                     default="float32", show_default=True),
+        _precision,
         click.option("--out", type=click.Path(dir_okay=False), default=None, callback=_h5,
                      help="Keep the results with their settings in this HDF5 file (.h5)."),
         _overwrite, _json]
@@ -575,12 +632,13 @@ def noise_cmd(run_dir: str, batch_size: int, lr: float, split: str, subset: int 
               help="Most trace HVPs (the fixed budget of hutch++) [hutch++: 150, "
                    "hutchinson: 1000].")
 @click.option("--density", is_flag=True, help="Spectral density (stochastic Lanczos quadrature).")
-@click.option("--density-probes", type=click.IntRange(min=1), default=10, show_default=True)
-@click.option("--density-steps", type=click.IntRange(min=1), default=80, show_default=True)
+@click.option("--density-probes", type=click.IntRange(min=1), default=10, show_default=True,
+              help="Density: random start vectors (SLQ probes).")
+@click.option("--density-steps", type=click.IntRange(min=1), default=80, show_default=True,
+              help="Density: Lanczos steps per probe.")
 @click.option("--sigma", type=float, default=0.01, show_default=True,
               help="Density broadening, relative to the spectrum width.")
-@click.option("--split", type=click.Choice(["train", "test"]), default="train",
-              show_default=True)
+@_one_split
 @click.option("--subset", type=click.IntRange(min=1), default=None,
               help="Use a fixed random subset of this many samples (drawn from --seed).")
 @click.option("--operator", type=click.Choice(["hessian", "ggn"]), default="hessian",
@@ -595,7 +653,8 @@ def noise_cmd(run_dir: str, batch_size: int, lr: float, split: str, subset: int 
               show_default=True, help="Block Lanczos: vectors per data pass.")
 @click.option("--verify", is_flag=True, help="Recompute the residuals explicitly.")
 @click.option("--no-eigenvectors", is_flag=True, help="Do not keep the eigenvectors.")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Seed of the subset, the Lanczos start vectors and the probes.")
 @engine_options
 @click.option("--out", type=click.Path(dir_okay=False), required=True, callback=_h5,
               help="HDF5 file (.h5).")
@@ -657,14 +716,16 @@ def hessian_cmd(run_dir: str, top: int, bottom: int, trace: bool, trace_method: 
 @click.option("--angle", type=float, default=0.0, help="Rotation in degrees (2D quadratic).")
 @click.option("--optimizer", "optimizers", default="sgd,momentum,adam", show_default=True,
               help="Comma-separated optimizer names (as for `landscape train`).")
-@click.option("--steps", type=click.IntRange(min=0), default=200, show_default=True)
+@click.option("--steps", type=click.IntRange(min=0), default=200, show_default=True,
+              help="Optimizer steps per path.")
 @click.option("--lr", default=None,
               help="Learning rate, or one per optimizer, comma-separated (default per function).")
 @click.option("--momentum", type=float, default=None, help="For the optimizers that have one.")
 @click.option("--rho", type=float, default=None, help="SAM/ASAM radius.")
 @click.option("--noise", type=float, default=0.0, show_default=True,
               help="Std of the additive Gaussian gradient noise.")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Seed of the gradient noise.")
 @click.option("--start", default=None, help="Start point, comma-separated (default per function).")
 @click.option("--tol", type=float, default=1e-6, show_default=True,
               help="Tolerance on f - f_min for the steps-to-tolerance count.")
@@ -817,14 +878,13 @@ def demo_cmd(out: str, as_json: bool, overwrite: bool, **options: Any) -> None:
               required=True, help="A 2D surface file; the map is added to it.")
 @click.option("--tol", type=float, default=1e-4, show_default=True,
               help="Lanczos relative residual at each point.")
-@click.option("--split", type=click.Choice(["train", "test"]), default="train",
-              show_default=True)
+@_one_split
 @click.option("--subset", type=click.IntRange(min=1), default=None,
               help="Use a fixed random subset of this many samples (drawn from --seed).")
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--device", default="auto", show_default=True)
-@click.option("--precision", type=click.Choice(["float64", "float32", "tf32", "bf16"]),
-              default="float32", show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Seed of the subset and of the Lanczos start vectors.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, ...")
+@_precision
 @_overwrite
 @_json
 @trust_options
