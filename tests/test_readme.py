@@ -1,0 +1,102 @@
+"""The README's shell examples run as written, in order, in a fresh directory.
+
+Every ```bash block of README.md is split into commands (``\\`` continuations joined) and run
+with bash in one temporary directory, each command after the ones before it, so a later
+example finds what an earlier one made. The README's ```toml block is the ``study.toml`` its
+compare example reads. Sizes are made small by the substitutions below (one table, applied
+to the text of each command), and some measuring commands get a data subset appended; the
+commands that need what this machine lacks are skipped by name: nothing else is.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# text in a command -> its small replacement (grids, epochs, steps)
+SUBSTITUTIONS = [
+    ("-1:1:51", "-1:1:5"), ("-0.5:1.5:101", "-0.5:1.5:5"), ("epochs=100", "epochs=2"),
+    ("--epochs 200", "--epochs 3"), ("--steps 4500", "--steps 30"), ("--steps 200", "--steps 20"),
+    ("--steps 150", "--steps 20"),
+]
+# command prefix -> options appended (a data subset, small study grids, one measure)
+APPENDED = {
+    "landscape hessian": "--subset 100",
+    "landscape curvature": "--subset 100",
+    "landscape sharpness": "--subset 200",
+    "landscape compare": "--curve -1:1:3 --surface -1:1:3 --interpolation 0:1:3 "
+                         "--direction-seeds 1 --measures top_eigenvalue,noise_scale",
+}
+# commands skipped, by the text that names what they need
+SKIPPED = {
+    "pip install": "installs the package (the tests run from the checkout)",
+    "python -m pytest": "the test suite itself",
+    "landscape demo": "minutes; its effect is tested in test_demo_effect.py",
+    "--dataset mnist": "needs the MNIST files in ~/data",
+    "--dataset cifar10": "needs the CIFAR-10 files in ~/data",
+    "outputs/runs/resnet56": "a ResNet-56 trained on CIFAR-10",
+    "torchrun": "several processes (tested in the distributed tests)",
+}
+
+
+def _blocks(language: str) -> list[str]:
+    text = (ROOT / "README.md").read_text()
+    return re.findall(rf"^```{language}\n(.*?)^```", text, flags=re.M | re.S)
+
+
+def _commands() -> list[str]:
+    commands = []
+    for block in _blocks("bash"):
+        for line in block.replace("\\\n", " ").splitlines():
+            line = line.strip()
+            if line and not line.startswith("#"):
+                commands.append(line)
+    return commands
+
+
+def _small(command: str) -> str:
+    for old, new in SUBSTITUTIONS:
+        command = command.replace(old, new)
+    code, _, comment = command.partition("  #")  # an appended option goes before a comment
+    for prefix, extra in APPENDED.items():
+        if code.startswith(prefix):
+            code = f"{code.rstrip()} {extra}"
+    return code
+
+
+def test_the_readme_names_the_commands_this_test_runs() -> None:
+    commands = _commands()
+    assert sum(c.startswith("landscape ") for c in commands) >= 30
+    for needle in SKIPPED:  # a skip that matches nothing is stale
+        assert any(needle in c for c in commands), needle
+
+
+def test_readme_bash_examples_run_in_order(tmp_path: Path) -> None:
+    (tmp_path / "study.toml").write_text(_blocks("toml")[0])
+    env = {**os.environ, "LANDSCAPE_QUIET": "1", "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    bin_dir = tmp_path / ".bin"  # `landscape` is this checkout's CLI
+    bin_dir.mkdir()
+    (bin_dir / "landscape").write_text(f'#!/bin/sh\nexec {sys.executable} -m landscape.cli "$@"\n')
+    (bin_dir / "landscape").chmod(0o755)
+    env["PATH"] = f"{bin_dir}{os.pathsep}{env['PATH']}"
+    ran = 0
+    for command in _commands():
+        if any(needle in command for needle in SKIPPED):
+            continue
+        small = _small(command)
+        proc = subprocess.run(["bash", "-euo", "pipefail", "-c", small], cwd=tmp_path, env=env,
+                              capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, f"{small}\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}"
+        ran += 1
+    assert ran >= 30
+    for made in ("outputs/runs/mlp-digits/run.json", "outputs/surface.h5", "outputs/hessian.h5",
+                 "outputs/compare/table.md", "outputs/compare-toml/table.md", "path.svg"):
+        assert (tmp_path / made).exists(), made
