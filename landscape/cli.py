@@ -7,6 +7,7 @@ Data (``--json``) goes to stdout; progress bars and logs to stderr. User errors
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import sys
 from collections.abc import Callable, Iterator
@@ -95,17 +96,19 @@ class _Group(click.Group):
         import errno
         import warnings
 
+        shown = warnings.showwarning
+
+        def show(message: Any, category: Any, filename: str, lineno: int, *rest: Any) -> None:
+            if _ours(filename):
+                click.echo(f"Warning: {message}", err=True)
+            else:  # others as usual
+                shown(message, category, filename, lineno, *rest)
+
         try:
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always")
-                try:
-                    return super().invoke(ctx)
-                finally:
-                    for w in caught:
-                        if _ours(w.filename):
-                            click.echo(f"Warning: {w.message}", err=True)
-                        else:  # others under the usual filters
-                            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+            with warnings.catch_warnings():  # ours every time, as they occur; others as usual
+                warnings.filterwarnings("always", module=r"landscape(\.|$)")
+                warnings.showwarning = show
+                return super().invoke(ctx)
         except LandscapeError as err:
             raise click.ClickException(str(err)) from None
         except OSError as err:  # a write the library did not wrap: still one line
@@ -116,6 +119,7 @@ class _Group(click.Group):
             raise click.ClickException(f"cannot write: {where}{err.strerror}") from None
 
 
+@functools.lru_cache(maxsize=256)
 def _ours(filename: str) -> bool:
     """Whether a warning was raised from this package's code."""
     from pathlib import Path
