@@ -34,18 +34,18 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call, grad, grad_and_value, jvp, vmap
 
-from landscape import per_sample
+from landscape import distributed, per_sample
 from landscape.errors import LandscapeError, check_positive, unknown_name
 from landscape.params import ParamSpace
+from landscape.sources import Loss, Source, accuracy, call_model, metric, nbytes, take, tree_map
+from landscape.sources import per_sample as per_sample_form
 
 PRECISIONS = ("float64", "float32", "tf32", "bf16")
 BN_MODES = ("eval", "recompute")
 STRATEGIES = ("auto", "vmap", "loop")
-LOSSES = ("cross_entropy", "mse")
 
 
 def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
@@ -68,12 +68,18 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
     return dev
 
 
-def _loss_sum(loss: str, out: Tensor, y: Tensor) -> Tensor:
-    """Sum over the batch of per-sample losses (float32 or float64)."""
-    out = out.float() if out.dtype in (torch.bfloat16, torch.float16) else out
-    if loss == "cross_entropy":
-        return F.cross_entropy(out, y, reduction="sum")
-    return F.mse_loss(out.reshape(y.shape), y, reduction="sum") / max(1, y[0].numel())
+class _Bound:
+    """The model with its state bound, for a ``forward_loss`` hook: calling it is
+    ``functional_call``; other attributes are the model's."""
+
+    def __init__(self, model: nn.Module, state: dict[str, Tensor]) -> None:
+        self._model, self._state = model, state
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return functional_call(self._model, self._state, args, kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._model, name)
 
 
 @contextlib.contextmanager
@@ -96,9 +102,25 @@ class Objective:
 
     Args:
         model: the network; it is copied, never modified.
-        data: a :class:`landscape.data.Dataset` (with ``split``) or an ``(x, y)`` pair.
+        data: a :class:`landscape.data.Dataset` (anything with ``split(name)``), an
+            ``(inputs, targets)`` pair of tensors (inputs a tensor, tuple or dict), a
+            ``torch.utils.data.Dataset`` or any re-iterable of batches such as a DataLoader
+            (:mod:`landscape.sources`).
         split: ``"train"`` or ``"test"`` when ``data`` is a Dataset.
-        loss: ``"cross_entropy"`` or ``"mse"``; default from the dataset, else from y's dtype.
+        loss: ``"cross_entropy"``, ``"mse"`` or a callable ``loss_fn(output, target)``
+            returning the batch mean (or unreduced losses: :class:`landscape.sources.Loss`);
+            default from the dataset, else from the targets' dtype.
+        forward_loss: instead of ``loss``, a hook ``forward_loss(model, batch)`` for models
+            that compute their own loss; the batch is the source's batch as it is.
+        metrics: ``{name: fn(output, target)}`` averaged like the loss (default: ``acc``,
+            the accuracy, for integer targets; ``{}`` for none).
+        mean_over: ``"samples"`` or ``"elements"`` (target elements: a token-level loss).
+        data_budget: bytes of data kept resident on the device (default:
+            :data:`landscape.sources.DATA_BUDGET_FRACTION` of its free memory); larger data
+            are streamed.
+        shard: hold only this rank's share of the data under ``torch.distributed``, with
+            losses, gradients and Hessian products all-reduced (default: when the data do not
+            fit ``data_budget`` and there is more than one rank).
         bn: ``"eval"`` or ``"recompute"`` (see module docstring).
         precision: ``"float64" | "float32" | "tf32" | "bf16"``.
         device: ``"auto"``, ``"cpu"``, ``"cuda"``, ...
@@ -110,16 +132,19 @@ class Objective:
         memory_budget: bytes for one vmap call of per-sample gradients (default: a quarter
             of the free GPU memory, 16 MiB on the CPU, the fastest measured).
 
-    All losses are means over the whole split. ``counts`` tracks the cost in passes over the
+    All losses are means over the whole split, over samples (or target elements, see
+    ``mean_over``), exactly, whatever the batching. ``counts`` tracks the cost in passes over the
     split: ``forward`` (one per point evaluated), ``grad``, ``hvp`` and ``per_sample``.
     """
 
     def __init__(self, model: nn.Module, data: Any, *, split: str = "train",
-                 loss: str | None = None, bn: str = "eval", precision: str = "float32",
+                 loss: str | Callable | None = None, forward_loss: Callable | None = None,
+                 metrics: dict[str, Callable] | None = None, mean_over: str | None = None,
+                 bn: str = "eval", precision: str = "float32",
                  device: str | torch.device | None = "auto", batch_size: int | None = None,
                  point_chunk: int | None = None, strategy: str = "auto",
                  hvp_method: str = "double_backward", memory_budget: int | None = None,
-                 ) -> None:
+                 data_budget: int | None = None, shard: bool | None = None) -> None:
         if precision not in PRECISIONS:
             raise unknown_name("precision", precision, PRECISIONS)
         if bn not in BN_MODES:
@@ -132,36 +157,50 @@ class Objective:
                 check_positive(name, value)
         if hvp_method not in ("fwd_rev", "double_backward"):
             raise unknown_name("hvp method", hvp_method, ("fwd_rev", "double_backward"))
-        if isinstance(data, tuple | list):
-            x, y = data
-            default_loss = "cross_entropy" if not torch.is_floating_point(y) else "mse"
-        else:
-            x, y = data.split(split)
-            default_loss = data.loss
-        self.loss_name = loss or default_loss
-        if self.loss_name not in LOSSES:
-            raise unknown_name("loss", self.loss_name, LOSSES)
+        if hasattr(data, "split") and callable(data.split):
+            if loss is None and forward_loss is None:
+                loss = getattr(data, "loss", None)
+            data = data.split(split)
         self.device = resolve_device(device)
+        self.dtype = torch.float64 if precision == "float64" else torch.float32
+        rank, world = distributed.rank_and_world()
+        whole = forward_loss is not None
+        self.source = Source(data, self.device, self.dtype, data_budget, whole=whole)
+        self.sharded = bool(world > 1 and (not self.source.resident if shard is None
+                                           else shard))
+        if self.sharded:
+            self.source = Source(data, self.device, self.dtype, data_budget, (rank, world),
+                                 whole=whole)
+        first_targets = next(self.source.batches(1), (None, None))[1]
+        self.loss_fn = Loss(loss, forward_loss, target_float=self.source.target_float,
+                            target_dim=1 if first_targets is None else first_targets.dim(),
+                            mean_over=mean_over)
+        self.loss_name = self.loss_fn.name
+        if metrics is None:
+            metrics = ({"acc": per_sample_form(accuracy)} if not whole
+                       and first_targets is not None and not first_targets.is_floating_point()
+                       else {})
+        self.metrics = {k: metric(f, self.loss_fn.mean_over) for k, f in metrics.items()}
         self.precision, self.bn, self.strategy = precision, bn, strategy
         self.strategy_forced = strategy != "auto"  # an explicit choice is never overridden
         self.hvp_method = hvp_method
         self.memory_budget = memory_budget
         self._activation_numel: int | None = None
-        self.dtype = torch.float64 if precision == "float64" else torch.float32
         self.space = ParamSpace.from_model(model)
         self.model = copy.deepcopy(model).to(self.device, self.dtype).eval()
         self.buffers = {k: v.detach() for k, v in self.model.named_buffers()}
         self.theta0 = self.space.flatten(self.model).to(self.device, self.dtype)
-        self.x = x.to(self.device, self.dtype)
-        self.y = y.to(self.device, self.dtype if torch.is_floating_point(y) else torch.long)
-        self.n = int(self.x.shape[0])
+        counts = torch.tensor([self.source.n, self.source.elements], dtype=torch.float64,
+                              device=self.device)
+        self.n, elements = (int(c) for c in self.all_reduce(counts).tolist())
+        self.weight_total = elements if self.loss_fn.mean_over == "elements" else self.n
         if self.n == 0:
             raise LandscapeError("the data split is empty")
         gpu = self.device.type == "cuda"
         self.batch_size = batch_size or min(self.n, 8192 if gpu else 4096)
         budget = 2**20 if gpu else 2**16
         self.point_chunk = point_chunk or max(1, min(256, budget // self.batch_size))
-        self.is_classification = self.loss_name == "cross_entropy"
+        self.is_classification = "acc" in self.metrics
         self.has_bn = _has_batchnorm(self.model)
         self.counts: dict[str, float] = {"forward": 0.0, "grad": 0.0, "hvp": 0.0,
                                          "per_sample": 0.0}
@@ -193,9 +232,16 @@ class Objective:
                 raise LandscapeError(f"subset size must be in 1..{self.n}, got {idx}")
             gen = torch.Generator().manual_seed(seed)
             idx = torch.randperm(self.n, generator=gen)[:idx]
-        idx = torch.as_tensor(idx, device=self.device)
+        idx = torch.as_tensor(idx, dtype=torch.long).cpu()
         new = copy.copy(self)
-        new.x, new.y, new.n = self.x[idx], self.y[idx], int(idx.numel())
+        mine = self._local(idx)[1] if self.sharded else idx
+        new.source = Source(self.source.rows(mine, self.batch_size) if mine.numel() else
+                            self._empty(), self.device, self.dtype, 2**62,
+                            whole=self.source.whole)
+        counts = torch.tensor([new.source.n, new.source.elements], dtype=torch.float64,
+                              device=self.device)
+        new.n, elements = (int(c) for c in self.all_reduce(counts).tolist())
+        new.weight_total = elements if self.loss_fn.mean_over == "elements" else new.n
         new.batch_size = min(self.batch_size, new.n)
         new.counts = dict.fromkeys(self.counts, 0.0)
         return new
@@ -204,7 +250,58 @@ class Objective:
         """The settings that determine the numbers (hashed in result files). The device is
         not one of them (a run may resume on another device); files keep it as an attribute."""
         return {"loss": self.loss_name, "bn": self.bn, "precision": self.precision,
-                "n": self.n}
+                "n": self.n, **({"mean_over": self.loss_fn.mean_over}
+                                if self.loss_fn.mean_over != "samples" else {}),
+                **({"metrics": sorted(self.metrics)} if set(self.metrics) - {"acc"} else {})}
+
+    @property
+    def x(self) -> Any:
+        """The inputs on the device (resident data only)."""
+        return self._resident()[0]
+
+    @property
+    def y(self) -> Tensor:
+        """The targets on the device (resident data only)."""
+        return self._resident()[1]
+
+    def _resident(self) -> tuple[Any, Tensor]:
+        if not self.source.resident or self.sharded:
+            raise LandscapeError("the data are streamed or sharded: iterate over them instead")
+        return self.source.rows(torch.arange(self.n), self.batch_size)
+
+    @property
+    def metric_names(self) -> tuple[str, ...]:
+        """``("loss", *metrics)``: the keys of :meth:`evaluate`'s result."""
+        return ("loss", *self.metrics)
+
+    # ----------------------------------------------------------------------------------
+    # data-parallel helpers (no-ops unless sharded)
+    def all_reduce(self, t: Tensor) -> Tensor:
+        """``t`` summed over the ranks when the data are sharded (in place), else ``t``."""
+        if self.sharded:
+            torch.distributed.all_reduce(t)
+        return t
+
+    def _offsets(self) -> list[int]:
+        """Global index of each rank's first sample (rank-major order), and the total."""
+        sizes = distributed.all_gather(self.source.n) if self.sharded else [self.source.n]
+        out = [0]
+        for size in sizes:
+            out.append(out[-1] + size)
+        return out
+
+    def _local(self, idx: Tensor) -> tuple[Tensor, Tensor]:
+        """(positions in ``idx``, local indices) of the samples of ``idx`` this rank holds."""
+        rank = distributed.rank_and_world()[0] if self.sharded else 0
+        offsets = self._offsets()
+        lo, hi = offsets[rank], offsets[rank + 1]
+        pos = ((idx >= lo) & (idx < hi)).nonzero().flatten()
+        return pos, idx[pos] - lo
+
+    def _empty(self) -> tuple[Any, Tensor]:
+        """A batch of no samples shaped like the first one (a rank holding none of a subset)."""
+        inputs, targets = self.source.rows(torch.zeros(1, dtype=torch.long), self.batch_size)
+        return take(inputs, slice(0, 0)), targets[:0]
 
     # ----------------------------------------------------------------------------------
     # the forward pass: nothing else calls the model
@@ -222,28 +319,43 @@ class Objective:
                 stack.enter_context(torch.autocast(self.device.type, dtype=torch.bfloat16))
             yield
 
-    def forward(self, theta: Tensor, x: Tensor, buffers: dict[str, Tensor] | None = None,
-                ) -> Tensor:
+    def forward(self, theta: Tensor, x: Any, buffers: dict[str, Tensor] | None = None,
+                ) -> Any:
         """Model outputs at flat parameters ``theta[P]`` on inputs ``x`` (eval mode).
 
         ``buffers`` overrides some or all of the model's buffers (BatchNorm statistics).
+        ``x``: a tensor, tuple (``model(*x)``) or dict (``model(**x)``); with a
+        ``forward_loss`` hook, the whole batch, and the result is the hook's value.
         """
         state = {**self.space.unflatten(theta), **self.buffers, **(buffers or {})}
-        return functional_call(self.model, state, (x,))
+        return self._apply(state, x)
 
-    def batch_loss(self, theta: Tensor, x: Tensor, y: Tensor) -> Tensor:
-        """Mean loss over a batch; differentiable with ``torch.func`` transforms."""
-        return _loss_sum(self.loss_name, self.forward(theta, x), y) / x.shape[0]
+    def _apply(self, state: dict[str, Tensor], x: Any) -> Any:
+        if self.loss_fn.hook:
+            return self.loss_fn(_Bound(self.model, state), x)
+        if isinstance(x, Tensor):
+            return functional_call(self.model, state, (x,))
+        return call_model(_Bound(self.model, state), x)
 
-    def _chunks(self) -> Iterator[tuple[Tensor, Tensor]]:
-        for start in range(0, self.n, self.batch_size):
-            yield self.x[start : start + self.batch_size], self.y[start : start + self.batch_size]
+    def batch_loss(self, theta: Tensor, x: Any, y: Tensor) -> Tensor:
+        """Mean loss over a batch (per sample or target element); differentiable with
+        ``torch.func`` transforms."""
+        return self.loss_fn.total(self.forward(theta, x), y) / self.loss_fn.weight(y)
 
-    def _stats(self, out: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
-        loss = _loss_sum(self.loss_name, out, y).double()
-        if self.is_classification:
-            return loss, (out.argmax(-1) == y).sum().double()
-        return loss, torch.zeros((), dtype=torch.float64, device=out.device)
+    def _sample_losses(self, theta: Tensor, x: Any, y: Tensor) -> Tensor:
+        """Each sample's loss ``[B]``, scaled so that their mean over the split is the loss
+        (``n / weight_total``: 1 for means over samples). Needs the per-sample form."""
+        return self.loss_fn.samples(self.forward(theta, x), y) * (self.n / self.weight_total)
+
+    def _chunks(self) -> Iterator[tuple[Any, Tensor]]:
+        yield from self.source.batches(self.batch_size)
+
+    def _stats(self, out: Any, y: Tensor) -> Tensor:
+        """``[loss sum, metric sums...]`` of one data chunk (float64), in units of weight."""
+        w = self.loss_fn.weight(y)
+        return torch.stack([self.loss_fn.total(out, y).double(),
+                            *(m.total(out, y).double() if m.has_per_sample
+                              else m.fn(out, y).double() * w for m in self.metrics.values())])
 
     def _recomputed_buffers(self, theta: Tensor) -> dict[str, Tensor]:
         buffers = {k: v.clone() for k, v in self.buffers.items()}
@@ -254,33 +366,33 @@ class Objective:
                 buffers[f"{m_name}.num_batches_tracked"].zero_()
         state = {**self.space.unflatten(theta), **buffers}
         for x, _ in self._chunks():
-            functional_call(self._bn_model, state, (x,))
+            call_model(_Bound(self._bn_model, state), x)
         return buffers
 
     # ----------------------------------------------------------------------------------
     # evaluation at many points
     @torch.no_grad()
     def _eval_loop(self, points: Tensor, buffers: dict[str, Tensor] | None = None) -> Tensor:
-        out = torch.zeros(points.shape[0], 2, dtype=torch.float64, device=self.device)
+        out = torch.zeros(points.shape[0], len(self.metric_names), dtype=torch.float64,
+                          device=self.device)
         for k, theta in enumerate(points):
             if self.bn == "recompute":
                 buffers_k = self._recomputed_buffers(theta)
             else:
                 buffers_k = {name: b[k] for name, b in (buffers or {}).items()}
             for x, y in self._chunks():
-                loss, correct = self._stats(self.forward(theta, x, buffers_k), y)
-                out[k, 0] += loss
-                out[k, 1] += correct
+                out[k] += self._stats(self.forward(theta, x, buffers_k), y)
         return out
 
     @torch.no_grad()
     def _eval_vmap(self, points: Tensor, buffers: dict[str, Tensor] | None = None) -> Tensor:
         def stats(theta: Tensor, buf: dict[str, Tensor], x: Tensor, y: Tensor) -> Tensor:
-            return torch.stack(self._stats(self.forward(theta, x, buf), y))
+            return self._stats(self.forward(theta, x, buf), y)
 
         buffers = buffers or {}
         batched = vmap(stats, in_dims=(0, 0 if buffers else None, None, None))
-        out = torch.zeros(points.shape[0], 2, dtype=torch.float64, device=self.device)
+        out = torch.zeros(points.shape[0], len(self.metric_names), dtype=torch.float64,
+                          device=self.device)
         for start in range(0, points.shape[0], self.point_chunk):
             sel = slice(start, start + self.point_chunk)
             buf = {name: b[sel] for name, b in buffers.items()}
@@ -292,9 +404,8 @@ class Objective:
         """Time both strategies on one data batch and up to 32 points (best of three runs
         each, after a warm-up); keep the faster."""
         sample = points[: min(points.shape[0], self.point_chunk, 32)]
-        full = self.x, self.y, self.n
-        self.x, self.y = self.x[: self.batch_size], self.y[: self.batch_size]
-        self.n = int(self.x.shape[0])
+        full = self.source, self.sharded
+        self.source, self.sharded = self.source.head(self.batch_size, self.batch_size), False
         try:
             timings = {}
             for name, fn in (("loop", self._eval_loop), ("vmap", self._eval_vmap)):
@@ -310,7 +421,7 @@ class Objective:
         except (RuntimeError, NotImplementedError):
             timings = {"loop": 0.0}
         finally:
-            self.x, self.y, self.n = full
+            self.source, self.sharded = full
         return min(timings, key=timings.get)
 
     def _sync(self) -> None:
@@ -364,10 +475,10 @@ class Objective:
                               "strategy from now on", RuntimeWarning, stacklevel=2)
                 self.strategy = strategy = "loop"
         self.counts["forward"] += points.shape[0]
-        sums = sums.cpu() / self.n
+        sums = self.all_reduce(sums).cpu() / self.weight_total
         result = {"loss": sums[:, 0]}
-        if self.is_classification:  # no accuracy where the loss is NaN (NaN logits)
-            result["acc"] = torch.where(sums[:, 0].isnan(), torch.nan, sums[:, 1])
+        for i, name in enumerate(self.metrics, 1):  # no metric where the loss is NaN
+            result[name] = torch.where(sums[:, 0].isnan(), torch.nan, sums[:, i])
         return result
 
     def loss(self, theta: Tensor) -> float:
@@ -390,11 +501,12 @@ class Objective:
         with self._precision(derivative=True):
             for x, y in self._chunks():
                 g, value = fn(theta, x, y)
-                w = x.shape[0] / self.n
+                w = self.loss_fn.weight(y)
                 total_g += w * g
                 total_l += w * value.double()
+        self.all_reduce(total_g)
         self.counts["grad"] += 1
-        return total_l.item(), total_g
+        return self.all_reduce(total_l).item() / self.weight_total, total_g / self.weight_total
 
     def grad(self, theta: Tensor) -> Tensor:
         """Gradient [P] of the mean loss at ``theta``."""
@@ -411,7 +523,8 @@ class Objective:
         out = torch.zeros_like(vs)
         with self._precision(derivative=True):
             for x, y in self._chunks():
-                out += (x.shape[0] / self.n) * products(theta, vs, x, y)
+                out += self.loss_fn.weight(y) * products(theta, vs, x, y)
+        out = self.all_reduce(out) / self.weight_total
         self.counts["hvp"] += vs.shape[0]
         return out[0] if single else out
 
@@ -454,7 +567,7 @@ class Objective:
             u = torch.zeros_like(out, requires_grad=True)
             (jtu,) = torch.autograd.grad(out, t, u, create_graph=True)
             z = out.detach().requires_grad_(True)
-            (gz,) = torch.autograd.grad(_loss_sum(self.loss_name, z, y) / x.shape[0], z,
+            (gz,) = torch.autograd.grad(self.loss_fn.total(z, y) / self.loss_fn.weight(y), z,
                                         create_graph=True)
             products = []
             for v in vs:
@@ -467,14 +580,19 @@ class Objective:
         """Generalized Gauss-Newton product ``J^T H_out J v`` (positive semi-definite).
 
         For cross-entropy this is the Fisher information (Martens 2020). Same shapes as
-        :meth:`hvp`; one forward pass per data chunk for the whole block.
+        :meth:`hvp`; one forward pass per data chunk for the whole block. Needs a loss of the
+        model's output (not a ``forward_loss`` hook).
         """
+        if self.loss_fn.hook:
+            raise LandscapeError("the Gauss-Newton product needs a loss of the model's output, "
+                                 "not a forward_loss hook")
         return self._block(theta, v, self._ggn)
 
     def per_sample_chunk(self, numel: int) -> int:
         """Samples per vmap call of :meth:`per_sample_grads` for ``numel`` parameters, sized so
         that gradients and activations fit ``memory_budget`` bytes (default: a quarter of the
         free GPU memory, 16 MiB on the CPU, the fastest measured), at most ``batch_size``."""
+        first = self.source.rows(torch.zeros(1, dtype=torch.long), 1)
         if self._activation_numel is None:  # one sample's activations, measured once
             sizes: list[int] = []
             handles = [m.register_forward_hook(
@@ -482,7 +600,7 @@ class Objective:
                 for m in self.model.modules()]
             try:
                 with torch.no_grad(), self._precision(derivative=True):
-                    self.forward(self.theta0, self.x[:1])
+                    self.forward(self.theta0, first[0])
             finally:
                 for h in handles:
                     h.remove()
@@ -492,8 +610,7 @@ class Objective:
             budget = (torch.cuda.mem_get_info(self.device)[0] // 4
                       if self.device.type == "cuda" else 2**24)
         itemsize = torch.finfo(self.dtype).bits // 8
-        per_sample_bytes = itemsize * (2 * numel + 2 * self._activation_numel
-                                       + self.x[0].numel())
+        per_sample_bytes = itemsize * (2 * numel + 2 * self._activation_numel) + nbytes(first)
         return max(1, min(self.batch_size, budget // per_sample_bytes))
 
     def per_sample_grads(self, theta: Tensor, idx: Tensor | None = None,
@@ -501,11 +618,14 @@ class Objective:
         """Gradients of each sample's loss, shape [len(idx), P] (all samples by default), or
         only of the parameters ``names`` (flat in the space's order; the others held fixed).
 
-        Memory: :meth:`per_sample_chunk` samples per vmap call.
+        Memory: :meth:`per_sample_chunk` samples per vmap call. Needs the per-sample form of
+        the loss (:class:`landscape.sources.Loss`); each sample's loss is scaled so that their
+        mean is the loss. Sharded data: each rank computes the samples it holds, summed.
         """
         theta = self._check(theta)
-        idx = torch.arange(self.n, device=self.device) if idx is None else torch.as_tensor(
-            idx, device=self.device)
+        if not self.loss_fn.has_per_sample:
+            self.loss_fn.samples(None, None)  # the one-line error
+        idx = (torch.arange(self.n) if idx is None else torch.as_tensor(idx)).long().cpu()
         views = self.space.unflatten(theta)
         names = self.space.names if names is None else tuple(names)
         unknown = set(names) - set(views)
@@ -513,22 +633,25 @@ class Objective:
             raise LandscapeError(f"unknown parameters {sorted(unknown)}")
         names = tuple(n for n in self.space.names if n in names)
 
-        def one(sub: dict[str, Tensor], x: Tensor, y: Tensor) -> Tensor:
-            state = {**views, **sub, **self.buffers}
-            return _loss_sum(self.loss_name, functional_call(self.model, state, (x[None],)),
-                             y[None])
+        def one(sub: dict[str, Tensor], x: Any, y: Tensor) -> Tensor:
+            out = self._apply({**views, **sub, **self.buffers}, tree_map(lambda t: t[None], x))
+            return self.loss_fn.samples(out, y[None])[0] * (self.n / self.weight_total)
 
         fn = vmap(grad(one), in_dims=(None, 0, 0))
         sub = {n: views[n] for n in names}
-        chunk = self.per_sample_chunk(sum(v.numel() for v in sub.values()))
-        parts = []
+        width = sum(v.numel() for v in sub.values())
+        chunk = self.per_sample_chunk(width)
+        pos, local = self._local(idx) if self.sharded else (torch.arange(idx.numel()), idx)
+        out = torch.zeros(idx.numel(), width, dtype=self.dtype, device=self.device)
         with self._precision(derivative=True):
-            for start in range(0, idx.numel(), chunk):
-                sel = idx[start : start + chunk]
-                g = fn(sub, self.x[sel], self.y[sel])
-                parts.append(torch.cat([g[n].reshape(sel.numel(), -1) for n in names], 1))
+            for start in range(0, local.numel(), chunk):
+                sel = local[start : start + chunk]
+                x, y = self.source.rows(sel, self.batch_size)
+                g = fn(sub, x, y)
+                out[pos[start : start + chunk].to(self.device)] = torch.cat(
+                    [g[n].reshape(sel.numel(), -1) for n in names], 1)
         self.counts["per_sample"] += idx.numel() / self.n
-        return torch.cat(parts)
+        return self.all_reduce(out)
 
     def _norm_layers(self) -> tuple[dict[str, nn.Module], tuple[str, ...]]:
         """Modules whose per-sample gradient norms :mod:`landscape.per_sample` computes
@@ -556,6 +679,11 @@ class Objective:
         parameters of other layers (``counts["per_sample"]``) when there are any.
         """
         theta = self._check(theta)
+        if not self.loss_fn.has_per_sample or self.loss_fn.hook:
+            if self.loss_fn.hook:
+                raise LandscapeError("per-sample gradient norms need a loss of the model's "
+                                     "output, not a forward_loss hook")
+            self.loss_fn.samples(None, None)  # the one-line error
         layers, rest = self._norm_layers()
         calls: dict[str, list[list[Tensor]]] = {name: [] for name in layers}
 
@@ -569,7 +697,7 @@ class Objective:
 
         handles = [m.register_forward_hook(capture(name)) for name, m in layers.items()]
         total_g = torch.zeros_like(theta)
-        sq = torch.zeros(self.n, dtype=torch.float64, device=self.device)
+        sq = torch.zeros(self.source.n, dtype=torch.float64, device=self.device)
         start, uncalled = 0, set(layers)
         try:
             with self._precision(derivative=True), torch.enable_grad():
@@ -577,16 +705,16 @@ class Objective:
                     for c in calls.values():
                         c.clear()
                     t = theta.detach().requires_grad_(True)
-                    loss = _loss_sum(self.loss_name, self.forward(t, x), y)
+                    loss = self.loss_fn.total(self.forward(t, x), y)
                     total_g += torch.autograd.grad(loss, t)[0]
                     for name, c in calls.items():
                         if c:
                             uncalled.discard(name)
                         pairs = [(p[0], p[1]) for p in c if len(p) == 2]
                         if pairs:
-                            sq[start : start + x.shape[0]] += per_sample.sq_norms(
+                            sq[start : start + y.shape[0]] += per_sample.sq_norms(
                                 layers[name], pairs).double()
-                    start += x.shape[0]
+                    start += y.shape[0]
         finally:
             for h in handles:
                 h.remove()
@@ -597,8 +725,14 @@ class Objective:
         if rest:  # e.g. LayerNorm, embeddings, shared weights: per-sample gradients
             chunk = self.per_sample_chunk(sum(self.space.unflatten(theta)[n].numel()
                                               for n in rest))
-            for begin in range(0, self.n, chunk):
-                idx = torch.arange(begin, min(self.n, begin + chunk), device=self.device)
-                g = self.per_sample_grads(theta, idx, names=rest)
-                sq[idx] += g.double().square().sum(1)
-        return total_g / self.n, sq
+            local = copy.copy(self)
+            local.sharded = False  # each rank: its own samples
+            for begin in range(0, self.source.n, chunk):
+                idx = torch.arange(begin, min(self.source.n, begin + chunk))
+                g = local.per_sample_grads(theta, idx, names=rest)
+                sq[idx.to(self.device)] += g.double().square().sum(1)
+        scale = self.n / self.weight_total  # each sample's loss: the split's mean is the loss
+        sq *= scale**2
+        if self.sharded:  # every rank's samples, in rank order
+            sq = torch.cat([s.to(self.device) for s in distributed.all_gather(sq.cpu())])
+        return self.all_reduce(total_g) / self.weight_total, sq
