@@ -97,6 +97,36 @@ def _has_batchnorm(model: nn.Module) -> bool:
     return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
 
 
+def as_objective(target: Any, data: Any = None, **options: Any) -> Objective:
+    """``target`` itself if it is an :class:`Objective`, else an Objective of the plain
+    ``nn.Module`` ``target`` on ``data`` (any source, see :class:`Objective`; ``options``
+    as its keywords, e.g. ``loss``)."""
+    if isinstance(target, Objective):
+        if data is not None or options:
+            raise LandscapeError("data= and loss= go with a model, not with an Objective")
+        return target
+    if isinstance(target, nn.Module):
+        if data is None:
+            raise LandscapeError(f"a {type(target).__name__} model needs data=: (inputs, "
+                                 "targets) tensors, a Dataset or a DataLoader")
+        return Objective(target, data, **options)
+    raise LandscapeError(f"expected an Objective or an nn.Module with data=, got "
+                         f"{type(target).__name__}")
+
+
+def accepts_model(fn: Callable) -> Callable:
+    """Lets analysis ``fn(objective, ...)`` take a plain ``nn.Module`` with ``data=`` (and
+    optionally ``loss=``) instead of an :class:`Objective`."""
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(objective: Any, *args: Any, data: Any = None, loss: Any = None,
+                **kwargs: Any) -> Any:
+        options = {} if loss is None else {"loss": loss}
+        return fn(as_objective(objective, data, **options), *args, **kwargs)
+    return wrapper
+
+
 class Objective:
     """Loss and metrics of ``model`` on one data split, as functions of flat parameters.
 
@@ -342,7 +372,7 @@ class Objective:
         ``torch.func`` transforms."""
         return self.loss_fn.total(self.forward(theta, x), y) / self.loss_fn.weight(y)
 
-    def _sample_losses(self, theta: Tensor, x: Any, y: Tensor) -> Tensor:
+    def sample_losses(self, theta: Tensor, x: Any, y: Tensor) -> Tensor:
         """Each sample's loss ``[B]``, scaled so that their mean over the split is the loss
         (``n / weight_total``: 1 for means over samples). Needs the per-sample form."""
         return self.loss_fn.samples(self.forward(theta, x), y) * (self.n / self.weight_total)

@@ -49,7 +49,7 @@ from torch import Tensor
 from landscape import linalg, store
 from landscape.distributed import all_gather, broadcast, rank_and_world
 from landscape.errors import LandscapeError, check_int, check_positive, unknown_name
-from landscape.objective import Objective
+from landscape.objective import Objective, accepts_model
 from landscape.progress import progress
 
 OPERATORS = ("hessian", "ggn")
@@ -309,8 +309,10 @@ def _params_setting(params: Any) -> Any:
     return {"mask_sha256": hashlib.sha256(mask.tobytes()).hexdigest(), "size": int(mask.sum())}
 
 
-def _split() -> linalg.Split:
-    rank, world = rank_and_world()
+def _split(objective: Objective) -> linalg.Split:
+    """Probes shared among ranks, unless each rank holds a shard of the data (then every rank
+    applies every probe to its shard and the products are all-reduced)."""
+    rank, world = (0, 1) if objective.sharded else rank_and_world()
     return linalg.Split(rank, world, all_gather)
 
 
@@ -323,6 +325,7 @@ def _fix_signs(vectors: Tensor) -> Tensor:
     return vectors * signs
 
 
+@accepts_model
 def hessian_eigenvalues(objective: Objective, theta: Tensor | None = None, k: int | tuple[
                         int, int] = 5, which: str = "largest", *, tol: float = 1e-6,
                         max_iter: int = 1000, max_basis: int | None = None, seed: int = 0,
@@ -395,6 +398,7 @@ def hessian_eigenvalues(objective: Objective, theta: Tensor | None = None, k: in
 
 # ------------------------------------------------------------------------------------------
 # trace
+@accepts_model
 def hessian_trace(objective: Objective, theta: Tensor | None = None, method: str = "hutchinson",
                   *, rtol: float = 1e-2, max_probes: int = 1000, min_probes: int | None = None,
                   seed: int = 0, operator: str = "hessian", params: str | Tensor | None = None,
@@ -431,7 +435,7 @@ def hessian_trace(objective: Objective, theta: Tensor | None = None, method: str
         settings.update(min_probes=min_probes, check_every=check_every)
         est = linalg.hutchinson(op, op.n, rtol=rtol, min_probes=min_probes,
                                 max_probes=max_probes, check_every=check_every, seed=seed,
-                                dtype=op.dtype, device=op.device, split=_split())
+                                dtype=op.dtype, device=op.device, split=_split(op.objective))
     else:
         est = linalg.hutchpp(op, op.n, max_probes, rtol=rtol, seed=seed, dtype=op.dtype,
                              device=op.device)
@@ -441,6 +445,7 @@ def hessian_trace(objective: Objective, theta: Tensor | None = None, method: str
 
 # ------------------------------------------------------------------------------------------
 # spectral density
+@accepts_model
 def spectral_density(objective: Objective, theta: Tensor | None = None, *, n_probes: int = 10,
                      n_steps: int = 80, sigma: float = 0.01, grid_size: int = 1000,
                      seed: int = 0, operator: str = "hessian",
@@ -460,7 +465,7 @@ def spectral_density(objective: Objective, theta: Tensor | None = None, *, n_pro
     check_positive("sigma", sigma)
     op = _Operator(objective, theta, operator, params, block_size)
     quad = linalg.slq(op, op.n, n_probes, n_steps, seed=int(seed), block_size=block_size,
-                      dtype=op.dtype, device=op.device, split=_split())
+                      dtype=op.dtype, device=op.device, split=_split(op.objective))
     grid, density, sig = linalg.slq_density(quad, sigma, grid_size)
     settings = {"n_probes": n_probes, "n_steps": min(n_steps, op.n), "sigma": sigma,
                 "grid_size": grid_size, "seed": int(seed), "params": _params_setting(params),
@@ -723,6 +728,7 @@ def _read_density(f: h5py.File) -> DensityResult:
                          settings=a.get("settings", {}), **arrays)
 
 
+@accepts_model
 def analyze_hessian(objective: Objective, theta: Tensor | None = None, *, top: int = 5,
                     bottom: int = 1, trace: bool = False, density: bool = False,
                     tol: float = 1e-6, max_iter: int = 1000, seed: int = 0,

@@ -31,6 +31,7 @@ from landscape.analysis.sharpness import (
     sam_sharpness,
 )
 from landscape.errors import LandscapeError, check_int, check_positive, unknown_name
+from landscape.objective import accepts_model
 
 
 @dataclass
@@ -231,6 +232,7 @@ def measure_settings(name: str, settings: MeasureSettings) -> dict[str, Any]:
     return {"measure": name, **{k: getattr(settings, k) for k in REGISTRY[name].settings}}
 
 
+@accepts_model
 def compute_measures(objective: Any, names: Iterable[str], theta: Tensor | None = None,
                      settings: MeasureSettings | None = None, show_progress: bool = True,
                      on_result: Callable[[str, MeasureResult], None] | None = None,

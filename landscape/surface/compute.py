@@ -176,7 +176,7 @@ def compute_surface(objectives: Objective | Mapping[str, Objective], out: str | 
     if not floating:
         buffer_directions = None  # nothing to move (a model without BatchNorm)
     names = [f"{split}_{m}" for split, o in objs.items()
-             for m in (("loss", "acc") if o.is_classification else ("loss",))]
+             for m in o.metric_names]
     full_settings = {
         **(settings or {}), "kind": kind, "x": x.tolist(), "y": None if y is None else y.tolist(),
         "splits": list(objs),
@@ -187,7 +187,15 @@ def compute_surface(objectives: Objective | Mapping[str, Objective], out: str | 
     }
     shape = (len(x),) if y is None else (len(y), len(x))
     rank, world = distributed.rank_and_world()
+    # data sharded among ranks: every rank evaluates every point (on its shard), rank 0 writes
+    sharded = any(getattr(o, "sharded", False) for o in objs.values())
+    share_rank, share_world = (0, 1) if sharded else (rank, world)
 
+    def center() -> dict[str, float]:
+        return {f"center_{split}_{m}": float(v[0])  # evaluated even off-grid
+                for split, o in objs.items() for m, v in o.evaluate(origin[None]).items()}
+
+    centre = center() if sharded else None  # a collective: on every rank
     f = None
     if rank == 0:
 
@@ -195,9 +203,7 @@ def compute_surface(objectives: Objective | Mapping[str, Objective], out: str | 
             _init_file(new, x, y, names, origin, dirs, space.layout(),
                        direction_attrs or [{}] * len(dirs), buffer_origin, buffer_directions,
                        extras or {})
-            new.attrs.update({f"center_{split}_{m}": float(v[0])  # evaluated even off-grid
-                              for split, o in objs.items()
-                              for m, v in o.evaluate(origin[None]).items()})
+            new.attrs.update(centre if centre is not None else center())
 
         f = store.create(out, kind, full_settings, {
             **(attrs or {}), "device": str(first.device), "precision": first.precision,
@@ -218,13 +224,14 @@ def compute_surface(objectives: Objective | Mapping[str, Objective], out: str | 
     grid = np.stack(np.meshgrid(y if y is not None else [0.0], x, indexing="ij"), -1)
     grid = grid.reshape(-1, 2)[:, ::-1][:, : len(dirs)]  # flat index -> (x, y) coordinates
     size = chunk or min(64, max(8, first.point_chunk),
-                        max(1, -(-len(pending) // world)))  # every rank gets work
+                        max(1, -(-len(pending) // share_world)))  # every rank gets work
     chunks = [pending[i : i + size] for i in range(0, len(pending), size)]
     bar = progress(total=len(pending), desc=f"{kind} {Path(out).name}", unit="pt",
                    disable=None if show_progress and rank == 0 else True)
     try:
-        for r in range(0, len(chunks), world):
-            mine = chunks[r + rank] if r + rank < len(chunks) else np.array([], dtype=int)
+        for r in range(0, len(chunks), share_world):
+            mine = (chunks[r + share_rank] if r + share_rank < len(chunks)
+                    else np.array([], dtype=int))
             results = {}
             if len(mine):
                 coords = torch.as_tensor(grid[mine], dtype=first.dtype, device=first.device)
@@ -245,7 +252,7 @@ def compute_surface(objectives: Objective | Mapping[str, Objective], out: str | 
                     f.flush()  # values before the mask: a point is done only once stored
                     f["done"][...] = done.reshape(shape)
                     f.flush()
-                bar.update(sum(len(c) for c in chunks[r : r + world]))
+                bar.update(sum(len(c) for c in chunks[r : r + share_world]))
     finally:
         bar.close()
         store.close_quietly(f)
