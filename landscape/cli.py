@@ -189,6 +189,7 @@ def trust_options(fn: Callable | None = None, *, model_option: bool = True) -> C
             from landscape.trust import trusting
 
             named = kwargs.pop("trusted_models", ()) if model_option else (kwargs.get("model"),)
+            named = (*named, *kwargs.pop("trusted_data", ()), *kwargs.pop("trusted_losses", ()))
             with trusting([n for n in named if n], trust_all=trust_code):
                 return fn(*args, **kwargs)
 
@@ -198,6 +199,12 @@ def trust_options(fn: Callable | None = None, *, model_option: bool = True) -> C
             run = click.option("--model", "trusted_models", multiple=True, metavar="SPEC",
                                help="The user model factory recorded in the run "
                                     "(file.py:factory), named again to trust it.")(run)
+            run = click.option("--data", "trusted_data", multiple=True, metavar="SPEC",
+                               help="The user data factory recorded in the run, named again "
+                                    "to trust it.")(run)
+            run = click.option("--loss", "trusted_losses", multiple=True, metavar="SPEC",
+                               help="The user loss recorded in the run, named again to trust "
+                                    "it.")(run)
         return run
 
     return decorate(fn) if fn is not None else decorate
@@ -766,3 +773,23 @@ def curvature_cmd(run_dir: str, surface_file: str, tol: float, split: str, subse
 
 if __name__ == "__main__":
     main()
+
+
+@main.command("adopt")
+@click.option("--model", required=True, metavar="SPEC",
+              help="Model factory: path/to/file.py:factory or package.module:factory.")
+@click.option("--weights", required=True, type=click.Path(exists=True, dir_okay=False),
+              help="Checkpoint (a state dict, {'state_dict': ...} or {'model': ...}).")
+@click.option("--data", required=True, metavar="SPEC",
+              help="Data factory returning (train, test) datasets or loaders.")
+@click.option("--loss", default=None, metavar="SPEC", help="Loss callable (output, target).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--out", required=True, help="Run directory to create.")
+@click.option("--overwrite", is_flag=True, help="Replace a run already in --out.")
+def adopt_cmd(model: str, weights: str, data: str, loss: str | None, seed: int, out: str,
+              overwrite: bool) -> None:
+    """Make a run directory for a model trained elsewhere (no training)."""
+    from landscape.userdata import adopt
+
+    path = adopt(model, weights, data, out, loss=loss, seed=seed, overwrite=overwrite)
+    click.echo(f"adopted {weights} as run {path}", err=True)

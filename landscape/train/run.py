@@ -168,9 +168,17 @@ def build_run_model(info: dict, source: str | Path, trust: bool = False) -> nn.M
         return model_from_spec(info["model"], source=str(source), trust=trust)
 
 
-def load_run_data(info: dict, source: str | Path = "run.json"):
-    """The run's :class:`landscape.data.Dataset`, rebuilt from its stored spec and checked."""
+def load_run_data(info: dict, source: str | Path = "run.json", trust: bool = False):
+    """The run's :class:`landscape.data.Dataset` (or :class:`landscape.userdata.UserData`),
+    rebuilt from its stored spec and checked."""
     import inspect
+
+    if info["dataset"].get("user"):
+        from landscape.userdata import UserData
+
+        spec = info["dataset"]
+        return UserData(spec["data"]["name"], (spec.get("loss") or {}).get("name"),
+                        source=str(source), recorded=spec, trust=trust)
 
     from landscape.data import load_dataset
 
@@ -315,7 +323,7 @@ def load_run(path: str | Path, *, data: bool = True, trust: bool = False) -> Run
                       stacklevel=2)
     load_weights(model, state_dict_of(torch_load(file), file), file)
     model.eval()
-    dataset = load_run_data(info, path / "run.json") if data else None
+    dataset = load_run_data(info, path / "run.json", trust) if data else None
     return Run(path=path, config=dict(info["config"]), model=model, data=dataset,
                history=read_history(path), info=info, trust=trust)
 
