@@ -605,26 +605,25 @@ def test_bf16_derivatives_run_in_float32(method: str) -> None:
     assert torch.equal(results["bf16"], results["float32"])
 
 
-def test_auto_strategy_falls_back_to_loop_when_vmap_fails(monkeypatch: pytest.MonkeyPatch,
-                                                          ) -> None:
-    """A vmap failure after the strategy was chosen (as cuDNN BatchNorm at large chunks)
-    switches to point-at-a-time evaluation with a warning and the same numbers."""
-    model = nn.Sequential(nn.Linear(4, 5), nn.Tanh(), nn.Linear(5, 3))
-    x, y = torch.randn(20, 4), torch.randint(0, 3, (20,))
-    obj = Objective(model, (x, y), device="cpu", precision="float64")
-    obj.strategy = "vmap"  # as if chosen by timing
-
-    def broken(*args: object) -> None:
-        raise RuntimeError("cuDNN error: CUDNN_STATUS_NOT_SUPPORTED")
-
-    monkeypatch.setattr(obj, "_eval_vmap", broken)
-    points = obj.theta0 + 0.1 * torch.randn(3, obj.space.numel, dtype=torch.float64)
-    with pytest.warns(RuntimeWarning, match="loop"):
-        got = obj.evaluate(points)["loss"]
-    assert obj.strategy == "loop"
-    expected = Objective(model, (x, y), device="cpu", precision="float64",
-                         strategy="loop").evaluate(points)["loss"]
-    torch.testing.assert_close(got, expected, rtol=0, atol=0)
+def test_auto_strategy_and_chunk_follow_the_rule_by_model_and_device() -> None:
+    """``auto`` is a fixed rule (never a timing): loop on the CPU, vmap only for models without
+    convolutions or BatchNorm on a GPU; convolutions on the CPU get 256-sample data chunks."""
+    x, y = torch.randn(300, 1, 4, 4), torch.randint(0, 3, (300,))
+    mlp = nn.Sequential(nn.Flatten(), nn.Linear(16, 5), nn.Tanh(), nn.Linear(5, 3))
+    conv = nn.Sequential(nn.Conv2d(1, 2, 3), nn.Flatten(), nn.Linear(8, 3))
+    bn = nn.Sequential(nn.Flatten(), nn.Linear(16, 5), nn.BatchNorm1d(5), nn.Linear(5, 3))
+    objs = {name: Objective(m, (x, y), device="cpu") for name, m in
+            (("mlp", mlp), ("conv", conv), ("bn", bn))}
+    assert {o.strategy for o in objs.values()} == {"loop"}
+    assert (objs["mlp"].batch_size, objs["conv"].batch_size) == (300, 256)
+    on_gpu = {}
+    for name, o in objs.items():
+        o.device = torch.device("cuda")  # the rule only reads the device type
+        on_gpu[name] = o._choose_strategy()
+    assert on_gpu == {"mlp": "vmap", "conv": "loop", "bn": "loop"}
+    assert Objective(mlp, (x, y), device="cpu", bn="recompute").strategy == "loop"
+    with pytest.raises(LandscapeError, match="recompute"):
+        Objective(mlp, (x, y), device="cpu", bn="recompute", strategy="vmap")
 
 
 def test_explicit_vmap_strategy_failure_is_raised(monkeypatch: pytest.MonkeyPatch) -> None:
