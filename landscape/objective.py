@@ -101,6 +101,10 @@ def _has_conv(model: nn.Module) -> bool:
     return any(isinstance(m, nn.modules.conv._ConvNd) for m in model.modules())
 
 
+class _Captured(Exception):
+    """Stops a forward pass once the first layer's input is captured."""
+
+
 class Objective:
     """Loss and metrics of ``model`` on one data split, as functions of flat parameters.
 
@@ -174,6 +178,7 @@ class Objective:
                                  "strategy (or auto)")
         self.strategy = self._choose_strategy() if strategy == "auto" else strategy
         self._loaded: tuple[nn.Module, Tensor] | None = None  # the loop's model, made on use
+        self.plane_layer = self._plane_layer()
         if bn == "recompute":
             self._bn_model = copy.deepcopy(self.model)
             for m in self._bn_model.modules():
@@ -220,7 +225,7 @@ class Objective:
         in surface files, so that a resumed file is bit-identical to an uninterrupted one)."""
         return {**self.settings(), "strategy": self.strategy, "batch_size": self.batch_size,
                 "point_chunk": self.point_chunk if self.strategy == "vmap" else None,
-                "device": self.device.type}
+                "device": self.device.type, "first_layer_products": self.plane_layer}
 
     # ----------------------------------------------------------------------------------
     # the forward pass: nothing else calls the model
@@ -290,12 +295,72 @@ class Objective:
             self._loaded = model, flat
         return self._loaded
 
+    def _plane_layer(self) -> str | None:
+        """Name of the first layer whose output :meth:`evaluate_plane` forms from products, or
+        None. It must be an ``nn.Linear``, the first module with parameters or buffers that the
+        forward pass calls, called once, with every parameter held by a leaf module (so its
+        input does not depend on the point); loop strategy, ``bn="eval"``, not bf16, and its
+        outputs for the split (three copies) under ``2**26`` numbers."""
+        if self.strategy != "loop" or self.bn != "eval" or self.precision == "bf16":
+            return None
+        held = [(name, m) for name, m in self.model.named_modules()
+                if any(True for _ in m.parameters(recurse=False))
+                or any(True for _ in m.buffers(recurse=False))]
+        if not held or any(any(True for _ in m.children()) for _, m in held):
+            return None
+        name, layer = held[0]
+        if not isinstance(layer, nn.Linear) or 3 * self.n * layer.out_features > 2**26:
+            return None
+        calls: list[str] = []
+        handles = [m.register_forward_pre_hook(lambda _m, _i, n=n: calls.append(n))
+                   for n, m in held]
+        try:
+            with torch.no_grad():
+                self.model(next(iter(self._chunks()))[0][:1])
+        finally:
+            for h in handles:
+                h.remove()
+        return name if calls[:1] == [name] and calls.count(name) == 1 else None
+
+    def _first_layer_products(self, model: nn.Module, origin: Tensor, directions: Tensor,
+                              ) -> list[list[Tensor]]:
+        """Per data chunk, the first layer's outputs at ``origin`` and along each direction
+        (weights and biases of the directions, no origin): ``1 + D`` products per chunk."""
+        layer = model.get_submodule(self.plane_layer)
+        parts = [self.space.unflatten(t) for t in (origin, *directions)]
+        weight, bias = f"{self.plane_layer}.weight", f"{self.plane_layer}.bias"
+        captured: list[Tensor] = []
+
+        def capture(_m: nn.Module, inputs: tuple[Tensor, ...]) -> None:
+            captured.append(inputs[0])
+            raise _Captured
+
+        handle = layer.register_forward_pre_hook(capture)
+        products = []
+        try:
+            for x, _ in self._chunks():
+                with contextlib.suppress(_Captured):
+                    model(x)
+                products.append([F.linear(captured[-1], u[weight], u.get(bias)) for u in parts])
+        finally:
+            handle.remove()
+        return products
+
     @torch.no_grad()
-    def _eval_loop(self, points: Tensor, buffers: dict[str, Tensor] | None = None) -> Tensor:
+    def _eval_loop(self, points: Tensor, buffers: dict[str, Tensor] | None = None,
+                   plane: tuple[Tensor, Tensor, Tensor] | None = None) -> Tensor:
+        """``plane``: ``(origin, directions[D, P], coords[K, D])`` of ``points``, whose first
+        layer is then ``x W0 + sum_d c_d x D_d`` (exact in exact arithmetic; round-off in the
+        last bits differs from the product at each point)."""
         model, flat = self._loaded_model()
         own = dict(model.named_buffers())
         changed: set[str] = set()
         rows = []
+        layer, products, coords = None, None, None
+        if plane is not None:
+            products = self._first_layer_products(model, plane[0], plane[1])
+            coords = plane[2].tolist()
+            layer = model.get_submodule(self.plane_layer)
         try:
             for k, theta in enumerate(points):
                 flat.copy_(theta)
@@ -307,13 +372,20 @@ class Objective:
                     own[name].copy_(b)
                     changed.add(name)
                 total = None
-                for x, y in self._chunks():  # chunks summed in order: the same bits each time
+                for c, (x, y) in enumerate(self._chunks()):  # summed in order: the same bits
+                    if layer is not None:
+                        h = products[c][0].clone()
+                        for coefficient, along in zip(coords[k], products[c][1:]):
+                            h.add_(along, alpha=coefficient)
+                        layer.forward = lambda _x, h=h: h  # the first layer's output, given
                     stats = self._stats(model(x), y)
                     total = stats if total is None else total + stats
                 rows.append(total)
         finally:
             for name in changed:
                 own[name].copy_(self.buffers[name])
+            if layer is not None and "forward" in vars(layer):
+                del layer.forward
         return torch.stack(rows)
 
     @torch.no_grad()
@@ -346,8 +418,25 @@ class Objective:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
 
+    def evaluate_plane(self, origin: Tensor, directions: Tensor, coords: Tensor,
+                       buffers: dict[str, Tensor] | None = None) -> dict[str, Tensor]:
+        """:meth:`evaluate` at ``origin[P] + coords[K, D] @ directions[D, P]``.
+
+        Where :attr:`plane_layer` is set (a first ``nn.Linear`` layer), a point's first-layer
+        output is ``x W0 + sum_d c_d x D_d``: ``1 + D`` products per data chunk and call serve
+        all K points instead of one product per point (equal to :meth:`evaluate` to float
+        round-off; the saving is in ``benchmarks/README.md``).
+        """
+        origin = torch.as_tensor(origin).to(self.device, self.dtype)
+        directions = torch.as_tensor(directions).to(self.device, self.dtype)
+        coords = torch.as_tensor(coords).to(self.device, self.dtype)
+        points = origin + coords @ directions
+        if self.plane_layer is None:
+            return self.evaluate(points, buffers)
+        return self.evaluate(points, buffers, _plane=(origin, directions, coords))
+
     def evaluate(self, points: Tensor, buffers: dict[str, Tensor] | None = None,
-                 ) -> dict[str, Tensor]:
+                 _plane: tuple[Tensor, Tensor, Tensor] | None = None) -> dict[str, Tensor]:
         """Mean loss (and accuracy, for classification) at each of ``points[K, P]``.
 
         ``buffers`` optionally gives per-point buffers ``name -> [K, ...]`` (e.g. BatchNorm
@@ -368,8 +457,10 @@ class Objective:
         while True:
             try:
                 with self._precision():
-                    fn = self._eval_vmap if self.strategy == "vmap" else self._eval_loop
-                    sums = fn(points, buffers)
+                    if self.strategy == "vmap":
+                        sums = self._eval_vmap(points, buffers)
+                    else:
+                        sums = self._eval_loop(points, buffers, _plane)
                 break
             except torch.cuda.OutOfMemoryError:  # (torch.OutOfMemoryError only from 2.5)
                 if self.strategy == "vmap" and self.point_chunk > 1:

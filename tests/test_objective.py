@@ -637,3 +637,60 @@ def test_explicit_vmap_strategy_failure_is_raised(monkeypatch: pytest.MonkeyPatc
     monkeypatch.setattr(obj, "_eval_vmap", broken)
     with pytest.raises(RuntimeError, match="boom"):
         obj.evaluate(obj.theta0[None].repeat(2, 1))
+
+
+@pytest.mark.parametrize("precision,rtol", [("float64", 1e-12), ("float32", 1e-6)])
+def test_plane_evaluation_from_first_layer_products_equals_point_by_point(
+        precision: str, rtol: float) -> None:
+    """x (W0 + a Dx + b Dy) = x W0 + a x Dx + b x Dy: a plane evaluated from three products per
+    data chunk equals the model's own forward pass at each point, to round-off."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3))
+    x, y = torch.randn(30, 2, 3), torch.randint(0, 3, (30,))
+    obj = Objective(model, (x, y), device="cpu", precision=precision, batch_size=7)
+    assert obj.plane_layer == "1"
+    dtype = obj.dtype
+    dirs = torch.randn(2, obj.space.numel, dtype=dtype)
+    coords = torch.tensor([[0.0, 0.0], [0.5, -1.0], [-2.0, 0.25], [1.0, 1.0]], dtype=dtype)
+    got = obj.evaluate_plane(obj.theta0, dirs, coords)
+    for k, theta in enumerate(obj.theta0 + coords @ dirs):
+        with torch.no_grad():
+            out = _with_params(model, theta, dtype)(x.to(dtype))
+        assert float(got["loss"][k]) == pytest.approx(F.cross_entropy(out, y).item(), rel=rtol)
+        assert float(got["acc"][k]) == (out.argmax(1) == y).double().mean().item()
+    line = obj.evaluate_plane(obj.theta0, dirs[:1], coords[:, :1])  # one direction
+    torch.testing.assert_close(line["loss"], obj.evaluate(obj.theta0 + coords[:, :1] @ dirs[:1])[
+        "loss"], rtol=rtol, atol=0)
+
+
+class _ScaledInput(nn.Module):
+    """A parameter used outside any leaf module before the first layer."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.scale = nn.Parameter(torch.tensor([2.0]))
+        self.fc = nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.scale * x)
+
+
+@pytest.mark.parametrize("model,kwargs", [
+    (_ScaledInput(), {}),
+    (nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 3)), {"precision": "bf16"}),
+    (nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 3)), {"strategy": "vmap"}),
+    (nn.Sequential(nn.BatchNorm1d(4), nn.Linear(4, 3)), {}),
+])
+def test_first_layer_products_are_not_used_where_they_would_be_wrong(model: nn.Module,
+                                                                      kwargs: dict) -> None:
+    x, y = torch.randn(12, 4), torch.randint(0, 3, (12,))
+    obj = Objective(model, (x, y), device="cpu", **kwargs)
+    assert obj.plane_layer is None
+    dirs = torch.randn(2, obj.space.numel)
+    coords = torch.tensor([[1.0, -0.5], [0.3, 0.7]])
+    got = obj.evaluate_plane(obj.theta0, dirs, coords)["loss"]
+    for k, theta in enumerate(obj.theta0 + coords @ dirs):
+        with torch.no_grad():
+            out = _with_params(model, theta, torch.float32)(x)
+        tol = 2e-2 if kwargs.get("precision") == "bf16" else 1e-6
+        assert float(got[k]) == pytest.approx(F.cross_entropy(out, y).item(), rel=tol)

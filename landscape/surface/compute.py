@@ -232,10 +232,9 @@ def compute_surface(objectives: Objective | Mapping[str, Objective], out: str | 
             results = {}
             if len(mine):
                 coords = torch.as_tensor(grid[mine], dtype=first.dtype, device=first.device)
-                points = origin[None] + coords @ dirs
                 buffers = _point_buffers(coords, buffer_origin, buffer_directions, floating)
                 for split, o in objs.items():
-                    for m, v in o.evaluate(points, buffers).items():
+                    for m, v in o.evaluate_plane(origin, dirs, coords, buffers).items():
                         results[f"{split}_{m}"] = v.numpy()
             for idx, res in distributed.all_gather((mine, results)):
                 if rank == 0 and len(idx):
