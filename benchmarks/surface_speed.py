@@ -104,13 +104,20 @@ def reference_seconds_per_point(model: torch.nn.Module, loader: DataLoader, obj:
     return seconds, losses
 
 
-def engine_seconds_per_point(obj: Objective, points: torch.Tensor) -> tuple[float, np.ndarray]:
-    obj.evaluate(points[:2])  # warm-up
+def engine_seconds_per_point(obj: Objective, dirs: torch.Tensor, coords: np.ndarray,
+                             by_products: bool = True) -> tuple[float, np.ndarray]:
+    """Seconds per point of the engine over a plane, as ``compute_surface`` evaluates it
+    (``evaluate_plane``), or point by point (``evaluate``) when not ``by_products``."""
+    c = torch.as_tensor(coords, dtype=obj.dtype, device=obj.device)
+    obj.evaluate(obj.theta0[None])  # warm-up
     obj._sync()
     start = time.perf_counter()
-    losses = obj.evaluate(points)["loss"].numpy()
+    if by_products:
+        losses = obj.evaluate_plane(obj.theta0, dirs.to(obj.dtype), c)["loss"].numpy()
+    else:
+        losses = obj.evaluate(obj.theta0 + c @ dirs.to(obj.dtype))["loss"].numpy()
     obj._sync()
-    return (time.perf_counter() - start) / len(points), losses
+    return (time.perf_counter() - start) / len(coords), losses
 
 
 def plane(obj: Objective, n: int, seed: int = 0) -> tuple[torch.Tensor, np.ndarray]:
@@ -118,35 +125,6 @@ def plane(obj: Objective, n: int, seed: int = 0) -> tuple[torch.Tensor, np.ndarr
     dirs = torch.stack([random_direction(obj.space, obj.theta0, seed + i) for i in (0, 1)])
     a, b = np.meshgrid(np.linspace(-1, 1, n), np.linspace(-1, 1, n))
     return dirs, np.stack([a.ravel(), b.ravel()], 1)
-
-
-def grid_points(obj: Objective, n: int, seed: int = 0) -> torch.Tensor:
-    dirs, coords = plane(obj, n, seed)
-    return obj.theta0 + torch.as_tensor(coords, dtype=obj.dtype, device=obj.device) @ dirs
-
-
-def mlp_plane_losses(obj: Objective, dirs: torch.Tensor, coords: np.ndarray,
-                     first_layer_products: bool) -> np.ndarray:
-    """Mean losses of an MLP (Flatten, then Linear/ReLU layers) over a plane, in a hand-written
-    forward pass; ``first_layer_products``: the first layer's output from three products per
-    data set (``x W0``, ``x Dx``, ``x Dy``) combined per point instead of one product per point."""
-    names = [k.rsplit(".", 1)[0] for k in obj.space.names if k.endswith(".weight")]
-    x, y = obj.x.flatten(1), obj.y
-    u0, ux, uy = (obj.space.unflatten(t) for t in (obj.theta0, dirs[0], dirs[1]))
-    base = [F.linear(x, u[f"{names[0]}.weight"], u[f"{names[0]}.bias"]) for u in (u0, ux, uy)]
-    losses = []
-    with torch.no_grad():
-        for a, b in coords.tolist():
-            theta = obj.theta0 + a * dirs[0] + b * dirs[1]
-            u = obj.space.unflatten(theta)
-            if first_layer_products:
-                h = torch.add(base[0], base[1], alpha=a).add_(base[2], alpha=b)
-            else:
-                h = F.linear(x, u[f"{names[0]}.weight"], u[f"{names[0]}.bias"])
-            for name in names[1:]:
-                h = F.linear(h.relu_(), u[f"{name}.weight"], u[f"{name}.bias"])
-            losses.append(float(torch.logsumexp(h, 1).sum() - h.gather(1, y[:, None]).sum()))
-    return np.array(losses) / len(y)
 
 
 def interleaved(contenders: dict[str, Callable[[], float]], rounds: int) -> dict[str, float]:
@@ -192,14 +170,17 @@ def cpu_case(args: argparse.Namespace, device: torch.device) -> None:
         model, (x, y), device=device, **kw)) for name, kw in variants.items()}, 5)
     auto = built["auto"]
     dirs, coords = plane(auto, n)
-    points = auto.theta0 + torch.as_tensor(coords, dtype=auto.dtype) @ dirs
-    subset = points[: args.slow_points]
     contenders: dict[str, Callable[[], float]] = {}
     for name, obj in built.items():
         slow = name != "auto" and name != "loop"
-        contenders[f"engine {name}" + (f" -> {obj.strategy}, batch {obj.batch_size}"
-                                       if name == "auto" else "")] = (
-            lambda obj=obj, p=(subset if slow else points): engine_seconds_per_point(obj, p)[0])
+        first = "per point" if obj.plane_layer is None else "from products"
+        label = f"engine {name}" + (f" -> {obj.strategy}, batch {obj.batch_size}, first layer "
+                                    f"{first}" if name == "auto" else "")
+        contenders[label] = (lambda obj=obj, c=(coords[: args.slow_points] if slow else coords):
+                             engine_seconds_per_point(obj, dirs, c)[0])
+    if auto.plane_layer is not None:
+        contenders["engine auto, point by point (evaluate, no first-layer products)"] = (
+            lambda: engine_seconds_per_point(auto, dirs, coords, by_products=False)[0])
 
     metric = loss_landscapes.metrics.Loss(F.cross_entropy, x, y)
     # its filter normalization divides by zero on LeNet's zero-initialized biases; the
@@ -219,26 +200,19 @@ def cpu_case(args: argparse.Namespace, device: torch.device) -> None:
         contenders[f"reference, DataLoader b128, {workers} workers"] = (
             lambda loader=loader, count=count: reference_seconds_per_point(
                 model, loader, auto, dirs, coords[:count], device)[0])
-    if args.case == "mlp":
-        for products in (False, True):
-            contenders[f"hand-written MLP plane, first layer {'from 3 products' if products else 'per point'}"] = (  # noqa: E501
-                lambda products=products: _timed(lambda: mlp_plane_losses(
-                    auto, dirs, coords, products)) / n**2)
     medians = interleaved(contenders, args.rounds)
 
-    engine = auto.evaluate(points)["loss"].numpy()
+    engine = engine_seconds_per_point(auto, dirs, coords)[1]
     ref = reference_seconds_per_point(model, DataLoader(pairs, batch_size=128), auto, dirs,
                                       coords[: args.ref_points], device)[1]
     print(f"{args.case}, n={len(x)}, {n}x{n} filter-normalized plane, device {device}, "
           f"{torch.get_num_threads()} thread(s), medians of {args.rounds} interleaved rounds; "
           f"max |engine - reference| loss {np.abs(engine[: len(ref)] - ref).max():.1e}")
-    if args.case == "mlp":
-        plain = mlp_plane_losses(auto, dirs, coords, False)
-        fast = mlp_plane_losses(auto, dirs, coords, True)
-        print(f"  first layer from 3 products: max relative loss difference "
-              f"{np.abs(fast / plain - 1).max():.1e} (per point: "
-              f"{np.abs(plain / engine - 1).max():.1e} against the engine)")
-    best_peer = min(t for name, t in medians.items() if not name.startswith(("engine", "hand")))
+    if auto.plane_layer is not None:
+        plain = engine_seconds_per_point(auto, dirs, coords, by_products=False)[1]
+        print(f"  first layer from products vs point by point: max relative loss difference "
+              f"{np.abs(engine / plain - 1).max():.1e}")
+    best_peer = min(t for name, t in medians.items() if not name.startswith("engine"))
     for name, t in medians.items():
         print(f"  {name:<62} {t * 1e3:9.3f} ms/point   {best_peer / t:6.2f}x the best peer")
     grid_s = 121 * medians[next(iter(medians))]

@@ -328,7 +328,8 @@ class Objective:
         (weights and biases of the directions, no origin): ``1 + D`` products per chunk."""
         layer = model.get_submodule(self.plane_layer)
         parts = [self.space.unflatten(t) for t in (origin, *directions)]
-        weight, bias = f"{self.plane_layer}.weight", f"{self.plane_layer}.bias"
+        prefix = f"{self.plane_layer}." if self.plane_layer else ""  # "": the model itself
+        weight, bias = f"{prefix}weight", f"{prefix}bias"
         captured: list[Tensor] = []
 
         def capture(_m: nn.Module, inputs: tuple[Tensor, ...]) -> None:
