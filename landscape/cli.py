@@ -198,7 +198,7 @@ def engine_options(fn: Callable) -> Callable:
                      default="float32", show_default=True),
         click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, ..."),
         click.option("--batch-size", type=click.IntRange(min=1), default=None,
-                     help="Samples per data chunk (default: 256 for convolutional models on "
+                     help="Samples per data chunk (default: 128 for convolutional models on "
                           "the CPU, else the whole split up to 4096 on CPU)."),
     ]
     for option in reversed(options):

@@ -116,7 +116,7 @@ class Objective:
         bn: ``"eval"`` or ``"recompute"`` (see module docstring).
         precision: ``"float64" | "float32" | "tf32" | "bf16"``.
         device: ``"auto"``, ``"cpu"``, ``"cuda"``, ...
-        batch_size: samples per data chunk (default: 256 for convolutional models on the
+        batch_size: samples per data chunk (default: 128 for convolutional models on the
             CPU, else the whole split up to 4096 on the CPU and 8192 on a GPU).
         point_chunk: points per vmap call (default: as many as keep ``point_chunk *
             batch_size`` under ``2**16`` on the CPU, ``2**20`` on a GPU).
@@ -166,7 +166,7 @@ class Objective:
             raise LandscapeError("the data split is empty")
         gpu = self.device.type == "cuda"
         conv_on_cpu = not gpu and _has_conv(self.model)
-        self.batch_size = batch_size or min(self.n, 256 if conv_on_cpu else 8192 if gpu else 4096)
+        self.batch_size = batch_size or min(self.n, 128 if conv_on_cpu else 8192 if gpu else 4096)
         budget = 2**20 if gpu else 2**16
         self.point_chunk = point_chunk or max(1, min(256, budget // self.batch_size))
         self.is_classification = self.loss_name == "cross_entropy"

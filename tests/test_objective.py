@@ -607,7 +607,7 @@ def test_bf16_derivatives_run_in_float32(method: str) -> None:
 
 def test_auto_strategy_and_chunk_follow_the_rule_by_model_and_device() -> None:
     """``auto`` is a fixed rule (never a timing): loop on the CPU, vmap only for models without
-    convolutions or BatchNorm on a GPU; convolutions on the CPU get 256-sample data chunks."""
+    convolutions or BatchNorm on a GPU; convolutions on the CPU get 128-sample data chunks."""
     x, y = torch.randn(300, 1, 4, 4), torch.randint(0, 3, (300,))
     mlp = nn.Sequential(nn.Flatten(), nn.Linear(16, 5), nn.Tanh(), nn.Linear(5, 3))
     conv = nn.Sequential(nn.Conv2d(1, 2, 3), nn.Flatten(), nn.Linear(8, 3))
@@ -615,7 +615,7 @@ def test_auto_strategy_and_chunk_follow_the_rule_by_model_and_device() -> None:
     objs = {name: Objective(m, (x, y), device="cpu") for name, m in
             (("mlp", mlp), ("conv", conv), ("bn", bn))}
     assert {o.strategy for o in objs.values()} == {"loop"}
-    assert (objs["mlp"].batch_size, objs["conv"].batch_size) == (300, 256)
+    assert (objs["mlp"].batch_size, objs["conv"].batch_size) == (300, 128)
     on_gpu = {}
     for name, o in objs.items():
         o.device = torch.device("cuda")  # the rule only reads the device type
