@@ -4,7 +4,10 @@ The point at grid index ``(i, j)`` is ``origin + x[j] * directions[0] + y[i] * d
 Values are stored as ``[len(y), len(x)]`` arrays (``[len(x)]`` in 1D), one per split and
 metric (``train_loss``, ``test_acc``, ...), NaN where not yet computed, with a ``done`` mask.
 Each chunk of points is written and flushed before the next is computed, so a killed run
-loses at most one chunk, and re-running the same computation continues where it stopped.
+loses at most one chunk, and re-running the same computation continues where it stopped. The
+evaluation strategy, data chunk size and device type are part of the settings hash, so a
+resumed file is bit-identical to an uninterrupted one and a resume with other chunking is
+refused.
 """
 
 from __future__ import annotations
@@ -180,7 +183,8 @@ def compute_surface(objectives: Objective | Mapping[str, Objective], out: str | 
     full_settings = {
         **(settings or {}), "kind": kind, "x": x.tolist(), "y": None if y is None else y.tolist(),
         "splits": list(objs),
-        "objectives": {s: o.settings() for s, o in objs.items()},
+        # one key per split and setting, so that a refusal names e.g. train.batch_size
+        **{f"{s}.{k}": v for s, o in objs.items() for k, v in o.evaluation_settings().items()},
         "origin_sha": _digest(origin), "directions_sha": [_digest(d) for d in dirs],
         "buffer_directions_sha": [_digest(torch.cat([b[k].reshape(-1).float() for k in floating]))
                                   for b in buffer_directions] if buffer_directions else None,
@@ -228,10 +232,9 @@ def compute_surface(objectives: Objective | Mapping[str, Objective], out: str | 
             results = {}
             if len(mine):
                 coords = torch.as_tensor(grid[mine], dtype=first.dtype, device=first.device)
-                points = origin[None] + coords @ dirs
                 buffers = _point_buffers(coords, buffer_origin, buffer_directions, floating)
                 for split, o in objs.items():
-                    for m, v in o.evaluate(points, buffers).items():
+                    for m, v in o.evaluate_plane(origin, dirs, coords, buffers).items():
                         results[f"{split}_{m}"] = v.numpy()
             for idx, res in distributed.all_gather((mine, results)):
                 if rank == 0 and len(idx):
