@@ -390,12 +390,20 @@ def validate(f: h5py.File, path: Path, attrs: Mapping[str, Any] | None = None) -
     coordinates only. A LandscapeError names the file and the first fault."""
     attrs = read_attrs(f) if attrs is None else attrs
 
-    def outward(name: str, link: Any) -> None:
-        if not isinstance(link, h5py.HardLink):
-            raise damaged(path, f"'{name}' is a link to elsewhere")
+    def attrs_fault(name: str, obj: Any) -> LandscapeError | None:
+        try:  # an exception must not cross HDF5's iteration: returned, then raised
+            read_attrs(obj)
+        except LandscapeError as err:
+            return err
+        return None
 
-    f.visititems_links(outward)
-    f.visititems(lambda name, obj: read_attrs(obj) and None)
+    outward = f.visititems_links(lambda name, link: None if isinstance(link, h5py.HardLink)
+                                 else name)
+    if outward is not None:
+        raise damaged(path, f"'{outward}' is a link to elsewhere")
+    fault = f.visititems(attrs_fault)
+    if fault is not None:
+        raise fault
     if not isinstance(f.attrs.get("settings", "{}"), str) or not isinstance(
             attrs.get("settings", {}), dict):
         raise damaged(path, "attribute 'settings' is not a JSON object")
