@@ -278,7 +278,7 @@ def _validate_grid(f: h5py.File, path: Path, attrs: Mapping[str, Any]) -> None:
     if "path" in f:
         group = _group(f, "path", path)
         for name in group:
-            _array(group, name, path)
+            _array(group, name, path, dtype="fbiu")
 
 
 def _validate_hessian(f: h5py.File, path: Path, attrs: Mapping[str, Any]) -> None:
