@@ -87,6 +87,20 @@ def load_surface(path: str | Path) -> Surface:
                        f["done"][()].astype(bool), store.read_attrs(f), extras)
 
 
+def _check_resumable(f: h5py.File, out: str | Path, x: np.ndarray, y: np.ndarray | None,
+                     names: Sequence[str]) -> None:
+    """A file being resumed (already checked against its schema) holds this grid: the same
+    coordinates and a value dataset per metric and split."""
+    for axis, c in (("x", x), ("y", y)):
+        stored = f[axis][()] if axis in f else None
+        if (stored is None) != (c is None) or (c is not None and not np.array_equal(stored, c)):
+            raise store.damaged(out, f"its '{axis}' coordinates are not those of its settings")
+    missing = [n for n in names if n not in store.read_attrs(f)["metrics"]]  # validated
+    if missing:
+        raise store.damaged(out, f"no dataset {', '.join(map(repr, missing))} for its "
+                                 "settings' splits; use --overwrite to replace it")
+
+
 def _init_file(f: h5py.File, x: np.ndarray, y: np.ndarray | None, names: Sequence[str],
                origin: Tensor, directions: Tensor, layout: dict,
                direction_attrs: Sequence[Mapping[str, Any]], buffer_origin: Mapping[str, Tensor],
@@ -165,6 +179,9 @@ def compute_surface(objectives: Objective | Mapping[str, Objective], out: str | 
     space = first.space
     x = parse_range(x)
     y = None if y is None else parse_range(y)
+    if len(x) * (1 if y is None else len(y)) > store.MAX_VALUES:  # before any file is written
+        raise LandscapeError(f"a grid of {len(x) * len(y):,} points ({len(y)} x {len(x)}) is "
+                             f"more than the {store.MAX_VALUES:,} a result file holds")
     dirs = torch.stack([d.to(first.device, first.dtype) for d in (
         [directions] if isinstance(directions, Tensor) and directions.dim() == 1 else directions)])
     if dirs.shape[0] != (1 if y is None else 2):
@@ -209,10 +226,11 @@ def compute_surface(objectives: Objective | Mapping[str, Objective], out: str | 
             "ndim": len(shape),
             "cosine_xy": cosine(dirs[0], dirs[1]) if len(dirs) == 2 else None},
             overwrite=overwrite, init=init)
-        if "done" not in f or any(n not in f for n in names):
+        try:
+            _check_resumable(f, out, x, y, names)
+        except LandscapeError:
             store.close_quietly(f)
-            raise LandscapeError(f"{out}: no 'done' mask or values: not a complete surface "
-                                 "file; use --overwrite to replace it")
+            raise
         done = f["done"][()].reshape(-1)
         arrays = {n: f[n][()].reshape(-1) for n in names}
         pending = np.flatnonzero(~done)
