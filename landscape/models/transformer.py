@@ -57,11 +57,14 @@ def transformer(input_shape: tuple[int, ...], num_outputs: int, *, d_model: int 
                 n_heads: int = 2, n_layers: int = 1, vocab: int | None = None) -> Transformer:
     """A :class:`Transformer` for token sequences of length ``input_shape[0]``; ``vocab``
     defaults to ``num_outputs + 1`` (the answers plus one separator token, as ``modadd``)."""
+    from landscape.errors import LandscapeError
+
+    if len(input_shape) != 1:
+        raise LandscapeError(f"the transformer takes token sequences (input shape [T]), got "
+                             f"{tuple(input_shape)}")
     d_model = check_positive_int("d_model", d_model)
     n_heads = check_positive_int("n_heads", n_heads)
     if d_model % n_heads:
-        from landscape.errors import LandscapeError
-
         raise LandscapeError(f"d_model ({d_model}) must be a multiple of n_heads ({n_heads})")
     return Transformer(vocab or num_outputs + 1, int(input_shape[0]), num_outputs, d_model,
                        n_heads, check_positive_int("n_layers", n_layers))
