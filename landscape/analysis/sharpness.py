@@ -621,7 +621,8 @@ def fisher_rao_norm(objective: Any, theta: Tensor | None = None,
             for x, y in objective._chunks():
                 _, directional = jvp(lambda t, x=x, y=y: losses(t, x, y), (theta,), (theta,))
                 total += float((directional.double() ** 2).sum())
-        total = float(objective.all_reduce(torch.tensor(total, device=objective.device)))
+        total = float(objective.all_reduce(torch.tensor(total, dtype=torch.float64,
+                                                        device=objective.device)))
         cost.add("jvp", 1.0)
     value = total / objective.n
     return MeasureResult("fisher_rao_norm", value, None, _settings(objective, method=method),
