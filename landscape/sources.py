@@ -387,9 +387,12 @@ class Loss:
         if self.fn is not None:
             return self.unreduced(out, y)
         out = out.float() if out.dtype in (torch.bfloat16, torch.float16) else out
-        if self.name == "cross_entropy":
-            return F.cross_entropy(out.reshape(-1, out.shape[-1]), y.reshape(-1),
-                                   reduction="none").reshape(y.shape)
+        if self.name == "cross_entropy":  # log-sum-exp minus the label's logit: the same as
+            # F.cross_entropy to round-off, several times faster for few classes on the CPU
+            logits = out.reshape(-1, out.shape[-1])
+            labels = y.reshape(-1, 1)
+            return (torch.logsumexp(logits, 1) - logits.gather(1, labels).squeeze(1)
+                    ).reshape(y.shape)
         return F.mse_loss(out.reshape(y.shape), y, reduction="none")
 
     def samples(self, out: Any, y: Tensor) -> Tensor:
