@@ -211,7 +211,8 @@ class Tracker:
         self.interval = settings.interval(steps_per_epoch)
         self.others = [m for m in settings.measures if m != "top_eigenvalue"]
         self.precondition = optimizer in PRECONDITIONED
-        self.state: dict[str, Any] = {"step": None, "theta": None, "vec": None, "pvec": None}
+        self.state: dict[str, Any] = {"step": None, "theta": None, "vec": None, "pvec": None,
+                                      "update_loss": None}
         alphas = np.asarray(settings.update_alphas, dtype=np.float64)
         self.alphas = alphas
         self.segment = np.linspace(0.0, 1.0, settings.segment_points)
@@ -240,30 +241,34 @@ class Tracker:
     # ------------------------------------------------------------------ resume
     def checkpoint_state(self) -> dict[str, Any]:
         """What a checkpoint keeps so that a resumed run measures exactly as an uninterrupted
-        one: the last tracked step and parameters, and the warm-start eigenvectors."""
+        one: the last tracked step, its parameters and update line, and the warm-start
+        eigenvectors."""
         return {k: (v.detach().cpu().clone() if isinstance(v, Tensor) else v)
                 for k, v in self.state.items()}
 
     def restore(self, state: dict[str, Any] | None, step: int) -> None:
         """Continue from a checkpoint taken after ``step`` optimizer steps: rows measured
-        after it are dropped (they are measured again), and the update line of a row at
-        ``step`` itself is filled in again after the next step."""
+        after it are dropped (they are measured again); the last row's update line is the
+        checkpoint's (not yet measured when that row is at ``step`` itself)."""
         keep = [i for i, s in enumerate(self.rows["step"]) if int(s) <= step]
         self.rows = {k: [v[i] for i in keep] for k, v in self.rows.items()}
-        if keep and int(self.rows["step"][-1]) == step:
-            self.rows["update_loss"][-1] = np.full(len(self.alphas), np.nan)
         if state is not None:
-            self.state = dict(state)
-        if self.rows["step"] and self.state.get("step") != int(self.rows["step"][-1]):
-            raise LandscapeError(f"{self.path}: the track file and the checkpoint disagree "
-                                 "(last tracked step); rerun with --overwrite")
+            self.state = {**self.state, **state}
+        if self.rows["step"]:
+            if self.state["step"] != int(self.rows["step"][-1]):
+                raise LandscapeError(f"{self.path}: the track file and the checkpoint disagree "
+                                     "(last tracked step); rerun with --overwrite")
+            line = self.state["update_loss"]
+            self.rows["update_loss"][-1] = (np.full(len(self.alphas), np.nan) if line is None
+                                            else line.numpy())
 
     # ------------------------------------------------------------------ the hook
     def after_step(self, net: nn.Module, opt: torch.optim.Optimizer, step: int,
                    lr: float) -> None:
         """Called after every optimizer step (``step`` taken so far; 0 before the first) with
-        the learning rate of the next step; measures at tracked steps. Random-number states
-        are restored afterwards, so the training is unchanged."""
+        the learning rate of the next step; measures at tracked steps (and writes the file),
+        and one step later the line along the update taken (kept with the checkpoints).
+        Random-number states are restored afterwards, so the training is unchanged."""
         pending = self.state["step"] is not None and step == self.state["step"] + 1 and \
             self.rows["step"] and int(self.rows["step"][-1]) == self.state["step"]
         if not pending and step % self.interval:
@@ -276,7 +281,7 @@ class Tracker:
                 self._update_line(objective)
             if step % self.interval == 0:
                 self._measure(objective, net, opt, step, lr, t0)
-            self._write()
+                self._write()
 
     def _line(self, objective: Objective, start: Tensor, end: Tensor,
               coords: np.ndarray) -> np.ndarray:
@@ -285,8 +290,9 @@ class Tracker:
 
     def _update_line(self, objective: Objective) -> None:
         theta_t = self.state["theta"].to(objective.device, objective.dtype)
-        self.rows["update_loss"][-1] = self._line(objective, theta_t, objective.theta0,
-                                                   self.alphas)
+        line = self._line(objective, theta_t, objective.theta0, self.alphas)
+        self.rows["update_loss"][-1] = line
+        self.state["update_loss"] = torch.from_numpy(line)  # checkpoints hold tensors only
 
     def _measure(self, objective: Objective, net: nn.Module, opt: torch.optim.Optimizer,
                  step: int, lr: float, t0: float) -> None:
@@ -316,7 +322,7 @@ class Tracker:
                                self._line(objective, previous.to(theta.device, theta.dtype),
                                           theta, self.segment))
         row["update_loss"] = np.full(len(self.alphas), np.nan)
-        self.state["step"], self.state["theta"] = step, theta.detach().clone()
+        self.state.update(step=step, theta=theta.detach().clone(), update_loss=None)
         row["seconds"] = time.perf_counter() - t0
         for k in self.rows:
             self.rows[k].append(row[k])
