@@ -13,11 +13,15 @@ from torch.func import functional_call
 
 import landscape
 from landscape.analysis.hessian import hessian_eigenvalues
-from landscape.analysis.track import load_track, parse_every, track_settings
+from landscape.analysis.track import (
+    load_track,
+    parse_every,
+    sharpness_threshold,
+    track_settings,
+)
 from landscape.errors import LandscapeError
 from landscape.objective import Objective
 from landscape.stats import compare, confidence_interval
-from landscape.train import load_run
 
 TINY = {"model_options": {"widths": [6]}, "dataset": "spirals", "train_size": 60}
 
@@ -51,6 +55,13 @@ def test_track_every_parses_steps_and_epochs_and_refuses_the_rest():
             parse_every(bad)
     with pytest.raises(LandscapeError, match="tracked measure"):
         track_settings("sharpest")
+
+
+def test_raw_sharpness_threshold_is_two_over_lr_or_the_heavy_ball_one():
+    assert sharpness_threshold("sgd", 0.1, None) == pytest.approx(20.0)
+    assert sharpness_threshold("sgd", 0.1, 0.5) == pytest.approx(30.0)
+    assert sharpness_threshold("momentum", 0.1, None) == pytest.approx(38.0)
+    assert sharpness_threshold("adam", 0.1, None) == pytest.approx(20.0)
 
 
 def test_warm_started_tracking_equals_cold_lanczos_at_the_same_step(tmp_path):
@@ -160,26 +171,33 @@ def test_resumed_tracked_run_continues_the_track_without_gaps_or_duplicates(tmp_
 
 
 def test_cli_tracks_a_run_and_plots_one_or_several_tracks(tmp_path):
+    """Runs laid out as a study's (runs/NAME/seedK) also make the study's track figure."""
     from landscape.cli import main
+    from landscape.plot.track import plot_tracks
 
     runner = CliRunner()
-    for lr in ("0.3", "0.5"):
+    dirs = {lr: tmp_path / "runs" / f"lr{lr}" / "seed0" for lr in ("0.3", "0.5")}
+    for lr, out in dirs.items():
         result = runner.invoke(main, [
             "train", "--dataset", "spirals", "--train-size", "60", "--widths", "6",
             "--optimizer", "sgd", "--lr", lr, "--batch-size", "60", "--steps", "6",
             "--track", "top_eigenvalue,trace,noise_scale", "--track-every", "2steps",
-            "--track-subset", "30", "--out", str(tmp_path / lr), "--json"])
+            "--track-subset", "30", "--out", str(out), "--json"])
         assert result.exit_code == 0, result.output
-        assert json.loads(result.output)["run"] == str(tmp_path / lr)
-    tr = landscape.load_track(tmp_path / "0.3")
+        assert json.loads(result.output)["run"] == str(out)
+    tr = landscape.load_track(dirs["0.3"])
     assert set(tr.measures) == {"top_eigenvalue", "hessian_trace", "noise_scale"}
     assert np.isfinite(tr.errors["hessian_trace"]).all()
-    for args in ([str(tmp_path / "0.3")], [str(tmp_path / "0.3" / "track.h5"),
-                                             str(tmp_path / "0.5")]):
+    for args in ([str(dirs["0.3"])], [str(dirs["0.3"] / "track.h5"), str(dirs["0.5"])]):
         out = tmp_path / f"fig{len(args)}.png"
         result = runner.invoke(main, ["plot", *args, "--out", str(out)])
         assert result.exit_code == 0, result.output
         assert out.stat().st_size > 10_000
+    fig = plot_tracks(tmp_path / "study.h5")
+    assert [t.get_text() for t in fig.axes[0].get_legend().get_texts()] == [
+        "lr0.3", "lr0.5", "threshold"]
+    sharp = [line.get_ydata() for line in fig.axes[1].get_lines()]
+    assert np.allclose(sharp[1], 2 / 0.3) and np.allclose(sharp[3], 2 / 0.5)
 
 
 def _eos_ratios(tmp_path, lr: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

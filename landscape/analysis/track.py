@@ -184,7 +184,7 @@ _COLUMNS = ("step", "epoch", "lr", "train_loss", "threshold", "seconds")
 class Tracker:
     """Measures curvature at tracked steps of one run and keeps ``track.h5`` (see module).
 
-    ``x``/``y``: the training split on the device; ``optimizer``/``lr_momentum``: the run's
+    ``x``/``y``: the training split on the device; ``optimizer``/``momentum``: the run's
     optimizer name and momentum setting; ``batch_size``: the run's (noise measures);
     ``run``: the run's settings (part of the file's settings hash); ``fresh``: start a new
     file (else continue the existing one). Cost per tracked step: the measures' costs on the
