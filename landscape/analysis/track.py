@@ -276,11 +276,17 @@ class Tracker:
         device = next(net.parameters()).device
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             t0 = time.perf_counter()
-            objective = Objective(net, (self.x, self.y), loss=self.loss, device=device)
+            # one point at a time: no timing-based choice, so a resumed run's lines are the
+            # same bits as an uninterrupted one's
+            objective = Objective(net, (self.x, self.y), loss=self.loss, device=device,
+                                  strategy="loop")
             if pending:
                 self._update_line(objective)
             if step % self.interval == 0:
-                self._measure(objective, net, opt, step, lr, t0)
+                self._measure(objective, net, opt, step, lr)
+            # the row's tracking time: its measurement, its update line, the file writes
+            self.rows["seconds"][-1] += time.perf_counter() - t0
+            if step % self.interval == 0:
                 self._write()
 
     def _line(self, objective: Objective, start: Tensor, end: Tensor,
@@ -295,7 +301,7 @@ class Tracker:
         self.state["update_loss"] = torch.from_numpy(line)  # checkpoints hold tensors only
 
     def _measure(self, objective: Objective, net: nn.Module, opt: torch.optim.Optimizer,
-                 step: int, lr: float, t0: float) -> None:
+                 step: int, lr: float) -> None:
         s, theta = self.s, objective.theta0
         row: dict[str, Any] = {"step": step, "epoch": step / self.spe, "lr": lr,
                                "train_loss": objective.loss(theta),
@@ -323,7 +329,7 @@ class Tracker:
                                           theta, self.segment))
         row["update_loss"] = np.full(len(self.alphas), np.nan)
         self.state.update(step=step, theta=theta.detach().clone(), update_loss=None)
-        row["seconds"] = time.perf_counter() - t0
+        row["seconds"] = 0.0
         for k in self.rows:
             self.rows[k].append(row[k])
 
@@ -372,7 +378,8 @@ class Track:
 
     ``step`` (optimizer steps taken), ``epoch`` (``step / steps_per_epoch``), ``lr`` (of the
     next step), ``train_loss`` (on the tracking subset), ``threshold`` (of the raw top
-    eigenvalue, see :func:`sharpness_threshold`), ``seconds`` (tracking time of the row);
+    eigenvalue, see :func:`sharpness_threshold`), ``seconds`` (tracking time of the row:
+    measurement, update line, file writes but the last);
     ``measures[name]`` and ``errors[name]`` (NaN: no error estimate); ``hvp[name]``: HVPs of
     a Lanczos measurement (``top_eigenvalue``, ``preconditioned_top_eigenvalue``);
     ``preconditioned`` / ``preconditioned_threshold`` (adaptive optimizers, else None);
