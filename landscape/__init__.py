@@ -28,6 +28,7 @@ from landscape.analysis.sharpness import (  # noqa: E402
     pac_bayes_flatness,
     sam_sharpness,
 )
+from landscape.analysis.track import Track, load_track  # noqa: E402
 from landscape.data import Dataset, load_dataset  # noqa: E402
 from landscape.errors import LandscapeError  # noqa: E402
 from landscape.models import build_model  # noqa: E402
@@ -52,4 +53,5 @@ __all__ = [
     "hessian_trace", "interpolate", "load_dataset", "load_hessian", "load_run", "load_study",
     "load_surface", "noise_scale_two_batch", "pac_bayes_flatness", "plane", "random_surface",
     "run_study", "sam_sharpness", "spectral_density", "train", "trajectory",
+    "Track", "load_track",
 ]

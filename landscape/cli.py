@@ -143,6 +143,13 @@ def _parse_model_options(pairs: tuple[str, ...]) -> dict[str, Any]:
 @click.option("--out", default=None, help="Run directory [outputs/runs/<name>].")
 @click.option("--resume", is_flag=True, help="Continue from the run's last checkpoint.")
 @click.option("--overwrite", is_flag=True, help="Replace a run already in --out.")
+@click.option("--track", default=None,
+              help="Measures recorded along the run in track.h5, e.g. "
+                   "top_eigenvalue,trace,noise_scale.")
+@click.option("--track-every", default="10", show_default=True,
+              help="Measure every N steps (N, Nsteps) or epochs (Nepochs).")
+@click.option("--track-subset", type=int, default=None,
+              help="Training samples the measures use [all].")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout.")
 def train_cmd(widths: str | None, model_option: tuple[str, ...], as_json: bool,
               **kwargs: Any) -> None:
@@ -635,9 +642,10 @@ def toy_cmd(function: str, kappa: float | None, eigenvalues: str | None, dim: in
 
 
 @main.command("plot")
-@click.argument("file", type=click.Path(dir_okay=False))
+@click.argument("files", nargs=-1, required=True, type=click.Path())
 @click.option("--kind", type=click.Choice(["curve", "contour", "filled", "heatmap", "surface3d",
-                                           "trajectory", "density", "ratio", "vtk", "compare"]),
+                                           "trajectory", "density", "ratio", "vtk", "compare",
+                                           "track"]),
               default=None, help="Plot kind (default: from the file's kind).")
 @click.option("--metric", default="train_loss", show_default=True,
               help="Dataset of a 2D surface to draw (train_loss, test_acc, ...).")
@@ -649,13 +657,14 @@ def toy_cmd(function: str, kappa: float | None, eigenvalues: str | None, dim: in
               help="Log-spaced levels / log loss axis (default: log when the range is wide).")
 @click.option("--out", type=click.Path(dir_okay=False), required=True,
               help="Figure file: .pdf, .png, .svg (or .vtk/.vtp for --kind vtk).")
-def plot_cmd(file: str, kind: str | None, metric: str, vmin: float | None, vmax: float | None,
-             levels: str | None, log: bool | None, out: str) -> None:
-    """Draw a stored result (surface, interpolation, trajectory, Hessian, study) as a figure."""
+def plot_cmd(files: tuple[str, ...], kind: str | None, metric: str, vmin: float | None,
+             vmax: float | None, levels: str | None, log: bool | None, out: str) -> None:
+    """Draw a stored result (surface, interpolation, trajectory, Hessian, study, a run's
+    track) as a figure; several tracks (track.h5 files or run directories) are overlaid."""
     from landscape.plot.render import render
 
-    click.echo(str(render(file, out, kind=kind, metric=metric, vmin=vmin, vmax=vmax,
-                          levels=levels, log=log)))
+    click.echo(str(render(files[0] if len(files) == 1 else files, out, kind=kind,
+                          metric=metric, vmin=vmin, vmax=vmax, levels=levels, log=log)))
 
 
 def _study_options(fn: Callable) -> Callable:
