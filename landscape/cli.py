@@ -26,16 +26,19 @@ class _Group(click.Group):
         import warnings
 
         try:
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always")
-                try:
-                    return super().invoke(ctx)
-                finally:
-                    for w in caught:
-                        if _ours(w.filename):
-                            click.echo(f"Warning: {w.message}", err=True)
-                        else:  # others under the usual filters
-                            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+            with warnings.catch_warnings():  # restores the filters and showwarning after
+                warnings.filterwarnings("always", module=r"landscape(\.|$)")
+                shown = warnings.showwarning
+
+                def show(message: Any, category: Any, filename: str, lineno: int,
+                         file: Any = None, line: Any = None) -> None:
+                    if _ours(filename):
+                        click.echo(f"Warning: {message}", err=True)
+                    else:
+                        shown(message, category, filename, lineno, file, line)
+
+                warnings.showwarning = show
+                return super().invoke(ctx)
         except LandscapeError as err:
             raise click.ClickException(str(err)) from None
         except OSError as err:  # a write the library did not wrap: still one line
@@ -48,9 +51,9 @@ class _Group(click.Group):
 
 def _ours(filename: str) -> bool:
     """Whether a warning was raised from this package's code."""
-    from pathlib import Path
+    import os
 
-    return Path(__file__).parent in Path(filename).resolve().parents
+    return os.path.realpath(filename).startswith(os.path.dirname(os.path.realpath(__file__)))
 
 
 @click.group(cls=_Group)
