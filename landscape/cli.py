@@ -13,7 +13,7 @@ from typing import Any
 
 import click
 
-from landscape.errors import LandscapeError
+from landscape.errors import LandscapeError, LandscapeWarning
 
 
 class _Group(click.Group):
@@ -27,12 +27,12 @@ class _Group(click.Group):
 
         try:
             with warnings.catch_warnings():  # restores the filters and showwarning after
-                warnings.filterwarnings("always", module=r"landscape(\.|$)")
+                warnings.simplefilter("always", LandscapeWarning)
                 shown = warnings.showwarning
 
                 def show(message: Any, category: Any, filename: str, lineno: int,
                          file: Any = None, line: Any = None) -> None:
-                    if _ours(filename):
+                    if issubclass(category, LandscapeWarning):
                         click.echo(f"Warning: {message}", err=True)
                     else:
                         shown(message, category, filename, lineno, file, line)
@@ -47,13 +47,6 @@ class _Group(click.Group):
                 raise
             where = f"{err.filename}: " if err.filename else ""
             raise click.ClickException(f"cannot write: {where}{err.strerror}") from None
-
-
-def _ours(filename: str) -> bool:
-    """Whether a warning was raised from this package's code."""
-    import os
-
-    return os.path.realpath(filename).startswith(os.path.dirname(os.path.realpath(__file__)))
 
 
 @click.group(cls=_Group)

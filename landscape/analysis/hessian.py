@@ -49,7 +49,13 @@ from torch import Tensor
 
 from landscape import linalg, store
 from landscape.distributed import all_gather, broadcast, rank_and_world
-from landscape.errors import LandscapeError, check_int, check_positive, unknown_name
+from landscape.errors import (
+    LandscapeError,
+    NotConvergedWarning,
+    check_int,
+    check_positive,
+    unknown_name,
+)
 from landscape.objective import Objective, accepts_model
 from landscape.progress import progress
 
@@ -838,7 +844,7 @@ def analyze_hessian(objective: Objective, theta: Tensor | None = None, *, top: i
     finally:
         store.close_quietly(f)
     for line in report.warnings():
-        warnings.warn(line, RuntimeWarning, stacklevel=2)
+        warnings.warn(line, NotConvergedWarning, stacklevel=2)
     return report
 
 

@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from landscape.errors import LandscapeError
+from landscape.errors import LandscapeError, LandscapeWarning
 from landscape.store import atomic_write, strict_json
 
 RUN_FORMAT = "landscape-run"
@@ -320,7 +320,7 @@ def load_run(path: str | Path, *, data: bool = True, trust: bool = False) -> Run
             raise LandscapeError(f"run {path} has neither model.pt nor any checkpoint")
         epoch, file = files[-1]
         warnings.warn(f"run {path} is not finished; using its last checkpoint (epoch {epoch})",
-                      stacklevel=2)
+                      LandscapeWarning, stacklevel=2)
     load_weights(model, state_dict_of(torch_load(file), file), file)
     model.eval()
     dataset = load_run_data(info, path / "run.json", trust) if data else None

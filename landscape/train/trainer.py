@@ -42,7 +42,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from landscape import store
-from landscape.errors import LandscapeError, SettingsMismatch, check_positive
+from landscape.errors import LandscapeError, LandscapeWarning, SettingsMismatch, check_positive
 from landscape.objective import resolve_device
 from landscape.progress import progress as progress_bar
 from landscape.train.run import (
@@ -533,7 +533,8 @@ def _warn_unmet(path: Path, stopping: dict | None) -> None:
         cap = ", ".join(f"{v} {k}" for k, v in stopping["cap"].items())
         warnings.warn(f"run {path} stopped at its cap ({cap}) with train loss "
                       f"{stopping['train_loss']:.4g}, above the target "
-                      f"{stopping['target']:g}: the target was NOT met", stacklevel=3)
+                      f"{stopping['target']:g}: the target was NOT met", LandscapeWarning,
+                      stacklevel=3)
 
 
 def _save_checkpoint(file: Path, state: dict) -> None:
