@@ -21,6 +21,7 @@ _SOURCES = {
     "landscape.analysis.noise": ("gradient_noise", "noise_scale_two_batch"),
     "landscape.analysis.sharpness": ("adaptive_sharpness", "epsilon_sharpness", "fisher_rao_norm",
         "pac_bayes_flatness", "sam_sharpness"),
+    "landscape.analysis.track": ("Track", "load_track"),
     "landscape.data": ("Dataset", "load_dataset"),
     "landscape.errors": ("LandscapeError",),
     "landscape.models": ("build_model",),
@@ -41,6 +42,7 @@ __all__ = [
     "hessian_trace", "interpolate", "load_dataset", "load_hessian", "load_run", "load_study",
     "load_surface", "noise_scale_two_batch", "pac_bayes_flatness", "plane", "random_surface",
     "run_study", "sam_sharpness", "spectral_density", "train", "trajectory",
+    "Track", "load_track",
 ]
 
 

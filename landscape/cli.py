@@ -7,7 +7,6 @@ Data (``--json``) goes to stdout; progress bars and logs to stderr. User errors
 from __future__ import annotations
 
 import contextlib
-import functools
 import json
 import sys
 from collections.abc import Callable, Iterator
@@ -15,7 +14,7 @@ from typing import Any
 
 import click
 
-from landscape.errors import LandscapeError
+from landscape.errors import LandscapeError, LandscapeWarning
 
 DEFAULT_THREADS = 1  # CPU threads of the measuring commands: the table in benchmarks/README.md
 
@@ -96,17 +95,18 @@ class _Group(click.Group):
         import errno
         import warnings
 
-        shown = warnings.showwarning
-
-        def show(message: Any, category: Any, filename: str, lineno: int, *rest: Any) -> None:
-            if _ours(filename):
-                click.echo(f"Warning: {message}", err=True)
-            else:  # others as usual
-                shown(message, category, filename, lineno, *rest)
-
         try:
-            with warnings.catch_warnings():  # ours every time, as they occur; others as usual
-                warnings.filterwarnings("always", module=r"landscape(\.|$)")
+            with warnings.catch_warnings():  # restores the filters and showwarning after
+                warnings.simplefilter("always", LandscapeWarning)
+                shown = warnings.showwarning
+
+                def show(message: Any, category: Any, filename: str, lineno: int,
+                         file: Any = None, line: Any = None) -> None:
+                    if issubclass(category, LandscapeWarning):
+                        click.echo(f"Warning: {message}", err=True)
+                    else:
+                        shown(message, category, filename, lineno, file, line)
+
                 warnings.showwarning = show
                 return super().invoke(ctx)
         except LandscapeError as err:
@@ -117,14 +117,6 @@ class _Group(click.Group):
                 raise
             where = f"{err.filename}: " if err.filename else ""
             raise click.ClickException(f"cannot write: {where}{err.strerror}") from None
-
-
-@functools.lru_cache(maxsize=256)
-def _ours(filename: str) -> bool:
-    """Whether a warning was raised from this package's code."""
-    from pathlib import Path
-
-    return Path(__file__).parent in Path(filename).resolve().parents
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -229,6 +221,13 @@ _model_option = click.option(
 @click.option("--out", default=None, help="Run directory [outputs/runs/<name>].")
 @click.option("--resume", is_flag=True, help="Continue from the run's last checkpoint.")
 @click.option("--overwrite", is_flag=True, help="Replace a run already in --out.")
+@click.option("--track", default=None,
+              help="Measures recorded along the run in track.h5, e.g. "
+                   "top_eigenvalue,trace,noise_scale.")
+@click.option("--track-every", default="10", show_default=True,
+              help="Measure every N steps (N, Nsteps) or epochs (Nepochs).")
+@click.option("--track-subset", type=int, default=None,
+              help="Training samples the measures use [all].")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout.")
 def train_cmd(widths: str | None, model_option: tuple[str, ...], as_json: bool,
               **kwargs: Any) -> None:
@@ -275,6 +274,7 @@ def trust_options(fn: Callable | None = None, *, model_option: bool = True) -> C
             from landscape.trust import trusting
 
             named = kwargs.pop("trusted_models", ()) if model_option else (kwargs.get("model"),)
+            named = (*named, *kwargs.pop("trusted_data", ()), *kwargs.pop("trusted_losses", ()))
             with trusting([n for n in named if n], trust_all=trust_code):
                 return fn(*args, **kwargs)
 
@@ -284,6 +284,12 @@ def trust_options(fn: Callable | None = None, *, model_option: bool = True) -> C
             run = click.option("--model", "trusted_models", multiple=True, metavar="SPEC",
                                help="The user model factory recorded in the run "
                                     "(file.py:factory), named again to trust it.")(run)
+            run = click.option("--data", "trusted_data", multiple=True, metavar="SPEC",
+                               help="The user data factory recorded in the run, named again "
+                                    "to trust it.")(run)
+            run = click.option("--loss", "trusted_losses", multiple=True, metavar="SPEC",
+                               help="The user loss recorded in the run, named again to trust "
+                                    "it.")(run)
         return run
 
     return decorate(fn) if fn is not None else decorate
@@ -305,7 +311,8 @@ def engine_options(fn: Callable) -> Callable:
         _precision,
         click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, ..."),
         click.option("--batch-size", type=click.IntRange(min=1), default=None,
-                     help="Samples per data chunk (default: whole split up to 4096 on CPU)."),
+                     help="Samples per data chunk (default: 128 for convolutional models on "
+                          "the CPU, else the whole split up to 4096 on CPU)."),
     ]
     for option in reversed(options):
         fn = option(fn)
@@ -313,8 +320,17 @@ def engine_options(fn: Callable) -> Callable:
 
 
 def engine_kwargs(opts: dict[str, Any]) -> dict[str, Any]:
-    """Pop the engine options from a command's keyword arguments."""
-    return {k: opts.pop(k) for k in ("bn", "precision", "device", "batch_size")}
+    """Pop the engine options (and ``--strategy`` where a command has it) from a command's
+    keyword arguments."""
+    return {k: opts.pop(k) for k in ("bn", "precision", "device", "batch_size", "strategy")
+            if k in opts}
+
+
+_strategy = click.option("--strategy", type=click.Choice(["auto", "vmap", "loop"]),
+                         default="auto", show_default=True,
+                         help="Evaluation: one point at a time (loop), vmap over points, or "
+                              "auto (loop on the CPU; vmap for models without convolutions "
+                              "or BatchNorm on a GPU). Recorded in the file.")
 
 
 def echo_json(obj: Any) -> None:
@@ -385,6 +401,7 @@ _split = click.option("--split", default="train", show_default=True,
               help="Reuse the directions stored in this surface file.")
 @_split
 @engine_options
+@_strategy
 @_grid_out
 @_overwrite
 @_json
@@ -410,6 +427,7 @@ def surface_cmd(run_dir: str, x: str, y: str | None, norm: str, ignore: str, see
 @click.option("--x", default="-0.5:1.5:101", show_default=True, help="Range of t.")
 @_split
 @engine_options
+@_strategy
 @_grid_out
 @_overwrite
 @_json
@@ -435,6 +453,7 @@ def interpolate_cmd(run_dir: str, to_dir: str, x: str, split: str, out: str | No
               help="Range MIN:MAX:NUM along C - A.")
 @_split
 @engine_options
+@_strategy
 @_grid_out
 @_overwrite
 @_json
@@ -456,6 +475,7 @@ def plane_cmd(run_dir: str, through: tuple[str, str], x: str, y: str, split: str
 @click.option("--y", default=None, help="Range MIN:MAX:NUM (default: the path's extent).")
 @_split
 @engine_options
+@_strategy
 @_grid_out
 @_overwrite
 @_json
@@ -764,9 +784,10 @@ def toy_cmd(function: str, kappa: float | None, eigenvalues: str | None, dim: in
 
 
 @main.command("plot")
-@click.argument("file", type=click.Path(dir_okay=False))
+@click.argument("files", nargs=-1, required=True, type=click.Path())
 @click.option("--kind", type=click.Choice(["curve", "contour", "filled", "heatmap", "surface3d",
-                                           "trajectory", "density", "ratio", "vtk", "compare"]),
+                                           "trajectory", "density", "ratio", "vtk", "compare",
+                                           "track"]),
               default=None, help="Plot kind (default: from the file's kind).")
 @click.option("--metric", default="train_loss", show_default=True,
               help="Dataset of a 2D surface to draw (train_loss, test_acc, ...).")
@@ -778,13 +799,14 @@ def toy_cmd(function: str, kappa: float | None, eigenvalues: str | None, dim: in
               help="Log-spaced levels / log loss axis (default: log when the range is wide).")
 @click.option("--out", type=click.Path(dir_okay=False), required=True,
               help="Figure file: .pdf, .png, .svg (or .vtk/.vtp for --kind vtk).")
-def plot_cmd(file: str, kind: str | None, metric: str, vmin: float | None, vmax: float | None,
-             levels: str | None, log: bool | None, out: str) -> None:
-    """Draw a stored result (surface, interpolation, trajectory, Hessian, study) as a figure."""
+def plot_cmd(files: tuple[str, ...], kind: str | None, metric: str, vmin: float | None,
+             vmax: float | None, levels: str | None, log: bool | None, out: str) -> None:
+    """Draw a stored result (surface, interpolation, trajectory, Hessian, study, a run's
+    track) as a figure; several tracks (track.h5 files or run directories) are overlaid."""
     from landscape.plot.render import render
 
-    click.echo(str(render(file, out, kind=kind, metric=metric, vmin=vmin, vmax=vmax,
-                          levels=levels, log=log)))
+    click.echo(str(render(files[0] if len(files) == 1 else files, out, kind=kind,
+                          metric=metric, vmin=vmin, vmax=vmax, levels=levels, log=log)))
 
 
 def _study_options(fn: Callable) -> Callable:
@@ -916,3 +938,24 @@ def curvature_cmd(run_dir: str, surface_file: str, tol: float, split: str, subse
 
 if __name__ == "__main__":
     main()
+
+
+@main.command("adopt")
+@click.option("--model", required=True, metavar="SPEC",
+              help="Model factory: path/to/file.py:factory or package.module:factory.")
+@click.option("--weights", required=True, type=click.Path(exists=True, dir_okay=False),
+              help="Checkpoint (a state dict, {'state_dict': ...} or {'model': ...}).")
+@click.option("--data", required=True, metavar="SPEC",
+              help="Data factory returning (train, test) datasets or loaders.")
+@click.option("--loss", default=None, metavar="SPEC", help="Loss callable (output, target).")
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Seed recorded in the run (its data subsets and random draws).")
+@click.option("--out", required=True, help="Run directory to create.")
+@click.option("--overwrite", is_flag=True, help="Replace a run already in --out.")
+def adopt_cmd(model: str, weights: str, data: str, loss: str | None, seed: int, out: str,
+              overwrite: bool) -> None:
+    """Make a run directory for a model trained elsewhere (no training)."""
+    from landscape.userdata import adopt
+
+    path = adopt(model, weights, data, out, loss=loss, seed=seed, overwrite=overwrite)
+    click.echo(f"adopted {weights} as run {path}", err=True)

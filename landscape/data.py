@@ -280,8 +280,9 @@ def _read_cifar_batch(path: Path, label_key: str, num_classes: int
                              f"found {found}")
     try:
         labels = np.asarray(labels, dtype=np.int64).reshape(-1)
-    except (TypeError, ValueError):
-        raise LandscapeError(f"{path}: expected {label_key!r} as a list of integers") from None
+    except (TypeError, ValueError, OverflowError):  # e.g. 2**70: beyond any class index
+        raise LandscapeError(f"{path}: expected {label_key!r} as a list of integers in "
+                             f"0..{num_classes - 1}") from None
     if len(labels) != len(data):
         raise LandscapeError(f"{path}: expected {len(data)} {label_key!r} (one per image), "
                              f"found {len(labels)}")
@@ -413,7 +414,24 @@ def _normalize_pixels(x: np.ndarray, name: str) -> np.ndarray:
     return (x.astype(np.float32) / np.float32(255.0) - mean) / std
 
 
-_CLASSIFICATION = {"digits": ((1, 8, 8), 10), "mnist": ((1, 28, 28), 10),
+def _load_modadd(_: Path | None, seed: int) -> tuple[np.ndarray, ...]:
+    """Every pair ``(a, b)`` of residues mod :data:`MODADD_P` as the tokens ``a b =`` (``=`` is
+    token ``p``), labelled ``(a + b) mod p``; a random half (from ``seed``) is the train split,
+    the other half the test split, as in Power et al. 2022 ("Grokking")."""
+    p = MODADD_P
+    a, b = np.divmod(np.arange(p * p), p)
+    x = np.stack([a, b, np.full_like(a, p)], 1).astype(np.int64)
+    y = ((a + b) % p).astype(np.int64)
+    perm = np.random.default_rng(seed).permutation(p * p)
+    train, test = np.sort(perm[: p * p // 2]), np.sort(perm[p * p // 2:])
+    return x[train], y[train], x[test], y[test]
+
+
+#: The modulus of ``modadd`` (Power et al. 2022 use 97).
+MODADD_P = 97
+
+_CLASSIFICATION = {"modadd": ((3,), MODADD_P), "digits": ((1, 8, 8), 10),
+                   "mnist": ((1, 28, 28), 10),
                    "fashion-mnist": ((1, 28, 28), 10), "cifar10": ((3, 32, 32), 10),
                    "cifar100": ((3, 32, 32), 100), "spirals": ((2,), 2)}
 _REGRESSION = {"teacher": ((TEACHER["dim"],), 1)}
@@ -436,6 +454,9 @@ DATASETS: dict[str, DatasetInfo] = {
                            "from seed)", False, _load_spirals),
     "teacher": DatasetInfo("regression on a random 10-32-1 tanh teacher + noise, 1,000 train / "
                            "500 test (synthetic, from seed; MSE)", False, _load_teacher),
+    "modadd": DatasetInfo("a + b mod 97 as int64 tokens 'a b =' (Power et al. 2022), all "
+                          "9,409 pairs split in halves from seed (generated)", False,
+                          _load_modadd),
 }
 
 
@@ -501,8 +522,9 @@ def load_dataset(name: str = "digits", *, data_dir: str | Path | None = None,
             return torch.from_numpy(np.ascontiguousarray(y, dtype=np.float32).reshape(len(y), -1))
         return torch.from_numpy(np.ascontiguousarray(y, dtype=np.int64))
 
-    def x_tensor(x: np.ndarray) -> Tensor:
-        return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+    def x_tensor(x: np.ndarray) -> Tensor:  # token ids stay int64
+        return torch.from_numpy(np.ascontiguousarray(
+            x, dtype=np.int64 if x.dtype == np.int64 else np.float32))
 
     spec = {"name": key, "data_dir": None if folder is None else str(folder),
             "train_size": train_size, "seed": seed}

@@ -38,3 +38,12 @@ def check_int(name: str, value: object, minimum: int = 1) -> int:
 
 class SettingsMismatch(LandscapeError):
     """An existing result file or run directory was computed with other settings."""
+
+
+class LandscapeWarning(UserWarning):
+    """Something the user should know about a result (a target not met, an unfinished run);
+    the CLI prints each as one ``Warning:`` line on stderr, every time."""
+
+
+class NotConvergedWarning(LandscapeWarning, RuntimeWarning):
+    """An iterative estimate stopped above its tolerance (Lanczos, Hutchinson)."""

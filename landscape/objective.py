@@ -5,11 +5,15 @@ function of a flat parameter vector ``theta[P]`` (see :mod:`landscape.params`), 
 :class:`Objective`. The data are kept resident on the device; evaluation is chunked over
 points and over data so memory stays bounded.
 
-Two evaluation strategies, chosen by measurement on the first call (``strategy="auto"``):
+Two evaluation strategies, chosen by a fixed rule when the objective is built
+(``strategy="auto"``, see :meth:`Objective._choose_strategy`), so that the same command gives
+the same numbers however loaded the machine is:
 
 - ``"vmap"``: ``torch.func.vmap`` over ``functional_call`` across a chunk of points, sharing
-  each data batch (small models, where one forward pass leaves the device idle);
-- ``"loop"``: one point at a time over large data batches (CNNs that already fill the device).
+  each data batch (small models on a GPU, where one forward pass leaves the device idle);
+- ``"loop"``: one point at a time, loaded into a private copy of the model whose parameters
+  are views of one flat vector (one copy per point; every model on the CPU, convolutions and
+  BatchNorm everywhere).
 
 BatchNorm: ``bn="eval"`` uses the model's running statistics (Li et al. 2018's reference
 choice); ``bn="recompute"`` re-estimates them at every point from the evaluated data, as
@@ -28,8 +32,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import os
-import time
-import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -38,14 +40,15 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call, grad, grad_and_value, jvp, vmap
 
-from landscape import per_sample
+from landscape import distributed, per_sample
 from landscape.errors import LandscapeError, check_positive, unknown_name
 from landscape.params import ParamSpace
+from landscape.sources import Loss, Source, accuracy, call_model, metric, nbytes, take, tree_map
+from landscape.sources import per_sample as per_sample_form
 
 PRECISIONS = ("float64", "float32", "tf32", "bf16")
 BN_MODES = ("eval", "recompute")
 STRATEGIES = ("auto", "vmap", "loop")
-LOSSES = ("cross_entropy", "mse")
 
 
 def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
@@ -68,12 +71,18 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
     return dev
 
 
-def _loss_sum(loss: str, out: Tensor, y: Tensor) -> Tensor:
-    """Sum over the batch of per-sample losses (float32 or float64)."""
-    out = out.float() if out.dtype in (torch.bfloat16, torch.float16) else out
-    if loss == "cross_entropy":
-        return F.cross_entropy(out, y, reduction="sum")
-    return F.mse_loss(out.reshape(y.shape), y, reduction="sum") / max(1, y[0].numel())
+class _Bound:
+    """The model with its state bound, for a ``forward_loss`` hook: calling it is
+    ``functional_call``; other attributes are the model's."""
+
+    def __init__(self, model: nn.Module, state: dict[str, Tensor]) -> None:
+        self._model, self._state = model, state
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return functional_call(self._model, self._state, args, kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._model, name)
 
 
 @contextlib.contextmanager
@@ -91,35 +100,92 @@ def _has_batchnorm(model: nn.Module) -> bool:
     return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
 
 
+def as_objective(target: Any, data: Any = None, **options: Any) -> Objective:
+    """``target`` itself if it is an :class:`Objective`, else an Objective of the plain
+    ``nn.Module`` ``target`` on ``data`` (any source, see :class:`Objective`; ``options``
+    as its keywords, e.g. ``loss``)."""
+    if isinstance(target, Objective):
+        if data is not None or options:
+            raise LandscapeError("data= and loss= go with a model, not with an Objective")
+        return target
+    if isinstance(target, nn.Module):
+        if data is None:
+            raise LandscapeError(f"a {type(target).__name__} model needs data=: (inputs, "
+                                 "targets) tensors, a Dataset or a DataLoader")
+        return Objective(target, data, **options)
+    raise LandscapeError(f"expected an Objective or an nn.Module with data=, got "
+                         f"{type(target).__name__}")
+
+
+def accepts_model(fn: Callable) -> Callable:
+    """Lets analysis ``fn(objective, ...)`` take a plain ``nn.Module`` with ``data=`` (and
+    optionally ``loss=``) instead of an :class:`Objective`."""
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(objective: Any, *args: Any, data: Any = None, loss: Any = None,
+                **kwargs: Any) -> Any:
+        options = {} if loss is None else {"loss": loss}
+        return fn(as_objective(objective, data, **options), *args, **kwargs)
+    return wrapper
+
+
+def _has_conv(model: nn.Module) -> bool:
+    return any(isinstance(m, nn.modules.conv._ConvNd) for m in model.modules())
+
+
+class _Captured(Exception):
+    """Stops a forward pass once the first layer's input is captured."""
+
+
 class Objective:
     """Loss and metrics of ``model`` on one data split, as functions of flat parameters.
 
     Args:
         model: the network; it is copied, never modified.
-        data: a :class:`landscape.data.Dataset` (with ``split``) or an ``(x, y)`` pair.
+        data: a :class:`landscape.data.Dataset` (anything with ``split(name)``), an
+            ``(inputs, targets)`` pair of tensors (inputs a tensor, tuple or dict), a
+            ``torch.utils.data.Dataset`` or any re-iterable of batches such as a DataLoader
+            (:mod:`landscape.sources`).
         split: ``"train"`` or ``"test"`` when ``data`` is a Dataset.
-        loss: ``"cross_entropy"`` or ``"mse"``; default from the dataset, else from y's dtype.
+        loss: ``"cross_entropy"``, ``"mse"`` or a callable ``loss_fn(output, target)``
+            returning the batch mean (or unreduced losses: :class:`landscape.sources.Loss`);
+            default from the dataset, else from the targets' dtype.
+        forward_loss: instead of ``loss``, a hook ``forward_loss(model, batch)`` for models
+            that compute their own loss; the batch is the source's batch as it is.
+        metrics: ``{name: fn(output, target)}`` averaged like the loss (default: ``acc``,
+            the accuracy, for integer targets; ``{}`` for none).
+        mean_over: ``"samples"`` or ``"elements"`` (target elements: a token-level loss).
+        data_budget: bytes of data kept resident on the device (default:
+            :data:`landscape.sources.DATA_BUDGET_FRACTION` of its free memory); larger data
+            are streamed.
+        shard: hold only this rank's share of the data under ``torch.distributed``, with
+            losses, gradients and Hessian products all-reduced (default: when the data do not
+            fit ``data_budget`` and there is more than one rank).
         bn: ``"eval"`` or ``"recompute"`` (see module docstring).
         precision: ``"float64" | "float32" | "tf32" | "bf16"``.
         device: ``"auto"``, ``"cpu"``, ``"cuda"``, ...
-        batch_size: samples per data chunk (default: whole split up to 4096 on the CPU,
-            up to 8192 on a GPU).
+        batch_size: samples per data chunk (default: 128 for convolutional models on the
+            CPU, else the whole split up to 4096 on the CPU and 8192 on a GPU).
         point_chunk: points per vmap call (default: as many as keep ``point_chunk *
             batch_size`` under ``2**16`` on the CPU, ``2**20`` on a GPU).
-        strategy: ``"auto"`` (measure on the first call), ``"vmap"`` or ``"loop"``.
+        strategy: ``"auto"`` (a rule by model and device), ``"vmap"`` or ``"loop"``.
         memory_budget: bytes for one vmap call of per-sample gradients (default: a quarter
             of the free GPU memory, 16 MiB on the CPU, the fastest measured).
 
-    All losses are means over the whole split. ``counts`` tracks the cost in passes over the
+    All losses are means over the whole split, over samples (or target elements, see
+    ``mean_over``), exactly, whatever the batching. ``counts`` tracks the cost in passes over the
     split: ``forward`` (one per point evaluated), ``grad``, ``hvp`` and ``per_sample``.
     """
 
     def __init__(self, model: nn.Module, data: Any, *, split: str = "train",
-                 loss: str | None = None, bn: str = "eval", precision: str = "float32",
+                 loss: str | Callable | None = None, forward_loss: Callable | None = None,
+                 metrics: dict[str, Callable] | None = None, mean_over: str | None = None,
+                 bn: str = "eval", precision: str = "float32",
                  device: str | torch.device | None = "auto", batch_size: int | None = None,
                  point_chunk: int | None = None, strategy: str = "auto",
                  hvp_method: str = "double_backward", memory_budget: int | None = None,
-                 ) -> None:
+                 data_budget: int | None = None, shard: bool | None = None) -> None:
         if precision not in PRECISIONS:
             raise unknown_name("precision", precision, PRECISIONS)
         if bn not in BN_MODES:
@@ -132,41 +198,60 @@ class Objective:
                 check_positive(name, value)
         if hvp_method not in ("fwd_rev", "double_backward"):
             raise unknown_name("hvp method", hvp_method, ("fwd_rev", "double_backward"))
-        if isinstance(data, tuple | list):
-            x, y = data
-            default_loss = "cross_entropy" if not torch.is_floating_point(y) else "mse"
-        else:
-            x, y = data.split(split)
-            default_loss = data.loss
-        self.loss_name = loss or default_loss
-        if self.loss_name not in LOSSES:
-            raise unknown_name("loss", self.loss_name, LOSSES)
+        if hasattr(data, "split") and callable(data.split):
+            if loss is None and forward_loss is None:
+                loss = getattr(data, "loss", None)
+            data = data.split(split)
         self.device = resolve_device(device)
-        self.precision, self.bn, self.strategy = precision, bn, strategy
-        self.strategy_forced = strategy != "auto"  # an explicit choice is never overridden
+        self.dtype = torch.float64 if precision == "float64" else torch.float32
+        rank, world = distributed.rank_and_world()
+        whole = forward_loss is not None
+        self.source = Source(data, self.device, self.dtype, data_budget, whole=whole)
+        self.sharded = bool(world > 1 and (not self.source.resident if shard is None
+                                           else shard))
+        if self.sharded:
+            self.source = Source(data, self.device, self.dtype, data_budget, (rank, world),
+                                 whole=whole)
+        first_targets = next(self.source.batches(1), (None, None))[1]
+        self.loss_fn = Loss(loss, forward_loss, target_float=self.source.target_float,
+                            target_dim=1 if first_targets is None else first_targets.dim(),
+                            mean_over=mean_over)
+        self.loss_name = self.loss_fn.name
+        if metrics is None:
+            metrics = ({"acc": per_sample_form(accuracy)} if not whole
+                       and first_targets is not None and not first_targets.is_floating_point()
+                       else {})
+        self.metrics = {k: metric(f, self.loss_fn.mean_over) for k, f in metrics.items()}
+        self.precision, self.bn = precision, bn
         self.hvp_method = hvp_method
         self.memory_budget = memory_budget
         self._activation_numel: int | None = None
-        self.dtype = torch.float64 if precision == "float64" else torch.float32
         self.space = ParamSpace.from_model(model)
         self.model = copy.deepcopy(model).to(self.device, self.dtype).eval()
         self.buffers = {k: v.detach() for k, v in self.model.named_buffers()}
         self.theta0 = self.space.flatten(self.model).to(self.device, self.dtype)
-        self.x = x.to(self.device, self.dtype)
-        self.y = y.to(self.device, self.dtype if torch.is_floating_point(y) else torch.long)
-        self.n = int(self.x.shape[0])
+        counts = torch.tensor([self.source.n, self.source.elements], dtype=torch.float64,
+                              device=self.device)
+        self.n, elements = (int(c) for c in self.all_reduce(counts).tolist())
+        self.weight_total = elements if self.loss_fn.mean_over == "elements" else self.n
         if self.n == 0:
             raise LandscapeError("the data split is empty")
         gpu = self.device.type == "cuda"
-        self.batch_size = batch_size or min(self.n, 8192 if gpu else 4096)
+        conv_on_cpu = not gpu and _has_conv(self.model)
+        self.batch_size = batch_size or min(self.n, 128 if conv_on_cpu else 8192 if gpu else 4096)
         budget = 2**20 if gpu else 2**16
         self.point_chunk = point_chunk or max(1, min(256, budget // self.batch_size))
-        self.is_classification = self.loss_name == "cross_entropy"
+        self.is_classification = "acc" in self.metrics
         self.has_bn = _has_batchnorm(self.model)
         self.counts: dict[str, float] = {"forward": 0.0, "grad": 0.0, "hvp": 0.0,
                                          "per_sample": 0.0}
+        if bn == "recompute" and strategy == "vmap":
+            raise LandscapeError("bn='recompute' evaluates one point at a time: use the loop "
+                                 "strategy (or auto)")
+        self.strategy = self._choose_strategy() if strategy == "auto" else strategy
+        self._loaded: tuple[nn.Module, Tensor] | None = None  # the loop's model, made on use
+        self.plane_layer = self._plane_layer()
         if bn == "recompute":
-            self.strategy = "loop"
             self._bn_model = copy.deepcopy(self.model)
             for m in self._bn_model.modules():
                 if isinstance(m, nn.modules.batchnorm._BatchNorm):
@@ -193,9 +278,16 @@ class Objective:
                 raise LandscapeError(f"subset size must be in 1..{self.n}, got {idx}")
             gen = torch.Generator().manual_seed(seed)
             idx = torch.randperm(self.n, generator=gen)[:idx]
-        idx = torch.as_tensor(idx, device=self.device)
+        idx = torch.as_tensor(idx, dtype=torch.long).cpu()
         new = copy.copy(self)
-        new.x, new.y, new.n = self.x[idx], self.y[idx], int(idx.numel())
+        mine = self._local(idx)[1] if self.sharded else idx
+        new.source = Source(self.source.rows(mine, self.batch_size) if mine.numel() else
+                            self._empty(), self.device, self.dtype, 2**62,
+                            whole=self.source.whole)
+        counts = torch.tensor([new.source.n, new.source.elements], dtype=torch.float64,
+                              device=self.device)
+        new.n, elements = (int(c) for c in self.all_reduce(counts).tolist())
+        new.weight_total = elements if self.loss_fn.mean_over == "elements" else new.n
         new.batch_size = min(self.batch_size, new.n)
         new.counts = dict.fromkeys(self.counts, 0.0)
         return new
@@ -204,7 +296,66 @@ class Objective:
         """The settings that determine the numbers (hashed in result files). The device is
         not one of them (a run may resume on another device); files keep it as an attribute."""
         return {"loss": self.loss_name, "bn": self.bn, "precision": self.precision,
-                "n": self.n}
+                "n": self.n, **({"mean_over": self.loss_fn.mean_over}
+                                if self.loss_fn.mean_over != "samples" else {}),
+                **({"metrics": sorted(self.metrics)} if set(self.metrics) - {"acc"} else {})}
+
+    @property
+    def x(self) -> Any:
+        """The inputs on the device (resident data only)."""
+        return self._resident()[0]
+
+    @property
+    def y(self) -> Tensor:
+        """The targets on the device (resident data only)."""
+        return self._resident()[1]
+
+    def _resident(self) -> tuple[Any, Tensor]:
+        if not self.source.resident or self.sharded:
+            raise LandscapeError("the data are streamed or sharded: iterate over them instead")
+        return self.source.rows(torch.arange(self.n), self.batch_size)
+
+    @property
+    def metric_names(self) -> tuple[str, ...]:
+        """``("loss", *metrics)``: the keys of :meth:`evaluate`'s result."""
+        return ("loss", *self.metrics)
+
+    # ----------------------------------------------------------------------------------
+    # data-parallel helpers (no-ops unless sharded)
+    def all_reduce(self, t: Tensor) -> Tensor:
+        """``t`` summed over the ranks when the data are sharded (in place), else ``t``."""
+        if self.sharded:
+            torch.distributed.all_reduce(t)
+        return t
+
+    def _offsets(self) -> list[int]:
+        """Global index of each rank's first sample (rank-major order), and the total."""
+        sizes = distributed.all_gather(self.source.n) if self.sharded else [self.source.n]
+        out = [0]
+        for size in sizes:
+            out.append(out[-1] + size)
+        return out
+
+    def _local(self, idx: Tensor) -> tuple[Tensor, Tensor]:
+        """(positions in ``idx``, local indices) of the samples of ``idx`` this rank holds."""
+        rank = distributed.rank_and_world()[0] if self.sharded else 0
+        offsets = self._offsets()
+        lo, hi = offsets[rank], offsets[rank + 1]
+        pos = ((idx >= lo) & (idx < hi)).nonzero().flatten()
+        return pos, idx[pos] - lo
+
+    def _empty(self) -> tuple[Any, Tensor]:
+        """A batch of no samples shaped like the first one (a rank holding none of a subset)."""
+        inputs, targets = self.source.rows(torch.zeros(1, dtype=torch.long), self.batch_size)
+        return take(inputs, slice(0, 0)), targets[:0]
+
+    def evaluation_settings(self) -> dict[str, Any]:
+        """:meth:`settings` plus everything that changes the round-off of :meth:`evaluate`:
+        the strategy, the data chunk size, the points per vmap call and the device type (hashed
+        in surface files, so that a resumed file is bit-identical to an uninterrupted one)."""
+        return {**self.settings(), "strategy": self.strategy, "batch_size": self.batch_size,
+                "point_chunk": self.point_chunk if self.strategy == "vmap" else None,
+                "device": self.device.type, "first_layer_products": self.plane_layer}
 
     # ----------------------------------------------------------------------------------
     # the forward pass: nothing else calls the model
@@ -222,28 +373,43 @@ class Objective:
                 stack.enter_context(torch.autocast(self.device.type, dtype=torch.bfloat16))
             yield
 
-    def forward(self, theta: Tensor, x: Tensor, buffers: dict[str, Tensor] | None = None,
-                ) -> Tensor:
+    def forward(self, theta: Tensor, x: Any, buffers: dict[str, Tensor] | None = None,
+                ) -> Any:
         """Model outputs at flat parameters ``theta[P]`` on inputs ``x`` (eval mode).
 
         ``buffers`` overrides some or all of the model's buffers (BatchNorm statistics).
+        ``x``: a tensor, tuple (``model(*x)``) or dict (``model(**x)``); with a
+        ``forward_loss`` hook, the whole batch, and the result is the hook's value.
         """
         state = {**self.space.unflatten(theta), **self.buffers, **(buffers or {})}
-        return functional_call(self.model, state, (x,))
+        return self._apply(state, x)
 
-    def batch_loss(self, theta: Tensor, x: Tensor, y: Tensor) -> Tensor:
-        """Mean loss over a batch; differentiable with ``torch.func`` transforms."""
-        return _loss_sum(self.loss_name, self.forward(theta, x), y) / x.shape[0]
+    def _apply(self, state: dict[str, Tensor], x: Any) -> Any:
+        if self.loss_fn.hook:
+            return self.loss_fn(_Bound(self.model, state), x)
+        if isinstance(x, Tensor):
+            return functional_call(self.model, state, (x,))
+        return call_model(_Bound(self.model, state), x)
 
-    def _chunks(self) -> Iterator[tuple[Tensor, Tensor]]:
-        for start in range(0, self.n, self.batch_size):
-            yield self.x[start : start + self.batch_size], self.y[start : start + self.batch_size]
+    def batch_loss(self, theta: Tensor, x: Any, y: Tensor) -> Tensor:
+        """Mean loss over a batch (per sample or target element); differentiable with
+        ``torch.func`` transforms."""
+        return self.loss_fn.total(self.forward(theta, x), y) / self.loss_fn.weight(y)
 
-    def _stats(self, out: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
-        loss = _loss_sum(self.loss_name, out, y).double()
-        if self.is_classification:
-            return loss, (out.argmax(-1) == y).sum().double()
-        return loss, torch.zeros((), dtype=torch.float64, device=out.device)
+    def sample_losses(self, theta: Tensor, x: Any, y: Tensor) -> Tensor:
+        """Each sample's loss ``[B]``, scaled so that their mean over the split is the loss
+        (``n / weight_total``: 1 for means over samples). Needs the per-sample form."""
+        return self.loss_fn.samples(self.forward(theta, x), y) * (self.n / self.weight_total)
+
+    def _chunks(self) -> Iterator[tuple[Any, Tensor]]:
+        yield from self.source.batches(self.batch_size)
+
+    def _stats(self, out: Any, y: Tensor) -> Tensor:
+        """``[loss sum, metric sums...]`` of one data chunk (float64), in units of weight."""
+        w = self.loss_fn.weight(y)
+        return torch.stack([self.loss_fn.total(out, y).double(),
+                            *(m.total(out, y).double() if m.has_per_sample
+                              else m.fn(out, y).double() * w for m in self.metrics.values())])
 
     def _recomputed_buffers(self, theta: Tensor) -> dict[str, Tensor]:
         buffers = {k: v.clone() for k, v in self.buffers.items()}
@@ -254,33 +420,130 @@ class Objective:
                 buffers[f"{m_name}.num_batches_tracked"].zero_()
         state = {**self.space.unflatten(theta), **buffers}
         for x, _ in self._chunks():
-            functional_call(self._bn_model, state, (x,))
+            call_model(_Bound(self._bn_model, state), x)
         return buffers
 
     # ----------------------------------------------------------------------------------
     # evaluation at many points
+    def _loaded_model(self) -> tuple[nn.Module, Tensor]:
+        """A private copy of the model whose parameters are views of one flat tensor ``[P]``:
+        a point is loaded by one copy, without ``functional_call``'s per-call re-binding."""
+        if self._loaded is None:
+            model = copy.deepcopy(self.model)
+            flat = self.theta0.clone()
+            params = dict(model.named_parameters())
+            for name, view in self.space.unflatten(flat).items():
+                # no grad: autocast caches its casts of leaves that require grad, which would
+                # keep the first point's weights for a whole bf16 call
+                params[name].requires_grad_(False).data = view
+            self._loaded = model, flat
+        return self._loaded
+
+    def _plane_layer(self) -> str | None:
+        """Name of the first layer whose output :meth:`evaluate_plane` forms from products, or
+        None. It must be an ``nn.Linear``, the first module with parameters or buffers that the
+        forward pass calls, called once, with every parameter held by a leaf module (so its
+        input does not depend on the point); loop strategy, ``bn="eval"``, not bf16, and its
+        outputs for the split (three copies) under ``2**26`` numbers."""
+        if (self.strategy != "loop" or self.bn != "eval" or self.precision == "bf16"
+                or self.loss_fn.hook or not isinstance(next(self._chunks())[0], Tensor)):
+            return None
+        held = [(name, m) for name, m in self.model.named_modules()
+                if any(True for _ in m.parameters(recurse=False))
+                or any(True for _ in m.buffers(recurse=False))]
+        if not held or any(any(True for _ in m.children()) for _, m in held):
+            return None
+        name, layer = held[0]
+        if not isinstance(layer, nn.Linear) or 3 * self.n * layer.out_features > 2**26:
+            return None
+        calls: list[str] = []
+        handles = [m.register_forward_pre_hook(lambda _m, _i, n=n: calls.append(n))
+                   for n, m in held]
+        try:
+            with torch.no_grad():
+                self.model(next(iter(self._chunks()))[0][:1])
+        finally:
+            for h in handles:
+                h.remove()
+        return name if calls[:1] == [name] and calls.count(name) == 1 else None
+
+    def _first_layer_products(self, model: nn.Module, origin: Tensor, directions: Tensor,
+                              ) -> list[list[Tensor]]:
+        """Per data chunk, the first layer's outputs at ``origin`` and along each direction
+        (weights and biases of the directions, no origin): ``1 + D`` products per chunk."""
+        layer = model.get_submodule(self.plane_layer)
+        parts = [self.space.unflatten(t) for t in (origin, *directions)]
+        prefix = f"{self.plane_layer}." if self.plane_layer else ""  # "": the model itself
+        weight, bias = f"{prefix}weight", f"{prefix}bias"
+        captured: list[Tensor] = []
+
+        def capture(_m: nn.Module, inputs: tuple[Tensor, ...]) -> None:
+            captured.append(inputs[0])
+            raise _Captured
+
+        handle = layer.register_forward_pre_hook(capture)
+        products = []
+        try:
+            for x, _ in self._chunks():
+                with contextlib.suppress(_Captured):
+                    model(x)
+                products.append([F.linear(captured[-1], u[weight], u.get(bias)) for u in parts])
+        finally:
+            handle.remove()
+        return products
+
     @torch.no_grad()
-    def _eval_loop(self, points: Tensor, buffers: dict[str, Tensor] | None = None) -> Tensor:
-        out = torch.zeros(points.shape[0], 2, dtype=torch.float64, device=self.device)
-        for k, theta in enumerate(points):
-            if self.bn == "recompute":
-                buffers_k = self._recomputed_buffers(theta)
-            else:
-                buffers_k = {name: b[k] for name, b in (buffers or {}).items()}
-            for x, y in self._chunks():
-                loss, correct = self._stats(self.forward(theta, x, buffers_k), y)
-                out[k, 0] += loss
-                out[k, 1] += correct
-        return out
+    def _eval_loop(self, points: Tensor, buffers: dict[str, Tensor] | None = None,
+                   plane: tuple[Tensor, Tensor, Tensor] | None = None) -> Tensor:
+        """``plane``: ``(origin, directions[D, P], coords[K, D])`` of ``points``, whose first
+        layer is then ``x W0 + sum_d c_d x D_d`` (exact in exact arithmetic; round-off in the
+        last bits differs from the product at each point)."""
+        model, flat = self._loaded_model()
+        own = dict(model.named_buffers())
+        changed: set[str] = set()
+        rows = []
+        layer, products, coords = None, None, None
+        if plane is not None:
+            products = self._first_layer_products(model, plane[0], plane[1])
+            coords = plane[2].tolist()
+            layer = model.get_submodule(self.plane_layer)
+        try:
+            for k, theta in enumerate(points):
+                flat.copy_(theta)
+                if self.bn == "recompute":
+                    buffers_k = self._recomputed_buffers(theta)
+                else:
+                    buffers_k = {name: b[k] for name, b in (buffers or {}).items()}
+                for name, b in buffers_k.items():
+                    own[name].copy_(b)
+                    changed.add(name)
+                total = None
+                for c, (x, y) in enumerate(self._chunks()):  # summed in order: the same bits
+                    if layer is not None:
+                        h = products[c][0].clone()
+                        for coefficient, along in zip(coords[k], products[c][1:]):
+                            h.add_(along, alpha=coefficient)
+                        layer.forward = lambda _x, h=h: h  # the first layer's output, given
+                    stats = self._stats(self.loss_fn(model, x) if self.loss_fn.hook
+                                        else call_model(model, x), y)
+                    total = stats if total is None else total + stats
+                rows.append(total)
+        finally:
+            for name in changed:
+                own[name].copy_(self.buffers[name])
+            if layer is not None and "forward" in vars(layer):
+                del layer.forward
+        return torch.stack(rows)
 
     @torch.no_grad()
     def _eval_vmap(self, points: Tensor, buffers: dict[str, Tensor] | None = None) -> Tensor:
         def stats(theta: Tensor, buf: dict[str, Tensor], x: Tensor, y: Tensor) -> Tensor:
-            return torch.stack(self._stats(self.forward(theta, x, buf), y))
+            return self._stats(self.forward(theta, x, buf), y)
 
         buffers = buffers or {}
         batched = vmap(stats, in_dims=(0, 0 if buffers else None, None, None))
-        out = torch.zeros(points.shape[0], 2, dtype=torch.float64, device=self.device)
+        out = torch.zeros(points.shape[0], len(self.metric_names), dtype=torch.float64,
+                          device=self.device)
         for start in range(0, points.shape[0], self.point_chunk):
             sel = slice(start, start + self.point_chunk)
             buf = {name: b[sel] for name, b in buffers.items()}
@@ -288,37 +551,40 @@ class Objective:
                 out[sel] += batched(points[sel], buf, x, y)
         return out
 
-    def _choose_strategy(self, points: Tensor) -> str:
-        """Time both strategies on one data batch and up to 32 points (best of three runs
-        each, after a warm-up); keep the faster."""
-        sample = points[: min(points.shape[0], self.point_chunk, 32)]
-        full = self.x, self.y, self.n
-        self.x, self.y = self.x[: self.batch_size], self.y[: self.batch_size]
-        self.n = int(self.x.shape[0])
-        try:
-            timings = {}
-            for name, fn in (("loop", self._eval_loop), ("vmap", self._eval_vmap)):
-                fn(sample[:1] if name == "loop" else sample, None)  # warm-up
-                runs = []
-                for _ in range(3):
-                    self._sync()
-                    t0 = time.perf_counter()
-                    fn(sample, None)
-                    self._sync()
-                    runs.append(time.perf_counter() - t0)
-                timings[name] = min(runs)
-        except (RuntimeError, NotImplementedError):
-            timings = {"loop": 0.0}
-        finally:
-            self.x, self.y, self.n = full
-        return min(timings, key=timings.get)
+    def _choose_strategy(self) -> str:
+        """The ``auto`` rule, by model and device (no timing, so the choice never depends on
+        machine load): ``loop`` on the CPU (faster than vmap there for the digits MLP as for
+        LeNet, ``benchmarks/README.md``), for BatchNorm recomputation, and for convolutional or
+        BatchNorm models on a GPU (they fill the device; cuDNN BatchNorm has failed under
+        vmap); ``vmap`` for the remaining (small, fully connected) models on a GPU."""
+        if (self.device.type == "cpu" or self.bn == "recompute" or self.has_bn
+                or _has_conv(self.model)):
+            return "loop"
+        return "vmap"
 
     def _sync(self) -> None:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
 
+    def evaluate_plane(self, origin: Tensor, directions: Tensor, coords: Tensor,
+                       buffers: dict[str, Tensor] | None = None) -> dict[str, Tensor]:
+        """:meth:`evaluate` at ``origin[P] + coords[K, D] @ directions[D, P]``.
+
+        Where :attr:`plane_layer` is set (a first ``nn.Linear`` layer), a point's first-layer
+        output is ``x W0 + sum_d c_d x D_d``: ``1 + D`` products per data chunk and call serve
+        all K points instead of one product per point (equal to :meth:`evaluate` to float
+        round-off; the saving is in ``benchmarks/README.md``).
+        """
+        origin = torch.as_tensor(origin).to(self.device, self.dtype)
+        directions = torch.as_tensor(directions).to(self.device, self.dtype)
+        coords = torch.as_tensor(coords).to(self.device, self.dtype)
+        points = origin + coords @ directions
+        if self.plane_layer is None:
+            return self.evaluate(points, buffers)
+        return self.evaluate(points, buffers, _plane=(origin, directions, coords))
+
     def evaluate(self, points: Tensor, buffers: dict[str, Tensor] | None = None,
-                 ) -> dict[str, Tensor]:
+                 _plane: tuple[Tensor, Tensor, Tensor] | None = None) -> dict[str, Tensor]:
         """Mean loss (and accuracy, for classification) at each of ``points[K, P]``.
 
         ``buffers`` optionally gives per-point buffers ``name -> [K, ...]`` (e.g. BatchNorm
@@ -336,38 +602,27 @@ class Objective:
             if unknown:
                 raise LandscapeError(f"unknown buffers {sorted(unknown)}")
             buffers = {k: v.to(self.device, self.buffers[k].dtype) for k, v in buffers.items()}
-        strategy = self.strategy
-        if strategy == "auto":  # decided on the first call with enough points to time
-            if points.shape[0] >= min(8, self.point_chunk):
-                self.strategy = strategy = self._choose_strategy(points)
-            else:
-                strategy = "loop"
         while True:
             try:
                 with self._precision():
-                    fn = self._eval_vmap if strategy == "vmap" else self._eval_loop
-                    sums = fn(points, buffers)
+                    if self.strategy == "vmap":
+                        sums = self._eval_vmap(points, buffers)
+                    else:
+                        sums = self._eval_loop(points, buffers, _plane)
                 break
             except torch.cuda.OutOfMemoryError:  # (torch.OutOfMemoryError only from 2.5)
-                if strategy == "vmap" and self.point_chunk > 1:
+                if self.strategy == "vmap" and self.point_chunk > 1:
                     self.point_chunk //= 2
                 elif self.batch_size > 1:
                     self.batch_size //= 2
                 else:
                     raise
                 torch.cuda.empty_cache()
-            except (RuntimeError, NotImplementedError) as err:
-                if strategy != "vmap" or self.strategy_forced:
-                    raise
-                # e.g. cuDNN BatchNorm under vmap at large chunk sizes: go on point by point
-                warnings.warn(f"vmap evaluation failed ({str(err)[:200]}); using the loop "
-                              "strategy from now on", RuntimeWarning, stacklevel=2)
-                self.strategy = strategy = "loop"
         self.counts["forward"] += points.shape[0]
-        sums = sums.cpu() / self.n
+        sums = self.all_reduce(sums).cpu() / self.weight_total
         result = {"loss": sums[:, 0]}
-        if self.is_classification:  # no accuracy where the loss is NaN (NaN logits)
-            result["acc"] = torch.where(sums[:, 0].isnan(), torch.nan, sums[:, 1])
+        for i, name in enumerate(self.metrics, 1):  # no metric where the loss is NaN
+            result[name] = torch.where(sums[:, 0].isnan(), torch.nan, sums[:, i])
         return result
 
     def loss(self, theta: Tensor) -> float:
@@ -390,11 +645,12 @@ class Objective:
         with self._precision(derivative=True):
             for x, y in self._chunks():
                 g, value = fn(theta, x, y)
-                w = x.shape[0] / self.n
+                w = self.loss_fn.weight(y)
                 total_g += w * g
                 total_l += w * value.double()
+        self.all_reduce(total_g)
         self.counts["grad"] += 1
-        return total_l.item(), total_g
+        return self.all_reduce(total_l).item() / self.weight_total, total_g / self.weight_total
 
     def grad(self, theta: Tensor) -> Tensor:
         """Gradient [P] of the mean loss at ``theta``."""
@@ -411,7 +667,8 @@ class Objective:
         out = torch.zeros_like(vs)
         with self._precision(derivative=True):
             for x, y in self._chunks():
-                out += (x.shape[0] / self.n) * products(theta, vs, x, y)
+                out += self.loss_fn.weight(y) * products(theta, vs, x, y)
+        out = self.all_reduce(out) / self.weight_total
         self.counts["hvp"] += vs.shape[0]
         return out[0] if single else out
 
@@ -454,7 +711,7 @@ class Objective:
             u = torch.zeros_like(out, requires_grad=True)
             (jtu,) = torch.autograd.grad(out, t, u, create_graph=True)
             z = out.detach().requires_grad_(True)
-            (gz,) = torch.autograd.grad(_loss_sum(self.loss_name, z, y) / x.shape[0], z,
+            (gz,) = torch.autograd.grad(self.loss_fn.total(z, y) / self.loss_fn.weight(y), z,
                                         create_graph=True)
             products = []
             for v in vs:
@@ -467,14 +724,19 @@ class Objective:
         """Generalized Gauss-Newton product ``J^T H_out J v`` (positive semi-definite).
 
         For cross-entropy this is the Fisher information (Martens 2020). Same shapes as
-        :meth:`hvp`; one forward pass per data chunk for the whole block.
+        :meth:`hvp`; one forward pass per data chunk for the whole block. Needs a loss of the
+        model's output (not a ``forward_loss`` hook).
         """
+        if self.loss_fn.hook:
+            raise LandscapeError("the Gauss-Newton product needs a loss of the model's output, "
+                                 "not a forward_loss hook")
         return self._block(theta, v, self._ggn)
 
     def per_sample_chunk(self, numel: int) -> int:
         """Samples per vmap call of :meth:`per_sample_grads` for ``numel`` parameters, sized so
         that gradients and activations fit ``memory_budget`` bytes (default: a quarter of the
         free GPU memory, 16 MiB on the CPU, the fastest measured), at most ``batch_size``."""
+        first = self.source.rows(torch.zeros(1, dtype=torch.long), 1)
         if self._activation_numel is None:  # one sample's activations, measured once
             sizes: list[int] = []
             handles = [m.register_forward_hook(
@@ -482,7 +744,7 @@ class Objective:
                 for m in self.model.modules()]
             try:
                 with torch.no_grad(), self._precision(derivative=True):
-                    self.forward(self.theta0, self.x[:1])
+                    self.forward(self.theta0, first[0])
             finally:
                 for h in handles:
                     h.remove()
@@ -492,8 +754,7 @@ class Objective:
             budget = (torch.cuda.mem_get_info(self.device)[0] // 4
                       if self.device.type == "cuda" else 2**24)
         itemsize = torch.finfo(self.dtype).bits // 8
-        per_sample_bytes = itemsize * (2 * numel + 2 * self._activation_numel
-                                       + self.x[0].numel())
+        per_sample_bytes = itemsize * (2 * numel + 2 * self._activation_numel) + nbytes(first)
         return max(1, min(self.batch_size, budget // per_sample_bytes))
 
     def per_sample_grads(self, theta: Tensor, idx: Tensor | None = None,
@@ -501,11 +762,14 @@ class Objective:
         """Gradients of each sample's loss, shape [len(idx), P] (all samples by default), or
         only of the parameters ``names`` (flat in the space's order; the others held fixed).
 
-        Memory: :meth:`per_sample_chunk` samples per vmap call.
+        Memory: :meth:`per_sample_chunk` samples per vmap call. Needs the per-sample form of
+        the loss (:class:`landscape.sources.Loss`); each sample's loss is scaled so that their
+        mean is the loss. Sharded data: each rank computes the samples it holds, summed.
         """
         theta = self._check(theta)
-        idx = torch.arange(self.n, device=self.device) if idx is None else torch.as_tensor(
-            idx, device=self.device)
+        if not self.loss_fn.has_per_sample:
+            self.loss_fn.samples(None, None)  # the one-line error
+        idx = (torch.arange(self.n) if idx is None else torch.as_tensor(idx)).long().cpu()
         views = self.space.unflatten(theta)
         names = self.space.names if names is None else tuple(names)
         unknown = set(names) - set(views)
@@ -513,22 +777,25 @@ class Objective:
             raise LandscapeError(f"unknown parameters {sorted(unknown)}")
         names = tuple(n for n in self.space.names if n in names)
 
-        def one(sub: dict[str, Tensor], x: Tensor, y: Tensor) -> Tensor:
-            state = {**views, **sub, **self.buffers}
-            return _loss_sum(self.loss_name, functional_call(self.model, state, (x[None],)),
-                             y[None])
+        def one(sub: dict[str, Tensor], x: Any, y: Tensor) -> Tensor:
+            out = self._apply({**views, **sub, **self.buffers}, tree_map(lambda t: t[None], x))
+            return self.loss_fn.samples(out, y[None])[0] * (self.n / self.weight_total)
 
         fn = vmap(grad(one), in_dims=(None, 0, 0))
         sub = {n: views[n] for n in names}
-        chunk = self.per_sample_chunk(sum(v.numel() for v in sub.values()))
-        parts = []
+        width = sum(v.numel() for v in sub.values())
+        chunk = self.per_sample_chunk(width)
+        pos, local = self._local(idx) if self.sharded else (torch.arange(idx.numel()), idx)
+        out = torch.zeros(idx.numel(), width, dtype=self.dtype, device=self.device)
         with self._precision(derivative=True):
-            for start in range(0, idx.numel(), chunk):
-                sel = idx[start : start + chunk]
-                g = fn(sub, self.x[sel], self.y[sel])
-                parts.append(torch.cat([g[n].reshape(sel.numel(), -1) for n in names], 1))
+            for start in range(0, local.numel(), chunk):
+                sel = local[start : start + chunk]
+                x, y = self.source.rows(sel, self.batch_size)
+                g = fn(sub, x, y)
+                out[pos[start : start + chunk].to(self.device)] = torch.cat(
+                    [g[n].reshape(sel.numel(), -1) for n in names], 1)
         self.counts["per_sample"] += idx.numel() / self.n
-        return torch.cat(parts)
+        return self.all_reduce(out)
 
     def _norm_layers(self) -> tuple[dict[str, nn.Module], tuple[str, ...]]:
         """Modules whose per-sample gradient norms :mod:`landscape.per_sample` computes
@@ -556,6 +823,11 @@ class Objective:
         parameters of other layers (``counts["per_sample"]``) when there are any.
         """
         theta = self._check(theta)
+        if not self.loss_fn.has_per_sample or self.loss_fn.hook:
+            if self.loss_fn.hook:
+                raise LandscapeError("per-sample gradient norms need a loss of the model's "
+                                     "output, not a forward_loss hook")
+            self.loss_fn.samples(None, None)  # the one-line error
         layers, rest = self._norm_layers()
         calls: dict[str, list[list[Tensor]]] = {name: [] for name in layers}
 
@@ -569,7 +841,7 @@ class Objective:
 
         handles = [m.register_forward_hook(capture(name)) for name, m in layers.items()]
         total_g = torch.zeros_like(theta)
-        sq = torch.zeros(self.n, dtype=torch.float64, device=self.device)
+        sq = torch.zeros(self.source.n, dtype=torch.float64, device=self.device)
         start, uncalled = 0, set(layers)
         try:
             with self._precision(derivative=True), torch.enable_grad():
@@ -577,16 +849,16 @@ class Objective:
                     for c in calls.values():
                         c.clear()
                     t = theta.detach().requires_grad_(True)
-                    loss = _loss_sum(self.loss_name, self.forward(t, x), y)
+                    loss = self.loss_fn.total(self.forward(t, x), y)
                     total_g += torch.autograd.grad(loss, t)[0]
                     for name, c in calls.items():
                         if c:
                             uncalled.discard(name)
                         pairs = [(p[0], p[1]) for p in c if len(p) == 2]
                         if pairs:
-                            sq[start : start + x.shape[0]] += per_sample.sq_norms(
+                            sq[start : start + y.shape[0]] += per_sample.sq_norms(
                                 layers[name], pairs).double()
-                    start += x.shape[0]
+                    start += y.shape[0]
         finally:
             for h in handles:
                 h.remove()
@@ -597,8 +869,14 @@ class Objective:
         if rest:  # e.g. LayerNorm, embeddings, shared weights: per-sample gradients
             chunk = self.per_sample_chunk(sum(self.space.unflatten(theta)[n].numel()
                                               for n in rest))
-            for begin in range(0, self.n, chunk):
-                idx = torch.arange(begin, min(self.n, begin + chunk), device=self.device)
-                g = self.per_sample_grads(theta, idx, names=rest)
-                sq[idx] += g.double().square().sum(1)
-        return total_g / self.n, sq
+            local = copy.copy(self)
+            local.sharded = False  # each rank: its own samples
+            for begin in range(0, self.source.n, chunk):
+                idx = torch.arange(begin, min(self.source.n, begin + chunk))
+                g = local.per_sample_grads(theta, idx, names=rest)
+                sq[idx.to(self.device)] += g.double().square().sum(1)
+        scale = self.n / self.weight_total  # each sample's loss: the split's mean is the loss
+        sq *= scale**2
+        if self.sharded:  # every rank's samples, in rank order
+            sq = torch.cat([s.to(self.device) for s in distributed.all_gather(sq.cpu())])
+        return self.all_reduce(total_g) / self.weight_total, sq

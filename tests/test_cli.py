@@ -23,8 +23,8 @@ from landscape.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 COMMANDS = sorted(main.commands)
-# commands that only read or draw (everything else computes, so it has --json)
-READ_ONLY = {"plot"}
+# commands that only draw or record (everything else computes, so it has --json)
+READ_ONLY = {"plot", "adopt"}
 
 
 def _python(code: str) -> subprocess.CompletedProcess:

@@ -441,7 +441,7 @@ def test_unknown_dataset_or_split_suggests_close_names():
         load_dataset("spirals").split("tset")
     one_line_error(excinfo, "'test'")
     assert set(DATASETS) == {"digits", "mnist", "fashion-mnist", "cifar10", "cifar100",
-                             "spirals", "teacher"}
+                             "spirals", "teacher", "modadd"}
     assert set(NORMALIZATION) <= set(DATASETS)
 
 

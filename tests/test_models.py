@@ -71,7 +71,7 @@ def wrn_count(depth: int, k: int, classes: int = 10) -> int:
 
 
 @pytest.mark.parametrize("shape", [DIGITS, CIFAR], ids=["digits", "cifar"])
-@pytest.mark.parametrize("name", sorted(MODELS))
+@pytest.mark.parametrize("name", sorted(set(MODELS) - {"transformer"}))  # tokens: test_transformer
 def test_every_registry_model_maps_a_batch_to_logits(name: str, shape: tuple[int, ...]) -> None:
     model = _seeded(name, shape, classes=7)
     assert isinstance(model, nn.Module) and model.training

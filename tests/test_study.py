@@ -228,6 +228,18 @@ def test_existing_runs_are_measured_without_training(study, tmp_path) -> None:
             theirs["top_eigenvalue"]["values"][:1], rel=1e-6)
 
 
+def test_step_matching_gives_every_run_the_same_number_of_steps(tmp_path) -> None:
+    tiny = {**TINY, "match": "steps=7", "measures": ("top_eigenvalue",)}
+    study = run_study([Recipe("a", {"optimizer": "sgd", "lr": 0.1, "batch_size": 10}),
+                       Recipe("b", {"optimizer": "adam", "lr": 1e-3, "batch_size": 50})],
+                      seeds=[0, 1], out=tmp_path / "s", figure=False, **tiny)
+    for row in study.table:
+        assert row["steps"]["values"] == [7, 7] and row["match"] == "steps=7"
+        for seed in (0, 1):
+            run = _run(study, row["model"], seed)
+            assert run.stopping["rule"] == "steps" and run.history[-1]["step"] == 7
+
+
 # ------------------------------------------------------------------------------ the design
 def test_sweep_crosses_every_recipe_with_the_grid() -> None:
     recipes = expand_sweep([Recipe("a", {"optimizer": "sgd", "lr": 1.0})],

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import math
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -48,8 +49,14 @@ from torch import Tensor
 
 from landscape import linalg, store
 from landscape.distributed import all_gather, broadcast, rank_and_world
-from landscape.errors import LandscapeError, check_int, check_positive, unknown_name
-from landscape.objective import Objective
+from landscape.errors import (
+    LandscapeError,
+    NotConvergedWarning,
+    check_int,
+    check_positive,
+    unknown_name,
+)
+from landscape.objective import Objective, accepts_model
 from landscape.progress import progress
 
 OPERATORS = ("hessian", "ggn")
@@ -309,8 +316,10 @@ def _params_setting(params: Any) -> Any:
     return {"mask_sha256": hashlib.sha256(mask.tobytes()).hexdigest(), "size": int(mask.sum())}
 
 
-def _split() -> linalg.Split:
-    rank, world = rank_and_world()
+def _split(objective: Objective) -> linalg.Split:
+    """Probes shared among ranks, unless each rank holds a shard of the data (then every rank
+    applies every probe to its shard and the products are all-reduced)."""
+    rank, world = (0, 1) if objective.sharded else rank_and_world()
     return linalg.Split(rank, world, all_gather)
 
 
@@ -323,6 +332,7 @@ def _fix_signs(vectors: Tensor) -> Tensor:
     return vectors * signs
 
 
+@accepts_model
 def hessian_eigenvalues(objective: Objective, theta: Tensor | None = None, k: int | tuple[
                         int, int] = 5, which: str = "largest", *, tol: float = 1e-6,
                         max_iter: int = 1000, max_basis: int | None = None, seed: int = 0,
@@ -395,6 +405,7 @@ def hessian_eigenvalues(objective: Objective, theta: Tensor | None = None, k: in
 
 # ------------------------------------------------------------------------------------------
 # trace
+@accepts_model
 def hessian_trace(objective: Objective, theta: Tensor | None = None, method: str = "hutchinson",
                   *, rtol: float = 1e-2, max_probes: int = 1000, min_probes: int | None = None,
                   seed: int = 0, operator: str = "hessian", params: str | Tensor | None = None,
@@ -431,7 +442,7 @@ def hessian_trace(objective: Objective, theta: Tensor | None = None, method: str
         settings.update(min_probes=min_probes, check_every=check_every)
         est = linalg.hutchinson(op, op.n, rtol=rtol, min_probes=min_probes,
                                 max_probes=max_probes, check_every=check_every, seed=seed,
-                                dtype=op.dtype, device=op.device, split=_split())
+                                dtype=op.dtype, device=op.device, split=_split(op.objective))
     else:
         est = linalg.hutchpp(op, op.n, max_probes, rtol=rtol, seed=seed, dtype=op.dtype,
                              device=op.device)
@@ -441,6 +452,7 @@ def hessian_trace(objective: Objective, theta: Tensor | None = None, method: str
 
 # ------------------------------------------------------------------------------------------
 # spectral density
+@accepts_model
 def spectral_density(objective: Objective, theta: Tensor | None = None, *, n_probes: int = 10,
                      n_steps: int = 80, sigma: float = 0.01, grid_size: int = 1000,
                      seed: int = 0, operator: str = "hessian",
@@ -460,7 +472,7 @@ def spectral_density(objective: Objective, theta: Tensor | None = None, *, n_pro
     check_positive("sigma", sigma)
     op = _Operator(objective, theta, operator, params, block_size)
     quad = linalg.slq(op, op.n, n_probes, n_steps, seed=int(seed), block_size=block_size,
-                      dtype=op.dtype, device=op.device, split=_split())
+                      dtype=op.dtype, device=op.device, split=_split(op.objective))
     grid, density, sig = linalg.slq_density(quad, sigma, grid_size)
     settings = {"n_probes": n_probes, "n_steps": min(n_steps, op.n), "sigma": sigma,
                 "grid_size": grid_size, "seed": int(seed), "params": _params_setting(params),
@@ -723,6 +735,22 @@ def _read_density(f: h5py.File) -> DensityResult:
                          settings=a.get("settings", {}), **arrays)
 
 
+def require_finite(objective: Objective, theta: Tensor | None, what: str) -> None:
+    """A one-line LandscapeError when the parameters at ``theta`` (default: the model's) or
+    the loss there are NaN or infinite (a diverged run), where ``what`` is undefined; checked
+    before any heavy work. Cost: one forward pass."""
+    theta = objective.theta0 if theta is None else theta
+    bad = int((~torch.isfinite(theta)).sum())
+    if bad:
+        raise LandscapeError(f"the model has {bad} NaN or infinite parameters (a diverged "
+                             f"run?): {what} is undefined there")
+    loss = float(objective.evaluate(theta[None])["loss"][0])
+    if not math.isfinite(loss):
+        raise LandscapeError(f"the model's loss is {loss} (a diverged run?): {what} is "
+                             "undefined there")
+
+
+@accepts_model
 def analyze_hessian(objective: Objective, theta: Tensor | None = None, *, top: int = 5,
                     bottom: int = 1, trace: bool = False, density: bool = False,
                     tol: float = 1e-6, max_iter: int = 1000, seed: int = 0,
@@ -745,6 +773,9 @@ def analyze_hessian(objective: Objective, theta: Tensor | None = None, *, top: i
     """
     check_int("top", top, 0)
     check_int("bottom", bottom, 0)
+    if density:
+        check_positive("sigma", sigma)  # before any Lanczos
+    require_finite(objective, theta, "its Hessian")
     all_settings = {**(settings or {}), "top": top, "bottom": bottom, "trace": trace,
                     "density": density, "tol": tol, "max_iter": max_iter, "seed": int(seed),
                     "operator": operator, "params": _params_setting(params),
@@ -813,7 +844,7 @@ def analyze_hessian(objective: Objective, theta: Tensor | None = None, *, top: i
     finally:
         store.close_quietly(f)
     for line in report.warnings():
-        warnings.warn(line, RuntimeWarning, stacklevel=2)
+        warnings.warn(line, NotConvergedWarning, stacklevel=2)
     return report
 
 

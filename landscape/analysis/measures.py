@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 from torch import Tensor
 
-from landscape.analysis.hessian import hessian_eigenvalues, hessian_trace
+from landscape.analysis.hessian import hessian_eigenvalues, hessian_trace, require_finite
 from landscape.analysis.noise import gradient_noise
 from landscape.analysis.sharpness import (
     DEFAULT_RHO,
@@ -31,6 +31,7 @@ from landscape.analysis.sharpness import (
     sam_sharpness,
 )
 from landscape.errors import LandscapeError, check_int, check_positive, unknown_name
+from landscape.objective import accepts_model
 
 
 @dataclass
@@ -231,6 +232,7 @@ def measure_settings(name: str, settings: MeasureSettings) -> dict[str, Any]:
     return {"measure": name, **{k: getattr(settings, k) for k in REGISTRY[name].settings}}
 
 
+@accepts_model
 def compute_measures(objective: Any, names: Iterable[str], theta: Tensor | None = None,
                      settings: MeasureSettings | None = None, show_progress: bool = True,
                      on_result: Callable[[str, MeasureResult], None] | None = None,
@@ -333,6 +335,7 @@ def measures_of_run(run: Any, measures: str | Iterable[str], settings: MeasureSe
     names = parse_measures(measures, names_of(kind))
     objective = Objective.from_run(run, split, subset=subset, seed=s.seed, device=device,
                                    precision=precision)
+    require_finite(objective, None, f"every {kind} measure")
     results = compute_measures(objective, names, settings=s)
     if out is not None:
         run_path = str(Path(run).resolve()) if not hasattr(run, "model") else str(run.path)

@@ -26,6 +26,7 @@ from torch import Tensor
 
 from landscape.analysis.sharpness import MeasureResult, _Cost, _settings, _theta
 from landscape.errors import LandscapeError, check_int, check_positive, unknown_name
+from landscape.objective import accepts_model
 
 #: The per-quantity names of :meth:`NoiseResult.measures` (and ``landscape noise --json``).
 NOISE_MEASURES = ("grad_norm_sq", "trace_cov", "noise_scale", "implicit_regularizer",
@@ -82,6 +83,7 @@ def _ratio(a: float, b: float) -> float:
     return a / b
 
 
+@accepts_model
 def gradient_noise(objective: Any, theta: Tensor | None = None, batch_size: int = 128,
                    lr: float = 0.1, chunk: int | None = None,
                    method: str = "norms") -> NoiseResult:
@@ -180,6 +182,7 @@ def two_batch_estimates(small_sq: Any, big_sq: Any, b_small: int, b_big: int,
     return g2, s
 
 
+@accepts_model
 def noise_scale_two_batch(objective: Any, theta: Tensor | None = None, b_small: int = 32,
                           b_big: int = 256, n_pairs: int = 32, seed: int = 0) -> TwoBatchResult:
     """Gradient noise scale from minibatch gradient norms at two batch sizes.

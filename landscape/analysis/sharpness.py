@@ -31,9 +31,10 @@ import numpy as np
 import torch
 from scipy.optimize import Bounds, minimize
 from torch import Tensor
-from torch.func import jvp, vmap
+from torch.func import jvp
 
 from landscape.errors import LandscapeError, check_int, check_positive, unknown_name
+from landscape.objective import accepts_model
 
 NORMS = ("l2", "linf")
 KINDS = ("worst", "average")
@@ -202,6 +203,7 @@ def _box_search(probe: Callable[[np.ndarray], tuple[float, np.ndarray]], y: np.n
     return top
 
 
+@accepts_model
 def epsilon_sharpness(objective: Any, theta: Tensor | None = None, eps: float = 1e-3,
                       subspace_dim: int | None = None, maxiter: int = 10, seed: int = 0,
                       n_starts: int = 3, ascent_steps: int = 10,
@@ -349,6 +351,7 @@ def _worst_case(sub: Any, theta: Tensor, scale: Tensor, rho: float, norm: str, n
     return f0, max(best_loss, final)
 
 
+@accepts_model
 def adaptive_sharpness(objective: Any, theta: Tensor | None = None, rho: float | None = None,
                        norm: str = "l2", adaptive: bool = True, kind: str = "worst",
                        n_iters: int = 20, batch_size: int | None = BATCH_SIZE,
@@ -459,6 +462,7 @@ def _average_increases(sub: Any, theta: Tensor, scale: Tensor, rho: float, norm:
     return np.concatenate(diffs)
 
 
+@accepts_model
 def sam_sharpness(objective: Any, theta: Tensor | None = None, rho: float = 0.05,
                   adaptive: bool = False, offset: float = 0.0) -> MeasureResult:
     """One-step SAM sharpness ``L(theta + delta) - L(theta)``, ``delta = rho g / ||g||``.
@@ -482,6 +486,7 @@ def sam_sharpness(objective: Any, theta: Tensor | None = None, rho: float = 0.05
 
 
 # ------------------------------------------------------------------ Jiang et al. PAC-Bayes
+@accepts_model
 def pac_bayes_flatness(objective: Any, theta: Tensor | None = None, target: float = 0.1,
                        magnitude_aware: bool = False, eps_offset: float = 1e-3,
                        criterion: str = "error", n_samples: int = 32, seed: int = 0,
@@ -586,6 +591,7 @@ def pac_bayes_flatness(objective: Any, theta: Tensor | None = None, target: floa
 
 
 # ----------------------------------------------------------------------- Liang et al. 2019
+@accepts_model
 def fisher_rao_norm(objective: Any, theta: Tensor | None = None,
                     method: str = "jvp") -> MeasureResult:
     """Squared empirical Fisher-Rao norm ``mean_i <theta, grad_theta loss_i(theta)>^2``.
@@ -610,15 +616,13 @@ def fisher_rao_norm(objective: Any, theta: Tensor | None = None,
             g = objective.per_sample_grads(theta, idx)
             total += float(((g @ theta).double() ** 2).sum())
     else:
-        def losses(t: Tensor, x: Tensor, y: Tensor) -> Tensor:
-            return vmap(lambda xi, yi: objective.batch_loss(t, xi[None], yi[None]))(x, y)
-
-        step = objective.batch_size
+        losses = objective.sample_losses
         with objective._precision(derivative=True):  # as every derivative of the engine
-            for start in range(0, objective.n, step):
-                x, y = objective.x[start:start + step], objective.y[start:start + step]
+            for x, y in objective._chunks():
                 _, directional = jvp(lambda t, x=x, y=y: losses(t, x, y), (theta,), (theta,))
                 total += float((directional.double() ** 2).sum())
+        total = float(objective.all_reduce(torch.tensor(total, dtype=torch.float64,
+                                                        device=objective.device)))
         cost.add("jvp", 1.0)
     value = total / objective.n
     return MeasureResult("fisher_rao_norm", value, None, _settings(objective, method=method),

@@ -36,6 +36,7 @@ from landscape.models._common import check_positive_int
 from landscape.models.lenet import lenet
 from landscape.models.mlp import mlp
 from landscape.models.resnet import resnet
+from landscape.models.transformer import transformer
 from landscape.models.user import is_user_model, load_user_model
 from landscape.models.vgg import vgg9
 from landscape.models.wide_resnet import wide_resnet
@@ -80,6 +81,7 @@ MODELS: dict[str, Builder] = {
     **{f"resnet{d}-noshort": _resnet_builder(d, False) for d in (20, 56, 110)},
     "wrn": wide_resnet,
     "wrn-16-4": _wrn_builder(16, 4),
+    "transformer": transformer,
 }
 """Model name -> builder ``(input_shape, num_outputs, **options) -> nn.Module``."""
 

@@ -96,18 +96,24 @@ def _call_factory(
         raise LandscapeError(f"model factory {name!r} failed: {_one_line(exc)}") from exc
 
 
-def load_user_model(
-    name: str, input_shape: tuple[int, ...], num_outputs: int, **options: Any
-) -> nn.Module:
-    """Import the factory named by ``name`` and return the module it builds."""
-    target, attr, is_file = split_spec(name)
+def load_attribute(name: str, kind: str = "model") -> Callable[..., Any]:
+    """Import the callable named by spec ``name`` (a model, data or loss factory)."""
+    target, attr, is_file = split_spec(name, kind)
     module = _load_file(target) if is_file else _load_module(target)
-    where = f"model file {module.__file__}" if is_file else f"module {target!r}"
+    where = f"{kind} file {module.__file__}" if is_file else f"module {target!r}"
     if not hasattr(module, attr):
         raise LandscapeError(f"{where} has no attribute {attr!r}")
     factory = getattr(module, attr)
     if not callable(factory):
         raise LandscapeError(f"{attr!r} in {where} is not callable")
+    return factory
+
+
+def load_user_model(
+    name: str, input_shape: tuple[int, ...], num_outputs: int, **options: Any
+) -> nn.Module:
+    """Import the factory named by ``name`` and return the module it builds."""
+    factory = load_attribute(name)
     model = _call_factory(factory, name, input_shape, num_outputs, options)
     if not isinstance(model, nn.Module):
         raise LandscapeError(

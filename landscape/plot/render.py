@@ -2,7 +2,8 @@
 
 The kind of plot defaults to the kind of result: a 1D surface or an interpolation -> ``curve``;
 a 2D surface or a plane -> ``contour``; a trajectory -> ``trajectory``; a Hessian analysis ->
-``density``; a study -> ``compare``. Asking for a plot the file cannot make (a density from a
+``density``; a study -> ``compare``; a run's ``track.h5`` (or the run directory; several
+overlaid) -> ``track``. Asking for a plot the file cannot make (a density from a
 surface file, a contour from a 1D curve) is a one-line error naming what was expected.
 """
 
@@ -27,6 +28,7 @@ PLOT_KINDS: dict[str, tuple[tuple[str, ...], int | None]] = {
     "vtk": (("surface", "plane", "trajectory"), 2),
     "density": (("hessian",), None),
     "compare": (("study",), None),
+    "track": (("track",), None),
 }
 
 
@@ -50,18 +52,18 @@ def default_kind(path: str | Path) -> str:
     """The plot kind a result file gets by default."""
     with store.open_result(path) as f:
         kind = f.attrs.get("kind")
-        ndim = len(f["done"].shape) if "done" in f else None
+        ndim = len(f["done"].shape) if kind in store.GRID_KINDS else None
     if kind in ("surface", "plane"):
         return "curve" if ndim == 1 else "contour"
     return {"interpolation": "curve", "trajectory": "trajectory", "hessian": "density",
-            "study": "compare"}.get(kind, "")
+            "study": "compare", "track": "track"}.get(kind, "")
 
 
 def _check_kind(path: Path, plot: str) -> None:
     kinds, ndim = PLOT_KINDS[plot]
     with store.open_result(path) as f:
         kind = f.attrs.get("kind")
-        got = len(f["done"].shape) if "done" in f else None
+        got = len(f["done"].shape) if kind in store.GRID_KINDS else None
     need = " or ".join(repr(k) for k in kinds)
     dim = {1: "1D ", 2: "2D "}.get(ndim or 0, "")
     if kind not in kinds or (ndim is not None and got != ndim):
@@ -70,11 +72,13 @@ def _check_kind(path: Path, plot: str) -> None:
                              "file")
 
 
-def render(path: str | Path, out: str | Path, *, kind: str | None = None,
+def render(path: str | Path | Sequence[str | Path], out: str | Path, *, kind: str | None = None,
            metric: str = "train_loss", vmin: float | None = None, vmax: float | None = None,
            levels: Any = None, log: bool | None = None) -> Path:
     """Plot the result in ``path`` and save it to ``out`` (.pdf/.png/.svg; .vtk/.vtp for
-    ``kind="vtk"``, which a .vtk/.vtp ``out`` also selects). Returns ``out``."""
+    ``kind="vtk"``, which a .vtk/.vtp ``out`` also selects). Returns ``out``. A run
+    directory stands for its ``track.h5``; several paths are tracks overlaid in one figure."""
+    from landscape.analysis.track import track_path
     from landscape.plot.compare import plot_comparison
     from landscape.plot.contours import (
         plot_contour,
@@ -86,9 +90,15 @@ def render(path: str | Path, out: str | Path, *, kind: str | None = None,
     from landscape.plot.curves import plot_curve
     from landscape.plot.spectrum import plot_density, plot_ratio
     from landscape.plot.style import save_figure
+    from landscape.plot.track import plot_track
     from landscape.plot.vtk import export_vtk
 
-    path, out = Path(path), Path(out)
+    if not isinstance(path, str | Path):  # several runs' tracks overlaid
+        paths = [track_path(p) for p in path]
+        for p in paths:
+            _check_kind(p, "track")
+        return save_figure(plot_track(paths, log_loss=log is not False), out)
+    path, out = track_path(path), Path(out)
     if kind is None:
         kind = "vtk" if out.suffix.lower() in (".vtk", ".vtp") else default_kind(path)
         if not kind:
@@ -122,6 +132,8 @@ def render(path: str | Path, out: str | Path, *, kind: str | None = None,
         fig = plot_ratio(path, vmax=vmax, **({} if vmin is None else {"vmin": vmin}))
     elif kind == "density":
         fig = plot_density(path, log=log is not False)
+    elif kind == "track":
+        fig = plot_track(path, log_loss=log is not False)
     else:
         fig = plot_comparison(path, metric=metric, levels=levels, **scale)
     return save_figure(fig, out)

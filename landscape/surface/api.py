@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -75,8 +76,9 @@ def read_directions(path: str | Path, numel: int) -> list[Tensor]:
     return dirs
 
 
-def random_surface(run: Any, *, x: Any = "-1:1:51", y: Any = None, norm: str = "filter",
-                   ignore: str = "biasbn", seed: int = 0, orthogonal: bool = False,
+def random_surface(run: Any, *, data: Any = None, x: Any = "-1:1:51", y: Any = None,
+                   norm: str = "filter", ignore: str = "biasbn", seed: int = 0,
+                   orthogonal: bool = False,
                    directions_from: str | Path | None = None, split: str = "train",
                    out: str | Path | None = None, overwrite: bool = False,
                    show_progress: bool = True, command: str | None = None,
@@ -87,10 +89,22 @@ def random_surface(run: Any, *, x: Any = "-1:1:51", y: Any = None, norm: str = "
     normalized by ``norm`` (``filter`` by default, Li et al. 2018); ``orthogonal`` removes the
     y direction's component along x. ``directions_from`` reuses the directions of an existing
     surface file instead. ``engine`` goes to :class:`Objective` (``bn``, ``precision``,
-    ``device``, ``batch_size``). Cost: one forward pass per point and split.
+    ``device``, ``batch_size``, ``loss``). ``run`` may also be a plain ``nn.Module`` with
+    ``data``: one source (the ``"train"`` split) or ``{"train": ..., "test": ...}``; ``out``
+    then defaults to ``outputs/model_surface.h5``. Cost: one forward pass per point and split.
     """
-    run = as_run(run)
-    objs = _objectives(run, split, engine)
+    if isinstance(run, torch.nn.Module):
+        sources = data if isinstance(data, dict) and set(data) <= set(SPLITS) else {"train": data}
+        objs = {s: Objective(run, sources[s], **engine) for s in _splits(split)
+                if s in sources} if data is not None else {}
+        if not objs:
+            raise LandscapeError(f"a {type(run).__name__} model needs data= for the split(s) "
+                                 f"{split}")
+        run = SimpleNamespace(path="model", config={"model": type(run).__qualname__}, data=None,
+                              info={})
+    else:
+        run = as_run(run)
+        objs = _objectives(run, split, engine)
     first = next(iter(objs.values()))
     theta, n_dirs = first.theta0, 1 if y is None else 2
     if directions_from is not None:

@@ -4,7 +4,10 @@ The point at grid index ``(i, j)`` is ``origin + x[j] * directions[0] + y[i] * d
 Values are stored as ``[len(y), len(x)]`` arrays (``[len(x)]`` in 1D), one per split and
 metric (``train_loss``, ``test_acc``, ...), NaN where not yet computed, with a ``done`` mask.
 Each chunk of points is written and flushed before the next is computed, so a killed run
-loses at most one chunk, and re-running the same computation continues where it stopped.
+loses at most one chunk, and re-running the same computation continues where it stopped. The
+evaluation strategy, data chunk size and device type are part of the settings hash, so a
+resumed file is bit-identical to an uninterrupted one and a resume with other chunking is
+refused.
 """
 
 from __future__ import annotations
@@ -82,6 +85,20 @@ def load_surface(path: str | Path) -> Surface:
         extras = {f"path/{k}": f["path"][k][()] for k in f.get("path", {})}
         return Surface(path, f["x"][()], f["y"][()] if "y" in f else None, values,
                        f["done"][()].astype(bool), store.read_attrs(f), extras)
+
+
+def _check_resumable(f: h5py.File, out: str | Path, x: np.ndarray, y: np.ndarray | None,
+                     names: Sequence[str]) -> None:
+    """A file being resumed (already checked against its schema) holds this grid: the same
+    coordinates and a value dataset per metric and split."""
+    for axis, c in (("x", x), ("y", y)):
+        stored = f[axis][()] if axis in f else None
+        if (stored is None) != (c is None) or (c is not None and not np.array_equal(stored, c)):
+            raise store.damaged(out, f"its '{axis}' coordinates are not those of its settings")
+    missing = [n for n in names if n not in store.read_attrs(f)["metrics"]]  # validated
+    if missing:
+        raise store.damaged(out, f"no dataset {', '.join(map(repr, missing))} for its "
+                                 "settings' splits; use --overwrite to replace it")
 
 
 def _init_file(f: h5py.File, x: np.ndarray, y: np.ndarray | None, names: Sequence[str],
@@ -162,6 +179,9 @@ def compute_surface(objectives: Objective | Mapping[str, Objective], out: str | 
     space = first.space
     x = parse_range(x)
     y = None if y is None else parse_range(y)
+    if len(x) * (1 if y is None else len(y)) > store.MAX_VALUES:  # before any file is written
+        raise LandscapeError(f"a grid of {len(x) * len(y):,} points ({len(y)} x {len(x)}) is "
+                             f"more than the {store.MAX_VALUES:,} a result file holds")
     dirs = torch.stack([d.to(first.device, first.dtype) for d in (
         [directions] if isinstance(directions, Tensor) and directions.dim() == 1 else directions)])
     if dirs.shape[0] != (1 if y is None else 2):
@@ -176,18 +196,27 @@ def compute_surface(objectives: Objective | Mapping[str, Objective], out: str | 
     if not floating:
         buffer_directions = None  # nothing to move (a model without BatchNorm)
     names = [f"{split}_{m}" for split, o in objs.items()
-             for m in (("loss", "acc") if o.is_classification else ("loss",))]
+             for m in o.metric_names]
     full_settings = {
         **(settings or {}), "kind": kind, "x": x.tolist(), "y": None if y is None else y.tolist(),
         "splits": list(objs),
-        "objectives": {s: o.settings() for s, o in objs.items()},
+        # one key per split and setting, so that a refusal names e.g. train.batch_size
+        **{f"{s}.{k}": v for s, o in objs.items() for k, v in o.evaluation_settings().items()},
         "origin_sha": _digest(origin), "directions_sha": [_digest(d) for d in dirs],
         "buffer_directions_sha": [_digest(torch.cat([b[k].reshape(-1).float() for k in floating]))
                                   for b in buffer_directions] if buffer_directions else None,
     }
     shape = (len(x),) if y is None else (len(y), len(x))
     rank, world = distributed.rank_and_world()
+    # data sharded among ranks: every rank evaluates every point (on its shard), rank 0 writes
+    sharded = any(getattr(o, "sharded", False) for o in objs.values())
+    share_rank, share_world = (0, 1) if sharded else (rank, world)
 
+    def center() -> dict[str, float]:
+        return {f"center_{split}_{m}": float(v[0])  # evaluated even off-grid
+                for split, o in objs.items() for m, v in o.evaluate(origin[None]).items()}
+
+    centre = center() if sharded else None  # a collective: on every rank
     f = None
     if rank == 0:
 
@@ -195,9 +224,7 @@ def compute_surface(objectives: Objective | Mapping[str, Objective], out: str | 
             _init_file(new, x, y, names, origin, dirs, space.layout(),
                        direction_attrs or [{}] * len(dirs), buffer_origin, buffer_directions,
                        extras or {})
-            new.attrs.update({f"center_{split}_{m}": float(v[0])  # evaluated even off-grid
-                              for split, o in objs.items()
-                              for m, v in o.evaluate(origin[None]).items()})
+            new.attrs.update(centre if centre is not None else center())
 
         f = store.create(out, kind, full_settings, {
             **(attrs or {}), "device": str(first.device), "precision": first.precision,
@@ -205,10 +232,11 @@ def compute_surface(objectives: Objective | Mapping[str, Objective], out: str | 
             "ndim": len(shape),
             "cosine_xy": cosine(dirs[0], dirs[1]) if len(dirs) == 2 else None},
             overwrite=overwrite, init=init)
-        if "done" not in f or any(n not in f for n in names):
+        try:
+            _check_resumable(f, out, x, y, names)
+        except LandscapeError:
             store.close_quietly(f)
-            raise LandscapeError(f"{out}: no 'done' mask or values: not a complete surface "
-                                 "file; use --overwrite to replace it")
+            raise
         done = f["done"][()].reshape(-1)
         arrays = {n: f[n][()].reshape(-1) for n in names}
         pending = np.flatnonzero(~done)
@@ -218,20 +246,20 @@ def compute_surface(objectives: Objective | Mapping[str, Objective], out: str | 
     grid = np.stack(np.meshgrid(y if y is not None else [0.0], x, indexing="ij"), -1)
     grid = grid.reshape(-1, 2)[:, ::-1][:, : len(dirs)]  # flat index -> (x, y) coordinates
     size = chunk or min(64, max(8, first.point_chunk),
-                        max(1, -(-len(pending) // world)))  # every rank gets work
+                        max(1, -(-len(pending) // share_world)))  # every rank gets work
     chunks = [pending[i : i + size] for i in range(0, len(pending), size)]
     bar = progress(total=len(pending), desc=f"{kind} {Path(out).name}", unit="pt",
                    disable=None if show_progress and rank == 0 else True)
     try:
-        for r in range(0, len(chunks), world):
-            mine = chunks[r + rank] if r + rank < len(chunks) else np.array([], dtype=int)
+        for r in range(0, len(chunks), share_world):
+            mine = (chunks[r + share_rank] if r + share_rank < len(chunks)
+                    else np.array([], dtype=int))
             results = {}
             if len(mine):
                 coords = torch.as_tensor(grid[mine], dtype=first.dtype, device=first.device)
-                points = origin[None] + coords @ dirs
                 buffers = _point_buffers(coords, buffer_origin, buffer_directions, floating)
                 for split, o in objs.items():
-                    for m, v in o.evaluate(points, buffers).items():
+                    for m, v in o.evaluate_plane(origin, dirs, coords, buffers).items():
                         results[f"{split}_{m}"] = v.numpy()
             for idx, res in distributed.all_gather((mine, results)):
                 if rank == 0 and len(idx):
@@ -245,7 +273,7 @@ def compute_surface(objectives: Objective | Mapping[str, Objective], out: str | 
                     f.flush()  # values before the mask: a point is done only once stored
                     f["done"][...] = done.reshape(shape)
                     f.flush()
-                bar.update(sum(len(c) for c in chunks[r : r + world]))
+                bar.update(sum(len(c) for c in chunks[r : r + share_world]))
     finally:
         bar.close()
         store.close_quietly(f)

@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from landscape.errors import LandscapeError
+from landscape.errors import LandscapeError, LandscapeWarning
 from landscape.store import atomic_write, strict_json
 
 RUN_FORMAT = "landscape-run"
@@ -168,9 +168,17 @@ def build_run_model(info: dict, source: str | Path, trust: bool = False) -> nn.M
         return model_from_spec(info["model"], source=str(source), trust=trust)
 
 
-def load_run_data(info: dict, source: str | Path = "run.json"):
-    """The run's :class:`landscape.data.Dataset`, rebuilt from its stored spec and checked."""
+def load_run_data(info: dict, source: str | Path = "run.json", trust: bool = False):
+    """The run's :class:`landscape.data.Dataset` (or :class:`landscape.userdata.UserData`),
+    rebuilt from its stored spec and checked."""
     import inspect
+
+    if info["dataset"].get("user"):
+        from landscape.userdata import UserData
+
+        spec = info["dataset"]
+        return UserData(spec["data"]["name"], (spec.get("loss") or {}).get("name"),
+                        source=str(source), recorded=spec, trust=trust)
 
     from landscape.data import load_dataset
 
@@ -312,10 +320,10 @@ def load_run(path: str | Path, *, data: bool = True, trust: bool = False) -> Run
             raise LandscapeError(f"run {path} has neither model.pt nor any checkpoint")
         epoch, file = files[-1]
         warnings.warn(f"run {path} is not finished; using its last checkpoint (epoch {epoch})",
-                      stacklevel=2)
+                      LandscapeWarning, stacklevel=2)
     load_weights(model, state_dict_of(torch_load(file), file), file)
     model.eval()
-    dataset = load_run_data(info, path / "run.json") if data else None
+    dataset = load_run_data(info, path / "run.json", trust) if data else None
     return Run(path=path, config=dict(info["config"]), model=model, data=dataset,
                history=read_history(path), info=info, trust=trust)
 

@@ -42,7 +42,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from landscape import store
-from landscape.errors import LandscapeError, SettingsMismatch, check_positive
+from landscape.errors import LandscapeError, LandscapeWarning, SettingsMismatch, check_positive
 from landscape.objective import resolve_device
 from landscape.progress import progress as progress_bar
 from landscape.train.run import (
@@ -177,7 +177,7 @@ def _prepare_dir(path: Path, config: dict, resume: bool, overwrite: bool) -> str
 
 def _clear_run_files(path: Path) -> None:
     """Remove the files a run writes (and nothing else) from ``path``."""
-    for name in ("model.pt", "history.json", "history.csv", "run.json"):
+    for name in ("model.pt", "history.json", "history.csv", "run.json", "track.h5"):
         (path / name).unlink(missing_ok=True)
     folder = path / "checkpoints"
     if folder.is_dir():
@@ -207,7 +207,8 @@ def train(*, model: str = "mlp", dataset: str = "digits", data_dir: str | Path |
           seed: int = 0, data_seed: int | None = None, device: str = "auto", amp: bool = False,
           augment: bool | None = None, save_every: int = 1, out: str | Path | None = None,
           resume: bool = False, overwrite: bool = False, progress: bool = True,
-          threads: int | None = None) -> Run:
+          threads: int | None = None, track: str | list[str] | None = None,
+          track_every: str | int = 10, track_subset: int | None = None) -> Run:
     """Train ``model`` on ``dataset``, keep the run in directory ``out``, return its :class:`Run`.
 
     Defaults: the 100-100 ReLU MLP on the embedded digits, SGD with heavy-ball momentum 0.9,
@@ -241,6 +242,10 @@ def train(*, model: str = "mlp", dataset: str = "digits", data_dir: str | Path |
       for CIFAR datasets.
     - ``out``: run directory (default ``outputs/runs/<name>``, name from the settings);
       ``resume``: continue from its last checkpoint; ``overwrite``: replace a run there.
+    - ``track``: measures recorded along the run in ``track.h5`` (e.g.
+      ``"top_eigenvalue,trace,noise_scale"``) every ``track_every`` steps (``"2epochs"``:
+      epochs) on ``track_subset`` training samples; see :mod:`landscape.analysis.track`.
+      Tracking never changes the training (same history and weights bit for bit).
 
     Cost per epoch: one forward+backward per minibatch (two for SAM/ASAM/SVRG, plus a full
     gradient for SVRG), one forward pass over both splits, one checkpoint write.
@@ -281,6 +286,8 @@ def train(*, model: str = "mlp", dataset: str = "digits", data_dir: str | Path |
         raise LandscapeError(f"learning rate must be finite, got {lr}")
     if resume and overwrite:
         raise LandscapeError("--resume and --overwrite exclude each other; pass one of them")
+    from landscape.analysis.track import track_settings
+    tracking = track_settings(track, track_every, track_subset)
     dev = resolve_device(device)
     if amp and dev.type != "cuda":
         raise LandscapeError(f"amp (bf16 autocast) needs a CUDA device, the device is {dev}")
@@ -399,6 +406,7 @@ def train(*, model: str = "mlp", dataset: str = "digits", data_dir: str | Path |
             threads = 1 if small else torch.get_num_threads()
         threads = threads or torch.get_num_threads()
 
+        _check_fits(net, data, mspec["name"], dev)
         # --- from here on the directory is written
         if action == "overwrite":
             _clear_run_files(path)
@@ -431,6 +439,16 @@ def train(*, model: str = "mlp", dataset: str = "digits", data_dir: str | Path |
                            fill=[-m / s for m, s in zip(*NORMALIZATION[data.name], strict=True)]
                            if augment and data.name in NORMALIZATION else 0.0,
                            augment_fn=augment_crop_flip)
+        tracker = None
+        if tracking is not None:
+            from landscape.analysis.track import TRACK_FILE, Tracker
+            tracker = Tracker(path / TRACK_FILE, tracking, x=trainer.x_train, y=trainer.y_train,
+                              loss=data.loss, optimizer=optimizer, momentum=momentum,
+                              batch_size=batch_size, steps_per_epoch=spe, fresh=not history,
+                              run={k: v for k, v in config.items() if k not in _NOT_COMPARED})
+            if history:
+                tracker.restore(checkpoint.get("track"), history[-1]["step"])
+            trainer.on_step = lambda step: tracker.after_step(net, opt, step, sched(step))
 
         def save_checkpoint(epoch: int) -> None:
             state = {"epoch": epoch, "model": to_cpu(net.state_dict()),
@@ -438,7 +456,8 @@ def train(*, model: str = "mlp", dataset: str = "digits", data_dir: str | Path |
                      "rng": {"generator": gen.get_state(), "torch": torch.get_rng_state(),
                              "cuda": torch.cuda.get_rng_state(dev) if dev.type == "cuda"
                              else None},
-                     "history": history, "config_hash": _config_hash(config)}
+                     "history": history, "config_hash": _config_hash(config),
+                     **({"track": tracker.checkpoint_state()} if tracker else {})}
             _save_checkpoint(path / "checkpoints" / f"epoch_{epoch:04d}.pt", state)
 
         bar = progress_bar(total=cap, desc=f"train {path.name}", unit="epoch",
@@ -446,6 +465,8 @@ def train(*, model: str = "mlp", dataset: str = "digits", data_dir: str | Path |
         with bar, _cuda_flags(dev), _num_threads(threads if dev.type == "cpu" else None):
             if not history:
                 history.append(trainer.history_row(0, step=0, lr=None, seconds=0.0))
+                if tracker is not None:
+                    trainer.on_step(0)
                 write_history(path, history)
                 save_checkpoint(0)
             else:
@@ -465,6 +486,8 @@ def train(*, model: str = "mlp", dataset: str = "digits", data_dir: str | Path |
                 bar.set_postfix_str(_postfix(row), refresh=False)
                 bar.update(1)
 
+        if tracker is not None:
+            tracker.close()
         final = to_cpu(net.state_dict())
         atomic_torch_save(path / "model.pt", final)
         info["stopping"] = stopping_record(config, history[-1])
@@ -477,13 +500,41 @@ def train(*, model: str = "mlp", dataset: str = "digits", data_dir: str | Path |
                info=info)
 
 
+def _check_fits(net: nn.Module, data: Any, name: str, dev: torch.device) -> None:
+    """A one-line LandscapeError naming the shapes when the model's output on two training
+    samples does not fit the task (``[n, classes]`` logits, or one value per target), checked
+    before the run directory is written. An eval-mode forward pass: no state or RNG changes."""
+    x, y = data.x_train[:2].to(dev), data.y_train[:2]
+    was_training = net.training
+    try:
+        with torch.no_grad():
+            out = net.eval()(x)
+    except Exception as err:  # noqa: BLE001 - any failure of the user's forward is reported
+        detail = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise LandscapeError(f"model {name!r} cannot take the inputs of dataset {data.name!r} "
+                             f"(shape {tuple(x.shape)}): {detail}") from None
+    finally:
+        net.train(was_training)
+    classify = data.task == "classification"
+    want = (f"({len(x)}, {data.num_outputs} or more) logits" if classify
+            else f"{tuple(y.shape)} values")
+    fits = isinstance(out, torch.Tensor) and (
+        out.ndim == 2 and out.shape[0] == len(x) and out.shape[1] >= data.num_outputs
+        if classify else out.numel() == y.numel())
+    if not fits:
+        got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise LandscapeError(f"model {name!r} gives outputs of shape {got} for inputs of shape "
+                             f"{tuple(x.shape)} of dataset {data.name!r}, which needs {want}")
+
+
 def _warn_unmet(path: Path, stopping: dict | None) -> None:
     """Warn (one line) when a run hit its cap before reaching its target training loss."""
     if stopping and not stopping["met"]:
         cap = ", ".join(f"{v} {k}" for k, v in stopping["cap"].items())
         warnings.warn(f"run {path} stopped at its cap ({cap}) with train loss "
                       f"{stopping['train_loss']:.4g}, above the target "
-                      f"{stopping['target']:g}: the target was NOT met", stacklevel=3)
+                      f"{stopping['target']:g}: the target was NOT met", LandscapeWarning,
+                      stacklevel=3)
 
 
 def _save_checkpoint(file: Path, state: dict) -> None:
@@ -575,6 +626,8 @@ class _Trainer:
         self.eval_batch = 4096 if dev.type == "cuda" else 1024
         self.grad_batch = 2048 if dev.type == "cuda" else 1024
         self.fixed = None if fixed is None else [idx.to(dev) for idx in fixed]
+        #: called with the number of steps taken after every optimizer step (tracking)
+        self.on_step: Any = None
 
     def autocast(self):
         if self.amp:
@@ -667,6 +720,8 @@ class _Trainer:
             self._set_lr(lr)
             opt.step(self.step_closure(self.full_closure))
             taken = 1
+            if self.on_step is not None:
+                self.on_step(t + 1)
         else:
             sum_loss = torch.zeros((), device=self.dev)
             sum_correct = torch.zeros((), dtype=torch.int64, device=self.dev)
@@ -688,6 +743,8 @@ class _Trainer:
                     opt.step(closure)
                 else:
                     opt.step(closure, index=index)
+                if self.on_step is not None:
+                    self.on_step(t + b + 1)
                 batch_loss, correct = record[0]
                 sum_loss += batch_loss * len(yb)
                 if correct is not None:
