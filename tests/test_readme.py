@@ -2,10 +2,9 @@
 
 Every ```bash block of README.md is split into commands (``\\`` continuations joined) and run
 with bash in one temporary directory, each command after the ones before it, so a later
-example finds what an earlier one made. The README's ```toml block is the ``study.toml`` its
-compare example reads. Sizes are made small by the substitutions below (one table, applied
-to the text of each command), and some measuring commands get a data subset appended; the
-commands that need what this machine lacks are skipped by name: nothing else is.
+example finds what an earlier one made. Sizes are made small by the substitutions below (one
+table, applied to the text of each command), and some measuring commands get a data subset
+appended; the commands that need what this machine lacks are skipped by name: nothing else.
 """
 
 from __future__ import annotations
@@ -22,7 +21,8 @@ ROOT = Path(__file__).resolve().parents[1]
 SUBSTITUTIONS = [
     ("-1:1:51", "-1:1:5"), ("-0.5:1.5:101", "-0.5:1.5:5"), ("epochs=100", "epochs=2"),
     ("--epochs 200", "--epochs 3"), ("--steps 4500", "--steps 30"), ("--steps 200", "--steps 20"),
-    ("--steps 150", "--steps 20"),
+    ("--steps 150", "--steps 20"), ("--seeds 0,1,2", "--seeds 0"),
+    ("--match steps=2000", "--match steps=20"), ("--match train-loss=0.02", "--match steps=20"),
 ]
 # command prefix -> options appended (a data subset, small study grids, one measure)
 APPENDED = {
@@ -41,6 +41,8 @@ SKIPPED = {
     "--dataset cifar10": "needs the CIFAR-10 files in ~/data",
     "outputs/runs/resnet56": "a ResNet-56 trained on CIFAR-10",
     "torchrun": "several processes (tested in the distributed tests)",
+    "mine.py": "the reader's own model file and checkpoint",
+    "outputs/runs/mine": "the run adopted from the reader's own files",
 }
 
 
@@ -50,11 +52,19 @@ def _blocks(language: str) -> list[str]:
 
 
 def _commands() -> list[str]:
-    commands = []
+    commands: list[str] = []
     for block in _blocks("bash"):
+        loop: list[str] = []  # the lines of a multi-line for ... done
         for line in block.replace("\\\n", " ").splitlines():
             line = line.strip()
-            if line and not line.startswith("#"):
+            if not line or line.startswith("#"):
+                continue
+            if loop or (line.startswith("for ") and not line.endswith("done")):
+                loop.append(line)
+                if line == "done":
+                    commands.append("\n".join(loop))
+                    loop = []
+            else:
                 commands.append(line)
     return commands
 
@@ -77,7 +87,6 @@ def test_the_readme_names_the_commands_this_test_runs() -> None:
 
 
 def test_readme_bash_examples_run_in_order(tmp_path: Path) -> None:
-    (tmp_path / "study.toml").write_text(_blocks("toml")[0])
     env = {**os.environ, "LANDSCAPE_QUIET": "1", "OMP_NUM_THREADS": "1",
            "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     bin_dir = tmp_path / ".bin"  # `landscape` is this checkout's CLI
@@ -96,5 +105,5 @@ def test_readme_bash_examples_run_in_order(tmp_path: Path) -> None:
         ran += 1
     assert ran >= 30
     for made in ("outputs/runs/mlp-digits/run.json", "outputs/surface.h5", "outputs/hessian.h5",
-                 "outputs/compare/table.md", "outputs/compare-toml/table.md", "path.svg"):
+                 "outputs/sweep/table.md", "outputs/sgd-adam/table.md", "path.svg"):
         assert (tmp_path / made).exists(), made
