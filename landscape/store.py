@@ -149,7 +149,7 @@ def _open(path: Path, mode: str) -> h5py.File:
 #: The result kinds this library writes; a grid kind holds x (y) coordinates and a done mask.
 GRID_KINDS = ("surface", "interpolation", "plane", "trajectory")
 MEASURE_KINDS = ("curvature", "sharpness", "noise", "curve")
-KINDS = (*GRID_KINDS, "hessian", "study", "toy", *MEASURE_KINDS)
+KINDS = (*GRID_KINDS, "hessian", "study", "toy", "track", *MEASURE_KINDS)
 
 #: The most values a stored grid or small array (eigenvalues, trace samples, a density) may
 #: declare. No result comes near it (a 10,001 x 10,001 grid is 1e8 points); a larger
@@ -382,6 +382,24 @@ def _validate_toy(f: h5py.File, path: Path, attrs: Mapping[str, Any]) -> None:
             raise damaged(path, f"'{label}/path' lacks its optimizer or settings")
 
 
+def _validate_track(f: h5py.File, path: Path, attrs: Mapping[str, Any]) -> None:
+    """A track (:mod:`landscape.analysis.track`): one row per measurement in every 1D column,
+    one line of losses per row in the path landscapes; a file killed before its first row
+    holds no columns yet."""
+    track = attrs.get("settings", {}).get("track")
+    if not isinstance(track, dict) or not isinstance(track.get("measures"), list):
+        raise damaged(path, "the settings name no tracked measures")
+    if "step" not in f:
+        return
+    n = _array(f, "step", path, dtype="iu", ndim=1).shape
+    for name in ("epoch", "lr", "train_loss", "threshold", "seconds",
+                 *track["measures"], *(f"{m}_error" for m in track["measures"])):
+        _array(f, name, path, shape=n)
+    for line, coords in (("update_loss", "update_alpha"), ("segment_loss", "segment_s")):
+        m = _array(f, coords, path, ndim=1).shape
+        _array(f, line, path, shape=(*n, *m))
+
+
 def validate(f: h5py.File, path: Path, attrs: Mapping[str, Any] | None = None) -> None:
     """Check an open result file against the schema of its kind before any of it is used:
     no links out of the file, every attribute decodable, the settings a JSON object, each
@@ -413,7 +431,8 @@ def validate(f: h5py.File, path: Path, attrs: Mapping[str, Any] | None = None) -
     check = (_validate_grid if kind in GRID_KINDS else _validate_measures
              if kind in MEASURE_KINDS else {"hessian": _validate_hessian,
                                             "study": _validate_study,
-                                            "toy": _validate_toy}[kind])
+                                            "toy": _validate_toy,
+                                            "track": _validate_track}[kind])
     check(f, path, attrs)
 
 
