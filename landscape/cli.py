@@ -104,6 +104,13 @@ def _parse_model_options(pairs: tuple[str, ...]) -> dict[str, Any]:
               help="digits, mnist, fashion-mnist, cifar10, cifar100, spirals, teacher.")
 @click.option("--data-dir", default=None, help="Directory with the dataset's files.")
 @click.option("--train-size", type=int, default=None, help="Use a subset of the train split.")
+@click.option("--data", default=None, metavar="SPEC",
+              help="Your own data instead of --dataset: file.py:factory or package.module:"
+                   "factory returning (train, test) datasets or loaders.")
+@click.option("--loss", default=None, metavar="SPEC",
+              help="With --data: loss callable (output, target) [cross-entropy or MSE].")
+@click.option("--forward-loss", default=None, metavar="SPEC",
+              help="With --data: a hook (model, batch) returning the loss, instead of --loss.")
 @click.option("--optimizer", default="momentum", show_default=True,
               help="sgd, momentum, nesterov, adagrad, rmsprop, adadelta, adam, adamw, lbfgs, "
                    "svrg, sag, sam, asam.")
@@ -188,7 +195,8 @@ def trust_options(fn: Callable | None = None, *, model_option: bool = True) -> C
         def run(*args: Any, trust_code: bool, **kwargs: Any) -> Any:
             from landscape.trust import trusting
 
-            named = kwargs.pop("trusted_models", ()) if model_option else (kwargs.get("model"),)
+            named = (kwargs.pop("trusted_models", ()) if model_option
+                     else (kwargs.get("model"), kwargs.get("data")))
             named = (*named, *kwargs.pop("trusted_data", ()), *kwargs.pop("trusted_losses", ()))
             with trusting([n for n in named if n], trust_all=trust_code):
                 return fn(*args, **kwargs)

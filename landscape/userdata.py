@@ -21,7 +21,7 @@ import torch
 
 from landscape.errors import LandscapeError
 from landscape.models.user import load_attribute, load_user_model
-from landscape.sources import Source, leaves
+from landscape.sources import Source, leaves, length
 from landscape.trust import check_recorded, record
 
 __all__ = ["UserData", "adopt", "checkpoint_state", "data_digest", "load_user_data"]
@@ -30,17 +30,21 @@ SPLITS = ("train", "test")
 
 
 def data_digest(splits: dict[str, Any], whole: bool = False) -> str:
-    """SHA-256 of every tensor of every split, in order, as float64/int64 bytes (one pass).
-    ``whole``: batches are passed whole to a ``forward_loss`` hook (no target pair)."""
+    """SHA-256 of the samples of every split as float64/int64 bytes, independent of their
+    order (the sorted digests of the samples), so that a shuffling loader digests the same
+    every pass. ``whole``: batches are passed whole to a ``forward_loss`` hook (no target
+    pair). Cost: one pass over the data, one small hash per sample."""
     h = hashlib.sha256()
     for name in SPLITS:
         if splits.get(name) is None:
             continue
         source = Source(splits[name], torch.device("cpu"), torch.float64, budget=0, whole=whole)
-        h.update(f"{name}:{source.n}".encode())
+        rows: list[bytes] = []
         for batch in source.batches(4096):
-            for t in leaves(batch):
-                h.update(t.contiguous().numpy().tobytes())
+            flat = [t.reshape(len(t), -1).contiguous().numpy() for t in leaves(batch)]
+            rows += [hashlib.sha256(b"".join(f[i].tobytes() for f in flat)).digest()
+                     for i in range(length(batch[0]))]
+        h.update(f"{name}:{source.n}:".encode() + b"".join(sorted(rows)))
     return h.hexdigest()
 
 

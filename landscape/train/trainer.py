@@ -108,7 +108,7 @@ def evaluate(model: nn.Module, x: Tensor, y: Tensor, loss: str,
     source = Source((x, y), x.device, x.dtype if x.is_floating_point() else torch.float32,
                     budget=2**62)
     fn = Loss(loss, target_float=y.is_floating_point(), target_dim=y.dim())
-    return evaluate_source(model, source, fn, accuracy_metric(fn, source), batch_size)
+    return evaluate_source(model, source, fn, accuracy_metric(fn, y), batch_size)
 
 
 @torch.no_grad()
@@ -139,11 +139,10 @@ def evaluate_source(model: nn.Module, source: Source, loss: Loss, acc: Loss | No
     return mean, (math.nan if math.isnan(mean) else correct)  # NaN logits: no accuracy
 
 
-def accuracy_metric(loss: Loss, source: Source) -> Loss | None:
-    """Accuracy averaged like ``loss`` when the targets are class labels (integer targets, a
-    loss of the model's output), as the engine's default metric; else None."""
-    first = next(source.batches(1), (None, None))[1]
-    if loss.hook or first is None or first.is_floating_point():
+def accuracy_metric(loss: Loss, targets: Tensor | None) -> Loss | None:
+    """Accuracy averaged like ``loss`` when ``targets`` (some of them) are class labels
+    (integers, a loss of the model's output), as the engine's default metric; else None."""
+    if loss.hook or targets is None or targets.is_floating_point():
         return None
     return metric(per_sample(accuracy), loss.mean_over)
 
@@ -352,10 +351,14 @@ def train(*, model: str = "mlp", dataset: str = "digits", data_dir: str | Path |
                                          whole=whole)
     except LandscapeError:  # user data without a test split
         test_src = None
+    # the first two samples, read once here: reading a loader again later would draw from
+    # the random state that a resumed run restores
+    first = next(train_src.batches(2))
+    first = (take(first[0], slice(0, 2)), first[1][:2])
     if fn is None:
-        first = next(train_src.batches(1))[1]
         fn = Loss(ds.loss, ds.forward_loss, target_float=train_src.target_float,
-                  target_dim=first.dim())
+                  target_dim=first[1].dim())
+    acc = accuracy_metric(fn, first[1])
     mspec = model_spec(model, input_shape, num_outputs, **(model_options or {}))
     if augment is None:
         augment = data_name.startswith("cifar")
@@ -465,11 +468,11 @@ def train(*, model: str = "mlp", dataset: str = "digits", data_dir: str | Path |
                                      ) from None
 
         if dev.type == "cpu" and threads is None:
-            small = _macs_per_sample(net, fn, train_src) * batch_size < 1e8
+            small = _macs_per_sample(net, fn, take(first[0], slice(0, 1))) * batch_size < 1e8
             threads = 1 if small else torch.get_num_threads()
         threads = threads or torch.get_num_threads()
 
-        _check_fits(net, train_src, fn, mspec["name"], data_name, num_outputs)
+        _check_fits(net, first, fn, mspec["name"], data_name, num_outputs)
         # --- from here on the directory is written
         if action == "overwrite":
             _clear_run_files(path)
@@ -480,7 +483,7 @@ def train(*, model: str = "mlp", dataset: str = "digits", data_dir: str | Path |
             "config": config, "model": mspec, "dataset": ds.spec,
             "data_sizes": {"train": n_train, "test": 0 if test_src is None else test_src.n},
             "loss": config.get("loss", fn.name),
-            "task": "regression" if accuracy_metric(fn, train_src) is None else "classification",
+            "task": "regression" if acc is None else "classification",
             "num_parameters": count_parameters(net),
             "steps_per_epoch": spe, "optimizer_requires": sorted(requires),
             "device": str(dev), "device_name": _device_name(dev), "versions": store.versions(),
@@ -498,7 +501,7 @@ def train(*, model: str = "mlp", dataset: str = "digits", data_dir: str | Path |
             info["status"] = "complete"
         atomic_write_json(path / "run.json", info)
 
-        trainer = _Trainer(net, opt, requires, train_src, test_src, dev, loss=fn,
+        trainer = _Trainer(net, opt, requires, train_src, test_src, dev, loss=fn, acc=acc,
                            batch_size=batch_size, steps=spe, sched=sched, gen=gen, amp=amp,
                            augment=augment, fixed=fixed,
                            fill=[-m / s for m, s in zip(*NORMALIZATION[data_name], strict=True)]
@@ -550,14 +553,13 @@ def train(*, model: str = "mlp", dataset: str = "digits", data_dir: str | Path |
                info=info)
 
 
-def _check_fits(net: nn.Module, source: Source, loss: Loss, name: str, data_name: str,
-                num_outputs: int) -> None:
-    """A one-line LandscapeError naming the shapes when the model's output on the first
-    training samples does not fit the task (the built-in losses: ``[n, classes]`` logits, or
+def _check_fits(net: nn.Module, probe: tuple[Any, Tensor], loss: Loss, name: str,
+                data_name: str, num_outputs: int) -> None:
+    """A one-line LandscapeError naming the shapes when the model's output on the training
+    samples ``probe`` does not fit the task (the built-in losses: ``[n, classes]`` logits, or
     one value per target) or the loss fails on it, checked before the run directory is
     written. An eval-mode forward pass: no state or RNG changes."""
-    x, y = next(source.batches(2))
-    x, y = take(x, slice(0, 2)), y[:2]
+    x, y = probe
     shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
     was_training = net.training
     try:
@@ -622,10 +624,10 @@ def _num_threads(threads: int | None):
 
 
 @torch.no_grad()
-def _macs_per_sample(net: nn.Module, loss: Loss, source: Source) -> int:
+def _macs_per_sample(net: nn.Module, loss: Loss, sample: Any) -> int:
     """Multiply-adds of one forward pass of one sample in the linear and conv layers.
 
-    One dry forward of the first training sample in eval mode (no statistics change, no
+    One dry forward of ``sample`` (a batch of one) in eval mode (no statistics change, no
     random numbers).
     """
     total = 0
@@ -640,7 +642,7 @@ def _macs_per_sample(net: nn.Module, loss: Loss, source: Source) -> int:
     was_training = net.training
     net.eval()
     try:
-        _output(net, loss, take(next(source.batches(1))[0], slice(0, 1)))
+        _output(net, loss, sample)
     except Exception:  # noqa: BLE001 - a model we cannot probe is treated as large
         return 1 << 62
     finally:
@@ -670,15 +672,16 @@ class _Trainer:
 
     def __init__(self, net: nn.Module, opt: torch.optim.Optimizer, requires: frozenset,
                  train_src: Source, test_src: Source | None, dev: torch.device, *, loss: Loss,
-                 batch_size: int, steps: int, sched: Any, gen: torch.Generator, amp: bool,
-                 augment: bool, fixed: list[Tensor] | None, fill: Any, augment_fn: Any) -> None:
+                 acc: Loss | None, batch_size: int, steps: int, sched: Any,
+                 gen: torch.Generator, amp: bool, augment: bool, fixed: list[Tensor] | None,
+                 fill: Any, augment_fn: Any) -> None:
         self.net, self.opt, self.requires = net, opt, requires
         self.dev, self.loss, self.batch_size, self.steps = dev, loss, batch_size, steps
         self.sched, self.gen, self.amp, self.augment = sched, gen, amp, augment
         # the padding value as a device tensor, so augmenting a batch copies nothing from the host
         self.fill = torch.as_tensor(fill, dtype=torch.float32, device=dev).reshape(-1)
         self.augment_fn = augment_fn
-        self.acc = accuracy_metric(loss, train_src)
+        self.acc = acc
         self.train_src, self.test_src = train_src, test_src
         self.n = train_src.n
         self.weight_total = train_src.elements if loss.mean_over == "elements" else self.n
