@@ -719,7 +719,8 @@ def _report_study(study: Any, as_json: bool) -> None:
               help="TOML file of [recipes.NAME] tables (and study settings).")
 @click.option("--run", "runs", multiple=True, metavar="NAME=DIR",
               help="An already trained run directory. Repeatable.")
-@click.option("--data", default=None, help="Dataset of the recipes [digits].")
+@click.option("--data", default=None,
+              help="Dataset of the recipes [digits], or your own: file.py:factory.")
 @click.option("--data-dir", default=None, help="Folder of the dataset's files.")
 @click.option("--model", default=None, help="Model of the recipes [mlp].")
 @click.option("--model-options", default=None, help="KEY=VALUE,... e.g. widths=[64,64].")
