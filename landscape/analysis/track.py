@@ -192,7 +192,7 @@ class Tracker:
     """
 
     def __init__(self, path: Path, settings: TrackSettings, *, x: Tensor, y: Tensor,
-                 loss: str, optimizer: str, momentum: float | None, batch_size: int,
+                 loss: Any, optimizer: str, momentum: float | None, batch_size: int,
                  steps_per_epoch: int, run: dict[str, Any], fresh: bool) -> None:
         self.path, self.s = Path(path), settings
         n = len(y)
@@ -217,7 +217,8 @@ class Tracker:
         self.alphas = alphas
         self.segment = np.linspace(0.0, 1.0, settings.segment_points)
         file_settings = {"track": settings.to_dict(), "run": run}
-        attrs = {"optimizer": optimizer, "loss": loss, "n": len(self.y),
+        attrs = {"optimizer": optimizer, "n": len(self.y),
+                 "loss": loss if isinstance(loss, str) else getattr(loss, "__name__", "user"),
                  "steps_per_epoch": steps_per_epoch, "interval_steps": self.interval,
                  "preconditioned": self.precondition}
         self.file = store.create(self.path, "track", file_settings, attrs=attrs,

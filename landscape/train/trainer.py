@@ -517,8 +517,12 @@ def train(*, model: str = "mlp", dataset: str = "digits", data_dir: str | Path |
         tracker = None
         if tracking is not None:
             from landscape.analysis.track import TRACK_FILE, Tracker
-            tracker = Tracker(path / TRACK_FILE, tracking, x=trainer.x_train, y=trainer.y_train,
-                              loss=data.loss, optimizer=optimizer, momentum=momentum,
+            if not train_src.resident or getattr(ds, "forward_loss", None) is not None:
+                raise LandscapeError("--track needs training data held in memory and a loss "
+                                     "of (output, target); not a streamed source or a hook")
+            x_all, y_all = train_src.rows(torch.arange(train_src.n, device=dev), train_src.n)
+            tracker = Tracker(path / TRACK_FILE, tracking, x=x_all, y=y_all,
+                              loss=ds.loss, optimizer=optimizer, momentum=momentum,
                               batch_size=batch_size, steps_per_epoch=spe, fresh=not history,
                               run={k: v for k, v in config.items() if k not in _NOT_COMPARED})
             if history:
