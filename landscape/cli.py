@@ -787,7 +787,7 @@ def toy_cmd(function: str, kappa: float | None, eigenvalues: str | None, dim: in
 @click.argument("files", nargs=-1, required=True, type=click.Path())
 @click.option("--kind", type=click.Choice(["curve", "contour", "filled", "heatmap", "surface3d",
                                            "trajectory", "density", "ratio", "vtk", "compare",
-                                           "track"]),
+                                           "track", "toy-paths", "toy-losses"]),
               default=None, help="Plot kind (default: from the file's kind).")
 @click.option("--metric", default="train_loss", show_default=True,
               help="Dataset of a 2D surface to draw (train_loss, test_acc, ...).")
@@ -802,7 +802,8 @@ def toy_cmd(function: str, kappa: float | None, eigenvalues: str | None, dim: in
 def plot_cmd(files: tuple[str, ...], kind: str | None, metric: str, vmin: float | None,
              vmax: float | None, levels: str | None, log: bool | None, out: str) -> None:
     """Draw a stored result (surface, interpolation, trajectory, Hessian, study, a run's
-    track) as a figure; several tracks (track.h5 files or run directories) are overlaid."""
+    track, a toy run's paths.h5) as a figure; several tracks (track.h5 files or run
+    directories) are overlaid."""
     from landscape.plot.render import render
 
     click.echo(str(render(files[0] if len(files) == 1 else files, out, kind=kind,
