@@ -62,7 +62,7 @@ from landscape.train.run import (
     torch_load,
     write_history,
 )
-from landscape.train.schedules import make_schedule
+from landscape.train.schedules import epochs_dependence, make_schedule
 
 #: Learning rate used when ``lr`` is None, per optimizer.
 DEFAULT_LR: dict[str, float] = {
@@ -141,10 +141,31 @@ def evaluate(model: nn.Module, x: Tensor, y: Tensor, loss: str,
 
 
 # ----------------------------------------------------------------------------- run directory
-def _prepare_dir(path: Path, config: dict, resume: bool, overwrite: bool) -> str:
+def _extends(path: Path, old: dict, new: dict, tracked: bool) -> bool:
+    """Whether ``new`` is run ``old`` with only a larger epoch cap (a resumed run may be
+    extended); a LandscapeError when it is but the learning rates or a track would change."""
+    keep = (*_NOT_COMPARED, "epochs")
+    before, after = old.get("epochs"), new.get("epochs")
+    if not (isinstance(before, int) and isinstance(after, int) and after > before) or \
+            {k: v for k, v in old.items() if k not in keep} != \
+            {k: v for k, v in new.items() if k not in keep}:
+        return False
+    why = epochs_dependence(new["schedule"], new["step_size"])
+    if why is None and tracked:
+        why = "its track.h5 records the epoch count"
+    if why:
+        raise LandscapeError(f"run {path} cannot be extended from {before} to {after} epochs: "
+                             f"{why}; start a new run with --epochs {after}")
+    return True
+
+
+def _prepare_dir(path: Path, config: dict, resume: bool, overwrite: bool,
+                 tracked: bool = False) -> str:
     """Decide what to do with run directory ``path``: "new", "resume" or "overwrite".
 
-    Reads only; nothing is changed here, so a refused command leaves the directory intact.
+    A resume may raise the epoch cap when the learning-rate schedule does not depend on it
+    (:func:`_extends`). Reads only; nothing is changed here, so a refused command leaves the
+    directory intact.
     """
     if not path.exists():
         return "new"
@@ -166,6 +187,8 @@ def _prepare_dir(path: Path, config: dict, resume: bool, overwrite: bool) -> str
         return "overwrite"
     diff = store.differences(*({k: v for k, v in c.items() if k not in _NOT_COMPARED}
                                   for c in (old, config)))
+    if diff and resume and _extends(path, old, config, tracked):
+        return "resume"
     if diff:
         raise SettingsMismatch(f"run directory {path} holds a different run ({'; '.join(diff)}); "
                              "pass --overwrite to replace it or choose another --out")
@@ -343,7 +366,7 @@ def train(*, model: str = "mlp", dataset: str = "digits", data_dir: str | Path |
         """Whether the run stops after the epoch of history row ``row``."""
         return stopping_record(config, row)["met"] or at_cap(config, row)
 
-    action = _prepare_dir(path, config, resume, overwrite)
+    action = _prepare_dir(path, config, resume, overwrite, tracked=tracking is not None)
     checkpoint_file = _latest_checkpoint(path) if action == "resume" else None
     checkpoint = None
     if checkpoint_file is not None:
