@@ -234,6 +234,7 @@ def train_cmd(widths: str | None, model_option: tuple[str, ...], as_json: bool,
     """Train a model and keep a run directory (checkpoints, history, run.json)."""
     import time
 
+    from landscape.sources import ACCURACY_UNIT
     from landscape.train import train
 
     options = _parse_model_options(model_option)
@@ -244,6 +245,7 @@ def train_cmd(widths: str | None, model_option: tuple[str, ...], as_json: bool,
     last = run.history[-1]
     summary = {"run": str(run.path), "epochs": last["epoch"], "stopping": run.stopping,
                **{k: last[k] for k in ("train_loss", "train_acc", "test_loss", "test_acc")},
+               "accuracy_unit": ACCURACY_UNIT,
                "train_seconds": sum(r["seconds"] for r in run.history),
                "wall_seconds": time.perf_counter() - t0, "config": run.config}
     if as_json:

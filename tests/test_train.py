@@ -444,3 +444,31 @@ def test_finished_constant_rate_run_extended_to_3_epochs_equals_a_3_epoch_run(tm
         line = result.output.strip()
         assert "\n" not in line and why in line and "from 2 to 3 epochs" in line
         assert _snapshot(out) == before
+
+
+def test_accuracy_is_one_unit_everywhere_and_says_so(tmp_path):
+    """History, ``train --json`` and a surface through the trained weights all store the
+    accuracy as a fraction and say so; the surface's value at the origin (the trained
+    model, evaluated by the engine) equals the history's last accuracy."""
+    import h5py
+
+    run_dir, curve = tmp_path / "run", tmp_path / "c.h5"
+    result = CliRunner().invoke(main, ["train", "--train-size", "120", "--epochs", "2",
+                                       "--widths", "8", "--device", "cpu", "--out",
+                                       str(run_dir), "--json"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["accuracy_unit"] == "fraction" and 0.0 <= summary["test_acc"] <= 1.0
+    info = json.loads((run_dir / "run.json").read_text())
+    assert info["history_units"] == {"train_acc": "fraction", "test_acc": "fraction"}
+    history = json.loads((run_dir / "history.json").read_text())
+    assert history[-1]["test_acc"] == summary["test_acc"]
+    result = CliRunner().invoke(main, ["surface", "--run", str(run_dir), "--x", "-1:1:3",
+                                       "--split", "train,test", "--out", str(curve)])
+    assert result.exit_code == 0, result.output
+    with h5py.File(curve, "r") as f:
+        for split in ("train", "test"):
+            assert f[f"{split}_acc"].attrs["unit"] == "fraction"
+            assert f[f"{split}_acc"][1] == pytest.approx(history[-1][f"{split}_acc"],
+                                                         abs=1e-12)
+        assert "unit" not in f["train_loss"].attrs

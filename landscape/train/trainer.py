@@ -45,6 +45,7 @@ from landscape import store
 from landscape.errors import LandscapeError, LandscapeWarning, SettingsMismatch, check_positive
 from landscape.objective import resolve_device
 from landscape.progress import progress as progress_bar
+from landscape.sources import ACCURACY_UNIT
 from landscape.train.run import (
     _CHECKPOINT_RE,
     RUN_FORMAT,
@@ -445,6 +446,7 @@ def train(*, model: str = "mlp", dataset: str = "digits", data_dir: str | Path |
             "threads": threads if dev.type == "cpu" else None,
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "status": "running",
+            "history_units": {"train_acc": ACCURACY_UNIT, "test_acc": ACCURACY_UNIT},
         }
         if action == "resume":
             old = read_run_json(path)
