@@ -179,6 +179,13 @@ _model_option = click.option(
               help="digits, mnist, fashion-mnist, cifar10, cifar100, spirals, teacher.")
 @click.option("--data-dir", default=None, help="Directory with the dataset's files.")
 @click.option("--train-size", type=int, default=None, help="Use a subset of the train split.")
+@click.option("--data", default=None, metavar="SPEC",
+              help="Your own data instead of --dataset: file.py:factory or package.module:"
+                   "factory returning (train, test) datasets or loaders.")
+@click.option("--loss", default=None, metavar="SPEC",
+              help="With --data: loss callable (output, target) [cross-entropy or MSE].")
+@click.option("--forward-loss", default=None, metavar="SPEC",
+              help="With --data: a hook (model, batch) returning the loss, instead of --loss.")
 @click.option("--optimizer", default="momentum", show_default=True,
               help="sgd, momentum, nesterov, adagrad, rmsprop, adadelta, adam, adamw, lbfgs, "
                    "svrg, sag, sam, asam.")
@@ -275,7 +282,8 @@ def trust_options(fn: Callable | None = None, *, model_option: bool = True) -> C
         def run(*args: Any, trust_code: bool, **kwargs: Any) -> Any:
             from landscape.trust import trusting
 
-            named = kwargs.pop("trusted_models", ()) if model_option else (kwargs.get("model"),)
+            named = (kwargs.pop("trusted_models", ()) if model_option
+                     else (kwargs.get("model"), kwargs.get("data")))
             named = (*named, *kwargs.pop("trusted_data", ()), *kwargs.pop("trusted_losses", ()))
             with trusting([n for n in named if n], trust_all=trust_code):
                 return fn(*args, **kwargs)
@@ -865,7 +873,8 @@ def _report_study(study: Any, as_json: bool) -> None:
               help="TOML file of [recipes.NAME] tables (and study settings).")
 @click.option("--run", "runs", multiple=True, metavar="NAME=DIR",
               help="An already trained run directory. Repeatable.")
-@click.option("--dataset", "data", default=None, help="Dataset of the recipes [digits].")
+@click.option("--dataset", "data", default=None,
+              help="Dataset of the recipes [digits], or your own: file.py:factory.")
 @click.option("--data-dir", default=None, help="Folder of the dataset's files.")
 @click.option("--model", default=None, help="Model of the recipes [mlp].")
 @_model_option
@@ -897,7 +906,6 @@ def demo_cmd(out: str, as_json: bool, overwrite: bool, **options: Any) -> None:
     study = demo(out, overwrite=overwrite,
                  **{k: v for k, v in options.items() if v not in (None, ())})
     _report_study(study, as_json)
-
 
 
 @main.command("curvature")
@@ -939,9 +947,6 @@ def curvature_cmd(run_dir: str, surface_file: str, tol: float, split: str, subse
                f"{summary['abs_min_over_max']} ({summary['n_hvp']} HVPs)")
 
 
-if __name__ == "__main__":
-    main()
-
 
 @main.command("adopt")
 @click.option("--model", required=True, metavar="SPEC",
@@ -962,3 +967,7 @@ def adopt_cmd(model: str, weights: str, data: str, loss: str | None, seed: int, 
 
     path = adopt(model, weights, data, out, loss=loss, seed=seed, overwrite=overwrite)
     click.echo(f"adopted {weights} as run {path}", err=True)
+
+
+if __name__ == "__main__":
+    main()

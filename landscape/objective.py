@@ -201,6 +201,7 @@ class Objective:
         if hasattr(data, "split") and callable(data.split):
             if loss is None and forward_loss is None:
                 loss = getattr(data, "loss", None)
+                forward_loss = getattr(data, "forward_loss", None)
             data = data.split(split)
         self.device = resolve_device(device)
         self.dtype = torch.float64 if precision == "float64" else torch.float32

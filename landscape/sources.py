@@ -145,7 +145,8 @@ class Source:
     whether the data stay on the device. Building it reads an iterable once (to count it and
     to keep it when it fits ``budget`` bytes). ``shard=(rank, world)`` keeps only this rank's
     share (contiguous samples of tensors; every ``world``-th batch of an iterable); ``n`` and
-    ``elements`` are then this rank's.
+    ``elements`` are then this rank's. ``n_batches``: the batches of one pass of an iterable
+    (this rank's), None for tensors.
     """
 
     def __init__(self, data: Any, device: torch.device, dtype: torch.dtype,
@@ -158,6 +159,7 @@ class Source:
         self._iterable: Iterable | None = None        # streamed batches
         self._data: tuple[Any, Any] | None = None     # resident (inputs, targets)
         self._shard = shard
+        self.n_batches: int | None = None
         if isinstance(data, torch.utils.data.Dataset) and not isinstance(
                 data, torch.utils.data.IterableDataset) and not _is_tensors(data):
             data = torch.utils.data.DataLoader(data, batch_size=256)
@@ -183,11 +185,12 @@ class Source:
                                  f"iterable of batches, got {type(data).__name__}")
         self._iterable = data
         kept: list[tuple[Any, Any]] | None = []
-        self.n = self.elements = 0
+        self.n = self.elements = self.n_batches = 0
         self.target_float = False
         size = 0
         for batch in self._mine(iter(data)):
             inputs, targets = self._pair(batch)
+            self.n_batches += 1
             b = length(inputs)
             self.n += b
             self.elements += b if targets is None else targets.numel()
@@ -275,12 +278,14 @@ class Source:
 
     def rows(self, idx: Tensor, batch_size: int) -> tuple[Any, Any]:
         """The samples ``idx`` (this rank's order), in that order, on the device. Streamed
-        data are read once (a shuffling loader has no fixed order: give a fixed one)."""
-        idx = torch.as_tensor(idx, dtype=torch.long).cpu()
+        data are read once (a shuffling loader has no fixed order: give a fixed one). Indices
+        already on the device cost no copy for resident data."""
+        idx = torch.as_tensor(idx, dtype=torch.long)
         if self._data is not None:
             dev = idx.to(self.device)
             return take(self._data[0], dev), (None if self._data[1] is None
                                                else self._data[1][dev])
+        idx = idx.cpu()
         parts, where, start = [], [], 0
         for inputs, targets in self._host_batches(batch_size):
             b = length(inputs)

@@ -229,9 +229,12 @@ def read_recipes(path: str | Path) -> tuple[list[Recipe], dict[str, Any]]:
             raise LandscapeError(f"{path}: {unknown_name('study setting', key, known)}")
     from landscape.trust import check_recorded, is_code_spec
 
-    for spec in [doc.get("model"), *(r.options.get("model") for r in recipes)]:
+    keys = ("model", "data", "dataset", "loss", "forward_loss")
+    for kind, spec in [*((k, doc.get(k)) for k in keys),
+                       *((k, r.options.get(k)) for r in recipes for k in keys)]:
         if isinstance(spec, str) and is_code_spec(spec):  # a file's code runs only if trusted
-            check_recorded(spec, None, source=path)
+            check_recorded(spec, None, source=path, kind={"model": "model", "data": "data",
+                                                          "dataset": "data"}.get(kind, "loss"))
     return recipes, doc
 
 
@@ -772,6 +775,9 @@ class _Runner:
 
 
 def _data_digest(run: Any) -> str:
+    """SHA-256 of the run's training split (the user data's digest of both splits)."""
+    if run.data.spec.get("user"):
+        return run.data.spec["digest"]
     x, y = run.data.split("train")
     return hashlib.sha256(x.numpy().tobytes() + y.numpy().tobytes()).hexdigest()
 

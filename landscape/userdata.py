@@ -21,7 +21,7 @@ import torch
 
 from landscape.errors import LandscapeError
 from landscape.models.user import load_attribute, load_user_model
-from landscape.sources import Source, leaves
+from landscape.sources import Source, leaves, length
 from landscape.trust import check_recorded, record
 
 __all__ = ["UserData", "adopt", "checkpoint_state", "data_digest", "load_user_data"]
@@ -29,58 +29,110 @@ __all__ = ["UserData", "adopt", "checkpoint_state", "data_digest", "load_user_da
 SPLITS = ("train", "test")
 
 
-def data_digest(splits: dict[str, Any]) -> str:
-    """SHA-256 of every tensor of every split, in order, as float64/int64 bytes (one pass)."""
+def data_digest(splits: dict[str, Any], whole: bool = False) -> str:
+    """SHA-256 of the samples of every split as float64/int64 bytes, independent of their
+    order (the sorted digests of the samples), so that a shuffling loader digests the same
+    every pass. ``whole``: batches are passed whole to a ``forward_loss`` hook (no target
+    pair). Cost: one pass over the data, one small hash per sample."""
     h = hashlib.sha256()
     for name in SPLITS:
-        source = Source(splits[name], torch.device("cpu"), torch.float64, budget=0)
-        h.update(f"{name}:{source.n}".encode())
+        if splits.get(name) is None:
+            continue
+        source = Source(splits[name], torch.device("cpu"), torch.float64, budget=0, whole=whole)
+        rows: list[bytes] = []
         for batch in source.batches(4096):
-            for t in leaves(batch):
-                h.update(t.contiguous().numpy().tobytes())
+            flat = [t.reshape(len(t), -1).contiguous().numpy() for t in leaves(batch)]
+            rows += [hashlib.sha256(b"".join(f[i].tobytes() for f in flat)).digest()
+                     for i in range(length(batch[0]))]
+        h.update(f"{name}:{source.n}:".encode() + b"".join(sorted(rows)))
     return h.hexdigest()
+
+
+def _describe(obj: Any, kind: str) -> dict[str, str | None] | None:
+    """The run.json record of a user spec (:func:`landscape.trust.record`); a Python object
+    is recorded by its type name, with no ``name``, so that no file can rebuild it."""
+    if obj is None:
+        return None
+    if isinstance(obj, str):
+        return record(obj, kind)
+    fn = getattr(obj, "fn", obj)
+    what = getattr(fn, "__qualname__", None) or type(fn).__qualname__
+    return {"name": None, "sha256": None, "object": f"{type(obj).__module__}.{what}"}
 
 
 class UserData:
     """The splits a user data factory returned, their loss, and the spec that rebuilds them.
 
-    ``split(name)`` gives the ``"train"`` or ``"test"`` source; ``loss`` the loss callable or
-    None (then the built-in loss for the targets' dtype); ``spec`` the record in run.json.
+    ``data``: a spec (``"file.py:factory"``, ``"package.module:factory"``) or, in Python, what
+    a factory returns: ``(train, test)`` or ``{"train": ..., "test": ...}``. ``loss``: a spec or
+    a callable ``loss_fn(output, target)``; ``forward_loss``: a spec or a callable hook
+    ``hook(model, batch)`` instead (:class:`landscape.sources.Loss`); neither: the built-in
+    loss for the targets' dtype. ``split(name)`` gives the ``"train"`` or ``"test"`` source;
+    ``spec`` is the record in run.json. Data and losses given as Python objects are recorded
+    by type only: a later command cannot rebuild them from the file.
     """
 
-    def __init__(self, data: str, loss: str | None = None, *, source: str | None = None,
-                 recorded: dict | None = None, trust: bool = False) -> None:
+    def __init__(self, data: Any, loss: Any = None, *, forward_loss: Any = None,
+                 source: str | None = None, recorded: dict | None = None,
+                 trust: bool = False) -> None:
+        where = source or "run.json"
         if recorded is not None:  # read from a file: the user code must be trusted
-            check_recorded(recorded["data"]["name"], recorded["data"]["sha256"],
-                           source=source or "run.json", kind="data", trust=trust)
-            if recorded.get("loss"):
-                check_recorded(recorded["loss"]["name"], recorded["loss"]["sha256"],
-                               source=source or "run.json", kind="loss", trust=trust)
-        factory = load_attribute(data, "data")
-        try:
-            made = factory()
-        except Exception as exc:
-            raise LandscapeError(f"data factory {data!r} failed: {type(exc).__name__}: "
-                                 f"{' '.join(str(exc).split())}") from exc
+            for kind in ("data", "loss", "forward_loss"):
+                entry = recorded.get(kind)
+                if entry and entry.get("name") is None:
+                    raise LandscapeError(
+                        f"{where}: the run's {kind} was given in Python ({entry.get('object')}),"
+                        " which no file can rebuild: load_run(path, data=False) and give the "
+                        "data and loss to Objective yourself")
+                if entry:
+                    check_recorded(entry["name"], entry["sha256"], source=where,
+                                   kind="data" if kind == "data" else "loss", trust=trust)
+        if forward_loss is not None and loss is not None:
+            raise LandscapeError("give a loss or a forward_loss hook, not both")
+        made = data
+        if isinstance(data, str):
+            factory = load_attribute(data, "data")
+            try:
+                made = factory()
+            except Exception as exc:
+                raise LandscapeError(f"data factory {data!r} failed: {type(exc).__name__}: "
+                                     f"{' '.join(str(exc).split())}") from exc
         if isinstance(made, dict):
             made = tuple(made.get(s) for s in SPLITS)
         if not isinstance(made, tuple | list) or len(made) != 2 or made[0] is None:
-            raise LandscapeError(f"data factory {data!r} must return (train, test)")
+            raise LandscapeError(f"data {data if isinstance(data, str) else 'given'!r} must be "
+                                 "(train, test) (a factory returns them)")
         self.splits = dict(zip(SPLITS, made, strict=True))
-        self.loss = load_attribute(loss, "loss") if loss else None
-        self.name = data
-        digest = data_digest(self.splits)
+        self.loss = load_attribute(loss, "loss") if isinstance(loss, str) else loss
+        self.forward_loss = (load_attribute(forward_loss, "forward_loss")
+                             if isinstance(forward_loss, str) else forward_loss)
+        self.name = data if isinstance(data, str) else "python"
+        digest = data_digest(self.splits, whole=self.forward_loss is not None)
         if recorded is not None and recorded.get("digest") not in (None, digest):
             raise LandscapeError(
-                f"{source}: the data of {data!r} changed since the run recorded them (digest "
+                f"{where}: the data of {data!r} changed since the run recorded them (digest "
                 f"{recorded['digest'][:12]}..., now {digest[:12]}...)")
-        self.spec = {"user": True, "data": record(data, "data"),
-                     "loss": record(loss, "loss") if loss else None, "digest": digest}
+        self.spec = {"user": True, "data": _describe(data, "data"),
+                     "loss": _describe(loss, "loss"), "digest": digest,
+                     **({"forward_loss": _describe(forward_loss, "forward_loss")}
+                        if forward_loss is not None else {})}
 
     def split(self, name: str) -> Any:
         if name not in SPLITS or self.splits.get(name) is None:
             raise LandscapeError(f"the user data have no {name!r} split")
         return self.splits[name]
+
+    def shapes(self) -> tuple[tuple[int, ...], int]:
+        """(per-sample input shape, number of outputs) that a user model factory is told:
+        ``(1,)`` for tuple or dict inputs; classes (largest label + 1) for integer targets,
+        target elements per sample for floating ones. Cost: one batch of the train split."""
+        source = Source(self.split("train"), torch.device("cpu"), torch.float32, budget=0,
+                        whole=self.forward_loss is not None)
+        x, y = next(source.batches(1))
+        shape = tuple(x.shape[1:]) if isinstance(x, torch.Tensor) else (1,)
+        outputs = (int(y.max()) + 1 if y.numel() and not y.is_floating_point()
+                   else int(y[0].numel())) or 1
+        return shape, outputs
 
 
 def load_user_data(data: str, loss: str | None = None) -> UserData:
@@ -131,10 +183,7 @@ def adopt(model: str, weights: str | Path, data: str, out: str | Path, *,
     if (out / "run.json").exists() and not overwrite:
         raise LandscapeError(f"{out} already holds a run (use --overwrite to replace it)")
     user = UserData(data, loss)
-    source = Source(user.split("train"), torch.device("cpu"), torch.float32, budget=0)
-    x, y = next(source.batches(1))
-    shape = tuple(x.shape[1:]) if isinstance(x, torch.Tensor) else (1,)
-    outputs = (int(y.max()) + 1 if not y.is_floating_point() else int(y[0].numel())) or 1
+    shape, outputs = user.shapes()
     spec = model_spec(model, shape, outputs)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)

@@ -121,7 +121,8 @@ def _hessian_trace(objective: Any, theta: Tensor | None, s: MeasureSettings) -> 
     t = hessian_trace(objective, theta, method=s.trace_method, rtol=s.trace_rtol,
                       max_probes=s.trace_probes, min_probes=min(10, s.trace_probes),
                       seed=s.seed)
-    return MeasureResult("hessian_trace", float(t.estimate), float(t.stderr),
+    return MeasureResult("hessian_trace", float(t.estimate),
+                         None if t.stderr is None else float(t.stderr),
                          {"method": s.trace_method, "rtol": s.trace_rtol,
                           "max_probes": s.trace_probes, "seed": s.seed},
                          {"hvp": float(t.n_hvp)}, {"n_probes": int(t.n_probes)})

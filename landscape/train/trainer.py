@@ -38,14 +38,23 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from landscape import store
 from landscape.errors import LandscapeError, LandscapeWarning, SettingsMismatch, check_positive
 from landscape.objective import resolve_device
 from landscape.progress import progress as progress_bar
-from landscape.sources import ACCURACY_UNIT
+from landscape.sources import (
+    ACCURACY_UNIT,
+    Loss,
+    Source,
+    accuracy,
+    call_model,
+    length,
+    metric,
+    per_sample,
+    take,
+)
 from landscape.train.run import (
     _CHECKPOINT_RE,
     RUN_FORMAT,
@@ -90,55 +99,69 @@ def _device_name(dev: torch.device) -> str:
     return platform.processor() or platform.machine()
 
 
-def _loss_fn(loss: str):
-    if loss == "cross_entropy":
-        return F.cross_entropy
-    if loss == "mse":
-        return lambda out, y: F.mse_loss(out.reshape(y.shape), y)
-    raise LandscapeError(f"unknown loss {loss!r}")
-
-
 def _config_hash(config: dict) -> str:
     compared = {k: v for k, v in config.items() if k not in _NOT_COMPARED}
     return hashlib.sha256(json.dumps(compared, sort_keys=True).encode()).hexdigest()[:8]
 
 
 def _default_name(config: dict) -> str:
-    model = re.sub(r"[^A-Za-z0-9_.-]+", "_", config["model"].rsplit(":", 1)[-1])
-    return (f"{model}-{config['dataset']}-{config['optimizer']}-lr{config['lr']:g}"
+    model, dataset = (re.sub(r"[^A-Za-z0-9_.-]+", "_", config[k].rsplit(":", 1)[-1])
+                      for k in ("model", "dataset"))
+    return (f"{model}-{dataset}-{config['optimizer']}-lr{config['lr']:g}"
             f"-bs{config['batch_size']}-seed{config['seed']}-{_config_hash(config)}")
 
 
-@torch.no_grad()
 def evaluate(model: nn.Module, x: Tensor, y: Tensor, loss: str,
              batch_size: int = 1024) -> tuple[float, float | None]:
-    """Mean loss and accuracy (None for regression) of ``model`` on ``(x, y)``.
+    """Mean loss and accuracy (None for regression) of ``model`` on tensors ``(x, y)`` with the
+    built-in loss ``loss``: :func:`evaluate_source` on them."""
+    source = Source((x, y), x.device, x.dtype if x.is_floating_point() else torch.float32,
+                    budget=2**62)
+    fn = Loss(loss, target_float=y.is_floating_point(), target_dim=y.dim())
+    return evaluate_source(model, source, fn, accuracy_metric(fn, y), batch_size)
 
-    Eval mode, no grad, float32 forward in chunks of ``batch_size``, sums accumulated in
-    float64. The model's training flag is restored. Cost: one forward pass over the data.
+
+@torch.no_grad()
+def evaluate_source(model: nn.Module, source: Source, loss: Loss, acc: Loss | None,
+                    batch_size: int = 1024) -> tuple[float, float | None]:
+    """Mean loss and accuracy (None when ``acc`` is None) of ``model`` over ``source``.
+
+    Eval mode, no grad, float32 forward in batches of ``batch_size`` (an iterable's own
+    batches), sums of :meth:`landscape.sources.Loss.total` accumulated in float64 and divided
+    by the whole source's weight: the engine's loss and means. The model's training flag is
+    restored. Cost: one forward pass over the data.
     """
     was_training = model.training
     model.eval()
-    n = len(x)
-    total = torch.zeros((), dtype=torch.float64, device=x.device)
-    correct = torch.zeros((), dtype=torch.int64, device=x.device)
-    classify = loss == "cross_entropy"
+    sums = torch.zeros(2, dtype=torch.float64, device=source.device)
     try:
-        for start in range(0, n, batch_size):
-            xb, yb = x[start:start + batch_size], y[start:start + batch_size]
-            out = model(xb).float()
-            if classify:
-                total += F.cross_entropy(out, yb, reduction="sum").double()
-                correct += (out.argmax(1) == yb).sum()
-            else:
-                total += (F.mse_loss(out.reshape(yb.shape), yb, reduction="sum")
-                          / max(1, yb[0].numel())).double()
+        for xb, yb in source.batches(batch_size):
+            out = _output(model, loss, xb)
+            sums[0] += loss.total(out, yb).double()
+            if acc is not None:
+                sums[1] += acc.total(out, yb).double()
     finally:
         model.train(was_training)
-    mean = total.item() / n
-    if not classify:
+    weight = source.elements if loss.mean_over == "elements" else source.n
+    mean, correct = (v / weight for v in sums.tolist())
+    if acc is None:
         return mean, None
-    return mean, (math.nan if math.isnan(mean) else correct.item() / n)  # NaN logits: no acc
+    return mean, (math.nan if math.isnan(mean) else correct)  # NaN logits: no accuracy
+
+
+def accuracy_metric(loss: Loss, targets: Tensor | None) -> Loss | None:
+    """Accuracy averaged like ``loss`` when ``targets`` (some of them) are class labels
+    (integers, a loss of the model's output), as the engine's default metric; else None."""
+    if loss.hook or targets is None or targets.is_floating_point():
+        return None
+    return metric(per_sample(accuracy), loss.mean_over)
+
+
+def _output(net: nn.Module, loss: Loss, inputs: Any) -> Any:
+    """The model's output on ``inputs`` (float32 if floating), or a ``forward_loss`` hook's
+    value on the whole batch."""
+    out = loss(net, inputs) if loss.hook else call_model(net, inputs)
+    return out.float() if isinstance(out, Tensor) and out.is_floating_point() else out
 
 
 # ----------------------------------------------------------------------------- run directory
@@ -221,7 +244,8 @@ def _latest_checkpoint(path: Path) -> Path | None:
 
 # ----------------------------------------------------------------------------- train
 def train(*, model: str = "mlp", dataset: str = "digits", data_dir: str | Path | None = None,
-          train_size: int | None = None, model_options: dict | None = None,
+          train_size: int | None = None, data: Any = None, loss: Any = None,
+          forward_loss: Any = None, model_options: dict | None = None,
           optimizer: str = "momentum", lr: float | None = None, momentum: float | None = None,
           nesterov: bool = False, weight_decay: float = 0.0, rho: float | None = None,
           batch_size: int = 64, epochs: int | None = None, steps: int | None = None,
@@ -242,6 +266,19 @@ def train(*, model: str = "mlp", dataset: str = "digits", data_dir: str | Path |
       ``dataset`` / ``data_dir`` / ``train_size``: see :func:`landscape.data.load_dataset`
       (its subset and synthetic data are drawn from ``data_seed``, None: ``seed``; a study
       fixes it so that training seeds vary the initialization and batch order, not the data).
+    - ``data``: the user's own data instead (``dataset`` may also name it): a spec
+      ``"path/to/file.py:factory"`` / ``"package.module:factory"`` whose factory returns
+      ``(train, test)`` datasets or loaders, or in Python that pair itself (or a
+      :class:`landscape.userdata.UserData`); ``loss``: a spec or callable
+      ``loss_fn(output, target)``, or ``forward_loss`` a hook ``hook(model, batch)``
+      (:class:`landscape.sources.Loss`; default: cross-entropy for integer targets, MSE for
+      floating ones). run.json records specs as ``landscape adopt`` does, so every later
+      command rebuilds the same data and loss (Python objects cannot be rebuilt). Data that
+      fit the memory budget of :class:`landscape.sources.Source` are made resident and
+      minibatched on the device like the built-in datasets (the user loader's batching and
+      order are then not used); larger data are iterated once per epoch with the user's own
+      loader, so batches, order and determinism are then the loader's. History losses are
+      the engine's (:class:`landscape.sources.Loss`, means over the whole split).
     - ``optimizer``, ``lr`` (None: :data:`DEFAULT_LR`), ``momentum`` (None: the optimizer's
       default), ``nesterov``, ``weight_decay``, ``rho`` (SAM/ASAM radius; None: default),
       ``asam_scale`` ("all": every tensor scaled by ``|w| + eta``; "weights": only those
@@ -277,6 +314,8 @@ def train(*, model: str = "mlp", dataset: str = "digits", data_dir: str | Path |
     from landscape.data import NORMALIZATION, augment_crop_flip, load_dataset
     from landscape.models import count_parameters, model_from_spec, model_spec
     from landscape.train.optimizers import OPTIMIZERS, make_optimizer
+    from landscape.trust import is_code_spec
+    from landscape.userdata import UserData
 
     # --- validate everything before touching the disk
     if optimizer not in OPTIMIZERS:
@@ -319,24 +358,67 @@ def train(*, model: str = "mlp", dataset: str = "digits", data_dir: str | Path |
     if data_seed is not None and (isinstance(data_seed, bool) or
                                   not isinstance(data_seed, int | np.integer) or data_seed < 0):
         raise LandscapeError(f"data_seed must be a non-negative integer, got {data_seed!r}")
-    data = load_dataset(dataset, data_dir=data_dir, train_size=train_size,
-                        seed=int(seed if data_seed is None else data_seed))
-    mspec = model_spec(model, data.input_shape, data.num_outputs, **(model_options or {}))
+    if data is None and is_code_spec(dataset):
+        data = dataset
+    if data is None:
+        if loss is not None or forward_loss is not None:
+            raise LandscapeError("loss= and forward_loss= go with data= (the user's own data); "
+                                 f"the built-in dataset {dataset!r} has its own loss")
+        ds = load_dataset(dataset, data_dir=data_dir, train_size=train_size,
+                          seed=int(seed if data_seed is None else data_seed))
+        input_shape, num_outputs, data_name = ds.input_shape, ds.num_outputs, ds.name
+        config_data: dict[str, Any] = {"data_dir": ds.spec.get("data_dir"),
+                                       "train_size": ds.spec.get("train_size")}
+        budget: int | None = 2**62  # built-in datasets are always resident
+        fn = Loss(ds.loss)
+    else:
+        if dataset not in ("digits", data) or data_dir is not None or train_size is not None:
+            raise LandscapeError("data= (the user's own data) replaces dataset=, data_dir= "
+                                 "and train_size=")
+        ds = data if isinstance(data, UserData) else UserData(data, loss,
+                                                              forward_loss=forward_loss)
+        input_shape, num_outputs = ds.shapes()
+        data_name = ds.spec["data"]["name"] or "python"
+        config_data = {"data_dir": None, "train_size": None, "data_digest": ds.spec["digest"],
+                       **{k: v["name"] or v["object"] for k in ("loss", "forward_loss")
+                          if (v := ds.spec.get(k))}}
+        budget = None  # the default fraction of free memory
+        fn = None
+    whole = getattr(ds, "forward_loss", None) is not None
+    train_src = Source(ds.split("train"), dev, torch.float32, budget, whole=whole)
+    try:
+        test_src: Source | None = Source(ds.split("test"), dev, torch.float32, budget,
+                                         whole=whole)
+    except LandscapeError:  # user data without a test split
+        test_src = None
+    # the first two samples, read once here: reading a loader again later would draw from
+    # the random state that a resumed run restores
+    first = next(train_src.batches(2))
+    first = (take(first[0], slice(0, 2)), first[1][:2])
+    if fn is None:
+        fn = Loss(ds.loss, ds.forward_loss, target_float=train_src.target_float,
+                  target_dim=first[1].dim())
+    acc = accuracy_metric(fn, first[1])
+    mspec = model_spec(model, input_shape, num_outputs, **(model_options or {}))
     if augment is None:
-        augment = data.name.startswith("cifar")
+        augment = data_name.startswith("cifar")
     augment = bool(augment)
-    if augment and len(data.input_shape) != 3:
-        raise LandscapeError(f"augmentation needs images, dataset {data.name!r} has inputs of "
-                             f"shape {data.input_shape}")
+    if augment and len(input_shape) != 3:
+        raise LandscapeError(f"augmentation needs images, dataset {data_name!r} has inputs of "
+                             f"shape {input_shape}")
 
-    n_train = len(data.y_train)
+    n_train = train_src.n
     probe = make_optimizer(optimizer, [("weight", nn.Parameter(torch.zeros(1)))], lr=lr,
                            momentum=momentum, nesterov=nesterov, weight_decay=weight_decay,
                            rho=rho, asam_scale=asam_scale,
                            **({"n_batches": 1} if optimizer == "sag" else {}))
     requires = getattr(probe, "requires", frozenset({"closure"}))
     full_batch = "full_batch" in requires
-    spe = 1 if full_batch else math.ceil(n_train / batch_size)   # steps per epoch
+    if "batch_index" in requires and not train_src.resident:
+        raise LandscapeError(f"{optimizer} steps over a fixed partition of the training set: "
+                             "it needs data that fit the memory budget")
+    spe = (1 if full_batch else train_src.n_batches if not train_src.resident
+           and train_src.n_batches is not None else math.ceil(n_train / batch_size))
     cap = epochs if steps is None else math.ceil(steps / spe)    # epochs at most
     sched = make_schedule(schedule, lr, epochs=cap, steps_per_epoch=spe,
                           warmup_epochs=warmup_epochs, step_size=step_size, gamma=gamma)
@@ -348,8 +430,8 @@ def train(*, model: str = "mlp", dataset: str = "digits", data_dir: str | Path |
         if "batch_index" in requires else None)
 
     config = store.jsonable({
-        "model": mspec["name"], "model_options": mspec["options"], "dataset": data.name,
-        "data_dir": data.spec.get("data_dir"), "train_size": data.spec.get("train_size"),
+        "model": mspec["name"], "model_options": mspec["options"], "dataset": data_name,
+        **config_data,
         "optimizer": optimizer, "lr": lr, "momentum": momentum, "nesterov": bool(nesterov),
         "weight_decay": float(weight_decay), "rho": rho, "batch_size": batch_size,
         "epochs": epochs, "schedule": schedule, "warmup_epochs": int(warmup_epochs),
@@ -392,7 +474,7 @@ def train(*, model: str = "mlp", dataset: str = "digits", data_dir: str | Path |
             load_weights(net, state_dict_of(torch_load(path / "model.pt"), path / "model.pt"),
                          path / "model.pt")
             _warn_unmet(path, old.get("stopping"))
-            return Run(path=path, config=config, model=net.eval(), data=data,
+            return Run(path=path, config=config, model=net.eval(), data=ds,
                        history=read_history(path), info=old)
 
     cuda_devices = [dev.index if dev.index is not None else torch.cuda.current_device()] \
@@ -426,11 +508,11 @@ def train(*, model: str = "mlp", dataset: str = "digits", data_dir: str | Path |
                                      ) from None
 
         if dev.type == "cpu" and threads is None:
-            small = _macs_per_sample(net, data.input_shape) * batch_size < 1e8
+            small = _macs_per_sample(net, fn, take(first[0], slice(0, 1))) * batch_size < 1e8
             threads = 1 if small else torch.get_num_threads()
         threads = threads or torch.get_num_threads()
 
-        _check_fits(net, data, mspec["name"], dev)
+        _check_fits(net, first, fn, mspec["name"], data_name, num_outputs)
         # --- from here on the directory is written
         if action == "overwrite":
             _clear_run_files(path)
@@ -438,9 +520,11 @@ def train(*, model: str = "mlp", dataset: str = "digits", data_dir: str | Path |
             (path / "checkpoints").mkdir(parents=True, exist_ok=True)
         info = {
             "format": RUN_FORMAT, "format_version": RUN_FORMAT_VERSION, "name": path.name,
-            "config": config, "model": mspec, "dataset": data.spec,
-            "data_sizes": {"train": n_train, "test": len(data.y_test)},
-            "loss": data.loss, "task": data.task, "num_parameters": count_parameters(net),
+            "config": config, "model": mspec, "dataset": ds.spec,
+            "data_sizes": {"train": n_train, "test": 0 if test_src is None else test_src.n},
+            "loss": config.get("loss", fn.name),
+            "task": "regression" if acc is None else "classification",
+            "num_parameters": count_parameters(net),
             "steps_per_epoch": spe, "optimizer_requires": sorted(requires),
             "device": str(dev), "device_name": _device_name(dev), "versions": store.versions(),
             "threads": threads if dev.type == "cpu" else None,
@@ -458,11 +542,11 @@ def train(*, model: str = "mlp", dataset: str = "digits", data_dir: str | Path |
             info["status"] = "complete"
         atomic_write_json(path / "run.json", info)
 
-        trainer = _Trainer(net, opt, requires, data, dev, loss=data.loss,
+        trainer = _Trainer(net, opt, requires, train_src, test_src, dev, loss=fn, acc=acc,
                            batch_size=batch_size, steps=spe, sched=sched, gen=gen, amp=amp,
                            augment=augment, fixed=fixed,
-                           fill=[-m / s for m, s in zip(*NORMALIZATION[data.name], strict=True)]
-                           if augment and data.name in NORMALIZATION else 0.0,
+                           fill=[-m / s for m, s in zip(*NORMALIZATION[data_name], strict=True)]
+                           if augment and data_name in NORMALIZATION else 0.0,
                            augment_fn=augment_crop_flip)
         tracker = None
         if tracking is not None:
@@ -521,35 +605,46 @@ def train(*, model: str = "mlp", dataset: str = "digits", data_dir: str | Path |
         atomic_write_json(path / "run.json", info)
 
     _warn_unmet(path, info["stopping"])
-    return Run(path=path, config=config, model=net.cpu().eval(), data=data, history=history,
+    return Run(path=path, config=config, model=net.cpu().eval(), data=ds, history=history,
                info=info)
 
 
-def _check_fits(net: nn.Module, data: Any, name: str, dev: torch.device) -> None:
-    """A one-line LandscapeError naming the shapes when the model's output on two training
-    samples does not fit the task (``[n, classes]`` logits, or one value per target), checked
-    before the run directory is written. An eval-mode forward pass: no state or RNG changes."""
-    x, y = data.x_train[:2].to(dev), data.y_train[:2]
+def _check_fits(net: nn.Module, probe: tuple[Any, Tensor], loss: Loss, name: str,
+                data_name: str, num_outputs: int) -> None:
+    """A one-line LandscapeError naming the shapes when the model's output on the training
+    samples ``probe`` does not fit the task (the built-in losses: ``[n, classes]`` logits, or
+    one value per target) or the loss fails on it, checked before the run directory is
+    written. An eval-mode forward pass: no state or RNG changes."""
+    x, y = probe
+    shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
     was_training = net.training
     try:
         with torch.no_grad():
-            out = net.eval()(x)
+            out = _output(net.eval(), loss, x)
     except Exception as err:  # noqa: BLE001 - any failure of the user's forward is reported
         detail = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise LandscapeError(f"model {name!r} cannot take the inputs of dataset {data.name!r} "
-                             f"(shape {tuple(x.shape)}): {detail}") from None
+        raise LandscapeError(f"model {name!r} cannot take the inputs of dataset {data_name!r} "
+                             f"(shape {shape}): {detail}") from None
     finally:
         net.train(was_training)
-    classify = data.task == "classification"
-    want = (f"({len(x)}, {data.num_outputs} or more) logits" if classify
-            else f"{tuple(y.shape)} values")
-    fits = isinstance(out, torch.Tensor) and (
-        out.ndim == 2 and out.shape[0] == len(x) and out.shape[1] >= data.num_outputs
-        if classify else out.numel() == y.numel())
-    if not fits:
-        got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-        raise LandscapeError(f"model {name!r} gives outputs of shape {got} for inputs of shape "
-                             f"{tuple(x.shape)} of dataset {data.name!r}, which needs {want}")
+    if not loss.hook and loss.fn is None:
+        classify = loss.is_classification
+        want = (f"({length(x)}, {num_outputs} or more) logits" if classify
+                else f"{tuple(y.shape)} values")
+        fits = isinstance(out, torch.Tensor) and (
+            out.ndim == 2 and out.shape[0] == length(x) and out.shape[1] >= num_outputs
+            if classify else out.numel() == y.numel())
+        if not fits:
+            got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+            raise LandscapeError(f"model {name!r} gives outputs of shape {got} for inputs of "
+                                 f"shape {shape} of dataset {data_name!r}, which needs {want}")
+    try:
+        with torch.no_grad():
+            loss.total(out, y)
+    except Exception as err:  # noqa: BLE001 - any failure of the user's loss is reported
+        detail = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise LandscapeError(f"the loss {loss.name} fails on the outputs of model {name!r} "
+                             f"for dataset {data_name!r}: {detail}") from None
 
 
 def _warn_unmet(path: Path, stopping: dict | None) -> None:
@@ -586,10 +681,11 @@ def _num_threads(threads: int | None):
 
 
 @torch.no_grad()
-def _macs_per_sample(net: nn.Module, input_shape: tuple[int, ...]) -> int:
+def _macs_per_sample(net: nn.Module, loss: Loss, sample: Any) -> int:
     """Multiply-adds of one forward pass of one sample in the linear and conv layers.
 
-    One dry forward of a zero sample in eval mode (no statistics change, no random numbers).
+    One dry forward of ``sample`` (a batch of one) in eval mode (no statistics change, no
+    random numbers).
     """
     total = 0
 
@@ -603,8 +699,7 @@ def _macs_per_sample(net: nn.Module, input_shape: tuple[int, ...]) -> int:
     was_training = net.training
     net.eval()
     try:
-        device = next(net.parameters()).device
-        net(torch.zeros(1, *input_shape, device=device))
+        _output(net, loss, sample)
     except Exception:  # noqa: BLE001 - a model we cannot probe is treated as large
         return 1 << 62
     finally:
@@ -629,25 +724,24 @@ def _cuda_flags(dev: torch.device):
 
 
 class _Trainer:
-    """One epoch of training for any optimizer of the step protocol, data on the device."""
+    """One epoch of training for any optimizer of the step protocol: resident data minibatched
+    on the device, streamed data in the source's (the user loader's) batches."""
 
     def __init__(self, net: nn.Module, opt: torch.optim.Optimizer, requires: frozenset,
-                 data: Any, dev: torch.device, *, loss: str, batch_size: int, steps: int,
-                 sched: Any, gen: torch.Generator, amp: bool, augment: bool,
-                 fixed: list[Tensor] | None, fill: Any, augment_fn: Any) -> None:
+                 train_src: Source, test_src: Source | None, dev: torch.device, *, loss: Loss,
+                 acc: Loss | None, batch_size: int, steps: int, sched: Any,
+                 gen: torch.Generator, amp: bool, augment: bool, fixed: list[Tensor] | None,
+                 fill: Any, augment_fn: Any) -> None:
         self.net, self.opt, self.requires = net, opt, requires
         self.dev, self.loss, self.batch_size, self.steps = dev, loss, batch_size, steps
         self.sched, self.gen, self.amp, self.augment = sched, gen, amp, augment
         # the padding value as a device tensor, so augmenting a batch copies nothing from the host
-        self.fill = torch.as_tensor(fill, dtype=data.x_train.dtype, device=dev).reshape(-1)
+        self.fill = torch.as_tensor(fill, dtype=torch.float32, device=dev).reshape(-1)
         self.augment_fn = augment_fn
-        self.loss_fn = _loss_fn(loss)
-        self.classify = loss == "cross_entropy"
-        self.x_train = data.x_train.to(dev)
-        self.y_train = data.y_train.to(dev)
-        self.x_test = data.x_test.to(dev)
-        self.y_test = data.y_test.to(dev)
-        self.n = len(self.y_train)
+        self.acc = acc
+        self.train_src, self.test_src = train_src, test_src
+        self.n = train_src.n
+        self.weight_total = train_src.elements if loss.mean_over == "elements" else self.n
         self.eval_batch = 4096 if dev.type == "cuda" else 1024
         self.grad_batch = 2048 if dev.type == "cuda" else 1024
         self.fixed = None if fixed is None else [idx.to(dev) for idx in fixed]
@@ -661,10 +755,10 @@ class _Trainer:
 
     def history_row(self, epoch: int, *, step: int, lr: float | None, seconds: float) -> dict:
         """The history row of ``epoch``; ``step``: optimizer steps taken so far in all."""
-        train_loss, train_acc = evaluate(self.net, self.x_train, self.y_train, self.loss,
-                                         self.eval_batch)
-        test_loss, test_acc = evaluate(self.net, self.x_test, self.y_test, self.loss,
-                                       self.eval_batch)
+        train_loss, train_acc = evaluate_source(self.net, self.train_src, self.loss, self.acc,
+                                                self.eval_batch)
+        test_loss, test_acc = (None, None) if self.test_src is None else evaluate_source(
+            self.net, self.test_src, self.loss, self.acc, self.eval_batch)
         return {"epoch": epoch, "step": step, "train_loss": train_loss, "train_acc": train_acc,
                 "test_loss": test_loss, "test_acc": test_acc, "lr": lr, "seconds": seconds}
 
@@ -687,11 +781,10 @@ class _Trainer:
         self.opt.zero_grad(set_to_none=True)
         total = torch.zeros((), device=self.dev)
         with self._bn_frozen(not update_bn):
-            for s in range(0, self.n, self.grad_batch):
-                xb, yb = self.x_train[s:s + self.grad_batch], self.y_train[s:s + self.grad_batch]
+            for xb, yb in self.train_src.batches(self.grad_batch):
                 with self.autocast():
-                    out = self.net(xb)
-                loss = self.loss_fn(out.float(), yb) * (len(yb) / self.n)
+                    out = _output(self.net, self.loss, xb)
+                loss = self.loss.total(out, yb) / self.weight_total
                 loss.backward()
                 total += loss.detach()
         return total
@@ -710,24 +803,29 @@ class _Trainer:
             self.opt.zero_grad(set_to_none=True)
             with self._bn_frozen(not update_bn):  # restored after backward (autograd versions)
                 with self.autocast():
-                    out = self.net(xb)
-                loss = self.loss_fn(out.float(), yb)
+                    out = _output(self.net, self.loss, xb)
+                loss = self.loss.total(out, yb) / self.loss.weight(yb)
                 loss.backward()
             if not record:
-                correct = (out.argmax(1) == yb).sum() if self.classify else None
+                correct = None if self.acc is None else self.acc.total(out.detach(), yb)
                 record.append((loss.detach(), correct))
             return loss
         return self.step_closure(fn)
 
     def _batches(self):
-        if self.fixed is not None:
+        """``(partition index or None, inputs, targets)`` of each step of one epoch."""
+        if not self.train_src.resident:
+            for xb, yb in self.train_src.batches(self.batch_size):
+                yield None, xb, yb
+        elif self.fixed is not None:
             order = torch.randperm(len(self.fixed), generator=self.gen, device=self.dev)
             for i in order.tolist():
-                yield i, self.fixed[i]
+                yield i, *self.train_src.rows(self.fixed[i], self.batch_size)
         else:
             perm = torch.randperm(self.n, generator=self.gen, device=self.dev)
             for b in range(self.steps):
-                yield None, perm[b * self.batch_size:(b + 1) * self.batch_size]
+                yield None, *self.train_src.rows(perm[b * self.batch_size:(b + 1) *
+                                                      self.batch_size], self.batch_size)
 
     def train_epoch(self, epoch: int, bar: Any, budget: int) -> tuple[float, float, int]:
         """Train epoch ``epoch`` (1-based), its first ``budget`` steps at most; returns
@@ -749,17 +847,16 @@ class _Trainer:
                 self.on_step(t + 1)
         else:
             sum_loss = torch.zeros((), device=self.dev)
-            sum_correct = torch.zeros((), dtype=torch.int64, device=self.dev)
+            sum_correct = torch.zeros((), dtype=torch.float64, device=self.dev)
             seen = 0
             shown = time.perf_counter()
             taken = 0
-            for b, (index, idx) in enumerate(self._batches()):
+            for b, (index, xb, yb) in enumerate(self._batches()):
                 if b == budget:
                     break
                 taken += 1
                 lr = self.sched(t + b)
                 self._set_lr(lr)
-                xb, yb = self.x_train[idx], self.y_train[idx]
                 if self.augment:
                     xb = self.augment_fn(xb, self.gen, 4, fill=self.fill)
                 record: list = []
@@ -771,14 +868,15 @@ class _Trainer:
                 if self.on_step is not None:
                     self.on_step(t + b + 1)
                 batch_loss, correct = record[0]
-                sum_loss += batch_loss * len(yb)
+                weight = self.loss.weight(yb)
+                sum_loss += batch_loss * weight
                 if correct is not None:
                     sum_correct += correct
-                seen += len(yb)
+                seen += weight
                 now = time.perf_counter()
                 if not bar.disable and now - shown > 0.5:
                     shown = now
-                    acc = f" acc {sum_correct.item() / seen:.1%}" if self.classify else ""
+                    acc = "" if self.acc is None else f" acc {sum_correct.item() / seen:.1%}"
                     bar.set_postfix_str(f"epoch {epoch} batch {b + 1}/{self.steps} "
                                         f"loss {sum_loss.item() / seen:.4g}{acc}")
         if self.dev.type == "cuda":
