@@ -241,6 +241,7 @@ def train_cmd(widths: str | None, model_option: tuple[str, ...], as_json: bool,
     """Train a model and keep a run directory (checkpoints, history, run.json)."""
     import time
 
+    from landscape.sources import ACCURACY_UNIT
     from landscape.train import train
 
     options = _parse_model_options(model_option)
@@ -251,6 +252,7 @@ def train_cmd(widths: str | None, model_option: tuple[str, ...], as_json: bool,
     last = run.history[-1]
     summary = {"run": str(run.path), "epochs": last["epoch"], "stopping": run.stopping,
                **{k: last[k] for k in ("train_loss", "train_acc", "test_loss", "test_acc")},
+               "accuracy_unit": ACCURACY_UNIT,
                "train_seconds": sum(r["seconds"] for r in run.history),
                "wall_seconds": time.perf_counter() - t0, "config": run.config}
     if as_json:
@@ -795,7 +797,7 @@ def toy_cmd(function: str, kappa: float | None, eigenvalues: str | None, dim: in
 @click.argument("files", nargs=-1, required=True, type=click.Path())
 @click.option("--kind", type=click.Choice(["curve", "contour", "filled", "heatmap", "surface3d",
                                            "trajectory", "density", "ratio", "vtk", "compare",
-                                           "track"]),
+                                           "track", "toy-paths", "toy-losses"]),
               default=None, help="Plot kind (default: from the file's kind).")
 @click.option("--metric", default="train_loss", show_default=True,
               help="Dataset of a 2D surface to draw (train_loss, test_acc, ...).")
@@ -810,7 +812,8 @@ def toy_cmd(function: str, kappa: float | None, eigenvalues: str | None, dim: in
 def plot_cmd(files: tuple[str, ...], kind: str | None, metric: str, vmin: float | None,
              vmax: float | None, levels: str | None, log: bool | None, out: str) -> None:
     """Draw a stored result (surface, interpolation, trajectory, Hessian, study, a run's
-    track) as a figure; several tracks (track.h5 files or run directories) are overlaid."""
+    track, a toy run's paths.h5) as a figure; several tracks (track.h5 files or run
+    directories) are overlaid."""
     from landscape.plot.render import render
 
     click.echo(str(render(files[0] if len(files) == 1 else files, out, kind=kind,

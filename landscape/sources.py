@@ -420,6 +420,11 @@ class Loss:
         return (out if self.hook else self.fn(out, y)) * self.weight(y)
 
 
+#: The one unit of every stored accuracy (surface datasets, run histories, study tables, JSON):
+#: a fraction in [0, 1]; text and figures show it in percent. Stored beside each as ``unit``.
+ACCURACY_UNIT = "fraction"
+
+
 def accuracy(out: Tensor, y: Tensor) -> Tensor:
     """1.0 where the largest output (last dim) is the target class, else 0.0: ``[B, ...]``."""
     return (out.argmax(-1) == y).to(torch.float64)

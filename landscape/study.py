@@ -62,6 +62,7 @@ from landscape.analysis.measures import (
 )
 from landscape.errors import LandscapeError, SettingsMismatch, check_int, unknown_name
 from landscape.progress import progress
+from landscape.sources import ACCURACY_UNIT
 from landscape.stats import LEVEL, Interval, compare, confidence_interval
 
 STUDY_FORMAT = 2
@@ -78,11 +79,13 @@ STUDY_MEASURES = ("top_eigenvalue", "hessian_trace", "epsilon_sharpness", "adapt
 OUTCOMES: tuple[tuple[str, str, str], ...] = (
     ("train_loss", "train loss", ".3g"),
     ("steps", "steps", ".0f"),
-    ("train_acc", "train acc. (%)", ".1f"),
-    ("test_acc", "test acc. (%)", ".1f"),
-    ("generalization_gap", "gap (pp)", ".2f"),
+    ("train_acc", "train acc.", ".1%"),
+    ("test_acc", "test acc.", ".1%"),
+    ("generalization_gap", "acc. gap", ".2%"),
     ("test_loss", "test loss", ".3g"),
 )
+#: Outcomes that are accuracies (or their difference), stored in ``ACCURACY_UNIT``.
+ACCURACY_COLUMNS = ("train_acc", "test_acc", "generalization_gap")
 #: Short names of swept options in recipe names (``sgd-lr0.1-bs32``).
 SWEEP_TAGS = {"lr": "lr", "batch_size": "bs", "momentum": "m", "weight_decay": "wd"}
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
@@ -577,7 +580,7 @@ def _per_seed_row(run: Any, curves: Sequence[Any], measures: Mapping[str, Mappin
     for split in ("train", "test"):
         loss, acc = center.get(f"center_{split}_loss"), center.get(f"center_{split}_acc")
         row[f"{split}_loss"] = None if loss is None else float(loss)
-        row[f"{split}_acc"] = None if acc is None else 100.0 * float(acc)
+        row[f"{split}_acc"] = None if acc is None else float(acc)   # ACCURACY_UNIT
     row["generalization_gap"] = (None if None in (row["train_acc"], row["test_acc"])
                                  else row["train_acc"] - row["test_acc"])
     stopping = run.stopping
@@ -602,7 +605,8 @@ def _recipe_row(recipe: Recipe, common: Mapping[str, Any], match: str | None,
         row.update(lr=lr, batch_size=b, lr_over_b=lr / b)
     for q in quantities:
         values = [r.row.get(q) for r in results]
-        row[q] = {**confidence_interval(values).to_dict(), "values": values}
+        row[q] = {**confidence_interval(values).to_dict(), "values": values,
+                  **({"unit": ACCURACY_UNIT} if q in ACCURACY_COLUMNS else {})}
     return row
 
 

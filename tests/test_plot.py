@@ -18,18 +18,15 @@ from typing import Any
 import h5py
 import numpy as np
 import pytest
-import torch
+from _figures import NX, NY, drawn_texts, texts_off_canvas, tight_box_overhang
 from click.testing import CliRunner
 from matplotlib import colors
 from matplotlib.collections import QuadMesh
 from matplotlib.contour import ContourSet
 from matplotlib.figure import Figure
-from torch import nn
 
-from landscape.analysis.hessian import analyze_hessian, curvature_map
 from landscape.cli import main
 from landscape.errors import LandscapeError
-from landscape.objective import Objective
 from landscape.plot import (
     color_scale,
     curvature_ratio,
@@ -46,46 +43,7 @@ from landscape.plot import (
     save_figure,
 )
 from landscape.plot.render import render
-from landscape.surface import compute_surface, load_surface, random_direction
-
-NX, NY = 6, 4   # a non-square grid, so swapped axes would show
-
-
-def _objectives(seed: int = 0) -> dict[str, Objective]:
-    torch.manual_seed(seed)
-    model = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 3))
-    gen = torch.Generator().manual_seed(1)
-    x, y = torch.randn(50, 4, generator=gen), torch.randint(0, 3, (50,), generator=gen)
-    return {"train": Objective(model, (x[:36], y[:36]), precision="float64"),
-            "test": Objective(model, (x[36:], y[36:]), precision="float64")}
-
-
-@pytest.fixture(scope="module")
-def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """Small stored results of every kind (a few seconds in all)."""
-    root = tmp_path_factory.mktemp("plots")
-    objs = _objectives()
-    o = objs["train"]
-    dx = random_direction(o.space, o.theta0, 0, "filter", "biasbn").double()
-    dy = random_direction(o.space, o.theta0, 1, "filter", "biasbn").double()
-    out = {name: root / f"{name}.h5" for name in
-           ("curve", "surface", "interp", "traj", "hessian")}
-    common = {"show_progress": False}
-    compute_surface(objs, out["curve"], "-1:1:9", directions=[dx],
-                    settings={"norm": "filter"}, **common)
-    compute_surface({"train": o}, out["surface"], f"-1:1:{NX}", f"-0.5:0.5:{NY}",
-                    directions=[dx, dy], settings={"norm": "filter"}, **common)
-    compute_surface(objs, out["interp"], "-0.5:1.5:5", directions=[dx], kind="interpolation",
-                    attrs={"endpoints": ["runs/small", "runs/large"]}, **common)
-    coords = np.array([[-1.0, 0.4], [-0.6, -0.2], [-0.2, 0.1]])
-    compute_surface({"train": o}, out["traj"], "-1.2:0.3:5", "-0.4:0.6:4", directions=[dx, dy],
-                    kind="trajectory", extras={"path/coords": coords,
-                                               "path/epochs": np.array([0, 2, 4])},
-                    attrs={"explained_variance_ratio": [0.812, 0.103]}, **common)
-    curvature_map(o, out["surface"], tol=1e-6)
-    analyze_hessian(o, top=2, bottom=1, density=True, density_probes=2, density_steps=12,
-                    out=out["hessian"])
-    return out
+from landscape.surface import load_surface
 
 
 def _read(path: Path, name: str) -> np.ndarray:
@@ -98,26 +56,26 @@ def _contour_sets(fig: Figure) -> list[ContourSet]:
 
 
 # ------------------------------------------------------------------------------------- 1D
-def test_curve_draws_stored_loss_and_accuracy_on_twin_axes_with_units(files) -> None:
-    fig = plot_curve(files["curve"])
+def test_curve_draws_stored_loss_and_accuracy_on_twin_axes_with_units(plot_files) -> None:
+    fig = plot_curve(plot_files["curve"])
     assert isinstance(fig, Figure) and len(fig.axes) == 2   # loss and its accuracy twin
     ax, ax_acc = fig.axes
     assert ax.get_ylabel() == "loss (nats)" and ax_acc.get_ylabel() == "accuracy (%)"
     assert "alpha" in ax.get_xlabel() and "filter-normalized" in ax.get_xlabel()
-    x = _read(files["curve"], "x")
+    x = _read(plot_files["curve"], "x")
     loss = {line.get_label(): line.get_ydata() for line in ax.get_lines()}
-    np.testing.assert_allclose(loss["train loss"], _read(files["curve"], "train_loss"))
-    np.testing.assert_allclose(loss["test loss"], _read(files["curve"], "test_loss"))
+    np.testing.assert_allclose(loss["train loss"], _read(plot_files["curve"], "train_loss"))
+    np.testing.assert_allclose(loss["test loss"], _read(plot_files["curve"], "test_loss"))
     acc = {line.get_label(): line.get_ydata() for line in ax_acc.get_lines()}
-    np.testing.assert_allclose(acc["test accuracy"], 100 * _read(files["curve"], "test_acc"))
+    np.testing.assert_allclose(acc["test accuracy"], 100 * _read(plot_files["curve"], "test_acc"))
     for line in [*ax.get_lines(), *ax_acc.get_lines()]:
         np.testing.assert_allclose(line.get_xdata(), x)
         assert np.isfinite(line.get_ydata()).all()
     assert ax.get_legend() is not None
 
 
-def test_several_curves_share_one_axes_one_colour_per_model(files) -> None:
-    fig = plot_curve({"small": files["curve"], "large": load_surface(files["curve"])},
+def test_several_curves_share_one_axes_one_colour_per_model(plot_files) -> None:
+    fig = plot_curve({"small": plot_files["curve"], "large": load_surface(plot_files["curve"])},
                      log=True)
     assert len(fig.axes) == 1                                   # accuracy off for several
     ax = fig.axes[0]
@@ -130,15 +88,15 @@ def test_several_curves_share_one_axes_one_colour_per_model(files) -> None:
     assert {"small", "large", "train", "test"} <= set(labels)
 
 
-def test_interpolation_curve_names_its_endpoints(files) -> None:
-    ax = plot_curve(files["interp"]).axes[0]
+def test_interpolation_curve_names_its_endpoints(plot_files) -> None:
+    ax = plot_curve(plot_files["interp"]).axes[0]
     assert ax.get_xlabel() == "$t$ (0: small, 1: large)"
 
 
-def test_curve_into_a_given_axes_returns_that_figure(files) -> None:
+def test_curve_into_a_given_axes_returns_that_figure(plot_files) -> None:
     fig = Figure()
     ax = fig.add_subplot()
-    assert plot_curve(files["curve"], ax, accuracy=False) is fig and fig.axes == [ax]
+    assert plot_curve(plot_files["curve"], ax, accuracy=False) is fig and fig.axes == [ax]
 
 
 # ------------------------------------------------------------------------------------- 2D
@@ -157,10 +115,10 @@ def test_color_scale_log_levels_by_default_for_a_wide_positive_range() -> None:
         color_scale(data, vmin=2.0, vmax=1.0)
 
 
-def test_contour_lines_follow_the_stored_grid_with_a_colorbar(files) -> None:
-    fig = plot_contour(files["surface"], levels=7, log=False)
+def test_contour_lines_follow_the_stored_grid_with_a_colorbar(plot_files) -> None:
+    fig = plot_contour(plot_files["surface"], levels=7, log=False)
     (cs,) = _contour_sets(fig)
-    z = _read(files["surface"], "train_loss")
+    z = _read(plot_files["surface"], "train_loss")
     assert z.shape == (NY, NX)
     assert (cs.norm.vmin, cs.norm.vmax) == (z.min(), z.max())
     np.testing.assert_allclose(cs.levels, np.linspace(z.min(), z.max(), 7))
@@ -170,60 +128,62 @@ def test_contour_lines_follow_the_stored_grid_with_a_colorbar(files) -> None:
     assert len(fig.axes) == 2 and fig.axes[1].get_ylabel() == "train loss (nats)"
 
 
-def test_filled_contours_and_heat_map_show_the_stored_values(files) -> None:
-    fig = plot_filled(files["surface"], vmin=0.5, vmax=3.0)
+def test_filled_contours_and_heat_map_show_the_stored_values(plot_files) -> None:
+    fig = plot_filled(plot_files["surface"], vmin=0.5, vmax=3.0)
     (cs,) = _contour_sets(fig)
     assert cs.filled and (cs.norm.vmin, cs.norm.vmax) == (0.5, 3.0)
-    fig = plot_heatmap(files["surface"], metric="train_acc")
+    fig = plot_heatmap(plot_files["surface"], metric="train_acc")
     (mesh,) = [a for a in fig.axes[0].get_children() if isinstance(a, QuadMesh)]
     np.testing.assert_allclose(np.asarray(mesh.get_array()).reshape(NY, NX),
-                               100 * _read(files["surface"], "train_acc"))
+                               100 * _read(plot_files["surface"], "train_acc"))
     assert fig.axes[1].get_ylabel() == "train accuracy (%)"
 
 
-def test_surface3d_draws_on_a_3d_axes_with_clipped_z(files) -> None:
-    z = _read(files["surface"], "train_loss")
+def test_surface3d_draws_on_a_3d_axes_with_clipped_z(plot_files) -> None:
+    z = _read(plot_files["surface"], "train_loss")
     vmax = float(np.median(z))
-    fig = plot_surface3d(files["surface"], vmax=vmax, log=False)
+    fig = plot_surface3d(plot_files["surface"], vmax=vmax, log=False)
     ax = fig.axes[0]
     assert ax.name == "3d" and ax.get_zlabel() == "train loss (nats)"
     lo, hi = ax.zz_dataLim.intervalx   # the z range of the drawn surface
     assert (lo, hi) == (pytest.approx(z.min()), pytest.approx(vmax))
     with pytest.raises(LandscapeError, match="3D axes"):
-        plot_surface3d(files["surface"], Figure().add_subplot())
+        plot_surface3d(plot_files["surface"], Figure().add_subplot())
 
 
-def test_trajectory_labels_carry_explained_variance_and_epochs(files) -> None:
-    fig = plot_trajectory(files["traj"])
+def test_trajectory_labels_carry_explained_variance_and_epochs(plot_files) -> None:
+    fig = plot_trajectory(plot_files["traj"])
     ax = fig.axes[0]
     assert ax.get_xlabel() == "PC 1 (81.2% of variance)"
     assert ax.get_ylabel() == "PC 2 (10.3% of variance)"
     path = [line for line in ax.get_lines() if line.get_label().startswith("path")][0]
     np.testing.assert_allclose(np.c_[path.get_xdata(), path.get_ydata()],
-                               np.vstack([_read(files["traj"], "path/coords"), [[0, 0]]]))
+                               np.vstack([_read(plot_files["traj"], "path/coords"), [[0, 0]]]))
     assert sorted(t.get_text() for t in ax.texts) == ["0", "2", "4"]
     assert len(_contour_sets(fig)) == 1
 
 
-def test_density_plot_is_log_scaled_and_marks_lanczos_eigenvalues(files) -> None:
-    fig = plot_density(files["hessian"])
+def test_density_plot_is_log_scaled_and_marks_lanczos_eigenvalues(plot_files) -> None:
+    fig = plot_density(plot_files["hessian"])
     ax = fig.axes[0]
     assert ax.get_yscale() == "log" and "eigenvalue" in ax.get_xlabel()
     density, eig = ax.get_lines()[0], ax.get_lines()[1]
-    grid, dens = _read(files["hessian"], "density/grid"), _read(files["hessian"], "density/density")
+    grid = _read(plot_files["hessian"], "density/grid")
+    dens = _read(plot_files["hessian"], "density/density")
     np.testing.assert_allclose(density.get_xdata(), grid)
     shown = np.asarray(density.get_ydata(), dtype=float)
     np.testing.assert_allclose(shown[np.isfinite(shown)], dens[np.isfinite(shown)])
-    stored = np.r_[_read(files["hessian"], "eigenvalues_top"),
-                   _read(files["hessian"], "eigenvalues_bottom")]
+    stored = np.r_[_read(plot_files["hessian"], "eigenvalues_top"),
+                   _read(plot_files["hessian"], "eigenvalues_bottom")]
     np.testing.assert_allclose(np.sort(eig.get_xdata()), np.sort(stored))
 
 
-def test_ratio_map_is_abs_min_over_max_of_the_curvature_map(files) -> None:
-    hmax, hmin = _read(files["surface"], "hessian_max"), _read(files["surface"], "hessian_min")
+def test_ratio_map_is_abs_min_over_max_of_the_curvature_map(plot_files) -> None:
+    hmax = _read(plot_files["surface"], "hessian_max")
+    hmin = _read(plot_files["surface"], "hessian_min")
     expected = np.where(hmax > 0, np.abs(hmin / hmax), np.nan)
-    np.testing.assert_allclose(curvature_ratio(files["surface"]), expected)
-    fig = plot_ratio(files["surface"])
+    np.testing.assert_allclose(curvature_ratio(plot_files["surface"]), expected)
+    fig = plot_ratio(plot_files["surface"])
     (mesh,) = [a for a in fig.axes[0].get_children() if isinstance(a, QuadMesh)]
     shown = np.ma.filled(np.asarray(mesh.get_array(), dtype=float), np.nan).reshape(NY, NX)
     np.testing.assert_allclose(shown, expected)
@@ -231,16 +191,16 @@ def test_ratio_map_is_abs_min_over_max_of_the_curvature_map(files) -> None:
 
 
 # ------------------------------------------------------------------------------------ VTK
-def test_legacy_vtk_has_one_point_per_grid_node_and_one_quad_per_cell(files, tmp_path) -> None:
-    path = export_vtk(files["surface"], tmp_path / "s.vtk")
+def test_legacy_vtk_has_one_point_per_grid_node_and_one_quad_per_cell(plot_files, tmp_path) -> None:
+    path = export_vtk(plot_files["surface"], tmp_path / "s.vtk")
     lines = path.read_text().splitlines()
     assert lines[0].startswith("# vtk DataFile") and lines[3] == "DATASET POLYDATA"
     n_points = int(re.match(r"POINTS (\d+) double", lines[4]).group(1))
     assert n_points == NX * NY
     points = np.array([[float(v) for v in line.split()] for line in lines[5:5 + n_points]])
-    z = _read(files["surface"], "train_loss")
+    z = _read(plot_files["surface"], "train_loss")
     np.testing.assert_allclose(points[:, 2], z.ravel(), rtol=1e-8)
-    xx, yy = np.meshgrid(_read(files["surface"], "x"), _read(files["surface"], "y"))
+    xx, yy = np.meshgrid(_read(plot_files["surface"], "x"), _read(plot_files["surface"], "y"))
     np.testing.assert_allclose(points[:, :2], np.c_[xx.ravel(), yy.ravel()], atol=1e-12)
     header = lines[5 + n_points].split()
     assert header[0] == "POLYGONS" and int(header[1]) == (NX - 1) * (NY - 1)
@@ -251,8 +211,8 @@ def test_legacy_vtk_has_one_point_per_grid_node_and_one_quad_per_cell(files, tmp
     assert lines[6 + n_points + int(header[1])] == f"POINT_DATA {n_points}"
 
 
-def test_xml_vtp_parses_and_leaves_out_cells_at_a_missing_point(files, tmp_path) -> None:
-    s = load_surface(files["surface"])
+def test_xml_vtp_parses_and_leaves_out_cells_at_a_missing_point(plot_files, tmp_path) -> None:
+    s = load_surface(plot_files["surface"])
     done = s.done.copy()
     done[1, 2] = False                      # an interior point not computed: 4 cells go
     path = export_vtk(replace(s, done=done), tmp_path / "s.vtp")
@@ -268,23 +228,23 @@ def test_xml_vtp_parses_and_leaves_out_cells_at_a_missing_point(files, tmp_path)
 
 
 # ---------------------------------------------------------------------------- bad input
-def test_wrong_kind_or_missing_dataset_is_a_one_line_error(files, tmp_path) -> None:
+def test_wrong_kind_or_missing_dataset_is_a_one_line_error(plot_files, tmp_path) -> None:
     cases = [
-        (lambda: render(files["hessian"], tmp_path / "a.png", kind="contour"),
+        (lambda: render(plot_files["hessian"], tmp_path / "a.png", kind="contour"),
          r"holds a 'hessian' result; --kind contour needs a 2D"),
-        (lambda: render(files["curve"], tmp_path / "a.png", kind="contour"),
+        (lambda: render(plot_files["curve"], tmp_path / "a.png", kind="contour"),
          r"holds a 1D 'surface' result; --kind contour needs a 2D"),
-        (lambda: render(files["surface"], tmp_path / "a.png", kind="density"),
+        (lambda: render(plot_files["surface"], tmp_path / "a.png", kind="density"),
          r"--kind density needs a 'hessian' file"),
-        (lambda: plot_trajectory(files["surface"]), r"needs a 'trajectory' file"),
-        (lambda: plot_contour(files["surface"], metric="test_loss"),
+        (lambda: plot_trajectory(plot_files["surface"]), r"needs a 'trajectory' file"),
+        (lambda: plot_contour(plot_files["surface"], metric="test_loss"),
          r"no dataset 'test_loss' \(it holds train_loss, train_acc"),
-        (lambda: plot_ratio(files["traj"]), r"no dataset 'hessian_max'"),
-        (lambda: plot_curve(files["surface"]), r"needs a 1D curve"),
-        (lambda: render(files["surface"], tmp_path / "a.vtk", kind="contour"),
+        (lambda: plot_ratio(plot_files["traj"]), r"no dataset 'hessian_max'"),
+        (lambda: plot_curve(plot_files["surface"]), r"needs a 1D curve"),
+        (lambda: render(plot_files["surface"], tmp_path / "a.vtk", kind="contour"),
          r"written by --kind vtk"),
-        (lambda: export_vtk(files["surface"], tmp_path / "a.txt"), r"\.vtk .*or \.vtp"),
-        (lambda: render(files["surface"], tmp_path / "a.png", kind="nope"),
+        (lambda: export_vtk(plot_files["surface"], tmp_path / "a.txt"), r"\.vtk .*or \.vtp"),
+        (lambda: render(plot_files["surface"], tmp_path / "a.png", kind="nope"),
          r"unknown plot kind 'nope'"),
     ]
     for call, message in cases:
@@ -298,9 +258,9 @@ def test_wrong_kind_or_missing_dataset_is_a_one_line_error(files, tmp_path) -> N
     ("surface", "filled", "png"), ("surface", "heatmap", "png"),
     ("surface", "surface3d", "png"), ("surface", "ratio", "png"), ("traj", None, "png"),
     ("hessian", None, "png"), ("surface", None, "vtp"), ("surface", "vtk", "vtk")])
-def test_cli_plot_writes_every_kind(files, tmp_path, file, kind, suffix) -> None:
+def test_cli_plot_writes_every_kind(plot_files, tmp_path, file, kind, suffix) -> None:
     out = tmp_path / f"fig.{suffix}"
-    args = ["plot", str(files[file]), "--out", str(out)] + (["--kind", kind] if kind else [])
+    args = ["plot", str(plot_files[file]), "--out", str(out)] + (["--kind", kind] if kind else [])
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
     assert out.stat().st_size > 500
@@ -308,8 +268,8 @@ def test_cli_plot_writes_every_kind(files, tmp_path, file, kind, suffix) -> None
         assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_cli_plot_wrong_kind_exits_1_with_one_line(files, tmp_path) -> None:
-    result = CliRunner().invoke(main, ["plot", str(files["curve"]), "--kind", "trajectory",
+def test_cli_plot_wrong_kind_exits_1_with_one_line(plot_files, tmp_path) -> None:
+    result = CliRunner().invoke(main, ["plot", str(plot_files["curve"]), "--kind", "trajectory",
                                        "--out", str(tmp_path / "x.png")])
     assert result.exit_code == 1
     message = result.output.strip()
@@ -317,50 +277,27 @@ def test_cli_plot_wrong_kind_exits_1_with_one_line(files, tmp_path) -> None:
     assert "needs a 2D 'trajectory' file" in message
 
 
-def test_saved_pdf_embeds_truetype_fonts(files, tmp_path) -> None:
-    path = save_figure(plot_contour(files["surface"]), tmp_path / "c.pdf")
+def test_saved_pdf_embeds_truetype_fonts(plot_files, tmp_path) -> None:
+    path = save_figure(plot_contour(plot_files["surface"]), tmp_path / "c.pdf")
     data = path.read_bytes()
     assert b"/FontFile2" in data and b"/Type3" not in data
 
 
-def test_curve_plot_clips_the_loss_axis_to_vmin_vmax(files: dict[str, Path], tmp_path: Path,
+def test_curve_plot_clips_the_loss_axis_to_vmin_vmax(plot_files: dict[str, Path], tmp_path: Path,
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     import landscape.plot.style as style
 
     saved: dict[str, Figure] = {}
     monkeypatch.setattr(style, "save_figure", lambda fig, out: saved.setdefault("fig", fig))
-    render(files["curve"], tmp_path / "c.png", vmin=0.1, vmax=2.0)
+    render(plot_files["curve"], tmp_path / "c.png", vmin=0.1, vmax=2.0)
     assert saved["fig"].axes[0].get_ylim() == (0.1, 2.0)
 
 
 # ----------------------------------------------------------------------- comparison figure
-TINY_STUDY = {"model_options": {"widths": [8]}, "curve": "-1:1:5", "surface": "-1:1:5",
-              "interpolation": "-0.5:1.5:3", "trace_probes": 10, "hessian_tol": 1e-3,
-              "direction_seeds": 2, "seeds": [0, 1], "show_progress": False, "quiet": True,
-              "figure": False,
-              "measures": ("top_eigenvalue", "epsilon_sharpness", "noise_scale")}
-
-
 @pytest.fixture(scope="module")
-def studies(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """A 2 x 2 lr / batch-size sweep (two recipes share lr / B) and a two-recipe study,
-    two seeds each, tiny grids (about 25 s in all)."""
-    from landscape.study import Recipe, run_study
-
-    root = tmp_path_factory.mktemp("studies")
-    sweep = run_study([Recipe("sgd", {"optimizer": "sgd", "epochs": 2})],
-                      sweep={"lr": [0.05, 0.2], "batch_size": [16, 64]},
-                      match="train-loss=1.0", out=root / "sweep", **TINY_STUDY)
-    pair = run_study(["small=optimizer=sgd,lr=0.1,batch_size=16",
-                      "large=optimizer=sgd,lr=0.1,batch_size=64"], match="steps=20",
-                     out=root / "pair", **TINY_STUDY)
-    return {"sweep": sweep, "pair": pair}
-
-
-@pytest.fixture(scope="module")
-def figures(studies) -> dict[str, Figure]:
+def figures(plot_studies) -> dict[str, Figure]:
     """The default comparison figure of each study (drawn once; tests only read it)."""
-    return {kind: plot_comparison(study) for kind, study in studies.items()}
+    return {kind: plot_comparison(study) for kind, study in plot_studies.items()}
 
 
 def _panel(fig: Figure, title: str) -> Any:
@@ -375,28 +312,16 @@ def _texts(fig: Figure) -> list[Any]:
 
 
 @pytest.mark.parametrize("kind", ["sweep", "pair"])
+@pytest.mark.parametrize("suffix", ["png", "pdf"])
 def test_comparison_keeps_every_text_inside_the_canvas_and_labels_every_axis(
-        figures, kind, monkeypatch) -> None:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.text import Text
-
-    drawn_texts: list[tuple[str, Any]] = []
-    draw = Text.draw
-
-    def recording_draw(self: Text, renderer: Any) -> None:   # every text as it is drawn
-        draw(self, renderer)
-        if self.get_visible() and self.get_text().strip():
-            drawn_texts.append((self.get_text(), self.get_window_extent(renderer)))
-
-    monkeypatch.setattr(Text, "draw", recording_draw)
+        figures, kind, suffix, tmp_path) -> None:
     fig = figures[kind]
     assert fig.get_figwidth() == pytest.approx(7.0)
-    FigureCanvasAgg(fig).draw()
-    box = fig.bbox
-    assert len(drawn_texts) > 40
-    for text, ext in drawn_texts:
-        assert (ext.x0 >= box.x0 - 1 and ext.x1 <= box.x1 + 1 and ext.y0 >= box.y0 - 1
-                and ext.y1 <= box.y1 + 1), f"text {text!r} leaves the canvas"
+    texts = drawn_texts(fig, tmp_path / f"compare.{suffix}")
+    assert len(texts) > 40
+    assert not texts_off_canvas(texts)
+    assert not texts_off_canvas(drawn_texts(fig))   # on screen (Agg) too
+    assert tight_box_overhang(fig) < 0.01   # inches
     # the controls' text overlaps no panel
     renderer = fig.canvas.get_renderer()
     (controls,) = [ax for ax in fig.axes if ax.get_title(loc="left").endswith("controls")]
@@ -427,11 +352,11 @@ def test_comparison_compares_sharpness_measures_only_in_absolute_units(figures) 
 
 
 @pytest.mark.parametrize("kind", ["sweep", "pair"])
-def test_error_bars_are_the_table_intervals_at_lr_over_b(studies, figures, kind) -> None:
+def test_error_bars_are_the_table_intervals_at_lr_over_b(plot_studies, figures, kind) -> None:
     from landscape.analysis.measures import REGISTRY
     from landscape.plot.compare import DODGE
 
-    study = studies[kind]
+    study = plot_studies[kind]
     fig = figures[kind]
     rows = {r["model"]: r for r in study.table}
     for m in ("top_eigenvalue", "epsilon_sharpness", "curve_rise"):
@@ -481,10 +406,11 @@ def test_top_eigenvalue_panel_draws_2_over_lr_for_each_learning_rate(figures) ->
     assert not [ln for ax in pair.axes for ln in ax.get_lines() if ln.get_gid() == "2/lr"]
 
 
-def test_1d_bands_are_t_intervals_over_seeds_of_the_direction_mean_rise(studies, figures) -> None:
+def test_1d_bands_are_t_intervals_over_seeds_of_the_direction_mean_rise(
+        plot_studies, figures) -> None:
     from scipy import stats
 
-    study = studies["sweep"]
+    study = plot_studies["sweep"]
     fig = figures["sweep"]
     ax = _panel(fig, "(b)")
     bands = {c.get_gid(): c for c in ax.collections if str(c.get_gid()).startswith("band:")}
@@ -509,12 +435,12 @@ def test_1d_bands_are_t_intervals_over_seeds_of_the_direction_mean_rise(studies,
 
 
 def test_controls_panel_states_the_rule_seeds_level_and_shouts_a_missed_target(
-        studies) -> None:
+        plot_studies) -> None:
     from copy import deepcopy
 
     from landscape.plot.compare import WARN
 
-    study = deepcopy(studies["pair"])
+    study = deepcopy(plot_studies["pair"])
     text = " ".join(t.get_text() for t in _texts(plot_comparison(study)))
     flat = " ".join(text.split())
     for phrase in ("trained for 20 optimizer steps", "2 training seeds per recipe",
@@ -534,10 +460,10 @@ def test_controls_panel_states_the_rule_seeds_level_and_shouts_a_missed_target(
     assert colors.same_color(none.get_color(), WARN)
 
 
-def test_significance_notes_follow_the_table(studies, figures) -> None:
+def test_significance_notes_follow_the_table(plot_studies, figures) -> None:
     from landscape.analysis.measures import REGISTRY
 
-    for kind, study in studies.items():
+    for kind, study in plot_studies.items():
         fig = figures[kind]
         pairs = [(a, b) for i, a in enumerate(study.table) for b in study.table[i + 1:]]
         for m in ("top_eigenvalue", "curve_rise"):
@@ -552,8 +478,8 @@ def test_significance_notes_follow_the_table(studies, figures) -> None:
                                 else "all pairs n.s.")
 
 
-def test_2d_panels_share_round_log_levels_with_one_level_per_seed(studies, figures) -> None:
-    study = studies["sweep"]
+def test_2d_panels_share_round_log_levels_with_one_level_per_seed(plot_studies, figures) -> None:
+    study = plot_studies["sweep"]
     fig = figures["sweep"]
     sets = {c.get_gid(): c for ax in fig.axes for c in ax.get_children()
             if isinstance(c, ContourSet) and c.get_gid()}
@@ -576,11 +502,11 @@ def test_2d_panels_share_round_log_levels_with_one_level_per_seed(studies, figur
     assert raw_levels[-1] > lowest
 
 
-def test_many_recipes_show_the_surfaces_of_the_extreme_lr_over_b(studies, monkeypatch) -> None:
+def test_many_recipes_show_the_surfaces_of_the_extreme_lr_over_b(plot_studies, monkeypatch) -> None:
     import landscape.plot.compare as compare
 
     monkeypatch.setattr(compare, "MAX_SURFACES", 2)
-    study = studies["sweep"]
+    study = plot_studies["sweep"]
     ratio = {r["model"]: r["lr_over_b"] for r in study.table}
     chosen = compare.surface_recipes(study)
     assert sorted(ratio[n] for n in chosen) == [min(ratio.values()), max(ratio.values())]
@@ -597,9 +523,9 @@ def test_nice_levels_are_round_and_few() -> None:
     assert len(wide) <= 9 and np.allclose(np.log10(wide), np.round(np.log10(wide)))
 
 
-def test_comparison_renders_from_the_study_file_to_png_and_pdf(studies, tmp_path) -> None:
+def test_comparison_renders_from_the_study_file_to_png_and_pdf(plot_studies, tmp_path) -> None:
     for suffix in ("png", "pdf"):
-        out = render(studies["sweep"].path, tmp_path / f"c.{suffix}")
+        out = render(plot_studies["sweep"].path, tmp_path / f"c.{suffix}")
         data = out.read_bytes()
         assert len(data) > 10_000
         if suffix == "png":
@@ -607,4 +533,4 @@ def test_comparison_renders_from_the_study_file_to_png_and_pdf(studies, tmp_path
         else:
             assert data[:5] == b"%PDF-" and b"/FontFile2" in data and b"/Type3" not in data
     with pytest.raises(LandscapeError, match="draws a loss"):
-        render(studies["sweep"].path, tmp_path / "c.png", metric="train_acc")
+        render(plot_studies["sweep"].path, tmp_path / "c.png", metric="train_acc")

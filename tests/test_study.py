@@ -105,9 +105,10 @@ def test_accuracies_are_each_models_own_forward_pass(study) -> None:
             with torch.no_grad():
                 for split in ("train", "test"):
                     x, y = run.data.split(split)
-                    accs[split] = 100.0 * float((run.model(x).argmax(1) == y).double().mean())
+                    accs[split] = float((run.model(x).argmax(1) == y).double().mean())
             assert row["train_acc"]["values"][i] == pytest.approx(accs["train"], abs=1e-9)
             assert row["test_acc"]["values"][i] == pytest.approx(accs["test"], abs=1e-9)
+            assert row["train_acc"]["unit"] == row["generalization_gap"]["unit"] == "fraction"
             assert row["generalization_gap"]["values"][i] == pytest.approx(
                 accs["train"] - accs["test"])
 

@@ -286,3 +286,44 @@ def test_cli_toy_writes_paths_and_figures_and_prints_json(tmp_path):
                                ["final_point"])
     bad = CliRunner().invoke(main, ["toy", "--optimizer", "sgd,adamm", "--out", str(out)])
     assert bad.exit_code == 1 and "did you mean 'adam'" in bad.output
+
+
+def test_cli_plot_draws_a_toy_result_paths_for_2d_losses_otherwise(tmp_path, monkeypatch):
+    """``landscape plot DIR/paths.h5``: the stored paths over the contours of a 2D function,
+    the suboptimality curves with --kind toy-losses and by default for a 3-D function."""
+    import landscape.plot.style as style
+
+    runner = CliRunner()
+    for name, dim in (("flat", "2"), ("deep", "3")):
+        result = runner.invoke(main, ["toy", "--function", "quadratic", "--dim", dim,
+                                      "--optimizer", "sgd,adam", "--steps", "15", "--out",
+                                      str(tmp_path / name), "--format", "png"])
+        assert result.exit_code == 0, result.output
+    png = tmp_path / "x.png"
+    result = runner.invoke(main, ["plot", str(tmp_path / "flat" / "paths.h5"), "--out", str(png)])
+    assert result.exit_code == 0, result.output
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    drawn: list = []
+    monkeypatch.setattr(style, "save_figure", lambda fig, out: drawn.append(fig) or out)
+    f, stored = load_paths(tmp_path / "flat" / "paths.h5")
+    for args in ([], ["--kind", "toy-losses"]):
+        result = runner.invoke(main, ["plot", str(tmp_path / "flat" / "paths.h5"), *args,
+                                      "--out", str(png)])
+        assert result.exit_code == 0, result.output
+    paths_ax, losses_ax = drawn[0].axes[0], drawn[1].axes[0]
+    lines = {ln.get_label(): ln for ln in paths_ax.get_lines()}
+    for label, p in stored.items():
+        np.testing.assert_allclose(np.c_[lines[label].get_xdata(), lines[label].get_ydata()],
+                                   p.path)
+    assert losses_ax.get_yscale() == "log"
+    lines = {ln.get_label(): ln for ln in losses_ax.get_lines()}
+    for label, p in stored.items():
+        gap = p.losses - f.f_min
+        ok = gap > 0
+        np.testing.assert_allclose(np.asarray(lines[label].get_ydata())[ok], gap[ok])
+    result = runner.invoke(main, ["plot", str(tmp_path / "deep" / "paths.h5"), "--out", str(png)])
+    assert result.exit_code == 0, result.output
+    assert drawn[2].axes[0].get_ylabel() == r"$f(w_k) - f^\star$"
+    result = runner.invoke(main, ["plot", str(tmp_path / "deep" / "paths.h5"), "--kind",
+                                  "toy-paths", "--out", str(png)])
+    assert result.exit_code == 1 and "2D functions" in result.output

@@ -412,3 +412,63 @@ def test_asam_scale_weights_reaches_the_optimizer_and_the_run_name(tmp_path):
     b = train(**kw, asam_scale="weights", out=tmp_path / "weights")
     assert "asam_scale" not in a.config and b.config["asam_scale"] == "weights"
     assert a.history[0] == b.history[0] and a.history[1] != b.history[1]
+
+
+def test_finished_constant_rate_run_extended_to_3_epochs_equals_a_3_epoch_run(tmp_path):
+    """``--resume --epochs 3`` on a finished 2-epoch run (constant schedule, momentum, a
+    checkpoint every 2 epochs) continues it bit for bit like a run asked for 3 epochs; a
+    schedule that depends on the epoch count is refused in one line, the run untouched."""
+    kw = dict(TINY, optimizer="momentum", save_every=2, seed=2)
+    whole = train(**kw, epochs=3, out=tmp_path / "whole")
+    short = train(**kw, epochs=2, out=tmp_path / "ext")
+    assert short.info["status"] == "complete" and len(short.history) == 3
+    extended = train(**kw, epochs=3, out=tmp_path / "ext", resume=True)
+    assert _numbers(extended.history) == _numbers(whole.history)
+    for (k, va), vb in zip(whole.model.state_dict().items(),
+                           extended.model.state_dict().values(), strict=True):
+        assert torch.equal(va, vb), k
+    info = load_run(tmp_path / "ext", data=False).info
+    assert info["config"]["epochs"] == 3 and info["status"] == "complete"
+    assert [r["epoch"] for r in info["resumed"]] == [2]
+    with pytest.raises(LandscapeError, match="--overwrite"):   # fewer epochs: another run
+        train(**kw, epochs=2, out=tmp_path / "ext", resume=True)
+    for schedule, why in (("cosine", "cosine schedule decays"), ("step", "a third of")):
+        out = tmp_path / schedule
+        train(**kw, epochs=2, schedule=schedule, out=out)
+        before = _snapshot(out)
+        result = CliRunner().invoke(main, [
+            "train", "--train-size", "200", "--batch-size", "32", "--optimizer", "momentum",
+            "--save-every", "2", "--seed", "2", "--schedule", schedule, "--epochs", "3",
+            "--device", "cpu", "--out", str(out), "--resume"])
+        assert result.exit_code == 1, result.output
+        line = result.output.strip()
+        assert "\n" not in line and why in line and "from 2 to 3 epochs" in line
+        assert _snapshot(out) == before
+
+
+def test_accuracy_is_one_unit_everywhere_and_says_so(tmp_path):
+    """History, ``train --json`` and a surface through the trained weights all store the
+    accuracy as a fraction and say so; the surface's value at the origin (the trained
+    model, evaluated by the engine) equals the history's last accuracy."""
+    import h5py
+
+    run_dir, curve = tmp_path / "run", tmp_path / "c.h5"
+    result = CliRunner().invoke(main, ["train", "--train-size", "120", "--epochs", "2",
+                                       "--widths", "8", "--device", "cpu", "--out",
+                                       str(run_dir), "--json"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["accuracy_unit"] == "fraction" and 0.0 <= summary["test_acc"] <= 1.0
+    info = json.loads((run_dir / "run.json").read_text())
+    assert info["history_units"] == {"train_acc": "fraction", "test_acc": "fraction"}
+    history = json.loads((run_dir / "history.json").read_text())
+    assert history[-1]["test_acc"] == summary["test_acc"]
+    result = CliRunner().invoke(main, ["surface", "--run", str(run_dir), "--x", "-1:1:3",
+                                       "--split", "train,test", "--out", str(curve)])
+    assert result.exit_code == 0, result.output
+    with h5py.File(curve, "r") as f:
+        for split in ("train", "test"):
+            assert f[f"{split}_acc"].attrs["unit"] == "fraction"
+            assert f[f"{split}_acc"][1] == pytest.approx(history[-1][f"{split}_acc"],
+                                                         abs=1e-12)
+        assert "unit" not in f["train_loss"].attrs

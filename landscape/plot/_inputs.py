@@ -149,5 +149,6 @@ def named(results: Any) -> dict[str, Any]:
 
 
 def _name(result: Any) -> str:
-    path = Path(result) if isinstance(result, str | Path) else Path(getattr(result, "path", "?"))
-    return path.stem
+    """The stem of a result's file; ``"result"`` for one never saved (``path`` None)."""
+    path = result if isinstance(result, str | Path) else getattr(result, "path", None)
+    return Path(path).stem if path is not None else "result"

@@ -3,8 +3,10 @@
 The kind of plot defaults to the kind of result: a 1D surface or an interpolation -> ``curve``;
 a 2D surface or a plane -> ``contour``; a trajectory -> ``trajectory``; a Hessian analysis ->
 ``density``; a study -> ``compare``; a run's ``track.h5`` (or the run directory; several
-overlaid) -> ``track``. Asking for a plot the file cannot make (a density from a
-surface file, a contour from a 1D curve) is a one-line error naming what was expected.
+overlaid) -> ``track``; optimizer paths on a toy function (``landscape toy``'s
+``paths.h5``) -> ``toy-paths`` (a 2D function) or ``toy-losses``. Asking for a plot the file
+cannot make (a density from a surface file, a contour from a 1D curve) is a one-line error
+naming what was expected.
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ PLOT_KINDS: dict[str, tuple[tuple[str, ...], int | None]] = {
     "density": (("hessian",), None),
     "compare": (("study",), None),
     "track": (("track",), None),
+    "toy-paths": (("toy",), None),
+    "toy-losses": (("toy",), None),
 }
 
 
@@ -55,6 +59,10 @@ def default_kind(path: str | Path) -> str:
         ndim = len(f["done"].shape) if kind in store.GRID_KINDS else None
     if kind in ("surface", "plane"):
         return "curve" if ndim == 1 else "contour"
+    if kind == "toy":
+        from landscape.toy import load_paths
+
+        return "toy-paths" if load_paths(path)[0].dim == 2 else "toy-losses"
     return {"interpolation": "curve", "trajectory": "trajectory", "hessian": "density",
             "study": "compare", "track": "track"}.get(kind, "")
 
@@ -134,6 +142,12 @@ def render(path: str | Path | Sequence[str | Path], out: str | Path, *, kind: st
         fig = plot_density(path, log=log is not False)
     elif kind == "track":
         fig = plot_track(path, log_loss=log is not False)
+    elif kind in ("toy-paths", "toy-losses"):
+        from landscape.plot.toy import plot_toy_losses, plot_toy_paths
+        from landscape.toy import load_paths
+
+        function, paths = load_paths(path)
+        fig = (plot_toy_paths if kind == "toy-paths" else plot_toy_losses)(function, paths)
     else:
         fig = plot_comparison(path, metric=metric, levels=levels, **scale)
     return save_figure(fig, out)

@@ -28,6 +28,7 @@ from landscape import distributed, store
 from landscape.errors import LandscapeError
 from landscape.objective import Objective
 from landscape.progress import progress
+from landscape.sources import ACCURACY_UNIT
 from landscape.surface.directions import cosine
 from landscape.surface.grid import parse_range
 
@@ -115,6 +116,8 @@ def _init_file(f: h5py.File, x: np.ndarray, y: np.ndarray | None, names: Sequenc
     shape = tuple(len(c) for c in coords)
     for name in names:
         ds = store.allocated(f, name, shape, "f8", np.nan)
+        if name.endswith("_acc"):
+            ds.attrs["unit"] = ACCURACY_UNIT
         for dim, c in enumerate(coords):
             ds.dims[dim].attach_scale(c)
     f.create_dataset("origin", data=origin.detach().cpu().float().numpy())

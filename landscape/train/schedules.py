@@ -52,6 +52,17 @@ class Schedule:
         raise unknown_name("schedule", self.name, SCHEDULES)
 
 
+def epochs_dependence(name: str, step_size: int | None) -> str | None:
+    """Why the learning rates of schedule ``name`` depend on the number of epochs (so a run
+    cannot be extended to more epochs without changing the rates it already used), or None
+    when they do not (``constant``; ``step`` with an explicit ``step_size``)."""
+    if name == "cosine":
+        return "the cosine schedule decays over the whole number of epochs"
+    if name == "step" and step_size is None:
+        return "the step schedule's step size defaults to a third of the epochs"
+    return None
+
+
 def make_schedule(name: str, lr: float, *, epochs: int, steps_per_epoch: int,
                   warmup_epochs: int = 0, step_size: int | None = None,
                   gamma: float = 0.1) -> Schedule:

@@ -44,7 +44,17 @@ from landscape import store
 from landscape.errors import LandscapeError, LandscapeWarning, SettingsMismatch, check_positive
 from landscape.objective import resolve_device
 from landscape.progress import progress as progress_bar
-from landscape.sources import Loss, Source, accuracy, call_model, length, metric, per_sample, take
+from landscape.sources import (
+    ACCURACY_UNIT,
+    Loss,
+    Source,
+    accuracy,
+    call_model,
+    length,
+    metric,
+    per_sample,
+    take,
+)
 from landscape.train.run import (
     _CHECKPOINT_RE,
     RUN_FORMAT,
@@ -62,7 +72,7 @@ from landscape.train.run import (
     torch_load,
     write_history,
 )
-from landscape.train.schedules import make_schedule
+from landscape.train.schedules import epochs_dependence, make_schedule
 
 #: Learning rate used when ``lr`` is None, per optimizer.
 DEFAULT_LR: dict[str, float] = {
@@ -155,10 +165,31 @@ def _output(net: nn.Module, loss: Loss, inputs: Any) -> Any:
 
 
 # ----------------------------------------------------------------------------- run directory
-def _prepare_dir(path: Path, config: dict, resume: bool, overwrite: bool) -> str:
+def _extends(path: Path, old: dict, new: dict, tracked: bool) -> bool:
+    """Whether ``new`` is run ``old`` with only a larger epoch cap (a resumed run may be
+    extended); a LandscapeError when it is but the learning rates or a track would change."""
+    keep = (*_NOT_COMPARED, "epochs")
+    before, after = old.get("epochs"), new.get("epochs")
+    if not (isinstance(before, int) and isinstance(after, int) and after > before) or \
+            {k: v for k, v in old.items() if k not in keep} != \
+            {k: v for k, v in new.items() if k not in keep}:
+        return False
+    why = epochs_dependence(new["schedule"], new["step_size"])
+    if why is None and tracked:
+        why = "its track.h5 records the epoch count"
+    if why:
+        raise LandscapeError(f"run {path} cannot be extended from {before} to {after} epochs: "
+                             f"{why}; start a new run with --epochs {after}")
+    return True
+
+
+def _prepare_dir(path: Path, config: dict, resume: bool, overwrite: bool,
+                 tracked: bool = False) -> str:
     """Decide what to do with run directory ``path``: "new", "resume" or "overwrite".
 
-    Reads only; nothing is changed here, so a refused command leaves the directory intact.
+    A resume may raise the epoch cap when the learning-rate schedule does not depend on it
+    (:func:`_extends`). Reads only; nothing is changed here, so a refused command leaves the
+    directory intact.
     """
     if not path.exists():
         return "new"
@@ -180,6 +211,8 @@ def _prepare_dir(path: Path, config: dict, resume: bool, overwrite: bool) -> str
         return "overwrite"
     diff = store.differences(*({k: v for k, v in c.items() if k not in _NOT_COMPARED}
                                   for c in (old, config)))
+    if diff and resume and _extends(path, old, config, tracked):
+        return "resume"
     if diff:
         raise SettingsMismatch(f"run directory {path} holds a different run ({'; '.join(diff)}); "
                              "pass --overwrite to replace it or choose another --out")
@@ -416,7 +449,7 @@ def train(*, model: str = "mlp", dataset: str = "digits", data_dir: str | Path |
         """Whether the run stops after the epoch of history row ``row``."""
         return stopping_record(config, row)["met"] or at_cap(config, row)
 
-    action = _prepare_dir(path, config, resume, overwrite)
+    action = _prepare_dir(path, config, resume, overwrite, tracked=tracking is not None)
     checkpoint_file = _latest_checkpoint(path) if action == "resume" else None
     checkpoint = None
     if checkpoint_file is not None:
@@ -497,6 +530,7 @@ def train(*, model: str = "mlp", dataset: str = "digits", data_dir: str | Path |
             "threads": threads if dev.type == "cpu" else None,
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "status": "running",
+            "history_units": {"train_acc": ACCURACY_UNIT, "test_acc": ACCURACY_UNIT},
         }
         if action == "resume":
             old = read_run_json(path)
