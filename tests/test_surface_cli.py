@@ -230,7 +230,7 @@ def test_cli_info_prints_kind_and_completeness(runs: list[Path], tmp_path: Path)
 
 def test_cli_info_of_a_missing_file_is_a_one_line_error(tmp_path: Path) -> None:
     line = _one_line_error(_invoke("info", tmp_path / "none.h5"))
-    assert "no such file" in line
+    assert "none.h5" in line and "does not exist" in line
 
 
 # ---------------------------------------------------------------------------------------

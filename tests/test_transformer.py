@@ -56,6 +56,6 @@ def test_train_surface_hessian_sharpness_noise_on_the_token_model(tmp_path) -> N
     assert float(surface.values["train_loss"][1]) == pytest.approx(ref, rel=1e-5)
     for args in (["hessian", "--top", "1", "--bottom", "0", "--out", str(tmp_path / "h.h5")],
                  ["sharpness", "--measures", "sam_sharpness", "--json"],
-                 ["noise", "--batch-size", "16", "--json"]):
+                 ["noise", "--noise-batch-size", "16", "--json"]):
         res = r.invoke(main, [args[0], "--run", str(run), *args[1:]])
         assert res.exit_code == 0, (args, res.output)
