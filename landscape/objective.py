@@ -209,7 +209,7 @@ class Objective:
     # ----------------------------------------------------------------------------------
     # the forward pass: nothing else calls the model
     @contextlib.contextmanager
-    def _precision(self, derivative: bool = False) -> Iterator[None]:
+    def precision_context(self, derivative: bool = False) -> Iterator[None]:
         """TF32 and bf16 autocast as the precision asks; derivatives are never autocast to
         bf16 (its BatchNorm backward fails under vmap), they run in float32 storage."""
         if derivative and self.bn == "recompute":
@@ -344,7 +344,7 @@ class Objective:
                 strategy = "loop"
         while True:
             try:
-                with self._precision():
+                with self.precision_context():
                     fn = self._eval_vmap if strategy == "vmap" else self._eval_loop
                     sums = fn(points, buffers)
                 break
@@ -387,7 +387,7 @@ class Objective:
         fn = grad_and_value(self.batch_loss)
         total_g = torch.zeros_like(theta)
         total_l = torch.zeros((), dtype=torch.float64, device=self.device)
-        with self._precision(derivative=True):
+        with self.precision_context(derivative=True):
             for x, y in self._chunks():
                 g, value = fn(theta, x, y)
                 w = x.shape[0] / self.n
@@ -409,7 +409,7 @@ class Objective:
         single = v.dim() == 1
         vs = v[None] if single else v
         out = torch.zeros_like(vs)
-        with self._precision(derivative=True):
+        with self.precision_context(derivative=True):
             for x, y in self._chunks():
                 out += (x.shape[0] / self.n) * products(theta, vs, x, y)
         self.counts["hvp"] += vs.shape[0]
@@ -481,7 +481,7 @@ class Objective:
                 lambda _m, _i, o: sizes.append(o.numel()) if isinstance(o, Tensor) else None)
                 for m in self.model.modules()]
             try:
-                with torch.no_grad(), self._precision(derivative=True):
+                with torch.no_grad(), self.precision_context(derivative=True):
                     self.forward(self.theta0, self.x[:1])
             finally:
                 for h in handles:
@@ -522,7 +522,7 @@ class Objective:
         sub = {n: views[n] for n in names}
         chunk = self.per_sample_chunk(sum(v.numel() for v in sub.values()))
         parts = []
-        with self._precision(derivative=True):
+        with self.precision_context(derivative=True):
             for start in range(0, idx.numel(), chunk):
                 sel = idx[start : start + chunk]
                 g = fn(sub, self.x[sel], self.y[sel])
@@ -572,7 +572,7 @@ class Objective:
         sq = torch.zeros(self.n, dtype=torch.float64, device=self.device)
         start, uncalled = 0, set(layers)
         try:
-            with self._precision(derivative=True), torch.enable_grad():
+            with self.precision_context(derivative=True), torch.enable_grad():
                 for x, y in self._chunks():
                     for c in calls.values():
                         c.clear()

@@ -46,7 +46,7 @@ from landscape.errors import LandscapeError, SettingsMismatch, check_positive
 from landscape.objective import resolve_device
 from landscape.progress import progress as progress_bar
 from landscape.train.run import (
-    _CHECKPOINT_RE,
+    CHECKPOINT_RE,
     RUN_FORMAT,
     RUN_FORMAT_VERSION,
     Run,
@@ -182,7 +182,7 @@ def _clear_run_files(path: Path) -> None:
     folder = path / "checkpoints"
     if folder.is_dir():
         for file in folder.iterdir():
-            if _CHECKPOINT_RE.match(file.name):
+            if CHECKPOINT_RE.match(file.name):
                 file.unlink()
 
 
@@ -191,7 +191,7 @@ def _latest_checkpoint(path: Path) -> Path | None:
     if not folder.is_dir():
         return None
     found = sorted((int(m.group(1)), f) for f in folder.iterdir()
-                   if (m := _CHECKPOINT_RE.match(f.name)))
+                   if (m := CHECKPOINT_RE.match(f.name)))
     return found[-1][1] if found else None
 
 
