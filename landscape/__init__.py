@@ -5,8 +5,6 @@ curvature, sharpness and gradient noise, and the comparison study. Figures live 
 :mod:`landscape.plot`, analytic test functions in :mod:`landscape.toy`.
 """
 
-__version__ = "0.1.0"
-
 from landscape.analysis.hessian import (  # noqa: E402
     analyze_hessian,
     curvature_map,
@@ -43,6 +41,7 @@ from landscape.surface import (  # noqa: E402
     trajectory,
 )
 from landscape.train import Run, load_run, train  # noqa: E402
+from landscape.version import __version__ as __version__  # noqa: E402
 
 __all__ = [
     "REGISTRY", "Dataset", "LandscapeError", "MeasureSettings", "Objective", "ParamSpace", "Run",

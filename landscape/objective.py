@@ -178,11 +178,12 @@ class Objective:
     @classmethod
     def from_run(cls, run: Any, split: str = "train", *, subset: int | None = None,
                  seed: int = 0, **kwargs: Any) -> Objective:
-        """Objective of a trained run (a directory or a loaded ``landscape.load_run``) on one
-        of its splits; ``subset``: a fixed random subset of that many samples from ``seed``."""
-        from landscape.train.run import as_run
-
-        run = as_run(run)
+        """Objective of a loaded run (``landscape.load_run(DIR)``: anything with ``model`` and
+        ``data``) on one of its splits; ``subset``: a fixed random subset of that many samples
+        from ``seed``. The engine loads no files: callers load the run."""
+        if not hasattr(run, "model") or not hasattr(run, "data"):
+            raise LandscapeError(f"Objective.from_run needs a loaded run "
+                                 f"(landscape.load_run(DIR)), got {type(run).__name__}")
         objective = cls(run.model, run.data, split=split, **kwargs)
         return objective if subset is None else objective.subset(int(subset), seed=seed)
 

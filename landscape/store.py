@@ -66,7 +66,7 @@ def versions() -> dict[str, str]:
     """Versions of the libraries that determine the numbers."""
     import torch
 
-    from landscape import __version__
+    from landscape.version import __version__
 
     return {"landscape_version": __version__, "torch_version": str(torch.__version__),
             "numpy_version": np.__version__, "h5py_version": h5py.__version__,

@@ -21,7 +21,8 @@ For every pair of recipes, the interpolation between their first-seed solutions.
     runs/NAME/seedK/            the training runs (``landscape.train``)
     surfaces/*.h5               curves, surfaces and interpolations (resumable)
     study.h5                    kind "study": everything, self-contained for plotting
-    comparison.pdf / .png       the comparison figure (:func:`landscape.plot.plot_comparison`)
+    comparison.pdf / .png       the comparison figure (:func:`landscape.plot.save_comparison`,
+                                drawn by ``landscape compare`` and ``landscape demo``)
     table.md / table.json       per recipe: seeds, rule met, training loss, steps, accuracies
                                 and every measure as mean and interval; the differences
 
@@ -792,11 +793,12 @@ def run_study(recipes: Sequence[Recipe | str] = (), runs: Mapping[str, str | Pat
               train_size: int | None = None, data_seed: int = 0,
               seeds: str | int | Sequence[int] = (0,),
               match: str | None = None, sweep: Any = None, out: str | Path = "outputs/compare",
-              settings: StudySettings | None = None, overwrite: bool = False, figure: bool = True,
+              settings: StudySettings | None = None, overwrite: bool = False,
               show_progress: bool = True, quiet: bool = False,
               **setting_overrides: Any) -> Study:
     """Train each recipe with each seed under one matching rule, measure every model, and
-    write ``study.h5``, the figure and the tables (see the module docstring).
+    write ``study.h5`` and the tables (see the module docstring); the figure is the plot
+    layer's (:func:`landscape.plot.save_comparison`, which ``landscape compare`` calls).
 
     ``recipes``: :class:`Recipe`\\ s or ``"NAME=OPTIONS"`` strings, trained with
     ``data``/``model``/``model_options``/``train_size`` plus their own options (which win),
@@ -901,13 +903,6 @@ def run_study(recipes: Sequence[Recipe | str] = (), runs: Mapping[str, str | Pat
         bar.close()
     study = Study(path, names, rows, results, interps, asdict(s), design, computed=r.computed)
     _write_tables(study, out)
-    if figure:
-        from landscape.plot.compare import plot_comparison
-        from landscape.plot.style import save_figure
-
-        fig = plot_comparison(study)
-        study.figures = [save_figure(fig, out / "comparison.pdf"),
-                         save_figure(fig, out / "comparison.png", dpi=200)]
     study.seconds = time.perf_counter() - t0
     return study
 
