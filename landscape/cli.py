@@ -212,7 +212,8 @@ def engine_options(fn: Callable) -> Callable:
                      default="float32", show_default=True),
         click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, ..."),
         click.option("--batch-size", type=click.IntRange(min=1), default=None,
-                     help="Samples per data chunk (default: whole split up to 4096 on CPU)."),
+                     help="Samples per data chunk (default: 128 for convolutional models on "
+                          "the CPU, else the whole split up to 4096 on CPU)."),
     ]
     for option in reversed(options):
         fn = option(fn)
@@ -220,8 +221,17 @@ def engine_options(fn: Callable) -> Callable:
 
 
 def engine_kwargs(opts: dict[str, Any]) -> dict[str, Any]:
-    """Pop the engine options from a command's keyword arguments."""
-    return {k: opts.pop(k) for k in ("bn", "precision", "device", "batch_size")}
+    """Pop the engine options (and ``--strategy`` where a command has it) from a command's
+    keyword arguments."""
+    return {k: opts.pop(k) for k in ("bn", "precision", "device", "batch_size", "strategy")
+            if k in opts}
+
+
+_strategy = click.option("--strategy", type=click.Choice(["auto", "vmap", "loop"]),
+                         default="auto", show_default=True,
+                         help="Evaluation: one point at a time (loop), vmap over points, or "
+                              "auto (loop on the CPU; vmap for models without convolutions "
+                              "or BatchNorm on a GPU). Recorded in the file.")
 
 
 def echo_json(obj: Any) -> None:
@@ -291,6 +301,7 @@ _split = click.option("--split", default="train", show_default=True,
               help="Reuse the directions stored in this surface file.")
 @_split
 @engine_options
+@_strategy
 @_grid_out
 @_overwrite
 @_json
@@ -315,6 +326,7 @@ def surface_cmd(run_dir: str, x: str, y: str | None, norm: str, ignore: str, see
 @click.option("--x", default="-0.5:1.5:101", show_default=True, help="Range of t.")
 @_split
 @engine_options
+@_strategy
 @_grid_out
 @_overwrite
 @_json
@@ -337,6 +349,7 @@ def interpolate_cmd(run_dir: str, to_dir: str, x: str, split: str, out: str | No
 @click.option("--y", default="-0.5:1.5:41", show_default=True)
 @_split
 @engine_options
+@_strategy
 @_grid_out
 @_overwrite
 @_json
@@ -357,6 +370,7 @@ def plane_cmd(run_dir: str, through: tuple[str, str], x: str, y: str, split: str
 @click.option("--y", default=None, help="Range MIN:MAX:NUM (default: the path's extent).")
 @_split
 @engine_options
+@_strategy
 @_grid_out
 @_overwrite
 @_json

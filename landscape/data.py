@@ -280,8 +280,9 @@ def _read_cifar_batch(path: Path, label_key: str, num_classes: int
                              f"found {found}")
     try:
         labels = np.asarray(labels, dtype=np.int64).reshape(-1)
-    except (TypeError, ValueError):
-        raise LandscapeError(f"{path}: expected {label_key!r} as a list of integers") from None
+    except (TypeError, ValueError, OverflowError):  # e.g. 2**70: beyond any class index
+        raise LandscapeError(f"{path}: expected {label_key!r} as a list of integers in "
+                             f"0..{num_classes - 1}") from None
     if len(labels) != len(data):
         raise LandscapeError(f"{path}: expected {len(data)} {label_key!r} (one per image), "
                              f"found {len(labels)}")

@@ -5,11 +5,15 @@ function of a flat parameter vector ``theta[P]`` (see :mod:`landscape.params`), 
 :class:`Objective`. The data are kept resident on the device; evaluation is chunked over
 points and over data so memory stays bounded.
 
-Two evaluation strategies, chosen by measurement on the first call (``strategy="auto"``):
+Two evaluation strategies, chosen by a fixed rule when the objective is built
+(``strategy="auto"``, see :meth:`Objective._choose_strategy`), so that the same command gives
+the same numbers however loaded the machine is:
 
 - ``"vmap"``: ``torch.func.vmap`` over ``functional_call`` across a chunk of points, sharing
-  each data batch (small models, where one forward pass leaves the device idle);
-- ``"loop"``: one point at a time over large data batches (CNNs that already fill the device).
+  each data batch (small models on a GPU, where one forward pass leaves the device idle);
+- ``"loop"``: one point at a time, loaded into a private copy of the model whose parameters
+  are views of one flat vector (one copy per point; every model on the CPU, convolutions and
+  BatchNorm everywhere).
 
 BatchNorm: ``bn="eval"`` uses the model's running statistics (Li et al. 2018's reference
 choice); ``bn="recompute"`` re-estimates them at every point from the evaluated data, as
@@ -28,8 +32,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import os
-import time
-import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -69,10 +71,15 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
 
 
 def _loss_sum(loss: str, out: Tensor, y: Tensor) -> Tensor:
-    """Sum over the batch of per-sample losses (float32 or float64)."""
+    """Sum over the batch of per-sample losses (float32 or float64).
+
+    Cross-entropy (classes on dim 1) as ``logsumexp - logit of the label``: the same number as
+    ``F.cross_entropy(reduction="sum")`` to round-off, at a fifth of its time for few classes on
+    the CPU (its log-softmax kernel is slow there; ``benchmarks/README.md``).
+    """
     out = out.float() if out.dtype in (torch.bfloat16, torch.float16) else out
     if loss == "cross_entropy":
-        return F.cross_entropy(out, y, reduction="sum")
+        return torch.logsumexp(out, 1).sum() - out.gather(1, y.unsqueeze(1)).sum()
     return F.mse_loss(out.reshape(y.shape), y, reduction="sum") / max(1, y[0].numel())
 
 
@@ -91,6 +98,14 @@ def _has_batchnorm(model: nn.Module) -> bool:
     return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
 
 
+def _has_conv(model: nn.Module) -> bool:
+    return any(isinstance(m, nn.modules.conv._ConvNd) for m in model.modules())
+
+
+class _Captured(Exception):
+    """Stops a forward pass once the first layer's input is captured."""
+
+
 class Objective:
     """Loss and metrics of ``model`` on one data split, as functions of flat parameters.
 
@@ -102,11 +117,11 @@ class Objective:
         bn: ``"eval"`` or ``"recompute"`` (see module docstring).
         precision: ``"float64" | "float32" | "tf32" | "bf16"``.
         device: ``"auto"``, ``"cpu"``, ``"cuda"``, ...
-        batch_size: samples per data chunk (default: whole split up to 4096 on the CPU,
-            up to 8192 on a GPU).
+        batch_size: samples per data chunk (default: 128 for convolutional models on the
+            CPU, else the whole split up to 4096 on the CPU and 8192 on a GPU).
         point_chunk: points per vmap call (default: as many as keep ``point_chunk *
             batch_size`` under ``2**16`` on the CPU, ``2**20`` on a GPU).
-        strategy: ``"auto"`` (measure on the first call), ``"vmap"`` or ``"loop"``.
+        strategy: ``"auto"`` (a rule by model and device), ``"vmap"`` or ``"loop"``.
         memory_budget: bytes for one vmap call of per-sample gradients (default: a quarter
             of the free GPU memory, 16 MiB on the CPU, the fastest measured).
 
@@ -142,8 +157,7 @@ class Objective:
         if self.loss_name not in LOSSES:
             raise unknown_name("loss", self.loss_name, LOSSES)
         self.device = resolve_device(device)
-        self.precision, self.bn, self.strategy = precision, bn, strategy
-        self.strategy_forced = strategy != "auto"  # an explicit choice is never overridden
+        self.precision, self.bn = precision, bn
         self.hvp_method = hvp_method
         self.memory_budget = memory_budget
         self._activation_numel: int | None = None
@@ -158,15 +172,21 @@ class Objective:
         if self.n == 0:
             raise LandscapeError("the data split is empty")
         gpu = self.device.type == "cuda"
-        self.batch_size = batch_size or min(self.n, 8192 if gpu else 4096)
+        conv_on_cpu = not gpu and _has_conv(self.model)
+        self.batch_size = batch_size or min(self.n, 128 if conv_on_cpu else 8192 if gpu else 4096)
         budget = 2**20 if gpu else 2**16
         self.point_chunk = point_chunk or max(1, min(256, budget // self.batch_size))
         self.is_classification = self.loss_name == "cross_entropy"
         self.has_bn = _has_batchnorm(self.model)
         self.counts: dict[str, float] = {"forward": 0.0, "grad": 0.0, "hvp": 0.0,
                                          "per_sample": 0.0}
+        if bn == "recompute" and strategy == "vmap":
+            raise LandscapeError("bn='recompute' evaluates one point at a time: use the loop "
+                                 "strategy (or auto)")
+        self.strategy = self._choose_strategy() if strategy == "auto" else strategy
+        self._loaded: tuple[nn.Module, Tensor] | None = None  # the loop's model, made on use
+        self.plane_layer = self._plane_layer()
         if bn == "recompute":
-            self.strategy = "loop"
             self._bn_model = copy.deepcopy(self.model)
             for m in self._bn_model.modules():
                 if isinstance(m, nn.modules.batchnorm._BatchNorm):
@@ -207,6 +227,14 @@ class Objective:
         return {"loss": self.loss_name, "bn": self.bn, "precision": self.precision,
                 "n": self.n}
 
+    def evaluation_settings(self) -> dict[str, Any]:
+        """:meth:`settings` plus everything that changes the round-off of :meth:`evaluate`:
+        the strategy, the data chunk size, the points per vmap call and the device type (hashed
+        in surface files, so that a resumed file is bit-identical to an uninterrupted one)."""
+        return {**self.settings(), "strategy": self.strategy, "batch_size": self.batch_size,
+                "point_chunk": self.point_chunk if self.strategy == "vmap" else None,
+                "device": self.device.type, "first_layer_products": self.plane_layer}
+
     # ----------------------------------------------------------------------------------
     # the forward pass: nothing else calls the model
     @contextlib.contextmanager
@@ -240,11 +268,12 @@ class Objective:
         for start in range(0, self.n, self.batch_size):
             yield self.x[start : start + self.batch_size], self.y[start : start + self.batch_size]
 
-    def _stats(self, out: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+    def _stats(self, out: Tensor, y: Tensor) -> Tensor:
+        """``[loss sum, number correct]`` of one data chunk, float64."""
         loss = _loss_sum(self.loss_name, out, y).double()
         if self.is_classification:
-            return loss, (out.argmax(-1) == y).sum().double()
-        return loss, torch.zeros((), dtype=torch.float64, device=out.device)
+            return torch.stack([loss, (out.argmax(1) == y).sum().double()])
+        return torch.stack([loss, torch.zeros_like(loss)])
 
     def _recomputed_buffers(self, theta: Tensor) -> dict[str, Tensor]:
         buffers = {k: v.clone() for k, v in self.buffers.items()}
@@ -260,24 +289,118 @@ class Objective:
 
     # ----------------------------------------------------------------------------------
     # evaluation at many points
+    def _loaded_model(self) -> tuple[nn.Module, Tensor]:
+        """A private copy of the model whose parameters are views of one flat tensor ``[P]``:
+        a point is loaded by one copy, without ``functional_call``'s per-call re-binding."""
+        if self._loaded is None:
+            model = copy.deepcopy(self.model)
+            flat = self.theta0.clone()
+            params = dict(model.named_parameters())
+            for name, view in self.space.unflatten(flat).items():
+                # no grad: autocast caches its casts of leaves that require grad, which would
+                # keep the first point's weights for a whole bf16 call
+                params[name].requires_grad_(False).data = view
+            self._loaded = model, flat
+        return self._loaded
+
+    def _plane_layer(self) -> str | None:
+        """Name of the first layer whose output :meth:`evaluate_plane` forms from products, or
+        None. It must be an ``nn.Linear``, the first module with parameters or buffers that the
+        forward pass calls, called once, with every parameter held by a leaf module (so its
+        input does not depend on the point); loop strategy, ``bn="eval"``, not bf16, and its
+        outputs for the split (three copies) under ``2**26`` numbers."""
+        if self.strategy != "loop" or self.bn != "eval" or self.precision == "bf16":
+            return None
+        held = [(name, m) for name, m in self.model.named_modules()
+                if any(True for _ in m.parameters(recurse=False))
+                or any(True for _ in m.buffers(recurse=False))]
+        if not held or any(any(True for _ in m.children()) for _, m in held):
+            return None
+        name, layer = held[0]
+        if not isinstance(layer, nn.Linear) or 3 * self.n * layer.out_features > 2**26:
+            return None
+        calls: list[str] = []
+        handles = [m.register_forward_pre_hook(lambda _m, _i, n=n: calls.append(n))
+                   for n, m in held]
+        try:
+            with torch.no_grad():
+                self.model(next(iter(self._chunks()))[0][:1])
+        finally:
+            for h in handles:
+                h.remove()
+        return name if calls[:1] == [name] and calls.count(name) == 1 else None
+
+    def _first_layer_products(self, model: nn.Module, origin: Tensor, directions: Tensor,
+                              ) -> list[list[Tensor]]:
+        """Per data chunk, the first layer's outputs at ``origin`` and along each direction
+        (weights and biases of the directions, no origin): ``1 + D`` products per chunk."""
+        layer = model.get_submodule(self.plane_layer)
+        parts = [self.space.unflatten(t) for t in (origin, *directions)]
+        prefix = f"{self.plane_layer}." if self.plane_layer else ""  # "": the model itself
+        weight, bias = f"{prefix}weight", f"{prefix}bias"
+        captured: list[Tensor] = []
+
+        def capture(_m: nn.Module, inputs: tuple[Tensor, ...]) -> None:
+            captured.append(inputs[0])
+            raise _Captured
+
+        handle = layer.register_forward_pre_hook(capture)
+        products = []
+        try:
+            for x, _ in self._chunks():
+                with contextlib.suppress(_Captured):
+                    model(x)
+                products.append([F.linear(captured[-1], u[weight], u.get(bias)) for u in parts])
+        finally:
+            handle.remove()
+        return products
+
     @torch.no_grad()
-    def _eval_loop(self, points: Tensor, buffers: dict[str, Tensor] | None = None) -> Tensor:
-        out = torch.zeros(points.shape[0], 2, dtype=torch.float64, device=self.device)
-        for k, theta in enumerate(points):
-            if self.bn == "recompute":
-                buffers_k = self._recomputed_buffers(theta)
-            else:
-                buffers_k = {name: b[k] for name, b in (buffers or {}).items()}
-            for x, y in self._chunks():
-                loss, correct = self._stats(self.forward(theta, x, buffers_k), y)
-                out[k, 0] += loss
-                out[k, 1] += correct
-        return out
+    def _eval_loop(self, points: Tensor, buffers: dict[str, Tensor] | None = None,
+                   plane: tuple[Tensor, Tensor, Tensor] | None = None) -> Tensor:
+        """``plane``: ``(origin, directions[D, P], coords[K, D])`` of ``points``, whose first
+        layer is then ``x W0 + sum_d c_d x D_d`` (exact in exact arithmetic; round-off in the
+        last bits differs from the product at each point)."""
+        model, flat = self._loaded_model()
+        own = dict(model.named_buffers())
+        changed: set[str] = set()
+        rows = []
+        layer, products, coords = None, None, None
+        if plane is not None:
+            products = self._first_layer_products(model, plane[0], plane[1])
+            coords = plane[2].tolist()
+            layer = model.get_submodule(self.plane_layer)
+        try:
+            for k, theta in enumerate(points):
+                flat.copy_(theta)
+                if self.bn == "recompute":
+                    buffers_k = self._recomputed_buffers(theta)
+                else:
+                    buffers_k = {name: b[k] for name, b in (buffers or {}).items()}
+                for name, b in buffers_k.items():
+                    own[name].copy_(b)
+                    changed.add(name)
+                total = None
+                for c, (x, y) in enumerate(self._chunks()):  # summed in order: the same bits
+                    if layer is not None:
+                        h = products[c][0].clone()
+                        for coefficient, along in zip(coords[k], products[c][1:]):
+                            h.add_(along, alpha=coefficient)
+                        layer.forward = lambda _x, h=h: h  # the first layer's output, given
+                    stats = self._stats(model(x), y)
+                    total = stats if total is None else total + stats
+                rows.append(total)
+        finally:
+            for name in changed:
+                own[name].copy_(self.buffers[name])
+            if layer is not None and "forward" in vars(layer):
+                del layer.forward
+        return torch.stack(rows)
 
     @torch.no_grad()
     def _eval_vmap(self, points: Tensor, buffers: dict[str, Tensor] | None = None) -> Tensor:
         def stats(theta: Tensor, buf: dict[str, Tensor], x: Tensor, y: Tensor) -> Tensor:
-            return torch.stack(self._stats(self.forward(theta, x, buf), y))
+            return self._stats(self.forward(theta, x, buf), y)
 
         buffers = buffers or {}
         batched = vmap(stats, in_dims=(0, 0 if buffers else None, None, None))
@@ -289,37 +412,40 @@ class Objective:
                 out[sel] += batched(points[sel], buf, x, y)
         return out
 
-    def _choose_strategy(self, points: Tensor) -> str:
-        """Time both strategies on one data batch and up to 32 points (best of three runs
-        each, after a warm-up); keep the faster."""
-        sample = points[: min(points.shape[0], self.point_chunk, 32)]
-        full = self.x, self.y, self.n
-        self.x, self.y = self.x[: self.batch_size], self.y[: self.batch_size]
-        self.n = int(self.x.shape[0])
-        try:
-            timings = {}
-            for name, fn in (("loop", self._eval_loop), ("vmap", self._eval_vmap)):
-                fn(sample[:1] if name == "loop" else sample, None)  # warm-up
-                runs = []
-                for _ in range(3):
-                    self._sync()
-                    t0 = time.perf_counter()
-                    fn(sample, None)
-                    self._sync()
-                    runs.append(time.perf_counter() - t0)
-                timings[name] = min(runs)
-        except (RuntimeError, NotImplementedError):
-            timings = {"loop": 0.0}
-        finally:
-            self.x, self.y, self.n = full
-        return min(timings, key=timings.get)
+    def _choose_strategy(self) -> str:
+        """The ``auto`` rule, by model and device (no timing, so the choice never depends on
+        machine load): ``loop`` on the CPU (faster than vmap there for the digits MLP as for
+        LeNet, ``benchmarks/README.md``), for BatchNorm recomputation, and for convolutional or
+        BatchNorm models on a GPU (they fill the device; cuDNN BatchNorm has failed under
+        vmap); ``vmap`` for the remaining (small, fully connected) models on a GPU."""
+        if (self.device.type == "cpu" or self.bn == "recompute" or self.has_bn
+                or _has_conv(self.model)):
+            return "loop"
+        return "vmap"
 
     def _sync(self) -> None:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
 
+    def evaluate_plane(self, origin: Tensor, directions: Tensor, coords: Tensor,
+                       buffers: dict[str, Tensor] | None = None) -> dict[str, Tensor]:
+        """:meth:`evaluate` at ``origin[P] + coords[K, D] @ directions[D, P]``.
+
+        Where :attr:`plane_layer` is set (a first ``nn.Linear`` layer), a point's first-layer
+        output is ``x W0 + sum_d c_d x D_d``: ``1 + D`` products per data chunk and call serve
+        all K points instead of one product per point (equal to :meth:`evaluate` to float
+        round-off; the saving is in ``benchmarks/README.md``).
+        """
+        origin = torch.as_tensor(origin).to(self.device, self.dtype)
+        directions = torch.as_tensor(directions).to(self.device, self.dtype)
+        coords = torch.as_tensor(coords).to(self.device, self.dtype)
+        points = origin + coords @ directions
+        if self.plane_layer is None:
+            return self.evaluate(points, buffers)
+        return self.evaluate(points, buffers, _plane=(origin, directions, coords))
+
     def evaluate(self, points: Tensor, buffers: dict[str, Tensor] | None = None,
-                 ) -> dict[str, Tensor]:
+                 _plane: tuple[Tensor, Tensor, Tensor] | None = None) -> dict[str, Tensor]:
         """Mean loss (and accuracy, for classification) at each of ``points[K, P]``.
 
         ``buffers`` optionally gives per-point buffers ``name -> [K, ...]`` (e.g. BatchNorm
@@ -337,33 +463,22 @@ class Objective:
             if unknown:
                 raise LandscapeError(f"unknown buffers {sorted(unknown)}")
             buffers = {k: v.to(self.device, self.buffers[k].dtype) for k, v in buffers.items()}
-        strategy = self.strategy
-        if strategy == "auto":  # decided on the first call with enough points to time
-            if points.shape[0] >= min(8, self.point_chunk):
-                self.strategy = strategy = self._choose_strategy(points)
-            else:
-                strategy = "loop"
         while True:
             try:
                 with self.precision_context():
-                    fn = self._eval_vmap if strategy == "vmap" else self._eval_loop
-                    sums = fn(points, buffers)
+                    if self.strategy == "vmap":
+                        sums = self._eval_vmap(points, buffers)
+                    else:
+                        sums = self._eval_loop(points, buffers, _plane)
                 break
             except torch.cuda.OutOfMemoryError:  # (torch.OutOfMemoryError only from 2.5)
-                if strategy == "vmap" and self.point_chunk > 1:
+                if self.strategy == "vmap" and self.point_chunk > 1:
                     self.point_chunk //= 2
                 elif self.batch_size > 1:
                     self.batch_size //= 2
                 else:
                     raise
                 torch.cuda.empty_cache()
-            except (RuntimeError, NotImplementedError) as err:
-                if strategy != "vmap" or self.strategy_forced:
-                    raise
-                # e.g. cuDNN BatchNorm under vmap at large chunk sizes: go on point by point
-                warnings.warn(f"vmap evaluation failed ({str(err)[:200]}); using the loop "
-                              "strategy from now on", RuntimeWarning, stacklevel=2)
-                self.strategy = strategy = "loop"
         self.counts["forward"] += points.shape[0]
         sums = sums.cpu() / self.n
         result = {"loss": sums[:, 0]}

@@ -10,6 +10,7 @@ are refused with the list of what differs.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import math
@@ -110,29 +111,310 @@ def close_quietly(f: h5py.File | None) -> None:
         pass
 
 
+def damaged(path: str | Path, what: str) -> LandscapeError:
+    """The one-line error for a file that is not what its header says (or not readable)."""
+    return LandscapeError(f"{path}: {what}; the file was left untouched")
+
+
 def _open(path: Path, mode: str) -> h5py.File:
+    """``h5py.File(path, mode)``; a locked, read-only, unreadable or damaged file is a
+    one-line LandscapeError saying which."""
+    if path.is_dir():
+        raise LandscapeError(f"{path}: is a directory, not a result file")
+    try:
+        with open(path, "rb"):
+            pass
+    except PermissionError:
+        raise LandscapeError(f"{path}: no permission to read it") from None
     if not h5py.is_hdf5(path):
-        raise LandscapeError(f"{path}: not an HDF5 file (empty, truncated or another format); "
-                             "it was left untouched")
+        raise damaged(path, "not an HDF5 file (empty, truncated or another format)")
     try:
         return h5py.File(path, mode)
     except OSError as err:
-        raise LandscapeError(
-            f"{path}: not a readable HDF5 file (truncated or corrupt?): {err}; "
-            "it was left untouched") from None
+        code = err.errno or int((re.findall(r"errno = (\d+)", str(err)) or [0])[-1])
+        if code in (errno.EAGAIN, errno.EWOULDBLOCK) or "unable to lock" in str(err):
+            raise LandscapeError(
+                f"{path}: locked: another process has it open for writing (wait for it to "
+                "finish or stop it, then rerun); the file was left untouched") from None
+        if code == errno.EROFS:
+            raise LandscapeError(f"{path}: on a read-only filesystem, so it cannot be opened "
+                                 "for writing; copy it to a writable place") from None
+        if code in (errno.EACCES, errno.EPERM):
+            raise LandscapeError(f"{path}: no permission to open it for "
+                                 f"{'reading' if mode == 'r' else 'writing'}") from None
+        raise damaged(path, f"not a readable HDF5 file (truncated or corrupt?): "
+                            f"{_reason(err)}") from None
+
+
+#: The result kinds this library writes; a grid kind holds x (y) coordinates and a done mask.
+GRID_KINDS = ("surface", "interpolation", "plane", "trajectory")
+MEASURE_KINDS = ("curvature", "sharpness", "noise", "curve")
+KINDS = (*GRID_KINDS, "hessian", "study", "toy", *MEASURE_KINDS)
+
+#: The most values a stored grid or small array (eigenvalues, trace samples, a density) may
+#: declare. No result comes near it (a 10,001 x 10,001 grid is 1e8 points); a larger
+#: declaration is damage or an attack, refused before anything is read. Arrays with one value
+#: per parameter (origin, directions, eigenvectors) are checked against each other instead.
+MAX_VALUES = 10**8
+
+_DTYPES = {"f": "floating-point", "biu": "boolean or integer", "fbiu": "numeric"}
 
 
 def _check_landscape(f: h5py.File, path: Path, kind: str | tuple[str, ...] | None) -> None:
-    if f.attrs.get("format") != FORMAT:
+    """The header: format, version, kind and decodable attributes; then the structure of
+    the file's kind (:func:`validate`)."""
+    attrs = read_attrs(f)
+    if attrs.get("format") != FORMAT:
         raise LandscapeError(f"{path}: not a landscape result file (no format='{FORMAT}')")
-    if int(f.attrs.get("format_version", -1)) > FORMAT_VERSION:
+    version = attrs.get("format_version")
+    if isinstance(version, bool) or not isinstance(version, int):
+        raise damaged(path, f"format_version {version!r} is not an integer")
+    if version > FORMAT_VERSION:
         raise LandscapeError(
-            f"{path}: format version {f.attrs['format_version']} is newer than this "
+            f"{path}: format version {version} is newer than this "
             f"library's ({FORMAT_VERSION}); upgrade landscape")
+    found = attrs.get("kind")
+    if found not in KINDS:
+        raise damaged(path, f"unknown kind {found!r} (known: {', '.join(KINDS)})")
     kinds = (kind,) if isinstance(kind, str) else kind
-    if kinds and f.attrs.get("kind") not in kinds:
+    if kinds and found not in kinds:
         raise LandscapeError(
-            f"{path}: holds a {f.attrs.get('kind')!r} result, expected {' or '.join(kinds)}")
+            f"{path}: holds a {found!r} result, expected {' or '.join(kinds)}")
+    validate(f, path, attrs)
+
+
+def _member(group: h5py.Group, name: str, path: Path) -> Any:
+    """``group[name]`` (None if absent); a soft or external link (which could lead into
+    another file) is refused."""
+    link = group.get(name, getlink=True)
+    if link is None:
+        return None
+    if not isinstance(link, h5py.HardLink):
+        raise damaged(path, f"'{group.name.rstrip('/')}/{name}' is a link to elsewhere")
+    return group[name]
+
+
+def _group(group: h5py.Group, name: str, path: Path) -> h5py.Group:
+    obj = _member(group, name, path)
+    if not isinstance(obj, h5py.Group):
+        what = "missing" if obj is None else "a dataset, not a group"
+        raise damaged(path, f"group '{group.name.rstrip('/')}/{name}' is {what}")
+    return obj
+
+
+def _array(group: h5py.Group, name: str, path: Path, *, dtype: str = "f",
+           ndim: int | None = None, shape: tuple[int, ...] | None = None,
+           limit: int | None = MAX_VALUES, optional: bool = False) -> h5py.Dataset | None:
+    """The dataset ``group[name]`` after checking (metadata only, nothing read) that it is a
+    dataset of the ``dtype`` kinds (numpy kind letters), ``ndim``, ``shape``, and at most
+    ``limit`` values."""
+    obj = _member(group, name, path)
+    where = f"'{group.name.rstrip('/')}/{name}'"
+    if obj is None:
+        if optional:
+            return None
+        raise damaged(path, f"dataset {where} is missing")
+    if not isinstance(obj, h5py.Dataset):
+        raise damaged(path, f"{where} is a {type(obj).__name__.lower()}, not a dataset")
+    if obj.dtype.kind not in dtype:
+        raise damaged(path, f"dataset {where} holds {obj.dtype}, not "
+                            f"{_DTYPES[dtype]} values")
+    if ndim is not None and obj.ndim != ndim:
+        raise damaged(path, f"dataset {where} has {obj.ndim} dimensions, not {ndim}")
+    if shape is not None and obj.shape != tuple(shape):
+        raise damaged(path, f"dataset {where} has shape {obj.shape}, expected {tuple(shape)}")
+    if limit is not None and math.prod(obj.shape) > limit:
+        raise damaged(path, f"dataset {where} declares {math.prod(obj.shape):,} values, "
+                            f"more than the {limit:,} any result holds")
+    return obj
+
+
+def _number(attrs: Mapping[str, Any], key: str, path: Path, where: str = "",
+            integer: bool = False) -> None:
+    value = attrs.get(key)
+    kinds = (int,) if integer else (int, float)
+    if isinstance(value, bool) or not isinstance(value, kinds):
+        raise damaged(path, f"attribute '{key}'{where} is {value!r}, not "
+                            f"{'an integer' if integer else 'a number'}")
+
+
+def _names(attrs: Mapping[str, Any], key: str, path: Path, default: Any = None) -> list[str]:
+    names = attrs.get(key, default)
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise damaged(path, f"attribute '{key}' is {names!r}, not a list of names")
+    return names
+
+
+def _grid(group: h5py.Group, path: Path) -> tuple[int, ...]:
+    """Check the coordinates (1D, finite, not empty) and the done mask of a grid; its shape."""
+    coords = [_array(group, a, path, ndim=1, optional=a == "y") for a in ("y", "x")]
+    coords = [c for c in coords if c is not None]
+    for c in coords:
+        try:
+            values = c[()]
+        except OSError as err:
+            raise damaged(path, f"cannot read '{c.name}': {_reason(err)}") from None
+        if values.size == 0 or not np.isfinite(values).all():
+            raise damaged(path, f"coordinates '{c.name}' are empty or not all finite")
+    shape = tuple(len(c) for c in coords)
+    if math.prod(shape) > MAX_VALUES:
+        raise damaged(path, f"a grid of {math.prod(shape):,} points, more than {MAX_VALUES:,}")
+    _array(group, "done", path, dtype="biu", shape=shape)
+    return shape
+
+
+def _validate_grid(f: h5py.File, path: Path, attrs: Mapping[str, Any]) -> None:
+    shape = _grid(f, path)
+    metrics = _names(attrs, "metrics", path)
+    for name in metrics + ["hessian_max", "hessian_min"]:
+        _array(f, name, path, shape=shape, optional=name not in metrics)
+    _array(f, "hessian_done", path, dtype="biu", shape=shape, optional=True)
+    origin = _array(f, "origin", path, ndim=1, limit=None, optional=True)
+    if "directions" in f:
+        directions = _group(f, "directions", path)
+        for axis in ("x", "y")[: len(shape)]:
+            _array(directions, axis, path, ndim=1, limit=None,
+                   shape=None if origin is None else origin.shape)
+    if "path" in f:
+        group = _group(f, "path", path)
+        for name in group:
+            _array(group, name, path, dtype="fbiu")
+
+
+def _validate_hessian(f: h5py.File, path: Path, attrs: Mapping[str, Any]) -> None:
+    done = {}
+    for part in ("eigen", "trace", "density"):
+        value = attrs.get(f"{part}_done", False)
+        if not isinstance(value, bool | int):
+            raise damaged(path, f"attribute '{part}_done' is {value!r}, not true or false")
+        done[part] = bool(value)
+    if done["eigen"]:
+        _number(attrs, "eigen_n_hvp", path, integer=True)
+        width = None
+        for tag in ("top", "bottom"):
+            k = _array(f, f"eigenvalues_{tag}", path, ndim=1).shape
+            _array(f, f"residuals_{tag}", path, shape=k)
+            for name in ("converged", "at_floor"):
+                _array(f, f"{name}_{tag}", path, dtype="biu", shape=k,
+                       optional=name != "converged")
+            vectors = _array(f, f"eigenvectors_{tag}", path, ndim=2, limit=None, optional=True)
+            if vectors is not None:
+                if vectors.shape[0] != k[0] or width not in (None, vectors.shape[1]):
+                    raise damaged(path, f"eigenvectors_{tag} of shape {vectors.shape} do not "
+                                        f"match {k[0]} eigenvalues of one parameter count")
+                width = vectors.shape[1]
+    if done["trace"]:
+        group = _group(f, "trace", path)
+        _array(group, "samples", path, ndim=1)
+        group_attrs = read_attrs(group)
+        _number(group_attrs, "estimate", path, " of 'trace'")
+        for key in ("n_hvp", "n_probes"):
+            _number(group_attrs, key, path, " of 'trace'", integer=True)
+    if done["density"]:
+        group = _group(f, "density", path)
+        n = _array(group, "grid", path, ndim=1).shape
+        if n == (0,):
+            raise damaged(path, "the density grid is empty")
+        _array(group, "density", path, shape=n)
+        nodes = _array(group, "nodes", path, ndim=2).shape
+        _array(group, "weights", path, shape=nodes)
+        group_attrs = read_attrs(group)
+        _number(group_attrs, "sigma", path, " of 'density'")
+        _number(group_attrs, "n_hvp", path, " of 'density'", integer=True)
+
+
+def _validate_study_grid(group: h5py.Group, path: Path) -> None:
+    _grid(group, path)
+    for name in group:
+        _array(group, name, path, dtype="fbiu")
+
+
+def _validate_study(f: h5py.File, path: Path, attrs: Mapping[str, Any]) -> None:
+    _names(attrs, "names", path, [])
+    table = attrs.get("table", "[]")
+    try:
+        rows = json.loads(table) if isinstance(table, str) else table
+    except ValueError:
+        rows = None
+    if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+        raise damaged(path, "attribute 'table' is not a JSON list of rows")
+    for name in ("design", "study_settings"):
+        if not isinstance(attrs.get(name, {}), dict):
+            raise damaged(path, f"attribute '{name}' is not a JSON object")
+    models = _group(f, "models", path) if "models" in f else {}
+    for name in models:
+        model = _group(models, name, path)
+        for seed in model:
+            group = _group(model, seed, path)
+            if not re.fullmatch(r"seed\d+", seed):
+                raise damaged(path, f"'{group.name}' is not a seed<N> group")
+            for key in group:
+                if key == "surface" or re.fullmatch(r"curve_d\d+", key):
+                    _validate_study_grid(_group(group, key, path), path)
+                elif key == "measures":
+                    measures = _group(group, key, path)
+                    for m in measures:
+                        _array(measures, m, path, shape=())
+    interpolations = _group(f, "interpolations", path) if "interpolations" in f else {}
+    for label in interpolations:
+        group = _group(interpolations, label, path)
+        _validate_study_grid(group, path)
+        ends = read_attrs(group).get("endpoints")
+        if not isinstance(ends, list) or len(ends) != 2:
+            raise damaged(path, f"'{group.name}' has no pair of 'endpoints'")
+
+
+def _validate_measures(f: h5py.File, path: Path, attrs: Mapping[str, Any]) -> None:
+    for name in f:
+        _array(f, name, path, shape=())
+
+
+def _validate_toy(f: h5py.File, path: Path, attrs: Mapping[str, Any]) -> None:
+    if "function" not in attrs.get("settings", {}):
+        raise damaged(path, "the settings name no function")
+    for label in _names(attrs, "labels", path):
+        group = _group(f, label, path)
+        n = _array(group, "path", path).shape
+        _array(group, "loss", path, shape=n[:-1])
+        meta = read_attrs(group["path"])
+        _number(meta, "tol", path, f" of '{label}/path'")
+        if not isinstance(meta.get("settings"), dict) or "optimizer" not in meta:
+            raise damaged(path, f"'{label}/path' lacks its optimizer or settings")
+
+
+def validate(f: h5py.File, path: Path, attrs: Mapping[str, Any] | None = None) -> None:
+    """Check an open result file against the schema of its kind before any of it is used:
+    no links out of the file, every attribute decodable, the settings a JSON object, each
+    dataset a reader uses present with the right type and shape (consistent with the
+    coordinates), and no declared size beyond :data:`MAX_VALUES`. Reads metadata and the
+    coordinates only. A LandscapeError names the file and the first fault."""
+    attrs = read_attrs(f) if attrs is None else attrs
+
+    def attrs_fault(name: str, obj: Any) -> LandscapeError | None:
+        try:  # an exception must not cross HDF5's iteration: returned, then raised
+            read_attrs(obj)
+        except LandscapeError as err:
+            return err
+        return None
+
+    outward = f.visititems_links(lambda name, link: None if isinstance(link, h5py.HardLink)
+                                 else name)
+    if outward is not None:
+        raise damaged(path, f"'{outward}' is a link to elsewhere")
+    fault = f.visititems(attrs_fault)
+    if fault is not None:
+        raise fault
+    if not isinstance(f.attrs.get("settings", "{}"), str) or not isinstance(
+            attrs.get("settings", {}), dict):
+        raise damaged(path, "attribute 'settings' is not a JSON object")
+    if not isinstance(attrs.get("settings_hash", ""), str):
+        raise damaged(path, "attribute 'settings_hash' is not text")
+    kind = attrs["kind"]
+    check = (_validate_grid if kind in GRID_KINDS else _validate_measures
+             if kind in MEASURE_KINDS else {"hessian": _validate_hessian,
+                                            "study": _validate_study,
+                                            "toy": _validate_toy}[kind])
+    check(f, path, attrs)
 
 
 def differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
@@ -158,7 +440,11 @@ def claim_part(f: h5py.File, name: str, settings: Mapping[str, Any], what: str,
     if name not in f or overwrite:
         return True
     old = f[name].attrs.get("settings", "")
-    if settings_hash(json.loads(old or "{}")) != settings_hash(settings):
+    try:
+        recorded = json.loads(old or "{}")
+    except (TypeError, ValueError):
+        raise damaged(f.filename, f"the settings of '{name}' are not JSON") from None
+    if settings_hash(recorded) != settings_hash(settings):
         raise _other_settings(Path(f.filename), old, settings, f" holds {what} that",
                               "use --overwrite to redo it")
     return False
@@ -190,18 +476,14 @@ def create(path: str | Path, kind: str, settings: Mapping[str, Any],
     path = Path(path)
     digest = settings_hash(settings)
     if path.exists() and not overwrite:
-        _open(path, "r").close()  # validate read-only first: a bad file is left untouched
+        with _open(path, "r") as f:  # validated read-only first: a bad file is left untouched
+            _check_landscape(f, path, kind)
+            if f.attrs.get("settings_hash") != digest:
+                raise _other_settings(path, f.attrs.get("settings", "{}"), settings)
         f = _open(path, "r+")
         if memory:
             f.close()
             f = h5py.File(path, "r+", driver="core", backing_store=False)
-        try:
-            _check_landscape(f, path, kind)
-            if f.attrs.get("settings_hash") != digest:
-                raise _other_settings(path, f.attrs.get("settings", "{}"), settings)
-        except LandscapeError:
-            f.close()
-            raise
         return f
     with writing(path, resumable=False):
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -293,15 +575,16 @@ def open_result(path: str | Path, kind: str | tuple[str, ...] | None = None,
     path = Path(path)
     if not path.exists():
         raise LandscapeError(f"{path}: no such file")
-    if mode != "r":
-        _open(path, "r").close()  # validate read-only first: a bad file is left untouched
-    f = _open(path, mode)
+    f = _open(path, "r")  # validated read-only first: a bad file is left untouched
     try:
         _check_landscape(f, path, kind)
-    except LandscapeError:
+    except BaseException:
         f.close()
         raise
-    return f
+    if mode == "r":
+        return f
+    f.close()
+    return _open(path, mode)
 
 
 def allocated(group: h5py.Group, name: str, shape: tuple[int, ...], dtype: Any,
@@ -326,25 +609,35 @@ def write_arrays(group: h5py.File | h5py.Group, arrays: Mapping[str, Any],
 
 
 def read_attrs(obj: h5py.File | h5py.Group | h5py.Dataset) -> dict[str, Any]:
-    """Attributes as plain Python values (JSON-encoded ones decoded, arrays as lists)."""
-    json_keys = set(json.loads(obj.attrs.get("json_attrs", "[]")))
-    out: dict[str, Any] = {}
-    for key, value in obj.attrs.items():
-        if key == "json_attrs":
-            continue
-        if isinstance(value, bytes):
-            value = value.decode()
-        if key in json_keys:
-            value = json.loads(value)
-        elif isinstance(value, np.generic | np.ndarray):
-            value = value.tolist()
-        out[key] = value
+    """Attributes as plain Python values (JSON-encoded ones decoded, arrays as lists); an
+    attribute that cannot be read or decoded is a LandscapeError naming the file and it."""
+    key = "json_attrs"
+    try:
+        json_keys = json.loads(obj.attrs.get(key, "[]"))
+        if not isinstance(json_keys, list) or not all(isinstance(k, str) for k in json_keys):
+            raise ValueError("not a list of names")
+        out: dict[str, Any] = {}
+        for key in obj.attrs:
+            if key == "json_attrs":
+                continue
+            value = obj.attrs[key]
+            if isinstance(value, bytes):
+                value = value.decode()
+            if key in json_keys:
+                value = json.loads(value)
+            elif isinstance(value, np.generic | np.ndarray):
+                value = value.tolist()
+            out[key] = value
+    except (OSError, ValueError, TypeError, KeyError) as err:  # JSONDecodeError, UnicodeError
+        where = "" if obj.name == "/" else f" of '{obj.name}'"
+        raise damaged(obj.file.filename, f"attribute '{key}'{where} cannot be read or "
+                                         f"decoded ({' '.join(str(err).split())[:80]})") from None
     return out
 
 
 def read_settings(f: h5py.File) -> dict[str, Any]:
     """The settings a result was computed with."""
-    return json.loads(f.attrs.get("settings", "{}"))
+    return read_attrs(f).get("settings", {})
 
 
 def describe(path: str | Path) -> dict[str, Any]:
@@ -359,7 +652,7 @@ def describe(path: str | Path) -> dict[str, Any]:
                 "format_version": attrs.get("format_version"), "created": attrs.get("created"),
                 "settings": read_settings(f), "datasets": datasets,
                 "attrs": {k: v for k, v in attrs.items() if k not in ("settings",)}}
-        if "done" in f:
+        if attrs["kind"] in GRID_KINDS:  # validated: a mask of the grid's shape
             done = f["done"][()]
             info["done"], info["total"] = int(done.sum()), int(done.size)
         return info

@@ -605,26 +605,25 @@ def test_bf16_derivatives_run_in_float32(method: str) -> None:
     assert torch.equal(results["bf16"], results["float32"])
 
 
-def test_auto_strategy_falls_back_to_loop_when_vmap_fails(monkeypatch: pytest.MonkeyPatch,
-                                                          ) -> None:
-    """A vmap failure after the strategy was chosen (as cuDNN BatchNorm at large chunks)
-    switches to point-at-a-time evaluation with a warning and the same numbers."""
-    model = nn.Sequential(nn.Linear(4, 5), nn.Tanh(), nn.Linear(5, 3))
-    x, y = torch.randn(20, 4), torch.randint(0, 3, (20,))
-    obj = Objective(model, (x, y), device="cpu", precision="float64")
-    obj.strategy = "vmap"  # as if chosen by timing
-
-    def broken(*args: object) -> None:
-        raise RuntimeError("cuDNN error: CUDNN_STATUS_NOT_SUPPORTED")
-
-    monkeypatch.setattr(obj, "_eval_vmap", broken)
-    points = obj.theta0 + 0.1 * torch.randn(3, obj.space.numel, dtype=torch.float64)
-    with pytest.warns(RuntimeWarning, match="loop"):
-        got = obj.evaluate(points)["loss"]
-    assert obj.strategy == "loop"
-    expected = Objective(model, (x, y), device="cpu", precision="float64",
-                         strategy="loop").evaluate(points)["loss"]
-    torch.testing.assert_close(got, expected, rtol=0, atol=0)
+def test_auto_strategy_and_chunk_follow_the_rule_by_model_and_device() -> None:
+    """``auto`` is a fixed rule (never a timing): loop on the CPU, vmap only for models without
+    convolutions or BatchNorm on a GPU; convolutions on the CPU get 128-sample data chunks."""
+    x, y = torch.randn(300, 1, 4, 4), torch.randint(0, 3, (300,))
+    mlp = nn.Sequential(nn.Flatten(), nn.Linear(16, 5), nn.Tanh(), nn.Linear(5, 3))
+    conv = nn.Sequential(nn.Conv2d(1, 2, 3), nn.Flatten(), nn.Linear(8, 3))
+    bn = nn.Sequential(nn.Flatten(), nn.Linear(16, 5), nn.BatchNorm1d(5), nn.Linear(5, 3))
+    objs = {name: Objective(m, (x, y), device="cpu") for name, m in
+            (("mlp", mlp), ("conv", conv), ("bn", bn))}
+    assert {o.strategy for o in objs.values()} == {"loop"}
+    assert (objs["mlp"].batch_size, objs["conv"].batch_size) == (300, 128)
+    on_gpu = {}
+    for name, o in objs.items():
+        o.device = torch.device("cuda")  # the rule only reads the device type
+        on_gpu[name] = o._choose_strategy()
+    assert on_gpu == {"mlp": "vmap", "conv": "loop", "bn": "loop"}
+    assert Objective(mlp, (x, y), device="cpu", bn="recompute").strategy == "loop"
+    with pytest.raises(LandscapeError, match="recompute"):
+        Objective(mlp, (x, y), device="cpu", bn="recompute", strategy="vmap")
 
 
 def test_explicit_vmap_strategy_failure_is_raised(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -735,3 +734,58 @@ def test_per_sample_grads_of_named_parameters_are_their_columns() -> None:
                                rtol=1e-12, atol=1e-14)
     with pytest.raises(LandscapeError, match="unknown parameters"):
         obj.per_sample_grads(theta, names=("nope",))
+@pytest.mark.parametrize("precision,rtol", [("float64", 1e-12), ("float32", 1e-6)])
+def test_plane_evaluation_from_first_layer_products_equals_point_by_point(
+        precision: str, rtol: float) -> None:
+    """x (W0 + a Dx + b Dy) = x W0 + a x Dx + b x Dy: a plane evaluated from three products per
+    data chunk equals the model's own forward pass at each point, to round-off."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3))
+    x, y = torch.randn(30, 2, 3), torch.randint(0, 3, (30,))
+    obj = Objective(model, (x, y), device="cpu", precision=precision, batch_size=7)
+    assert obj.plane_layer == "1"
+    dtype = obj.dtype
+    dirs = torch.randn(2, obj.space.numel, dtype=dtype)
+    coords = torch.tensor([[0.0, 0.0], [0.5, -1.0], [-2.0, 0.25], [1.0, 1.0]], dtype=dtype)
+    got = obj.evaluate_plane(obj.theta0, dirs, coords)
+    for k, theta in enumerate(obj.theta0 + coords @ dirs):
+        with torch.no_grad():
+            out = _with_params(model, theta, dtype)(x.to(dtype))
+        assert float(got["loss"][k]) == pytest.approx(F.cross_entropy(out, y).item(), rel=rtol)
+        assert float(got["acc"][k]) == (out.argmax(1) == y).double().mean().item()
+    line = obj.evaluate_plane(obj.theta0, dirs[:1], coords[:, :1])  # one direction
+    torch.testing.assert_close(line["loss"], obj.evaluate(obj.theta0 + coords[:, :1] @ dirs[:1])[
+        "loss"], rtol=rtol, atol=0)
+
+
+class _ScaledInput(nn.Module):
+    """A parameter used outside any leaf module before the first layer."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.scale = nn.Parameter(torch.tensor([2.0]))
+        self.fc = nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.scale * x)
+
+
+@pytest.mark.parametrize("model,kwargs", [
+    (_ScaledInput(), {}),
+    (nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 3)), {"precision": "bf16"}),
+    (nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 3)), {"strategy": "vmap"}),
+    (nn.Sequential(nn.BatchNorm1d(4), nn.Linear(4, 3)), {}),
+])
+def test_first_layer_products_are_not_used_where_they_would_be_wrong(model: nn.Module,
+                                                                      kwargs: dict) -> None:
+    x, y = torch.randn(12, 4), torch.randint(0, 3, (12,))
+    obj = Objective(model, (x, y), device="cpu", **kwargs)
+    assert obj.plane_layer is None
+    dirs = torch.randn(2, obj.space.numel)
+    coords = torch.tensor([[1.0, -0.5], [0.3, 0.7]])
+    got = obj.evaluate_plane(obj.theta0, dirs, coords)["loss"]
+    for k, theta in enumerate(obj.theta0 + coords @ dirs):
+        with torch.no_grad():
+            out = _with_params(model, theta, torch.float32)(x)
+        tol = 2e-2 if kwargs.get("precision") == "bf16" else 1e-6
+        assert float(got[k]) == pytest.approx(F.cross_entropy(out, y).item(), rel=tol)

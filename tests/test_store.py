@@ -24,9 +24,10 @@ def _sha(path: Path) -> str:
 
 def _valid_file(path: Path, kind: str = "surface") -> None:
     """A landscape file big enough that half of it misses real data."""
-    with store.create(path, kind, SETTINGS) as f:
+    with store.create(path, kind, SETTINGS, attrs={"metrics": ["train_loss"]}) as f:
         store.write_arrays(f, {"train_loss": np.linspace(0.0, 1.0, 4096).reshape(64, 64),
-                               "x": np.linspace(-1.0, 1.0, 64)})
+                               "x": np.linspace(-1.0, 1.0, 64), "y": np.linspace(-1, 1, 64),
+                               "done": np.ones((64, 64), bool)})
 
 
 def test_create_writes_format_kind_versions_and_settings_hash(tmp_path: Path) -> None:
@@ -61,8 +62,8 @@ def test_settings_hash_depends_on_values_not_key_order() -> None:
 
 def test_reopening_with_same_settings_resumes_with_old_data(tmp_path: Path) -> None:
     path = tmp_path / "r.h5"
-    with store.create(path, "surface", SETTINGS) as f:
-        store.write_arrays(f, {"done": np.array([True, False, False])})
+    with store.create(path, "surface", SETTINGS, attrs={"metrics": []}) as f:
+        store.write_arrays(f, {"done": np.array([True, False, False]), "x": np.arange(3.0)})
         created = f.attrs["created"]
     # equivalent settings: other key order, tuple for list, numpy scalars
     again = {"model": {"name": "mlp"}, "grid": (-1.0, 1.0, np.int64(21)),
@@ -139,8 +140,8 @@ def test_overwrite_replaces_a_corrupt_file(tmp_path: Path) -> None:
     path = tmp_path / "r.h5"
     _valid_file(path)
     _truncate(path)
-    store.create(path, "surface", SETTINGS, overwrite=True).close()
-    with store.open_result(path, "surface") as f:
+    store.create(path, "sharpness", SETTINGS, overwrite=True).close()
+    with store.open_result(path, "sharpness") as f:
         assert store.read_settings(f) == SETTINGS
 
 
@@ -195,7 +196,8 @@ def test_newer_format_version_is_refused(tmp_path: Path) -> None:
 
 def test_write_arrays_replaces_datasets_and_sets_their_attrs(tmp_path: Path) -> None:
     path = tmp_path / "r.h5"
-    with store.create(path, "surface", SETTINGS) as f:
+    with store.create(path, "surface", SETTINGS, attrs={"metrics": []}) as f:
+        store.write_arrays(f, {"x": np.arange(5.0), "done": np.ones(5, bool)})
         store.write_arrays(f, {"a": np.zeros((2, 3))})
         store.write_arrays(f, {"a": np.arange(5.0)}, attrs={"a": {"units": "nats",
                                                                     "layout": {"n": [1, 2]}}})

@@ -445,6 +445,72 @@ def test_run_killed_by_sigkill_mid_grid_resumes_to_identical_arrays(tmp_path: Pa
     np.testing.assert_array_equal(a["train_loss"][done], partial[done])
 
 
+class _Interrupted(Exception):
+    pass
+
+
+def _interrupted_surface(obj: Objective, out: Path, dirs: list[Tensor], stop_after: int | None,
+                         chunk: int | None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """compute_surface, interrupted by an exception at the ``stop_after``-th evaluation call
+    (a kill between two flushed chunks); None runs to the end."""
+    original, calls = Objective.evaluate, [0]
+
+    def evaluate(self: Objective, *args: object, **kwargs: object) -> dict[str, Tensor]:
+        calls[0] += 1
+        if calls[0] == stop_after:
+            raise _Interrupted
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(Objective, "evaluate", evaluate)
+    try:
+        compute_surface(obj, out, "-1:1:7", "-1:1:5", directions=dirs, chunk=chunk,
+                        show_progress=False)
+    except _Interrupted:
+        pass
+    finally:
+        monkeypatch.setattr(Objective, "evaluate", original)
+
+
+@pytest.mark.parametrize("strategy", ["loop", "vmap"])
+def test_surface_finished_in_interrupted_pieces_is_bit_identical_to_one_run(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, strategy: str) -> None:
+    """float32, where round-off depends on how the numbers are computed: a file finished after
+    four interruptions (resumed with other points per call) equals an uninterrupted one bit for
+    bit, and records the strategy and data chunking that produced it."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(DIM, 16), nn.ReLU(), nn.Linear(16, CLASSES))
+    data = _toy_data(n_train=50)
+    obj = Objective(model, data, device="cpu", strategy=strategy, batch_size=20, point_chunk=4)
+    dirs = [random_direction(obj.space, obj.theta0, s) for s in (0, 1)]
+    whole, pieces = tmp_path / "whole.h5", tmp_path / "pieces.h5"
+    _interrupted_surface(obj, whole, dirs, None, None, monkeypatch)
+    for stop_after, chunk in ((3, 4), (2, 3), (4, 5), (2, 2), (None, 6)):
+        _interrupted_surface(obj, pieces, dirs, stop_after, chunk, monkeypatch)
+        if stop_after is not None:
+            assert not load_surface(pieces).complete
+    a, b = _datasets(whole), _datasets(pieces)
+    assert set(a) == set(b) and b["done"].all()
+    for name in a:
+        np.testing.assert_array_equal(a[name], b[name], err_msg=name)  # bit for bit
+    recorded = load_surface(pieces).attrs["settings"]
+    assert (recorded["train.strategy"], recorded["train.batch_size"],
+            recorded["train.device"]) == (strategy, 20, "cpu")
+
+
+def test_resume_with_other_strategy_or_data_chunking_is_refused_naming_it(
+        tmp_path: Path) -> None:
+    out = tmp_path / "s.h5"
+    _small_surface(tmp_path, out, batch_size=40, strategy="loop")
+    before = out.read_bytes()
+    with pytest.raises(LandscapeError, match="train.batch_size: 40 -> 7"):
+        _small_surface(tmp_path, out, batch_size=7, strategy="loop")
+    with pytest.raises(LandscapeError, match="train.strategy: 'loop' -> 'vmap'"):
+        _small_surface(tmp_path, out, batch_size=40, strategy="vmap")
+    assert out.read_bytes() == before
+    _small_surface(tmp_path, out)  # auto resolves to the same loop and chunk: accepted
+    assert load_surface(out).complete
+
+
 def _small_surface(tmp_path: Path, out: Path, **kwargs) -> None:
     random_surface(_run(tmp_path, _mlp(0)), x="-1:1:3", precision="float64", out=out,
                    show_progress=False, **kwargs)

@@ -97,6 +97,22 @@ def test_cli_rerun_resumes_other_settings_are_refused_unless_overwrite(
         assert f["directions/x"].attrs["seed"] == 1
 
 
+def test_cli_strategy_and_batch_size_are_recorded_and_a_changed_one_is_refused(
+        runs: list[Path], tmp_path: Path) -> None:
+    out = tmp_path / "s.h5"
+    args = ["surface", "--run", runs[0], "--x", "-1:1:3", "--out", out]
+    assert _invoke(*args, "--strategy", "vmap", "--batch-size", "16").exit_code == 0
+    before = out.read_bytes()
+    line = _one_line_error(_invoke(*args, "--strategy", "loop", "--batch-size", "16"))
+    assert "train.strategy: 'vmap' -> 'loop'" in line
+    line = _one_line_error(_invoke(*args, "--strategy", "vmap"))
+    assert "train.batch_size: 16 -> 40" in line
+    assert out.read_bytes() == before
+    with h5py.File(out, "r") as f:
+        settings = json.loads(f.attrs["settings"])
+    assert (settings["train.strategy"], settings["train.batch_size"]) == ("vmap", 16)
+
+
 def test_cli_surface_on_train_and_test_splits(runs: list[Path], tmp_path: Path) -> None:
     result = _invoke("surface", "--run", runs[1], "--x", "-1:1:3", "--split", "train,test",
                      "--precision", "float64", "--out", tmp_path / "tt.h5", "--json")

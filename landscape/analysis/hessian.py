@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import math
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -723,6 +724,21 @@ def _read_density(f: h5py.File) -> DensityResult:
                          settings=a.get("settings", {}), **arrays)
 
 
+def require_finite(objective: Objective, theta: Tensor | None, what: str) -> None:
+    """A one-line LandscapeError when the parameters at ``theta`` (default: the model's) or
+    the loss there are NaN or infinite (a diverged run), where ``what`` is undefined; checked
+    before any heavy work. Cost: one forward pass."""
+    theta = objective.theta0 if theta is None else theta
+    bad = int((~torch.isfinite(theta)).sum())
+    if bad:
+        raise LandscapeError(f"the model has {bad} NaN or infinite parameters (a diverged "
+                             f"run?): {what} is undefined there")
+    loss = float(objective.evaluate(theta[None])["loss"][0])
+    if not math.isfinite(loss):
+        raise LandscapeError(f"the model's loss is {loss} (a diverged run?): {what} is "
+                             "undefined there")
+
+
 def analyze_hessian(objective: Objective, theta: Tensor | None = None, *, top: int = 5,
                     bottom: int = 1, trace: bool = False, density: bool = False,
                     tol: float = 1e-6, max_iter: int = 1000, seed: int = 0,
@@ -745,6 +761,9 @@ def analyze_hessian(objective: Objective, theta: Tensor | None = None, *, top: i
     """
     check_int("top", top, 0)
     check_int("bottom", bottom, 0)
+    if density:
+        check_positive("sigma", sigma)  # before any Lanczos
+    require_finite(objective, theta, "its Hessian")
     all_settings = {**(settings or {}), "top": top, "bottom": bottom, "trace": trace,
                     "density": density, "tol": tol, "max_iter": max_iter, "seed": int(seed),
                     "operator": operator, "params": _params_setting(params),

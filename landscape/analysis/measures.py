@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 from torch import Tensor
 
-from landscape.analysis.hessian import hessian_eigenvalues, hessian_trace
+from landscape.analysis.hessian import hessian_eigenvalues, hessian_trace, require_finite
 from landscape.analysis.noise import gradient_noise
 from landscape.analysis.sharpness import (
     DEFAULT_RHO,
@@ -334,6 +334,7 @@ def measures_of_run(run: Any, measures: str | Iterable[str], settings: MeasureSe
     names = parse_measures(measures, names_of(kind))
     objective = Objective.from_run(as_run(run), split, subset=subset, seed=s.seed, device=device,
                                    precision=precision)
+    require_finite(objective, None, f"every {kind} measure")
     results = compute_measures(objective, names, settings=s)
     if out is not None:
         run_path = str(Path(run).resolve()) if not hasattr(run, "model") else str(run.path)

@@ -50,7 +50,7 @@ def default_kind(path: str | Path) -> str:
     """The plot kind a result file gets by default."""
     with store.open_result(path) as f:
         kind = f.attrs.get("kind")
-        ndim = len(f["done"].shape) if "done" in f else None
+        ndim = len(f["done"].shape) if kind in store.GRID_KINDS else None
     if kind in ("surface", "plane"):
         return "curve" if ndim == 1 else "contour"
     return {"interpolation": "curve", "trajectory": "trajectory", "hessian": "density",
@@ -61,7 +61,7 @@ def _check_kind(path: Path, plot: str) -> None:
     kinds, ndim = PLOT_KINDS[plot]
     with store.open_result(path) as f:
         kind = f.attrs.get("kind")
-        got = len(f["done"].shape) if "done" in f else None
+        got = len(f["done"].shape) if kind in store.GRID_KINDS else None
     need = " or ".join(repr(k) for k in kinds)
     dim = {1: "1D ", 2: "2D "}.get(ndim or 0, "")
     if kind not in kinds or (ndim is not None and got != ndim):

@@ -4,7 +4,10 @@ The point at grid index ``(i, j)`` is ``origin + x[j] * directions[0] + y[i] * d
 Values are stored as ``[len(y), len(x)]`` arrays (``[len(x)]`` in 1D), one per split and
 metric (``train_loss``, ``test_acc``, ...), NaN where not yet computed, with a ``done`` mask.
 Each chunk of points is written and flushed before the next is computed, so a killed run
-loses at most one chunk, and re-running the same computation continues where it stopped.
+loses at most one chunk, and re-running the same computation continues where it stopped. The
+evaluation strategy, data chunk size and device type are part of the settings hash, so a
+resumed file is bit-identical to an uninterrupted one and a resume with other chunking is
+refused.
 """
 
 from __future__ import annotations
@@ -82,6 +85,20 @@ def load_surface(path: str | Path) -> Surface:
         extras = {f"path/{k}": f["path"][k][()] for k in f.get("path", {})}
         return Surface(path, f["x"][()], f["y"][()] if "y" in f else None, values,
                        f["done"][()].astype(bool), store.read_attrs(f), extras)
+
+
+def _check_resumable(f: h5py.File, out: str | Path, x: np.ndarray, y: np.ndarray | None,
+                     names: Sequence[str]) -> None:
+    """A file being resumed (already checked against its schema) holds this grid: the same
+    coordinates and a value dataset per metric and split."""
+    for axis, c in (("x", x), ("y", y)):
+        stored = f[axis][()] if axis in f else None
+        if (stored is None) != (c is None) or (c is not None and not np.array_equal(stored, c)):
+            raise store.damaged(out, f"its '{axis}' coordinates are not those of its settings")
+    missing = [n for n in names if n not in store.read_attrs(f)["metrics"]]  # validated
+    if missing:
+        raise store.damaged(out, f"no dataset {', '.join(map(repr, missing))} for its "
+                                 "settings' splits; use --overwrite to replace it")
 
 
 def _init_file(f: h5py.File, x: np.ndarray, y: np.ndarray | None, names: Sequence[str],
@@ -162,6 +179,9 @@ def compute_surface(objectives: Objective | Mapping[str, Objective], out: str | 
     space = first.space
     x = parse_range(x)
     y = None if y is None else parse_range(y)
+    if len(x) * (1 if y is None else len(y)) > store.MAX_VALUES:  # before any file is written
+        raise LandscapeError(f"a grid of {len(x) * len(y):,} points ({len(y)} x {len(x)}) is "
+                             f"more than the {store.MAX_VALUES:,} a result file holds")
     dirs = torch.stack([d.to(first.device, first.dtype) for d in (
         [directions] if isinstance(directions, Tensor) and directions.dim() == 1 else directions)])
     if dirs.shape[0] != (1 if y is None else 2):
@@ -180,7 +200,8 @@ def compute_surface(objectives: Objective | Mapping[str, Objective], out: str | 
     full_settings = {
         **(settings or {}), "kind": kind, "x": x.tolist(), "y": None if y is None else y.tolist(),
         "splits": list(objs),
-        "objectives": {s: o.settings() for s, o in objs.items()},
+        # one key per split and setting, so that a refusal names e.g. train.batch_size
+        **{f"{s}.{k}": v for s, o in objs.items() for k, v in o.evaluation_settings().items()},
         "origin_sha": _digest(origin), "directions_sha": [_digest(d) for d in dirs],
         "buffer_directions_sha": [_digest(torch.cat([b[k].reshape(-1).float() for k in floating]))
                                   for b in buffer_directions] if buffer_directions else None,
@@ -205,10 +226,11 @@ def compute_surface(objectives: Objective | Mapping[str, Objective], out: str | 
             "ndim": len(shape),
             "cosine_xy": cosine(dirs[0], dirs[1]) if len(dirs) == 2 else None},
             overwrite=overwrite, init=init)
-        if "done" not in f or any(n not in f for n in names):
+        try:
+            _check_resumable(f, out, x, y, names)
+        except LandscapeError:
             store.close_quietly(f)
-            raise LandscapeError(f"{out}: no 'done' mask or values: not a complete surface "
-                                 "file; use --overwrite to replace it")
+            raise
         done = f["done"][()].reshape(-1)
         arrays = {n: f[n][()].reshape(-1) for n in names}
         pending = np.flatnonzero(~done)
@@ -228,10 +250,9 @@ def compute_surface(objectives: Objective | Mapping[str, Objective], out: str | 
             results = {}
             if len(mine):
                 coords = torch.as_tensor(grid[mine], dtype=first.dtype, device=first.device)
-                points = origin[None] + coords @ dirs
                 buffers = _point_buffers(coords, buffer_origin, buffer_directions, floating)
                 for split, o in objs.items():
-                    for m, v in o.evaluate(points, buffers).items():
+                    for m, v in o.evaluate_plane(origin, dirs, coords, buffers).items():
                         results[f"{split}_{m}"] = v.numpy()
             for idx, res in distributed.all_gather((mine, results)):
                 if rank == 0 and len(idx):

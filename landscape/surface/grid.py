@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from landscape.errors import LandscapeError
+from landscape.store import MAX_VALUES
 
 
 def parse_range(text: str | tuple | list | np.ndarray) -> np.ndarray:
@@ -25,6 +26,9 @@ def parse_range(text: str | tuple | list | np.ndarray) -> np.ndarray:
             f"bad range {text!r}: expected MIN:MAX:NUM, e.g. -1:1:51") from None
     if len(parts) != 3 or num < 1 or not (np.isfinite(lo) and np.isfinite(hi)):
         raise LandscapeError(f"bad range {text!r}: expected MIN:MAX:NUM with NUM >= 1")
+    if num > MAX_VALUES:
+        raise LandscapeError(f"bad range {text!r}: {num:,} points, more than the "
+                             f"{MAX_VALUES:,} a result file holds")
     if num == 1 and lo != hi:
         raise LandscapeError(f"bad range {text!r}: one point needs MIN == MAX")
     if num > 1 and not lo < hi:

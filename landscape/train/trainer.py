@@ -399,6 +399,7 @@ def train(*, model: str = "mlp", dataset: str = "digits", data_dir: str | Path |
             threads = 1 if small else torch.get_num_threads()
         threads = threads or torch.get_num_threads()
 
+        _check_fits(net, data, mspec["name"], dev)
         # --- from here on the directory is written
         if action == "overwrite":
             _clear_run_files(path)
@@ -475,6 +476,33 @@ def train(*, model: str = "mlp", dataset: str = "digits", data_dir: str | Path |
     _warn_unmet(path, info["stopping"])
     return Run(path=path, config=config, model=net.cpu().eval(), data=data, history=history,
                info=info)
+
+
+def _check_fits(net: nn.Module, data: Any, name: str, dev: torch.device) -> None:
+    """A one-line LandscapeError naming the shapes when the model's output on two training
+    samples does not fit the task (``[n, classes]`` logits, or one value per target), checked
+    before the run directory is written. An eval-mode forward pass: no state or RNG changes."""
+    x, y = data.x_train[:2].to(dev), data.y_train[:2]
+    was_training = net.training
+    try:
+        with torch.no_grad():
+            out = net.eval()(x)
+    except Exception as err:  # noqa: BLE001 - any failure of the user's forward is reported
+        detail = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise LandscapeError(f"model {name!r} cannot take the inputs of dataset {data.name!r} "
+                             f"(shape {tuple(x.shape)}): {detail}") from None
+    finally:
+        net.train(was_training)
+    classify = data.task == "classification"
+    want = (f"({len(x)}, {data.num_outputs} or more) logits" if classify
+            else f"{tuple(y.shape)} values")
+    fits = isinstance(out, torch.Tensor) and (
+        out.ndim == 2 and out.shape[0] == len(x) and out.shape[1] >= data.num_outputs
+        if classify else out.numel() == y.numel())
+    if not fits:
+        got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise LandscapeError(f"model {name!r} gives outputs of shape {got} for inputs of shape "
+                             f"{tuple(x.shape)} of dataset {data.name!r}, which needs {want}")
 
 
 def _warn_unmet(path: Path, stopping: dict | None) -> None:
