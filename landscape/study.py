@@ -51,7 +51,6 @@ from typing import Any
 
 import h5py
 import numpy as np
-import torch
 
 from landscape import store
 from landscape.analysis.measures import (
@@ -450,15 +449,6 @@ def format_table(rows: Sequence[Mapping[str, Any]]) -> str:
 def _digest(obj: Any) -> str:
     return hashlib.sha256(json.dumps(store.jsonable(obj), sort_keys=True, default=str)
                           .encode()).hexdigest()[:16]
-
-
-def weights_digest(model: torch.nn.Module) -> str:
-    """A digest of every parameter and buffer (names and float64 values)."""
-    h = hashlib.sha256()
-    for name, t in [*model.named_parameters(), *model.named_buffers()]:
-        h.update(name.encode())
-        h.update(t.detach().to("cpu", torch.float64).contiguous().numpy().tobytes())
-    return h.hexdigest()[:16]
 
 
 _SKIP_ATTRS = ("settings_hash", "format", "format_version", "created")
@@ -872,7 +862,8 @@ def run_study(recipes: Sequence[Recipe | str] = (), runs: Mapping[str, str | Pat
             for (name, seed), run in trained.items():
                 label = f"{name}/seed{max(seed, 0)}"
                 g = f.require_group(f"models/{label}")
-                digest = weights_digest(run.model)
+                state = [*run.model.named_parameters(), *run.model.named_buffers()]
+                digest = store.values_digest([t for _, t in state], [n for n, _ in state])
                 if name not in first_runs:
                     first_runs[name] = (run, digest)
                 curves = [r.surface(g, label, run, digest, "curve", d)
@@ -968,4 +959,4 @@ def demo(out: str | Path = "outputs/demo", *, show_progress: bool = True,
 __all__ = ["DEMO", "STUDY_MEASURES", "ModelResult", "Recipe", "Study", "StudySettings",
            "demo", "expand_sweep", "format_table", "load_study", "parse_match", "parse_options",
            "parse_recipe", "parse_run", "parse_seeds", "parse_sweep", "read_recipes",
-           "run_study", "study_from_options", "train_options", "weights_digest"]
+           "run_study", "study_from_options", "train_options"]
