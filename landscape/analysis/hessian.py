@@ -247,8 +247,7 @@ class _Operator:
                  params: str | Tensor | Sequence[bool] | None, block_size: int) -> None:
         if operator not in OPERATORS:
             raise unknown_name("operator", operator, OPERATORS)
-        if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1:
-            raise LandscapeError(f"block_size must be a positive integer, got {block_size!r}")
+        block_size = check_int("block_size", block_size)
         self.objective = objective
         if theta is None:
             theta = objective.theta0

@@ -42,7 +42,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from landscape import store
-from landscape.errors import LandscapeError, SettingsMismatch, check_positive
+from landscape.errors import LandscapeError, SettingsMismatch, check_int, check_positive
 from landscape.objective import resolve_device
 from landscape.progress import progress as progress_bar
 from landscape.train.run import (
@@ -77,12 +77,6 @@ DEFAULT_RUNS_DIR = Path("outputs") / "runs"
 
 
 # ----------------------------------------------------------------------------- helpers
-def _positive_int(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value <= 0:
-        raise LandscapeError(f"{name} must be a positive integer, got {value!r}")
-    return int(value)
-
-
 def _device_name(dev: torch.device) -> str:
     if dev.type == "cuda":
         return torch.cuda.get_device_name(dev)
@@ -236,7 +230,7 @@ def train(*, model: str = "mlp", dataset: str = "digits", data_dir: str | Path |
     - ``device``: "auto", "cpu", "cuda" (or "cuda:1"); ``amp``: bf16 autocast (CUDA only).
     - ``threads``: CPU threads while training (restored afterwards). None: 1 when a step is
       tiny (under 1e8 multiply-adds, e.g. the digits MLP: intra-op threads only add
-      synchronization, and cost 30x when the cores are shared), else torch's setting.
+      synchronization, worst when the cores are shared), else torch's setting.
     - ``augment``: random crop (padding 4, black) + horizontal flip on the device; default on
       for CIFAR datasets.
     - ``out``: run directory (default ``outputs/runs/<name>``, name from the settings);
@@ -255,14 +249,14 @@ def train(*, model: str = "mlp", dataset: str = "digits", data_dir: str | Path |
         raise unknown_name("optimizer", optimizer, OPTIMIZERS)
     lr = float(DEFAULT_LR[optimizer] if lr is None else lr)
     check_positive("learning rate", lr)
-    batch_size = _positive_int("batch size", batch_size)
+    batch_size = check_int("batch size", batch_size)
     if steps is not None:
         if epochs is not None:
             raise LandscapeError("give epochs or steps, not both (steps replaces the epoch "
                                  "budget)")
-        steps = _positive_int("steps", steps)
+        steps = check_int("steps", steps)
     else:
-        epochs = _positive_int("epochs", 20 if epochs is None else epochs)
+        epochs = check_int("epochs", 20 if epochs is None else epochs)
     if target_train_loss is not None:
         if isinstance(target_train_loss, bool) or not isinstance(
                 target_train_loss, int | float | np.integer | np.floating) \
@@ -270,12 +264,10 @@ def train(*, model: str = "mlp", dataset: str = "digits", data_dir: str | Path |
             raise LandscapeError("target train loss must be a finite positive number, got "
                                  f"{target_train_loss!r}")
         target_train_loss = float(target_train_loss)
-    save_every = _positive_int("save_every", save_every)
+    save_every = check_int("save_every", save_every)
     if threads is not None:
-        threads = _positive_int("threads", threads)
-    if isinstance(seed, bool) or not isinstance(seed, int | np.integer):
-        raise LandscapeError(f"seed must be an integer, got {seed!r}")
-    if not 0 <= int(seed) < 2**32:
+        threads = check_int("threads", threads)
+    if check_int("seed", seed, minimum=0) >= 2**32:
         raise LandscapeError(f"seed must be in 0 .. 2**32 - 1, got {seed}")
     if not math.isfinite(lr):
         raise LandscapeError(f"learning rate must be finite, got {lr}")
@@ -285,9 +277,8 @@ def train(*, model: str = "mlp", dataset: str = "digits", data_dir: str | Path |
     if amp and dev.type != "cuda":
         raise LandscapeError(f"amp (bf16 autocast) needs a CUDA device, the device is {dev}")
 
-    if data_seed is not None and (isinstance(data_seed, bool) or
-                                  not isinstance(data_seed, int | np.integer) or data_seed < 0):
-        raise LandscapeError(f"data_seed must be a non-negative integer, got {data_seed!r}")
+    if data_seed is not None:
+        check_int("data_seed", data_seed, minimum=0)
     data = load_dataset(dataset, data_dir=data_dir, train_size=train_size,
                         seed=int(seed if data_seed is None else data_seed))
     mspec = model_spec(model, data.input_shape, data.num_outputs, **(model_options or {}))
