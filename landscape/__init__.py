@@ -10,7 +10,7 @@ import types
 from importlib import import_module
 from typing import Any
 
-__version__ = "0.1.0"
+from landscape.version import __version__ as __version__
 
 # public name -> its module, imported on first use (PEP 562) so that `import landscape` and
 # `landscape --help` need no torch

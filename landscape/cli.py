@@ -774,15 +774,18 @@ def toy_cmd(function: str, kappa: float | None, eigenvalues: str | None, dim: in
             rho: float | None, noise: float, seed: int, start: str | None, tol: float, out: str,
             formats: str, overwrite: bool, as_json: bool) -> None:
     """Optimizer paths on an analytic test function: paths.h5, paths and losses figures."""
+    from landscape.plot.style import check_formats
+    from landscape.plot.toy import save_toy_figures
     from landscape.toy import parse_floats, run_toy
 
+    fmts = check_formats([f.strip() for f in formats.split(",") if f.strip()])
     summary = run_toy(
         function, [o.strip() for o in optimizers.split(",") if o.strip()], out=out,
         kappa=kappa, eigenvalues=parse_floats(eigenvalues, "--eigenvalues"), dim=dim,
         angle=angle, steps=steps, lr=parse_floats(lr, "--lr"), momentum=momentum, rho=rho,
         noise=noise, seed=seed, start=parse_floats(start, "--start"), tol=tol,
-        formats=[f.strip() for f in formats.split(",") if f.strip()], overwrite=overwrite,
-        command=command_line())
+        overwrite=overwrite, command=command_line())
+    summary["files"] += [str(p) for p in save_toy_figures(summary["files"][0], out, fmts)]
     if as_json:
         echo_json(summary)
         return
@@ -887,10 +890,12 @@ def _report_study(study: Any, as_json: bool) -> None:
 def compare_cmd(recipes: tuple[str, ...], recipe_file: str | None, runs: tuple[str, ...],
                 as_json: bool, **options: Any) -> None:
     """Train recipes (or take runs) and compare their minima: figure, tables, study.h5."""
+    from landscape.plot.compare import save_comparison
     from landscape.study import study_from_options
 
     options["model_options"] = _parse_model_options(options.pop("model_option")) or None
     study = study_from_options(list(recipes), recipe_file, list(runs), **options)
+    save_comparison(study)
     _report_study(study, as_json)
 
 
@@ -901,10 +906,12 @@ def compare_cmd(recipes: tuple[str, ...], recipe_file: str | None, runs: tuple[s
 def demo_cmd(out: str, as_json: bool, overwrite: bool, **options: Any) -> None:
     """SGD over learning rate x batch size on the embedded digits, every run stopped at the
     same training loss, three seeds: which minima are sharper, with 95% intervals."""
+    from landscape.plot.compare import save_comparison
     from landscape.study import demo
 
     study = demo(out, overwrite=overwrite,
                  **{k: v for k, v in options.items() if v not in (None, ())})
+    save_comparison(study)
     _report_study(study, as_json)
 
 
@@ -932,8 +939,9 @@ def curvature_cmd(run_dir: str, surface_file: str, tol: float, split: str, subse
     2018, Fig. 7), stored in the surface file as hessian_max and hessian_min; resumable."""
     from landscape.analysis.hessian import curvature_map
     from landscape.objective import Objective
+    from landscape.train.run import load_run
 
-    objective = Objective.from_run(run_dir, split=split, subset=subset, seed=seed,
+    objective = Objective.from_run(load_run(run_dir), split=split, subset=subset, seed=seed,
                                    device=device, precision=precision)
     result = curvature_map(objective, surface_file, tol=tol, seed=seed, overwrite=overwrite)
     if result is None:  # a rank other than 0 under torchrun

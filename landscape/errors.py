@@ -28,11 +28,16 @@ def check_positive(name: str, value: float) -> None:
 
 
 def check_int(name: str, value: object, minimum: int = 1) -> int:
-    """``value`` as an int; a LandscapeError unless it is an integer >= ``minimum``."""
+    """``value`` as a Python int; a LandscapeError unless it is an integer >= ``minimum``.
+
+    The one integer check of the package: Python and numpy integers pass (``np.int64`` from
+    an array is an integer to a user), bools and floats (even ``2.0``) do not."""
     import numpy as np
 
     if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < minimum:
-        raise LandscapeError(f"{name} must be an integer >= {minimum}, got {value!r}")
+        what = {1: "a positive integer", 0: "a non-negative integer"}.get(
+            minimum, f"an integer >= {minimum}")
+        raise LandscapeError(f"{name} must be {what}, got {value!r}")
     return int(value)
 
 

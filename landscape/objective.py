@@ -264,11 +264,12 @@ class Objective:
     @classmethod
     def from_run(cls, run: Any, split: str = "train", *, subset: int | None = None,
                  seed: int = 0, **kwargs: Any) -> Objective:
-        """Objective of a trained run (a directory or a loaded ``landscape.load_run``) on one
-        of its splits; ``subset``: a fixed random subset of that many samples from ``seed``."""
-        from landscape.train.run import as_run
-
-        run = as_run(run)
+        """Objective of a loaded run (``landscape.load_run(DIR)``: anything with ``model`` and
+        ``data``) on one of its splits; ``subset``: a fixed random subset of that many samples
+        from ``seed``. The engine loads no files: callers load the run."""
+        if not hasattr(run, "model") or not hasattr(run, "data"):
+            raise LandscapeError(f"Objective.from_run needs a loaded run "
+                                 f"(landscape.load_run(DIR)), got {type(run).__name__}")
         objective = cls(run.model, run.data, split=split, **kwargs)
         return objective if subset is None else objective.subset(int(subset), seed=seed)
 
@@ -361,7 +362,7 @@ class Objective:
     # ----------------------------------------------------------------------------------
     # the forward pass: nothing else calls the model
     @contextlib.contextmanager
-    def _precision(self, derivative: bool = False) -> Iterator[None]:
+    def precision_context(self, derivative: bool = False) -> Iterator[None]:
         """TF32 and bf16 autocast as the precision asks; derivatives are never autocast to
         bf16 (its BatchNorm backward fails under vmap), they run in float32 storage."""
         if derivative and self.bn == "recompute":
@@ -605,7 +606,7 @@ class Objective:
             buffers = {k: v.to(self.device, self.buffers[k].dtype) for k, v in buffers.items()}
         while True:
             try:
-                with self._precision():
+                with self.precision_context():
                     if self.strategy == "vmap":
                         sums = self._eval_vmap(points, buffers)
                     else:
@@ -643,7 +644,7 @@ class Objective:
         fn = grad_and_value(self.batch_loss)
         total_g = torch.zeros_like(theta)
         total_l = torch.zeros((), dtype=torch.float64, device=self.device)
-        with self._precision(derivative=True):
+        with self.precision_context(derivative=True):
             for x, y in self._chunks():
                 g, value = fn(theta, x, y)
                 w = self.loss_fn.weight(y)
@@ -666,7 +667,7 @@ class Objective:
         single = v.dim() == 1
         vs = v[None] if single else v
         out = torch.zeros_like(vs)
-        with self._precision(derivative=True):
+        with self.precision_context(derivative=True):
             for x, y in self._chunks():
                 out += self.loss_fn.weight(y) * products(theta, vs, x, y)
         out = self.all_reduce(out) / self.weight_total
@@ -744,7 +745,7 @@ class Objective:
                 lambda _m, _i, o: sizes.append(o.numel()) if isinstance(o, Tensor) else None)
                 for m in self.model.modules()]
             try:
-                with torch.no_grad(), self._precision(derivative=True):
+                with torch.no_grad(), self.precision_context(derivative=True):
                     self.forward(self.theta0, first[0])
             finally:
                 for h in handles:
@@ -788,7 +789,7 @@ class Objective:
         chunk = self.per_sample_chunk(width)
         pos, local = self._local(idx) if self.sharded else (torch.arange(idx.numel()), idx)
         out = torch.zeros(idx.numel(), width, dtype=self.dtype, device=self.device)
-        with self._precision(derivative=True):
+        with self.precision_context(derivative=True):
             for start in range(0, local.numel(), chunk):
                 sel = local[start : start + chunk]
                 x, y = self.source.rows(sel, self.batch_size)
@@ -845,7 +846,7 @@ class Objective:
         sq = torch.zeros(self.source.n, dtype=torch.float64, device=self.device)
         start, uncalled = 0, set(layers)
         try:
-            with self._precision(derivative=True), torch.enable_grad():
+            with self.precision_context(derivative=True), torch.enable_grad():
                 for x, y in self._chunks():
                     for c in calls.values():
                         c.clear()

@@ -17,7 +17,7 @@ import math
 import os
 import platform
 import re
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
@@ -57,6 +57,23 @@ def strict_json(obj: Any) -> Any:
     return obj
 
 
+def values_digest(tensors: Iterable[Any], names: Iterable[str] | None = None,
+                  dtype: str = "float64") -> str:
+    """The one digest of weights, buffers and directions that settings record: the first 16
+    hex digits of the SHA-256 of each tensor's values cast to ``dtype`` (C order, on the
+    CPU), each preceded by its name when ``names`` are given. Cost: one CPU copy per tensor."""
+    import torch
+
+    h = hashlib.sha256()
+    tensors = list(tensors)
+    for name, t in zip(names if names is not None else [None] * len(tensors), tensors,
+                       strict=True):
+        if name is not None:
+            h.update(name.encode())
+        h.update(t.detach().to("cpu", getattr(torch, dtype)).contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
 def settings_hash(settings: Mapping[str, Any]) -> str:
     """SHA-256 of the canonical JSON of ``settings``."""
     text = json.dumps(jsonable(settings), sort_keys=True, default=str)
@@ -67,7 +84,7 @@ def versions() -> dict[str, str]:
     """Versions of the libraries that determine the numbers."""
     import torch
 
-    from landscape import __version__
+    from landscape.version import __version__
 
     return {"landscape_version": __version__, "torch_version": str(torch.__version__),
             "numpy_version": np.__version__, "h5py_version": h5py.__version__,

@@ -21,7 +21,8 @@ For every pair of recipes, the interpolation between their first-seed solutions.
     runs/NAME/seedK/            the training runs (``landscape.train``)
     surfaces/*.h5               curves, surfaces and interpolations (resumable)
     study.h5                    kind "study": everything, self-contained for plotting
-    comparison.pdf / .png       the comparison figure (:func:`landscape.plot.plot_comparison`)
+    comparison.pdf / .png       the comparison figure (:func:`landscape.plot.save_comparison`,
+                                drawn by ``landscape compare`` and ``landscape demo``)
     table.md / table.json       per recipe: seeds, rule met, training loss, steps, accuracies
                                 and every measure as mean and interval; the differences
 
@@ -50,7 +51,6 @@ from typing import Any
 
 import h5py
 import numpy as np
-import torch
 
 from landscape import store
 from landscape.analysis.measures import (
@@ -457,15 +457,6 @@ def _digest(obj: Any) -> str:
                           .encode()).hexdigest()[:16]
 
 
-def weights_digest(model: torch.nn.Module) -> str:
-    """A digest of every parameter and buffer (names and float64 values)."""
-    h = hashlib.sha256()
-    for name, t in [*model.named_parameters(), *model.named_buffers()]:
-        h.update(name.encode())
-        h.update(t.detach().to("cpu", torch.float64).contiguous().numpy().tobytes())
-    return h.hexdigest()[:16]
-
-
 _SKIP_ATTRS = ("settings_hash", "format", "format_version", "created")
 
 
@@ -802,11 +793,12 @@ def run_study(recipes: Sequence[Recipe | str] = (), runs: Mapping[str, str | Pat
               train_size: int | None = None, data_seed: int = 0,
               seeds: str | int | Sequence[int] = (0,),
               match: str | None = None, sweep: Any = None, out: str | Path = "outputs/compare",
-              settings: StudySettings | None = None, overwrite: bool = False, figure: bool = True,
+              settings: StudySettings | None = None, overwrite: bool = False,
               show_progress: bool = True, quiet: bool = False,
               **setting_overrides: Any) -> Study:
     """Train each recipe with each seed under one matching rule, measure every model, and
-    write ``study.h5``, the figure and the tables (see the module docstring).
+    write ``study.h5`` and the tables (see the module docstring); the figure is the plot
+    layer's (:func:`landscape.plot.save_comparison`, which ``landscape compare`` calls).
 
     ``recipes``: :class:`Recipe`\\ s or ``"NAME=OPTIONS"`` strings, trained with
     ``data``/``model``/``model_options``/``train_size`` plus their own options (which win),
@@ -880,7 +872,8 @@ def run_study(recipes: Sequence[Recipe | str] = (), runs: Mapping[str, str | Pat
             for (name, seed), run in trained.items():
                 label = f"{name}/seed{max(seed, 0)}"
                 g = f.require_group(f"models/{label}")
-                digest = weights_digest(run.model)
+                state = [*run.model.named_parameters(), *run.model.named_buffers()]
+                digest = store.values_digest([t for _, t in state], [n for n, _ in state])
                 if name not in first_runs:
                     first_runs[name] = (run, digest)
                 curves = [r.surface(g, label, run, digest, "curve", d)
@@ -911,13 +904,6 @@ def run_study(recipes: Sequence[Recipe | str] = (), runs: Mapping[str, str | Pat
         bar.close()
     study = Study(path, names, rows, results, interps, asdict(s), design, computed=r.computed)
     _write_tables(study, out)
-    if figure:
-        from landscape.plot.compare import plot_comparison
-        from landscape.plot.style import save_figure
-
-        fig = plot_comparison(study)
-        study.figures = [save_figure(fig, out / "comparison.pdf"),
-                         save_figure(fig, out / "comparison.png", dpi=200)]
     study.seconds = time.perf_counter() - t0
     return study
 
@@ -983,4 +969,4 @@ def demo(out: str | Path = "outputs/demo", *, show_progress: bool = True,
 __all__ = ["DEMO", "STUDY_MEASURES", "ModelResult", "Recipe", "Study", "StudySettings",
            "demo", "expand_sweep", "format_table", "load_study", "parse_match", "parse_options",
            "parse_recipe", "parse_run", "parse_seeds", "parse_sweep", "read_recipes",
-           "run_study", "study_from_options", "train_options", "weights_digest"]
+           "run_study", "study_from_options", "train_options"]

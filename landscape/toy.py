@@ -479,18 +479,14 @@ def run_toy(function: str = "quadratic", optimizers: Sequence[str] = ("sgd", "mo
             angle: float = 0.0, steps: int = 200, lr: float | Sequence[float] | None = None,
             momentum: float | None = None, rho: float | None = None, noise: float = 0.0,
             seed: int = 0, start: Sequence[float] | None = None, tol: float = 1e-6,
-            formats: Sequence[str] = ("pdf", "png"), overwrite: bool = False,
-            command: str | None = None) -> dict[str, Any]:
-    """Everything ``landscape toy`` does: run, write ``paths.h5`` and figures, summarize.
+            overwrite: bool = False, command: str | None = None) -> dict[str, Any]:
+    """What ``landscape toy`` computes: run the optimizers, write ``out/paths.h5``, summarize
+    (the figures are :func:`landscape.plot.toy.save_toy_figures` of that file).
 
     ``lr``: one value, or one per optimizer (None: each optimizer's default on the
     function). ``momentum`` goes to the optimizers that have one, ``rho`` to SAM/ASAM.
-    Writes ``paths.h5``, ``paths.<fmt>`` (2D functions) and ``losses.<fmt>`` into ``out``.
     Returns the JSON summary ``{"function", "files", "optimizers": {label: summary}}``.
     """
-    from landscape.plot.style import FORMATS, save_figure
-    from landscape.plot.toy import plot_toy_losses, plot_toy_paths
-
     f = make_function(function, kappa=kappa, eigenvalues=eigenvalues, dim=dim, angle=angle)
     optimizers = list(optimizers)
     if not optimizers:
@@ -500,9 +496,6 @@ def run_toy(function: str = "quadratic", optimizers: Sequence[str] = ("sgd", "mo
             raise unknown_name("optimizer", name, OPTIMIZERS)
     if len(set(optimizers)) != len(optimizers):
         raise LandscapeError(f"an optimizer is listed twice: {', '.join(optimizers)}")
-    for fmt in formats:
-        if fmt not in FORMATS:
-            raise unknown_name("figure format", fmt, FORMATS)
     if lr is None or isinstance(lr, int | float):
         lrs = [lr] * len(optimizers)
     else:
@@ -524,12 +517,6 @@ def run_toy(function: str = "quadratic", optimizers: Sequence[str] = ("sgd", "mo
     out = Path(out)
     files = [save_paths(paths, out / "paths.h5", f, overwrite=overwrite,
                         attrs={"command": command} if command else None)]
-    figures = {"losses": plot_toy_losses(f, paths)}
-    if f.dim == 2:
-        figures["paths"] = plot_toy_paths(f, paths)
-    for stem, fig in figures.items():
-        for fmt in formats:
-            files.append(save_figure(fig, out / f"{stem}.{fmt}"))
     return {"function": {**f.spec, "description": f.description, "f_min": f.f_min},
             "steps": steps, "noise": noise, "seed": seed,
             "files": [str(p) for p in files],

@@ -26,7 +26,7 @@ def extremes(tmp_path_factory: pytest.TempPathFactory):
                       match=DEMO["match"], out=tmp_path_factory.mktemp("demo") / "s",
                       measures=("top_eigenvalue", "hessian_trace", "epsilon_sharpness"),
                       curve="-1:1:5", surface="-1:1:3", interpolation="0:1:3",
-                      direction_seeds=1, figure=False, show_progress=False, quiet=True)
+                      direction_seeds=1, show_progress=False, quiet=True)
     rows = {r["model"]: r for r in study.table}
     return rows[low], rows[high]
 

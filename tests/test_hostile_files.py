@@ -57,7 +57,7 @@ def base(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         assert code == 0, lines
     study = run_study([Recipe(f"sgd{i}", {"optimizer": "sgd", "epochs": 1, "lr": lr})
                        for i, lr in enumerate((0.05, 0.1))], seeds=[0],
-                      out=tmp / "study", train_size=40, data="spirals", figure=False,
+                      out=tmp / "study", train_size=40, data="spirals",
                       model_options={"widths": [4]}, curve="-1:1:3", surface="-1:1:3",
                       interpolation="0:1:3", direction_seeds=1, measures=["epsilon_sharpness"],
                       show_progress=False, quiet=True)

@@ -383,3 +383,20 @@ def test_user_factory_rejects_options_it_does_not_take(tmp_path) -> None:
     path.write_text(USER_FILE)
     with pytest.raises(LandscapeError, match="takes no option 'hidden'"):
         build_model(f"{path}:no_args", DIGITS, 10, hidden=3)
+
+
+def test_integer_options_accept_numpy_integers_and_refuse_floats_and_bools() -> None:
+    """One integer rule for models, training and optimizers (``errors.check_int``)."""
+    import numpy as np
+
+    from landscape.train.optimizers import SAG
+
+    model = build_model("mlp", (np.int64(4),), np.int32(3), widths=[np.int64(5)])
+    assert [m.out_features for m in model.modules() if isinstance(m, nn.Linear)] == [5, 3]
+    for bad in (5.0, True, 0, -1):
+        with pytest.raises(LandscapeError, match="each width must be a positive integer"):
+            build_model("mlp", (4,), 3, widths=[bad])
+    p = [nn.Parameter(torch.zeros(2))]
+    assert SAG(p, lr=0.1, n_batches=np.int64(2), batch_sizes=[np.int64(3), 1]).n_batches == 2
+    with pytest.raises(LandscapeError, match="SAG's batch size must be a positive integer"):
+        SAG(p, lr=0.1, n_batches=2, batch_sizes=[3, 1.0])

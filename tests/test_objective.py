@@ -505,17 +505,6 @@ def test_bf16_loss_is_within_1e_2_of_float32() -> None:
     assert not torch.equal(got, ref)  # bf16 autocast really ran
 
 
-def test_tf32_equals_float32_on_cpu() -> None:
-    model = _conv_bn()
-    x, y = _class_data((1, 4, 4))
-    kw = {"device": "cpu", "strategy": "loop", "batch_size": 6}
-    f32 = Objective(model, (x, y), precision="float32", **kw)
-    tf32 = Objective(model, (x, y), precision="tf32", **kw)
-    points = _points(f32.theta0, 3, scale=0.1)
-    assert torch.equal(tf32.evaluate(points)["loss"], f32.evaluate(points)["loss"])
-    assert torch.equal(tf32.grad(points[0]), f32.grad(points[0]))
-
-
 @pytest.mark.parametrize("strategy", ["auto", "loop"])
 def test_counts_increase_as_documented(strategy: str) -> None:
     obj = Objective(_mlp(), _class_data(), device="cpu", strategy=strategy, batch_size=5)

@@ -257,3 +257,13 @@ def test_attrs_plain_string_that_looks_like_json_round_trips(tmp_path: Path) -> 
         store.write_attrs(f, {"note": "[1, 2]"})
         got = store.read_attrs(f)
     assert got["note"] == "[1, 2]"
+
+
+def test_values_digest_is_the_sha256_of_names_and_cast_values_in_order() -> None:
+    w = torch.tensor([[1.5, -2.0]], dtype=torch.float32)
+    steps = torch.tensor(7)  # an integer buffer (BatchNorm's num_batches_tracked)
+    raw = b"w" + np.array([1.5, -2.0]).tobytes() + b"steps" + np.array([7.0]).tobytes()
+    assert store.values_digest([w, steps], ["w", "steps"]) == hashlib.sha256(raw).hexdigest()[:16]
+    raw32 = np.array([1.5, -2.0], dtype=np.float32).tobytes()
+    assert store.values_digest([w], dtype="float32") == hashlib.sha256(raw32).hexdigest()[:16]
+    assert store.values_digest([steps, w]) != store.values_digest([w, steps])

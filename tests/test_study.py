@@ -179,7 +179,7 @@ def test_curve_rise_is_the_loss_at_the_stored_direction(study) -> None:
 
 def test_adding_a_seed_trains_and_measures_only_that_seed(study, tmp_path) -> None:
     out = _copy(study, tmp_path)
-    again = run_study(BASE, sweep=SWEEP, seeds=[0, 1, 2], out=out, figure=False, **TINY)
+    again = run_study(BASE, sweep=SWEEP, seeds=[0, 1, 2], out=out, **TINY)
     assert again.computed["train"] == [f"{n}/seed2" for n in NAMES]
     assert all("/seed2/" in p for p in again.computed["curve"] + again.computed["measures"])
     assert again.computed["interpolation"] == []
@@ -187,7 +187,7 @@ def test_adding_a_seed_trains_and_measures_only_that_seed(study, tmp_path) -> No
     assert again.table[0]["top_eigenvalue"]["values"][:2] == \
         study.table[0]["top_eigenvalue"]["values"]
     # a rerun computes nothing at all
-    same = run_study(BASE, sweep=SWEEP, seeds=[0, 1, 2], out=out, figure=False, **TINY)
+    same = run_study(BASE, sweep=SWEEP, seeds=[0, 1, 2], out=out, **TINY)
     assert not any(same.computed.values())
 
 
@@ -195,11 +195,11 @@ def test_changed_recipe_retrains_alone_and_a_changed_setting_recomputes_only_its
         study, tmp_path) -> None:
     out = _copy(study, tmp_path)
     again = run_study(BASE, sweep={"lr": [0.05, 0.3], "batch_size": [25]}, seeds=[0, 1],
-                      out=out, figure=False, **TINY)
+                      out=out, **TINY)
     assert again.computed["train"] == ["sgd-lr0.3-bs25/seed0", "sgd-lr0.3-bs25/seed1"]
     assert not any("lr0.05" in p for p in again.computed["measures"])
     again = run_study(BASE, sweep={"lr": [0.05, 0.3], "batch_size": [25]}, seeds=[0, 1],
-                      out=out, figure=False, **{**TINY, "eps": 2e-3})
+                      out=out, **{**TINY, "eps": 2e-3})
     assert sorted(again.computed["measures"]) == sorted(
         f"{n}/seed{k}/epsilon_sharpness" for n in ("sgd-lr0.05-bs25", "sgd-lr0.3-bs25")
         for k in (0, 1))
@@ -221,7 +221,7 @@ def test_study_file_reads_back(study) -> None:
 def test_existing_runs_are_measured_without_training(study, tmp_path) -> None:
     runs = {"a": study.path.parent / "runs" / NAMES[0] / "seed0",
             "b": study.path.parent / "runs" / NAMES[1] / "seed0"}
-    other = run_study(runs=runs, out=tmp_path / "runs_study", figure=False,
+    other = run_study(runs=runs, out=tmp_path / "runs_study",
                       **{k: v for k, v in TINY.items() if k != "match"})
     assert other.computed["train"] == [] and len(other.computed["curve"]) == 4
     for mine, theirs in zip(other.table, study.table):
@@ -233,7 +233,7 @@ def test_step_matching_gives_every_run_the_same_number_of_steps(tmp_path) -> Non
     tiny = {**TINY, "match": "steps=7", "measures": ("top_eigenvalue",)}
     study = run_study([Recipe("a", {"optimizer": "sgd", "lr": 0.1, "batch_size": 10}),
                        Recipe("b", {"optimizer": "adam", "lr": 1e-3, "batch_size": 50})],
-                      seeds=[0, 1], out=tmp_path / "s", figure=False, **tiny)
+                      seeds=[0, 1], out=tmp_path / "s", **tiny)
     for row in study.table:
         assert row["steps"]["values"] == [7, 7] and row["match"] == "steps=7"
         for seed in (0, 1):

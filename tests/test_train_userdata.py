@@ -210,7 +210,7 @@ def test_study_of_two_recipes_on_user_data(user: Path, tmp_path: Path) -> None:
                              "loss": f"{user}:huber"}) for name, lr in (("sgd", 0.05),
                                                                         ("adam", 0.01))]
     study = run_study(recipes, data=f"{user}:tensors", model=f"{user}:model",
-                      out=tmp_path / "study", figure=False, curve="-1:1:3", surface="-1:1:3",
+                      out=tmp_path / "study", curve="-1:1:3", surface="-1:1:3",
                       interpolation="0:1:3", trace_probes=10, hessian_tol=1e-3,
                       pac_bayes_samples=2, direction_seeds=1, show_progress=False, quiet=True)
     assert [r["model"] for r in study.table] == ["sgd", "adam"]

@@ -253,8 +253,7 @@ class _Operator:
                  params: str | Tensor | Sequence[bool] | None, block_size: int) -> None:
         if operator not in OPERATORS:
             raise unknown_name("operator", operator, OPERATORS)
-        if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1:
-            raise LandscapeError(f"block_size must be a positive integer, got {block_size!r}")
+        block_size = check_int("block_size", block_size)
         self.objective = objective
         if theta is None:
             theta = objective.theta0
@@ -864,13 +863,6 @@ def load_hessian(path: str | Path, eigenvectors: bool = False) -> HessianReport:
     return report
 
 
-def _weights_digest(objective: Objective) -> str:
-    state = torch.cat([objective.theta0.detach().double().cpu().reshape(-1)]
-                      + [b.detach().double().cpu().reshape(-1)
-                         for b in objective.buffers.values()])
-    return hashlib.sha256(state.numpy().tobytes()).hexdigest()[:16]
-
-
 def hessian_of_run(run: Any, *, split: str = "train", subset: int | None = None,
                    device: str = "auto", precision: str = "float32", bn: str = "eval",
                    batch_size: int | None = None, out: str | Path | None = None,
@@ -891,6 +883,7 @@ def hessian_of_run(run: Any, *, split: str = "train", subset: int | None = None,
     info = getattr(loaded, "info", {}) or {}
     settings = {"run": str(Path(loaded.path).resolve()), "model": info.get("model"),
                 "dataset": getattr(loaded.data, "spec", None), "split": split,
-                "subset": subset, "weights_sha256": _weights_digest(objective)}
+                "subset": subset, "weights_sha256": store.values_digest(
+                    [objective.theta0, *objective.buffers.values()])}
     return analyze_hessian(objective, out=out, overwrite=overwrite, settings=settings,
                            attrs={"command": command}, **options)

@@ -331,10 +331,11 @@ def measures_of_run(run: Any, measures: str | Iterable[str], settings: MeasureSe
     ``landscape noise``); ``out``: keep them in an HDF5 file of ``kind`` with their settings.
     ``settings.seed`` also draws the ``subset``."""
     from landscape.objective import Objective
+    from landscape.train.run import as_run
 
     s = settings or MeasureSettings()
     names = parse_measures(measures, names_of(kind))
-    objective = Objective.from_run(run, split, subset=subset, seed=s.seed, device=device,
+    objective = Objective.from_run(as_run(run), split, subset=subset, seed=s.seed, device=device,
                                    precision=precision)
     require_finite(objective, None, f"every {kind} measure")
     results = compute_measures(objective, names, settings=s)

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from landscape.analysis.sharpness import MeasureResult, _Cost, _settings, _theta
+from landscape.analysis.results import Cost, MeasureResult, measure_point, recorded_settings
 from landscape.errors import LandscapeError, check_int, check_positive, unknown_name
 from landscape.objective import accepts_model
 
@@ -111,8 +111,8 @@ def gradient_noise(objective: Any, theta: Tensor | None = None, batch_size: int 
     if batch_size > n:
         raise LandscapeError(f"batch size {batch_size} is larger than the data split "
                              f"({n} samples)")
-    theta = _theta(objective, theta)
-    cost = _Cost(objective)
+    theta = measure_point(objective, theta)
+    cost = Cost(objective)
     if method == "norms":
         g, sq = objective.per_sample_sq_norms(theta)
         mean = g.double()
@@ -140,7 +140,7 @@ def gradient_noise(objective: Any, theta: Tensor | None = None, batch_size: int 
     sum_sq = m2 + n * grad_norm_sq  # sum_i ||g_i||^2
     return NoiseResult(
         value=_ratio(gamma, grad_norm_sq), stderr=None,
-        settings=_settings(objective, batch_size=batch_size, lr=lr, covariance="1/N"),
+        settings=recorded_settings(objective, batch_size=batch_size, lr=lr, covariance="1/N"),
         cost=cost.result(), grad_norm_sq=grad_norm_sq, trace_cov=gamma,
         trace_cov_unbiased=m2 / (n - 1) if n > 1 else math.nan,
         noise_scale=_ratio(gamma, grad_norm_sq), minibatch_error=minibatch,
@@ -201,8 +201,8 @@ def noise_scale_two_batch(objective: Any, theta: Tensor | None = None, b_small: 
     if b_big > objective.n:
         raise LandscapeError(f"batch size {b_big} is larger than the data split "
                              f"({objective.n} samples)")
-    theta = _theta(objective, theta)
-    cost = _Cost(objective)
+    theta = measure_point(objective, theta)
+    cost = Cost(objective)
     gen = torch.Generator().manual_seed(seed)
     small_sq, big_sq = [], []
     for _ in range(n_pairs):
@@ -224,8 +224,8 @@ def noise_scale_two_batch(objective: Any, theta: Tensor | None = None, b_small: 
     var = (cov[0, 0] - 2 * ratio * cov[0, 1] + ratio**2 * cov[1, 1]) / n_pairs / g2_mean**2
     return TwoBatchResult(
         value=ratio, stderr=float(math.sqrt(max(var, 0.0))),
-        settings=_settings(objective, b_small=b_small, b_big=b_big, n_pairs=n_pairs, seed=seed,
-                           sampling="with replacement"),
+        settings=recorded_settings(objective, b_small=b_small, b_big=b_big, n_pairs=n_pairs,
+                                  seed=seed, sampling="with replacement"),
         cost=cost.result(), grad_norm_sq=g2_mean,
         grad_norm_sq_stderr=float(g2.std(ddof=1) / se), trace_cov=s_mean,
         trace_cov_stderr=float(s.std(ddof=1) / se))

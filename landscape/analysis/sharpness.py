@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -33,6 +32,7 @@ from scipy.optimize import Bounds, minimize
 from torch import Tensor
 from torch.func import jvp
 
+from landscape.analysis.results import Cost, MeasureResult, measure_point, recorded_settings
 from landscape.errors import LandscapeError, check_int, check_positive, unknown_name
 from landscape.objective import accepts_model
 
@@ -53,76 +53,7 @@ _APGD_MOMENTUM = 0.75
 _APGD_MIN_UPDATE_RATIO = 0.75
 
 
-@dataclass
-class MeasureResult:
-    """One number with its provenance.
-
-    ``value``: the measure (units in each function's docstring); ``stderr``: its Monte Carlo
-    standard error, None when the number is not a Monte Carlo estimate; ``settings``: the
-    arguments and the Objective's settings; ``cost``: passes over the data split;
-    ``extra``: by-products (e.g. PAC-Bayes ``sigma``).
-    """
-
-    name: str
-    value: float
-    stderr: float | None
-    settings: dict[str, Any]
-    cost: dict[str, float]
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-able ``{"value", "stderr"?, **extra}`` (what ``--json`` prints)."""
-        out: dict[str, Any] = {"value": self.value}
-        if self.stderr is not None:
-            out["stderr"] = self.stderr
-        out.update(self.extra)
-        return out
-
-
 # ------------------------------------------------------------------------------------ helpers
-class _Cost:
-    """Counts delta of an Objective, plus passes over its subsets (weighted m / n)."""
-
-    def __init__(self, objective: Any) -> None:
-        self.objective = objective
-        self.start = dict(objective.counts)
-        self.extra: dict[str, float] = {}
-
-    def add(self, key: str, passes: float) -> None:
-        self.extra[key] = self.extra.get(key, 0.0) + passes
-
-    def add_subset(self, sub: Any) -> None:
-        if sub is self.objective:
-            return
-        for key, value in sub.counts.items():
-            self.add(key, value * sub.n / self.objective.n)
-
-    def result(self) -> dict[str, float]:
-        out = {k: v - self.start.get(k, 0.0) for k, v in self.objective.counts.items()}
-        for k, v in self.extra.items():
-            out[k] = out.get(k, 0.0) + v
-        return {k: float(v) for k, v in out.items() if v}
-
-
-def _theta(objective: Any, theta: Tensor | None) -> Tensor:
-    """The point to measure at (default: the model's own parameters), checked.
-
-    bf16 is refused: these measures subtract losses from the float32 gradient path and
-    losses evaluated under autocast, and bf16's loss error (6e-3 relative, benchmarks/
-    README.md) is larger than the increases measured near a minimum.
-    """
-    if getattr(objective, "precision", None) == "bf16":
-        raise LandscapeError("sharpness measures need float32 or float64 precision: bf16's "
-                             "loss error is larger than the increases they measure")
-    if theta is None:
-        return objective.theta0.clone()
-    theta = torch.as_tensor(theta)
-    objective.space.check(theta)
-    if theta.dim() != 1:
-        raise LandscapeError(f"theta must be one flat vector, got shape {tuple(theta.shape)}")
-    return theta.to(objective.device, objective.dtype)
-
-
 def _generator(device: torch.device, seed: int) -> torch.Generator:
     return torch.Generator(device=device).manual_seed(int(seed))
 
@@ -157,10 +88,6 @@ def _batches(objective: Any, batch_size: int | None, n_batches: int | None,
                              f"{n_batches * batch_size} samples; the split has {objective.n}")
     perm = torch.randperm(objective.n, generator=torch.Generator().manual_seed(seed))
     return [perm[i * batch_size:(i + 1) * batch_size] for i in range(n_batches)]
-
-
-def _settings(objective: Any, **kwargs: Any) -> dict[str, Any]:
-    return {**kwargs, "objective": objective.settings()}
 
 
 # --------------------------------------------------------------------------- Keskar et al.
@@ -240,8 +167,8 @@ def epsilon_sharpness(objective: Any, theta: Tensor | None = None, eps: float = 
     maxiter = check_int("maxiter", maxiter)
     n_starts = check_int("n_starts", n_starts)
     ascent_steps = check_int("ascent_steps", ascent_steps, minimum=0)
-    theta = _theta(objective, theta)
-    cost = _Cost(objective)
+    theta = measure_point(objective, theta)
+    cost = Cost(objective)
     if subspace_dim is None:
         basis = None
         bound = (eps * (theta.double().abs() + 1.0)).cpu().numpy()
@@ -283,8 +210,8 @@ def epsilon_sharpness(objective: Any, theta: Tensor | None = None, eps: float = 
         extra["maximizer"] = torch.as_tensor(best["y"], dtype=torch.float64)
     return MeasureResult(
         "epsilon_sharpness", float(value), None,
-        _settings(objective, eps=eps, subspace_dim=subspace_dim, maxiter=maxiter, seed=seed,
-                  n_starts=n_starts, ascent_steps=ascent_steps),
+        recorded_settings(objective, eps=eps, subspace_dim=subspace_dim, maxiter=maxiter,
+                          seed=seed, n_starts=n_starts, ascent_steps=ascent_steps),
         cost.result(), extra)
 
 
@@ -410,16 +337,16 @@ def adaptive_sharpness(objective: Any, theta: Tensor | None = None, rho: float |
         raise LandscapeError(f"offset must be >= 0, got {offset}")
     n_iters = check_int("n_iters", n_iters)
     n_samples = check_int("n_samples", n_samples, minimum=2)
-    theta = _theta(objective, theta)
-    cost = _Cost(objective)
+    theta = measure_point(objective, theta)
+    cost = Cost(objective)
     batches = _batches(objective, batch_size, n_batches, seed)
     scale = _scale(theta, adaptive, offset)
     name = f"{'adaptive' if adaptive else 'plain'}_{kind}_{norm}"
     m = objective.n if batches == [None] else int(batches[0].numel())
-    settings = _settings(objective, rho=rho, norm=norm, adaptive=adaptive, kind=kind,
-                         offset=offset, seed=seed, batch_size=m, n_batches=len(batches),
-                         **({"n_iters": n_iters, "init": init} if kind == "worst" else
-                            {"n_samples": n_samples, "antithetic": True}))
+    settings = recorded_settings(objective, rho=rho, norm=norm, adaptive=adaptive, kind=kind,
+                                 offset=offset, seed=seed, batch_size=m, n_batches=len(batches),
+                                 **({"n_iters": n_iters, "init": init} if kind == "worst" else
+                                    {"n_samples": n_samples, "antithetic": True}))
     values, mc_vars = [], []
     for k, idx in enumerate(batches):
         sub = objective if idx is None else objective.subset(idx)
@@ -472,8 +399,8 @@ def sam_sharpness(objective: Any, theta: Tensor | None = None, rho: float = 0.05
     and one forward pass.
     """
     check_positive("rho", rho)
-    theta = _theta(objective, theta)
-    cost = _Cost(objective)
+    theta = measure_point(objective, theta)
+    cost = Cost(objective)
     f0, grad = objective.loss_and_grad(theta)
     c = _scale(theta, adaptive, offset)
     length = float((c * grad).norm())
@@ -481,7 +408,7 @@ def sam_sharpness(objective: Any, theta: Tensor | None = None, rho: float = 0.05
     if length > 0:
         value = objective.loss(theta + rho * c * c * grad / length) - f0
     return MeasureResult("sam_sharpness", float(value), None,
-                         _settings(objective, rho=rho, adaptive=adaptive, offset=offset),
+                         recorded_settings(objective, rho=rho, adaptive=adaptive, offset=offset),
                          cost.result(), {"loss": f0, "grad_norm": float(grad.norm())})
 
 
@@ -515,8 +442,8 @@ def pac_bayes_flatness(objective: Any, theta: Tensor | None = None, target: floa
     if eps_offset < 0:
         raise LandscapeError(f"eps_offset must be >= 0, got {eps_offset}")
     n_samples = check_int("n_samples", n_samples, minimum=2)
-    theta = _theta(objective, theta)
-    cost = _Cost(objective)
+    theta = measure_point(objective, theta)
+    cost = Cost(objective)
     base_stats = objective.evaluate(theta[None])
     key = "loss" if criterion == "loss" else "acc"
 
@@ -581,10 +508,10 @@ def pac_bayes_flatness(objective: Any, theta: Tensor | None = None, target: floa
         else:
             hi = mid
     inc, inc_se = seen[lo]
-    settings = _settings(objective, target=target, magnitude_aware=magnitude_aware,
-                         eps_offset=eps_offset if magnitude_aware else None,
-                         criterion=criterion, n_samples=n_samples, seed=seed, rtol=rtol,
-                         antithetic=True)
+    settings = recorded_settings(objective, target=target, magnitude_aware=magnitude_aware,
+                                 eps_offset=eps_offset if magnitude_aware else None,
+                                 criterion=criterion, n_samples=n_samples, seed=seed, rtol=rtol,
+                                 antithetic=True)
     return MeasureResult("pac_bayes_flatness", 1.0 / lo**2, None, settings, cost.result(),
                          {"sigma": lo, "increase": inc, "increase_stderr": inc_se,
                           f"base_{criterion}": base, "steps": len(seen)})
@@ -606,8 +533,8 @@ def fisher_rao_norm(objective: Any, theta: Tensor | None = None,
     """
     if method not in ("jvp", "per_sample"):
         raise unknown_name("method", method, ("jvp", "per_sample"))
-    theta = _theta(objective, theta)
-    cost = _Cost(objective)
+    theta = measure_point(objective, theta)
+    cost = Cost(objective)
     total = 0.0
     if method == "per_sample":
         chunk = max(1, min(objective.n, 2**22 // max(1, theta.numel())))
@@ -617,7 +544,7 @@ def fisher_rao_norm(objective: Any, theta: Tensor | None = None,
             total += float(((g @ theta).double() ** 2).sum())
     else:
         losses = objective.sample_losses
-        with objective._precision(derivative=True):  # as every derivative of the engine
+        with objective.precision_context(derivative=True):  # as every derivative of the engine
             for x, y in objective._chunks():
                 _, directional = jvp(lambda t, x=x, y=y: losses(t, x, y), (theta,), (theta,))
                 total += float((directional.double() ** 2).sum())
@@ -625,8 +552,9 @@ def fisher_rao_norm(objective: Any, theta: Tensor | None = None,
                                                         device=objective.device)))
         cost.add("jvp", 1.0)
     value = total / objective.n
-    return MeasureResult("fisher_rao_norm", value, None, _settings(objective, method=method),
-                         cost.result(), {"norm": math.sqrt(value)})
+    return MeasureResult("fisher_rao_norm", value, None,
+                         recorded_settings(objective, method=method), cost.result(),
+                         {"norm": math.sqrt(value)})
 
 
 __all__ = ["DEFAULT_RHO", "MeasureResult", "adaptive_sharpness", "epsilon_sharpness",

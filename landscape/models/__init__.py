@@ -31,8 +31,7 @@ from typing import Any
 
 from torch import nn
 
-from landscape.errors import LandscapeError, unknown_name
-from landscape.models._common import check_positive_int
+from landscape.errors import LandscapeError, check_int, unknown_name
 from landscape.models.lenet import lenet
 from landscape.models.mlp import mlp
 from landscape.models.resnet import resnet
@@ -128,7 +127,7 @@ def _check_shape(input_shape: Any) -> tuple[int, ...]:
             sizes.append(operator.index(s))
         except TypeError:
             raise LandscapeError(f"input_shape sizes must be integers, got {shape!r}") from None
-    return tuple(check_positive_int("each input_shape size", s) for s in sizes)
+    return tuple(check_int("each input_shape size", s) for s in sizes)
 
 
 def build_model(
@@ -142,7 +141,7 @@ def build_model(
     (plus one dry forward pass of a single zero sample for LeNet and VGG-9).
     """
     shape = _check_shape(input_shape)
-    num_outputs = check_positive_int("num_outputs", num_outputs)
+    num_outputs = check_int("num_outputs", num_outputs)
     if is_user_model(name):
         return load_user_model(name, shape, num_outputs, **options)
     key, builder = _resolve(name)
@@ -172,7 +171,7 @@ def model_spec(
     option, defaults filled in). Validates name and options without building the model.
     """
     shape = _check_shape(input_shape)
-    num_outputs = check_positive_int("num_outputs", num_outputs)
+    num_outputs = check_int("num_outputs", num_outputs)
     code: dict[str, Any] = {}
     if is_user_model(name):
         code = record(name)

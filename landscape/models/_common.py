@@ -19,13 +19,6 @@ def image_shape(model: str, input_shape: tuple[int, ...]) -> tuple[int, int, int
     return int(c), int(h), int(w)
 
 
-def check_positive_int(name: str, value: object) -> int:
-    """Return ``value`` as an int, or raise a LandscapeError unless it is a positive integer."""
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise LandscapeError(f"{name} must be a positive integer, got {value!r}")
-    return value
-
-
 def check_dropout(value: object) -> float:
     """Return a dropout probability in [0, 1), or raise a LandscapeError."""
     if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < 1:

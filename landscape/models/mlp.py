@@ -7,8 +7,7 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
-from landscape.errors import LandscapeError
-from landscape.models._common import check_positive_int
+from landscape.errors import LandscapeError, check_int
 
 
 class MLP(nn.Module):
@@ -46,7 +45,7 @@ def mlp(
     """Build an :class:`MLP` for inputs of per-sample shape ``input_shape`` (flattened)."""
     if isinstance(widths, int | str) or not isinstance(widths, Sequence):
         raise LandscapeError(f"widths must be a list of positive integers, got {widths!r}")
-    widths = tuple(check_positive_int("each width", w) for w in widths)
+    widths = tuple(check_int("each width", w) for w in widths)
     if not isinstance(bias, bool):
         raise LandscapeError(f"bias must be true or false, got {bias!r}")
     return MLP(math.prod(input_shape), widths, num_outputs, bias=bias)

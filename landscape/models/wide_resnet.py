@@ -14,10 +14,9 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from landscape.errors import LandscapeError
+from landscape.errors import LandscapeError, check_int
 from landscape.models._common import (
     check_dropout,
-    check_positive_int,
     image_shape,
     reference_init,
 )
@@ -86,7 +85,7 @@ def wide_resnet(
         raise LandscapeError(
             f"Wide-ResNet depth must be 6n + 4 with n >= 1 (10, 16, 28, ...), got {depth}"
         )
-    widen = check_positive_int("widen", widen)
+    widen = check_int("widen", widen)
     model = WideResNet(depth, widen, c, num_outputs, dropout=check_dropout(dropout))
     reference_init(model, linear_std=None)
     return model

@@ -48,7 +48,7 @@ from landscape.analysis.measures import REGISTRY
 from landscape.errors import LandscapeError
 from landscape.plot._inputs import metric_label, values
 from landscape.plot.contours import add_colorbar
-from landscape.plot.style import DOUBLE_COLUMN, OKABE_ITO, SEQUENTIAL_CMAP, house_style
+from landscape.plot.style import DOUBLE_COLUMN, OKABE_ITO, SEQUENTIAL_CMAP, house_style, save_figure
 from landscape.stats import LEVEL, confidence_interval
 
 #: Most 2D panels drawn; a larger study shows the recipes with the extreme lr / B.
@@ -701,6 +701,18 @@ def _plotted(study: Any, measures: Sequence[str], sf: _Surfaces | None, sweep: b
     return text
 
 
+def save_comparison(study: Any, out: str | Path | None = None) -> list[Path]:
+    """Draw :func:`plot_comparison` and save it as ``comparison.pdf`` and ``comparison.png``
+    (200 dpi) in ``out`` (default: the study's folder); returns the paths, also kept in
+    ``study.figures`` when ``study`` is a loaded :class:`~landscape.study.Study`."""
+    study = _as_study(study)
+    folder = Path(study.path).parent if out is None else Path(out)
+    fig = plot_comparison(study)
+    study.figures = [save_figure(fig, folder / "comparison.pdf"),
+                     save_figure(fig, folder / "comparison.png", dpi=200)]
+    return study.figures
+
+
 __all__ = ["Look", "control_items", "is_sweep", "looks", "nice_levels", "plot_comparison",
-           "pointwise_interval", "rise_per_seed", "sharpness_measures", "surface_grids",
-           "surface_recipes"]
+           "pointwise_interval", "rise_per_seed", "save_comparison", "sharpness_measures",
+           "surface_grids", "surface_recipes"]

@@ -94,7 +94,7 @@ def _grid(surface: Any, metric: str) -> tuple[np.ndarray, str]:
     return z, metric_label(metric, surface.attrs.get("loss"))
 
 
-def _mark_points(ax: Axes, surface: Any) -> None:
+def mark_points(ax: Axes, surface: Any) -> None:
     """The trained model(s) on the plane: the origin, or each solution of a plane."""
     kind = surface.attrs.get("kind", "surface")
     if kind == "plane":
@@ -134,8 +134,9 @@ def add_colorbar(fig: Figure, ax: Axes | Sequence[Axes], mappable: Any, label: s
     return cbar
 
 
-def _finish_2d(fig: Figure, ax: Axes, surface: Any, mappable: Any, label: str,
-               colorbar: bool, title: str | None) -> None:
+def finish_2d(fig: Figure, ax: Axes, surface: Any, mappable: Any, label: str,
+              colorbar: bool, title: str | None) -> None:
+    """Axis labels, limits, equal aspect, the colour bar and title of a 2D surface panel."""
     xlabel, ylabel = axis_labels(surface)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
@@ -185,8 +186,8 @@ def plot_contour(surface: Any, ax: Axes | None = None, *, metric: str = "train_l
                                   linewidths=0.7)
             if labels:
                 ax.clabel(mappable, fontsize=5.5, fmt="%.3g", inline_spacing=2)
-        _mark_points(ax, s)
-        _finish_2d(fig, ax, s, mappable, label, colorbar, title)
+        mark_points(ax, s)
+        finish_2d(fig, ax, s, mappable, label, colorbar, title)
     return fig
 
 
@@ -296,5 +297,5 @@ def plot_trajectory(surface: Any, ax: Axes | None = None, *, metric: str = "trai
     return fig
 
 
-__all__ = ["add_colorbar", "color_scale", "plot_contour", "plot_filled", "plot_heatmap",
-           "plot_surface3d", "plot_trajectory"]
+__all__ = ["add_colorbar", "color_scale", "finish_2d", "mark_points", "plot_contour",
+           "plot_filled", "plot_heatmap", "plot_surface3d", "plot_trajectory"]

@@ -14,7 +14,7 @@ from matplotlib.figure import Figure
 from landscape.analysis.hessian import min_max_ratio
 from landscape.errors import LandscapeError
 from landscape.plot._inputs import as_surface, named
-from landscape.plot.contours import _finish_2d, _mark_points
+from landscape.plot.contours import finish_2d, mark_points
 from landscape.plot.style import OKABE_ITO, SEQUENTIAL_CMAP, house_style, new_axes
 
 #: Density values below this fraction of the peak are not drawn on the log scale.
@@ -132,8 +132,8 @@ def plot_ratio(surface: Any, ax: Axes | None = None, *, vmin: float = 0.0,
         fig, ax = new_axes(ax, aspect=0.85)
         mesh = ax.pcolormesh(s.x, s.y, ratio, norm=norm, cmap=cmap, shading="nearest",
                              rasterized=True)
-        _mark_points(ax, s)
-        _finish_2d(fig, ax, s, mesh, "$|\\lambda_{\\min} / \\lambda_{\\max}|$", colorbar, title)
+        mark_points(ax, s)
+        finish_2d(fig, ax, s, mesh, "$|\\lambda_{\\min} / \\lambda_{\\max}|$", colorbar, title)
     return fig
 
 

@@ -15,7 +15,7 @@ manager) with :func:`new_axes`; return the ``Figure``; never call ``show()``/``s
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -24,7 +24,7 @@ from cycler import cycler
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from landscape.errors import LandscapeError
+from landscape.errors import LandscapeError, unknown_name
 
 SINGLE_COLUMN = 3.4   # inches
 DOUBLE_COLUMN = 7.0   # inches
@@ -77,6 +77,14 @@ RC: dict[str, Any] = {
 }
 
 FORMATS = ("pdf", "png", "svg")
+
+
+def check_formats(formats: Sequence[str]) -> list[str]:
+    """The figure formats, each one of ``FORMATS`` (else a LandscapeError, before any work)."""
+    for fmt in formats:
+        if fmt not in FORMATS:
+            raise unknown_name("figure format", fmt, FORMATS)
+    return list(formats)
 
 
 @contextmanager

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -13,8 +14,8 @@ from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
 
 from landscape.errors import LandscapeError
-from landscape.plot.style import OKABE_ITO, house_style, new_axes
-from landscape.toy import ToyFunction, ToyPath, as_function
+from landscape.plot.style import OKABE_ITO, check_formats, house_style, new_axes, save_figure
+from landscape.toy import ToyFunction, ToyPath, as_function, load_paths
 
 _TINY = 1e-300
 CMAP = "viridis"
@@ -161,4 +162,17 @@ def plot_toy_losses(function: ToyFunction | str,
     return fig
 
 
-__all__ = ["plot_toy_losses", "plot_toy_paths"]
+def save_toy_figures(paths_file: str | Path, out: str | Path,
+                     formats: Sequence[str] = ("pdf", "png")) -> list[Path]:
+    """Draw the paths of a ``paths.h5`` (:func:`landscape.toy.save_paths`) as
+    ``out/losses.<fmt>`` and, for 2D functions, ``out/paths.<fmt>``; returns the files."""
+    formats = check_formats(formats)
+    f, paths = load_paths(paths_file)
+    figures = {"losses": plot_toy_losses(f, paths)}
+    if f.dim == 2:
+        figures["paths"] = plot_toy_paths(f, paths)
+    return [save_figure(fig, Path(out) / f"{stem}.{fmt}")
+            for stem, fig in figures.items() for fmt in formats]
+
+
+__all__ = ["plot_toy_losses", "plot_toy_paths", "save_toy_figures"]

@@ -34,6 +34,7 @@ def _splits(split: str | Sequence[str]) -> list[str]:
 
 def _objectives(run: Any, split: str | Sequence[str], engine: dict[str, Any],
                 ) -> dict[str, Objective]:
+    run = as_run(run)
     return {s: Objective.from_run(run, split=s, **engine) for s in _splits(split)}
 
 

@@ -12,7 +12,6 @@ refused.
 
 from __future__ import annotations
 
-import hashlib
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -69,11 +68,6 @@ class Surface:
     def n_nonfinite(self) -> int:
         """Number of computed values that are NaN or infinite (far from the minimum)."""
         return int(sum((~np.isfinite(v[self.done])).sum() for v in self.values.values()))
-
-
-def _digest(t: Tensor) -> str:
-    return hashlib.sha256(t.detach().to("cpu", torch.float32).contiguous().numpy().tobytes()
-                          ).hexdigest()[:16]
 
 
 def load_surface(path: str | Path) -> Surface:
@@ -205,9 +199,11 @@ def compute_surface(objectives: Objective | Mapping[str, Objective], out: str | 
         "splits": list(objs),
         # one key per split and setting, so that a refusal names e.g. train.batch_size
         **{f"{s}.{k}": v for s, o in objs.items() for k, v in o.evaluation_settings().items()},
-        "origin_sha": _digest(origin), "directions_sha": [_digest(d) for d in dirs],
-        "buffer_directions_sha": [_digest(torch.cat([b[k].reshape(-1).float() for k in floating]))
-                                  for b in buffer_directions] if buffer_directions else None,
+        "origin_sha": store.values_digest([origin], dtype="float32"),
+        "directions_sha": [store.values_digest([d], dtype="float32") for d in dirs],
+        "buffer_directions_sha": [store.values_digest(
+            [torch.cat([b[k].reshape(-1).float() for k in floating])], dtype="float32")
+            for b in buffer_directions] if buffer_directions else None,
     }
     shape = (len(x),) if y is None else (len(y), len(x))
     rank, world = distributed.rank_and_world()

@@ -57,7 +57,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from landscape.errors import LandscapeError, check_positive, unknown_name
+from landscape.errors import LandscapeError, check_int, check_positive, unknown_name
 
 Closure = Callable[[], Tensor]
 
@@ -176,12 +176,11 @@ class SAG(torch.optim.Optimizer):
 
     def __init__(self, params: Iterable, lr: float, n_batches: int,
                  weight_decay: float = 0.0, batch_sizes: Sequence[int] | None = None) -> None:
-        if not isinstance(n_batches, int) or n_batches < 1:
-            raise LandscapeError(f"SAG needs n_batches >= 1, got {n_batches!r}")
-        sizes = [1] * n_batches if batch_sizes is None else list(batch_sizes)
-        if len(sizes) != n_batches or not all(
-                isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in sizes):
-            raise LandscapeError(f"SAG needs {n_batches} positive batch sizes, got {batch_sizes!r}")
+        n_batches = check_int("SAG's n_batches", n_batches)
+        sizes = [1] * n_batches if batch_sizes is None else [
+            check_int("SAG's batch size", s) for s in batch_sizes]
+        if len(sizes) != n_batches:
+            raise LandscapeError(f"SAG needs {n_batches} batch sizes, got {batch_sizes!r}")
         super().__init__(params, {"lr": lr, "weight_decay": weight_decay})
         self.n_batches = n_batches
         self.weights = [s * n_batches / sum(sizes) for s in sizes]   # exactly 1.0 if equal

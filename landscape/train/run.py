@@ -34,7 +34,7 @@ RUN_FORMAT = "landscape-run"
 RUN_FORMAT_VERSION = 1
 HISTORY_COLUMNS = ("epoch", "step", "train_loss", "train_acc", "test_loss", "test_acc", "lr",
                    "seconds")
-_CHECKPOINT_RE = re.compile(r"^epoch_(\d+)\.pt$")
+CHECKPOINT_RE = re.compile(r"^epoch_(\d+)\.pt$")
 
 
 # ----------------------------------------------------------------------------- atomic writes
@@ -267,7 +267,7 @@ class Run:
         found = []
         if folder.is_dir():
             for file in folder.iterdir():
-                m = _CHECKPOINT_RE.match(file.name)
+                m = CHECKPOINT_RE.match(file.name)
                 if m:
                     found.append((int(m.group(1)), file))
         return sorted(found)
@@ -315,7 +315,7 @@ def load_run(path: str | Path, *, data: bool = True, trust: bool = False) -> Run
     else:
         folder = path / "checkpoints"
         files = sorted((int(m.group(1)), f) for f in (folder.iterdir() if folder.is_dir() else [])
-                       if (m := _CHECKPOINT_RE.match(f.name)))
+                       if (m := CHECKPOINT_RE.match(f.name)))
         if not files:
             raise LandscapeError(f"run {path} has neither model.pt nor any checkpoint")
         epoch, file = files[-1]

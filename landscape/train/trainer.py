@@ -41,7 +41,13 @@ import torch
 from torch import Tensor, nn
 
 from landscape import store
-from landscape.errors import LandscapeError, LandscapeWarning, SettingsMismatch, check_positive
+from landscape.errors import (
+    LandscapeError,
+    LandscapeWarning,
+    SettingsMismatch,
+    check_int,
+    check_positive,
+)
 from landscape.objective import resolve_device
 from landscape.progress import progress as progress_bar
 from landscape.sources import (
@@ -56,7 +62,7 @@ from landscape.sources import (
     take,
 )
 from landscape.train.run import (
-    _CHECKPOINT_RE,
+    CHECKPOINT_RE,
     RUN_FORMAT,
     RUN_FORMAT_VERSION,
     Run,
@@ -87,12 +93,6 @@ DEFAULT_RUNS_DIR = Path("outputs") / "runs"
 
 
 # ----------------------------------------------------------------------------- helpers
-def _positive_int(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value <= 0:
-        raise LandscapeError(f"{name} must be a positive integer, got {value!r}")
-    return int(value)
-
-
 def _device_name(dev: torch.device) -> str:
     if dev.type == "cuda":
         return torch.cuda.get_device_name(dev)
@@ -229,7 +229,7 @@ def _clear_run_files(path: Path) -> None:
     folder = path / "checkpoints"
     if folder.is_dir():
         for file in folder.iterdir():
-            if _CHECKPOINT_RE.match(file.name):
+            if CHECKPOINT_RE.match(file.name):
                 file.unlink()
 
 
@@ -238,7 +238,7 @@ def _latest_checkpoint(path: Path) -> Path | None:
     if not folder.is_dir():
         return None
     found = sorted((int(m.group(1)), f) for f in folder.iterdir()
-                   if (m := _CHECKPOINT_RE.match(f.name)))
+                   if (m := CHECKPOINT_RE.match(f.name)))
     return found[-1][1] if found else None
 
 
@@ -298,7 +298,7 @@ def train(*, model: str = "mlp", dataset: str = "digits", data_dir: str | Path |
     - ``device``: "auto", "cpu", "cuda" (or "cuda:1"); ``amp``: bf16 autocast (CUDA only).
     - ``threads``: CPU threads while training (restored afterwards). None: 1 when a step is
       tiny (under 1e8 multiply-adds, e.g. the digits MLP: intra-op threads only add
-      synchronization, and cost 30x when the cores are shared), else torch's setting.
+      synchronization, worst when the cores are shared), else torch's setting.
     - ``augment``: random crop (padding 4, black) + horizontal flip on the device; default on
       for CIFAR datasets.
     - ``out``: run directory (default ``outputs/runs/<name>``, name from the settings);
@@ -323,14 +323,14 @@ def train(*, model: str = "mlp", dataset: str = "digits", data_dir: str | Path |
         raise unknown_name("optimizer", optimizer, OPTIMIZERS)
     lr = float(DEFAULT_LR[optimizer] if lr is None else lr)
     check_positive("learning rate", lr)
-    batch_size = _positive_int("batch size", batch_size)
+    batch_size = check_int("batch size", batch_size)
     if steps is not None:
         if epochs is not None:
             raise LandscapeError("give epochs or steps, not both (steps replaces the epoch "
                                  "budget)")
-        steps = _positive_int("steps", steps)
+        steps = check_int("steps", steps)
     else:
-        epochs = _positive_int("epochs", 20 if epochs is None else epochs)
+        epochs = check_int("epochs", 20 if epochs is None else epochs)
     if target_train_loss is not None:
         if isinstance(target_train_loss, bool) or not isinstance(
                 target_train_loss, int | float | np.integer | np.floating) \
@@ -338,12 +338,10 @@ def train(*, model: str = "mlp", dataset: str = "digits", data_dir: str | Path |
             raise LandscapeError("target train loss must be a finite positive number, got "
                                  f"{target_train_loss!r}")
         target_train_loss = float(target_train_loss)
-    save_every = _positive_int("save_every", save_every)
+    save_every = check_int("save_every", save_every)
     if threads is not None:
-        threads = _positive_int("threads", threads)
-    if isinstance(seed, bool) or not isinstance(seed, int | np.integer):
-        raise LandscapeError(f"seed must be an integer, got {seed!r}")
-    if not 0 <= int(seed) < 2**32:
+        threads = check_int("threads", threads)
+    if check_int("seed", seed, minimum=0) >= 2**32:
         raise LandscapeError(f"seed must be in 0 .. 2**32 - 1, got {seed}")
     if not math.isfinite(lr):
         raise LandscapeError(f"learning rate must be finite, got {lr}")
@@ -355,9 +353,8 @@ def train(*, model: str = "mlp", dataset: str = "digits", data_dir: str | Path |
     if amp and dev.type != "cuda":
         raise LandscapeError(f"amp (bf16 autocast) needs a CUDA device, the device is {dev}")
 
-    if data_seed is not None and (isinstance(data_seed, bool) or
-                                  not isinstance(data_seed, int | np.integer) or data_seed < 0):
-        raise LandscapeError(f"data_seed must be a non-negative integer, got {data_seed!r}")
+    if data_seed is not None:
+        check_int("data_seed", data_seed, minimum=0)
     if data is None and is_code_spec(dataset):
         data = dataset
     if data is None:
