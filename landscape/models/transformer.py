@@ -7,7 +7,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from landscape.models._common import check_positive_int
+from landscape.errors import check_int
 
 
 class Block(nn.Module):
@@ -62,9 +62,9 @@ def transformer(input_shape: tuple[int, ...], num_outputs: int, *, d_model: int 
     if len(input_shape) != 1:
         raise LandscapeError(f"the transformer takes token sequences (input shape [T]), got "
                              f"{tuple(input_shape)}")
-    d_model = check_positive_int("d_model", d_model)
-    n_heads = check_positive_int("n_heads", n_heads)
+    d_model = check_int("d_model", d_model)
+    n_heads = check_int("n_heads", n_heads)
     if d_model % n_heads:
         raise LandscapeError(f"d_model ({d_model}) must be a multiple of n_heads ({n_heads})")
     return Transformer(vocab or num_outputs + 1, int(input_shape[0]), num_outputs, d_model,
-                       n_heads, check_positive_int("n_layers", n_layers))
+                       n_heads, check_int("n_layers", n_layers))
