@@ -971,7 +971,7 @@ def curvature_cmd(run_dir: str, surface_file: str, tol: float, split: str, subse
 def adopt_cmd(model: str, weights: str, data: str, loss: str | None, seed: int, out: str,
               overwrite: bool) -> None:
     """Make a run directory for a model trained elsewhere (no training)."""
-    from landscape.userdata import adopt
+    from landscape.train.run import adopt
 
     path = adopt(model, weights, data, out, loss=loss, seed=seed, overwrite=overwrite)
     click.echo(f"adopted {weights} as run {path}", err=True)

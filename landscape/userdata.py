@@ -13,18 +13,17 @@ the same data and loss and refuses with one line when the factory's data changed
 from __future__ import annotations
 
 import hashlib
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from landscape.errors import LandscapeError
-from landscape.models.user import load_attribute, load_user_model
+from landscape.models.user import load_attribute
 from landscape.sources import Source, leaves, length
 from landscape.trust import check_recorded, record
 
-__all__ = ["UserData", "adopt", "checkpoint_state", "data_digest", "load_user_data"]
+__all__ = ["UserData", "checkpoint_state", "data_digest", "load_user_data"]
 
 SPLITS = ("train", "test")
 
@@ -156,48 +155,3 @@ def checkpoint_state(obj: Any, file: Path | str) -> dict[str, torch.Tensor]:
     if all(k.startswith("module.") for k in obj):
         obj = {k[len("module."):]: v for k, v in obj.items()}
     return obj
-
-
-def adopt(model: str, weights: str | Path, data: str, out: str | Path, *,
-          loss: str | None = None, seed: int = 0, overwrite: bool = False) -> Path:
-    """Make run directory ``out`` for a model trained elsewhere, without training.
-
-    ``model``: a user factory spec; ``weights``: its checkpoint (loaded with
-    ``weights_only=True``; layouts of :func:`checkpoint_state`); ``data``/``loss``: user specs
-    (see the module docstring). Every command (``surface``, ``hessian``, ``sharpness``,
-    ``noise``, ``compare``) then works on ``out``. Cost: one model build, one data pass.
-    """
-    from landscape.models import count_parameters, model_spec
-    from landscape.store import versions
-    from landscape.train.run import (
-        RUN_FORMAT,
-        RUN_FORMAT_VERSION,
-        atomic_torch_save,
-        atomic_write_json,
-        load_weights,
-        to_cpu,
-        torch_load,
-    )
-
-    out = Path(out)
-    if (out / "run.json").exists() and not overwrite:
-        raise LandscapeError(f"{out} already holds a run (use --overwrite to replace it)")
-    user = UserData(data, loss)
-    shape, outputs = user.shapes()
-    spec = model_spec(model, shape, outputs)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        net = load_user_model(model, shape, outputs)
-    state = checkpoint_state(torch_load(Path(weights)), weights)
-    load_weights(net, state, weights)
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_torch_save(out / "model.pt", to_cpu(net.state_dict()))
-    info = {"format": RUN_FORMAT, "format_version": RUN_FORMAT_VERSION, "name": out.name,
-            "config": {"seed": seed, "adopted_from": str(Path(weights).resolve())},
-            "model": spec, "dataset": user.spec, "loss": user.spec["loss"]["name"]
-            if loss else None, "num_parameters": count_parameters(net),
-            "versions": versions(), "status": "complete", "adopted": True,
-            "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-    atomic_write_json(out / "run.json", info)
-    atomic_write_json(out / "history.json", [])
-    return out

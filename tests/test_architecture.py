@@ -23,8 +23,8 @@ ROOT = Path(__file__).resolve().parents[1] / "landscape"
 LAYERS: list[tuple[str, ...]] = [
     ("landscape.errors", "landscape.version", "landscape.progress", "landscape.stats",
      "landscape.trust", "landscape.distributed", "landscape.store", "landscape.params",
-     "landscape.per_sample", "landscape.linalg"),
-    ("landscape.data", "landscape.models"),
+     "landscape.per_sample", "landscape.linalg", "landscape.sources"),
+    ("landscape.data", "landscape.userdata", "landscape.models"),
     ("landscape.objective",),
     ("landscape.surface", "landscape.analysis", "landscape.train", "landscape.toy"),
     ("landscape.study",),

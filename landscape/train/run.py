@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from landscape.errors import LandscapeError, LandscapeWarning
-from landscape.store import atomic_write, strict_json
+from landscape.store import atomic_write, strict_json, versions
 
 RUN_FORMAT = "landscape-run"
 RUN_FORMAT_VERSION = 1
@@ -331,3 +331,42 @@ def load_run(path: str | Path, *, data: bool = True, trust: bool = False) -> Run
 def as_run(run: Any) -> Run:
     """``run`` itself if it is a loaded run, else :func:`load_run` of that directory."""
     return run if hasattr(run, "model") else load_run(run)
+
+
+def adopt(model: str, weights: str | Path, data: str, out: str | Path, *,
+          loss: str | None = None, seed: int = 0, overwrite: bool = False) -> Path:
+    """Make run directory ``out`` for a model trained elsewhere, without training.
+
+    ``model``: a user factory spec; ``weights``: its checkpoint (loaded with
+    ``weights_only=True``; layouts of :func:`checkpoint_state`); ``data``/``loss``: user specs
+    (see the module docstring). Every command (``surface``, ``hessian``, ``sharpness``,
+    ``noise``, ``compare``) then works on ``out``. Cost: one model build, one data pass.
+    """
+    from datetime import datetime, timezone
+
+    from landscape.models import count_parameters, model_spec
+    from landscape.models.user import load_user_model
+    from landscape.userdata import UserData, checkpoint_state
+
+    out = Path(out)
+    if (out / "run.json").exists() and not overwrite:
+        raise LandscapeError(f"{out} already holds a run (use --overwrite to replace it)")
+    user = UserData(data, loss)
+    shape, outputs = user.shapes()
+    spec = model_spec(model, shape, outputs)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        net = load_user_model(model, shape, outputs)
+    state = checkpoint_state(torch_load(Path(weights)), weights)
+    load_weights(net, state, weights)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_torch_save(out / "model.pt", to_cpu(net.state_dict()))
+    info = {"format": RUN_FORMAT, "format_version": RUN_FORMAT_VERSION, "name": out.name,
+            "config": {"seed": seed, "adopted_from": str(Path(weights).resolve())},
+            "model": spec, "dataset": user.spec, "loss": user.spec["loss"]["name"]
+            if loss else None, "num_parameters": count_parameters(net),
+            "versions": versions(), "status": "complete", "adopted": True,
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    atomic_write_json(out / "run.json", info)
+    atomic_write_json(out / "history.json", [])
+    return out
