@@ -57,7 +57,9 @@ def test_gradient_noise_matches_linear_regression_closed_forms(method: str, cost
     assert res.trace_cov_unbiased == pytest.approx(gamma * n / (n - 1), rel=1e-12)
     assert res.noise_scale == pytest.approx(gamma / (full @ full), rel=1e-12)
     assert res.value == res.noise_scale
-    minibatch = (n - batch) / ((n - 1) * batch) * gamma
+    # E||G_B - G||^2 by enumerating every batch of 4 of the 12 samples (without replacement)
+    minibatch = np.mean([np.sum((g[list(s)].mean(0) - full) ** 2)
+                         for s in itertools.combinations(range(n), batch)])
     assert res.minibatch_error == pytest.approx(minibatch, rel=1e-12)
     assert res.implicit_regularizer == pytest.approx(lr / 4 * minibatch, rel=1e-12)
     diversity = (g**2).sum() / (g.sum(0) @ g.sum(0))
