@@ -33,7 +33,7 @@ import contextlib
 import copy
 import os
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -136,6 +136,22 @@ def _has_conv(model: nn.Module) -> bool:
 
 class _Captured(Exception):
     """Stops a forward pass once the first layer's input is captured."""
+
+
+T = TypeVar("T")
+
+
+def halving_on_oom(run: Callable[[], T], shrink: Callable[[], bool]) -> T:
+    """``run()``, retried after ``shrink()`` on each CUDA out-of-memory error; ``shrink``
+    halves a chunk size and returns False when nothing is left to halve (then the error
+    propagates)."""
+    while True:
+        try:
+            return run()
+        except torch.cuda.OutOfMemoryError:  # (torch.OutOfMemoryError only from 2.5)
+            if not shrink():
+                raise
+            torch.cuda.empty_cache()
 
 
 class Objective:
@@ -604,22 +620,22 @@ class Objective:
             if unknown:
                 raise LandscapeError(f"unknown buffers {sorted(unknown)}")
             buffers = {k: v.to(self.device, self.buffers[k].dtype) for k, v in buffers.items()}
-        while True:
-            try:
-                with self.precision_context():
-                    if self.strategy == "vmap":
-                        sums = self._eval_vmap(points, buffers)
-                    else:
-                        sums = self._eval_loop(points, buffers, _plane)
-                break
-            except torch.cuda.OutOfMemoryError:  # (torch.OutOfMemoryError only from 2.5)
-                if self.strategy == "vmap" and self.point_chunk > 1:
-                    self.point_chunk //= 2
-                elif self.batch_size > 1:
-                    self.batch_size //= 2
-                else:
-                    raise
-                torch.cuda.empty_cache()
+        def run() -> Tensor:
+            with self.precision_context():
+                if self.strategy == "vmap":
+                    return self._eval_vmap(points, buffers)
+                return self._eval_loop(points, buffers, _plane)
+
+        def shrink() -> bool:
+            if self.strategy == "vmap" and self.point_chunk > 1:
+                self.point_chunk //= 2
+            elif self.batch_size > 1:
+                self.batch_size //= 2
+            else:
+                return False
+            return True
+
+        sums = halving_on_oom(run, shrink)
         self.counts["forward"] += points.shape[0]
         sums = self.all_reduce(sums).cpu() / self.weight_total
         result = {"loss": sums[:, 0]}

@@ -778,3 +778,35 @@ def test_first_layer_products_are_not_used_where_they_would_be_wrong(model: nn.M
             out = _with_params(model, theta, torch.float32)(x)
         tol = 2e-2 if kwargs.get("precision") == "bf16" else 1e-6
         assert float(got[k]) == pytest.approx(F.cross_entropy(out, y).item(), rel=tol)
+
+
+def test_out_of_memory_halves_the_data_chunk_and_keeps_the_values(monkeypatch) -> None:
+    torch.manual_seed(0)
+    x, y = torch.randn(N, 4), torch.randint(0, CLASSES, (N,))
+    obj = Objective(_mlp(), (x, y), device="cpu", precision="float64", strategy="loop",
+                    batch_size=16)
+    points = obj.theta0[None] + 0.1 * torch.randn(3, obj.space.numel, dtype=torch.float64)
+    want = obj.evaluate(points)["loss"]
+    real, calls = obj._eval_loop, []
+
+    def flaky(*args: object) -> torch.Tensor:  # the first two calls run out of memory
+        calls.append(obj.batch_size)
+        if len(calls) < 3:
+            raise torch.cuda.OutOfMemoryError("simulated")
+        return real(*args)
+
+    monkeypatch.setattr(obj, "_eval_loop", flaky)
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
+    got = obj.evaluate(points)["loss"]
+    assert calls == [16, 8, 4] and obj.batch_size == 4
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=0)
+
+
+def test_out_of_memory_with_nothing_left_to_halve_is_raised() -> None:
+    from landscape.objective import halving_on_oom
+
+    def run() -> None:
+        raise torch.cuda.OutOfMemoryError("simulated")
+
+    with pytest.raises(torch.cuda.OutOfMemoryError):
+        halving_on_oom(run, lambda: False)

@@ -56,7 +56,7 @@ from landscape.errors import (
     check_positive,
     unknown_name,
 )
-from landscape.objective import Objective, accepts_model
+from landscape.objective import Objective, accepts_model, halving_on_oom
 from landscape.progress import progress
 
 OPERATORS = ("hessian", "ggn")
@@ -286,20 +286,22 @@ class _Operator:
 
     def __call__(self, v: Tensor) -> Tensor:
         """``A v`` for ``v[K, n]``, in blocks of ``block_size`` (halved on out-of-memory)."""
-        outs = []
+        outs: list[Tensor] = []
+
+        def block() -> Tensor:  # equal chunks of at most block_size vectors
+            rest = v.shape[0] - start
+            return self._apply(v[start : start + -(-rest // -(-rest // self.block_size))])
+
+        def shrink() -> bool:
+            if self.block_size == 1:
+                return False
+            self.block_size //= 2
+            return True
+
         start = 0
         while start < v.shape[0]:
-            rest = v.shape[0] - start  # equal chunks of at most block_size vectors
-            chunk = v[start : start + -(-rest // -(-rest // self.block_size))]
-            try:
-                outs.append(self._apply(chunk))
-            except torch.cuda.OutOfMemoryError:  # (torch.OutOfMemoryError only from 2.5)
-                if self.block_size == 1:
-                    raise
-                self.block_size = max(1, self.block_size // 2)
-                torch.cuda.empty_cache()
-                continue
-            start += chunk.shape[0]
+            outs.append(halving_on_oom(block, shrink))
+            start += outs[-1].shape[0]
         self.n_hvp += v.shape[0]
         return torch.cat(outs)
 
