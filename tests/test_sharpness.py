@@ -304,7 +304,8 @@ def test_pac_bayes_error_criterion_noise_gives_the_target_error_in_closed_form()
     def expected_error(sigma: float) -> float:
         """Closed form: with N(0, sigma^2) noise on all 12 parameters the score difference
         of the two classes is (4 e_0 + n) . x + m, n ~ N(0, 2 sigma^2 I), m ~ N(0, 2 sigma^2),
-        so a sample is misclassified with probability Phi(-4 |x_0| / (sigma sqrt(2 (|x|^2 + 1))))."""
+        so a sample is misclassified with probability
+        Phi(-4 |x_0| / (sigma sqrt(2 (|x|^2 + 1))))."""
         from scipy.stats import norm
 
         xs = x.numpy()
