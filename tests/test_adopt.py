@@ -9,10 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from click.testing import CliRunner, Result
+from _helpers import invoke, write_user_file
 from torch import nn
 
-from landscape.cli import main
 from landscape.objective import Objective
 from landscape.surface import load_surface
 from landscape.train.run import load_run
@@ -38,15 +37,9 @@ def smooth(out, target):
 '''
 
 
-def _invoke(*args: object) -> Result:
-    return CliRunner().invoke(main, [str(a) for a in args])
-
-
 @pytest.fixture()
 def user(tmp_path: Path) -> Path:
-    (tmp_path / "shift.txt").write_text("0.0")
-    (tmp_path / "user.py").write_text(USER)
-    return tmp_path / "user.py"
+    return write_user_file(tmp_path, USER)
 
 
 def _trained(user: Path) -> nn.Module:
@@ -65,13 +58,13 @@ def test_checkpoint_of_each_layout_is_adopted_and_analysed(user: Path, tmp_path:
     torch.save(saved, tmp_path / "ckpt.pt")
     run = tmp_path / "run"
     spec = f"{user}:model"
-    res = _invoke("adopt", "--model", spec, "--weights", tmp_path / "ckpt.pt", "--data",
+    res = invoke("adopt", "--model", spec, "--weights", tmp_path / "ckpt.pt", "--data",
                   f"{user}:data", "--loss", f"{user}:smooth", "--out", run)
     assert res.exit_code == 0, res.output
     info = json.loads((run / "run.json").read_text())
     assert info["dataset"]["data"]["name"] == f"{user}:data"
     assert info["dataset"]["loss"]["name"] == f"{user}:smooth"
-    res = _invoke("surface", "--run", run, "--x", "-1:1:3", "--split", "train,test",
+    res = invoke("surface", "--run", run, "--x", "-1:1:3", "--split", "train,test",
                   "--out", tmp_path / "s.h5", "--precision", "float64", "--trust-code")
     assert res.exit_code == 0, res.output
     surf = load_surface(tmp_path / "s.h5")
@@ -82,7 +75,7 @@ def test_checkpoint_of_each_layout_is_adopted_and_analysed(user: Path, tmp_path:
         for split, sel in (("train", slice(0, 22)), ("test", slice(22, 30))):
             ref = float(F.cross_entropy(net(x[sel].double()), y[sel], label_smoothing=0.1))
             assert float(surf.values[f"{split}_loss"][1]) == pytest.approx(ref, rel=1e-9)
-    res = _invoke("hessian", "--run", run, "--top", 1, "--bottom", 0, "--out",
+    res = invoke("hessian", "--run", run, "--top", 1, "--bottom", 0, "--out",
                   tmp_path / "h.h5", "--trust-code")
     assert res.exit_code == 0, res.output
 
@@ -92,7 +85,7 @@ def test_data_and_loss_round_trip_through_run_json_with_trust_and_digest(user: P
     torch.save(_trained(user).state_dict(), tmp_path / "ckpt.pt")
     run = tmp_path / "run"
     names = ["--model", f"{user}:model", "--data", f"{user}:data", "--loss", f"{user}:smooth"]
-    assert _invoke("adopt", *names, "--weights", tmp_path / "ckpt.pt", "--out", run
+    assert invoke("adopt", *names, "--weights", tmp_path / "ckpt.pt", "--out", run
                    ).exit_code == 0
     loaded = load_run(run, trust=True)
     obj = Objective.from_run(loaded, "train", precision="float64", device="cpu")
@@ -102,12 +95,12 @@ def test_data_and_loss_round_trip_through_run_json_with_trust_and_digest(user: P
         ref = float(F.cross_entropy(net(obj.x), obj.y, label_smoothing=0.1))
     assert obj.loss(obj.theta0) == pytest.approx(ref, rel=1e-12)
     out = tmp_path / "s.h5"
-    res = _invoke("surface", "--run", run, "--x", "-1:1:3", "--out", out)
+    res = invoke("surface", "--run", run, "--x", "-1:1:3", "--out", out)
     assert res.exit_code == 1 and "trust" in res.output
-    assert _invoke("surface", "--run", run, "--x", "-1:1:3", "--out", out, *names
+    assert invoke("surface", "--run", run, "--x", "-1:1:3", "--out", out, *names
                    ).exit_code == 0
     (tmp_path / "shift.txt").write_text("0.5")  # the factory now makes other data
-    res = _invoke("surface", "--run", run, "--x", "-1:1:3", "--out", tmp_path / "t.h5",
+    res = invoke("surface", "--run", run, "--x", "-1:1:3", "--out", tmp_path / "t.h5",
                   "--trust-code")
     assert res.exit_code == 1 and "changed since the run recorded them" in res.output
     assert len(res.output.strip().splitlines()) == 1
@@ -118,7 +111,7 @@ def test_mismatched_checkpoint_names_missing_and_unexpected_keys(user: Path,
     state = _trained(user).state_dict()
     state["extra.weight"] = state.pop("2.weight")
     torch.save({"state_dict": state}, tmp_path / "bad.pt")
-    res = _invoke("adopt", "--model", f"{user}:model", "--weights", tmp_path / "bad.pt",
+    res = invoke("adopt", "--model", f"{user}:model", "--weights", tmp_path / "bad.pt",
                   "--data", f"{user}:data", "--out", tmp_path / "run")
     assert res.exit_code == 1
     assert "'2.weight'" in res.output and "'extra.weight'" in res.output

@@ -10,13 +10,13 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from _helpers import killed_at_epoch
 from click.testing import CliRunner
 
 from landscape.cli import main
 from landscape.errors import LandscapeError
 from landscape.models import build_model
 from landscape.train import load_run, make_schedule, train
-from landscape.train import trainer as trainer_module
 from landscape.train.optimizers import OPTIMIZERS
 from landscape.train.run import atomic_torch_save, atomic_write_json
 
@@ -108,17 +108,8 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path, monkeypatch, optimizer, 
     kw = dict(TINY, optimizer=optimizer, augment=augment, epochs=4, save_every=2, seed=1)
     whole = train(**kw, out=tmp_path / "whole")
 
-    real_save = trainer_module._save_checkpoint
-
-    def killed_at_epoch_4(file, state):
-        if state["epoch"] == 4:
-            raise KeyboardInterrupt  # the process dies after epoch 4's history row
-        real_save(file, state)
-
-    monkeypatch.setattr(trainer_module, "_save_checkpoint", killed_at_epoch_4)
-    with pytest.raises(KeyboardInterrupt):
-        train(**kw, out=tmp_path / "cut")
-    monkeypatch.setattr(trainer_module, "_save_checkpoint", real_save)
+    # the process dies after epoch 4's history row
+    killed_at_epoch(monkeypatch, 4, lambda: train(**kw, out=tmp_path / "cut"))
     cut = tmp_path / "cut"
     assert not (cut / "model.pt").exists()
     assert len(json.loads((cut / "history.json").read_text())) == 5  # rows 0..4 were written
@@ -370,17 +361,7 @@ def test_resumed_run_with_a_stopping_rule_equals_uninterrupted_run(tmp_path, mon
     whole = train(**kw, out=tmp_path / "whole")
     assert whole.stopping["epochs"] > 4
 
-    real_save = trainer_module._save_checkpoint
-
-    def killed_at_epoch_4(file, state):
-        if state["epoch"] == 4:
-            raise KeyboardInterrupt
-        real_save(file, state)
-
-    monkeypatch.setattr(trainer_module, "_save_checkpoint", killed_at_epoch_4)
-    with pytest.raises(KeyboardInterrupt):
-        train(**kw, out=tmp_path / "cut")
-    monkeypatch.setattr(trainer_module, "_save_checkpoint", real_save)
+    killed_at_epoch(monkeypatch, 4, lambda: train(**kw, out=tmp_path / "cut"))
     resumed = train(**kw, out=tmp_path / "cut", resume=True)   # from epoch 2
     assert _numbers(resumed.history) == _numbers(whole.history)
     assert resumed.stopping == whole.stopping

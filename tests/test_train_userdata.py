@@ -11,15 +11,13 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from click.testing import CliRunner, Result
+from _helpers import invoke, killed_at_epoch, write_user_file
 
 from landscape import sources
-from landscape.cli import main
 from landscape.objective import Objective
 from landscape.study import Recipe, run_study
 from landscape.surface import load_surface
 from landscape.train import load_run, train
-from landscape.train import trainer as trainer_module
 
 USER = '''
 import torch
@@ -73,15 +71,9 @@ def huber(out, target, reduction="mean"):
 '''
 
 
-def _invoke(*args: object) -> Result:
-    return CliRunner().invoke(main, [str(a) for a in args])
-
-
 @pytest.fixture()
 def user(tmp_path: Path) -> Path:
-    (tmp_path / "shift.txt").write_text("0.0")
-    (tmp_path / "user.py").write_text(USER)
-    return tmp_path / "user.py"
+    return write_user_file(tmp_path, USER)
 
 
 def _reference(run: Path, user: Path) -> tuple[float, float, torch.nn.Module, tuple]:
@@ -116,7 +108,7 @@ def test_cli_trains_on_user_data_and_loss_and_surface_and_hessian_rebuild_them(
         user: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
     names = ["--model", f"{user}:model", "--data", f"{user}:tensors", "--loss", f"{user}:huber"]
-    res = _invoke("train", *names, "--optimizer", "adam", "--lr", "0.02", "--epochs", 3,
+    res = invoke("train", *names, "--optimizer", "adam", "--lr", "0.02", "--epochs", 3,
                   "--batch-size", 8, "--out", run)
     assert res.exit_code == 0, res.output
     info = json.loads((run / "run.json").read_text())
@@ -129,12 +121,12 @@ def test_cli_trains_on_user_data_and_loss_and_surface_and_hessian_rebuild_them(
     assert history[-1]["train_acc"] is None  # float targets: no accuracy
     assert history[-1]["train_loss"] < history[0]["train_loss"]
 
-    res = _invoke("surface", "--run", run, "--x", "-1:1:3", "--precision", "float64",
+    res = invoke("surface", "--run", run, "--x", "-1:1:3", "--precision", "float64",
                   "--out", tmp_path / "s.h5", *names)
     assert res.exit_code == 0, res.output
     assert float(load_surface(tmp_path / "s.h5").values["train_loss"][1]) == pytest.approx(
         ref_loss, rel=1e-9)
-    res = _invoke("hessian", "--run", run, "--top", 1, "--bottom", 0, "--precision", "float64",
+    res = invoke("hessian", "--run", run, "--top", 1, "--bottom", 0, "--precision", "float64",
                   "--tol", "1e-8", "--out", tmp_path / "h.h5", "--trust-code", "--json")
     assert res.exit_code == 0, res.output
     top = json.loads(res.output[res.output.index("{"):])["eigenvalues_top"][0]
@@ -167,17 +159,8 @@ def test_resumed_user_data_run_equals_uninterrupted_run(
               optimizer="adam", lr=0.01, epochs=4, save_every=2, batch_size=8, seed=2,
               progress=False)
     whole = train(**kw, out=tmp_path / "whole")
-    real_save = trainer_module._save_checkpoint
-
-    def killed_at_epoch_4(file: Path, state: dict) -> None:
-        if state["epoch"] == 4:  # the process dies after epoch 4's row; resumes from 2
-            raise KeyboardInterrupt
-        real_save(file, state)
-
-    monkeypatch.setattr(trainer_module, "_save_checkpoint", killed_at_epoch_4)
-    with pytest.raises(KeyboardInterrupt):
-        train(**kw, out=tmp_path / "cut")
-    monkeypatch.setattr(trainer_module, "_save_checkpoint", real_save)
+    # the process dies after epoch 4's row; it resumes from epoch 2's checkpoint
+    killed_at_epoch(monkeypatch, 4, lambda: train(**kw, out=tmp_path / "cut"))
     resumed = train(**kw, out=tmp_path / "cut", resume=True)
     strip = [{k: v for k, v in r.items() if k != "seconds"} for r in resumed.history]
     assert strip == [{k: v for k, v in r.items() if k != "seconds"} for r in whole.history]
@@ -189,19 +172,19 @@ def test_resumed_user_data_run_equals_uninterrupted_run(
 def test_changed_data_file_is_refused_with_one_line(user: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
     names = ["--model", f"{user}:model", "--data", f"{user}:tensors", "--loss", f"{user}:huber"]
-    assert _invoke("train", *names, "--epochs", 1, "--out", run).exit_code == 0
+    assert invoke("train", *names, "--epochs", 1, "--out", run).exit_code == 0
     (tmp_path / "shift.txt").write_text("0.5")  # the factory now makes other data
     for trust in (["--trust-code"], names):
-        res = _invoke("surface", "--run", run, "--x", "-1:1:3", "--out", tmp_path / "t.h5",
+        res = invoke("surface", "--run", run, "--x", "-1:1:3", "--out", tmp_path / "t.h5",
                       *trust)
         assert res.exit_code == 1 and "changed since the run recorded them" in res.output
         assert len(res.output.strip().splitlines()) == 1
     (user).write_text(USER + "\n# edited\n")
-    res = _invoke("hessian", "--run", run, "--top", 1, "--out", tmp_path / "h.h5",
+    res = invoke("hessian", "--run", run, "--top", 1, "--out", tmp_path / "h.h5",
                   "--trust-code")
     assert res.exit_code == 1 and "changed since" in res.output
     assert len(res.output.strip().splitlines()) == 1
-    res = _invoke("train", *names, "--epochs", 1, "--out", run, "--resume")
+    res = invoke("train", *names, "--epochs", 1, "--out", run, "--resume")
     assert res.exit_code == 1 and "data_digest" in res.output
 
 

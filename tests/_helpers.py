@@ -1,0 +1,43 @@
+"""Helpers several test modules share: the CLI in-process, a user's code file, and a
+training run killed at an epoch (for resume tests)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner, Result
+
+from landscape.cli import main
+from landscape.train import trainer as trainer_module
+
+
+def invoke(*args: object) -> Result:
+    """``landscape ARGS...`` in this process."""
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def write_user_file(folder: Path, source: str) -> Path:
+    """``folder/user.py`` holding ``source``, beside a ``shift.txt`` of 0.0 that its data
+    factory reads (edit it to change the data without changing the code)."""
+    (folder / "shift.txt").write_text("0.0")
+    (folder / "user.py").write_text(source)
+    return folder / "user.py"
+
+
+def killed_at_epoch(monkeypatch: pytest.MonkeyPatch, epoch: int,
+                    run: Callable[[], object]) -> None:
+    """Run ``run()`` while the trainer dies (KeyboardInterrupt) as it saves the checkpoint of
+    ``epoch``, after that epoch's history row; the checkpoint writer is restored after."""
+    real_save = trainer_module._save_checkpoint
+
+    def dying(file: Path, state: dict) -> None:
+        if state["epoch"] == epoch:
+            raise KeyboardInterrupt
+        real_save(file, state)
+
+    monkeypatch.setattr(trainer_module, "_save_checkpoint", dying)
+    with pytest.raises(KeyboardInterrupt):
+        run()
+    monkeypatch.setattr(trainer_module, "_save_checkpoint", real_save)
