@@ -16,8 +16,9 @@ WORKER = Path(__file__).with_name("_sharded_worker.py")
 
 def _run(args: list[str], out: Path) -> dict:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    subprocess.run([*args, str(WORKER), str(out)], check=True, env=env, timeout=300,
-                   capture_output=True)
+    proc = subprocess.run([*args, str(WORKER), str(out)], env=env, timeout=300,
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-4000:]  # the workers' own error, if any
     return json.loads(out.read_text())
 
 
