@@ -75,7 +75,7 @@ def timed(fn: Callable[[], object], device: torch.device, repeats: int) -> float
 def make_problem(args: argparse.Namespace) -> tuple[torch.nn.Module, Tensor, Tensor]:
     """The model (eval mode) and the data: a run's, the embedded digits, or random images."""
     if args.run:
-        from landscape.train import load_run
+        from landscape.training import load_run
 
         run = load_run(args.run)
         x, y = run.data.split("train")

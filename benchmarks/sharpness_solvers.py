@@ -30,7 +30,7 @@ from scipy.optimize import Bounds, minimize
 from landscape.analysis.sharpness import adaptive_sharpness, epsilon_sharpness
 from landscape.objective import Objective
 from landscape.study import DEMO_RECIPES
-from landscape.train import train
+from landscape.training import train
 
 
 def keskar_lbfgsb(obj: Objective, eps: float = 1e-3, seed: int = 0) -> tuple[float, int]:

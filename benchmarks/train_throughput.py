@@ -126,7 +126,7 @@ def landscape_trainer(images: np.ndarray, labels: np.ndarray, *, device: torch.d
                       epochs: int, batch_size: int, amp: bool, workdir: Path,
                       seed: int = 0) -> list[float]:
     """Seconds per epoch (training steps only) of ``landscape.train`` on the same data."""
-    from landscape.train import train
+    from landscape.training import train
 
     data_dir = workdir / "cifar-10-batches-py"
     write_cifar10(data_dir, images, labels, n_test=min(len(images), 1000))

@@ -5,8 +5,6 @@ curvature, sharpness and gradient noise, and the comparison study. Figures live 
 :mod:`landscape.plot`, analytic test functions in :mod:`landscape.toy`.
 """
 
-import sys
-import types
 from importlib import import_module
 from typing import Any
 
@@ -30,7 +28,8 @@ _SOURCES = {
     "landscape.study": ("demo", "load_study", "run_study"),
     "landscape.surface": ("compute_surface", "interpolate", "load_surface", "plane",
         "random_surface", "trajectory"),
-    "landscape.train": ("Run", "load_run", "train"),
+    "landscape.runs": ("Run", "load_run"),
+    "landscape.training": ("train",),
 }
 _MODULE_OF = {name: module for module, names in _SOURCES.items() for name in names}
 
@@ -58,15 +57,3 @@ def __getattr__(name: str) -> Any:
 def __dir__() -> list[str]:
     return sorted({*globals(), *__all__})
 
-
-class _Package(types.ModuleType):
-    """The package module: importing a subpackage named like a public function
-    (``landscape.train``) does not replace the function, as with eager imports."""
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        if name in _MODULE_OF and isinstance(value, types.ModuleType):
-            return  # the subpackage stays reachable as sys.modules["landscape.train"]
-        super().__setattr__(name, value)
-
-
-sys.modules[__name__].__class__ = _Package

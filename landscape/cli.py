@@ -169,7 +169,7 @@ _model_option = click.option(
          "repeatable.")
 
 
-# defaults as in landscape.train.trainer.train (repeated so `landscape --help` needs no torch)
+# defaults as in landscape.training.trainer.train (repeated so `landscape --help` needs no torch)
 @main.command("train")
 @click.option("--model", default="mlp", show_default=True,
               help="Model name, or path/to/file.py:factory or package.module:factory.")
@@ -242,7 +242,7 @@ def train_cmd(widths: str | None, model_option: tuple[str, ...], as_json: bool,
     import time
 
     from landscape.sources import ACCURACY_UNIT
-    from landscape.train import train
+    from landscape.training import train
 
     options = _parse_model_options(model_option)
     if widths is not None:
@@ -939,7 +939,7 @@ def curvature_cmd(run_dir: str, surface_file: str, tol: float, split: str, subse
     2018, Fig. 7), stored in the surface file as hessian_max and hessian_min; resumable."""
     from landscape.analysis.hessian import curvature_map
     from landscape.objective import Objective
-    from landscape.train.run import load_run
+    from landscape.runs import load_run
 
     objective = Objective.from_run(load_run(run_dir), split=split, subset=subset, seed=seed,
                                    device=device, precision=precision)
@@ -971,7 +971,7 @@ def curvature_cmd(run_dir: str, surface_file: str, tol: float, split: str, subse
 def adopt_cmd(model: str, weights: str, data: str, loss: str | None, seed: int, out: str,
               overwrite: bool) -> None:
     """Make a run directory for a model trained elsewhere (no training)."""
-    from landscape.train.run import adopt
+    from landscape.runs import adopt
 
     path = adopt(model, weights, data, out, loss=loss, seed=seed, overwrite=overwrite)
     click.echo(f"adopted {weights} as run {path}", err=True)

@@ -108,7 +108,7 @@ class Recipe:
 
 def train_options() -> list[str]:
     """The :func:`landscape.train` arguments a recipe may set."""
-    from landscape.train import train
+    from landscape.training import train
 
     return [p for p in inspect.signature(train).parameters if p not in RESERVED]
 
@@ -630,8 +630,8 @@ class _Runner:
     def train(self, recipe: Recipe, seed: int) -> Any:
         """The run of ``recipe`` with ``seed``: reused when complete, resumed when stopped,
         retrained (alone) when its options changed."""
-        from landscape.train import train
-        from landscape.train.run import read_run_json
+        from landscape.runs import read_run_json
+        from landscape.training import train
 
         run_dir = self.path.parent / "runs" / recipe.name / f"seed{seed}"
         options = {**self.common, **recipe.options,
@@ -814,7 +814,7 @@ def run_study(recipes: Sequence[Recipe | str] = (), runs: Mapping[str, str | Pat
     the training, then per model a few hundred forward passes for the curves and surface and
     a few hundred gradient/HVP passes for the measures.
     """
-    from landscape.train.run import load_run
+    from landscape.runs import load_run
 
     t0 = time.perf_counter()
     log = _Log(quiet)

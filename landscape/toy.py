@@ -25,7 +25,7 @@ Each function has a default start, plotting box and default learning rate per op
 family (:meth:`ToyFunction.default_lr`: chosen so the default pictures show each method's
 character, not tuned to be optimal).
 
-:func:`run_optimizer` runs any optimizer of :mod:`landscape.train.optimizers` (the names
+:func:`run_optimizer` runs any optimizer of :mod:`landscape.training.optimizers` (the names
 and options of ``landscape train``) from a start point, with optional additive Gaussian
 gradient noise of standard deviation ``noise`` per coordinate (a fresh draw per step from
 a seeded generator; the noiseless value is recorded) to emulate minibatch gradients.
@@ -48,7 +48,7 @@ import torch
 from torch import Tensor
 
 from landscape.errors import LandscapeError, check_positive, unknown_name
-from landscape.train.optimizers import ELEMENTWISE, OPTIMIZERS, WITH_MOMENTUM, make_optimizer
+from landscape.training.optimizers import ELEMENTWISE, OPTIMIZERS, WITH_MOMENTUM, make_optimizer
 
 FUNCTIONS: tuple[str, ...] = ("quadratic", "rosenbrock", "beale", "saddle", "himmelblau",
                               "wide-narrow")

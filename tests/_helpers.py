@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner, Result
 
 from landscape.cli import main
-from landscape.train import trainer as trainer_module
+from landscape.training import trainer as trainer_module
 
 
 def invoke(*args: object) -> Result:

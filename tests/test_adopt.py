@@ -13,8 +13,8 @@ from _helpers import invoke, write_user_file
 from torch import nn
 
 from landscape.objective import Objective
+from landscape.runs import load_run
 from landscape.surface import load_surface
-from landscape.train.run import load_run
 
 USER = '''
 import torch

@@ -47,10 +47,10 @@ def test_import_and_help_load_no_torch(argv: list[str] | None) -> None:
 def test_lazy_package_gives_the_same_public_names() -> None:
     proc = _python("import landscape, inspect\n"
                    "missing = [n for n in landscape.__all__ if getattr(landscape, n) is None]\n"
-                   "import landscape.train.trainer\n"  # a subpackage named like a function
+                   "import landscape.training.trainer\n"  # the training subpackage
                    "print(missing, callable(landscape.train), landscape.train.__module__)")
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.split() == ["[]", "True", "landscape.train.trainer"]
+    assert proc.stdout.split() == ["[]", "True", "landscape.training.trainer"]
 
 
 @pytest.mark.parametrize("name", COMMANDS)
@@ -96,7 +96,7 @@ def test_result_files_that_are_not_h5_are_refused(name: str, tmp_path: Path) -> 
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from landscape.train import train
+    from landscape.training import train
 
     out = tmp_path_factory.mktemp("cli") / "run"
     train(model_options={"widths": [4]}, dataset="spirals", train_size=40, epochs=1, out=out,

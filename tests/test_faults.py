@@ -14,7 +14,7 @@ import h5py
 import numpy as np
 import pytest
 
-from landscape.train import train
+from landscape.training import train
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -186,7 +186,7 @@ def test_diverged_training_writes_strict_json_and_no_accuracy(tmp_path: Path) ->
 def test_accuracy_is_nan_where_the_loss_is_nan() -> None:
     import torch
 
-    from landscape.train.trainer import evaluate
+    from landscape.training.trainer import evaluate
 
     model = torch.nn.Linear(2, 3)
     x, y = torch.randn(5, 2), torch.tensor([0, 1, 2, 0, 1])

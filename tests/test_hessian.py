@@ -524,7 +524,7 @@ def test_two_gloo_processes_split_probes_and_match_one_process(tmp_path: Path) -
 # command line
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory) -> Path:
-    from landscape.train import train
+    from landscape.training import train
 
     out = tmp_path_factory.mktemp("run") / "mlp"
     train(model="mlp", model_options={"widths": [6]}, dataset="digits", train_size=60,
@@ -534,7 +534,7 @@ def run_dir(tmp_path_factory) -> Path:
 
 def test_cli_hessian_json_has_the_documented_keys_and_values(run_dir: Path,
                                                              tmp_path: Path) -> None:
-    from landscape.train import load_run
+    from landscape.runs import load_run
 
     out = tmp_path / "h.h5"
     args = ["hessian", "--run", str(run_dir), "--top", "3", "--bottom", "1", "--trace",
@@ -584,7 +584,7 @@ def test_lanczos_continues_past_an_invariant_subspace_to_repeated_eigenvalues() 
 # honest values: what missed its tolerance says so in the JSON, the file and on stderr
 def _run_hessian(run_dir: Path) -> tuple[Tensor, Tensor, Tensor]:
     """The exact Hessian of a run's mean train loss, its eigenvalues, and the flat point."""
-    from landscape.train import load_run
+    from landscape.runs import load_run
 
     run = load_run(run_dir)
     model = run.model.double().eval()

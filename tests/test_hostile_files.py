@@ -22,7 +22,7 @@ import pytest
 from click.testing import CliRunner
 
 from landscape.cli import main
-from landscape.train import train
+from landscape.training import train
 
 ROOT = Path(__file__).resolve().parents[1]
 

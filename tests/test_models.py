@@ -389,7 +389,7 @@ def test_integer_options_accept_numpy_integers_and_refuse_floats_and_bools() -> 
     """One integer rule for models, training and optimizers (``errors.check_int``)."""
     import numpy as np
 
-    from landscape.train.optimizers import SAG
+    from landscape.training.optimizers import SAG
 
     model = build_model("mlp", (np.int64(4),), np.int32(3), widths=[np.int64(5)])
     assert [m.out_features for m in model.modules() if isinstance(m, nn.Linear)] == [5, 3]

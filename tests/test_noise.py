@@ -176,7 +176,7 @@ def test_bad_settings_raise_a_one_line_error(call) -> None:
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
-    from landscape.train import train
+    from landscape.training import train
 
     out = tmp_path_factory.mktemp("run") / "digits"
     train(model_options={"widths": [8]}, train_size=100, epochs=3, out=out, progress=False,

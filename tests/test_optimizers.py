@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from landscape.errors import LandscapeError
-from landscape.train.optimizers import OPTIMIZERS, make_optimizer
+from landscape.training.optimizers import OPTIMIZERS, make_optimizer
 
 DT = torch.float64
 

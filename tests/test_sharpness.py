@@ -132,7 +132,7 @@ def test_epsilon_sharpness_is_exact_on_a_separable_quadratic_away_from_its_minim
 def low_loss_mlp(tmp_path_factory) -> Objective:
     """A digits MLP trained to a train loss of about 1e-3 (300 samples, float64 Objective):
     the regime where 10 L-BFGS-B iterations from a random start stop short."""
-    from landscape.train import train
+    from landscape.training import train
 
     run = train(model_options={"widths": [32]}, train_size=300, optimizer="sgd", lr=0.3,
                 batch_size=16, epochs=80, out=tmp_path_factory.mktemp("low_loss") / "run",
@@ -448,7 +448,7 @@ def test_bad_settings_raise_a_one_line_error(call) -> None:
 # ------------------------------------------------------------------------------------ CLI
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
-    from landscape.train import train
+    from landscape.training import train
 
     out = tmp_path_factory.mktemp("run") / "digits"
     train(model_options={"widths": [16]}, train_size=150, epochs=10, out=out, progress=False,

@@ -23,6 +23,7 @@ from torch import nn
 
 from landscape.cli import main
 from landscape.errors import LandscapeError
+from landscape.runs import load_run
 from landscape.study import (
     Recipe,
     expand_sweep,
@@ -34,7 +35,6 @@ from landscape.study import (
     read_recipes,
     run_study,
 )
-from landscape.train import load_run
 
 BASE = [Recipe("sgd", {"optimizer": "sgd", "epochs": 60})]
 SWEEP = {"lr": [0.05, 0.2], "batch_size": [25]}

@@ -26,7 +26,8 @@ from torch import nn
 from torch.nn.utils import parameters_to_vector
 
 from landscape.cli import main
-from landscape.train import load_run, train
+from landscape.runs import load_run
+from landscape.training import train
 
 
 @pytest.fixture(scope="module")

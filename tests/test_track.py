@@ -144,7 +144,7 @@ def test_resumed_tracked_run_continues_the_track_without_gaps_or_duplicates(tmp_
                                                                             monkeypatch):
     """Killed after the epoch-7 checkpoint with rows up to step 12 on disk: the resumed run
     drops the rows after its checkpoint and measures them again, exactly as uninterrupted."""
-    from landscape.train import trainer
+    from landscape.training import trainer
 
     options = dict(**TINY, optimizer="sgd", lr=0.5, batch_size=60, steps=20, save_every=7,
                    progress=False, track="top_eigenvalue,trace", track_every=3)

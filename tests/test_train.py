@@ -16,9 +16,9 @@ from click.testing import CliRunner
 from landscape.cli import main
 from landscape.errors import LandscapeError
 from landscape.models import build_model
-from landscape.train import load_run, make_schedule, train
-from landscape.train.optimizers import OPTIMIZERS
-from landscape.train.run import atomic_torch_save, atomic_write_json
+from landscape.runs import atomic_torch_save, atomic_write_json, load_run
+from landscape.training import make_schedule, train
+from landscape.training.optimizers import OPTIMIZERS
 
 TINY = {"train_size": 200, "batch_size": 32, "progress": False, "device": "cpu"}
 

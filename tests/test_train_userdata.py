@@ -15,9 +15,10 @@ from _helpers import invoke, killed_at_epoch, write_user_file
 
 from landscape import sources
 from landscape.objective import Objective
+from landscape.runs import load_run
 from landscape.study import Recipe, run_study
 from landscape.surface import load_surface
-from landscape.train import load_run, train
+from landscape.training import train
 
 USER = '''
 import torch

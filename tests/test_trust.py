@@ -18,7 +18,7 @@ import landscape
 import landscape.trust
 from landscape.cli import main
 from landscape.errors import LandscapeError
-from landscape.train import train
+from landscape.training import train
 
 USER_MODEL = """
 from pathlib import Path
@@ -66,7 +66,7 @@ def _one_line_error(result: Result) -> str:
 
 
 @pytest.mark.parametrize("name", ["os:system", "subprocess:run", "builtins:eval",
-                                  "landscape.train.run:atomic_write_json"])
+                                  "landscape.runs:atomic_write_json"])
 def test_load_run_never_calls_a_recorded_module_outside_user_code_even_when_trusted(
         plain_run: Path, tmp_path: Path, name: str) -> None:
     marker = tmp_path / "PWNED"

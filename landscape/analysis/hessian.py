@@ -876,7 +876,7 @@ def hessian_of_run(run: Any, *, split: str = "train", subset: int | None = None,
     settings identify the run (path, model and dataset specs, a digest of the weights and
     buffers), the split and the subset, plus every analysis option.
     """
-    from landscape.train.run import as_run
+    from landscape.runs import as_run
 
     loaded = as_run(run)
     objective = Objective.from_run(loaded, split=split, subset=subset,

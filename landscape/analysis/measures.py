@@ -331,7 +331,7 @@ def measures_of_run(run: Any, measures: str | Iterable[str], settings: MeasureSe
     ``landscape noise``); ``out``: keep them in an HDF5 file of ``kind`` with their settings.
     ``settings.seed`` also draws the ``subset``."""
     from landscape.objective import Objective
-    from landscape.train.run import as_run
+    from landscape.runs import as_run
 
     s = settings or MeasureSettings()
     names = parse_measures(measures, names_of(kind))

@@ -16,10 +16,10 @@ from landscape import store
 from landscape.errors import LandscapeError
 from landscape.objective import Objective
 from landscape.params import ParamSpace
+from landscape.runs import as_run
 from landscape.surface.compute import Surface, compute_surface
 from landscape.surface.directions import orthogonalize, pca_directions, random_direction
 from landscape.surface.grid import parse_range
-from landscape.train.run import as_run
 
 SPLITS = ("train", "test")
 

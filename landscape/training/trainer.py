@@ -6,14 +6,14 @@ crop + flip, also on the device). Each epoch it evaluates loss and accuracy on t
 and test splits (eval mode, no grad) and writes the history; every ``save_every`` epochs (and at
 epoch 0, the initialization, and at the last epoch) it saves a checkpoint with everything a
 resumed run needs to continue bit for bit: model, optimizer state, random-number states,
-history. See :mod:`landscape.train.run` for the directory layout.
+history. See :mod:`landscape.runs` for the directory layout.
 
 Stopping rules: ``epochs`` (a number of epochs), ``steps`` (exactly that many optimizer steps;
 the last epoch may be partial) and ``target_train_loss`` (the first epoch whose full-train-split
 loss of the history is <= the target, with ``epochs`` or ``steps`` as the cap). run.json
 records which rule stopped the run and whether it was met (:attr:`Run.stopping`).
 
-Optimizers are driven through the step protocol of :mod:`landscape.train.optimizers`:
+Optimizers are driven through the step protocol of :mod:`landscape.training.optimizers`:
 ``optimizer.step(closure)`` for all; SVRG gets a full-data gradient snapshot at every epoch
 start; SAG steps over a fixed partition of the training set into ``ceil(n / batch_size)``
 batches (visited in a fresh random order each epoch); L-BFGS takes one full-batch step per
@@ -50,18 +50,7 @@ from landscape.errors import (
 )
 from landscape.objective import resolve_device
 from landscape.progress import progress as progress_bar
-from landscape.sources import (
-    ACCURACY_UNIT,
-    Loss,
-    Source,
-    accuracy,
-    call_model,
-    length,
-    metric,
-    per_sample,
-    take,
-)
-from landscape.train.run import (
+from landscape.runs import (
     CHECKPOINT_RE,
     RUN_FORMAT,
     RUN_FORMAT_VERSION,
@@ -78,7 +67,18 @@ from landscape.train.run import (
     torch_load,
     write_history,
 )
-from landscape.train.schedules import epochs_dependence, make_schedule
+from landscape.sources import (
+    ACCURACY_UNIT,
+    Loss,
+    Source,
+    accuracy,
+    call_model,
+    length,
+    metric,
+    per_sample,
+    take,
+)
+from landscape.training.schedules import epochs_dependence, make_schedule
 
 #: Learning rate used when ``lr`` is None, per optimizer.
 DEFAULT_LR: dict[str, float] = {
@@ -283,7 +283,7 @@ def train(*, model: str = "mlp", dataset: str = "digits", data_dir: str | Path |
       default), ``nesterov``, ``weight_decay``, ``rho`` (SAM/ASAM radius; None: default),
       ``asam_scale`` ("all": every tensor scaled by ``|w| + eta``; "weights": only those
       named "...weight...", as the authors' code): see
-      :func:`landscape.train.optimizers.make_optimizer`.
+      :func:`landscape.training.optimizers.make_optimizer`.
     - Stopping: ``epochs`` (None: 20) or ``steps`` (exactly that many optimizer steps, the
       last epoch possibly partial; not both); ``target_train_loss``: stop after the first
       epoch (0 included) whose full-train-split loss (the history's ``train_loss``) is <= it,
@@ -292,7 +292,7 @@ def train(*, model: str = "mlp", dataset: str = "digits", data_dir: str | Path |
       ``epochs`` epochs). The final ``model.pt`` and the last checkpoint are the model
       where the run stopped.
     - ``schedule`` ("constant", "step", "cosine"), ``warmup_epochs``, ``step_size`` (epochs),
-      ``gamma``: see :mod:`landscape.train.schedules` (evaluated per iteration).
+      ``gamma``: see :mod:`landscape.training.schedules` (evaluated per iteration).
     - ``seed``: model initialization, minibatch order, augmentation. Same seed and device ->
       bit-identical history on the CPU.
     - ``device``: "auto", "cpu", "cuda" (or "cuda:1"); ``amp``: bf16 autocast (CUDA only).
@@ -313,7 +313,7 @@ def train(*, model: str = "mlp", dataset: str = "digits", data_dir: str | Path |
     """
     from landscape.data import NORMALIZATION, augment_crop_flip, load_dataset
     from landscape.models import count_parameters, model_from_spec, model_spec
-    from landscape.train.optimizers import OPTIMIZERS, make_optimizer
+    from landscape.training.optimizers import OPTIMIZERS, make_optimizer
     from landscape.trust import is_code_spec
     from landscape.userdata import UserData
 

@@ -1,0 +1,11 @@
+"""Training: optimizers, learning-rate schedules and the trainer.
+
+``train(...)`` trains a model and keeps a run directory (:mod:`landscape.runs` reads it back).
+"""
+
+from landscape.training.optimizers import OPTIMIZERS, make_optimizer
+from landscape.training.schedules import SCHEDULES, Schedule, make_schedule
+from landscape.training.trainer import DEFAULT_LR, evaluate, train
+
+__all__ = ["DEFAULT_LR", "OPTIMIZERS", "SCHEDULES", "Schedule", "evaluate", "make_optimizer",
+           "make_schedule", "train"]
