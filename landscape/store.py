@@ -134,8 +134,9 @@ def damaged(path: str | Path, what: str) -> LandscapeError:
 
 
 def _open(path: Path, mode: str) -> h5py.File:
-    """``h5py.File(path, mode)``; a locked, read-only, unreadable or damaged file is a
-    one-line LandscapeError saying which."""
+    """``h5py.File(path, mode)``, the one way this library opens a result file; a locked,
+    read-only, unreadable or damaged file, or one that reaches outside itself
+    (:func:`self_contained`), is a one-line LandscapeError saying which."""
     if path.is_dir():
         raise LandscapeError(f"{path}: is a directory, not a result file")
     try:
@@ -146,7 +147,7 @@ def _open(path: Path, mode: str) -> h5py.File:
     if not h5py.is_hdf5(path):
         raise damaged(path, "not an HDF5 file (empty, truncated or another format)")
     try:
-        return h5py.File(path, mode)
+        f = h5py.File(path, mode)
     except OSError as err:
         code = err.errno or int((re.findall(r"errno = (\d+)", str(err)) or [0])[-1])
         if code in (errno.EAGAIN, errno.EWOULDBLOCK) or "unable to lock" in str(err):
@@ -161,6 +162,42 @@ def _open(path: Path, mode: str) -> h5py.File:
                                  f"{'reading' if mode == 'r' else 'writing'}") from None
         raise damaged(path, f"not a readable HDF5 file (truncated or corrupt?): "
                             f"{_reason(err)}") from None
+    try:
+        self_contained(f, path)
+    except BaseException:
+        f.close()
+        raise
+    return f
+
+
+def _outward(obj: Any) -> str | None:
+    """What makes ``obj`` reach outside its file, or None: raw data in external files
+    (HDF5 external storage) or a virtual dataset (which maps other files)."""
+    if not isinstance(obj, h5py.Dataset):
+        return None
+    plist = obj.id.get_create_plist()
+    if plist.get_external_count() > 0:
+        return "keeps its values in another file (external storage)"
+    if plist.get_layout() == h5py.h5d.VIRTUAL:
+        return "is a virtual dataset (its values come from other files)"
+    return None
+
+
+def self_contained(f: h5py.File, path: Path) -> None:
+    """Refuse a file that reaches outside itself, before anything of it is read or written:
+    a soft, external or user-defined link, a dataset whose values live in another file
+    (external storage) or a virtual dataset. Such a file could show another file's bytes as
+    results, or have a resume write into another file. Reads metadata only."""
+    try:
+        outward = f.visititems_links(lambda name, link: None if isinstance(
+            link, h5py.HardLink) else f"'{name}' is a link to elsewhere")
+        if outward is None:
+            outward = f.visititems(lambda name, obj: None if (why := _outward(obj)) is None
+                                   else f"dataset '{name}' {why}")
+    except (OSError, RuntimeError, ValueError, KeyError) as err:
+        raise damaged(path, f"its structure cannot be read ({_reason(err)})") from None
+    if outward is not None:
+        raise damaged(path, outward)
 
 
 #: The result kinds this library writes; a grid kind holds x (y) coordinates and a done mask.
@@ -418,8 +455,9 @@ def _validate_track(f: h5py.File, path: Path, attrs: Mapping[str, Any]) -> None:
 
 
 def validate(f: h5py.File, path: Path, attrs: Mapping[str, Any] | None = None) -> None:
-    """Check an open result file against the schema of its kind before any of it is used:
-    no links out of the file, every attribute decodable, the settings a JSON object, each
+    """Check an open result file against the schema of its kind before any of it is used
+    (that it reaches nothing outside itself was checked as it was opened,
+    :func:`self_contained`): every attribute decodable, the settings a JSON object, each
     dataset a reader uses present with the right type and shape (consistent with the
     coordinates), and no declared size beyond :data:`MAX_VALUES`. Reads metadata and the
     coordinates only. A LandscapeError names the file and the first fault."""
@@ -432,10 +470,6 @@ def validate(f: h5py.File, path: Path, attrs: Mapping[str, Any] | None = None) -
             return err
         return None
 
-    outward = f.visititems_links(lambda name, link: None if isinstance(link, h5py.HardLink)
-                                 else name)
-    if outward is not None:
-        raise damaged(path, f"'{outward}' is a link to elsewhere")
     fault = f.visititems(attrs_fault)
     if fault is not None:
         raise fault

@@ -7,6 +7,7 @@ a user model whose output does not fit the data)."""
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import pickle
 import shutil
@@ -359,3 +360,59 @@ def test_user_model_that_does_not_fit_is_one_line_and_the_retry_runs(
     assert not out.exists()  # nothing half-written blocks the retry
     code, lines, _ = _cli("train", "--model", f"{tmp_path}/models.py:fits", *common)
     assert code == 0, lines
+
+
+def _external_storage(f: h5py.File, name: str, victims: dict[str, Path]) -> None:
+    """``name`` keeps its values in the raw bytes of another (writable) file."""
+    shape, dtype = f[name].shape, f[name].dtype
+    del f[name]
+    f.create_dataset(name, shape=shape, dtype=dtype,
+                     external=[(str(victims["raw"]), 0, math.prod(shape) * dtype.itemsize)])
+
+
+def _virtual(f: h5py.File, name: str, victims: dict[str, Path]) -> None:
+    """``name`` is a virtual dataset mapping the same dataset of another HDF5 file."""
+    shape, dtype = f[name].shape, f[name].dtype
+    del f[name]
+    layout = h5py.VirtualLayout(shape=shape, dtype=dtype)
+    layout[...] = h5py.VirtualSource(str(victims["h5"]), name, shape=shape)
+    f.create_virtual_dataset(name, layout)
+
+
+def _external_link(f: h5py.File, name: str, victims: dict[str, Path]) -> None:
+    del f[name]
+    f[name] = h5py.ExternalLink(str(victims["h5"]), name)
+
+
+OUTWARD = {"external_storage": (_external_storage, "external storage"),
+           "virtual_dataset": (_virtual, "virtual dataset"),
+           "external_link": (_external_link, "link to elsewhere")}
+OUTWARD_TARGETS = {"surface": ("train_loss", "done"), "hessian": ("eigenvalues_top",),
+                   "study": ("models/{model}/seed0/surface/train_loss",)}
+
+
+@pytest.mark.parametrize("kind", list(OUTWARD_TARGETS))
+@pytest.mark.parametrize("layout", list(OUTWARD))
+def test_file_reaching_into_another_file_is_refused_and_neither_file_changes(
+        base: dict[str, Path], tmp_path: Path, kind: str, layout: str) -> None:
+    """External storage, a virtual dataset or an external link: info, plot and the resume
+    (``--out`` the file) refuse it with one line; neither it nor the other file changes
+    (a resume used to write the grid's losses into the other file's first bytes)."""
+    victims = {"raw": tmp_path / "victim.bin", "h5": tmp_path / "victim.h5"}
+    victims["raw"].write_bytes(bytes(range(256)) * 4)
+    shutil.copyfile(base[kind], victims["h5"])
+    path = tmp_path / f"{kind}-{layout}.h5"
+    shutil.copyfile(base[kind], path)
+    make, words = OUTWARD[layout]
+    with h5py.File(path, "r+") as f:
+        for name in OUTWARD_TARGETS[kind]:
+            make(f, name.format(model=next(iter(f.get("models", [""])))), victims)
+    before = {p: _sha(p) for p in (path, *victims.values())}
+    for args in (["info", path], ["info", path, "--json"],
+                 ["plot", path, "--out", tmp_path / "fig.png"],
+                 *([[*RESUME[kind], "--run", base["run"], "--out", path]] if kind in RESUME
+                   else [])):
+        line = _one_line(*_cli(*args), path)
+        assert words in line, line
+        assert {p: _sha(p) for p in before} == before, args
+    assert not (tmp_path / "fig.png").exists()
