@@ -233,8 +233,9 @@ def read_recipes(path: str | Path) -> tuple[list[Recipe], dict[str, Any]]:
     for kind, spec in [*((k, doc.get(k)) for k in keys),
                        *((k, r.options.get(k)) for r in recipes for k in keys)]:
         if isinstance(spec, str) and is_code_spec(spec):  # a file's code runs only if trusted
-            check_recorded(spec, None, source=path, kind={"model": "model", "data": "data",
-                                                          "dataset": "data"}.get(kind, "loss"))
+            check_recorded(spec, None, source=path, hashed=False,
+                           kind={"model": "model", "data": "data",
+                                 "dataset": "data"}.get(kind, "loss"))
     return recipes, doc
 
 

@@ -1,42 +1,53 @@
-"""User code recorded in files: checked before anything of it is imported or called.
+"""User code recorded in files: resolved once, judged on the real file, and that file loaded.
 
-A run directory (``run.json``) or a study file records the user's own factories (models today;
-data and loss factories the same way) as *code specs*: ``"path/to/file.py:attr"`` or
-``"package.module:attr"``, with the SHA-256 of the file (or of the module's source file) at
-the time it was recorded. A file is data, not a program: opening it never imports or calls
-code the user did not name in this invocation. So before a recorded spec is imported,
-:func:`check_recorded`
+A run directory (``run.json``) or a study file records the user's own factories (models, data
+and losses) as *code specs*: ``"path/to/file.py:attr"`` or ``"package.module:attr"``, with the
+SHA-256 of the source file at the time it was recorded. A file is data, not a program:
+opening it never imports or calls code the user did not name in this invocation.
 
-- refuses, always, a ``package.module`` that resolves outside the user's own code: the
-  standard library, built-in or frozen modules, installed packages (site-packages, the
-  interpreter's prefix) and landscape itself (``os:system``, ``subprocess:run``,
-  ``builtins:eval``), located without importing anything;
-- refuses any other spec unless it is trusted: named again in this invocation
-  (:func:`trusting` ``names``, the CLI's ``--model SPEC``) or trusted as a whole
-  (``trust=True``, the CLI's ``--trust-code``);
-- refuses a trusted spec whose source changed since it was recorded (its SHA-256 differs),
-  unless it is named again (naming the spec trusts the code as it is now).
+:func:`resolve` turns a spec into one concrete :class:`Code`: the real path of its source
+file (symlinks and ``..`` resolved; a module located on ``sys.path`` without importing
+anything) and the bytes read from it. :func:`check_recorded` judges that ``Code``, and the
+loader (:func:`landscape.models.user.load_attribute`) executes exactly those bytes under that
+file's name, never a second lookup through ``sys.path``. A recorded spec is
+
+- refused, always, trusted or not, if it resolves outside the user's own code whatever the
+  spelling (module name, file path, ``..`` path, symlink): into the standard library
+  (sysconfig ``stdlib``/``platstdlib``), site-packages or dist-packages (``site``,
+  sysconfig ``purelib``/``platlib``, any folder of those names), the interpreter's prefixes,
+  or landscape itself; to a built-in, frozen or missing module; or if its top-level module
+  name is a standard-library name (``os``, ``subprocess``): a local ``os.py`` found first
+  through ``PYTHONPATH=.`` is refused too, since that name means the standard library to
+  every other import in the process;
+- refused unless trusted: named again in this invocation (:func:`trusting` ``names``, the
+  CLI's ``--model SPEC``) or trusted as a whole (``trust=True``, the CLI's ``--trust-code``);
+- refused, when trusted as a whole, unless it records the valid SHA-256 of the file as it is
+  now: a changed file, or a record without a valid hash, runs only when named again
+  (naming the spec trusts the code as it is now).
 """
 
 from __future__ import annotations
 
 import hashlib
 import importlib.machinery
+import re
 import site
 import sys
 import sysconfig
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
+from dataclasses import dataclass
 from pathlib import Path
 
 from landscape.errors import LandscapeError
 
-__all__ = ["check_recorded", "is_code_spec", "canonical", "record", "split_spec",
-           "source_file", "trusting"]
+__all__ = ["Code", "check_recorded", "is_code_spec", "canonical", "record", "resolve",
+           "split_spec", "source_file", "trusting"]
 
 _NAMED: ContextVar[frozenset[str]] = ContextVar("landscape_named_code", default=frozenset())
 _TRUST_ALL: ContextVar[bool] = ContextVar("landscape_trust_code", default=False)
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 def is_code_spec(name: str) -> bool:
@@ -55,33 +66,80 @@ def split_spec(name: str, kind: str = "model") -> tuple[str, str, bool]:
 
 
 def canonical(name: str, kind: str = "model") -> str:
-    """``name`` with a file path made absolute, so that it names the same code elsewhere."""
+    """``name`` with a file path made absolute and real (symlinks and ``..`` resolved), so
+    that it names the same code elsewhere."""
     target, attr, is_file = split_spec(name, kind)
     if is_file:
         target = str(Path(target).expanduser().resolve())
     return f"{target}:{attr}"
 
 
-def _module_origin(module: str) -> Path | None:
-    """The source file of ``module`` found on ``sys.path`` WITHOUT importing anything (a
-    package's ``__init__.py``); None for built-in, frozen-only or missing modules."""
-    if not all(part.isidentifier() for part in module.split(".")):
-        return None
-    if module.split(".")[0] in sys.builtin_module_names:
-        return None
-    locations: list[str] | None = None
-    spec = None
+@dataclass(frozen=True)
+class Code:
+    """A code spec resolved to one concrete source file: what is judged is what is loaded.
+
+    ``spec``: the canonical spec; ``attr``: the attribute to call; ``file``: the real path of
+    the source file (None: missing, built-in, frozen or a namespace package); ``source``: its
+    bytes, read once; ``module``: the dotted module name (None for a file spec);
+    ``packages``: the module specs of the enclosing packages, outermost first, as located
+    (nothing imported); ``spec_of_module``: the module's own import spec.
+    """
+
+    spec: str
+    attr: str
+    file: Path | None
+    source: bytes | None = None
+    module: str | None = None
+    packages: tuple[importlib.machinery.ModuleSpec, ...] = ()
+    spec_of_module: importlib.machinery.ModuleSpec | None = None
+
+    @property
+    def sha256(self) -> str | None:
+        """SHA-256 of the bytes read (None without a file)."""
+        return None if self.source is None else hashlib.sha256(self.source).hexdigest()
+
+
+def _locate(module: str) -> list[importlib.machinery.ModuleSpec] | None:
+    """The import specs of ``module`` and each package above it, outermost first, found on
+    ``sys.path`` by the path finder WITHOUT importing anything; None for built-in or missing
+    modules."""
     parts = module.split(".")
+    if not all(part.isidentifier() for part in parts) or parts[0] in sys.builtin_module_names:
+        return None
+    specs: list[importlib.machinery.ModuleSpec] = []
+    locations: list[str] | None = None
     for i in range(len(parts)):
         spec = importlib.machinery.PathFinder.find_spec(".".join(parts[: i + 1]), locations)
         if spec is None:
             return None
+        specs.append(spec)
         locations = list(spec.submodule_search_locations or [])
         if i < len(parts) - 1 and not locations:
             return None  # a plain module has no submodules
-    if spec is None or not spec.origin or not Path(spec.origin).is_file():
-        return None  # a namespace package has no code of its own
-    return Path(spec.origin).resolve()
+    return specs
+
+
+def resolve(name: str, kind: str = "model") -> Code:
+    """The one file spec ``name`` names, and its bytes (see :class:`Code`); imports nothing.
+    Cost: one read of the file."""
+    target, attr, is_file = split_spec(name, kind)
+    spec = canonical(name, kind)
+    if is_file:
+        file: Path | None = Path(target).expanduser().resolve()
+        packages: list[importlib.machinery.ModuleSpec] = []
+        own = None
+    else:
+        located = _locate(target) or []
+        *packages, own = located or [None]
+        origin = getattr(own, "origin", None)
+        file = Path(origin).resolve() if origin and Path(origin).is_file() else None
+    if file is None or not file.is_file():
+        return Code(spec, attr, None, module=None if is_file else target)
+    try:
+        source = file.read_bytes()
+    except OSError as err:
+        raise LandscapeError(f"cannot read the {kind} file {file}: {err.strerror}") from None
+    return Code(spec, attr, file, source, None if is_file else target, tuple(packages), own)
 
 
 def _foreign_roots() -> list[Path]:
@@ -95,28 +153,32 @@ def _foreign_roots() -> list[Path]:
     return [Path(p).resolve() for p in paths if p]
 
 
-def _outside_user_code(file: Path) -> bool:
-    return any(file.is_relative_to(root) for root in _foreign_roots())
+def _foreign(code: Code) -> str | None:
+    """Why ``code`` is not the user's own (see the module docstring), or None."""
+    top = (code.module or "").split(".")[0]
+    if top and (top in sys.stdlib_module_names or top in sys.builtin_module_names):
+        return f"{top!r} is a standard-library module"
+    if code.module is not None and code.file is None:
+        return "a built-in, frozen or missing module"
+    if code.file is None:
+        return None
+    if {"site-packages", "dist-packages"} & set(code.file.parts) or any(
+            code.file.is_relative_to(root) for root in _foreign_roots()):
+        return str(code.file)
+    return None
 
 
 def source_file(name: str, kind: str = "model") -> Path | None:
-    """The file holding the code of spec ``name`` (located, never imported), or None."""
-    target, _, is_file = split_spec(name, kind)
-    if is_file:
-        path = Path(target).expanduser().resolve()
-        return path if path.is_file() else None
-    return _module_origin(target)
-
-
-def _sha256(file: Path) -> str:
-    return hashlib.sha256(file.read_bytes()).hexdigest()
+    """The real path of the file holding the code of spec ``name`` (located, never imported),
+    or None."""
+    return resolve(name, kind).file
 
 
 def record(name: str, kind: str = "model") -> dict[str, str | None]:
     """``{"name": canonical spec, "sha256": of its source file (None if it has none)}``: what
     a run records so that a later :func:`check_recorded` notices a changed file."""
-    file = source_file(name, kind)
-    return {"name": canonical(name, kind), "sha256": _sha256(file) if file else None}
+    code = resolve(name, kind)
+    return {"name": code.spec, "sha256": code.sha256}
 
 
 @contextmanager
@@ -133,27 +195,36 @@ def trusting(names: Iterable[str] = (), trust_all: bool = False) -> Iterator[Non
 
 
 def check_recorded(name: str, sha256: str | None, *, source: str | Path, kind: str = "model",
-                   trust: bool = False) -> None:
-    """Raise a one-line LandscapeError unless the spec ``name`` recorded in ``source`` may be
-    imported and called now (see the module docstring). Imports nothing. Cost: one read of
-    the spec's source file."""
-    spec = canonical(name, kind)
-    target, _, is_file = split_spec(name, kind)
-    file = source_file(name, kind)
-    if not is_file and (file is None or _outside_user_code(file)):
-        where = "a built-in or missing module" if file is None else f"{file}"
+                   trust: bool = False, hashed: bool = True) -> Code:
+    """The :class:`Code` of the spec ``name`` recorded in ``source``, which the caller loads
+    (:func:`landscape.models.user.load_attribute` ``code=``), if it may run now; a one-line
+    LandscapeError otherwise (see the module docstring). ``hashed=False``: the file records
+    no hashes (a hand-written study TOML), so trust alone admits it. Imports nothing. Cost:
+    one read of the spec's source file."""
+    code = resolve(name, kind)
+    foreign = _foreign(code)
+    if foreign is not None:
         raise LandscapeError(
             f"{source}: recorded {kind} factory {name!r} resolves outside your own code "
-            f"({where}); a recorded spec is never imported from there, trusted or not")
-    named = spec in _NAMED.get()
+            f"({foreign}); a recorded spec is never imported from there, trusted or not")
+    named = code.spec in _NAMED.get()
     if not (named or trust or _TRUST_ALL.get()):
         raise LandscapeError(
             f"{source} names user code ({kind} factory {name!r}) that is not run unless you "
-            f"trust it: name it again (--{kind} {spec}) or pass --trust-code "
+            f"trust it: name it again (--{kind} {code.spec}) or pass --trust-code "
             f"(Python: trust=True)")
-    if file is None:
+    if code.file is None:
         raise LandscapeError(f"{source}: the {kind} file of {name!r} does not exist")
-    if sha256 and not named and _sha256(file) != sha256:
+    if named or not hashed:
+        return code
+    if not isinstance(sha256, str) or not _SHA256.fullmatch(sha256):
         raise LandscapeError(
-            f"{file} changed since {source} recorded it (sha256 {sha256[:12]}..., now "
-            f"{_sha256(file)[:12]}...); name it again (--{kind} {spec}) to use it as it is now")
+            f"{source} records no valid sha256 for {kind} factory {name!r} ({sha256!r}), so "
+            f"a changed file would go unnoticed; name it again (--{kind} {code.spec}) to "
+            "use it as it is now")
+    if code.sha256 != sha256:
+        raise LandscapeError(
+            f"{code.file} changed since {source} recorded it (sha256 {sha256[:12]}..., now "
+            f"{code.sha256[:12]}...); name it again (--{kind} {code.spec}) to use it as it "
+            "is now")
+    return code

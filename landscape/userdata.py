@@ -21,7 +21,7 @@ import torch
 from landscape.errors import LandscapeError
 from landscape.models.user import load_attribute
 from landscape.sources import Source, leaves, length
-from landscape.trust import check_recorded, record
+from landscape.trust import Code, check_recorded, record
 
 __all__ = ["UserData", "checkpoint_state", "data_digest", "load_user_data"]
 
@@ -75,22 +75,28 @@ class UserData:
                  source: str | None = None, recorded: dict | None = None,
                  trust: bool = False) -> None:
         where = source or "run.json"
+        codes: dict[str, Code] = {}  # the judged files that are loaded, for a recorded run
         if recorded is not None:  # read from a file: the user code must be trusted
             for kind in ("data", "loss", "forward_loss"):
                 entry = recorded.get(kind)
+                if entry is not None and (not isinstance(entry, dict) or not (
+                        entry.get("name") is None or isinstance(entry.get("name"), str))):
+                    raise LandscapeError(f"{where}: the {kind} record is {entry!r}, not "
+                                         "{'name': ..., 'sha256': ...}")
                 if entry and entry.get("name") is None:
                     raise LandscapeError(
                         f"{where}: the run's {kind} was given in Python ({entry.get('object')}),"
                         " which no file can rebuild: load_run(path, data=False) and give the "
                         "data and loss to Objective yourself")
                 if entry:
-                    check_recorded(entry["name"], entry["sha256"], source=where,
-                                   kind="data" if kind == "data" else "loss", trust=trust)
+                    codes[kind] = check_recorded(entry["name"], entry.get("sha256"),
+                                                 source=where, trust=trust,
+                                                 kind="data" if kind == "data" else "loss")
         if forward_loss is not None and loss is not None:
             raise LandscapeError("give a loss or a forward_loss hook, not both")
         made = data
         if isinstance(data, str):
-            factory = load_attribute(data, "data")
+            factory = load_attribute(data, "data", code=codes.get("data"))
             try:
                 made = factory()
             except Exception as exc:
@@ -102,8 +108,10 @@ class UserData:
             raise LandscapeError(f"data {data if isinstance(data, str) else 'given'!r} must be "
                                  "(train, test) (a factory returns them)")
         self.splits = dict(zip(SPLITS, made, strict=True))
-        self.loss = load_attribute(loss, "loss") if isinstance(loss, str) else loss
-        self.forward_loss = (load_attribute(forward_loss, "forward_loss")
+        self.loss = (load_attribute(loss, "loss", code=codes.get("loss"))
+                     if isinstance(loss, str) else loss)
+        self.forward_loss = (load_attribute(forward_loss, "forward_loss",
+                                            code=codes.get("forward_loss"))
                              if isinstance(forward_loss, str) else forward_loss)
         self.name = data if isinstance(data, str) else "python"
         digest = data_digest(self.splits, whole=self.forward_loss is not None)

@@ -7,14 +7,19 @@ recorded model file that changed since the run was made is noticed.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import shutil
+import sysconfig
 from pathlib import Path
 
+import click
 import pytest
 from click.testing import CliRunner, Result
 
 import landscape
+import landscape.models
 import landscape.trust
 from landscape.cli import main
 from landscape.errors import LandscapeError
@@ -186,8 +191,130 @@ def test_locating_a_module_imports_nothing(tmp_path: Path, monkeypatch) -> None:
     assert landscape.trust.source_file("userpkg_trust.nets:factory") == package / "nets.py"
     assert landscape.trust.source_file("os:system").name == "os.py"
     assert landscape.trust.source_file("builtins:eval") is None
+    digest = landscape.trust.record("userpkg_trust.nets:factory")["sha256"]
     with pytest.raises(LandscapeError, match="not run unless you trust it"):
-        landscape.trust.check_recorded("userpkg_trust.nets:factory", None, source="x")
+        landscape.trust.check_recorded("userpkg_trust.nets:factory", digest, source="x")
     with landscape.trust.trusting(trust_all=True):
-        landscape.trust.check_recorded("userpkg_trust.nets:factory", None, source="x")
+        code = landscape.trust.check_recorded("userpkg_trust.nets:factory", digest, source="x")
+    assert code.file == package / "nets.py" and not marker.exists()
+
+
+STDLIB = Path(sysconfig.get_paths()["stdlib"])
+
+
+def _sha256(file: Path) -> str:
+    return hashlib.sha256(file.read_bytes()).hexdigest()
+
+
+def _spellings(tmp: Path) -> dict[str, str]:
+    """Ways to name the standard library's ``os.system`` (and friends) from a record."""
+    link = tmp / "innocent.py"
+    link.symlink_to(STDLIB / "os.py")
+    up = "../" * len(tmp.parts)
+    return {"file_path": f"{STDLIB}/os.py:system",
+            "dotdot_path": f"{tmp}/{up}{str(STDLIB).lstrip('/')}/os.py:system",
+            "symlink": f"{link}:system",
+            "subprocess_run": f"{STDLIB}/subprocess.py:run",
+            "getpid": f"{STDLIB}/os.py:getpid",
+            "site_packages": f"{Path(click.__file__).resolve()}:echo"}
+
+
+@pytest.mark.parametrize("spelling", ["file_path", "dotdot_path", "symlink", "subprocess_run",
+                                      "getpid", "site_packages"])
+def test_recorded_file_path_into_the_standard_library_is_refused_even_when_trusted(
+        plain_run: Path, tmp_path: Path, spelling: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The standard library or site-packages named by a file path (plain, ``..``, a
+    symlink) is refused like a module name; nothing of it is called (os.getpid neither)."""
+    marker = tmp_path / "PWNED"
+    name = _spellings(tmp_path)[spelling]
+    file = Path(name.rpartition(":")[0]).resolve()
+    called = []
+    monkeypatch.setattr(os, "getpid", lambda: called.append(1) or 1)
+    run = _hostile_copy(plain_run, tmp_path / "run", {**_system_spec(name, marker),
+                                                      "sha256": _sha256(file)})
+    for extra in ([], ["--trust-code"]):
+        message = _one_line_error(_invoke("surface", "--run", run, "--x", "-1:1:3", "--out",
+                                          tmp_path / "s.h5", *extra))
+        assert "outside your own code" in message and str(file) in message, message
+    with pytest.raises(LandscapeError, match="outside your own code"):
+        landscape.load_run(run, data=False, trust=True)
+    assert not marker.exists() and not called and not (tmp_path / "s.h5").exists()
+
+
+@pytest.mark.parametrize("spelling", ["file_path", "dotdot_path", "symlink"])
+def test_study_toml_naming_a_standard_library_file_is_refused(tmp_path: Path,
+                                                              spelling: str) -> None:
+    marker = tmp_path / "PWNED"
+    toml = tmp_path / "study.toml"
+    toml.write_text(f'model = "{_spellings(tmp_path)[spelling]}"\n'
+                    f'model_options = "command=touch {marker}"\n'
+                    '[recipes.a]\nepochs = 1\n[recipes.b]\nepochs = 2\n')
+    for extra in ([], ["--trust-code"]):
+        message = _one_line_error(_invoke("compare", "--recipes", toml, "--out",
+                                          tmp_path / "study", *extra))
+        assert "outside your own code" in message and str(toml) in message
+    assert not marker.exists() and not (tmp_path / "study").exists()
+
+
+def test_local_file_shadowing_a_standard_library_module_is_refused(
+        plain_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``PYTHONPATH=.`` with a local ``os.py`` and a record ``os:system``: the check used to
+    judge the local file user code while the import returned the real ``os``. A
+    standard-library name is refused from a record whatever file it finds first."""
+    marker = tmp_path / "PWNED"
+    shadow = tmp_path / "code"
+    shadow.mkdir()
+    (shadow / "os.py").write_text("def system(command):\n    return 0\n")
+    monkeypatch.syspath_prepend(str(shadow))
+    assert landscape.trust.source_file("os:system") == shadow / "os.py"
+    run = _hostile_copy(plain_run, tmp_path / "run", {**_system_spec("os:system", marker),
+                                                      "sha256": _sha256(shadow / "os.py")})
+    message = _one_line_error(_invoke("surface", "--run", run, "--x", "-1:1:3", "--out",
+                                      tmp_path / "s.h5", "--trust-code"))
+    assert "'os' is a standard-library module" in message, message
     assert not marker.exists()
+
+
+@pytest.mark.parametrize("sha256", [None, "", "abc", "0" * 63 + "g", 12, "missing"])
+def test_recorded_user_file_without_a_valid_hash_is_refused_not_trusted(
+        plain_run: Path, tmp_path: Path, sha256: object) -> None:
+    marker = tmp_path / "IMPORTED"
+    code = tmp_path / "net.py"
+    code.write_text(USER_MODEL.format(marker=str(marker)))
+    run = _hostile_copy(plain_run, tmp_path / "run", {
+        "name": f"{code}:factory", "options": {}, "sha256": sha256})
+    if sha256 == "missing":
+        info = json.loads((run / "run.json").read_text())
+        del info["model"]["sha256"]
+        (run / "run.json").write_text(json.dumps(info))
+    message = _one_line_error(_invoke("surface", "--run", run, "--x", "-1:1:3", "--out",
+                                      tmp_path / "s.h5", "--trust-code"))
+    assert "records no valid sha256" in message and f"--model {code}:factory" in message
+    assert not marker.exists()
+    recorded = json.loads((run / "run.json").read_text())["model"]
+    with landscape.trust.trusting([f"{code}:factory"]):  # named again: it runs as it is now
+        model = landscape.models.model_from_spec(recorded, source=str(run / "run.json"))
+    assert model[1].out_features == 3 and marker.exists()
+
+
+def test_the_judged_file_is_the_loaded_file(tmp_path: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """A module spec is loaded from the file its check located, not looked up again: a
+    second file of the same name later on sys.path, or one put first after the check, is
+    never executed."""
+    first, second = tmp_path / "a", tmp_path / "b"
+    for folder, value in ((first, 1), (second, 2)):
+        folder.mkdir()
+        (folder / "judged_mod_trust.py").write_text(f"def f():\n    return {value}\n")
+    monkeypatch.syspath_prepend(str(second))
+    monkeypatch.syspath_prepend(str(first))
+    name = "judged_mod_trust:f"
+    with landscape.trust.trusting(trust_all=True):
+        code = landscape.trust.check_recorded(name, landscape.trust.record(name)["sha256"],
+                                              source="x")
+    assert code.file == first / "judged_mod_trust.py"
+    (first / "judged_mod_trust.py").write_text("raise SystemExit('edited after the check')\n")
+    monkeypatch.syspath_prepend(str(second))
+    from landscape.models.user import load_attribute
+
+    assert load_attribute(name, code=code)() == 1

@@ -39,7 +39,7 @@ from landscape.models.transformer import transformer
 from landscape.models.user import is_user_model, load_user_model
 from landscape.models.vgg import vgg9
 from landscape.models.wide_resnet import wide_resnet
-from landscape.trust import check_recorded, record
+from landscape.trust import Code, check_recorded, record
 
 __all__ = ["MODELS", "build_model", "model_spec", "model_from_spec", "count_parameters"]
 
@@ -131,18 +131,19 @@ def _check_shape(input_shape: Any) -> tuple[int, ...]:
 
 
 def build_model(
-    name: str, input_shape: tuple[int, ...], num_outputs: int, **options: Any
+    name: str | Code, input_shape: tuple[int, ...], num_outputs: int, **options: Any
 ) -> nn.Module:
     """Build model ``name`` for samples of shape ``input_shape`` with ``num_outputs`` outputs.
 
     ``name`` is a ``MODELS`` key (see the module docstring for the options each takes) or a
-    user factory ``"path/to/file.py:factory"`` / ``"package.module:factory"``. Unknown names,
+    user factory ``"path/to/file.py:factory"`` / ``"package.module:factory"`` (or the
+    :class:`~landscape.trust.Code` judged for one read from a file). Unknown names,
     options and invalid values raise a one-line LandscapeError. Cost: one model construction
     (plus one dry forward pass of a single zero sample for LeNet and VGG-9).
     """
     shape = _check_shape(input_shape)
     num_outputs = check_int("num_outputs", num_outputs)
-    if is_user_model(name):
+    if isinstance(name, Code) or is_user_model(name):
         return load_user_model(name, shape, num_outputs, **options)
     key, builder = _resolve(name)
     _check_options(key, builder, options)
@@ -202,10 +203,11 @@ def model_from_spec(spec: Mapping[str, Any], *, source: str | None = None,
     missing = [k for k in ("name", "input_shape", "num_outputs") if k not in spec]
     if missing:
         raise LandscapeError(f"model spec lacks {missing[0]!r}")
+    name: str | Code = spec["name"]
     if source is not None and is_user_model(spec["name"]):
-        check_recorded(spec["name"], spec.get("sha256"), source=source, trust=trust)
+        name = check_recorded(spec["name"], spec.get("sha256"), source=source, trust=trust)
     return build_model(
-        spec["name"], tuple(spec["input_shape"]), spec["num_outputs"], **spec.get("options", {})
+        name, tuple(spec["input_shape"]), spec["num_outputs"], **spec.get("options", {})
     )
 
 

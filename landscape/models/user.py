@@ -10,7 +10,7 @@ is a one-line LandscapeError chained to the original exception.
 from __future__ import annotations
 
 import hashlib
-import importlib
+import importlib.machinery
 import importlib.util
 import inspect
 import sys
@@ -22,7 +22,7 @@ from typing import Any
 from torch import nn
 
 from landscape.errors import LandscapeError
-from landscape.trust import is_code_spec, split_spec
+from landscape.trust import Code, is_code_spec, resolve
 
 
 def is_user_model(name: str) -> bool:
@@ -35,32 +35,65 @@ def _one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
-def _load_file(path_text: str) -> ModuleType:
-    path = Path(path_text).expanduser().resolve()
-    if not path.is_file():
-        raise LandscapeError(f"model file not found: {path}")
-    digest = hashlib.sha1(str(path).encode()).hexdigest()[:12]
-    module_name = f"_landscape_user_model_{digest}"
-    spec = importlib.util.spec_from_file_location(module_name, path)
-    if spec is None or spec.loader is None:
-        raise LandscapeError(f"cannot load model file {path}: not a Python source file")
+def _same_file(module: ModuleType, file: str | None) -> bool:
+    here = getattr(module, "__file__", None)
+    return bool(here and file and Path(here).resolve() == Path(file).resolve())
+
+
+def _package(spec: importlib.machinery.ModuleSpec) -> ModuleType:
+    """The package of ``spec`` (located, not yet imported): the one in ``sys.modules`` if it
+    is the same file, else executed from exactly that spec; one imported from another file
+    is a LandscapeError (the name means other code in this process)."""
+    present = sys.modules.get(spec.name)
+    if present is not None:
+        if spec.origin is None or _same_file(present, spec.origin):
+            return present
+        raise LandscapeError(f"package {spec.name!r} is already imported from "
+                             f"{getattr(present, '__file__', None)}, not {spec.origin}")
     module = importlib.util.module_from_spec(spec)
-    sys.modules[module_name] = module  # lets dataclasses and pickling in the file resolve
+    sys.modules[spec.name] = module
     try:
-        spec.loader.exec_module(module)
-    except Exception as exc:
-        sys.modules.pop(module_name, None)
-        raise LandscapeError(f"cannot load model file {path}: {_one_line(exc)}") from exc
+        if spec.loader is not None:
+            spec.loader.exec_module(module)
+    except BaseException:
+        sys.modules.pop(spec.name, None)
+        raise
     return module
 
 
-def _load_module(module_name: str) -> ModuleType:
+def _load(code: Code, kind: str) -> ModuleType:
+    """Execute the source bytes of ``code`` (the file that was judged, read once) as a
+    module: a file spec under a private name, a module spec under its own name inside its
+    packages (each loaded from the spec located for it, never looked up again)."""
+    if code.module is not None and code.file is None:
+        raise LandscapeError(f"cannot import {kind} module {code.module!r}: no source file "
+                             "of it on sys.path (missing, built-in or a namespace package)")
+    if code.file is None or code.source is None:
+        raise LandscapeError(f"{kind} file not found: {code.spec.rpartition(':')[0]}")
+    if code.module is None:
+        name = f"_landscape_user_{kind}_{hashlib.sha1(str(code.file).encode()).hexdigest()[:12]}"
+        spec = importlib.util.spec_from_file_location(name, code.file)
+    else:
+        name, spec = code.module, code.spec_of_module
+    if spec is None or code.file.suffix != ".py":
+        raise LandscapeError(f"cannot load {kind} file {code.file}: not a Python source file")
+    where = f"{kind} file {code.file}" if code.module is None else f"module {code.module!r}"
     try:
-        return importlib.import_module(module_name)
+        parents = [_package(p) for p in code.packages]
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module  # lets dataclasses and pickling in the file resolve
+        try:
+            exec(compile(code.source, str(code.file), "exec"), module.__dict__)
+        except BaseException:
+            sys.modules.pop(name, None)
+            raise
+        if parents:
+            setattr(parents[-1], name.rpartition(".")[2], module)
+    except LandscapeError:
+        raise
     except Exception as exc:
-        raise LandscapeError(
-            f"cannot import model module {module_name!r}: {_one_line(exc)}"
-        ) from exc
+        raise LandscapeError(f"cannot load {where}: {_one_line(exc)}") from exc
+    return module
 
 
 def _call_factory(
@@ -96,11 +129,15 @@ def _call_factory(
         raise LandscapeError(f"model factory {name!r} failed: {_one_line(exc)}") from exc
 
 
-def load_attribute(name: str, kind: str = "model") -> Callable[..., Any]:
-    """Import the callable named by spec ``name`` (a model, data or loss factory)."""
-    target, attr, is_file = split_spec(name, kind)
-    module = _load_file(target) if is_file else _load_module(target)
-    where = f"{kind} file {module.__file__}" if is_file else f"module {target!r}"
+def load_attribute(name: str, kind: str = "model", code: Code | None = None
+                   ) -> Callable[..., Any]:
+    """The callable named by spec ``name`` (a model, data or loss factory), loaded from
+    ``code`` (what :func:`landscape.trust.check_recorded` judged) or, for a spec named in
+    this invocation, from the file :func:`landscape.trust.resolve` finds."""
+    code = resolve(name, kind) if code is None else code
+    module = _load(code, kind)
+    where = f"{kind} file {code.file}" if code.module is None else f"module {code.module!r}"
+    attr = code.attr
     if not hasattr(module, attr):
         raise LandscapeError(f"{where} has no attribute {attr!r}")
     factory = getattr(module, attr)
@@ -110,10 +147,13 @@ def load_attribute(name: str, kind: str = "model") -> Callable[..., Any]:
 
 
 def load_user_model(
-    name: str, input_shape: tuple[int, ...], num_outputs: int, **options: Any
+    name: str | Code, input_shape: tuple[int, ...], num_outputs: int, **options: Any
 ) -> nn.Module:
-    """Import the factory named by ``name`` and return the module it builds."""
-    factory = load_attribute(name)
+    """Load the factory named by ``name`` (a spec, or the :class:`~landscape.trust.Code`
+    that :func:`landscape.trust.check_recorded` judged) and return the module it builds."""
+    code = name if isinstance(name, Code) else None
+    name = code.spec if code is not None else name
+    factory = load_attribute(name, code=code)
     model = _call_factory(factory, name, input_shape, num_outputs, options)
     if not isinstance(model, nn.Module):
         raise LandscapeError(
