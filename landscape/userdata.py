@@ -13,6 +13,7 @@ the same data and loss and refuses with one line when the factory's data changed
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,28 +24,92 @@ from landscape.models.user import load_attribute
 from landscape.sources import Source, leaves, length
 from landscape.trust import Code, check_recorded, record
 
-__all__ = ["UserData", "checkpoint_state", "data_digest", "load_user_data"]
+__all__ = ["DataScan", "UserData", "checkpoint_state", "load_user_data", "scan_data"]
 
 SPLITS = ("train", "test")
 
 
-def data_digest(splits: dict[str, Any], whole: bool = False) -> str:
-    """SHA-256 of the samples of every split as float64/int64 bytes, independent of their
-    order (the sorted digests of the samples), so that a shuffling loader digests the same
-    every pass. ``whole``: batches are passed whole to a ``forward_loss`` hook (no target
-    pair). Cost: one pass over the data, one small hash per sample."""
+#: The most classes integer targets may declare (largest label + 1): far above any task
+#: (ImageNet-21k has 21,841; token vocabularies ~256k), far below what would exhaust memory
+#: in the model's last layer.
+MAX_CLASSES = 10**7
+
+
+@dataclass(frozen=True)
+class DataScan:
+    """What one pass over the user data finds: ``digest`` (:func:`scan_data`), the
+    per-sample ``input_shape`` (``(1,)`` for tuple or dict inputs), ``num_outputs`` (classes,
+    largest train label + 1, for integer targets; target elements per sample for floating
+    ones) and the samples per split (``sizes``)."""
+
+    digest: str
+    input_shape: tuple[int, ...]
+    num_outputs: int
+    sizes: dict[str, int]
+
+
+def _bad_label(y: torch.Tensor, classes: int | None) -> tuple[int, int] | None:
+    """(sample index in ``y``, label) of the first label below 0 or, given ``classes``, at or
+    above it; None if all are in range."""
+    flat = y.reshape(len(y), -1)
+    bad = flat < 0 if classes is None else (flat < 0) | (flat >= classes)
+    hits = bad.nonzero()
+    if not len(hits):
+        return None
+    row, col = hits[0].tolist()
+    return row, int(flat[row, col])
+
+
+def scan_data(splits: dict[str, Any], whole: bool = False, labels: bool = True) -> DataScan:
+    """One pass over every split: the SHA-256 of the samples as float64/int64 bytes,
+    independent of their order (the sorted digests of the samples, so that a shuffling
+    loader digests the same every pass), the shapes a model factory is told and the split
+    sizes. ``whole``: batches are passed whole to a ``forward_loss`` hook (no target pair).
+    ``labels``: integer targets are class labels of the built-in cross-entropy, so every one
+    must lie in [0, classes), classes from the whole train split. An empty split, a label
+    out of range (naming the split and the sample's index) or more than
+    :data:`MAX_CLASSES` classes is a one-line LandscapeError. Cost: one pass over the data,
+    one small hash per sample."""
     h = hashlib.sha256()
+    shape: tuple[int, ...] | None = None
+    classes: int | None = None
+    outputs = 1
+    sizes: dict[str, int] = {}
     for name in SPLITS:
         if splits.get(name) is None:
             continue
         source = Source(splits[name], torch.device("cpu"), torch.float64, budget=0, whole=whole)
         rows: list[bytes] = []
+        top = -1
         for batch in source.batches(4096):
+            n = length(batch[0])
             flat = [t.reshape(len(t), -1).contiguous().numpy() for t in leaves(batch)]
             rows += [hashlib.sha256(b"".join(f[i].tobytes() for f in flat)).digest()
-                     for i in range(length(batch[0]))]
+                     for i in range(n)]
+            x, y = batch
+            if shape is None:
+                shape = tuple(x.shape[1:]) if isinstance(x, torch.Tensor) else (1,)
+            if not isinstance(y, torch.Tensor) or not y.numel():
+                continue
+            if y.is_floating_point():
+                outputs = int(y[0].numel()) or 1
+                continue
+            if labels and (bad := _bad_label(y, classes)) is not None:
+                raise LandscapeError(
+                    f"the user data's {name} split has label {bad[1]} at sample "
+                    f"{len(rows) - n + bad[0]}, outside [0, {classes or 'classes'}); class "
+                    "labels for the built-in cross-entropy are 0, 1, ..., classes-1")
+            top = max(top, int(y.max()))
+        if not rows:
+            raise LandscapeError(f"the user data's {name} split is empty")
+        sizes[name] = len(rows)
+        if name == "train" and top >= 0:
+            if top + 1 > MAX_CLASSES:
+                raise LandscapeError(f"the user data's train split has label {top}: "
+                                     f"{top + 1:,} classes, more than {MAX_CLASSES:,}")
+            classes = outputs = top + 1
         h.update(f"{name}:{source.n}:".encode() + b"".join(sorted(rows)))
-    return h.hexdigest()
+    return DataScan(h.hexdigest(), shape or (1,), outputs, sizes)
 
 
 def _describe(obj: Any, kind: str) -> dict[str, str | None] | None:
@@ -114,11 +179,13 @@ class UserData:
                                             code=codes.get("forward_loss"))
                              if isinstance(forward_loss, str) else forward_loss)
         self.name = data if isinstance(data, str) else "python"
-        digest = data_digest(self.splits, whole=self.forward_loss is not None)
+        self.scan = scan_data(self.splits, whole=self.forward_loss is not None,
+                              labels=self.loss is None and self.forward_loss is None)
+        digest = self.scan.digest
         if recorded is not None and recorded.get("digest") not in (None, digest):
             raise LandscapeError(
                 f"{where}: the data of {data!r} changed since the run recorded them (digest "
-                f"{recorded['digest'][:12]}..., now {digest[:12]}...)")
+                f"{str(recorded['digest'])[:12]}..., now {digest[:12]}...)")
         self.spec = {"user": True, "data": _describe(data, "data"),
                      "loss": _describe(loss, "loss"), "digest": digest,
                      **({"forward_loss": _describe(forward_loss, "forward_loss")}
@@ -130,16 +197,9 @@ class UserData:
         return self.splits[name]
 
     def shapes(self) -> tuple[tuple[int, ...], int]:
-        """(per-sample input shape, number of outputs) that a user model factory is told:
-        ``(1,)`` for tuple or dict inputs; classes (largest label + 1) for integer targets,
-        target elements per sample for floating ones. Cost: one batch of the train split."""
-        source = Source(self.split("train"), torch.device("cpu"), torch.float32, budget=0,
-                        whole=self.forward_loss is not None)
-        x, y = next(source.batches(1))
-        shape = tuple(x.shape[1:]) if isinstance(x, torch.Tensor) else (1,)
-        outputs = (int(y.max()) + 1 if y.numel() and not y.is_floating_point()
-                   else int(y[0].numel())) or 1
-        return shape, outputs
+        """(per-sample input shape, number of outputs) that a user model factory is told, from
+        the scan of the whole data (:class:`DataScan`)."""
+        return self.scan.input_shape, self.scan.num_outputs
 
 
 def load_user_data(data: str, loss: str | None = None) -> UserData:

@@ -206,3 +206,75 @@ def test_study_of_two_recipes_on_user_data(user: Path, tmp_path: Path) -> None:
         assert engine.loss_name.endswith("huber")
         assert run.history[-1]["train_loss"] == pytest.approx(engine.loss(engine.theta0),
                                                               rel=1e-6)
+
+
+LABELS = '''
+import torch
+
+def _split(labels):
+    labels = torch.tensor(labels)
+    return torch.randn(len(labels), 2, generator=torch.Generator().manual_seed(0)), labels
+
+def mnist_like():  # the first label is 7, the largest 9 (MNIST's test set starts with a 7)
+    return _split([7, 2, 1, 0, 4, 1, 4, 9, 5, 9] * 2), _split([7, 2, 1, 0, 9])
+
+def first_zero():  # a first label of 0 used to build a one-output model
+    return _split([0, 1, 2, 3] * 3), None
+
+def negative():
+    return _split([1, 0, 2, 1, -1, 0]), None
+
+def beyond_train():
+    return _split([1, 0, 2, 1, 0, 2]), _split([0, 1, 2, 3, 3])
+
+def empty_train():
+    return _split([]), None
+
+def empty_test():
+    return _split([0, 1, 1, 0]), _split([])
+'''
+
+
+@pytest.mark.parametrize(("factory", "classes"), [("mnist_like", 10), ("first_zero", 4)])
+def test_class_count_comes_from_the_whole_train_split(tmp_path: Path, factory: str,
+                                                      classes: int) -> None:
+    user = write_user_file(tmp_path, LABELS)
+    run = train(model="mlp", model_options={"widths": [3]}, data=f"{user}:{factory}",
+                epochs=1, batch_size=4, out=tmp_path / "run", progress=False)
+    assert run.info["model"]["num_outputs"] == classes
+    assert run.model(torch.zeros(1, 2)).shape == (1, classes)
+
+
+@pytest.mark.parametrize(("factory", "words"), [
+    ("negative", "the user data's train split has label -1 at sample 4, outside [0, classes)"),
+    ("beyond_train", "the user data's test split has label 3 at sample 3, outside [0, 3)"),
+    ("empty_train", "the user data's train split is empty"),
+    ("empty_test", "the user data's test split is empty"),
+])
+@pytest.mark.parametrize("command", ["train", "adopt"])
+def test_bad_labels_or_an_empty_split_are_one_line_and_leave_no_run_directory(
+        tmp_path: Path, factory: str, words: str, command: str) -> None:
+    user = write_user_file(tmp_path, LABELS)
+    torch.save(torch.nn.Linear(2, 3).state_dict(), tmp_path / "w.pt")
+    extra = (["--model", "mlp", "--epochs", "1"] if command == "train" else
+             ["--model", f"{user}:none", "--weights", tmp_path / "w.pt"])
+    result = invoke(command, "--data", f"{user}:{factory}", *extra, "--out", tmp_path / "run")
+    assert result.exit_code == 1, (result.output, result.exception)
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and words in lines[0], lines
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_start_that_fails_before_the_first_checkpoint_leaves_no_run_directory(
+        tmp_path: Path) -> None:
+    """The loss passes the two-sample check, then fails on the first full evaluation."""
+    user = write_user_file(tmp_path, LABELS + '''
+def picky(out, target):
+    if len(target) > 2:
+        raise ValueError("more than two samples")
+    return torch.nn.functional.cross_entropy(out, target)
+''')
+    with pytest.raises(ValueError, match="more than two samples"):
+        train(model="mlp", data=f"{user}:mnist_like", loss=f"{user}:picky", epochs=1,
+              out=tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()

@@ -29,6 +29,7 @@ import json
 import math
 import platform
 import re
+import shutil
 import time
 import warnings
 from contextlib import contextmanager, nullcontext
@@ -510,91 +511,98 @@ def train(*, model: str = "mlp", dataset: str = "digits", data_dir: str | Path |
         threads = threads or torch.get_num_threads()
 
         _check_fits(net, first, fn, mspec["name"], data_name, num_outputs)
-        # --- from here on the directory is written
-        if action == "overwrite":
-            _clear_run_files(path)
-        with store.writing(path, resumable=False):
-            (path / "checkpoints").mkdir(parents=True, exist_ok=True)
-        info = {
-            "format": RUN_FORMAT, "format_version": RUN_FORMAT_VERSION, "name": path.name,
-            "config": config, "model": mspec, "dataset": ds.spec,
-            "data_sizes": {"train": n_train, "test": 0 if test_src is None else test_src.n},
-            "loss": config.get("loss", fn.name),
-            "task": "regression" if acc is None else "classification",
-            "num_parameters": count_parameters(net),
-            "steps_per_epoch": spe, "optimizer_requires": sorted(requires),
-            "device": str(dev), "device_name": _device_name(dev), "versions": store.versions(),
-            "threads": threads if dev.type == "cpu" else None,
-            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "status": "running",
-            "history_units": {"train_acc": ACCURACY_UNIT, "test_acc": ACCURACY_UNIT},
-        }
-        if action == "resume":
-            old = read_run_json(path)
-            info["created"] = old.get("created", info["created"])
-            info["resumed"] = [*old.get("resumed", []),
-                               {"epoch": start, "device": str(dev),
-                                "at": datetime.now(timezone.utc).isoformat(timespec="seconds")}]
-        if history and finished(history[-1]) and (path / "model.pt").exists():
-            info["status"] = "complete"
-        atomic_write_json(path / "run.json", info)
+        # --- from here on the directory is written; a start that fails before the first
+        # checkpoint removes what it wrote (a fresh directory) or leaves it resumable
+        fresh = action == "new" and not path.exists()
+        try:
+            if action == "overwrite":
+                _clear_run_files(path)
+            with store.writing(path, resumable=False):
+                (path / "checkpoints").mkdir(parents=True, exist_ok=True)
+            info = {
+                "format": RUN_FORMAT, "format_version": RUN_FORMAT_VERSION, "name": path.name,
+                "config": config, "model": mspec, "dataset": ds.spec,
+                "data_sizes": {"train": n_train, "test": 0 if test_src is None else test_src.n},
+                "loss": config.get("loss", fn.name),
+                "task": "regression" if acc is None else "classification",
+                "num_parameters": count_parameters(net),
+                "steps_per_epoch": spe, "optimizer_requires": sorted(requires),
+                "device": str(dev), "device_name": _device_name(dev), "versions": store.versions(),
+                "threads": threads if dev.type == "cpu" else None,
+                "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                "status": "running",
+                "history_units": {"train_acc": ACCURACY_UNIT, "test_acc": ACCURACY_UNIT},
+            }
+            if action == "resume":
+                old = read_run_json(path)
+                info["created"] = old.get("created", info["created"])
+                info["resumed"] = [*old.get("resumed", []),
+                                   {"epoch": start, "device": str(dev),
+                                    "at": datetime.now(timezone.utc).isoformat(timespec="seconds")}]
+            if history and finished(history[-1]) and (path / "model.pt").exists():
+                info["status"] = "complete"
+            atomic_write_json(path / "run.json", info)
 
-        trainer = _Trainer(net, opt, requires, train_src, test_src, dev, loss=fn, acc=acc,
-                           batch_size=batch_size, steps=spe, sched=sched, gen=gen, amp=amp,
-                           augment=augment, fixed=fixed,
-                           fill=[-m / s for m, s in zip(*NORMALIZATION[data_name], strict=True)]
-                           if augment and data_name in NORMALIZATION else 0.0,
-                           augment_fn=augment_crop_flip)
-        tracker = None
-        if tracking is not None:
-            from landscape.analysis.track import TRACK_FILE, Tracker
-            if not train_src.resident or getattr(ds, "forward_loss", None) is not None:
-                raise LandscapeError("--track needs training data held in memory and a loss "
-                                     "of (output, target); not a streamed source or a hook")
-            x_all, y_all = train_src.rows(torch.arange(train_src.n, device=dev), train_src.n)
-            tracker = Tracker(path / TRACK_FILE, tracking, x=x_all, y=y_all,
-                              loss=ds.loss, optimizer=optimizer, momentum=momentum,
-                              batch_size=batch_size, steps_per_epoch=spe, fresh=not history,
-                              run={k: v for k, v in config.items() if k not in _NOT_COMPARED})
-            if history:
-                tracker.restore(checkpoint.get("track"), history[-1]["step"])
-            trainer.on_step = lambda step: tracker.after_step(net, opt, step, sched(step))
+            trainer = _Trainer(net, opt, requires, train_src, test_src, dev, loss=fn, acc=acc,
+                               batch_size=batch_size, steps=spe, sched=sched, gen=gen, amp=amp,
+                               augment=augment, fixed=fixed,
+                               fill=[-m / s for m, s in zip(*NORMALIZATION[data_name], strict=True)]
+                               if augment and data_name in NORMALIZATION else 0.0,
+                               augment_fn=augment_crop_flip)
+            tracker = None
+            if tracking is not None:
+                from landscape.analysis.track import TRACK_FILE, Tracker
+                if not train_src.resident or getattr(ds, "forward_loss", None) is not None:
+                    raise LandscapeError("--track needs training data held in memory and a loss "
+                                         "of (output, target); not a streamed source or a hook")
+                x_all, y_all = train_src.rows(torch.arange(train_src.n, device=dev), train_src.n)
+                tracker = Tracker(path / TRACK_FILE, tracking, x=x_all, y=y_all,
+                                  loss=ds.loss, optimizer=optimizer, momentum=momentum,
+                                  batch_size=batch_size, steps_per_epoch=spe, fresh=not history,
+                                  run={k: v for k, v in config.items() if k not in _NOT_COMPARED})
+                if history:
+                    tracker.restore(checkpoint.get("track"), history[-1]["step"])
+                trainer.on_step = lambda step: tracker.after_step(net, opt, step, sched(step))
 
-        def save_checkpoint(epoch: int) -> None:
-            state = {"epoch": epoch, "model": to_cpu(net.state_dict()),
-                     "optimizer": to_cpu(opt.state_dict()),
-                     "rng": {"generator": gen.get_state(), "torch": torch.get_rng_state(),
-                             "cuda": torch.cuda.get_rng_state(dev) if dev.type == "cuda"
-                             else None},
-                     "history": history, "config_hash": _config_hash(config),
-                     **({"track": tracker.checkpoint_state()} if tracker else {})}
-            _save_checkpoint(path / "checkpoints" / f"epoch_{epoch:04d}.pt", state)
+            def save_checkpoint(epoch: int) -> None:
+                state = {"epoch": epoch, "model": to_cpu(net.state_dict()),
+                         "optimizer": to_cpu(opt.state_dict()),
+                         "rng": {"generator": gen.get_state(), "torch": torch.get_rng_state(),
+                                 "cuda": torch.cuda.get_rng_state(dev) if dev.type == "cuda"
+                                 else None},
+                         "history": history, "config_hash": _config_hash(config),
+                         **({"track": tracker.checkpoint_state()} if tracker else {})}
+                _save_checkpoint(path / "checkpoints" / f"epoch_{epoch:04d}.pt", state)
 
-        bar = progress_bar(total=cap, desc=f"train {path.name}", unit="epoch",
-                           disable=None if progress else True)
-        with bar, _cuda_flags(dev), _num_threads(threads if dev.type == "cpu" else None):
-            if not history:
-                history.append(trainer.history_row(0, step=0, lr=None, seconds=0.0))
-                if tracker is not None:
-                    trainer.on_step(0)
-                write_history(path, history)
-                save_checkpoint(0)
-            else:
-                write_history(path, history)
-            if start:
-                bar.update(start)
-            while not finished(history[-1]):
-                epoch, done_steps = history[-1]["epoch"] + 1, history[-1]["step"]
-                budget = spe if steps is None else min(spe, steps - done_steps)
-                seconds, last_lr, taken = trainer.train_epoch(epoch, bar, budget)
-                row = trainer.history_row(epoch, step=done_steps + taken, lr=last_lr,
-                                          seconds=seconds)
-                history.append(row)
-                write_history(path, history)
-                if epoch % save_every == 0 or finished(row):
-                    save_checkpoint(epoch)
-                bar.set_postfix_str(_postfix(row), refresh=False)
-                bar.update(1)
+            bar = progress_bar(total=cap, desc=f"train {path.name}", unit="epoch",
+                               disable=None if progress else True)
+            with bar, _cuda_flags(dev), _num_threads(threads if dev.type == "cpu" else None):
+                if not history:
+                    history.append(trainer.history_row(0, step=0, lr=None, seconds=0.0))
+                    if tracker is not None:
+                        trainer.on_step(0)
+                    write_history(path, history)
+                    save_checkpoint(0)
+                else:
+                    write_history(path, history)
+                if start:
+                    bar.update(start)
+                while not finished(history[-1]):
+                    epoch, done_steps = history[-1]["epoch"] + 1, history[-1]["step"]
+                    budget = spe if steps is None else min(spe, steps - done_steps)
+                    seconds, last_lr, taken = trainer.train_epoch(epoch, bar, budget)
+                    row = trainer.history_row(epoch, step=done_steps + taken, lr=last_lr,
+                                              seconds=seconds)
+                    history.append(row)
+                    write_history(path, history)
+                    if epoch % save_every == 0 or finished(row):
+                        save_checkpoint(epoch)
+                    bar.set_postfix_str(_postfix(row), refresh=False)
+                    bar.update(1)
+        except BaseException:
+            if fresh and _latest_checkpoint(path) is None:
+                shutil.rmtree(path, ignore_errors=True)
+            raise
 
         if tracker is not None:
             tracker.close()
@@ -664,8 +672,10 @@ def _save_checkpoint(file: Path, state: dict) -> None:
 
 
 def _postfix(row: dict) -> str:
-    acc = "" if row["test_acc"] is None else f" acc {row['test_acc']:.1%}"
-    return f"train loss {row['train_loss']:.4g} test loss {row['test_loss']:.4g}{acc}"
+    """The progress bar's text after an epoch (no test figures without a test split)."""
+    acc = "" if row.get("test_acc") is None else f" acc {row['test_acc']:.1%}"
+    test = "" if row.get("test_loss") is None else f" test loss {row['test_loss']:.4g}"
+    return f"train loss {row['train_loss']:.4g}{test}{acc}"
 
 
 @contextmanager
