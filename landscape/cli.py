@@ -506,29 +506,27 @@ def trajectory_cmd(run_dir: str, x: str | None, y: str | None, split: str, out: 
 
 
 def _describe_run(folder: str) -> dict[str, Any]:
-    """A run directory's record (run.json, the last history row, the checkpoints), read as
-    data: no model code is imported."""
+    """A run directory's record (run.json, the last history row, the checkpoints), read and
+    checked as data: no model code is imported."""
     from pathlib import Path
 
+    from landscape.runs import read_history, read_run_json
+
     path = Path(folder)
-
-    def read(name: str) -> Any:
-        try:
-            return json.loads((path / name).read_text())
-        except FileNotFoundError:
-            if name == "run.json":
-                raise LandscapeError(f"{folder}: not a run directory (no run.json)") from None
-            return []
-        except (OSError, ValueError) as err:
-            raise LandscapeError(f"{path / name}: unreadable ({err})") from None
-
-    record, history = read("run.json"), read("history.json")
-    if not isinstance(record, dict) or not isinstance(history, list):
-        raise LandscapeError(f"{folder}: run.json or history.json is not a run record")
+    record, history = read_run_json(path), read_history(path)
     return {"run": str(path), "status": record.get("status"), "config": record.get("config"),
             "num_parameters": record.get("num_parameters"),
             "stopping": record.get("stopping"), "last": history[-1] if history else None,
             "checkpoints": sorted(p.name for p in (path / "checkpoints").glob("*.pt"))}
+
+
+def _cut(text: str, limit: int = 2000) -> str:
+    """``text`` cut to at most ``limit`` characters at the end of an item (``, ``), never
+    inside a word, with ``...`` when something was left out."""
+    if len(text) <= limit:
+        return text
+    head = text[: limit - 4]
+    return head[: head.rfind(", ") + 1 if ", " in head else len(head)] + " ..."
 
 
 @main.command("info")
@@ -548,9 +546,9 @@ def info_cmd(file: str, as_json: bool) -> None:
                    f"{config.get('dataset')}, {run['num_parameters']} parameters, "
                    f"{len(run['checkpoints'])} checkpoints")
         for key in ("epoch", "step", "train_loss", "train_acc", "test_loss", "test_acc"):
-            if last.get(key) is not None:
+            if isinstance(last.get(key), int | float):
                 click.echo(f"  {key:<12} {last[key]:.6g}")
-        click.echo("  config: " + json.dumps(config, default=str)[:2000])
+        click.echo("  config: " + _cut(json.dumps(config, default=str)))
         return
     from landscape.store import describe
 

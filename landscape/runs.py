@@ -85,20 +85,55 @@ def read_run_json(path: Path) -> dict:
         raise LandscapeError(f"{path} is not a run directory (it is a file)")
     file = path / "run.json"
     if not file.exists():
-        raise LandscapeError(f"{path} is not a landscape run directory (no run.json)")
+        raise LandscapeError(f"{path} is not a run directory (no run.json)")
     try:
         info = json.loads(file.read_text())
     except (OSError, ValueError) as err:
         raise LandscapeError(f"{file} is damaged: {err}") from None
     if not isinstance(info, dict) or info.get("format") != RUN_FORMAT:
         raise LandscapeError(f"{file} is not a landscape run file (format {RUN_FORMAT!r})")
+    version = info.get("format_version", RUN_FORMAT_VERSION)
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise LandscapeError(f"{file} is damaged: format_version {version!r} is not a "
+                             "positive integer")
+    if version > RUN_FORMAT_VERSION:
+        raise LandscapeError(f"{file}: run format version {version} is newer than this "
+                             f"library's ({RUN_FORMAT_VERSION}); upgrade landscape")
     for key in ("config", "model", "dataset"):
         if not isinstance(info.get(key), dict):
             raise LandscapeError(f"{file} is damaged: {key!r} is missing or not an object")
     seed = info["config"].get("seed")
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise LandscapeError(f"{file} is damaged: config has no integer 'seed' (got {seed!r})")
+    _check_record(file, info)
     return info
+
+
+def _check_record(file: Path, info: dict) -> None:
+    """The parts of run.json that commands use, of the right JSON types (sizes are checked
+    against their limits where they are used: :func:`landscape.models.build_model`)."""
+    model = info["model"]
+    checks = [
+        ("model name", model.get("name"), isinstance(model.get("name"), str)),
+        ("data_sizes", info.get("data_sizes"), info.get("data_sizes") is None or (
+            isinstance(info["data_sizes"], dict) and all(
+                isinstance(info["data_sizes"].get(k), int) for k in ("train", "test")))),
+    ]
+    if info["dataset"].get("user"):
+        for kind in ("data", "loss", "forward_loss"):
+            entry = info["dataset"].get(kind)
+            checks.append((f"user {kind} record", entry, (entry is None and kind != "data") or (
+                isinstance(entry, dict) and "name" in entry
+                and isinstance(entry["name"], str | None))))
+    for what, value, ok in checks:
+        if not ok:
+            raise LandscapeError(f"{file} is damaged: the {what} is {_short(value)}")
+
+
+def _short(value: Any) -> str:
+    """``repr(value)``, cut to 60 characters."""
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def read_history(path: Path) -> list[dict]:
@@ -107,9 +142,12 @@ def read_history(path: Path) -> list[dict]:
     if not file.exists():
         return []
     try:
-        return json.loads(file.read_text())
+        rows = json.loads(file.read_text())
     except (OSError, ValueError) as err:
         raise LandscapeError(f"{file} is damaged: {err}") from None
+    if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+        raise LandscapeError(f"{file} is damaged: not a list of per-epoch records")
+    return rows
 
 
 def torch_load(file: Path) -> Any:
@@ -120,7 +158,17 @@ def torch_load(file: Path) -> Any:
     try:
         return torch.load(file, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - any unpickling failure is a damaged file
-        msg = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        text = str(err).strip()
+        if text.startswith("Weights only load failed"):
+            # torch's advice (reload with weights_only=False) is not an option here, and unsafe
+            found = [p for p in text.split("\n\n")[1:] if p.strip()
+                     and "weights_only" not in p and not p.startswith("Check the documentation")]
+            reason = " ".join(found[0].split()) if found else "objects other than tensors"
+            raise LandscapeError(
+                f"checkpoint {file} holds Python objects that are never unpickled here, since "
+                f"that could run code ({reason}); save the state dict alone "
+                "(torch.save(model.state_dict(), file))") from None
+        msg = text.splitlines()[0] if text else type(err).__name__
         raise LandscapeError(f"checkpoint {file} cannot be read: {msg}") from None
 
 
@@ -152,6 +200,11 @@ def load_weights(model: nn.Module, state: dict[str, torch.Tensor], file: Path | 
             raise LandscapeError(
                 f"checkpoint {file}: tensor {name!r} has shape {tuple(state[name].shape)}, "
                 f"the model expects {tuple(tensor.shape)}")
+        if state[name].dtype != tensor.dtype:
+            raise LandscapeError(
+                f"checkpoint {file}: tensor {name!r} holds {state[name].dtype}, the model "
+                f"expects {tensor.dtype} (convert the checkpoint's tensors first, e.g. with "
+                "tensor.float(), so that nothing is cast silently)")
     model.load_state_dict(state, strict=True)
 
 

@@ -211,6 +211,23 @@ KINDS = (*GRID_KINDS, "hessian", "study", "toy", "track", *MEASURE_KINDS)
 #: per parameter (origin, directions, eigenvectors) are checked against each other instead.
 MAX_VALUES = 10**8
 
+#: The largest coordinate magnitude a grid may hold: directions are normalized, so real grids
+#: stay within a few hundred; near 1e308 a figure's axis cannot even be ticked.
+MAX_COORDINATE = 1e100
+
+
+def coordinates_fault(values: np.ndarray) -> str | None:
+    """Why ``values`` cannot be a grid axis (empty, not finite, beyond
+    :data:`MAX_COORDINATE`, not strictly increasing), or None."""
+    if values.size == 0 or not np.isfinite(values).all():
+        return "are empty or not all finite"
+    if np.abs(values).max() > MAX_COORDINATE:
+        return f"reach beyond +-{MAX_COORDINATE:g}"
+    if (np.diff(values) <= 0).any():
+        return "are not strictly increasing"
+    return None
+
+
 _DTYPES = {"f": "floating-point", "biu": "boolean or integer", "fbiu": "numeric"}
 
 
@@ -292,10 +309,20 @@ def _number(attrs: Mapping[str, Any], key: str, path: Path, where: str = "",
                             f"{'an integer' if integer else 'a number'}")
 
 
+#: The most names a list attribute (metrics, labels) may hold; results hold a handful.
+MAX_NAMES = 1000
+
+
 def _names(attrs: Mapping[str, Any], key: str, path: Path, default: Any = None) -> list[str]:
+    """The list of distinct names in attribute ``key`` (at most :data:`MAX_NAMES`)."""
     names = attrs.get(key, default)
     if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
-        raise damaged(path, f"attribute '{key}' is {names!r}, not a list of names")
+        raise damaged(path, f"attribute '{key}' is {str(names)[:60]!r}, not a list of names")
+    if len(names) > MAX_NAMES:
+        raise damaged(path, f"attribute '{key}' lists {len(names):,} names, more than "
+                            f"{MAX_NAMES:,}")
+    if len(set(names)) != len(names):
+        raise damaged(path, f"attribute '{key}' lists a name twice")
     return names
 
 
@@ -308,8 +335,9 @@ def _grid(group: h5py.Group, path: Path) -> tuple[int, ...]:
             values = c[()]
         except OSError as err:
             raise damaged(path, f"cannot read '{c.name}': {_reason(err)}") from None
-        if values.size == 0 or not np.isfinite(values).all():
-            raise damaged(path, f"coordinates '{c.name}' are empty or not all finite")
+        fault = coordinates_fault(values)
+        if fault:
+            raise damaged(path, f"coordinates '{c.name}' {fault}")
     shape = tuple(len(c) for c in coords)
     if math.prod(shape) > MAX_VALUES:
         raise damaged(path, f"a grid of {math.prod(shape):,} points, more than {MAX_VALUES:,}")
@@ -698,7 +726,8 @@ def read_attrs(obj: h5py.File | h5py.Group | h5py.Dataset) -> dict[str, Any]:
             elif isinstance(value, np.generic | np.ndarray):
                 value = value.tolist()
             out[key] = value
-    except (OSError, ValueError, TypeError, KeyError) as err:  # JSONDecodeError, UnicodeError
+    except (OSError, RuntimeError, ValueError, TypeError, KeyError) as err:  # a damaged
+        # attribute table (RuntimeError from h5py's iteration), JSONDecodeError, UnicodeError
         where = "" if obj.name == "/" else f" of '{obj.name}'"
         raise damaged(obj.file.filename, f"attribute '{key}'{where} cannot be read or "
                                          f"decoded ({' '.join(str(err).split())[:80]})") from None

@@ -38,6 +38,7 @@ SVRG's two gradients of a step (at the point and at the snapshot, refreshed ever
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,7 +48,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from landscape.errors import LandscapeError, check_positive, unknown_name
+from landscape.errors import LandscapeError, LandscapeWarning, check_positive, unknown_name
 from landscape.training.optimizers import ELEMENTWISE, OPTIMIZERS, WITH_MOMENTUM, make_optimizer
 
 FUNCTIONS: tuple[str, ...] = ("quadratic", "rosenbrock", "beale", "saddle", "himmelblau",
@@ -473,6 +474,17 @@ def load_paths(path: str | Path) -> tuple[ToyFunction, dict[str, ToyPath]]:
     return f, out
 
 
+#: A suboptimality above this counts as diverged (left out of the figures, which could not
+#: even draw it on a log axis).
+DIVERGED = 1e100
+
+
+def diverged(gap: np.ndarray) -> bool:
+    """Whether the suboptimality ``gap`` (one value, or one per run) is not finite or above
+    :data:`DIVERGED` anywhere."""
+    return bool(np.any(~np.isfinite(gap) | (np.abs(gap) > DIVERGED)))
+
+
 def run_toy(function: str = "quadratic", optimizers: Sequence[str] = ("sgd", "momentum", "adam"),
             *, out: str | Path = "outputs/toy", kappa: float | None = None,
             eigenvalues: Sequence[float] | None = None, dim: int | None = None,
@@ -514,6 +526,10 @@ def run_toy(function: str = "quadratic", optimizers: Sequence[str] = ("sgd", "mo
         specs[name] = spec
     paths = compare_optimizers(f, specs, start=start, steps=steps, noise=noise, seed=seed,
                                tol=tol)
+    gone = [label for label, p in paths.items() if diverged(np.asarray(p.losses)[-1] - f.f_min)]
+    if gone:
+        warnings.warn(f"{', '.join(gone)} diverged (final loss not finite or above "
+                      f"{DIVERGED:g}): lower the learning rate", LandscapeWarning, stacklevel=2)
     out = Path(out)
     files = [save_paths(paths, out / "paths.h5", f, overwrite=overwrite,
                         attrs={"command": command} if command else None)]

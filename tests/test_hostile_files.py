@@ -7,6 +7,7 @@ a user model whose output does not fit the data)."""
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import os
 import pickle
@@ -14,6 +15,7 @@ import shutil
 import subprocess
 import sys
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -116,6 +118,12 @@ SURFACE_VARIANTS: dict[str, Callable[[h5py.File], None]] = {
     "x_nan": _replace("x", lambda f, n: f.create_dataset(n, data=[-1.0, np.nan, 1.0])),
     "y_inf": _replace("y", lambda f, n: f.create_dataset(n, data=[-1.0, 0.0, np.inf])),
     "x_2d": _replace("x", lambda f, n: f.create_dataset(n, data=np.zeros((3, 1)))),
+    "x_beyond_axis_range": _replace("x", lambda f, n: f.create_dataset(
+        n, data=[-1e308, 0.0, 1e308])),
+    "x_duplicate": _replace("x", lambda f, n: f.create_dataset(n, data=[0.0, 0.0, 1.0])),
+    "y_unsorted": _replace("y", lambda f, n: f.create_dataset(n, data=[1.0, 0.0, -1.0])),
+    "metrics_100000_names": _attr("metrics", json.dumps(["train_loss"] * 100_000)),
+    "metrics_twice": _attr("metrics", json.dumps(["train_loss", "train_loss"])),
     "x_huge": _replace("x", lambda f, n: f.create_dataset(n, shape=(10**9,), dtype="f8",
                                                           chunks=(1024,))),
     "directions_wrong_length": _replace("directions/x", lambda f, n: f.create_dataset(
@@ -416,3 +424,127 @@ def test_file_reaching_into_another_file_is_refused_and_neither_file_changes(
         assert words in line, line
         assert {p: _sha(p) for p in before} == before, args
     assert not (tmp_path / "fig.png").exists()
+
+
+def _edit_run(run: Path, dest: Path, edit: Callable[[dict], None]) -> Path:
+    shutil.copytree(run, dest)
+    info = json.loads((dest / "run.json").read_text())
+    edit(info)
+    (dest / "run.json").write_text(json.dumps(info))
+    return dest
+
+
+def _set(*keys: str, value: object) -> Callable[[dict], None]:
+    def edit(info: dict) -> None:
+        for key in keys[:-1]:
+            info = info[key]
+        info[keys[-1]] = value
+    return edit
+
+
+RUN_RECORDS: dict[str, tuple[Callable[[dict], None], str]] = {
+    "data_sizes_text": (_set("data_sizes", value="abc"), "data_sizes is 'abc'"),
+    "options_list": (_set("model", "options", value=[1, 2]), "model options are list"),
+    "num_outputs_huge": (_set("model", "num_outputs", value=10**12), "num_outputs 1,000,000"),
+    "input_shape_huge": (_set("model", "input_shape", value=[10**6, 10**6]),
+                         "1,000,000,000,000 values per sample"),
+    "widths_huge": (_set("model", "options", "widths", value=[10**9]),
+                    "would have 5,000,000,002 parameters"),
+    "user_data_empty": (_set("dataset", value={"user": True, "data": {}}),
+                        "user data record is {}"),
+    "user_data_list": (_set("dataset", value={"user": True, "data": [1]}),
+                       "user data record is [1]"),
+    "format_version_99": (_set("format_version", value=99), "run format version 99 is newer"),
+    "format_version_text": (_set("format_version", value="1"), "format_version '1'"),
+}
+
+
+@pytest.mark.parametrize("name", list(RUN_RECORDS))
+def test_damaged_run_record_is_one_line_before_any_work(base: dict[str, Path], tmp_path: Path,
+                                                        name: str) -> None:
+    edit, words = RUN_RECORDS[name]
+    run = _edit_run(base["run"], tmp_path / "run", edit)
+    code, lines, exc = _cli(*SURFACE, "--run", run, "--out", tmp_path / "s.h5")
+    assert isinstance(exc, SystemExit) and code == 1 and len(lines) == 1, (lines, exc)
+    assert words in lines[0], lines[0]
+    assert not (tmp_path / "s.h5").exists()
+    code, lines, exc = _cli("info", run)  # info reads the record only: it may show it
+    assert isinstance(exc, SystemExit) or exc is None, exc
+
+
+@pytest.mark.parametrize("history", ["[1, 2]", '{"epoch": 1}', "[{]"])
+def test_damaged_history_is_one_line_in_info(base: dict[str, Path], tmp_path: Path,
+                                             history: str) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(base["run"], run)
+    (run / "history.json").write_text(history)
+    code, lines, exc = _cli("info", run)
+    assert isinstance(exc, SystemExit) and code == 1 and len(lines) == 1, (lines, exc)
+    assert "history.json is damaged" in lines[0], lines[0]
+
+
+@pytest.mark.parametrize("dtype", ["int64", "float16", "float64"])
+def test_weights_of_another_dtype_are_refused_not_cast(base: dict[str, Path], tmp_path: Path,
+                                                       dtype: str) -> None:
+    import torch
+
+    run = tmp_path / "run"
+    shutil.copytree(base["run"], run)
+    state = torch.load(run / "model.pt", weights_only=True)
+    torch.save({k: v.to(getattr(torch, dtype)) for k, v in state.items()}, run / "model.pt")
+    code, lines, exc = _cli(*SURFACE, "--run", run, "--out", tmp_path / "s.h5")
+    assert isinstance(exc, SystemExit) and code == 1 and len(lines) == 1, (lines, exc)
+    assert f"holds torch.{dtype}, the model expects torch.float32" in lines[0], lines[0]
+
+
+def test_pickled_checkpoint_refusal_gives_no_unsafe_advice(base: dict[str, Path],
+                                                           tmp_path: Path) -> None:
+    import torch
+
+    run = tmp_path / "run"
+    shutil.copytree(base["run"], run)
+    torch.save({"weights": torch.zeros(1), "obj": _Pickled()}, run / "model.pt")
+    code, lines, exc = _cli(*SURFACE, "--run", run, "--out", tmp_path / "s.h5")
+    assert isinstance(exc, SystemExit) and code == 1 and len(lines) == 1, (lines, exc)
+    assert "never unpickled" in lines[0] and "weights_only" not in lines[0], lines[0]
+    assert "state_dict" in lines[0]
+
+
+class _Pickled:
+    def __reduce__(self) -> tuple:
+        return (os.getcwd, ())
+
+
+@pytest.mark.parametrize(("args", "words"), [
+    (["--vmin", "nan"], "vmin must be a finite number, got nan"),
+    (["--vmax", "inf"], "vmax must be a finite number, got inf"),
+    (["--levels", "100000000"], "100,000,000 contour levels, more than the 1,000"),
+    (["--levels", "0,nan,1"], "contour levels must be finite numbers"),
+])
+def test_bad_plot_scale_is_one_line_at_once(base: dict[str, Path], tmp_path: Path,
+                                            args: list[str], words: str) -> None:
+    t0 = time.perf_counter()
+    code, lines, exc = _cli("plot", base["surface"], *args, "--out", tmp_path / "p.png")
+    assert isinstance(exc, SystemExit) and code == 1 and len(lines) == 1, (lines, exc)
+    assert words in lines[0], lines[0]
+    assert time.perf_counter() - t0 < 10 and not (tmp_path / "p.png").exists()
+
+
+def test_huge_widths_are_refused_before_any_allocation(tmp_path: Path) -> None:
+    code, lines, exc = _cli("train", "--model", "mlp", "--widths", "1000000000", "--dataset",
+                            "spirals", "--train-size", "40", "--out", tmp_path / "run")
+    assert isinstance(exc, SystemExit) and code == 1 and len(lines) == 1, (lines, exc)
+    assert "would have 5,000,000,002 parameters, more than 1,000,000,000" in lines[0]
+    assert not (tmp_path / "run").exists()
+
+
+def test_toy_with_a_diverging_learning_rate_warns_in_one_line(tmp_path: Path) -> None:
+    with warnings.catch_warnings(record=True) as caught:  # what the CLI passes through
+        warnings.simplefilter("always")
+        result = CliRunner().invoke(main, ["toy", "--lr", "1e10", "--steps", "60", "--out",
+                                           tmp_path / "toy"])
+    assert result.exit_code == 0, result.output
+    assert not [w for w in caught if issubclass(w.category, RuntimeWarning)], caught
+    assert [ln for ln in result.stderr.splitlines() if "diverged" in ln] == [
+        "Warning: sgd, momentum diverged (final loss not finite or above 1e+100): lower the "
+        "learning rate"]

@@ -16,6 +16,10 @@ Registry (options in brackets):
   ``wrn-{6n+4}-{k}`` is accepted too.
 Image models need ``(C, H, W)`` inputs; all of them run on 8x8 digits and 32x32 CIFAR.
 
+Sizes are bounded before anything is allocated: at most :data:`MAX_INPUT_ELEMENTS` values
+per sample, :data:`MAX_OUTPUTS` outputs and :data:`MAX_PARAMETERS` parameters (a registry
+model is first built on the ``meta`` device, which allocates nothing, to count them).
+
 ``model_spec(...)`` returns a JSON-able dict (name, input shape, outputs, every option with
 its default filled in) that ``model_from_spec`` turns back into the same architecture.
 """
@@ -24,12 +28,14 @@ from __future__ import annotations
 
 import inspect
 import json
+import math
 import operator
 import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 from landscape.errors import LandscapeError, check_int, unknown_name
 from landscape.models.lenet import lenet
@@ -41,9 +47,17 @@ from landscape.models.vgg import vgg9
 from landscape.models.wide_resnet import wide_resnet
 from landscape.trust import Code, check_recorded, record
 
-__all__ = ["MODELS", "build_model", "model_spec", "model_from_spec", "count_parameters"]
+__all__ = ["MAX_INPUT_ELEMENTS", "MAX_OUTPUTS", "MAX_PARAMETERS", "MODELS", "build_model",
+           "model_spec", "model_from_spec", "count_parameters"]
 
 Builder = Callable[..., nn.Module]
+
+#: Limits checked before a model is built (far above every model of the literature this
+#: library reproduces, far below what exhausts a machine's memory): values per input sample,
+#: outputs, and parameters (4 GB of float32 weights).
+MAX_INPUT_ELEMENTS = 10**8
+MAX_OUTPUTS = 10**7
+MAX_PARAMETERS = 10**9
 
 
 def _resnet_builder(depth: int, skip: bool) -> Builder:
@@ -127,7 +141,44 @@ def _check_shape(input_shape: Any) -> tuple[int, ...]:
             sizes.append(operator.index(s))
         except TypeError:
             raise LandscapeError(f"input_shape sizes must be integers, got {shape!r}") from None
-    return tuple(check_int("each input_shape size", s) for s in sizes)
+    shape = tuple(check_int("each input_shape size", s) for s in sizes)
+    if math.prod(shape) > MAX_INPUT_ELEMENTS:
+        raise LandscapeError(f"input_shape {shape} has {math.prod(shape):,} values per sample, "
+                             f"more than the {MAX_INPUT_ELEMENTS:,} a model here may take")
+    return shape
+
+
+def _check_outputs(num_outputs: Any) -> int:
+    num_outputs = check_int("num_outputs", num_outputs)
+    if num_outputs > MAX_OUTPUTS:
+        raise LandscapeError(f"num_outputs {num_outputs:,} is more than the {MAX_OUTPUTS:,} a "
+                             "model here may have")
+    return num_outputs
+
+
+class _NoRandomFill(TorchFunctionMode):
+    """Random in-place fills (``normal_``, ``uniform_``) return their tensor untouched: on
+    the ``meta`` device there are no values, and torch's meta fills load its compiler
+    (seconds)."""
+
+    def __torch_function__(self, func: Any, types: Any, args: Any = (),
+                           kwargs: Any = None) -> Any:
+        if getattr(func, "__name__", "") in ("normal_", "uniform_"):
+            return args[0] if args else kwargs["tensor"]
+        return func(*args, **(kwargs or {}))
+
+
+def _check_size(name: str, builder: Builder, shape: tuple[int, ...], num_outputs: int,
+                options: Mapping[str, Any]) -> None:
+    """Build the registry model on the ``meta`` device (no memory, no random draws) and
+    refuse it with one line when it has more than :data:`MAX_PARAMETERS` parameters."""
+    import torch
+
+    with torch.random.fork_rng(devices=[]), torch.device("meta"), _NoRandomFill():
+        n = count_parameters(builder(shape, num_outputs, **options))
+    if n > MAX_PARAMETERS:
+        raise LandscapeError(f"model {name!r} would have {n:,} parameters, more than "
+                             f"{MAX_PARAMETERS:,}; choose a smaller model or input")
 
 
 def build_model(
@@ -142,11 +193,12 @@ def build_model(
     (plus one dry forward pass of a single zero sample for LeNet and VGG-9).
     """
     shape = _check_shape(input_shape)
-    num_outputs = check_int("num_outputs", num_outputs)
+    num_outputs = _check_outputs(num_outputs)
     if isinstance(name, Code) or is_user_model(name):
         return load_user_model(name, shape, num_outputs, **options)
     key, builder = _resolve(name)
     _check_options(key, builder, options)
+    _check_size(key, builder, shape, num_outputs, options)
     return builder(shape, num_outputs, **options)
 
 
@@ -172,7 +224,7 @@ def model_spec(
     option, defaults filled in). Validates name and options without building the model.
     """
     shape = _check_shape(input_shape)
-    num_outputs = check_int("num_outputs", num_outputs)
+    num_outputs = _check_outputs(num_outputs)
     code: dict[str, Any] = {}
     if is_user_model(name):
         code = record(name)
@@ -203,6 +255,9 @@ def model_from_spec(spec: Mapping[str, Any], *, source: str | None = None,
     missing = [k for k in ("name", "input_shape", "num_outputs") if k not in spec]
     if missing:
         raise LandscapeError(f"model spec lacks {missing[0]!r}")
+    if not isinstance(spec.get("options", {}), Mapping):
+        raise LandscapeError(f"{source or 'model spec'}: the model options are "
+                             f"{type(spec['options']).__name__}, not an object")
     name: str | Code = spec["name"]
     if source is not None and is_user_model(spec["name"]):
         name = check_recorded(spec["name"], spec.get("sha256"), source=source, trust=trust)

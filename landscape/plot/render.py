@@ -11,6 +11,7 @@ naming what was expected.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -36,20 +37,31 @@ PLOT_KINDS: dict[str, tuple[tuple[str, ...], int | None]] = {
 }
 
 
+#: The most contour levels a figure may ask for (a figure shows a few dozen at most).
+MAX_LEVELS = 1000
+
+
 def parse_levels(text: str | int | Sequence[float] | None) -> int | list[float] | None:
-    """``"12"`` -> 12 levels; ``"0.1,0.5,1"`` -> those levels; None stays None."""
-    if text is None or isinstance(text, int):
-        return text
-    if not isinstance(text, str):
-        return [float(v) for v in text]
-    parts = [p.strip() for p in text.split(",") if p.strip()]
+    """``"12"`` -> 12 levels; ``"0.1,0.5,1"`` -> those levels; None stays None. At most
+    :data:`MAX_LEVELS`, each finite."""
+    if text is None:
+        return None
     try:
-        if len(parts) == 1:
-            return int(parts[0])
-        return [float(p) for p in parts]
-    except ValueError:
+        if isinstance(text, str):
+            parts = [p.strip() for p in text.split(",") if p.strip()]
+            levels = int(parts[0]) if len(parts) == 1 else [float(p) for p in parts]
+        else:
+            levels = int(text) if isinstance(text, int) else [float(v) for v in text]
+    except (ValueError, TypeError, IndexError):
         raise LandscapeError(f"levels must be a number of levels or comma-separated values, "
                              f"got {text!r}") from None
+    count = levels if isinstance(levels, int) else len(levels)
+    if count > MAX_LEVELS:
+        raise LandscapeError(f"{count:,} contour levels, more than the {MAX_LEVELS:,} a figure "
+                             "may draw")
+    if not isinstance(levels, int) and not all(math.isfinite(v) for v in levels):
+        raise LandscapeError(f"contour levels must be finite numbers, got {text!r}")
+    return levels
 
 
 def default_kind(path: str | Path) -> str:
@@ -117,6 +129,9 @@ def render(path: str | Path | Sequence[str | Path], out: str | Path, *, kind: st
         raise unknown_name("plot kind", kind, PLOT_KINDS)
     _check_kind(path, kind)
     levels = parse_levels(levels)
+    for name, value in (("vmin", vmin), ("vmax", vmax)):
+        if value is not None and not math.isfinite(value):
+            raise LandscapeError(f"{name} must be a finite number, got {value}")
     scale = {"vmin": vmin, "vmax": vmax, "log": log}
     if kind == "vtk":
         return export_vtk(path, out, metric=metric, log=bool(log), zmax=vmax)

@@ -15,7 +15,7 @@ from matplotlib.figure import Figure
 
 from landscape.errors import LandscapeError
 from landscape.plot.style import OKABE_ITO, check_formats, house_style, new_axes, save_figure
-from landscape.toy import ToyFunction, ToyPath, as_function, load_paths
+from landscape.toy import DIVERGED, ToyFunction, ToyPath, as_function, load_paths
 
 _TINY = 1e-300
 CMAP = "viridis"
@@ -135,7 +135,8 @@ def plot_toy_losses(function: ToyFunction | str,
     """Suboptimality ``f(w_k) - f_min`` against step ``k`` (log scale), one line per path.
 
     A batch of runs is drawn as its median over runs. Values at or below 0 (reached to
-    rounding) and non-finite ones (diverged) are left out.
+    rounding) and diverged ones (not finite or above :data:`landscape.toy.DIVERGED`) are
+    left out.
     """
     f = as_function(function)
     paths = _as_list(paths)
@@ -146,7 +147,7 @@ def plot_toy_losses(function: ToyFunction | str,
             gap = p.losses - f.f_min
             if gap.ndim == 2:
                 gap = np.median(gap, axis=1)
-            gap = np.where(np.isfinite(gap) & (gap > 0), gap, np.nan)
+            gap = np.where(np.isfinite(gap) & (gap > 0) & (gap <= DIVERGED), gap, np.nan)
             ax.plot(np.arange(len(gap)), gap, color=OKABE_ITO[i % (len(OKABE_ITO) - 1)],
                     label=p.label)
         ax.set_yscale("log")

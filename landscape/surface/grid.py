@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from landscape.errors import LandscapeError
-from landscape.store import MAX_VALUES
+from landscape.store import MAX_COORDINATE, MAX_VALUES, coordinates_fault
 
 
 def parse_range(text: str | tuple | list | np.ndarray) -> np.ndarray:
@@ -14,9 +14,13 @@ def parse_range(text: str | tuple | list | np.ndarray) -> np.ndarray:
     Zero is a valid endpoint, ``NUM`` may be even or 1 (then ``MIN == MAX`` is required).
     """
     if not isinstance(text, str):
-        values = np.asarray(text, dtype=np.float64).reshape(-1)
-        if values.size == 0 or not np.all(np.isfinite(values)):
-            raise LandscapeError("a coordinate range must be a non-empty list of finite numbers")
+        try:
+            values = np.asarray(text, dtype=np.float64).reshape(-1)
+        except (TypeError, ValueError):
+            raise LandscapeError(f"coordinates {text!r} are not numbers") from None
+        fault = coordinates_fault(values)
+        if fault:
+            raise LandscapeError(f"coordinates {values.tolist()[:6]} {fault}")
         return values
     parts = text.split(":")
     try:
@@ -33,4 +37,6 @@ def parse_range(text: str | tuple | list | np.ndarray) -> np.ndarray:
         raise LandscapeError(f"bad range {text!r}: one point needs MIN == MAX")
     if num > 1 and not lo < hi:
         raise LandscapeError(f"bad range {text!r}: MIN must be below MAX")
+    if max(abs(lo), abs(hi)) > MAX_COORDINATE:
+        raise LandscapeError(f"bad range {text!r}: beyond +-{MAX_COORDINATE:g}")
     return np.linspace(lo, hi, num)
