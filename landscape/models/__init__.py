@@ -261,9 +261,7 @@ def model_from_spec(spec: Mapping[str, Any], *, source: str | None = None,
     name: str | Code = spec["name"]
     if source is not None and is_user_model(spec["name"]):
         name = check_recorded(spec["name"], spec.get("sha256"), source=source, trust=trust)
-    return build_model(
-        name, tuple(spec["input_shape"]), spec["num_outputs"], **spec.get("options", {})
-    )
+    return build_model(name, spec["input_shape"], spec["num_outputs"], **spec.get("options", {}))
 
 
 def count_parameters(model: nn.Module) -> int:
