@@ -408,7 +408,7 @@ class Loss:
             raise LandscapeError(
                 f"this measure needs per-sample losses, and the loss {self.name} returns a "
                 "batch mean: give a loss that takes reduction= (torch losses) or wrap it in "
-                "landscape.per_sample(fn)")
+                "landscape.sources.per_sample(fn)")
         raw = self._raw(out, y)
         raw = raw.reshape(y.shape[0], -1)
         return raw.sum(1) if self.mean_over == "elements" else raw.mean(1)

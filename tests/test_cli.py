@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -161,3 +163,16 @@ def test_info_on_a_run_directory_reports_its_record(tiny_run: Path) -> None:
     assert info["checkpoints"] == sorted(p.name for p in (tiny_run / "checkpoints").glob("*.pt"))
     bad = CliRunner().invoke(main, ["info", str(tiny_run / "checkpoints")])
     assert bad.exit_code == 1 and "not a run directory" in bad.output
+
+
+def test_info_cuts_a_long_settings_line_between_items(tiny_run: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    info = json.loads((run / "run.json").read_text())
+    info["config"]["tags"] = [f"tag{i:04d}" for i in range(400)]
+    (run / "run.json").write_text(json.dumps(info))
+    result = CliRunner().invoke(main, ["info", str(run)])
+    assert result.exit_code == 0, result.output
+    line = next(ln for ln in result.output.splitlines() if ln.startswith("  config: "))
+    assert len(line) <= 2012 and line.endswith(", ...")
+    assert re.fullmatch(r'"tag\d{4}"', line[:-5].rpartition(" ")[2].rstrip(","))

@@ -86,6 +86,12 @@ def test_the_readme_names_the_commands_this_test_runs() -> None:
         assert any(needle in c for c in commands), needle
 
 
+def test_readme_examples_write_under_outputs() -> None:
+    """No example writes into the project's own folders (docs/, the working directory)."""
+    outs = [o for c in _commands() for o in re.findall(r"--out[ =](\S+)", c)]
+    assert len(outs) >= 20 and [o for o in outs if not o.startswith("outputs/")] == []
+
+
 def test_readme_bash_examples_run_in_order(tmp_path: Path) -> None:
     env = {**os.environ, "LANDSCAPE_QUIET": "1", "OMP_NUM_THREADS": "1",
            "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
@@ -105,5 +111,5 @@ def test_readme_bash_examples_run_in_order(tmp_path: Path) -> None:
         ran += 1
     assert ran >= 30
     for made in ("outputs/runs/mlp-digits/run.json", "outputs/surface.h5", "outputs/hessian.h5",
-                 "outputs/sweep/table.md", "outputs/sgd-adam/table.md", "path.svg"):
+                 "outputs/sweep/table.md", "outputs/sgd-adam/table.md", "outputs/path.svg"):
         assert (tmp_path / made).exists(), made

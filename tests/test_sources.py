@@ -3,6 +3,9 @@ custom losses and forward_loss hooks, checked against direct float64 computation
 
 from __future__ import annotations
 
+import pkgutil
+import re
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -83,8 +86,13 @@ def test_custom_loss_gives_its_own_value_and_per_sample_measures_need_its_per_sa
     assert obj.loss(obj.theta0) == pytest.approx(float(smooth(model(x), y)), rel=1e-12)
     with pytest.raises(LandscapeError, match="needs per-sample losses"):
         obj.per_sample_grads(obj.theta0, torch.arange(3))
-    with pytest.raises(LandscapeError, match="needs per-sample losses"):
+    with pytest.raises(LandscapeError, match="needs per-sample losses") as err:
         landscape.gradient_noise(obj, batch_size=4)
+    advice = re.search(r"wrap it in ([\w.]+)\(fn\)", str(err.value))[1]  # it exists and works
+    wrapped = Objective(model, (x, y), loss=pkgutil.resolve_name(advice)(
+        lambda out, t: F.cross_entropy(out, t, label_smoothing=0.2, reduction="none")),
+        precision="float64", device="cpu", batch_size=8)
+    assert wrapped.per_sample_grads(wrapped.theta0, torch.arange(3)).shape[0] == 3
     # the torch module's own reduction="none" form: per-sample gradient norms, brute force
     per = Objective(model, (x, y), loss=smooth, precision="float64", device="cpu", batch_size=8)
     _, sq = per.per_sample_sq_norms(per.theta0)
