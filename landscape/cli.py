@@ -91,6 +91,10 @@ class _Group(click.Group):
         with _one_line_usage_errors():
             return super().resolve_command(ctx, args)
 
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        ctx.meta["landscape.argv"] = list(args)  # for the line an interrupted command prints
+        return super().parse_args(ctx, args)
+
     def invoke(self, ctx: click.Context):
         import errno
         import warnings
@@ -111,12 +115,33 @@ class _Group(click.Group):
                 return super().invoke(ctx)
         except LandscapeError as err:
             raise click.ClickException(str(err)) from None
+        except KeyboardInterrupt:
+            raise click.ClickException(_interrupted(ctx.meta.get("landscape.argv", []))
+                                       ) from None
         except OSError as err:  # a write the library did not wrap: still one line
             if err.errno not in (errno.ENOSPC, errno.EFBIG, errno.EROFS, errno.EACCES,
                                  errno.EPERM, errno.EDQUOT):
                 raise
             where = f"{err.filename}: " if err.filename else ""
             raise click.ClickException(f"cannot write: {where}{err.strerror}") from None
+
+
+def _interrupted(argv: list[str]) -> str:
+    """The line for a command stopped by Ctrl-C: what it kept (``--out``, which every
+    command writes incrementally and atomically) and the command that continues it."""
+    import shlex
+    from pathlib import Path
+
+    out = next((a.partition("=")[2] or (argv[i + 1] if i + 1 < len(argv) else "")
+                for i, a in enumerate(argv) if a == "--out" or a.startswith("--out=")), None)
+    again = [a for a in argv if a != "--overwrite"]  # rerunning must not start afresh
+    if argv[:1] == ["train"] and "--resume" not in again:
+        again.append("--resume")
+    rerun = shlex.join(["landscape", *again])
+    if out is not None and not Path(out).exists():
+        return f"interrupted before anything was written to {out}; to start again: {rerun}"
+    kept = f"in {out}" if out else "in its output"
+    return f"interrupted; what was computed so far is kept {kept}; to continue: {rerun}"
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})

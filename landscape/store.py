@@ -228,7 +228,8 @@ def coordinates_fault(values: np.ndarray) -> str | None:
     return None
 
 
-_DTYPES = {"f": "floating-point", "biu": "boolean or integer", "fbiu": "numeric"}
+_DTYPES = {"f": "floating-point", "biu": "boolean or integer", "iu": "integer",
+           "fbiu": "numeric"}
 
 
 def _check_landscape(f: h5py.File, path: Path, kind: str | tuple[str, ...] | None) -> None:
@@ -301,8 +302,11 @@ def _array(group: h5py.Group, name: str, path: Path, *, dtype: str = "f",
 
 
 def _number(attrs: Mapping[str, Any], key: str, path: Path, where: str = "",
-            integer: bool = False) -> None:
+            integer: bool = False, optional: bool = False) -> None:
+    """Attribute ``key`` is a number (an integer); ``optional``: or absent, or null."""
     value = attrs.get(key)
+    if optional and value is None:
+        return
     kinds = (int,) if integer else (int, float)
     if isinstance(value, bool) or not isinstance(value, kinds):
         raise damaged(path, f"attribute '{key}'{where} is {value!r}, not "
@@ -372,6 +376,9 @@ def _validate_hessian(f: h5py.File, path: Path, attrs: Mapping[str, Any]) -> Non
         done[part] = bool(value)
     if done["eigen"]:
         _number(attrs, "eigen_n_hvp", path, integer=True)
+        _number(attrs, "eigen_n_restarts", path, integer=True, optional=True)
+        if len({f"at_floor_{tag}" in f for tag in ("top", "bottom")}) > 1:
+            raise damaged(path, "'at_floor' is stored for one end of the spectrum only")
         width = None
         for tag in ("top", "bottom"):
             k = _array(f, f"eigenvalues_{tag}", path, ndim=1).shape
@@ -390,8 +397,13 @@ def _validate_hessian(f: h5py.File, path: Path, attrs: Mapping[str, Any]) -> Non
         _array(group, "samples", path, ndim=1)
         group_attrs = read_attrs(group)
         _number(group_attrs, "estimate", path, " of 'trace'")
+        for key in ("stderr", "rtol"):
+            _number(group_attrs, key, path, " of 'trace'", optional=True)
         for key in ("n_hvp", "n_probes"):
             _number(group_attrs, key, path, " of 'trace'", integer=True)
+        if not isinstance(group_attrs.get("method"), str) or not isinstance(
+                group_attrs.get("converged", True), bool | int):
+            raise damaged(path, "the trace's 'method' or 'converged' attribute is damaged")
     if done["density"]:
         group = _group(f, "density", path)
         n = _array(group, "grid", path, ndim=1).shape

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -176,3 +177,32 @@ def test_info_cuts_a_long_settings_line_between_items(tiny_run: Path, tmp_path: 
     line = next(ln for ln in result.output.splitlines() if ln.startswith("  config: "))
     assert len(line) <= 2012 and line.endswith(", ...")
     assert re.fullmatch(r'"tag\d{4}"', line[:-5].rpartition(" ")[2].rstrip(","))
+
+
+def test_ctrl_c_says_what_was_kept_and_the_command_that_continues(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from landscape.training import trainer
+
+    real = trainer._save_checkpoint
+
+    def interrupted(file: Path, state: dict) -> None:
+        if state["epoch"] == 2:
+            raise KeyboardInterrupt
+        real(file, state)
+
+    out = tmp_path / "run"
+    args = ["train", "--model", "mlp", "--widths", "4", "--dataset", "spirals", "--train-size",
+            "40", "--epochs", "3", "--overwrite", "--out", str(out)]
+    monkeypatch.setattr(trainer, "_save_checkpoint", interrupted)
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(
+        f"Error: interrupted; what was computed so far is kept in {out}; to continue: "), lines
+    rerun = shlex.split(lines[0].partition("to continue: ")[2])
+    assert rerun[0] == "landscape" and "--resume" in rerun and "--overwrite" not in rerun
+    monkeypatch.setattr(trainer, "_save_checkpoint", real)
+    result = CliRunner().invoke(main, rerun[1:])
+    assert result.exit_code == 0, result.output
+    assert json.loads((out / "history.json").read_text())[-1]["epoch"] == 3
+    assert [r["epoch"] for r in json.loads((out / "run.json").read_text())["resumed"]] == [1]
