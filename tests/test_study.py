@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
+from scipy import stats
 from torch import nn
 
 from landscape.cli import main
@@ -87,13 +88,23 @@ def test_table_json_rows_carry_seeds_match_and_intervals(study) -> None:
                   "pac_bayes_flatness", "noise_scale", "curve_rise"):
             stat = row[q]
             values = [v for v in stat["values"] if v is not None]
+            if q == "test_acc":   # pooled counts of the 360 test images, exact binomial
+                k = round(sum(values) * 360)
+                assert stat["examples"] == [360, 360] and stat["scale"] == "binomial"
+                assert (stat["ci_low"], stat["ci_high"]) == pytest.approx(
+                    (stats.beta.ppf(0.025, k, 721 - k), stats.beta.ppf(0.975, k + 1, 720 - k)))
+                continue
             if len(values) < 2:
                 continue
-            mean, s = np.mean(values), np.std(values, ddof=1)
-            assert stat["mean"] == pytest.approx(mean)
+            log = stat["scale"] == "log"
+            assert log == (q != "curve_rise" or min(values) > 0)   # positive: log scale
+            z = np.log(values) if log else np.asarray(values)
+            mean, s = np.mean(z), np.std(z, ddof=1)
             half = T_975_1 * s / math.sqrt(2)
+            back = np.exp if log else float
+            assert stat["mean"] == pytest.approx(back(mean))
             assert (stat["ci_low"], stat["ci_high"]) == pytest.approx(
-                (mean - half, mean + half), rel=1e-4, abs=1e-12)
+                (back(mean - half), back(mean + half)), rel=1e-4, abs=1e-12)
     assert rows[0]["lr_over_b"] == pytest.approx(0.05 / 25)
 
 

@@ -18,7 +18,8 @@ Layout (double column, 7 in wide):
   Hessian eigenvalue panel draws ``2 / lr``, where full-batch gradient descent's top
   eigenvalue settles (Cohen et al. 2021, "Gradient descent on neural networks typically
   occurs at the edge of stability"); otherwise the recipes are categories. Each panel says
-  how many pairs of recipes differ (intervals disjoint) or "n.s.";
+  how many pairs of recipes differ (Holm-corrected tests, :mod:`landscape.findings`) or
+  "n.s.";
 - the 2D filter-normalized surfaces (at most :data:`MAX_SURFACES`; for more, those with
   the extreme ``lr / B``): contours of the mean over training seeds of the rise above the
   centre on one labelled log scale, and one level drawn thinly for every seed.
@@ -228,9 +229,8 @@ def control_items(study: Any) -> list[tuple[str, str, bool]]:
                   f"direction{'s' if d > 1 else ''} per model ({direction_seeds}), the same for "
                   "every model; 2D "
                   f"plane from direction seed {s0}.", len(seeds) < 2))
-    items.append(("Intervals", f"{100 * LEVEL:g}% Student-t over training seeds (bands, "
-                  "bars); two recipes differ only where their intervals are disjoint, "
-                  "else n.s.", False))
+    items.append(("Intervals", f"{100 * LEVEL:g}% over training seeds (bands, bars); a "
+                  "pair differs where its Holm-corrected Welch p < 0.05, else n.s.", False))
     fixed, varied = _fixed_and_varied(study)
     capped = "target_train_loss" in match
     given = ", ".join(f"{k}={_number(v)}" + (" (cap)" if capped and k == "epochs" else "")
