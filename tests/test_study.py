@@ -342,3 +342,37 @@ def test_cli_plot_draws_a_study_file_as_the_comparison(study, tmp_path) -> None:
     result = CliRunner().invoke(main, ["plot", str(study.path), "--out", str(out)])
     assert result.exit_code == 0, result.output
     assert out.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_every_measure_has_one_definition_in_the_api_the_cli_and_the_study(tmp_path) -> None:
+    """The registry's defaults (m = 128 for adaptive worst-case sharpness, the epsilon
+    solver and its starts, the PAC-Bayes samples, ...) reach every route unchanged: the
+    same model gives the same value through ``compute_measures``, ``landscape sharpness`` /
+    ``landscape noise`` and the study. The run trains with B = 128 and lr = 0.1, the noise
+    commands' defaults (the study measures noise at each recipe's own B and lr)."""
+    from _helpers import invoke
+
+    from landscape.analysis.measures import MeasureSettings, compute_measures, names_of
+    from landscape.objective import Objective
+    from landscape.training import train
+
+    run_dir = tmp_path / "r"
+    train(train_size=160, model_options={"widths": [8]}, optimizer="sgd", lr=0.1,
+          batch_size=128, epochs=3, out=run_dir, progress=False)
+    names = names_of(("curvature", "sharpness", "noise"))
+    api = compute_measures(Objective.from_run(load_run(run_dir), "train"), names,
+                           settings=MeasureSettings(), show_progress=False)
+    study = run_study(runs={"a": run_dir, "b": run_dir}, measures=names, curve="-1:1:3",
+                      surface="-1:1:3", interpolation="0:1:3", direction_seeds=1,
+                      out=tmp_path / "s", show_progress=False, quiet=True)
+    cli = {}
+    for command in ("sharpness", "noise"):
+        result = invoke(command, "--run", run_dir, "--json")
+        assert result.exit_code == 0, result.output
+        cli.update(json.loads(result.output))
+    assert set(cli) == set(names_of(("sharpness", "noise")))
+    for name in names:
+        routes = [api[name].value, study.models["a"][0].measures[name]["value"]]
+        routes += [cli[name]["value"]] if name in cli else []
+        assert routes == pytest.approx([routes[0]] * len(routes), rel=1e-12, nan_ok=True), name
+    assert api["adaptive_worst_l2"].settings["batch_size"] == 128

@@ -22,6 +22,7 @@ from torch import Tensor
 from landscape.analysis.hessian import hessian_eigenvalues, hessian_trace, require_finite
 from landscape.analysis.noise import gradient_noise
 from landscape.analysis.sharpness import (
+    BATCH_SIZE,
     DEFAULT_RHO,
     MeasureResult,
     adaptive_sharpness,
@@ -43,10 +44,10 @@ class MeasureSettings:
     ``trace_probes`` HVPs; its error per budget is in benchmarks/README.md) or
     ``"hutchinson"`` (stops at ``trace_rtol`` or ``trace_probes``); ``eps``: Keskar's box
     size; ``rho_*``: radii of the adaptive (relative to ``|theta|``) and SAM measures;
-    ``sharpness_batch_size``: the batch size m of the worst-case measures (None: the
-    function's default); ``pac_bayes_target``: the increase of the training error PAC-Bayes
-    flatness allows; ``noise_batch_size``/``lr``: the batch size B and learning rate of the
-    SGD noise measures (None: the run's own, else 128 / 0.1).
+    ``sharpness_batch_size``: the batch size m of the worst-case measures (default 128, the
+    authors'; None: the whole split as one batch); ``pac_bayes_target``: the increase of the
+    training error PAC-Bayes flatness allows; ``noise_batch_size``/``lr``: the batch size B
+    and learning rate of the SGD noise measures (None: the run's own, else 128 / 0.1).
     """
 
     seed: int = 0
@@ -59,7 +60,7 @@ class MeasureSettings:
     rho_worst_linf: float = DEFAULT_RHO["adaptive_worst_linf"]
     rho_average_l2: float = DEFAULT_RHO["adaptive_average_l2"]
     rho_sam: float = DEFAULT_RHO["sam_sharpness"]
-    sharpness_batch_size: int | None = None
+    sharpness_batch_size: int | None = BATCH_SIZE
     pac_bayes_target: float = 0.1
     pac_bayes_samples: int = 32
     noise_batch_size: int | None = None
