@@ -16,7 +16,7 @@ difference, the findings say so.
 
     {"level", "alpha", "n_runs", "x": "lr/B",
      "measures": {NAME: {"label", "scale", "trend": {slope, ci_low, ci_high, p, p_holm, n,
-                                                     status},
+                                                     stderr, df, detectable, status},
                          "ratio_test": {coef_lr, coef_batch, sum, ci_low, ci_high, p,
                                         p_holm, n, status} | null,
                          "pairs": [{a, b, ratio, difference, ci_low, ci_high, p, p_holm,
@@ -34,6 +34,7 @@ from landscape.stats import (
     ALPHA,
     LEVEL,
     NOT_SIGNIFICANT,
+    detectable,
     fisher_counts,
     holm,
     ratio_test,
@@ -129,6 +130,9 @@ def analyse(rows: Sequence[dict[str, Any]], measures: Sequence[str],
         tests = [e[key] for e in out["measures"].values() if e.get(key)]
         for t, p_holm in zip(tests, holm([t["p"] for t in tests]), strict=True):
             t["p_holm"] = p_holm
+            if key == "trend":   # the power of Holm's first step, alpha / M
+                t["detectable"] = None if t["status"] != "tested" else \
+                    detectable(t["stderr"], t["df"], ALPHA / len(tests))
     for a in rows:
         a["differences"] = {}
     flip = {">": "<", "<": ">"}
@@ -158,11 +162,12 @@ def _trend_sentence(label: str, t: Mapping[str, Any] | None, log: bool) -> str:
     what = "log " if log else ""
     ci = f"slope {_g(t['slope'])} [{_g(t['ci_low'])}, {_g(t['ci_high'])}]"
     per10 = f"; x{10 ** t['slope']:.3g} per 10x lr/B" if log else ""
+    power = f"; 80% power for |slope| >= {_g(t.get('detectable'))}"
     if t["p_holm"] is not None and t["p_holm"] < ALPHA:
         way = "falls" if t["slope"] < 0 else "rises"
         return f"- {label} {way} as lr/B grows: {ci} of {what}value per log lr/B{per10} " \
-               f"({_p(t)})."
-    return f"- {label}: no significant trend ({ci}{per10}; {_p(t)})."
+               f"({_p(t)}{power})."
+    return f"- {label}: no significant trend ({ci}{per10}; {_p(t)}{power})."
 
 
 def _ratio_sentence(label: str, t: Mapping[str, Any]) -> str:

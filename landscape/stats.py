@@ -208,12 +208,34 @@ def _contrast(coef: np.ndarray, cov: np.ndarray, df: int, c: np.ndarray,
     est = float(c @ coef)
     se = math.sqrt(max(float(c @ cov @ c), 0.0))
     if se == 0:
-        return {"estimate": est, "ci_low": None, "ci_high": None, "p": None,
-                "status": NOT_TESTABLE}
+        return {"estimate": est, "ci_low": None, "ci_high": None, "p": None, "stderr": 0.0,
+                "df": df, "status": NOT_TESTABLE}
     half = _t(level, df) * se
     p = 2 * float(_scipy_stats.t.sf(abs(est) / se, df))
     return {"estimate": est, "ci_low": est - half, "ci_high": est + half, "p": p,
-            "status": "tested"}
+            "stderr": se, "df": df, "status": "tested"}
+
+
+def detectable(stderr: float, df: int, alpha: float = ALPHA, power: float = 0.8) -> float:
+    """The smallest effect a two-sided t-test at level ``alpha`` detects with probability
+    ``power``, for an estimate of standard error ``stderr`` with ``df`` degrees of freedom:
+    ``delta stderr`` where the noncentral t with noncentrality ``delta`` exceeds the
+    critical value with probability ``power`` (solved exactly).
+
+    >>> round(detectable(1.0, 1000), 2)
+    2.8
+    """
+    from scipy.optimize import brentq
+
+    crit = float(_scipy_stats.t.ppf(1 - alpha / 2, df))
+
+    def gap(delta: float) -> float:
+        nct = _scipy_stats.nct
+        lower = np.nan_to_num(nct.cdf(-crit, df, delta))  # NaN where it underflows
+        return float(nct.sf(crit, df, delta) + lower) - power
+
+    high = 2 * (crit + abs(float(_scipy_stats.t.ppf(power, df)))) + 1   # power there > 0.99
+    return brentq(gap, 0.0, high, xtol=1e-10) * stderr
 
 
 def _regressors(columns: Sequence[Sequence[float]], y: Sequence[float | None]
@@ -229,21 +251,23 @@ def _regressors(columns: Sequence[Sequence[float]], y: Sequence[float | None]
 def trend(x: Sequence[float], y: Sequence[float | None], level: float = LEVEL
           ) -> dict[str, Any]:
     """Least-squares line of ``y`` on ``x`` (non-finite ``y`` left out): ``{"slope",
-    "ci_low", "ci_high", "p", "intercept", "n", "status"}``. Fewer than 3 points or a
-    constant ``x``: ``"no interval"``; a perfect fit (zero residual): ``"not testable"``.
+    "ci_low", "ci_high", "p", "intercept", "stderr", "df", "n", "status"}``. Fewer than 3
+    points or a constant ``x``: ``"no interval"``; a perfect fit (zero residual): ``"not
+    testable"``.
 
     >>> round(trend([0, 1, 2, 3], [0.1, 1.9, 4.2, 5.8])["slope"], 3)
     1.94
     """
     design, yy = _regressors([x], y)
     out: dict[str, Any] = {"slope": None, "ci_low": None, "ci_high": None, "p": None,
-                           "intercept": None, "n": int(yy.size)}
+                           "intercept": None, "stderr": None, "df": None, "n": int(yy.size)}
     if yy.size < 3 or np.ptp(design[:, 1]) == 0:
         return {**out, "status": NO_INTERVAL}
     coef, cov, df = _ols(design, yy)
     t = _contrast(coef, cov, df, np.array([0.0, 1.0]), level)
     return {**out, "slope": t["estimate"], "ci_low": t["ci_low"], "ci_high": t["ci_high"],
-            "p": t["p"], "intercept": float(coef[0]), "status": t["status"]}
+            "p": t["p"], "intercept": float(coef[0]), "stderr": t["stderr"], "df": df,
+            "status": t["status"]}
 
 
 def ratio_test(log_lr: Sequence[float], log_batch: Sequence[float],
@@ -276,6 +300,6 @@ def verdict(result: dict[str, Any], p_holm: float | None) -> str:
 
 
 __all__ = ["ALPHA", "LEVEL", "NOT_SIGNIFICANT", "NOT_TESTABLE", "NO_INTERVAL", "Interval",
-           "confidence_interval", "finite", "fisher_counts", "holm", "is_positive",
+           "confidence_interval", "detectable", "finite", "fisher_counts", "holm", "is_positive",
            "proportion_interval",
            "ratio_test", "trend", "verdict", "welch"]

@@ -472,10 +472,17 @@ def test_significance_notes_follow_the_table(plot_studies, figures) -> None:
             differ = sum(a["differences"][m][b["model"]] in (">", "<")
                          for a, b in pairs)
             if len(pairs) == 1:
-                assert note == ("differ" if differ else "n.s.")
+                pairs_note = "differ" if differ else "n.s."
             else:
-                assert note == (f"{differ}/{len(pairs)} pairs differ" if differ
-                                else "all pairs n.s.")
+                pairs_note = (f"{differ}/{len(pairs)} pairs differ" if differ
+                              else "all pairs n.s.")
+            trend = study.findings["measures"][m]["trend"]
+            if trend is None:   # recipes without an lr/B axis
+                assert note == pairs_note
+            else:   # the trend first, as in findings.json
+                assert note == (f"log-log slope {trend['slope']:.2g} [{trend['ci_low']:.2g}, "
+                                f"{trend['ci_high']:.2g}], Holm p {trend['p_holm']:.1g}\n"
+                                + pairs_note)
 
 
 def test_2d_panels_share_round_log_levels_with_one_level_per_seed(plot_studies, figures) -> None:

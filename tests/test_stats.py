@@ -17,6 +17,7 @@ from landscape.stats import (
     NOT_TESTABLE,
     Interval,
     confidence_interval,
+    detectable,
     fisher_counts,
     holm,
     proportion_interval,
@@ -186,3 +187,13 @@ def test_accuracy_interval_is_the_exact_binomial_interval_of_the_counts() -> Non
     assert ci.ci_low == pytest.approx(sps.beta.ppf(0.025, 349, 12), rel=1e-9)
     assert ci.ci_high == pytest.approx(sps.beta.ppf(0.975, 350, 11), rel=1e-9)
     assert ci.mean == 349 / 360 and ci.ci_low < ci.mean < ci.ci_high
+
+
+def test_detectable_effect_has_the_stated_power_under_the_noncentral_t() -> None:
+    for df, alpha in [(10, 0.05), (10, 0.05 / 8), (30, 0.01)]:
+        d = detectable(0.1, df, alpha, power=0.8)
+        crit = sps.t.ppf(1 - alpha / 2, df)
+        power = sps.nct.sf(crit, df, d / 0.1) + sps.nct.cdf(-crit, df, d / 0.1)
+        assert power == pytest.approx(0.8, abs=1e-6)
+    # the large-df limit: the normal quantiles, z_{0.975} + z_{0.8}
+    assert detectable(1.0, 10**6) == pytest.approx(1.959964 + 0.841621, rel=1e-4)

@@ -306,13 +306,23 @@ def _curve_panel(ax: Axes, study: Any, look: Mapping[str, Look], metric: str) ->
 
 # ------------------------------------------------------------------------- measure panels
 def _significance(study: Any, measure: str) -> str:
+    """The panel's verdicts: the trend against lr/B (slope [95% interval], Holm p) where the
+    study fitted one, then how many pairs differ."""
     rows = study.table
     pairs = [(a, b) for i, a in enumerate(rows) for b in rows[i + 1:]]
     differ = sum(a.get("differences", {}).get(measure, {}).get(b["model"]) in (">", "<")
                  for a, b in pairs)
     if len(pairs) == 1:
-        return "differ" if differ else "n.s."
-    return f"{differ}/{len(pairs)} pairs differ" if differ else "all pairs n.s."
+        note = "differ" if differ else "n.s."
+    else:
+        note = f"{differ}/{len(pairs)} pairs differ" if differ else "all pairs n.s."
+    entry = (study.findings or {}).get("measures", {}).get(measure) or {}
+    t = entry.get("trend")
+    if t and t.get("status") == "tested":
+        kind = "log-log slope" if entry.get("scale") == "log" else "slope"
+        note = (f"{kind} {t['slope']:.2g} [{t['ci_low']:.2g}, {t['ci_high']:.2g}], "
+                f"Holm p {t['p_holm']:.1g}\n{note}")
+    return note
 
 
 def _x_positions(study: Any, sweep: bool) -> dict[str, float]:
