@@ -176,7 +176,7 @@ _model_option = click.option(
 @click.option("--widths", default=None, help="MLP hidden widths, comma-separated [100,100].")
 @_model_option
 @click.option("--dataset", default="digits", show_default=True,
-              help="digits, mnist, fashion-mnist, cifar10, cifar100, spirals, teacher.")
+              help="digits, mnist, fashion-mnist, cifar10, cifar100, spirals, teacher, modadd.")
 @click.option("--data-dir", default=None, help="Directory with the dataset's files.")
 @click.option("--train-size", type=int, default=None, help="Use a subset of the train split.")
 @click.option("--data", default=None, metavar="SPEC",

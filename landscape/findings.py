@@ -8,9 +8,7 @@ Holm's correction across the measures. Where the design varies lr and B separate
 log(measure) ~ log(lr) + log(B) tests whether the two coefficients are equal and opposite
 ("only the ratio matters"), Holm across the measures. Pairs of recipes are secondary: Welch
 tests (on logs for positive quantities), accuracies by Fisher's exact test on counts of test
-examples, Holm within each quantity's family of pairs. Where a recipe's within-run spread
-(the range over the checkpoints measured around its stop) is as large as a claimed
-difference, the findings say so.
+examples, Holm within each quantity's family of pairs.
 
 ``findings.json``::
 
@@ -20,7 +18,7 @@ difference, the findings say so.
                          "ratio_test": {coef_lr, coef_batch, sum, ci_low, ci_high, p,
                                         p_holm, n, status} | null,
                          "pairs": [{a, b, ratio, difference, ci_low, ci_high, p, p_holm,
-                                    verdict, test, spread_warning}]}},
+                                    verdict, test, status, df}]}},
      "outcomes": {NAME: {"label", "scale", "pairs": [...]}}}
 """
 
@@ -62,13 +60,6 @@ def _pair(a: Mapping[str, Any], b: Mapping[str, Any], q: str, log: bool) -> dict
     return welch(_per_seed(a, q), _per_seed(b, q), log=log)
 
 
-def _spread(row: Mapping[str, Any], q: str) -> float | None:
-    """The recipe's largest within-run spread of ``q`` (max/min over checkpoints on the log
-    scale, max - min otherwise), or None where it was not measured."""
-    spreads = [s for s in row[q].get("spread", []) or [] if s is not None]
-    return max(spreads) if spreads else None
-
-
 def _pairs(rows: Sequence[Mapping[str, Any]], q: str, log: bool) -> list[dict[str, Any]]:
     out = []
     for i, a in enumerate(rows):
@@ -77,14 +68,6 @@ def _pairs(rows: Sequence[Mapping[str, Any]], q: str, log: bool) -> list[dict[st
     for pair, p_holm in zip(out, holm([p["p"] for p in out]), strict=True):
         pair["p_holm"] = p_holm
         pair["verdict"] = verdict(pair, p_holm)
-    by_name = {r["model"]: r for r in rows}
-    for pair in out:   # a difference no larger than the run's own wobble is flagged
-        effect = pair.get("ratio") if log else pair.get("difference")
-        spreads = [_spread(by_name[n], q) for n in (pair["a"], pair["b"])]
-        spreads = [s for s in spreads if s is not None]
-        size = (max(effect, 1 / effect) if log and effect else abs(effect or 0.0))
-        pair["spread_warning"] = bool(pair["verdict"] in (">", "<") and spreads
-                                      and max(spreads) >= size)
     return out
 
 
@@ -189,9 +172,7 @@ def _effect(pair: Mapping[str, Any]) -> str:
 def _pairs_sentence(label: str, pairs: Sequence[Mapping[str, Any]]) -> str:
     differ = [p for p in pairs if p["verdict"] in (">", "<")]
     parts = [f"{p['a']} {p['verdict']} {p['b']} ({_effect(p)}, Holm p = "
-             f"{_g(p['p_holm'], '.2g')}"
-             + ("; no larger than the within-run spread" if p.get("spread_warning") else "")
-             + ")" for p in differ]
+             f"{_g(p['p_holm'], '.2g')})" for p in differ]
     for status in ("not testable", "no interval"):
         some = [f"{p['a']} vs {p['b']}" for p in pairs if p["verdict"] == status]
         if some:
