@@ -480,8 +480,8 @@ def test_significance_notes_follow_the_table(plot_studies, figures) -> None:
             if trend is None:   # recipes without an lr/B axis
                 assert note == pairs_note
             else:   # the trend first, as in findings.json
-                assert note == (f"log-log slope {trend['slope']:.2g} [{trend['ci_low']:.2g}, "
-                                f"{trend['ci_high']:.2g}], Holm p {trend['p_holm']:.1g}\n"
+                assert note == (f"slope {trend['slope']:.2g} [{trend['ci_low']:.2g}, "
+                                f"{trend['ci_high']:.2g}]\nHolm p {trend['p_holm']:.1g}, "
                                 + pairs_note)
 
 
@@ -541,3 +541,16 @@ def test_comparison_renders_from_the_study_file_to_png_and_pdf(plot_studies, tmp
             assert data[:5] == b"%PDF-" and b"/FontFile2" in data and b"/Type3" not in data
     with pytest.raises(LandscapeError, match="draws a loss"):
         render(plot_studies["sweep"].path, tmp_path / "c.png", metric="train_acc")
+
+
+def test_every_seed_is_a_dot_drawn_above_its_interval_bar(plot_studies, figures) -> None:
+    from landscape.analysis.measures import REGISTRY
+
+    study, fig = plot_studies["sweep"], figures["sweep"]
+    ax = _panel(fig, REGISTRY["top_eigenvalue"].label)
+    for row in study.table:
+        (dots,) = [a for a in ax.lines if a.get_gid() == f"seeds:{row['model']}"]
+        interval = [a for a in [*ax.lines, *ax.collections]   # bar, caps and mean marker
+                    if a.get_gid() == f"interval:{row['model']}"]
+        assert list(dots.get_ydata()) == row["top_eigenvalue"]["values"]
+        assert interval and dots.get_zorder() > max(a.get_zorder() for a in interval)

@@ -318,10 +318,9 @@ def _significance(study: Any, measure: str) -> str:
         note = f"{differ}/{len(pairs)} pairs differ" if differ else "all pairs n.s."
     entry = (study.findings or {}).get("measures", {}).get(measure) or {}
     t = entry.get("trend")
-    if t and t.get("status") == "tested":
-        kind = "log-log slope" if entry.get("scale") == "log" else "slope"
-        note = (f"{kind} {t['slope']:.2g} [{t['ci_low']:.2g}, {t['ci_high']:.2g}], "
-                f"Holm p {t['p_holm']:.1g}\n{note}")
+    if t and t.get("status") == "tested":   # short lines: the note sits inside the panel
+        note = (f"slope {t['slope']:.2g} [{t['ci_low']:.2g}, {t['ci_high']:.2g}]\n"
+                f"Holm p {t['p_holm']:.1g}, {note}")
     return note
 
 
@@ -360,8 +359,8 @@ def _measure_panel(ax: Axes, study: Any, measure: str, look: Mapping[str, Look],
                     color=lk.color, mfc=lk.color if lk.met else "white", ms=3.8, lw=0.9,
                     capsize=2.0, capthick=0.9, zorder=4, gid=f"interval:{name}")
         seeds = [float(v) for v in stat.get("values", []) if v is not None]
-        ax.plot([xs[name]] * len(seeds), seeds, ls="none", marker=".", ms=2.2,
-                color=lk.color, alpha=0.55, zorder=3, gid=f"seeds:{name}")
+        ax.plot([xs[name]] * len(seeds), seeds, ls="none", marker="o", ms=2.0, mew=0.4,
+                mfc="white", color=lk.color, zorder=5, gid=f"seeds:{name}")  # above the bar
         ys += [mean, lo, hi, *seeds]
     if sweep:   # join the recipes of one learning rate
         by_lr: dict[float, list[str]] = {}
@@ -401,7 +400,7 @@ def _measure_panel(ax: Axes, study: Any, measure: str, look: Mapping[str, Look],
     note = _significance(study, measure)
     if missing:
         note += f"\nn/a: {', '.join(missing)}"
-    ax.text(0.97, 0.97, note, transform=ax.transAxes, ha="right", va="top", fontsize=6,
+    ax.text(0.97, 0.97, note, transform=ax.transAxes, ha="right", va="top", fontsize=5.5,
             color="0.3", gid="significance")
     shared = sweep and len({round(float(np.log10(r["lr_over_b"])), 6)
                             for r in study.table}) < len(study.table)
@@ -699,8 +698,9 @@ def _plotted(study: Any, measures: Sequence[str], sf: _Surfaces | None, sweep: b
             f"seed's direction mean; the table's 1D rise is read at \u03b1 = \u00b1{rise_at:g}.")
     if measures:
         text += (f" {_letters(2, len(measures))} absolute values: mean, interval, seeds (dots)"
-                 + (" against lr / B; dashed: 2/lr, full-batch GD's top eigenvalue at the edge "
-                    "of stability (Cohen et al. 2021)" if sweep else "") + ".")
+                 + (" against lr / B; slope: of log value on log lr / B; dashed: 2/lr, "
+                    "full-batch GD's top eigenvalue at the edge of stability (Cohen et al. "
+                    "2021)" if sweep else "") + ".")
     if sf is not None:
         unit = "nats" if study.models[sf.names[0]][0].surface.attrs.get(
             "loss", "cross_entropy") == "cross_entropy" else "MSE"
