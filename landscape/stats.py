@@ -116,10 +116,10 @@ def welch(a: Sequence[float | None], b: Sequence[float | None], log: bool = Fals
           level: float = LEVEL) -> dict[str, Any]:
     """Welch's t-test of ``a`` against ``b`` (of their logs with ``log``).
 
-    Returns ``{"test", "ratio" (log) or "difference", "ci_low", "ci_high", "p", "df",
-    "status"}``: ``ratio`` = geometric mean of a / that of b; ``status`` is ``"tested"``,
-    ``"not testable"`` (zero variance on both sides) or ``"no interval"`` (a side with fewer
-    than two values), where p and the interval are None.
+    Returns ``{"test", "ratio" (log; else None), "difference" (plain; else None), "ci_low",
+    "ci_high", "p", "df", "status"}``: ``ratio`` = geometric mean of a / that of b;
+    ``status`` is ``"tested"``, ``"not testable"`` (zero variance on both sides) or ``"no
+    interval"`` (a side with fewer than two values), where p and the interval are None.
 
     >>> r = welch([1.0, 1.2, 0.9], [2.0, 2.3, 1.8], log=True)
     >>> r["ratio"] < 1 and r["p"] < 0.05
@@ -128,8 +128,9 @@ def welch(a: Sequence[float | None], b: Sequence[float | None], log: bool = Fals
     x, y = finite(a), finite(b)
     za, zb = (np.log(x), np.log(y)) if log else (x, y)
     key = "ratio" if log else "difference"
-    out: dict[str, Any] = {"test": "welch-log" if log else "welch", key: None, "ci_low": None,
-                           "ci_high": None, "p": None, "df": None}
+    out: dict[str, Any] = {"test": "welch-log" if log else "welch", "ratio": None,
+                           "difference": None, "ci_low": None, "ci_high": None, "p": None,
+                           "df": None}
     if x.size == 0 or y.size == 0:
         return {**out, "status": NO_INTERVAL}
     diff = float(za.mean() - zb.mean())
@@ -168,8 +169,9 @@ def fisher_counts(correct_a: int, total_a: int, correct_b: int, total_b: int,
     log_ratio = math.log(ca / ta) - math.log(cb / tb)
     se = math.sqrt(1 / ca - 1 / ta + 1 / cb - 1 / tb)
     half = float(_scipy_stats.norm.ppf((1 + level) / 2)) * se
-    return {"test": "fisher-counts", "ratio": (correct_a / total_a) / (correct_b / total_b)
-            if correct_b else None, "ci_low": math.exp(log_ratio - half),
+    return {"test": "fisher-counts", "difference": None,
+            "ratio": (correct_a / total_a) / (correct_b / total_b) if correct_b else None,
+            "ci_low": math.exp(log_ratio - half),
             "ci_high": math.exp(log_ratio + half), "p": min(p, 1.0), "df": None,
             "status": "tested"}
 
