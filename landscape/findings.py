@@ -160,7 +160,7 @@ def _ratio_sentence(label: str, t: Mapping[str, Any]) -> str:
     sum_ci = f"sum {_g(t['sum'])} [{_g(t['ci_low'])}, {_g(t['ci_high'])}]"
     if t["p_holm"] is not None and t["p_holm"] < ALPHA:
         return f"- {label}: {coefs}; {sum_ci}, {_p(t)}: lr and B act beyond their ratio."
-    return f"- {label}: {coefs}; {sum_ci}, {_p(t)}: consistent with lr/B alone."
+    return f"- {label}: {coefs}; {sum_ci}, {_p(t)}: no significant departure from lr/B alone."
 
 
 def _effect(pair: Mapping[str, Any]) -> str:
