@@ -8,7 +8,10 @@ Holm's correction across the measures. Where the design varies lr and B separate
 log(measure) ~ log(lr) + log(B) tests whether the two coefficients are equal and opposite
 ("only the ratio matters"), Holm across the measures. Pairs of recipes are secondary: Welch
 tests (on logs for positive quantities), accuracies by Fisher's exact test on counts of test
-examples, Holm within each quantity's family of pairs.
+examples, Holm within each quantity's family of pairs. Where a recipe's within-run spread of
+a measure (max / min over the epochs before its stop and the stop, the study's
+``spread_measures``) is as large as a ratio claimed for it, the pair is flagged
+(``spread_warning``) and the sentence says so.
 
 ``findings.json``::
 
@@ -18,7 +21,7 @@ examples, Holm within each quantity's family of pairs.
                          "ratio_test": {coef_lr, coef_batch, sum, ci_low, ci_high, p,
                                         p_holm, n, status} | null,
                          "pairs": [{a, b, ratio, difference, ci_low, ci_high, p, p_holm,
-                                    verdict, test, status, df}]}},
+                                    verdict, test, status, df, spread_warning}]}},
      "outcomes": {NAME: {"label", "scale", "pairs": [...]}}}
 """
 
@@ -65,9 +68,15 @@ def _pairs(rows: Sequence[Mapping[str, Any]], q: str, log: bool) -> list[dict[st
     for i, a in enumerate(rows):
         for b in rows[i + 1:]:
             out.append({"a": a["model"], "b": b["model"], **_pair(a, b, q, log)})
+    by_name = {r["model"]: r for r in rows}
     for pair, p_holm in zip(out, holm([p["p"] for p in out]), strict=True):
         pair["p_holm"] = p_holm
         pair["verdict"] = verdict(pair, p_holm)
+        spreads = [v for n in (pair["a"], pair["b"])
+                   for v in by_name[n][q].get("spread", []) if v is not None]
+        ratio = pair.get("ratio")
+        pair["spread_warning"] = bool(pair["verdict"] in (">", "<") and spreads and ratio
+                                      and max(spreads) >= max(ratio, 1 / ratio))
     return out
 
 
@@ -172,7 +181,9 @@ def _effect(pair: Mapping[str, Any]) -> str:
 def _pairs_sentence(label: str, pairs: Sequence[Mapping[str, Any]]) -> str:
     differ = [p for p in pairs if p["verdict"] in (">", "<")]
     parts = [f"{p['a']} {p['verdict']} {p['b']} ({_effect(p)}, Holm p = "
-             f"{_g(p['p_holm'], '.2g')})" for p in differ]
+             f"{_g(p['p_holm'], '.2g')}"
+             + ("; a run's own spread around its stop is as large" if p["spread_warning"]
+                else "") + ")" for p in differ]
     for status in ("not testable", "no interval"):
         some = [f"{p['a']} vs {p['b']}" for p in pairs if p["verdict"] == status]
         if some:

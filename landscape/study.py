@@ -328,7 +328,11 @@ class StudySettings(MeasureSettings):
     (``direction_seeds`` of them), the 2D surface direction seed ``seed``. ``rise_at``:
     where the 1D rise is read (filter-normalized units, both sides averaged).
     ``measures``: registry names. ``max_epochs``: the epoch cap of a ``train-loss`` match for
-    a recipe that sets no ``epochs`` of its own.
+    a recipe that sets no ``epochs`` of its own. ``spread_measures`` are also computed at the
+    ``spread_epochs`` saved epochs before each stop (epoch 0 excluded): their within-run
+    spread (max / min over those and the stop) is a diagnostic of a rule that stops on an
+    oscillation, reported beside the measure and flagged in the findings where it is as large
+    as a claimed difference (the reported value stays the one at the stop).
     """
 
     curve: str = "-1:1:41"
@@ -338,6 +342,8 @@ class StudySettings(MeasureSettings):
     rise_at: float = 0.5
     measures: tuple[str, ...] = STUDY_MEASURES
     max_epochs: int = 1000
+    spread_measures: tuple[str, ...] = ("top_eigenvalue",)
+    spread_epochs: int = 2
     precision: str = "float32"
     device: str = "auto"
 
@@ -349,7 +355,14 @@ class StudySettings(MeasureSettings):
             raise LandscapeError(f"rise_at must be positive, got {self.rise_at}")
         if isinstance(self.measures, str):
             self.measures = tuple(m.strip() for m in self.measures.split(",") if m.strip())
-        self.measures = tuple(self.measures)
+        if isinstance(self.spread_measures, str):
+            self.spread_measures = tuple(m.strip() for m in self.spread_measures.split(",")
+                                         if m.strip())
+        self.measures, self.spread_measures = tuple(self.measures), tuple(self.spread_measures)
+        check_int("spread_epochs", self.spread_epochs, minimum=0)
+        for m in self.spread_measures:
+            if m not in self.measures:
+                raise unknown_name("spread measure", m, self.measures)
         known = names_of(("curvature", "sharpness", "noise"))
         for m in self.measures:
             if m not in known:
@@ -569,10 +582,12 @@ def _match_options(match: Mapping[str, Any], recipe: Recipe, max_epochs: int) ->
 
 
 def _per_seed_row(run: Any, curves: Sequence[Any], measures: Mapping[str, Mapping[str, Any]],
-                  rise_at: float) -> dict[str, Any]:
+                  rise_at: float, before: Mapping[str, Sequence[float]]) -> dict[str, Any]:
     """The numbers of one model: losses and accuracies at the trained weights (the curves'
-    centre, evaluated by the engine), steps and epochs, every measure, and the 1D rise
-    averaged over the direction seeds."""
+    centre, evaluated by the engine), steps and epochs, every measure, the 1D rise
+    averaged over the direction seeds, and for each measure of ``before`` (its values at
+    the epochs before the stop) the values ``{m}_epochs`` and their ``spread[m]`` (max /
+    min with the stop's value; None unless all are positive)."""
     center = curves[0].attrs
     row: dict[str, Any] = {}
     for split in ("train", "test"):
@@ -587,6 +602,12 @@ def _per_seed_row(run: Any, curves: Sequence[Any], measures: Mapping[str, Mappin
     row.update(steps=stopping["steps"], epochs=stopping["epochs"], met=bool(stopping["met"]))
     for m, res in measures.items():
         row[m] = res["value"]
+    row["spread"] = {}
+    for m, values in before.items():
+        series = [*values, row[m]]
+        row[f"{m}_epochs"] = series
+        row["spread"][m] = max(series) / min(series) if len(series) > 1 and \
+            min(series) > 0 else None
     rises = [c.rise("train_loss", rise_at) for c in curves]
     row["curve_rises"] = rises
     row["curve_rise"] = float(np.mean(rises))
@@ -622,6 +643,9 @@ def _recipe_row(recipe: Recipe, common: Mapping[str, Any], match: str | None,
     for q in quantities:
         row[q] = {**_interval(q, results, logs.get(q, False)),
                   **({"unit": ACCURACY_UNIT} if q in ACCURACY_COLUMNS else {})}
+        spreads = [r.row.get("spread", {}).get(q) for r in results]
+        if any(v is not None for v in spreads):   # within-run spread, per seed
+            row[q]["spread"] = spreads
     return row
 
 
@@ -713,26 +737,28 @@ class _Runner:
         return result
 
     def measures(self, g: h5py.Group, label: str, run: Any, digest: str,
-                 ) -> dict[str, dict[str, Any]]:
-        """Every measure of the settings, each kept under a key of its settings; the noise
-        measures use the recipe's own batch size and learning rate unless set."""
+                 names: Sequence[str] | None = None) -> dict[str, dict[str, Any]]:
+        """Every measure of the settings (or ``names``), each kept in ``g["measures"]`` under a
+        key of its settings; the noise measures use the recipe's own batch size and learning
+        rate unless set."""
         from landscape.objective import Objective
 
         s = self.s.replace(noise_batch_size=self.s.noise_batch_size or
                            int(run.config.get("batch_size") or 128),
                            lr=self.s.lr or float(run.config.get("lr") or 0.1))
+        names = list(s.measures if names is None else names)
         group = g.require_group("measures")
         keys = {m: _digest({**measure_settings(m, s), **self.engine, "weights": digest})
-                for m in s.measures}
+                for m in names}
         results: dict[str, dict[str, Any]] = {}
-        for m in s.measures:
+        for m in names:
             ds = group.get(m)
             if not self.overwrite and ds is not None and ds.attrs.get("key") == keys[m]:
                 a = store.read_attrs(ds)
                 results[m] = {"value": float(ds[()]), "stderr": a.get("stderr"),
                               "cost": a.get("cost", {}), "extra": a.get("extra", {})}
                 self.bar.update(1)
-        missing = [m for m in s.measures if m not in results]
+        missing = [m for m in names if m not in results]
         if missing:
             self.log(f"{label}: {', '.join(m.replace('_', ' ') for m in missing)}")
             objective = Objective.from_run(run, split="train", **self.engine)
@@ -751,7 +777,28 @@ class _Runner:
 
             compute_measures(objective, missing, settings=s, show_progress=False,
                              on_result=keep)
-        return {m: results[m] for m in s.measures}
+        return {m: results[m] for m in names}
+
+    def spread(self, g: h5py.Group, label: str, run: Any) -> dict[str, list[float]]:
+        """Each spread measure at the ``spread_epochs`` saved epochs before the stop (epoch
+        0, the initialization, excluded), oldest first."""
+        from dataclasses import replace
+
+        s = self.s
+        epochs = [e for e, _ in run.checkpoints() if e > 0][:-1][-s.spread_epochs:] \
+            if s.spread_epochs and s.spread_measures else []
+        self.bar.update(len(s.spread_measures) * (s.spread_epochs - len(epochs)))
+        out: dict[str, list[float]] = {m: [] for m in s.spread_measures}
+        for e in epochs:
+            model = run.load_checkpoint(e)
+            state = [*model.named_parameters(), *model.named_buffers()]
+            digest = store.values_digest([t for _, t in state], [n for n, _ in state])
+            found = self.measures(g.require_group(f"checkpoints/epoch_{e}"),
+                                  f"{label}/epoch{e}", replace(run, model=model), digest,
+                                  s.spread_measures)
+            for m in s.spread_measures:
+                out[m].append(found[m]["value"])
+        return out
 
     def interpolation(self, a: str, b: str, runs: Mapping[str, Any],
                       digests: Mapping[str, str]) -> Any:
@@ -860,7 +907,8 @@ def run_study(recipes: Sequence[Recipe | str] = (), runs: Mapping[str, str | Pat
               "recipes": {r.name: {**common, **r.options} for r in recipes},
               "runs": {k: str(v) for k, v in run_dirs.items()}, "level": LEVEL}
     n_models = len(recipes) * len(seeds) + len(run_dirs)
-    per_model = 1 + s.direction_seeds + 1 + len(s.measures)
+    per_model = (1 + s.direction_seeds + 1 + len(s.measures)
+                 + len(s.spread_measures) * s.spread_epochs)
     bar = progress(total=n_models * per_model + len(names) * (len(names) - 1) // 2,
                    desc="study", unit="part", disable=None if show_progress else True)
     path = out / "study.h5"
@@ -899,7 +947,8 @@ def run_study(recipes: Sequence[Recipe | str] = (), runs: Mapping[str, str | Pat
                           for d in range(s.direction_seeds)]
                 surface = r.surface(g, label, run, digest, "surface")
                 measures = r.measures(g, label, run, digest)
-                row = _per_seed_row(run, curves, measures, s.rise_at)
+                row = _per_seed_row(run, curves, measures, s.rise_at,
+                                    r.spread(g, label, run))
                 store.write_attrs(g, {"run": str(run.path), "weights_sha": digest,
                                       "stopping": run.stopping, "row": row})
                 f.flush()

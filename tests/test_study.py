@@ -376,3 +376,35 @@ def test_every_measure_has_one_definition_in_the_api_the_cli_and_the_study(tmp_p
         routes += [cli[name]["value"]] if name in cli else []
         assert routes == pytest.approx([routes[0]] * len(routes), rel=1e-12, nan_ok=True), name
     assert api["adaptive_worst_l2"].settings["batch_size"] == 128
+
+
+def test_within_run_spread_is_the_top_eigenvalue_at_the_epochs_before_the_stop(study) -> None:
+    row = study.table[0]
+    run = _run(study, row["model"], 0)
+    seed_row = study.models[row["model"]][0].row
+    epochs = [e for e, _ in run.checkpoints() if e > 0][:-1][-2:]
+    assert epochs and len(seed_row["top_eigenvalue_epochs"]) == len(epochs) + 1
+    for e, value in zip(epochs, seed_row["top_eigenvalue_epochs"]):
+        at_epoch = load_run(run.path)
+        at_epoch.model = run.load_checkpoint(e)
+        loss, theta0, *_ = _flat_loss(at_epoch)   # the dense float64 Hessian of that epoch
+        assert value == pytest.approx(float(torch.linalg.eigvalsh(
+            torch.func.hessian(loss)(theta0))[-1]), rel=2e-3)
+    series = seed_row["top_eigenvalue_epochs"]
+    assert series[-1] == seed_row["top_eigenvalue"]
+    assert row["top_eigenvalue"]["spread"][0] == pytest.approx(max(series) / min(series))
+
+
+@pytest.mark.parametrize("spread, flagged", [(3.0, True), (1.5, False)])
+def test_a_difference_within_a_runs_own_spread_is_flagged(spread, flagged) -> None:
+    from landscape.findings import analyse, render
+
+    def row(name: str, values: list[float]) -> dict:
+        return {"model": name, "top_eigenvalue": {"values": values, "scale": "log",
+                                                  "spread": [spread, 1.0, 1.0]}}
+
+    rows = [row("a", [2.0, 2.1, 1.9]), row("b", [4.0, 4.2, 3.8])]   # ratio 0.5, p < 0.05
+    findings = analyse(rows, ["top_eigenvalue"], {"top_eigenvalue": "top eig."})
+    (pair,) = findings["measures"]["top_eigenvalue"]["pairs"]
+    assert pair["verdict"] == "<" and pair["spread_warning"] is flagged
+    assert ("own spread" in render(findings)) is flagged
