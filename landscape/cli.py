@@ -201,7 +201,7 @@ _model_option = click.option(
 @click.option("--widths", default=None, help="MLP hidden widths, comma-separated [100,100].")
 @_model_option
 @click.option("--dataset", default="digits", show_default=True,
-              help="digits, mnist, fashion-mnist, cifar10, cifar100, spirals, teacher.")
+              help="digits, mnist, fashion-mnist, cifar10, cifar100, spirals, teacher, modadd.")
 @click.option("--data-dir", default=None, help="Directory with the dataset's files.")
 @click.option("--train-size", type=int, default=None, help="Use a subset of the train split.")
 @click.option("--data", default=None, metavar="SPEC",
@@ -624,26 +624,28 @@ def _report_measures(results: dict[str, Any], as_json: bool) -> None:
               help="all, or comma-separated: epsilon_sharpness, adaptive_worst_l2, "
                    "adaptive_worst_linf, adaptive_average_l2, sam_sharpness, "
                    "pac_bayes_flatness, fisher_rao_norm.")
-@click.option("--eps", type=float, default=1e-3, show_default=True,
-              help="Box size of Keskar et al.'s epsilon-sharpness.")
+@click.option("--eps", type=float, default=None,
+              help="Box size of Keskar et al.'s epsilon-sharpness (default: 1e-3, the "
+                   "registry's, as in the study).")
 @click.option("--rho", default=None,
               help="Radius of every rho-type measure, or name=value pairs "
                    "(default: adaptive_worst_l2=0.1, adaptive_worst_linf=0.002, "
                    "adaptive_average_l2=0.05, sam_sharpness=0.05).")
-@click.option("--sharpness-batch-size", "batch_size", type=click.IntRange(min=1), default=128,
-              show_default=True,
-              help="Samples per batch m of the adaptive measures (Andriushchenko et al.).")
+@click.option("--sharpness-batch-size", "batch_size", type=click.IntRange(min=1), default=None,
+              help="Samples per batch m of the adaptive worst-case measures (Andriushchenko "
+                   "et al.; default: 128, the registry's, as in the study).")
 @_measure_options
 @trust_options
-def sharpness_cmd(run_dir: str, measures: str, eps: float, rho: str | None,
+def sharpness_cmd(run_dir: str, measures: str, eps: float | None, rho: str | None,
                   batch_size: int | None, split: str, subset: int | None, seed: int,
                   device: str, precision: str, out: str | None, overwrite: bool,
                   as_json: bool) -> None:
     """Sharpness and flatness measures of a run's final model, side by side."""
     from landscape.analysis.measures import MeasureSettings, measures_of_run, parse_rho
 
-    settings = MeasureSettings(eps=eps, sharpness_batch_size=batch_size, seed=seed,
-                               **parse_rho(rho))
+    given = {k: v for k, v in (("eps", eps), ("sharpness_batch_size", batch_size))
+             if v is not None}   # else the registry's defaults
+    settings = MeasureSettings(seed=seed, **given, **parse_rho(rho))
     results = measures_of_run(run_dir, measures, settings, kind="sharpness", split=split,
                               subset=subset, device=device, precision=precision, out=out,
                               overwrite=overwrite, command=command_line())

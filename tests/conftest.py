@@ -82,3 +82,17 @@ def plot_studies(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
                       "large=optimizer=sgd,lr=0.1,batch_size=64"], match="steps=20",
                      out=root / "pair", **TINY_STUDY)
     return {"sweep": sweep, "pair": pair}
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def demo_study() -> Any:
+    """``landscape demo``, once per session, in the checkout's ``outputs/demo``: where the
+    CI's first command already wrote it, the study resumes and recomputes nothing (every part
+    is kept under a key of its settings and weights); otherwise, or where something differs,
+    it computes what is missing (about 2.5 CPU-minutes from nothing). No figure."""
+    from landscape.study import demo
+
+    return demo(out=ROOT / "outputs" / "demo", show_progress=False, quiet=True)

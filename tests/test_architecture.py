@@ -27,7 +27,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("landscape.data", "landscape.userdata", "landscape.models"),
     ("landscape.objective", "landscape.runs"),
     ("landscape.surface", "landscape.analysis", "landscape.training", "landscape.toy"),
-    ("landscape.study",),
+    ("landscape.study", "landscape.findings"),
     ("landscape.plot",),
     ("landscape.cli", "landscape"),
 ]

@@ -489,3 +489,13 @@ def test_augment_is_reproducible_from_the_generator_and_pads_with_fill():
     for c, value in enumerate(fill):
         assert set(out[:, c].unique().tolist()) <= {0.0, value}
         assert (out[:, c] == value).any()
+
+
+def test_train_help_names_every_built_in_dataset() -> None:
+    from _helpers import invoke
+
+    result = invoke("train", "-h")
+    assert result.exit_code == 0
+    listed = " ".join(result.output.split())   # click wraps the help text
+    for name in DATASETS:
+        assert f" {name}," in listed or f" {name}." in listed, name

@@ -444,7 +444,7 @@ def test_controls_panel_states_the_rule_seeds_level_and_shouts_a_missed_target(
     text = " ".join(t.get_text() for t in _texts(plot_comparison(study)))
     flat = " ".join(text.split())
     for phrase in ("trained for 20 optimizer steps", "2 training seeds per recipe",
-                   "2 random filter-normalized directions", "95% Student-t",
+                   "2 random filter-normalized directions", "95% over training seeds",
                    "batch_size", "optimizer=sgd"):
         assert phrase in flat, phrase
     assert "NOT" not in flat
@@ -469,13 +469,20 @@ def test_significance_notes_follow_the_table(plot_studies, figures) -> None:
         for m in ("top_eigenvalue", "curve_rise"):
             ax = _panel(fig, REGISTRY[m].label)
             (note,) = [t.get_text() for t in ax.texts if t.get_gid() == "significance"]
-            differ = sum(a["differences"][m][b["model"]] != "no significant difference"
+            differ = sum(a["differences"][m][b["model"]] in (">", "<")
                          for a, b in pairs)
             if len(pairs) == 1:
-                assert note == ("differ" if differ else "n.s.")
+                pairs_note = "differ" if differ else "n.s."
             else:
-                assert note == (f"{differ}/{len(pairs)} pairs differ" if differ
-                                else "all pairs n.s.")
+                pairs_note = (f"{differ}/{len(pairs)} pairs differ" if differ
+                              else "all pairs n.s.")
+            trend = study.findings["measures"][m]["trend"]
+            if trend is None:   # recipes without an lr/B axis
+                assert note == pairs_note
+            else:   # the trend first, as in findings.json
+                assert note == (f"slope {trend['slope']:.2g} [{trend['ci_low']:.2g}, "
+                                f"{trend['ci_high']:.2g}]\nHolm p {trend['p_holm']:.1g}, "
+                                + pairs_note)
 
 
 def test_2d_panels_share_round_log_levels_with_one_level_per_seed(plot_studies, figures) -> None:
@@ -534,3 +541,16 @@ def test_comparison_renders_from_the_study_file_to_png_and_pdf(plot_studies, tmp
             assert data[:5] == b"%PDF-" and b"/FontFile2" in data and b"/Type3" not in data
     with pytest.raises(LandscapeError, match="draws a loss"):
         render(plot_studies["sweep"].path, tmp_path / "c.png", metric="train_acc")
+
+
+def test_every_seed_is_a_dot_drawn_above_its_interval_bar(plot_studies, figures) -> None:
+    from landscape.analysis.measures import REGISTRY
+
+    study, fig = plot_studies["sweep"], figures["sweep"]
+    ax = _panel(fig, REGISTRY["top_eigenvalue"].label)
+    for row in study.table:
+        (dots,) = [a for a in ax.lines if a.get_gid() == f"seeds:{row['model']}"]
+        interval = [a for a in [*ax.lines, *ax.collections]   # bar, caps and mean marker
+                    if a.get_gid() == f"interval:{row['model']}"]
+        assert list(dots.get_ydata()) == row["top_eigenvalue"]["values"]
+        assert interval and dots.get_zorder() > max(a.get_zorder() for a in interval)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -36,7 +37,8 @@ APPENDED = {
 SKIPPED = {
     "pip install": "installs the package (the tests run from the checkout)",
     "python -m pytest": "the test suite itself",
-    "landscape demo": "minutes; its effect is tested in test_demo_effect.py",
+    "landscape demo": "runs once per session (conftest.demo_study), shared with "
+                      "test_demo_effect.py and the checks below",
     "--dataset mnist": "needs the MNIST files in ~/data",
     "--dataset cifar10": "needs the CIFAR-10 files in ~/data",
     "outputs/runs/resnet56": "a ResNet-56 trained on CIFAR-10",
@@ -69,8 +71,13 @@ def _commands() -> list[str]:
     return commands
 
 
+# the README's spelling-out of the demo's design: run at full size on a copy of the demo's
+# runs, it must train nothing (the same recipes, seeds and matching rule)
+DEMO_DESIGN = "--out outputs/sweep"
+
+
 def _small(command: str) -> str:
-    for old, new in SUBSTITUTIONS:
+    for old, new in SUBSTITUTIONS if DEMO_DESIGN not in command else ():
         command = command.replace(old, new)
     code, _, comment = command.partition("  #")  # an appended option goes before a comment
     for prefix, extra in APPENDED.items():
@@ -92,7 +99,17 @@ def test_readme_examples_write_under_outputs() -> None:
     assert len(outs) >= 20 and [o for o in outs if not o.startswith("outputs/")] == []
 
 
-def test_readme_bash_examples_run_in_order(tmp_path: Path) -> None:
+def test_readme_demo_table_and_findings_are_a_fresh_demos_files(demo_study) -> None:
+    text = (ROOT / "README.md").read_text()
+    out = demo_study.path.parent
+    for name, made in (("table", (out / "table.md").read_text().split("\n\n")[0]),
+                       ("findings", (out / "findings.md").read_text())):
+        (block,) = re.findall(rf"<!-- {name}:start -->\n(.*?)<!-- {name}:end -->", text,
+                              flags=re.S)
+        assert block.strip() == made.strip(), name
+
+
+def test_readme_bash_examples_run_in_order(tmp_path: Path, demo_study) -> None:
     env = {**os.environ, "LANDSCAPE_QUIET": "1", "OMP_NUM_THREADS": "1",
            "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     bin_dir = tmp_path / ".bin"  # `landscape` is this checkout's CLI
@@ -105,9 +122,15 @@ def test_readme_bash_examples_run_in_order(tmp_path: Path) -> None:
         if any(needle in command for needle in SKIPPED):
             continue
         small = _small(command)
+        if DEMO_DESIGN in command:
+            shutil.copytree(demo_study.path.parent / "runs", tmp_path / "outputs/sweep/runs")
+            stamps = {f: f.stat().st_mtime_ns
+                      for f in (tmp_path / "outputs/sweep/runs").rglob("run.json")}
         proc = subprocess.run(["bash", "-euo", "pipefail", "-c", small], cwd=tmp_path, env=env,
                               capture_output=True, text=True, timeout=300)
         assert proc.returncode == 0, f"{small}\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}"
+        if DEMO_DESIGN in command:   # nothing retrained
+            assert stamps and all(f.stat().st_mtime_ns == t for f, t in stamps.items())
         ran += 1
     assert ran >= 30
     for made in ("outputs/runs/mlp-digits/run.json", "outputs/surface.h5", "outputs/hessian.h5",

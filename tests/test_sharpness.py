@@ -90,7 +90,7 @@ def test_epsilon_sharpness_nondiagonal_quadratic_reaches_the_best_box_vertex() -
     best = 100 * vertex_max(a, eps * (np.abs(W_STAR) + 1)) / (1 + f_min)
     one = epsilon_sharpness(obj, eps=eps)
     assert one.value <= best * (1 + 1e-9)  # a maximum over the box never exceeds the true one
-    several = epsilon_sharpness(obj, eps=eps, n_starts=5, seed=1)
+    several = epsilon_sharpness(obj, eps=eps, patience=4, seed=1)
     assert several.value == pytest.approx(best, rel=1e-9)
 
 
@@ -102,7 +102,7 @@ def test_epsilon_sharpness_random_subspace_matches_brute_force_in_the_subspace()
     coords = np.linalg.pinv(basis) @ W_STAR
     bound = eps * (np.abs(coords) + 1)
     best = 100 * vertex_max(basis.T @ a @ basis, bound) / (1 + f_min)
-    res = epsilon_sharpness(obj, eps=eps, subspace_dim=p, seed=3, n_starts=4,
+    res = epsilon_sharpness(obj, eps=eps, subspace_dim=p, seed=3, patience=3,
                             return_maximizer=True)
     assert res.value == pytest.approx(best, rel=1e-8)
     y = res.extra["maximizer"].numpy()

@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
+from scipy import stats
 from torch import nn
 
 from landscape.cli import main
@@ -87,13 +88,23 @@ def test_table_json_rows_carry_seeds_match_and_intervals(study) -> None:
                   "pac_bayes_flatness", "noise_scale", "curve_rise"):
             stat = row[q]
             values = [v for v in stat["values"] if v is not None]
+            if q == "test_acc":   # pooled counts of the 360 test images, exact binomial
+                k = round(sum(values) * 360)
+                assert stat["examples"] == [360, 360] and stat["scale"] == "binomial"
+                assert (stat["ci_low"], stat["ci_high"]) == pytest.approx(
+                    (stats.beta.ppf(0.025, k, 721 - k), stats.beta.ppf(0.975, k + 1, 720 - k)))
+                continue
             if len(values) < 2:
                 continue
-            mean, s = np.mean(values), np.std(values, ddof=1)
-            assert stat["mean"] == pytest.approx(mean)
+            log = stat["scale"] == "log"
+            assert log == (q != "curve_rise" or min(values) > 0)   # positive: log scale
+            z = np.log(values) if log else np.asarray(values)
+            mean, s = np.mean(z), np.std(z, ddof=1)
             half = T_975_1 * s / math.sqrt(2)
+            back = np.exp if log else float
+            assert stat["mean"] == pytest.approx(back(mean))
             assert (stat["ci_low"], stat["ci_high"]) == pytest.approx(
-                (mean - half, mean + half), rel=1e-4, abs=1e-12)
+                (back(mean - half), back(mean + half)), rel=1e-4, abs=1e-12)
     assert rows[0]["lr_over_b"] == pytest.approx(0.05 / 25)
 
 
@@ -331,3 +342,69 @@ def test_cli_plot_draws_a_study_file_as_the_comparison(study, tmp_path) -> None:
     result = CliRunner().invoke(main, ["plot", str(study.path), "--out", str(out)])
     assert result.exit_code == 0, result.output
     assert out.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_every_measure_has_one_definition_in_the_api_the_cli_and_the_study(tmp_path) -> None:
+    """The registry's defaults (m = 128 for adaptive worst-case sharpness, the epsilon
+    solver and its starts, the PAC-Bayes samples, ...) reach every route unchanged: the
+    same model gives the same value through ``compute_measures``, ``landscape sharpness`` /
+    ``landscape noise`` and the study. The run trains with B = 128 and lr = 0.1, the noise
+    commands' defaults (the study measures noise at each recipe's own B and lr)."""
+    from _helpers import invoke
+
+    from landscape.analysis.measures import MeasureSettings, compute_measures, names_of
+    from landscape.objective import Objective
+    from landscape.training import train
+
+    run_dir = tmp_path / "r"
+    train(train_size=160, model_options={"widths": [8]}, optimizer="sgd", lr=0.1,
+          batch_size=128, epochs=3, out=run_dir, progress=False)
+    names = names_of(("curvature", "sharpness", "noise"))
+    api = compute_measures(Objective.from_run(load_run(run_dir), "train"), names,
+                           settings=MeasureSettings(), show_progress=False)
+    study = run_study(runs={"a": run_dir, "b": run_dir}, measures=names, curve="-1:1:3",
+                      surface="-1:1:3", interpolation="0:1:3", direction_seeds=1,
+                      out=tmp_path / "s", show_progress=False, quiet=True)
+    cli = {}
+    for command in ("sharpness", "noise"):
+        result = invoke(command, "--run", run_dir, "--json")
+        assert result.exit_code == 0, result.output
+        cli.update(json.loads(result.output))
+    assert set(cli) == set(names_of(("sharpness", "noise")))
+    for name in names:
+        routes = [api[name].value, study.models["a"][0].measures[name]["value"]]
+        routes += [cli[name]["value"]] if name in cli else []
+        assert routes == pytest.approx([routes[0]] * len(routes), rel=1e-12, nan_ok=True), name
+    assert api["adaptive_worst_l2"].settings["batch_size"] == 128
+
+
+def test_within_run_spread_is_the_top_eigenvalue_at_the_epochs_before_the_stop(study) -> None:
+    row = study.table[0]
+    run = _run(study, row["model"], 0)
+    seed_row = study.models[row["model"]][0].row
+    epochs = [e for e, _ in run.checkpoints() if e > 0][:-1][-2:]
+    assert epochs and len(seed_row["top_eigenvalue_epochs"]) == len(epochs) + 1
+    for e, value in zip(epochs, seed_row["top_eigenvalue_epochs"]):
+        at_epoch = load_run(run.path)
+        at_epoch.model = run.load_checkpoint(e)
+        loss, theta0, *_ = _flat_loss(at_epoch)   # the dense float64 Hessian of that epoch
+        assert value == pytest.approx(float(torch.linalg.eigvalsh(
+            torch.func.hessian(loss)(theta0))[-1]), rel=2e-3)
+    series = seed_row["top_eigenvalue_epochs"]
+    assert series[-1] == seed_row["top_eigenvalue"]
+    assert row["top_eigenvalue"]["spread"][0] == pytest.approx(max(series) / min(series))
+
+
+@pytest.mark.parametrize("spread, flagged", [(3.0, True), (1.5, False)])
+def test_a_difference_within_a_runs_own_spread_is_flagged(spread, flagged) -> None:
+    from landscape.findings import analyse, render
+
+    def row(name: str, values: list[float]) -> dict:
+        return {"model": name, "top_eigenvalue": {"values": values, "scale": "log",
+                                                  "spread": [spread, 1.0, 1.0]}}
+
+    rows = [row("a", [2.0, 2.1, 1.9]), row("b", [4.0, 4.2, 3.8])]   # ratio 0.5, p < 0.05
+    findings = analyse(rows, ["top_eigenvalue"], {"top_eigenvalue": "top eig."})
+    (pair,) = findings["measures"]["top_eigenvalue"]["pairs"]
+    assert pair["verdict"] == "<" and pair["spread_warning"] is flagged
+    assert ("own spread" in render(findings)) is flagged

@@ -22,6 +22,7 @@ from torch import Tensor
 from landscape.analysis.hessian import hessian_eigenvalues, hessian_trace, require_finite
 from landscape.analysis.noise import gradient_noise
 from landscape.analysis.sharpness import (
+    BATCH_SIZE,
     DEFAULT_RHO,
     MeasureResult,
     adaptive_sharpness,
@@ -42,11 +43,12 @@ class MeasureSettings:
     residual of the top eigenpair (Lanczos); ``trace_method``: ``"hutch++"`` (a budget of
     ``trace_probes`` HVPs; its error per budget is in benchmarks/README.md) or
     ``"hutchinson"`` (stops at ``trace_rtol`` or ``trace_probes``); ``eps``: Keskar's box
-    size; ``rho_*``: radii of the adaptive (relative to ``|theta|``) and SAM measures;
-    ``sharpness_batch_size``: the batch size m of the worst-case measures (None: the
-    function's default); ``pac_bayes_target``: the increase of the training error PAC-Bayes
-    flatness allows; ``noise_batch_size``/``lr``: the batch size B and learning rate of the
-    SGD noise measures (None: the run's own, else 128 / 0.1).
+    size, ``eps_patience``/``eps_max_starts``: its restart rule (R starts without gain);
+    ``rho_*``: radii of the adaptive (relative to ``|theta|``) and SAM measures;
+    ``sharpness_batch_size``: the batch size m of the worst-case measures (default 128, the
+    authors'; None: the whole split as one batch); ``pac_bayes_target``: the increase of the
+    training error PAC-Bayes flatness allows; ``noise_batch_size``/``lr``: the batch size B
+    and learning rate of the SGD noise measures (None: the run's own, else 128 / 0.1).
     """
 
     seed: int = 0
@@ -55,11 +57,13 @@ class MeasureSettings:
     trace_rtol: float = 0.05
     trace_probes: int = 150
     eps: float = 1e-3
+    eps_patience: int = 8
+    eps_max_starts: int = 32
     rho_worst_l2: float = DEFAULT_RHO["adaptive_worst_l2"]
     rho_worst_linf: float = DEFAULT_RHO["adaptive_worst_linf"]
     rho_average_l2: float = DEFAULT_RHO["adaptive_average_l2"]
     rho_sam: float = DEFAULT_RHO["sam_sharpness"]
-    sharpness_batch_size: int | None = None
+    sharpness_batch_size: int | None = BATCH_SIZE
     pac_bayes_target: float = 0.1
     pac_bayes_samples: int = 32
     noise_batch_size: int | None = None
@@ -69,8 +73,8 @@ class MeasureSettings:
         for name in ("hessian_tol", "trace_rtol", "eps", "rho_worst_l2", "rho_worst_linf",
                      "rho_average_l2", "rho_sam", "pac_bayes_target"):
             check_positive(name, getattr(self, name))
-        for name in ("trace_probes", "pac_bayes_samples", "sharpness_batch_size",
-                     "noise_batch_size"):
+        for name in ("trace_probes", "pac_bayes_samples", "sharpness_batch_size", "eps_patience",
+                     "eps_max_starts", "noise_batch_size"):
             if getattr(self, name) is not None:
                 check_int(name, getattr(self, name))
         if self.lr is not None:
@@ -129,7 +133,8 @@ def _hessian_trace(objective: Any, theta: Tensor | None, s: MeasureSettings) -> 
 
 
 def _epsilon(objective: Any, theta: Tensor | None, s: MeasureSettings) -> MeasureResult:
-    return epsilon_sharpness(objective, theta, eps=s.eps, seed=s.seed)
+    return epsilon_sharpness(objective, theta, eps=s.eps, seed=s.seed, patience=s.eps_patience,
+                             max_starts=s.eps_max_starts)
 
 
 def _adaptive(kind: str, norm: str) -> Compute:
@@ -176,8 +181,9 @@ REGISTRY: dict[str, Measure] = {m.name: m for m in (
     Measure("hessian_trace", "curvature", "Hessian trace", "Hessian trace",
             "loss / param$^2$", ("trace_method", "trace_rtol", "trace_probes", "seed"),
             _hessian_trace),
-    Measure("epsilon_sharpness", "sharpness", "eps-sharpness", "$\\epsilon$-sharpness",
-            "% of 1 + loss", ("eps", "seed"), _epsilon),
+    Measure("epsilon_sharpness", "sharpness", "eps-sharpness (lower bound)",
+            "$\\epsilon$-sharpness", "% of 1 + loss",
+            ("eps", "eps_patience", "eps_max_starts", "seed"), _epsilon),
     Measure("adaptive_worst_l2", "sharpness", "adaptive worst l2", "adaptive worst $\\ell_2$",
             "loss", ("rho_worst_l2", "sharpness_batch_size", "seed"), _adaptive("worst", "l2")),
     Measure("adaptive_worst_linf", "sharpness", "adaptive worst linf",

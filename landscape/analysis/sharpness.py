@@ -125,17 +125,20 @@ def _box_search(probe: Callable[[np.ndarray], tuple[float, np.ndarray]], y: np.n
         consider(y.copy(), f, g, "lbfgsb")
         return -f, -g
 
-    minimize(negative, top["y"], jac=True, method="L-BFGS-B", bounds=Bounds(-bound, bound),
-             options={"maxiter": maxiter})
+    if maxiter:
+        minimize(negative, top["y"], jac=True, method="L-BFGS-B", bounds=Bounds(-bound, bound),
+                 options={"maxiter": maxiter})
     return top
 
 
 @accepts_model
 def epsilon_sharpness(objective: Any, theta: Tensor | None = None, eps: float = 1e-3,
                       subspace_dim: int | None = None, maxiter: int = 10, seed: int = 0,
-                      n_starts: int = 3, ascent_steps: int = 10,
+                      patience: int = 8, max_starts: int = 32, ascent_steps: int = 15,
                       return_maximizer: bool = False) -> MeasureResult:
-    """Keskar et al.'s epsilon-sharpness (Metric 2.1), in percent of ``1 + f(theta)``.
+    """Keskar et al.'s epsilon-sharpness (Metric 2.1), in percent of ``1 + f(theta)``: a
+    LOWER BOUND on the maximum over the box (a search of a non-concave function, like every
+    solver's, including Keskar's).
 
     ``100 * (max_{z in C} f(theta + A z) - f(theta)) / (1 + f(theta))`` where, in the full
     space (``A = I``), ``C = {|z_i| <= b_i}``, ``b = eps (|theta| + 1)``; with
@@ -144,28 +147,33 @@ def epsilon_sharpness(objective: Any, theta: Tensor | None = None, eps: float = 
 
     Keskar et al. run L-BFGS-B for 10 iterations. From a random start in the box that stops
     far below the maximum near low-loss minima (23-100x below 10 sign-gradient steps on the
-    digits MLP), so the maximum is sought here by, for each of ``n_starts`` starts (start 0:
-    ``z = 0``, the others uniform random points of the box from ``seed``):
+    digits MLP), and one ascent from ``z = 0`` can stop at a local maximum 10% below another
+    (a demo model: 3 of 16 random vertices reach a maximum 11% higher), so the maximum is
+    sought here by
 
     1. projected sign-gradient ascent, ``z <- clip(z + s b sign(grad_z f), -b, b)``, at most
        ``ascent_steps`` steps, from the best point so far; ``s`` starts at 2 (so the first
        step from ``z = 0`` lands on the vertex ``b sign(g)``) and halves after each step that
        does not raise the loss; it stops early at a vertex where every gradient component
-       points out of the box;
+       points out of the box. Start 0 is ``z = 0``, the others random vertices of the box
+       (signs from ``seed``), restarting until ``patience`` consecutive starts raise the
+       best value by no more than 0.5% of it (or ``max_starts`` ran);
     2. scipy's L-BFGS-B under the box bounds for ``maxiter`` iterations (Keskar's solver and
-       count) from the ascent's best point.
+       count) from the best point of all starts.
 
     The largest loss at any evaluated point (``theta`` included) is reported. ``extra``:
     ``loss``, ``max_loss``, ``solver`` (``"ascent"``, ``"lbfgsb"``, or ``"start"`` when nothing
-    beat a start point) and ``start`` (its index) of the maximum, ``start_values`` (each
-    start's best value), ``evaluations`` (gradient passes); with ``return_maximizer``,
-    ``maximizer``: the best ``z`` (float64 CPU tensor, box coordinates; not JSON-able).
-    Cost: ``1 + n_starts (ascent_steps + 1)`` gradient passes at most for the ascent plus
-    L-BFGS-B's evaluations (70-90 passes in all at the defaults on the digits MLP).
+    beat a start point) and ``start`` (its index) of the maximum, ``starts`` (how many ran),
+    ``start_values`` (each start's best value), ``spread`` (max - min of ``start_values``),
+    ``evaluations`` (gradient passes); with ``return_maximizer``, ``maximizer``: the best
+    ``z`` (float64 CPU tensor, box coordinates; not JSON-able). Cost: per start at most
+    ``ascent_steps + 1`` gradient passes, at least ``patience + 1`` starts, then L-BFGS-B's
+    evaluations (about 150 passes in all on the digits MLP).
     """
     check_positive("eps", eps)
     maxiter = check_int("maxiter", maxiter)
-    n_starts = check_int("n_starts", n_starts)
+    patience = check_int("patience", patience)
+    max_starts = check_int("max_starts", max_starts)
     ascent_steps = check_int("ascent_steps", ascent_steps, minimum=0)
     theta = measure_point(objective, theta)
     cost = Cost(objective)
@@ -192,26 +200,37 @@ def epsilon_sharpness(objective: Any, theta: Tensor | None = None, eps: float = 
 
     center = np.zeros_like(bound)
     f0, g0 = probe(center)
-    best = {"loss": f0, "y": center, "solver": "start", "start": 0}
-    start_values = []
+    best = {"loss": f0, "y": center, "g": g0, "solver": "start", "start": 0}
+    start_values: list[float] = []
     rng = np.random.default_rng(seed)
-    for start in range(n_starts):
-        y = center if start == 0 else rng.uniform(-bound, bound)
+    last_gain = 0
+    for start in range(max_starts):
+        if start - last_gain > patience:
+            break
+        y = center if start == 0 else bound * rng.choice([-1.0, 1.0], size=bound.shape)
         top = _box_search(probe, y, *((f0, g0) if start == 0 else probe(y)), bound,
-                          ascent_steps, maxiter)
+                          ascent_steps, 0)
         start_values.append(100.0 * (top["loss"] - f0) / (1.0 + f0))
         if top["loss"] > best["loss"]:
+            if top["loss"] - best["loss"] > 5e-3 * (best["loss"] - f0):
+                last_gain = start
             best = {**top, "start": start}
+    polished = _box_search(probe, best["y"], best["loss"], best["g"], bound, 0, maxiter)
+    if polished["solver"] == "lbfgsb":
+        best = {**polished, "start": best["start"]}
     value = 100.0 * (best["loss"] - f0) / (1.0 + f0)
     extra: dict[str, Any] = {"loss": f0, "max_loss": best["loss"], "solver": best["solver"],
-                             "start": best["start"], "start_values": start_values,
+                             "start": best["start"], "starts": len(start_values),
+                             "start_values": start_values,
+                             "spread": max(start_values) - min(start_values),
                              "evaluations": evaluations}
     if return_maximizer:
         extra["maximizer"] = torch.as_tensor(best["y"], dtype=torch.float64)
     return MeasureResult(
         "epsilon_sharpness", float(value), None,
         recorded_settings(objective, eps=eps, subspace_dim=subspace_dim, maxiter=maxiter,
-                          seed=seed, n_starts=n_starts, ascent_steps=ascent_steps),
+                          seed=seed, patience=patience, max_starts=max_starts,
+                          ascent_steps=ascent_steps),
         cost.result(), extra)
 
 

@@ -18,7 +18,8 @@ Layout (double column, 7 in wide):
   Hessian eigenvalue panel draws ``2 / lr``, where full-batch gradient descent's top
   eigenvalue settles (Cohen et al. 2021, "Gradient descent on neural networks typically
   occurs at the edge of stability"); otherwise the recipes are categories. Each panel says
-  how many pairs of recipes differ (intervals disjoint) or "n.s.";
+  how many pairs of recipes differ (Holm-corrected tests, :mod:`landscape.findings`) or
+  "n.s.";
 - the 2D filter-normalized surfaces (at most :data:`MAX_SURFACES`; for more, those with
   the extreme ``lr / B``): contours of the mean over training seeds of the rise above the
   centre on one labelled log scale, and one level drawn thinly for every seed.
@@ -228,9 +229,8 @@ def control_items(study: Any) -> list[tuple[str, str, bool]]:
                   f"direction{'s' if d > 1 else ''} per model ({direction_seeds}), the same for "
                   "every model; 2D "
                   f"plane from direction seed {s0}.", len(seeds) < 2))
-    items.append(("Intervals", f"{100 * LEVEL:g}% Student-t over training seeds (bands, "
-                  "bars); two recipes differ only where their intervals are disjoint, "
-                  "else n.s.", False))
+    items.append(("Intervals", f"{100 * LEVEL:g}% over training seeds (bands, bars); a "
+                  "pair differs where its Holm-corrected Welch p < 0.05, else n.s.", False))
     fixed, varied = _fixed_and_varied(study)
     capped = "target_train_loss" in match
     given = ", ".join(f"{k}={_number(v)}" + (" (cap)" if capped and k == "epochs" else "")
@@ -306,13 +306,22 @@ def _curve_panel(ax: Axes, study: Any, look: Mapping[str, Look], metric: str) ->
 
 # ------------------------------------------------------------------------- measure panels
 def _significance(study: Any, measure: str) -> str:
+    """The panel's verdicts: the trend against lr/B (slope [95% interval], Holm p) where the
+    study fitted one, then how many pairs differ."""
     rows = study.table
     pairs = [(a, b) for i, a in enumerate(rows) for b in rows[i + 1:]]
     differ = sum(a.get("differences", {}).get(measure, {}).get(b["model"]) in (">", "<")
                  for a, b in pairs)
     if len(pairs) == 1:
-        return "differ" if differ else "n.s."
-    return f"{differ}/{len(pairs)} pairs differ" if differ else "all pairs n.s."
+        note = "differ" if differ else "n.s."
+    else:
+        note = f"{differ}/{len(pairs)} pairs differ" if differ else "all pairs n.s."
+    entry = (study.findings or {}).get("measures", {}).get(measure) or {}
+    t = entry.get("trend")
+    if t and t.get("status") == "tested":   # short lines: the note sits inside the panel
+        note = (f"slope {t['slope']:.2g} [{t['ci_low']:.2g}, {t['ci_high']:.2g}]\n"
+                f"Holm p {t['p_holm']:.1g}, {note}")
+    return note
 
 
 def _x_positions(study: Any, sweep: bool) -> dict[str, float]:
@@ -350,8 +359,8 @@ def _measure_panel(ax: Axes, study: Any, measure: str, look: Mapping[str, Look],
                     color=lk.color, mfc=lk.color if lk.met else "white", ms=3.8, lw=0.9,
                     capsize=2.0, capthick=0.9, zorder=4, gid=f"interval:{name}")
         seeds = [float(v) for v in stat.get("values", []) if v is not None]
-        ax.plot([xs[name]] * len(seeds), seeds, ls="none", marker=".", ms=2.2,
-                color=lk.color, alpha=0.55, zorder=3, gid=f"seeds:{name}")
+        ax.plot([xs[name]] * len(seeds), seeds, ls="none", marker="o", ms=2.0, mew=0.4,
+                mfc="white", color=lk.color, zorder=5, gid=f"seeds:{name}")  # above the bar
         ys += [mean, lo, hi, *seeds]
     if sweep:   # join the recipes of one learning rate
         by_lr: dict[float, list[str]] = {}
@@ -391,7 +400,7 @@ def _measure_panel(ax: Axes, study: Any, measure: str, look: Mapping[str, Look],
     note = _significance(study, measure)
     if missing:
         note += f"\nn/a: {', '.join(missing)}"
-    ax.text(0.97, 0.97, note, transform=ax.transAxes, ha="right", va="top", fontsize=6,
+    ax.text(0.97, 0.97, note, transform=ax.transAxes, ha="right", va="top", fontsize=5.5,
             color="0.3", gid="significance")
     shared = sweep and len({round(float(np.log10(r["lr_over_b"])), 6)
                             for r in study.table}) < len(study.table)
@@ -689,8 +698,9 @@ def _plotted(study: Any, measures: Sequence[str], sf: _Surfaces | None, sweep: b
             f"seed's direction mean; the table's 1D rise is read at \u03b1 = \u00b1{rise_at:g}.")
     if measures:
         text += (f" {_letters(2, len(measures))} absolute values: mean, interval, seeds (dots)"
-                 + (" against lr / B; dashed: 2/lr, full-batch GD's top eigenvalue at the edge "
-                    "of stability (Cohen et al. 2021)" if sweep else "") + ".")
+                 + (" against lr / B; slope: of log value on log lr / B; dashed: 2/lr, "
+                    "full-batch GD's top eigenvalue at the edge of stability (Cohen et al. "
+                    "2021)" if sweep else "") + ".")
     if sf is not None:
         unit = "nats" if study.models[sf.names[0]][0].surface.attrs.get(
             "loss", "cross_entropy") == "cross_entropy" else "MSE"
