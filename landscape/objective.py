@@ -43,7 +43,7 @@ from torch.func import functional_call, grad, grad_and_value, jvp, vmap
 from landscape import distributed, per_sample
 from landscape.errors import LandscapeError, check_positive, unknown_name
 from landscape.params import ParamSpace
-from landscape.sources import Loss, Source, accuracy, call_model, metric, nbytes, take, tree_map
+from landscape.sources import Loss, Source, accuracy, call_model, metric, take
 from landscape.sources import per_sample as per_sample_form
 
 PRECISIONS = ("float64", "float32", "tf32", "bf16")
@@ -310,6 +310,27 @@ class Objective:
         new.counts = dict.fromkeys(self.counts, 0.0)
         return new
 
+    def with_precision(self, precision: str) -> Objective:
+        """The same objective in another precision (a copy of the model in its dtype; the
+        data cast per batch), kept for reuse: float64 checks of float32 round-off."""
+        twins = self.__dict__.setdefault("_twins", {})
+        if precision == self.precision:
+            return self
+        if precision not in twins:
+            twin = copy.copy(self)
+            twin.precision = precision
+            twin.dtype = torch.float64 if precision == "float64" else torch.float32
+            twin.model = copy.deepcopy(self.model).to(twin.dtype)
+            twin.buffers = {k: v.detach() for k, v in twin.model.named_buffers()}
+            twin.theta0 = self.theta0.to(twin.dtype)
+            twin.source = copy.copy(self.source)
+            twin.source.dtype = twin.dtype
+            twin._loaded, twin._twins, twin._exclusive = None, {}, None
+            if self.bn == "recompute":
+                twin._bn_model = copy.deepcopy(self._bn_model).to(twin.dtype)
+            twins[precision] = twin
+        return twins[precision]
+
     def settings(self) -> dict[str, Any]:
         """The settings that determine the numbers (hashed in result files). The device is
         not one of them (a run may resume on another device); files keep it as an attribute."""
@@ -419,7 +440,9 @@ class Objective:
         (``n / weight_total``: 1 for means over samples). Needs the per-sample form."""
         return self.loss_fn.samples(self.forward(theta, x), y) * (self.n / self.weight_total)
 
-    def _chunks(self) -> Iterator[tuple[Any, Tensor]]:
+    def batches(self) -> Iterator[tuple[Any, Tensor]]:
+        """The split's ``(inputs, targets)`` on the device, in chunks of ``batch_size``
+        samples (resident slices, or streamed), in a fixed order."""
         yield from self.source.batches(self.batch_size)
 
     def _stats(self, out: Any, y: Tensor) -> Tensor:
@@ -437,7 +460,7 @@ class Objective:
                 buffers[f"{m_name}.running_var"].fill_(1.0)
                 buffers[f"{m_name}.num_batches_tracked"].zero_()
         state = {**self.space.unflatten(theta), **buffers}
-        for x, _ in self._chunks():
+        for x, _ in self.batches():
             call_model(_Bound(self._bn_model, state), x)
         return buffers
 
@@ -464,7 +487,7 @@ class Objective:
         input does not depend on the point); loop strategy, ``bn="eval"``, not bf16, and its
         outputs for the split (three copies) under ``2**26`` numbers."""
         if (self.strategy != "loop" or self.bn != "eval" or self.precision == "bf16"
-                or self.loss_fn.hook or not isinstance(next(self._chunks())[0], Tensor)):
+                or self.loss_fn.hook or not isinstance(next(self.batches())[0], Tensor)):
             return None
         held = [(name, m) for name, m in self.model.named_modules()
                 if any(True for _ in m.parameters(recurse=False))
@@ -479,7 +502,7 @@ class Objective:
                    for n, m in held]
         try:
             with torch.no_grad():
-                self.model(next(iter(self._chunks()))[0][:1])
+                self.model(next(iter(self.batches()))[0][:1])
         finally:
             for h in handles:
                 h.remove()
@@ -502,7 +525,7 @@ class Objective:
         handle = layer.register_forward_pre_hook(capture)
         products = []
         try:
-            for x, _ in self._chunks():
+            for x, _ in self.batches():
                 with contextlib.suppress(_Captured):
                     model(x)
                 products.append([F.linear(captured[-1], u[weight], u.get(bias)) for u in parts])
@@ -536,7 +559,7 @@ class Objective:
                     own[name].copy_(b)
                     changed.add(name)
                 total = None
-                for c, (x, y) in enumerate(self._chunks()):  # summed in order: the same bits
+                for c, (x, y) in enumerate(self.batches()):  # summed in order: the same bits
                     if layer is not None:
                         h = products[c][0].clone()
                         for coefficient, along in zip(coords[k], products[c][1:]):
@@ -565,7 +588,7 @@ class Objective:
         for start in range(0, points.shape[0], self.point_chunk):
             sel = slice(start, start + self.point_chunk)
             buf = {name: b[sel] for name, b in buffers.items()}
-            for x, y in self._chunks():
+            for x, y in self.batches():
                 out[sel] += batched(points[sel], buf, x, y)
         return out
 
@@ -661,7 +684,7 @@ class Objective:
         total_g = torch.zeros_like(theta)
         total_l = torch.zeros((), dtype=torch.float64, device=self.device)
         with self.precision_context(derivative=True):
-            for x, y in self._chunks():
+            for x, y in self.batches():
                 g, value = fn(theta, x, y)
                 w = self.loss_fn.weight(y)
                 total_g += w * g
@@ -684,7 +707,7 @@ class Objective:
         vs = v[None] if single else v
         out = torch.zeros_like(vs)
         with self.precision_context(derivative=True):
-            for x, y in self._chunks():
+            for x, y in self.batches():
                 out += self.loss_fn.weight(y) * products(theta, vs, x, y)
         out = self.all_reduce(out) / self.weight_total
         self.counts["hvp"] += vs.shape[0]
@@ -751,150 +774,29 @@ class Objective:
         return self._block(theta, v, self._ggn)
 
     def per_sample_chunk(self, numel: int) -> int:
-        """Samples per vmap call of :meth:`per_sample_grads` for ``numel`` parameters, sized so
-        that gradients and activations fit ``memory_budget`` bytes (default: a quarter of the
-        free GPU memory, 16 MiB on the CPU, the fastest measured), at most ``batch_size``."""
-        first = self.source.rows(torch.zeros(1, dtype=torch.long), 1)
-        if self._activation_numel is None:  # one sample's activations, measured once
-            sizes: list[int] = []
-            handles = [m.register_forward_hook(
-                lambda _m, _i, o: sizes.append(o.numel()) if isinstance(o, Tensor) else None)
-                for m in self.model.modules()]
-            try:
-                with torch.no_grad(), self.precision_context(derivative=True):
-                    self.forward(self.theta0, first[0])
-            finally:
-                for h in handles:
-                    h.remove()
-            self._activation_numel = sum(sizes)
-        budget = self.memory_budget
-        if budget is None:
-            budget = (torch.cuda.mem_get_info(self.device)[0] // 4
-                      if self.device.type == "cuda" else 2**24)
-        itemsize = torch.finfo(self.dtype).bits // 8
-        per_sample_bytes = itemsize * (2 * numel + 2 * self._activation_numel) + nbytes(first)
-        return max(1, min(self.batch_size, budget // per_sample_bytes))
+        """Samples per vmap call of :meth:`per_sample_grads` for ``numel`` parameters
+        (:func:`landscape.per_sample.chunk_size`)."""
+        return per_sample.chunk_size(self, numel)
 
     def per_sample_grads(self, theta: Tensor, idx: Tensor | None = None,
                          names: tuple[str, ...] | None = None) -> Tensor:
         """Gradients of each sample's loss, shape [len(idx), P] (all samples by default), or
         only of the parameters ``names`` (flat in the space's order; the others held fixed).
 
-        Memory: :meth:`per_sample_chunk` samples per vmap call. Needs the per-sample form of
-        the loss (:class:`landscape.sources.Loss`); each sample's loss is scaled so that their
-        mean is the loss. Sharded data: each rank computes the samples it holds, summed.
+        One pass over the data, :meth:`per_sample_chunk` samples per vmap call. Needs the
+        per-sample form of the loss (:class:`landscape.sources.Loss`); each sample's loss is
+        scaled so that their mean is the loss. Sharded data: each rank computes the samples it
+        holds, summed (:func:`landscape.per_sample.grads`).
         """
-        theta = self._check(theta)
-        if not self.loss_fn.has_per_sample:
-            self.loss_fn.samples(None, None)  # the one-line error
-        idx = (torch.arange(self.n) if idx is None else torch.as_tensor(idx)).long().cpu()
-        views = self.space.unflatten(theta)
-        names = self.space.names if names is None else tuple(names)
-        unknown = set(names) - set(views)
-        if unknown:
-            raise LandscapeError(f"unknown parameters {sorted(unknown)}")
-        names = tuple(n for n in self.space.names if n in names)
-
-        def one(sub: dict[str, Tensor], x: Any, y: Tensor) -> Tensor:
-            out = self._apply({**views, **sub, **self.buffers}, tree_map(lambda t: t[None], x))
-            return self.loss_fn.samples(out, y[None])[0] * (self.n / self.weight_total)
-
-        fn = vmap(grad(one), in_dims=(None, 0, 0))
-        sub = {n: views[n] for n in names}
-        width = sum(v.numel() for v in sub.values())
-        chunk = self.per_sample_chunk(width)
-        pos, local = self._local(idx) if self.sharded else (torch.arange(idx.numel()), idx)
-        out = torch.zeros(idx.numel(), width, dtype=self.dtype, device=self.device)
-        with self.precision_context(derivative=True):
-            for start in range(0, local.numel(), chunk):
-                sel = local[start : start + chunk]
-                x, y = self.source.rows(sel, self.batch_size)
-                g = fn(sub, x, y)
-                out[pos[start : start + chunk].to(self.device)] = torch.cat(
-                    [g[n].reshape(sel.numel(), -1) for n in names], 1)
-        self.counts["per_sample"] += idx.numel() / self.n
-        return self.all_reduce(out)
-
-    def _norm_layers(self) -> tuple[dict[str, nn.Module], tuple[str, ...]]:
-        """Modules whose per-sample gradient norms :mod:`landscape.per_sample` computes
-        (their parameters used by them alone), and the names of all other parameters."""
-        owners: dict[int, int] = {}
-        for m in self.model.modules():
-            for p in m.parameters(recurse=False):
-                owners[id(p)] = owners.get(id(p), 0) + 1
-        layers, covered = {}, set()
-        for prefix, m in self.model.named_modules():
-            own = [(f"{prefix}.{n}" if prefix else n, p)
-                   for n, p in m.named_parameters(recurse=False)]
-            if (own and per_sample.supports(m) and all(owners[id(p)] == 1 for _, p in own)
-                    and all(n in self.space.names for n, _ in own)):
-                layers[prefix] = m
-                covered.update(n for n, _ in own)
-        return layers, tuple(n for n in self.space.names if n not in covered)
+        return per_sample.grads(self, theta, idx, names)
 
     def per_sample_sq_norms(self, theta: Tensor) -> tuple[Tensor, Tensor]:
         """Mean gradient ``[P]`` and each sample's squared gradient norm ``||grad loss_i||^2``
         (``[n]``, float64), without forming per-sample gradients where the layer allows
-        (Linear, Conv2d, eval-mode BatchNorm: :mod:`landscape.per_sample`).
+        (Linear, Conv2d, eval-mode BatchNorm whose parameters no other code reads:
+        :mod:`landscape.per_sample`).
 
         Cost: one forward+backward pass (``counts["grad"]``), plus per-sample gradients of the
         parameters of other layers (``counts["per_sample"]``) when there are any.
         """
-        theta = self._check(theta)
-        if not self.loss_fn.has_per_sample or self.loss_fn.hook:
-            if self.loss_fn.hook:
-                raise LandscapeError("per-sample gradient norms need a loss of the model's "
-                                     "output, not a forward_loss hook")
-            self.loss_fn.samples(None, None)  # the one-line error
-        layers, rest = self._norm_layers()
-        calls: dict[str, list[list[Tensor]]] = {name: [] for name in layers}
-
-        def capture(name: str) -> Callable:
-            def hook(_module: nn.Module, inputs: tuple, output: Tensor) -> None:
-                pair = [inputs[0].detach()]  # + the output gradient, when backward reaches it
-                calls[name].append(pair)
-                if output.requires_grad:  # registered before any in-place change of output
-                    output.register_hook(lambda g: pair.append(g))
-            return hook
-
-        handles = [m.register_forward_hook(capture(name)) for name, m in layers.items()]
-        total_g = torch.zeros_like(theta)
-        sq = torch.zeros(self.source.n, dtype=torch.float64, device=self.device)
-        start, uncalled = 0, set(layers)
-        try:
-            with self.precision_context(derivative=True), torch.enable_grad():
-                for x, y in self._chunks():
-                    for c in calls.values():
-                        c.clear()
-                    t = theta.detach().requires_grad_(True)
-                    loss = self.loss_fn.total(self.forward(t, x), y)
-                    total_g += torch.autograd.grad(loss, t)[0]
-                    for name, c in calls.items():
-                        if c:
-                            uncalled.discard(name)
-                        pairs = [(p[0], p[1]) for p in c if len(p) == 2]
-                        if pairs:
-                            sq[start : start + y.shape[0]] += per_sample.sq_norms(
-                                layers[name], pairs).double()
-                    start += y.shape[0]
-        finally:
-            for h in handles:
-                h.remove()
-        self.counts["grad"] += 1
-        # parameters of a layer that was never called may be used by another module's code
-        rest += tuple(f"{prefix}.{n}" if prefix else n for prefix in sorted(uncalled)
-                      for n, _ in layers[prefix].named_parameters(recurse=False))
-        if rest:  # e.g. LayerNorm, embeddings, shared weights: per-sample gradients
-            chunk = self.per_sample_chunk(sum(self.space.unflatten(theta)[n].numel()
-                                              for n in rest))
-            local = copy.copy(self)
-            local.sharded = False  # each rank: its own samples
-            for begin in range(0, self.source.n, chunk):
-                idx = torch.arange(begin, min(self.source.n, begin + chunk))
-                g = local.per_sample_grads(theta, idx, names=rest)
-                sq[idx.to(self.device)] += g.double().square().sum(1)
-        scale = self.n / self.weight_total  # each sample's loss: the split's mean is the loss
-        sq *= scale**2
-        if self.sharded:  # every rank's samples, in rank order
-            sq = torch.cat([s.to(self.device) for s in distributed.all_gather(sq.cpu())])
-        return self.all_reduce(total_g) / self.weight_total, sq
+        return per_sample.sq_norms_of(self, theta)

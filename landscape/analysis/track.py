@@ -310,7 +310,7 @@ class Tracker:
                                                                 self.momentum)}
         if "top_eigenvalue" in s.measures:
             e = hessian_eigenvalues(objective, theta, k=1, tol=s.tol, seed=s.seed,
-                                    v0=self.state["vec"])
+                                    v0=self.state["vec"], verify=False)
             value = float(e.largest[0])
             row.update(top_eigenvalue=value,
                        top_eigenvalue_error=float(e.residuals[0]) * abs(value),
