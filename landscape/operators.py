@@ -28,7 +28,7 @@ Kernel = Callable[[Any, Tensor, Tensor, Any, Tensor], Tensor]
 def loss_and_grad(core: Any, theta: Tensor) -> tuple[float, Tensor]:
     """Mean loss and its gradient ``[P]`` at ``theta``: one forward+backward pass, one host
     synchronization (the loss is accumulated on the device)."""
-    theta = core.check(theta)
+    theta = core.as_point(theta)
     fn = grad_and_value(core.batch_loss)
     total_g = torch.zeros_like(theta)
     total_l = torch.zeros((), dtype=torch.float64, device=core.device)
@@ -46,7 +46,7 @@ def loss_and_grad(core: Any, theta: Tensor) -> tuple[float, Tensor]:
 def summed(core: Any, theta: Tensor, v: Tensor, kernel: Kernel) -> Tensor:
     """The chunk-weighted sum of ``kernel`` over the split for ``v[P]`` or a block
     ``v[K, P]``: each data chunk is visited once for the whole block."""
-    theta = core.check(theta)
+    theta = core.as_point(theta)
     v = torch.as_tensor(v).to(core.device, core.dtype)
     core.space.check(v)
     single = v.dim() == 1
@@ -64,14 +64,14 @@ def _gradient_graph(core: Any, theta: Tensor, x: Any, y: Tensor) -> tuple[Tensor
     """``(t, grad)`` with ``grad`` differentiable in the leaf ``t`` (equal to theta): kept
     on ``core`` for the next call at the same point when the split is one resident chunk."""
     key = (core.source, core.buffers, core.dtype)
-    kept = core.__dict__.get("_graph")
+    kept = core.cache.get("graph")
     if kept is not None and all(a is b for a, b in zip(kept[0], key)) \
             and torch.equal(kept[1], theta):
         return kept[2], kept[3]
     t = theta.detach().requires_grad_(True)
     (g,) = torch.autograd.grad(core.batch_loss(t, x, y), t, create_graph=True)
     one_chunk = core.source.resident and core.source.n <= core.batch_size
-    core._graph = (key, theta.clone(), t, g) if one_chunk else None
+    core.cache["graph"] = (key, theta.clone(), t, g) if one_chunk else None
     return t, g
 
 

@@ -118,9 +118,8 @@ def exclusive_layers(core: Any) -> tuple[dict[str, nn.Module], tuple[str, ...]]:
     whose parameters are held and used by them alone, checked on one forward pass of one
     sample), and the names of all other parameters. Cost: one forward pass of one sample,
     once per objective."""
-    cached = core.__dict__.get("_exclusive")
-    if cached is not None:
-        return cached
+    if "exclusive" in core.cache:
+        return core.cache["exclusive"]
     model, names = core.model, core.space.names
     owners: dict[int, int] = {}
     for m in model.modules():
@@ -141,7 +140,7 @@ def exclusive_layers(core: Any) -> tuple[dict[str, nn.Module], tuple[str, ...]]:
     uses = _Uses({id(v): k for k, v in state.items() if k in names}, stack)
     try:
         with torch.no_grad(), uses:
-            core._apply(state, take(first_sample(core), slice(0, 1)))
+            core.apply(state, take(first_sample(core), slice(0, 1)))
     finally:
         for h in handles:
             h.remove()
@@ -155,8 +154,8 @@ def exclusive_layers(core: Any) -> tuple[dict[str, nn.Module], tuple[str, ...]]:
                 and all(n in names and users.get(n, {prefix}) == {prefix} for n, _ in own)):
             layers[prefix] = m
             covered.update(n for n, _ in own)
-    core._exclusive = layers, tuple(n for n in names if n not in covered)
-    return core._exclusive
+    core.cache["exclusive"] = layers, tuple(n for n in names if n not in covered)
+    return core.cache["exclusive"]
 
 
 def first_sample(core: Any) -> Any:
@@ -169,7 +168,7 @@ def chunk_size(core: Any, numel: int) -> int:
     gradients and activations fit ``core.memory_budget`` bytes (default: a quarter of the
     free GPU memory, 16 MiB on the CPU, the fastest measured), at most ``batch_size``."""
     first = first_sample(core)
-    if core._activation_numel is None:  # one sample's activations, measured once
+    if "activation_numel" not in core.cache:  # one sample's activations, measured once
         sizes: list[int] = []
         handles = [m.register_forward_hook(
             lambda _m, _i, o: sizes.append(o.numel()) if isinstance(o, Tensor) else None)
@@ -180,13 +179,13 @@ def chunk_size(core: Any, numel: int) -> int:
         finally:
             for h in handles:
                 h.remove()
-        core._activation_numel = sum(sizes)
+        core.cache["activation_numel"] = sum(sizes)
     budget = core.memory_budget
     if budget is None:
         budget = (torch.cuda.mem_get_info(core.device)[0] // 4
                   if core.device.type == "cuda" else 2**24)
     itemsize = torch.finfo(core.dtype).bits // 8
-    per_sample_bytes = itemsize * (2 * numel + 2 * core._activation_numel) + nbytes(first)
+    per_sample_bytes = itemsize * (2 * numel + 2 * core.cache["activation_numel"]) + nbytes(first)
     return max(1, min(core.batch_size, budget // per_sample_bytes))
 
 
@@ -197,7 +196,7 @@ def grads(core: Any, theta: Tensor, idx: Tensor | None = None,
     calls of :func:`chunk_size` samples; each sample's loss scaled so that their mean is the
     loss. Sharded data: each rank computes the samples it holds, summed over ranks
     (``local``: this rank's samples only, indices local)."""
-    theta = core._check(theta)
+    theta = core.as_point(theta)
     if not core.loss_fn.has_per_sample:
         core.loss_fn.samples(None, None)  # the one-line error
     sharded = core.sharded and not local
@@ -212,14 +211,14 @@ def grads(core: Any, theta: Tensor, idx: Tensor | None = None,
     scale = core.n / core.weight_total
 
     def one(sub: dict[str, Tensor], x: Any, y: Tensor) -> Tensor:
-        out = core._apply({**views, **sub, **core.buffers}, tree_map(lambda t: t[None], x))
+        out = core.apply({**views, **sub, **core.buffers}, tree_map(lambda t: t[None], x))
         return core.loss_fn.samples(out, y[None])[0] * scale
 
     fn = vmap(grad(one), in_dims=(None, 0, 0))
     sub = {n: views[n] for n in names}
     width = sum(v.numel() for v in sub.values())
     step = chunk_size(core, width)
-    pos, mine = core._local(idx) if sharded else (torch.arange(idx.numel()), idx)
+    pos, mine = core.source.local(idx) if sharded else (torch.arange(idx.numel()), idx)
     out = torch.zeros(idx.numel(), width, dtype=core.dtype, device=core.device)
     order = torch.argsort(mine)
     mine, pos = mine[order], pos[order]
@@ -244,7 +243,7 @@ def sq_norms_of(core: Any, theta: Tensor) -> tuple[Tensor, Tensor]:
     """Mean gradient ``[P]`` and each sample's squared gradient norm ``[n]`` (float64):
     layers of :func:`exclusive_layers` from one backward pass (:func:`sq_norms`), the other
     parameters by :func:`grads`. See ``Objective.per_sample_sq_norms``."""
-    theta = core._check(theta)
+    theta = core.as_point(theta)
     if core.loss_fn.hook:
         raise LandscapeError("per-sample gradient norms need a loss of the model's "
                              "output, not a forward_loss hook")

@@ -37,6 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from landscape import distributed
 from landscape.errors import LandscapeError, unknown_name
 
 __all__ = ["DATA_BUDGET_FRACTION", "Loss", "Source", "call_model", "cast", "default_budget",
@@ -276,6 +277,20 @@ class Source:
             yield cast((take(inputs, slice(s, s + batch_size)),
                         None if targets is None else targets[s:s + batch_size]),
                        self.device, self.dtype)
+
+    def local(self, idx: Tensor) -> tuple[Tensor, Tensor]:
+        """(positions in ``idx``, local indices) of the samples of the global indices
+        ``idx`` (rank-major order) that this rank's shard holds."""
+        rank, world = self._shard
+        sizes = [self.n] if world == 1 else distributed.all_gather(self.n)
+        lo = sum(sizes[:rank])
+        pos = ((idx >= lo) & (idx < lo + self.n)).nonzero().flatten()
+        return pos, idx[pos] - lo
+
+    def empty(self) -> tuple[Any, Any]:
+        """A batch of no samples shaped like the first one (a rank holding none of a subset)."""
+        inputs, targets = next(self.batches(1))
+        return take(inputs, slice(0, 0)), None if targets is None else targets[:0]
 
     def rows(self, idx: Tensor, batch_size: int) -> tuple[Any, Any]:
         """The samples ``idx`` (this rank's order), in that order, on the device. Streamed

@@ -20,6 +20,7 @@ from torch.nn.utils import parameters_to_vector, vector_to_parameters
 from torch.optim.swa_utils import update_bn
 
 from landscape.errors import LandscapeError
+from landscape.evaluate import choose_strategy
 from landscape.objective import Objective
 
 N = 23  # number of samples: prime, so no batch size below it divides it
@@ -608,7 +609,7 @@ def test_auto_strategy_and_chunk_follow_the_rule_by_model_and_device() -> None:
     on_gpu = {}
     for name, o in objs.items():
         o.device = torch.device("cuda")  # the rule only reads the device type
-        on_gpu[name] = o._choose_strategy()
+        on_gpu[name] = choose_strategy(o)
     assert on_gpu == {"mlp": "vmap", "conv": "loop", "bn": "loop"}
     assert Objective(mlp, (x, y), device="cpu", bn="recompute").strategy == "loop"
     with pytest.raises(LandscapeError, match="recompute"):
@@ -623,7 +624,7 @@ def test_explicit_vmap_strategy_failure_is_raised(monkeypatch: pytest.MonkeyPatc
     def broken(*args: object) -> None:
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(obj, "_eval_vmap", broken)
+    monkeypatch.setattr(obj.evaluator, "vmap", broken)
     with pytest.raises(RuntimeError, match="boom"):
         obj.evaluate(obj.theta0[None].repeat(2, 1))
 
@@ -787,7 +788,7 @@ def test_out_of_memory_halves_the_data_chunk_and_keeps_the_values(monkeypatch) -
                     batch_size=16)
     points = obj.theta0[None] + 0.1 * torch.randn(3, obj.space.numel, dtype=torch.float64)
     want = obj.evaluate(points)["loss"]
-    real, calls = obj._eval_loop, []
+    real, calls = obj.evaluator.loop, []
 
     def flaky(*args: object) -> torch.Tensor:  # the first two calls run out of memory
         calls.append(obj.batch_size)
@@ -795,7 +796,7 @@ def test_out_of_memory_halves_the_data_chunk_and_keeps_the_values(monkeypatch) -
             raise torch.cuda.OutOfMemoryError("simulated")
         return real(*args)
 
-    monkeypatch.setattr(obj, "_eval_loop", flaky)
+    monkeypatch.setattr(obj.evaluator, "loop", flaky)
     monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
     got = obj.evaluate(points)["loss"]
     assert calls == [16, 8, 4] and obj.batch_size == 4
@@ -803,7 +804,7 @@ def test_out_of_memory_halves_the_data_chunk_and_keeps_the_values(monkeypatch) -
 
 
 def test_out_of_memory_with_nothing_left_to_halve_is_raised() -> None:
-    from landscape.objective import halving_on_oom
+    from landscape.evaluate import halving_on_oom
 
     def run() -> None:
         raise torch.cuda.OutOfMemoryError("simulated")

@@ -56,7 +56,8 @@ from landscape.errors import (
     check_positive,
     unknown_name,
 )
-from landscape.objective import Objective, accepts_model, halving_on_oom
+from landscape.evaluate import halving_on_oom
+from landscape.objective import Objective, accepts_model
 from landscape.progress import progress
 
 OPERATORS = ("hessian", "ggn")
