@@ -234,8 +234,7 @@ class Objective:
             twin.model = copy.deepcopy(self.model).to(twin.dtype)
             twin.buffers = {k: v.detach() for k, v in twin.model.named_buffers()}
             twin.theta0 = self.theta0.to(twin.dtype)
-            twin.source = copy.copy(self.source)
-            twin.source.dtype = twin.dtype
+            twin.source = self.source.as_dtype(twin.dtype)
             twin.evaluator.loaded = twin.evaluator.bn_model = None
             twins[precision] = twin
         return twins[precision]

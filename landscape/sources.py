@@ -28,6 +28,7 @@ wrapped in :func:`per_sample`, returning ``[B]`` or ``[B, ...]`` unreduced losse
 
 from __future__ import annotations
 
+import copy
 import inspect
 import os
 from collections.abc import Callable, Iterable, Iterator
@@ -273,10 +274,18 @@ class Source:
             yield from self._streamed(batch_size)
             return
         inputs, targets = self._data
-        for s in range(0, self.n, batch_size):  # cast: no-op unless a copy changed the dtype
-            yield cast((take(inputs, slice(s, s + batch_size)),
-                        None if targets is None else targets[s:s + batch_size]),
-                       self.device, self.dtype)
+        for s in range(0, self.n, batch_size):
+            yield self._recast((take(inputs, slice(s, s + batch_size)),
+                                None if targets is None else targets[s:s + batch_size]))
+
+    def as_dtype(self, dtype: torch.dtype) -> Source:
+        """The same data with floating tensors in ``dtype`` (resident data cast per batch)."""
+        twin = copy.copy(self)
+        twin.dtype, twin._recast = dtype, lambda batch: cast(batch, self.device, dtype)
+        return twin
+
+    def _recast(self, batch: Any) -> Any:  # resident batches are kept in self.dtype
+        return batch
 
     def local(self, idx: Tensor) -> tuple[Tensor, Tensor]:
         """(positions in ``idx``, local indices) of the samples of the global indices
@@ -299,8 +308,8 @@ class Source:
         idx = torch.as_tensor(idx, dtype=torch.long)
         if self._data is not None:
             dev = idx.to(self.device)
-            return cast((take(self._data[0], dev), None if self._data[1] is None
-                         else self._data[1][dev]), self.device, self.dtype)
+            return self._recast((take(self._data[0], dev), None if self._data[1] is None
+                                 else self._data[1][dev]))
         idx = idx.cpu()
         parts, where, start = [], [], 0
         for inputs, targets in self._host_batches(batch_size):
@@ -337,8 +346,6 @@ def _unreduced(fn: Callable) -> Callable | None:
     if isinstance(fn, per_sample):
         return fn
     if isinstance(fn, nn.Module) and hasattr(fn, "reduction"):
-        import copy
-
         twin = copy.copy(fn)
         twin.reduction = "none"
         return twin
@@ -424,11 +431,17 @@ class Loss:
                 "batch mean: give a loss that takes reduction= (torch losses) or wrap it in "
                 "landscape.per_sample(fn)")
         raw = self._raw(out, y)
+        if raw.dim() == 1:  # one target element per sample
+            return raw
         raw = raw.reshape(y.shape[0], -1)
         return raw.sum(1) if self.mean_over == "elements" else raw.mean(1)
 
     def total(self, out: Any, y: Tensor) -> Tensor:
         """The batch's loss summed in units of :meth:`weight` (its mean times the weight)."""
+        if self.name == "cross_entropy" and (y.dim() == 1 or self.mean_over == "elements"):
+            out = out.float() if out.dtype in (torch.bfloat16, torch.float16) else out
+            return F.cross_entropy(out.reshape(-1, out.shape[-1]), y.reshape(-1),
+                                   reduction="sum")  # one fused kernel
         if self.has_per_sample:
             return self.samples(out, y).sum()
         return (out if self.hook else self.fn(out, y)) * self.weight(y)
