@@ -221,22 +221,29 @@ class Evaluator:
     @torch.no_grad()
     def loop(self, points: Tensor, buffers: dict[str, Tensor] | None = None,
              plane: tuple[Tensor, Tensor, Tensor] | None = None) -> Tensor:
-        """One point at a time. With ``plane``, the first layer is ``x W0 + sum_d c_d x
-        D_d`` (exact in exact arithmetic; round-off in the last bits differs from the
-        product at each point)."""
+        """One point at a time, loaded into the model's flat parameters; with ``plane``
+        (``points`` then only give their number) each point is formed there in place, and
+        where :attr:`plane_layer` is set the first layer is ``x W0 + sum_d c_d x D_d`` (exact
+        in exact arithmetic; round-off in the last bits differs from the product)."""
         core = self.core
         model, flat = self.loaded_model()
         own = dict(model.named_buffers())
         changed: set[str] = set()
         rows = []
-        layer, products, coords = None, None, None
-        if plane is not None:
+        layer, products = None, None
+        coords = None if plane is None else plane[2].tolist()
+        if plane is not None and self.plane_layer is not None:
             products = self.first_layer_products(model, plane[0], plane[1])
-            coords = plane[2].tolist()
             layer = model.get_submodule(self.plane_layer)
         try:
-            for k, theta in enumerate(points):
-                flat.copy_(theta)
+            for k in range(len(points)):
+                if plane is None:
+                    flat.copy_(points[k])
+                else:
+                    flat.copy_(plane[0])
+                    for coefficient, direction in zip(coords[k], plane[1]):
+                        flat.add_(direction, alpha=coefficient)
+                theta = flat
                 if core.bn == "recompute":
                     buffers_k = self.recomputed_buffers(theta)
                 else:
@@ -247,8 +254,8 @@ class Evaluator:
                 total = None
                 for c, (x, y) in enumerate(core.batches()):  # summed in order: the same bits
                     if layer is not None:
-                        h = products[c][0].clone()
-                        for coefficient, along in zip(coords[k], products[c][1:]):
+                        h = torch.add(products[c][0], products[c][1], alpha=coords[k][0])
+                        for coefficient, along in zip(coords[k][1:], products[c][2:]):
                             h.add_(along, alpha=coefficient)
                         layer.forward = lambda _x, h=h: h  # the first layer's output, given
                     stats = core.stats(core.loss_fn(model, x) if core.loss_fn.hook

@@ -351,13 +351,15 @@ class Objective:
     # evaluation at many points (landscape.evaluate)
     def evaluate_plane(self, origin: Tensor, directions: Tensor, coords: Tensor,
                        buffers: dict[str, Tensor] | None = None) -> dict[str, Tensor]:
-        """:meth:`evaluate` at ``origin[P] + coords[K, D] @ directions[D, P]``; where
-        :attr:`plane_layer` is set, the first layer's output is formed from ``1 + D``
-        products per data chunk (the saving is in ``benchmarks/README.md``)."""
+        """:meth:`evaluate` at ``origin[P] + coords[K, D] @ directions[D, P]``; the loop forms
+        each point in place (no ``[K, P]`` tensor), and where :attr:`plane_layer` is set the
+        first layer's output from ``1 + D`` products per data chunk (``benchmarks/README.md``)."""
         origin, directions, coords = (torch.as_tensor(t).to(self.device, self.dtype)
                                       for t in (origin, directions, coords))
-        plane = None if self.plane_layer is None else (origin, directions, coords)
-        return self.evaluate(origin + coords @ directions, buffers, _plane=plane)
+        if self.strategy == "vmap":
+            return self.evaluate(origin + coords @ directions, buffers)
+        return self.evaluate(origin.expand(len(coords), -1), buffers,  # (a view: the count)
+                             _plane=(origin, directions, coords))
 
     def evaluate(self, points: Tensor, buffers: dict[str, Tensor] | None = None,
                  _plane: tuple[Tensor, Tensor, Tensor] | None = None) -> dict[str, Tensor]:
