@@ -13,9 +13,9 @@ Rows (the default digits MLP of ``landscape train``, its run in ``--run``, unles
   PyHessian's deflated power iteration (HVPs counted by wrapping its product function).
 - ``trace``: 150 HVPs, seconds per HVP: the engine's Hutchinson and Hutch++ against
   PyHessian's ``trace`` (no early stop).
-- ``surface``: 21 x 21 filter-normalized planes of MLPs of hidden widths ``--widths`` on the
-  digits, seconds per point: ``Objective.evaluate_plane`` against loss-landscapes'
-  ``random_plane``.
+- ``surface``: ``--grid`` x ``--grid`` (21) filter-normalized planes of MLPs of hidden
+  widths ``--widths`` on the digits, seconds per point: ``Objective.evaluate_plane``
+  against loss-landscapes' ``random_plane``.
 - ``streaming``: per-sample gradients of 2,000 samples (``per_sample_grads``), the data
   streamed (a re-iterable of 64-sample batches, counted) against resident.
 - ``train``: ``landscape.train`` with the CLI defaults (20 epochs, per-epoch train and test
@@ -206,7 +206,7 @@ def surface_part(args: argparse.Namespace, run: landscape.Run) -> None:
 
     data = load_dataset("digits")
     x, y = data.x_train, data.y_train
-    n = 21
+    n = args.grid
     a, b = torch.meshgrid(torch.linspace(-1, 1, n), torch.linspace(-1, 1, n), indexing="xy")
     coords = torch.stack([a.reshape(-1), b.reshape(-1)], 1)
     for width in args.widths:
@@ -224,7 +224,7 @@ def surface_part(args: argparse.Namespace, run: landscape.Run) -> None:
                                                      normalization="filter",
                                                      deepcopy_model=True)) / n**2},
             args.rounds)
-        print(f"surface 21x21, MLP width {width}: engine {1e3 * times['engine']:.2f} ms/point, "
+        print(f"surface {n}x{n}, MLP width {width}: engine {1e3 * times['engine']:.2f} ms/point, "
               f"loss-landscapes {1e3 * times['loss-landscapes']:.2f} ms/point: ratio "
               f"{times['loss-landscapes'] / times['engine']:.2f}x")
 
@@ -310,6 +310,7 @@ def main() -> None:
     parser.add_argument("--run", required=True, help="the default digits MLP run directory")
     parser.add_argument("--parts", default=",".join(PARTS))
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--grid", type=int, default=21, help="surface: points per axis")
     parser.add_argument("--widths", default="100,400,1600",
                         type=lambda s: [int(w) for w in s.split(",")])
     args = parser.parse_args()

@@ -167,8 +167,8 @@ def chunk_size(core: Any, numel: int) -> int:
     """Samples per vmap call of :func:`grads` for ``numel`` parameters, sized so that
     gradients and activations fit ``core.memory_budget`` bytes (default: a quarter of the
     free GPU memory, 16 MiB on the CPU, the fastest measured), at most ``batch_size``."""
-    first = first_sample(core)
-    if "activation_numel" not in core.cache:  # one sample's activations, measured once
+    if "sample_numel" not in core.cache:  # one sample's activations and bytes, measured once
+        first = first_sample(core)
         sizes: list[int] = []
         handles = [m.register_forward_hook(
             lambda _m, _i, o: sizes.append(o.numel()) if isinstance(o, Tensor) else None)
@@ -179,13 +179,14 @@ def chunk_size(core: Any, numel: int) -> int:
         finally:
             for h in handles:
                 h.remove()
-        core.cache["activation_numel"] = sum(sizes)
+        core.cache["sample_numel"] = sum(sizes), nbytes(first)
+    activations, sample_bytes = core.cache["sample_numel"]
     budget = core.memory_budget
     if budget is None:
         budget = (torch.cuda.mem_get_info(core.device)[0] // 4
                   if core.device.type == "cuda" else 2**24)
     itemsize = torch.finfo(core.dtype).bits // 8
-    per_sample_bytes = itemsize * (2 * numel + 2 * core.cache["activation_numel"]) + nbytes(first)
+    per_sample_bytes = itemsize * (2 * numel + 2 * activations) + sample_bytes
     return max(1, min(core.batch_size, budget // per_sample_bytes))
 
 
