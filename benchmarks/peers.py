@@ -30,6 +30,7 @@ Run: ``python benchmarks/peers.py --run outputs/runs/mlp-digits [--parts precisi
 from __future__ import annotations
 
 import argparse
+import copy
 import statistics
 import sys
 import tempfile
@@ -121,7 +122,7 @@ def noise_part(args: argparse.Namespace, run: landscape.Run) -> None:
 
     o32, o64 = objectives(run)
     ref = gradient_noise(o64, batch_size=1).trace_cov
-    model = extend(run.model.float().eval())
+    model = extend(copy.deepcopy(run.model).float().eval())  # (its hooks stay on the copy)
     loss = extend(nn.CrossEntropyLoss(reduction="sum"))(model(o32.x), o32.y)
     with backpack(Variance()):
         loss.backward()

@@ -232,9 +232,11 @@ class Evaluator:
         rows = []
         layer, products = None, None
         coords = None if plane is None else plane[2].tolist()
+        given: list[Tensor] = []  # the first layer's output at the current point and chunk
         if plane is not None and self.plane_layer is not None:
             products = self.first_layer_products(model, plane[0], plane[1])
             layer = model.get_submodule(self.plane_layer)
+            layer.forward = lambda _x: given[-1]
         try:
             for k in range(len(points)):
                 if plane is None:
@@ -257,7 +259,7 @@ class Evaluator:
                         h = torch.add(products[c][0], products[c][1], alpha=coords[k][0])
                         for coefficient, along in zip(coords[k][1:], products[c][2:]):
                             h.add_(along, alpha=coefficient)
-                        layer.forward = lambda _x, h=h: h  # the first layer's output, given
+                        given[:] = [h]
                     stats = core.stats(core.loss_fn(model, x) if core.loss_fn.hook
                                        else call_model(model, x), y)
                     total = stats if total is None else total + stats
