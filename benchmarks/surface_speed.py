@@ -110,13 +110,15 @@ def engine_seconds_per_point(obj: Objective, dirs: torch.Tensor, coords: np.ndar
     (``evaluate_plane``), or point by point (``evaluate``) when not ``by_products``."""
     c = torch.as_tensor(coords, dtype=obj.dtype, device=obj.device)
     obj.evaluate(obj.theta0[None])  # warm-up
-    obj._sync()
+    if obj.device.type == "cuda":
+        torch.cuda.synchronize(obj.device)
     start = time.perf_counter()
     if by_products:
         losses = obj.evaluate_plane(obj.theta0, dirs.to(obj.dtype), c)["loss"].numpy()
     else:
         losses = obj.evaluate(obj.theta0 + c @ dirs.to(obj.dtype))["loss"].numpy()
-    obj._sync()
+    if obj.device.type == "cuda":
+        torch.cuda.synchronize(obj.device)
     return (time.perf_counter() - start) / len(coords), losses
 
 

@@ -710,7 +710,8 @@ def noise_cmd(run_dir: str, batch_size: int, lr: float, split: str, subset: int 
               help="Lanczos: most HVPs.")
 @click.option("--block-size", "lanczos_block", type=click.IntRange(min=1), default=1,
               show_default=True, help="Block Lanczos: vectors per data pass.")
-@click.option("--verify", is_flag=True, help="Recompute the residuals explicitly.")
+@click.option("--verify/--no-verify", default=None,
+              help="Measure the residuals with float64 products [on below float64].")
 @click.option("--no-eigenvectors", is_flag=True, help="Do not keep the eigenvectors.")
 @click.option("--seed", type=int, default=0, show_default=True,
               help="Seed of the subset, the Lanczos start vectors and the probes.")
@@ -724,7 +725,7 @@ def hessian_cmd(run_dir: str, top: int, bottom: int, trace: bool, trace_method: 
                 trace_rtol: float, max_probes: int | None, density: bool, density_probes: int,
                 density_steps: int, sigma: float, split: str, subset: int | None,
                 operator: str, params: str | None, tol: float, max_iter: int,
-                lanczos_block: int, verify: bool, no_eigenvectors: bool, seed: int, out: str,
+                lanczos_block: int, verify: bool | None, no_eigenvectors: bool, seed: int, out: str,
                 overwrite: bool, as_json: bool, **opts: Any) -> None:
     """Hessian eigenvalues (Lanczos), trace (Hutchinson / Hutch++) and spectral density."""
     from landscape.analysis.hessian import hessian_of_run

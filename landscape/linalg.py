@@ -87,49 +87,46 @@ class Split:
 def orthogonalize(W: Tensor, basis: Tensor | None = None, *, normalize: bool = True,
                   drop_tol: float | Tensor = 0.0) -> tuple[Tensor, Tensor, Tensor | None]:
     """Gram-Schmidt of the rows of ``W[..., b, n]`` against the orthonormal rows of
-    ``basis[..., m, n]``, two passes ("twice is enough"); leading dimensions are a batch.
+    ``basis[..., m, n]``, two passes ("twice is enough"), each one matrix product with the
+    basis; leading dimensions are a batch. Everything stays on ``W``'s device until the
+    coefficients are returned (one copy to the host).
 
-    Returns ``(Q, C, R)``. ``C[..., b, m]`` (float64): the coefficients removed along the
-    basis. With ``normalize=False``, ``Q`` is ``W`` minus those components and ``R`` is None.
-    Otherwise the rows are also orthonormalized among themselves, in order: ``Q[..., b, n]``
-    has unit rows, or zero rows where what remains has norm ``<= drop_tol`` (the row lies in
-    the span already: an invariant subspace), and ``R[..., b, b]`` (float64, upper
-    triangular) gives ``W = C basis + R^T Q``. Cost: ``4 b (m + b) n`` flops.
+    Returns ``(Q, C, R)``. ``C[..., b, m]`` (float64, CPU): the coefficients removed along
+    the basis. With ``normalize=False``, ``Q`` is ``W`` minus those components and ``R`` is
+    None. Otherwise the rows are also orthonormalized among themselves, in order (each row:
+    two passes against the basis and the rows before it): ``Q[..., b, n]`` has unit rows,
+    or zero rows where what remains has norm ``<= drop_tol`` (the row lies in the span
+    already: an invariant subspace), and ``R[..., b, b]`` (float64, CPU, upper triangular)
+    gives ``W = C basis + R^T Q``. Cost: ``4 b (m + b) n`` flops.
     """
     batch = W.shape[:-2]
     b = W.shape[-2]
     m = 0 if basis is None else basis.shape[-2]
-    C = torch.zeros(*batch, b, m, dtype=torch.float64)
-
-    def against_basis(w: Tensor, rows: slice) -> Tensor:
-        if not m:
-            return w
-        for _ in range(2):
-            c = w @ basis.mT
-            w = w - c @ basis
-            C[..., rows, :] += c.double().cpu()
-        return w
-
+    dev = W.device
     if not normalize:
-        return against_basis(W, slice(None)), C, None
-    R = torch.zeros(*batch, b, b, dtype=torch.float64)
-    qs: list[Tensor] = []
-    drop = torch.as_tensor(drop_tol, dtype=torch.float64).expand(*batch, 1)
+        C = torch.zeros(*batch, b, m, dtype=torch.float64, device=dev)
+        for _ in range(2 if m else 0):
+            c = W @ basis.mT
+            W = W - c @ basis
+            C += c.double()
+        return W, C.cpu(), None
+    coef = torch.zeros(*batch, b, m + b, dtype=torch.float64, device=dev)  # [C | R^T]
+    drop = torch.as_tensor(drop_tol, dtype=torch.float64).to(dev).expand(*batch, 1)
+    Q = torch.zeros_like(W)
     for j in range(b):
         w = W[..., j : j + 1, :]
-        for _ in range(2):
-            w = against_basis(w, slice(j, j + 1))
-            if qs:
-                Qp = torch.cat(qs, dim=-2)
-                c = w @ Qp.mT
-                w = w - c @ Qp
-                R[..., :j, j] += c[..., 0, :].double().cpu()
+        span = Q[..., :j, :] if basis is None else torch.cat([basis, Q[..., :j, :]], dim=-2)
+        for _ in range(2 if m + j else 0):
+            c = w @ span.mT
+            w = w - c @ span
+            coef[..., j : j + 1, : m + j] += c.double()
         norm = torch.linalg.vector_norm(w, dim=-1)  # [..., 1]
-        keep = norm.double().cpu() > drop
-        R[..., j, j] = torch.where(keep, norm.double().cpu(), 0.0)[..., 0]
-        scale = torch.where(keep.to(norm.device), 1.0 / norm.clamp(min=_TINY), 0.0)
-        qs.append(w * scale[..., None].to(w.dtype))
-    return torch.cat(qs, dim=-2), C, R
+        keep = norm.double() > drop
+        coef[..., j, m + j] = torch.where(keep, norm.double(), 0.0)[..., 0]
+        scale = torch.where(keep, 1.0 / norm.double().clamp(min=_TINY), 0.0).to(w.dtype)
+        Q[..., j : j + 1, :] = w * scale[..., None]
+    coef = coef.cpu()
+    return Q, coef[..., :m], coef[..., m:].mT.contiguous()
 
 
 def rounding_floor(dtype: torch.dtype, scale: float) -> float:
@@ -139,18 +136,15 @@ def rounding_floor(dtype: torch.dtype, scale: float) -> float:
 
 def convergence(residuals: Tensor, values: Tensor, tol: float, floor: float = 0.0,
                 ) -> tuple[Tensor, Tensor]:
-    """The one convergence test of Ritz pairs (float64 inputs): ``(converged, at_floor)``.
+    """The one convergence test of Ritz pairs (float64 inputs): ``(converged, raised)``.
 
-    ``converged``: ``||A v - lambda v|| <= tol |lambda|`` with ``tol |lambda|`` at or above
-    ``floor`` (below the rounding floor of the working precision a residual is not resolved,
-    so it cannot show convergence). ``at_floor``: not converged, but the residual is at most
-    ``max(tol |lambda|, floor)``: more iterations cannot help, a higher precision can.
-    Iterations stop when every wanted pair is one or the other.
+    A residual below the rounding ``floor`` of the working precision is not resolved, so a
+    tolerance ``tol |lambda|`` below the floor is raised to it: ``converged`` is
+    ``||A v - lambda v|| <= max(tol |lambda|, floor)``, and ``raised`` marks the pairs whose
+    tolerance was raised (a higher precision can go further; more iterations cannot).
     """
     target = tol * values.abs()
-    done = residuals <= torch.clamp(target, min=floor)
-    ok = done & (target >= floor)
-    return ok, done & ~ok
+    return residuals <= torch.clamp(target, min=floor), target < floor
 
 
 # ------------------------------------------------------------------------------------------
@@ -159,9 +153,10 @@ def convergence(residuals: Tensor, values: Tensor, tol: float, floor: float = 0.
 class Eigenpairs:
     """Extreme eigenpairs: ``values`` (float64; the largest descending, then the smallest
     ascending), ``vectors[k, n]`` (unit rows, operator dtype and device), ``residuals``
-    (``||A v - lambda v||``, float64), ``converged`` (residual ``<= tol |lambda|``),
-    ``at_floor`` (not converged, but at the rounding floor of the working precision, where
-    more iterations cannot help), ``n_matvecs``, ``n_restarts``."""
+    (``max(||A v - lambda v||, floor)``, float64: the Krylov residual, which does not see the
+    operator's own round-off, is never reported below the rounding floor),
+    ``converged`` (:func:`convergence`), ``at_floor`` (the tolerance was raised to the
+    rounding floor of the working precision), ``n_matvecs``, ``n_restarts``."""
 
     values: Tensor
     vectors: Tensor
@@ -203,7 +198,7 @@ def lanczos(op: Operator, n: int, k_largest: int = 1, k_smallest: int = 0, *,
     ``max(40, 4k, k + 8 block_size)``), the basis is replaced by Ritz vectors from the
     wanted ends. After an invariant subspace, fresh random directions are grown ``k`` more
     steps before stopping, so repeated eigenvalues and null spaces show. Stops when every
-    wanted pair passes :func:`convergence` (converged, or at the rounding floor), or after
+    wanted pair passes :func:`convergence` (its tolerance raised to the rounding floor), or after
     ``max_matvecs`` products. ``v0[b, n]`` (or ``[n]``): the start block (a warm start, e.g.
     the previous eigenvectors), completed with random rows up to ``block_size``; otherwise
     random from ``seed``. Memory: ``max_basis * n`` numbers.
@@ -282,8 +277,7 @@ def lanczos(op: Operator, n: int, k_largest: int = 1, k_smallest: int = 0, *,
             if m >= k_total and settled:
                 wanted = _wanted(m, k_largest, k_smallest)
                 floor = rounding_floor(dtype, float(theta.abs().max()))
-                ok, at_floor = convergence(res[wanted], theta[wanted], tol, floor)
-                if bool((ok | at_floor).all()):
+                if bool(convergence(res[wanted], theta[wanted], tol, floor)[0].all()):
                     break
     finally:
         bar.close()
@@ -294,9 +288,10 @@ def lanczos(op: Operator, n: int, k_largest: int = 1, k_smallest: int = 0, *,
     wanted = _wanted(m, k_largest, k_smallest)
     vectors = U[:, wanted].T.to(device, dtype) @ V[:m]
     vectors = vectors / torch.linalg.vector_norm(vectors, dim=1, keepdim=True)
-    values, res = theta[wanted], res[wanted]
-    ok, at_floor = convergence(res, values, tol, rounding_floor(dtype, float(theta.abs().max())))
-    return Eigenpairs(values, vectors, res, ok, at_floor, used, restarts)
+    floor = rounding_floor(dtype, float(theta.abs().max()))
+    values, res = theta[wanted], res[wanted].clamp(min=floor)
+    ok, raised = convergence(res, values, tol, floor)
+    return Eigenpairs(values, vectors, res, ok, raised, used, restarts)
 
 
 # ------------------------------------------------------------------------------------------

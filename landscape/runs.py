@@ -38,10 +38,10 @@ CHECKPOINT_RE = re.compile(r"^epoch_(\d+)\.pt$")
 
 
 # ----------------------------------------------------------------------------- atomic writes
-def atomic_write_json(path: Path, obj: Any) -> None:
+def atomic_write_json(path: Path, obj: Any, sync: bool = True) -> None:
     """Write ``obj`` as indented strict JSON (NaN and infinities as ``null``), atomically."""
     text = json.dumps(strict_json(obj), indent=2, allow_nan=False)
-    atomic_write(path, (text + "\n").encode())
+    atomic_write(path, (text + "\n").encode(), sync)
 
 
 def atomic_torch_save(path: Path, obj: Any) -> None:
@@ -51,15 +51,16 @@ def atomic_torch_save(path: Path, obj: Any) -> None:
     atomic_write(path, buf.getvalue())
 
 
-def write_history(path: Path, history: list[dict]) -> None:
-    """Write ``history.json`` and ``history.csv`` in run directory ``path``, atomically."""
-    atomic_write_json(path / "history.json", history)
+def write_history(path: Path, history: list[dict], sync: bool = True) -> None:
+    """Write ``history.json`` and ``history.csv`` in run directory ``path``, atomically;
+    ``sync``: durably (see :func:`landscape.store.atomic_write`)."""
+    atomic_write_json(path / "history.json", history, sync)
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=list(HISTORY_COLUMNS), lineterminator="\n")
     writer.writeheader()
     for row in history:
         writer.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in HISTORY_COLUMNS})
-    atomic_write(path / "history.csv", buf.getvalue().encode())
+    atomic_write(path / "history.csv", buf.getvalue().encode(), sync)
 
 
 def to_cpu(obj: Any) -> Any:

@@ -19,7 +19,8 @@ x, y = torch.randn(41, 4, generator=g, dtype=torch.float64), torch.randint(3, (4
 obj = Objective(model, (x, y), precision="float64", device="cpu", batch_size=7,
                 shard=True)
 top = landscape.hessian_eigenvalues(obj, k=3, tol=1e-10).eigenvalues.tolist()
-trace = landscape.hessian_trace(obj, max_probes=20, min_probes=20, rtol=1e-12, seed=3)
+trace = landscape.hessian_trace(obj, method="hutchinson", max_probes=20, min_probes=20,
+                                rtol=1e-12, seed=3)
 eps = landscape.epsilon_sharpness(obj, eps=1e-3).value
 sam = landscape.sam_sharpness(obj, rho=0.05).value
 noise = landscape.gradient_noise(obj, batch_size=4).value

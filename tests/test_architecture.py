@@ -23,7 +23,8 @@ ROOT = Path(__file__).resolve().parents[1] / "landscape"
 LAYERS: list[tuple[str, ...]] = [
     ("landscape.errors", "landscape.version", "landscape.progress", "landscape.stats",
      "landscape.trust", "landscape.distributed", "landscape.store", "landscape.params",
-     "landscape.per_sample", "landscape.linalg", "landscape.sources"),
+     "landscape.per_sample", "landscape.linalg", "landscape.sources", "landscape.evaluate",
+     "landscape.operators", "landscape.device"),
     ("landscape.data", "landscape.userdata", "landscape.models"),
     ("landscape.objective", "landscape.runs"),
     ("landscape.surface", "landscape.analysis", "landscape.training", "landscape.toy"),
@@ -142,3 +143,40 @@ def test_no_module_imports_a_private_name_of_another() -> None:
 def test_no_module_imports_from_a_floor_above_its_own(module: str) -> None:
     above = sorted(t for t in _graph()[module] if _floor(t) > _floor(module))
     assert not above, f"{module} (floor {_floor(module)}) imports {above}"
+
+
+def _package(module: str) -> str:
+    """``landscape.X`` for a module of the package ``landscape.X`` (or the module itself)."""
+    return ".".join(module.split(".")[:2])
+
+
+def test_packages_have_no_cycle() -> None:
+    graph: dict[str, set[str]] = {}
+    for module, targets in _graph().items():
+        graph.setdefault(_package(module), set()).update(
+            _package(t) for t in targets if _package(t) != _package(module))
+    assert _cycle(graph) is None, " -> ".join(_cycle(graph) or [])
+
+
+def _private_names(tree: ast.AST) -> set[str]:
+    """Private names a module defines: functions, classes, methods, ``self._x`` attributes."""
+    out = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+            out.add(node.name)
+        elif isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Store):
+            out.add(node.attr)
+    return {n for n in out if n.startswith("_") and not n.startswith("__")}
+
+
+def test_no_module_uses_a_private_attribute_defined_in_another() -> None:
+    trees = {m: ast.parse(p.read_text(), str(p)) for m, p in MODULES.items()}
+    defined = {m: _private_names(t) for m, t in trees.items()}
+    elsewhere = {m: set().union(*(d for o, d in defined.items() if o != m)) - defined[m]
+                 for m in trees}
+    assert elsewhere["landscape.objective"]  # the names were really read
+    bad = [f"{MODULES[m].relative_to(ROOT.parent)}:{node.lineno}: .{node.attr}"
+           for m, tree in trees.items() for node in ast.walk(tree)
+           if isinstance(node, ast.Attribute) and node.attr in elsewhere[m]
+           and not (isinstance(node.value, ast.Name) and node.value.id in ("self", "cls"))]
+    assert not bad, "\n".join(bad)

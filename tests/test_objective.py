@@ -20,6 +20,7 @@ from torch.nn.utils import parameters_to_vector, vector_to_parameters
 from torch.optim.swa_utils import update_bn
 
 from landscape.errors import LandscapeError
+from landscape.evaluate import choose_strategy
 from landscape.objective import Objective
 
 N = 23  # number of samples: prime, so no batch size below it divides it
@@ -608,7 +609,7 @@ def test_auto_strategy_and_chunk_follow_the_rule_by_model_and_device() -> None:
     on_gpu = {}
     for name, o in objs.items():
         o.device = torch.device("cuda")  # the rule only reads the device type
-        on_gpu[name] = o._choose_strategy()
+        on_gpu[name] = choose_strategy(o)
     assert on_gpu == {"mlp": "vmap", "conv": "loop", "bn": "loop"}
     assert Objective(mlp, (x, y), device="cpu", bn="recompute").strategy == "loop"
     with pytest.raises(LandscapeError, match="recompute"):
@@ -623,7 +624,7 @@ def test_explicit_vmap_strategy_failure_is_raised(monkeypatch: pytest.MonkeyPatc
     def broken(*args: object) -> None:
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(obj, "_eval_vmap", broken)
+    monkeypatch.setattr(obj.evaluator, "vmap", broken)
     with pytest.raises(RuntimeError, match="boom"):
         obj.evaluate(obj.theta0[None].repeat(2, 1))
 
@@ -787,7 +788,7 @@ def test_out_of_memory_halves_the_data_chunk_and_keeps_the_values(monkeypatch) -
                     batch_size=16)
     points = obj.theta0[None] + 0.1 * torch.randn(3, obj.space.numel, dtype=torch.float64)
     want = obj.evaluate(points)["loss"]
-    real, calls = obj._eval_loop, []
+    real, calls = obj.evaluator.loop, []
 
     def flaky(*args: object) -> torch.Tensor:  # the first two calls run out of memory
         calls.append(obj.batch_size)
@@ -795,7 +796,7 @@ def test_out_of_memory_halves_the_data_chunk_and_keeps_the_values(monkeypatch) -
             raise torch.cuda.OutOfMemoryError("simulated")
         return real(*args)
 
-    monkeypatch.setattr(obj, "_eval_loop", flaky)
+    monkeypatch.setattr(obj.evaluator, "loop", flaky)
     monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
     got = obj.evaluate(points)["loss"]
     assert calls == [16, 8, 4] and obj.batch_size == 4
@@ -803,10 +804,78 @@ def test_out_of_memory_halves_the_data_chunk_and_keeps_the_values(monkeypatch) -
 
 
 def test_out_of_memory_with_nothing_left_to_halve_is_raised() -> None:
-    from landscape.objective import halving_on_oom
+    from landscape.evaluate import halving_on_oom
 
     def run() -> None:
         raise torch.cuda.OutOfMemoryError("simulated")
 
     with pytest.raises(torch.cuda.OutOfMemoryError):
         halving_on_oom(run, lambda: False)
+
+
+def test_hvps_at_one_point_share_one_gradient_graph_and_equal_fresh_products() -> None:
+    x, y = _class_data(n=12)
+    obj = Objective(_mlp(), (x, y), device="cpu", precision="float64")
+    calls = _count_forwards(obj)
+    theta = obj.theta0
+    v = torch.randn(3, obj.space.numel, dtype=torch.float64, generator=torch.Generator()
+                    .manual_seed(0))
+    first, second = obj.hvp(theta, v[:2]), obj.hvp(theta, v[2])
+    assert calls[0] == 1  # the split is one resident chunk: the graph is kept
+    fresh = obj.hvp(theta, v, method="fwd_rev")
+    torch.testing.assert_close(torch.cat([first, second[None]]), fresh, rtol=1e-10, atol=1e-12)
+    moved = theta + 0.1
+    torch.testing.assert_close(obj.hvp(moved, v[0]), obj.hvp(moved, v[0], method="fwd_rev"),
+                               rtol=1e-10, atol=1e-12)
+    assert calls[0] == 4  # one per fwd_rev call, and a new graph at the new point
+    part = obj.subset(torch.arange(6))
+    torch.testing.assert_close(part.hvp(moved, v[0]), part.hvp(moved, v[0], method="fwd_rev"),
+                               rtol=1e-10, atol=1e-12)
+
+
+class _CountedBatches:
+    """A re-iterable of 5-sample batches that counts the batches read."""
+
+    def __init__(self, x: Tensor, y: Tensor) -> None:
+        self.x, self.y, self.read = x, y, 0
+
+    def __iter__(self):  # noqa: ANN204
+        for s in range(0, len(self.y), 5):
+            self.read += 1
+            yield self.x[s : s + 5], self.y[s : s + 5]
+
+
+def test_per_sample_grads_of_streamed_data_read_each_batch_once() -> None:
+    x, y = _class_data(n=N)
+    source = _CountedBatches(x, y)
+    streamed = Objective(_mlp(), source, device="cpu", precision="float64", data_budget=1,
+                         memory_budget=1)  # one sample per vmap call
+    resident = Objective(_mlp(), (x, y), device="cpu", precision="float64")
+    assert not streamed.source.resident
+    streamed.per_sample_grads(streamed.theta0, torch.tensor([0]))  # sizes its vmap calls
+    before = source.read
+    got = streamed.per_sample_grads(streamed.theta0)
+    assert source.read - before == -(-N // 5)  # one pass
+    torch.testing.assert_close(got, resident.per_sample_grads(resident.theta0), rtol=1e-12,
+                               atol=1e-14)
+    idx = torch.tensor([7, 2])
+    before = source.read
+    torch.testing.assert_close(streamed.per_sample_grads(streamed.theta0, idx),
+                               got[idx], rtol=1e-12, atol=1e-14)
+    assert source.read - before == 2  # stops after the batch of the last sample asked for
+
+
+def test_rebind_moves_the_origin_and_buffers_like_a_fresh_objective() -> None:
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(4, 6), nn.BatchNorm1d(6), nn.Linear(6, CLASSES)).eval()
+    x, y = _class_data(n=9)
+    obj = Objective(net, (x, y), device="cpu", precision="float64", strategy="loop")
+    obj.loss(obj.theta0)  # the loop's model copy exists before the move
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(0.1)
+        net[1].running_mean.fill_(0.3)
+    fresh = Objective(net, (x, y), device="cpu", precision="float64", strategy="loop")
+    obj.rebind(fresh.theta0, dict(net.named_buffers()))
+    assert obj.loss(obj.theta0) == pytest.approx(fresh.loss(fresh.theta0), rel=1e-12)
+    torch.testing.assert_close(obj.grad(obj.theta0), fresh.grad(fresh.theta0))

@@ -909,3 +909,32 @@ def test_parse_range_gives_evenly_spaced_points_including_both_ends() -> None:
     np.testing.assert_array_equal(parse_range("0.5:0.5:1"), [0.5])
     assert parse_range("-1:1:4").dtype == np.float64
     assert math.isclose(parse_range("-1:1:3")[1], 0.0, abs_tol=0)
+
+
+def test_a_flush_writes_only_the_rows_of_its_new_points(monkeypatch: pytest.MonkeyPatch,
+                                                        tmp_path: Path) -> None:
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(16, 3, generator=g), torch.randint(0, 2, (16,), generator=g)
+    torch.manual_seed(0)
+    obj = Objective(nn.Linear(3, 2), (x, y), precision="float64", device="cpu")
+    dirs = [random_direction(obj.space, obj.theta0, s) for s in (0, 1)]
+    written: list[int] = []
+    real = h5py.Dataset.__setitem__
+
+    def counting(self: h5py.Dataset, sel: object, value: object) -> None:
+        if self.name.lstrip("/") in ("train_loss", "done"):
+            written.append(int(np.asarray(value).size))
+        real(self, sel, value)
+
+    monkeypatch.setattr(h5py.Dataset, "__setitem__", counting)
+    out = tmp_path / "s.h5"
+    compute_surface(obj, out, "-1:1:9", "-1:1:9", directions=dirs, chunk=4,
+                    show_progress=False)
+    monkeypatch.setattr(h5py.Dataset, "__setitem__", real)
+    # 81 points in chunks of 4 touch at most 2 rows of 9: never the whole 81-point grid
+    assert written and max(written) <= 2 * 9 < 81
+    fresh = tmp_path / "fresh.h5"
+    compute_surface(obj, fresh, "-1:1:9", "-1:1:9", directions=dirs, show_progress=False)
+    np.testing.assert_array_equal(load_surface(out).values["train_loss"],
+                                  load_surface(fresh).values["train_loss"])
+    assert load_surface(out).done.all()

@@ -11,6 +11,7 @@ from click.testing import CliRunner
 import landscape
 from landscape.cli import main
 from landscape.data import MODADD_P, load_dataset
+from landscape.models.transformer import Transformer
 from landscape.objective import Objective
 
 
@@ -59,3 +60,41 @@ def test_train_surface_hessian_sharpness_noise_on_the_token_model(tmp_path) -> N
                  ["noise", "--noise-batch-size", "16", "--json"]):
         res = r.invoke(main, [args[0], "--run", str(run), *args[1:]])
         assert res.exit_code == 0, (args, res.output)
+
+
+class _TiedLM(Transformer):
+    """The head's weight is also the token embedding (read by the parent, outside the head's
+    forward), and the parent also applies the block's output projection by ``F.linear``."""
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        positions = torch.arange(ids.shape[1], device=ids.device)
+        h = F.embedding(ids, self.head.weight) + self.pos(positions)
+        h = self.blocks(h)
+        h = h + 0.5 * F.linear(h, self.blocks[0].proj.weight)
+        return self.head(self.ln(h[:, -1]))
+
+
+def test_per_sample_norms_of_a_weight_tied_transformer_equal_brute_force_gradients() -> None:
+    from landscape.per_sample import exclusive_layers
+
+    torch.manual_seed(0)
+    vocab = MODADD_P + 1
+    model = _TiedLM(vocab, 3, vocab, d_model=8, n_heads=2).double()
+    data = load_dataset("modadd")
+    x, y = data.x_train[:12], data.y_train[:12]
+    obj = Objective(model, (x, y), precision="float64", device="cpu", batch_size=5)
+    layers, rest = exclusive_layers(obj)
+    # the tied head and the projection read by the parent take the exact path
+    assert {"head", "blocks.0.proj"}.isdisjoint(layers) and "blocks.0.qkv" in layers
+    assert {"head.weight", "blocks.0.proj.weight"} <= set(rest)
+    ref = torch.stack([
+        sum(g.square().sum() for g in torch.autograd.grad(
+            F.cross_entropy(model(x[i : i + 1]), y[i : i + 1]), list(model.parameters()),
+            allow_unused=True) if g is not None)  # (the token embedding is unused)
+        for i in range(len(y))])
+    g, sq = obj.per_sample_sq_norms(obj.theta0)
+    torch.testing.assert_close(sq, ref, rtol=1e-10, atol=0.0)
+    torch.testing.assert_close(g, obj.grad(obj.theta0), rtol=1e-10, atol=1e-14)
+    noise = landscape.gradient_noise(obj, batch_size=4)
+    exact = landscape.gradient_noise(obj, batch_size=4, method="per_sample")
+    assert noise.trace_cov == pytest.approx(exact.trace_cov, rel=1e-9)

@@ -564,7 +564,7 @@ def fisher_rao_norm(objective: Any, theta: Tensor | None = None,
     else:
         losses = objective.sample_losses
         with objective.precision_context(derivative=True):  # as every derivative of the engine
-            for x, y in objective._chunks():
+            for x, y in objective.batches():
                 _, directional = jvp(lambda t, x=x, y=y: losses(t, x, y), (theta,), (theta,))
                 total += float((directional.double() ** 2).sum())
         total = float(objective.all_reduce(torch.tensor(total, dtype=torch.float64,

@@ -207,6 +207,7 @@ class Tracker:
             self.x, self.y = x[idx], y[idx]
         self.loss, self.optimizer, self.momentum = loss, optimizer, momentum
         self.batch_size = min(batch_size, len(self.y))
+        self.objective: Objective | None = None  # made at the first tracked step
         self.spe = steps_per_epoch
         self.interval = settings.interval(steps_per_epoch)
         self.others = [m for m in settings.measures if m != "top_eigenvalue"]
@@ -279,8 +280,12 @@ class Tracker:
             t0 = time.perf_counter()
             # one point at a time: no timing-based choice, so a resumed run's lines are the
             # same bits as an uninterrupted one's
-            objective = Objective(net, (self.x, self.y), loss=self.loss, device=device,
-                                  strategy="loop")
+            if self.objective is None:  # one engine for the run, moved to each step's weights
+                self.objective = Objective(net, (self.x, self.y), loss=self.loss,
+                                           device=device, strategy="loop")
+            objective = self.objective.rebind(
+                self.objective.space.flatten(net),
+                {k: v.detach() for k, v in net.named_buffers()})
             if pending:
                 self._update_line(objective)
             if step % self.interval == 0:
@@ -310,7 +315,7 @@ class Tracker:
                                                                 self.momentum)}
         if "top_eigenvalue" in s.measures:
             e = hessian_eigenvalues(objective, theta, k=1, tol=s.tol, seed=s.seed,
-                                    v0=self.state["vec"])
+                                    v0=self.state["vec"], verify=False)
             value = float(e.largest[0])
             row.update(top_eigenvalue=value,
                        top_eigenvalue_error=float(e.residuals[0]) * abs(value),

@@ -145,6 +145,16 @@ def _point_buffers(coords: Tensor, origin: Mapping[str, Tensor],
     return out
 
 
+def _slabs(idx: np.ndarray, shape: tuple[int, ...]) -> list[tuple]:
+    """Selections ``[row, lo:hi]`` (``[lo:hi]`` in 1D) covering the flat indices ``idx`` of an
+    array of ``shape``: a flush writes the rows its new points are in, not the whole grid."""
+    if len(shape) == 1:
+        return [np.s_[int(idx.min()) : int(idx.max()) + 1]]
+    rows, cols = np.divmod(idx, shape[1])
+    return [np.s_[int(r), int(cols[rows == r].min()) : int(cols[rows == r].max()) + 1]
+            for r in np.unique(rows)]
+
+
 def compute_surface(objectives: Objective | Mapping[str, Objective], out: str | Path,
                     x: Any, y: Any = None, *, directions: Tensor | Sequence[Tensor],
                     origin: Tensor | None = None, kind: str = "surface",
@@ -260,17 +270,22 @@ def compute_surface(objectives: Objective | Mapping[str, Objective], out: str | 
                 for split, o in objs.items():
                     for m, v in o.evaluate_plane(origin, dirs, coords, buffers).items():
                         results[f"{split}_{m}"] = v.numpy()
+            new = []
             for idx, res in distributed.all_gather((mine, results)):
                 if rank == 0 and len(idx):
                     for n in names:
                         arrays[n][idx] = res[n]
                     done[idx] = True
-            if rank == 0:
+                    new.append(idx)
+            if rank == 0 and new:
+                slabs = _slabs(np.concatenate(new), shape)
                 with store.writing(out):
                     for n in names:
-                        f[n][...] = arrays[n].reshape(shape)
+                        for sl in slabs:
+                            f[n][sl] = arrays[n].reshape(shape)[sl]
                     f.flush()  # values before the mask: a point is done only once stored
-                    f["done"][...] = done.reshape(shape)
+                    for sl in slabs:
+                        f["done"][sl] = done.reshape(shape)[sl]
                     f.flush()
                 bar.update(sum(len(c) for c in chunks[r : r + share_world]))
     finally:

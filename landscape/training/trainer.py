@@ -594,7 +594,8 @@ def train(*, model: str = "mlp", dataset: str = "digits", data_dir: str | Path |
                     row = trainer.history_row(epoch, step=done_steps + taken, lr=last_lr,
                                               seconds=seconds)
                     history.append(row)
-                    write_history(path, history)
+                    # durable at the end; before, each epoch's checkpoint is the durable copy
+                    write_history(path, history, sync=finished(row))
                     if epoch % save_every == 0 or finished(row):
                         save_checkpoint(epoch)
                     bar.set_postfix_str(_postfix(row), refresh=False)
