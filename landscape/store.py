@@ -164,7 +164,7 @@ def _open(path: Path, mode: str) -> h5py.File:
 
 
 #: The result kinds this library writes; a grid kind holds x (y) coordinates and a done mask.
-GRID_KINDS = ("surface", "interpolation", "plane", "trajectory")
+GRID_KINDS = ("surface", "interpolation", "plane", "trajectory", "path")
 MEASURE_KINDS = ("curvature", "sharpness", "noise", "curve")
 KINDS = (*GRID_KINDS, "hessian", "study", "toy", "track", *MEASURE_KINDS)
 

@@ -1,0 +1,272 @@
+"""Loss and error barriers along a path between two minima, evaluated as surface points.
+
+The barrier (Frankle et al. 2020, "Linear Mode Connectivity and the Lottery Ticket
+Hypothesis") of a path ``phi(t)`` from ``a = phi(0)`` to ``b = phi(1)`` is
+
+    ``sup_t L(phi(t)) - ((1 - t) L(a) + t L(b))``
+
+for the loss and for the error (``1 - accuracy``), the supremum taken over the evaluated
+``t`` (default 25 evenly spaced points, endpoints included). The path is the straight line,
+or a trained curve (:mod:`landscape.connect.curves`), optionally after permuting B's hidden
+units onto A's (:mod:`landscape.connect.align`).
+
+Path points are surface points: they go through
+:func:`landscape.surface.compute.compute_surface` on the plane ``a + u (b - a) + v (c - a)``
+(kind ``path``, the ``x`` coordinate is ``t``), so they are batched, stored, flushed and
+resumed like any surface. BatchNorm networks: interpolated running statistics are wrong for
+the interpolated weights, so by default (``bn_stats="reset"``) every path point gets its
+statistics recomputed on the training data (the REPAIR-style reset of Jordan et al. 2023:
+running statistics zeroed, then one pass in train mode with a cumulative average, batches
+of ``bn_batch`` samples; one extra forward pass over the training split per point);
+``bn_stats="interpolate"`` interpolates them like the weights. The choice is recorded in the
+file's settings.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from landscape import store
+from landscape.connect.align import METHODS, Alignment, align
+from landscape.connect.curves import CURVES, Curve, coefficients, fit_curve
+from landscape.errors import LandscapeError, unknown_name
+from landscape.objective import Objective
+from landscape.params import ParamSpace
+from landscape.sources import Source, call_model
+from landscape.surface.compute import Surface, compute_surface, load_surface
+
+BN_STATS = ("reset", "interpolate")
+SPLITS = ("train", "test")
+
+
+def barrier_of(t: np.ndarray, values: np.ndarray) -> tuple[float, float]:
+    """``(barrier, t at the supremum)`` of ``values`` along ``t``, where ``t`` holds 0 and 1:
+    ``max_t values(t) - ((1 - t) values(0) + t values(1))``."""
+    t, values = np.asarray(t, dtype=float), np.asarray(values, dtype=float)
+    ends = [np.flatnonzero(np.isclose(t, e)) for e in (0.0, 1.0)]
+    if not all(len(e) for e in ends):
+        raise LandscapeError("a barrier needs the path's endpoints t = 0 and t = 1")
+    v0, v1 = values[ends[0][0]], values[ends[1][0]]
+    excess = values - ((1 - t) * v0 + t * v1)
+    k = int(np.nanargmax(excess))
+    return float(excess[k]), float(t[k])
+
+
+class BatchNormReset:
+    """Buffers with every BatchNorm's running statistics recomputed at given points on
+    training data: ``reset(points[K, P]) -> {buffer name: [K, ...]}``. Cost: one forward
+    pass (train-mode BatchNorm, everything else in eval mode) over the data per point."""
+
+    def __init__(self, model: nn.Module, train_data: Any, *, device: torch.device,
+                 dtype: torch.dtype, batch_size: int = 512) -> None:
+        self.model = copy.deepcopy(model).to(device, dtype).eval()
+        self.space = ParamSpace.from_model(self.model)
+        self.norms = [m for m in self.model.modules()
+                      if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+        for m in self.norms:
+            m.momentum = None  # the cumulative average over the pass
+        self.source = Source(train_data, device, dtype)
+        self.batch_size = batch_size
+
+    @torch.no_grad()
+    def __call__(self, points: Tensor) -> dict[str, Tensor]:
+        params = dict(self.model.named_parameters())
+        rows = []
+        for theta in points:
+            for name, view in self.space.unflatten(theta).items():
+                params[name].copy_(view)
+            for m in self.norms:
+                m.reset_running_stats()
+                m.train()
+            try:
+                for x, _ in self.source.batches(self.batch_size):
+                    call_model(self.model, x)
+            finally:
+                for m in self.norms:
+                    m.eval()
+            rows.append({k: v.clone() for k, v in self.model.named_buffers()})
+        return {k: torch.stack([r[k] for r in rows]) for k in rows[0]}
+
+
+@dataclass
+class ConnectPath:
+    """A stored path: ``t``, values per ``<split>_<metric>``, and the barriers per
+    ``<split>_loss`` / ``<split>_error`` with the ``t`` where each is reached."""
+
+    surface: Surface
+    barriers: dict[str, float]
+    argmax: dict[str, float]
+
+    @property
+    def t(self) -> np.ndarray:
+        return self.surface.x
+
+
+def load_path(path: str | Path) -> ConnectPath:
+    """Read a path file written by :func:`barrier` and compute its barriers."""
+    surface = load_surface(path)
+    if surface.attrs.get("kind") != "path":
+        raise LandscapeError(f"{path}: a {surface.attrs.get('kind')} file, not a path")
+    if not surface.complete:
+        raise LandscapeError(f"{path}: the path is not complete; run the command again")
+    barriers, argmax = {}, {}
+    for name, values in surface.values.items():
+        split, metric = name.split("_", 1)
+        key, v = ((f"{split}_error", 1 - values) if metric == "acc"
+                  else (name, values))
+        barriers[key], argmax[key] = barrier_of(surface.x, v)
+    return ConnectPath(surface, barriers, argmax)
+
+
+def _split_sources(data: Any) -> dict[str, Any]:
+    """``{split: data for Objective}`` from a Dataset (``split()``), a mapping or one source
+    (the training split)."""
+    if hasattr(data, "split") and callable(data.split):
+        return {s: data for s in SPLITS if s == "train" or _has_split(data, s)}
+    if isinstance(data, Mapping):
+        if "train" not in data:
+            raise LandscapeError("data needs a 'train' split")
+        return {s: data[s] for s in SPLITS if s in data}
+    if data is None:
+        raise LandscapeError("data= is needed (a dataset, a source, or {'train': ..., "
+                             "'test': ...})")
+    return {"train": data}
+
+
+def _has_split(data: Any, split: str) -> bool:
+    try:
+        part = data.split(split)
+    except (LandscapeError, KeyError, ValueError):
+        return False
+    return part is not None
+
+
+def _raw(data: Any, split: str) -> Any:
+    return data.split(split) if hasattr(data, "split") and callable(data.split) else data
+
+
+def barrier(model_a: nn.Module, model_b: nn.Module, *, data: Any,
+            align: str | None = None, curve: str | Curve | None = None,
+            points: int = 25, split: str | tuple[str, ...] = ("train", "test"),
+            bn_stats: str = "reset", bn_batch: int = 512, out: str | Path | None = None,
+            overwrite: bool = False, seed: int = 0, curve_options: Mapping | None = None,
+            settings: Mapping[str, Any] | None = None, attrs: Mapping[str, Any] | None = None,
+            show_progress: bool = True, **engine: Any) -> ConnectPath:
+    """Loss and error along the path from ``model_a`` to ``model_b`` and its barriers.
+
+    Args:
+        data: a dataset (``landscape.load_dataset``), ``{"train": ..., "test": ...}`` or one
+            source (train only): every point is evaluated on each split present.
+        align: None, ``"weights"`` or ``"activations"``: permute B's units onto A's first.
+        curve: None (the straight line), ``"bezier"`` / ``"polychain"`` (trained here with
+            ``curve_options`` for :func:`fit_curve`) or a trained :class:`Curve`.
+        points: evenly spaced ``t`` in ``[0, 1]``, endpoints included.
+        bn_stats: ``"reset"`` (default) or ``"interpolate"``; see the module docstring.
+        out: the HDF5 file (default ``outputs/connect.h5``); an existing one with the same
+            settings is resumed.
+        engine: :class:`Objective` options (``precision``, ``device``, ``batch_size``...).
+
+    Cost: ``points`` forward passes over each split (plus one over the training split per
+    point for a BatchNorm reset), the alignment and the curve training.
+
+    Example:
+        >>> import torch
+        >>> from torch import nn
+        >>> x, y = torch.randn(32, 4), torch.randint(0, 3, (32,))
+        >>> a = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
+        >>> import tempfile, os
+        >>> out = os.path.join(tempfile.mkdtemp(), "p.h5")
+        >>> barrier(a, a, data=(x, y), out=out, points=5, show_progress=False).barriers
+        {'train_loss': 0.0, 'train_error': 0.0}
+    """
+    if align is not None and align not in METHODS:
+        raise unknown_name("alignment", align, METHODS)
+    if bn_stats not in BN_STATS:
+        raise unknown_name("BatchNorm statistics rule", bn_stats, BN_STATS)
+    if isinstance(curve, str) and curve not in CURVES:
+        raise unknown_name("curve", curve, CURVES)
+    if points < 2:
+        raise LandscapeError(f"a path needs at least 2 points, got {points}")
+    splits = (split,) if isinstance(split, str) else tuple(split)
+    sources = {s: v for s, v in _split_sources(data).items() if s in splits}
+    objs = {s: Objective(model_a, v, split=s, **engine) for s, v in sources.items()}
+    first = next(iter(objs.values()))
+    extras: dict[str, np.ndarray] = {}
+    aligned: Alignment | None = None
+    if align is not None:
+        train_x = _inputs(first)
+        aligned = align_models(model_a, model_b, align, train_x, seed)
+        model_b = aligned.model
+        extras = {f"perm/{g}": p.numpy() for g, p in aligned.perms.items()}
+    a = first.theta0
+    b = first.space.flatten(model_b).to(a)
+    if isinstance(curve, str):
+        curve = fit_curve(model_a, model_b, data=sources["train"], kind=curve, seed=seed,
+                          show_progress=show_progress, **(curve_options or {}), **engine)
+    dirs = [b - a] + ([curve.c.to(a) - a] if curve is not None else [])
+    kind = curve.kind if curve is not None else "line"
+    if curve is not None:
+        extras["curve/history"] = np.asarray(curve.history)
+    has_bn = first.has_bn
+    rule = bn_stats if has_bn else None
+
+    def embed(t: Tensor) -> Tensor:
+        return coefficients(kind, t[:, 0]) if curve is not None else t
+
+    point_buffers = None
+    buffer_kw: dict[str, Any] = {}
+    if rule == "reset":
+        reset = BatchNormReset(model_a, _raw(sources["train"], "train"), device=first.device,
+                               dtype=first.dtype, batch_size=bn_batch)
+        direction_stack = torch.stack(dirs)
+
+        def point_buffers(uv: Tensor) -> dict[str, Tensor]:
+            return reset(a + uv.to(a) @ direction_stack)
+    elif rule == "interpolate":
+        if curve is not None:
+            raise LandscapeError("interpolated BatchNorm statistics are defined on the line "
+                                 "only; use bn_stats='reset' for a curve")
+        buf_a = {k: v.detach().double() for k, v in model_a.named_buffers()}
+        buf_b = {k: v.detach().double() for k, v in model_b.named_buffers()}
+        buffer_kw = {"buffer_origin": buf_a, "buffer_directions": [
+            {k: buf_b[k] - buf_a[k] for k in buf_a if torch.is_floating_point(buf_a[k])}]}
+    path_settings = {
+        **(settings or {}), "path": kind, "align": align, "bn_stats": rule,
+        "bn_batch": bn_batch if rule == "reset" else None, "seed": seed,
+        "perms_sha": store.values_digest(list(aligned.perms.values())) if aligned else None}
+    t = np.linspace(0.0, 1.0, points)
+    compute_surface(objs, out or Path("outputs") / "connect.h5", t, directions=dirs,
+                    kind="path", embed=embed if curve is not None else None,
+                    point_buffers=point_buffers, settings=path_settings,
+                    direction_attrs=[{"to": "b"}, {"to": "control point"}][:len(dirs)],
+                    attrs={**(attrs or {}), "path": kind, "align": align, "bn_stats": rule},
+                    extras=extras, overwrite=overwrite, show_progress=show_progress,
+                    **buffer_kw)
+    return load_path(out or Path("outputs") / "connect.h5")
+
+
+def _inputs(obj: Objective) -> list[Any]:
+    """The training inputs of ``obj`` in batches of at most 1024 (for activation matching
+    and to derive a permutation structure)."""
+    x = obj.x
+    n = obj.n
+    from landscape.sources import take
+
+    return [take(x, slice(s, s + 1024)) for s in range(0, n, 1024)]
+
+
+def align_models(model_a: nn.Module, model_b: nn.Module, method: str, inputs: list[Any],
+                 seed: int = 0) -> Alignment:
+    """:func:`landscape.connect.align.align` on CPU float32 copies (the engine's device and
+    precision do not change the permutation found)."""
+    cpu = [copy.deepcopy(m).float().cpu().eval() for m in (model_a, model_b)]
+    batches = [x.float().cpu() if isinstance(x, Tensor) else x for x in inputs]
+    return align(cpu[0], cpu[1], method=method, data=batches, seed=seed)
