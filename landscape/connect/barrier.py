@@ -270,3 +270,76 @@ def align_models(model_a: nn.Module, model_b: nn.Module, method: str, inputs: li
     cpu = [copy.deepcopy(m).float().cpu().eval() for m in (model_a, model_b)]
     batches = [x.float().cpu() if isinstance(x, Tensor) else x for x in inputs]
     return align(cpu[0], cpu[1], method=method, data=batches, seed=seed)
+
+
+def curve_plane(model_a: nn.Module, path_file: str | Path, *, data: Any, points: int = 21,
+                margin: float = 0.25, split: str | tuple[str, ...] = "train",
+                bn_batch: int = 512, out: str | Path | None = None, overwrite: bool = False,
+                show_progress: bool = True, **engine: Any) -> Surface:
+    """The plane through A, B and the control point of a stored curved path, on an
+    orthonormal basis (Garipov et al.'s figure 1): ``x`` along ``b - a``, ``y`` along the
+    control point's component orthogonal to it, both in units of parameter distance, with
+    ``points`` x ``points`` values over the triangle's extent plus ``margin`` on each side.
+    The curve's plane coordinates are stored as ``path/coords`` (A, B, C as
+    ``path/endpoints``). BatchNorm statistics follow the path file's rule. Cost:
+    ``points**2`` forward passes per split (plus the BatchNorm resets).
+    """
+    with store.open_result(path_file, kind="path") as f:
+        origin = torch.as_tensor(f["origin"][()]).double()
+        ab = torch.as_tensor(f["directions"]["x"][()]).double()
+        if "y" not in f["directions"]:
+            raise LandscapeError(f"{path_file}: a straight path has no plane; fit a curve")
+        ac = torch.as_tensor(f["directions"]["y"][()]).double()
+        settings = store.read_settings(f)
+        t = f["x"][()]
+    u = ab / ab.norm()
+    v = ac - (ac @ u) * u
+    if float(v.norm()) == 0.0:
+        raise LandscapeError(f"{path_file}: the control point lies on the line through A, B")
+    v = v / v.norm()
+    uv = coefficients(settings["path"], torch.as_tensor(t))
+    curve = uv[:, :1] * ab + uv[:, 1:] * ac
+    coords = torch.stack([curve @ u, curve @ v], -1).numpy()
+    corners = np.array([[0.0, 0.0], [float(ab @ u), 0.0], [float(ac @ u), float(ac @ v)]])
+    span = np.concatenate([coords, corners])
+    lo, hi = span.min(0), span.max(0)
+    pad = margin * (hi - lo).max()
+    x = np.linspace(lo[0] - pad, hi[0] + pad, points)
+    y = np.linspace(lo[1] - pad, hi[1] + pad, points)
+    splits = (split,) if isinstance(split, str) else tuple(split)
+    sources = {s: d for s, d in _split_sources(data).items() if s in splits}
+    objs = {s: Objective(model_a, d, split=s, **engine) for s, d in sources.items()}
+    first = next(iter(objs.values()))
+    dirs = [u.to(first.theta0), v.to(first.theta0)]
+    point_buffers = None
+    if first.has_bn and settings.get("bn_stats") == "reset":
+        reset = BatchNormReset(model_a, _raw(sources["train"], "train"), device=first.device,
+                               dtype=first.dtype, batch_size=bn_batch)
+        base, stack = origin.to(first.theta0), torch.stack(dirs)
+
+        def point_buffers(c: Tensor) -> dict[str, Tensor]:
+            return reset(base + c.to(base) @ stack)
+    elif first.has_bn:
+        raise LandscapeError("the plane of a BatchNorm network needs bn_stats='reset'")
+    return compute_surface(objs, out or Path("outputs") / "connect_plane.h5", x, y,
+                           directions=dirs, origin=origin.to(first.theta0), kind="surface",
+                           point_buffers=point_buffers,
+                           settings={"path_file_settings": settings, "margin": margin},
+                           extras={"path/coords": coords, "path/endpoints": corners,
+                                   "path/t": np.asarray(t)},
+                           attrs={"path": settings["path"], "source": str(path_file)},
+                           overwrite=overwrite, show_progress=show_progress)
+
+
+def connect(run_a: Any, run_b: Any, *, command: str | None = None, **options: Any,
+            ) -> ConnectPath:
+    """:func:`barrier` between two trained runs (directories or loaded runs), on the data of
+    ``run_a``; the endpoints are recorded in the file's settings and attributes."""
+    from landscape.runs import as_run
+
+    run_a, run_b = as_run(run_a), as_run(run_b)
+    ends = [str(run_a.path), str(run_b.path)]
+    model = (getattr(run_a, "info", {}) or {}).get("model")
+    return barrier(run_a.model, run_b.model, data=run_a.data,
+                   settings={"endpoints": ends, "model": model},
+                   attrs={"endpoints": ends, "command": command}, **options)

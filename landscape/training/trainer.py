@@ -256,7 +256,8 @@ def train(*, model: str = "mlp", dataset: str = "digits", data_dir: str | Path |
           augment: bool | None = None, save_every: int = 1, out: str | Path | None = None,
           resume: bool = False, overwrite: bool = False, progress: bool = True,
           threads: int | None = None, track: str | list[str] | None = None,
-          track_every: str | int = 10, track_subset: int | None = None) -> Run:
+          track_every: str | int = 10, track_subset: int | None = None,
+          spawn: tuple[int, int] | None = None) -> Run:
     """Train ``model`` on ``dataset``, keep the run in directory ``out``, return its :class:`Run`.
 
     Defaults: the 100-100 ReLU MLP on the embedded digits, SGD with heavy-ball momentum 0.9,
@@ -307,6 +308,10 @@ def train(*, model: str = "mlp", dataset: str = "digits", data_dir: str | Path |
       ``"top_eigenvalue,trace,noise_scale"``) every ``track_every`` steps (``"2epochs"``:
       epochs) on ``track_subset`` training samples; see :mod:`landscape.analysis.track`.
       Tracking never changes the training (same history and weights bit for bit).
+    - ``spawn``: ``(k, child_seed)``: after epoch ``k`` the minibatch order (and augmentation)
+      is drawn from ``child_seed`` instead of continuing ``seed``'s stream: runs with the same
+      ``seed`` and ``k`` share the first ``k`` epochs bit for bit (on the CPU) and then differ
+      only in SGD noise, Frankle et al.'s (2020) children spawned at ``k``.
 
     Cost per epoch: one forward+backward per minibatch (two for SAM/ASAM/SVRG, plus a full
     gradient for SVRG), one forward pass over both splits, one checkpoint write.
@@ -355,6 +360,11 @@ def train(*, model: str = "mlp", dataset: str = "digits", data_dir: str | Path |
 
     if data_seed is not None:
         check_int("data_seed", data_seed, minimum=0)
+    if spawn is not None:
+        if not isinstance(spawn, tuple | list) or len(spawn) != 2:
+            raise LandscapeError(f"spawn must be (epoch, child seed), got {spawn!r}")
+        spawn = (check_int("spawn epoch", spawn[0], minimum=0),
+                 check_int("spawn seed", spawn[1], minimum=0))
     if data is None and is_code_spec(dataset):
         data = dataset
     if data is None:
@@ -438,6 +448,7 @@ def train(*, model: str = "mlp", dataset: str = "digits", data_dir: str | Path |
         **({"steps": steps} if steps is not None else {}),
         **({"target_train_loss": target_train_loss} if target_train_loss is not None else {}),
         **({"asam_scale": asam_scale} if asam_scale != "all" else {}),
+        **({"spawn": list(spawn)} if spawn is not None else {}),
         **({"data_seed": int(data_seed)} if data_seed is not None else {}),
     })
     path = Path(out) if out is not None else DEFAULT_RUNS_DIR / _default_name(config)
@@ -586,6 +597,8 @@ def train(*, model: str = "mlp", dataset: str = "digits", data_dir: str | Path |
             while not finished(history[-1]):
                 epoch, done_steps = history[-1]["epoch"] + 1, history[-1]["step"]
                 budget = spe if steps is None else min(spe, steps - done_steps)
+                if spawn is not None and epoch == spawn[0] + 1:
+                    gen.manual_seed(2**32 + spawn[1])  # the child's own SGD noise from here
                 seconds, last_lr, taken = trainer.train_epoch(epoch, bar, budget)
                 row = trainer.history_row(epoch, step=done_steps + taken, lr=last_lr,
                                           seconds=seconds)
