@@ -21,7 +21,7 @@ _SOURCES = {
         "pac_bayes_flatness", "sam_sharpness"),
     "landscape.analysis.track": ("Track", "load_track"),
     "landscape.connect.align": ("align",),
-    "landscape.connect.barrier": ("barrier", "connect", "curve_plane", "load_path"),
+    "landscape.connect.barrier": ("barrier", "connect_runs", "curve_plane", "load_path"),
     "landscape.connect.curves": ("fit_curve",),
     "landscape.connect.stability": ("instability", "load_stability"),
     "landscape.data": ("Dataset", "load_dataset"),
@@ -46,7 +46,7 @@ __all__ = [
     "load_surface", "noise_scale_two_batch", "pac_bayes_flatness", "plane", "random_surface",
     "run_study", "sam_sharpness", "spectral_density", "train", "trajectory",
     "Track", "load_track",
-    "align", "barrier", "connect", "curve_plane", "fit_curve", "instability", "load_path",
+    "align", "barrier", "connect_runs", "curve_plane", "fit_curve", "instability", "load_path",
     "load_stability",
 ]
 

@@ -976,6 +976,8 @@ def curvature_cmd(run_dir: str, surface_file: str, tol: float, split: str, subse
               help="Order of weight matching; curve initialization and t draws.")
 @click.option("--plane", type=click.Path(dir_okay=False), default=None, callback=_h5,
               help="Also the plane through A, B and the curve's control point (HDF5).")
+@click.option("--plane-points", type=click.IntRange(min=2), default=21, show_default=True,
+              help="Points per side of the plane.")
 @click.option("--figure", type=click.Path(dir_okay=False), default=None,
               help="Save the path (and plane) figure here (.pdf, .png, .svg).")
 @_precision
@@ -986,16 +988,16 @@ def curvature_cmd(run_dir: str, surface_file: str, tol: float, split: str, subse
 @_json
 @trust_options
 def connect_cmd(run_a: str, run_b: str, curve_epochs: int, split: str, plane: str | None,
-                figure: str | None, as_json: bool, **opts: Any) -> None:
+                plane_points: int, figure: str | None, as_json: bool, **opts: Any) -> None:
     """Loss and error along the path between two runs and its barriers (Frankle et al.)."""
     from pathlib import Path
 
-    from landscape.connect.barrier import connect, curve_plane
+    from landscape.connect.barrier import connect_runs, curve_plane
 
     if plane and not opts["curve"]:
         raise LandscapeError("--plane needs --curve (a straight path spans no plane)")
     splits = tuple(s.strip() for s in split.split(","))
-    path = connect(run_a, run_b, split=splits, curve_options={"epochs": curve_epochs},
+    path = connect_runs(run_a, run_b, split=splits, curve_options={"epochs": curve_epochs},
                    command=command_line(), **opts)
     summary = {"file": str(path.surface.path), "path": path.surface.attrs.get("path"),
                "align": opts["align"], "bn_stats": path.surface.attrs.get("bn_stats"),
@@ -1006,6 +1008,7 @@ def connect_cmd(run_a: str, run_b: str, curve_epochs: int, split: str, plane: st
 
         run = load_run(run_a)
         surface = curve_plane(run.model, path.surface.path, data=run.data, out=plane,
+                              points=plane_points,
                               overwrite=opts["overwrite"], precision=opts["precision"],
                               device=opts["device"])
         summary["plane"] = str(surface.path)

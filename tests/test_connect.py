@@ -67,6 +67,30 @@ def test_permuted_zoo_models_compute_the_same_function(name, shape, options, gro
     assert torch.allclose(out_p, out, rtol=0, atol=1e-5 * float(scale))  # ...not the function
 
 
+class _Concatenating(nn.Module):
+    """Two branches concatenated (an operation the derivation does not know), then a hidden
+    layer that it does."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.left, self.right = nn.Linear(6, 8), nn.Linear(6, 8)
+        self.hidden, self.out = nn.Linear(16, 8), nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.cat([torch.relu(self.left(x)), torch.relu(self.right(x))], 1)
+        return self.out(torch.relu(self.hidden(h)))
+
+
+def test_a_user_model_keeps_the_units_an_unknown_operation_reads_in_place():
+    torch.manual_seed(0)
+    model, x = _Concatenating(), torch.randn(5, 6)
+    spec = permutation_spec(model, x)
+    assert list(spec.groups) == ["hidden"]  # the concatenated branches stay fixed
+    permuted = permute_model(model, spec, random_permutations(spec, seed=1))
+    assert not torch.equal(permuted.hidden.weight, model.hidden.weight)
+    torch.testing.assert_close(permuted(x), model(x))
+
+
 @pytest.mark.parametrize("name", ["mlp", "lenet", "transformer"])
 def test_weight_matching_recovers_a_random_permutation_exactly(name):
     shape = {"mlp": (1, 8, 8), "lenet": (1, 8, 8), "transformer": (5,)}[name]

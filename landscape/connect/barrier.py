@@ -331,7 +331,7 @@ def curve_plane(model_a: nn.Module, path_file: str | Path, *, data: Any, points:
                            overwrite=overwrite, show_progress=show_progress)
 
 
-def connect(run_a: Any, run_b: Any, *, command: str | None = None, **options: Any,
+def connect_runs(run_a: Any, run_b: Any, *, command: str | None = None, **options: Any,
             ) -> ConnectPath:
     """:func:`barrier` between two trained runs (directories or loaded runs), on the data of
     ``run_a``; the endpoints are recorded in the file's settings and attributes."""
