@@ -27,6 +27,8 @@ from torch import Tensor
 from landscape.errors import LandscapeError, check_int, check_positive
 from landscape.objective import Objective
 from landscape.progress import progress
+from landscape.sources import take
+from landscape.training.trainer import _num_threads
 
 CURVES = ("bezier", "polychain")
 
@@ -64,10 +66,12 @@ class Curve:
 def fit_curve(model_a: torch.nn.Module, model_b: torch.nn.Module, *, data: object,
               kind: str = "bezier", epochs: int = 20, lr: float = 0.05, momentum: float = 0.9,
               batch_size: int = 64, weight_decay: float = 0.0, seed: int = 0,
-              show_progress: bool = True, **engine: object) -> Curve:
+              threads: int | None = 1, show_progress: bool = True, **engine: object) -> Curve:
     """Train the control point of a ``kind`` curve from ``model_a`` to ``model_b`` on the
     training split of ``data`` (any source :class:`landscape.objective.Objective` takes).
 
+    ``threads``: CPU threads while training (default 1: minibatch steps of small models
+    only lose to thread synchronization, the trainer's rule; None: torch's setting).
     Cost: ``epochs * ceil(n / batch_size)`` forward+backward passes on a minibatch. Models
     with BatchNorm are refused (training their curves needs batch statistics per ``t``:
     not done).
@@ -95,29 +99,31 @@ def fit_curve(model_a: torch.nn.Module, model_b: torch.nn.Module, *, data: objec
     c = ((a + b) / 2).clone().requires_grad_(True)
     opt = torch.optim.SGD([c], lr=lr, momentum=momentum, weight_decay=weight_decay)
     gen = torch.Generator().manual_seed(seed)
-    x, y = obj.x, obj.y
     history = []
-    for _ in progress(range(epochs), desc=f"curve {kind}", unit="epoch",
-                      disable=None if show_progress else True):
-        order = torch.randperm(obj.n, generator=gen).to(obj.device)
-        total = 0.0
-        for start in range(0, obj.n, batch_size):
-            idx = order[start:start + batch_size]
-            t = torch.rand(1, generator=gen, dtype=torch.float64).to(a)
-            uv = coefficients(kind, t)[0]
-            theta = a + uv[0] * (b - a) + uv[1] * (c - a)
-            loss = obj.batch_loss(theta, _rows(x, idx), y[idx])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            total += float(loss.detach()) * len(idx)
-        history.append(total / obj.n)
+    with _num_threads(threads if obj.device.type == "cpu" else None):
+        for _ in progress(range(epochs), desc=f"curve {kind}", unit="epoch",
+                          disable=None if show_progress else True):
+            history.append(_epoch(obj, kind, a, b, c, opt, gen, batch_size))
     if not np.isfinite(history[-1]):
         raise LandscapeError(f"curve training diverged (loss {history[-1]}); lower lr")
     return Curve(kind, a.detach(), b.detach(), c.detach(), history)
 
 
-def _rows(x: object, idx: Tensor) -> object:
-    from landscape.sources import take
+def _epoch(obj: Objective, kind: str, a: Tensor, b: Tensor, c: Tensor,
+           opt: torch.optim.Optimizer, gen: torch.Generator, batch_size: int) -> float:
+    """One epoch of SGD on the control point ``c``, one ``t`` per minibatch; its mean loss."""
+    x, y = obj.x, obj.y
+    order = torch.randperm(obj.n, generator=gen).to(obj.device)
+    total = 0.0
+    for start in range(0, obj.n, batch_size):
+        idx = order[start:start + batch_size]
+        t = torch.rand(1, generator=gen, dtype=torch.float64).to(a)
+        uv = coefficients(kind, t)[0]
+        theta = a + uv[0] * (b - a) + uv[1] * (c - a)
+        loss = obj.batch_loss(theta, take(x, idx), y[idx])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        total += float(loss.detach()) * len(idx)
+    return total / obj.n
 
-    return take(x, idx)
