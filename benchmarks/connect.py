@@ -122,19 +122,42 @@ def resnet20_matching(repeats: int = 3) -> dict:
             "threads": torch.get_num_threads()}
 
 
-def path_cost(run: object, other: object, out: Path, rounds: int = 5) -> dict:
-    """A 25-point path against a 25-point random-direction curve, both splits, interleaved."""
-    times: dict[str, list[float]] = {"path": [], "surface": []}
-    for _ in range(rounds):
-        t0 = time.perf_counter()
-        barrier(run.model, other.model, data=run.data, points=25, out=out / "cost_path.h5",
-                overwrite=True, show_progress=False)
-        times["path"].append(time.perf_counter() - t0)
-        t0 = time.perf_counter()
-        random_surface(run, x="0:1:25", split="train,test", out=out / "cost_surface.h5",
-                       overwrite=True, show_progress=False)
-        times["surface"].append(time.perf_counter() - t0)
-    return {k: {"seconds": v, "median": statistics.median(v)} for k, v in times.items()}
+def path_cost(run: object, other: object, out: Path, rounds: int = 7) -> dict:
+    """A 25-point path against a 25-point random-direction curve, both splits, interleaved:
+    points evaluated by the engine (counted at :meth:`Objective.evaluate`), wall and CPU
+    seconds (CPU time is what this process used: less sensitive to a shared machine)."""
+    from landscape.objective import Objective
+
+    counted = {"points": 0}
+    real = Objective.evaluate
+
+    def counting(self, points, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+        counted["points"] += 1 if points.dim() == 1 else points.shape[0]
+        return real(self, points, *args, **kwargs)
+
+    Objective.evaluate = counting
+    jobs = {"path": lambda: barrier(run.model, other.model, data=run.data, points=25,
+                                    out=out / "cost_path.h5", overwrite=True,
+                                    show_progress=False),
+            "surface": lambda: random_surface(run, x="0:1:25", split="train,test",
+                                              out=out / "cost_surface.h5", overwrite=True,
+                                              show_progress=False)}
+    result: dict[str, dict] = {k: {"wall": [], "cpu": []} for k in jobs}
+    try:
+        for _ in range(rounds):
+            for name, job in jobs.items():
+                counted["points"] = 0
+                wall, cpu = time.perf_counter(), time.process_time()
+                job()
+                result[name]["wall"].append(time.perf_counter() - wall)
+                result[name]["cpu"].append(time.process_time() - cpu)
+                result[name]["points_evaluated"] = counted["points"]
+    finally:
+        Objective.evaluate = real
+    for r in result.values():
+        r["median_wall"], r["median_cpu"] = (statistics.median(r["wall"]),
+                                             statistics.median(r["cpu"]))
+    return result
 
 
 def main() -> None:

@@ -800,7 +800,8 @@ def toy_cmd(function: str, kappa: float | None, eigenvalues: str | None, dim: in
 @click.argument("files", nargs=-1, required=True, type=click.Path())
 @click.option("--kind", type=click.Choice(["curve", "contour", "filled", "heatmap", "surface3d",
                                            "trajectory", "density", "ratio", "vtk", "compare",
-                                           "track", "toy-paths", "toy-losses"]),
+                                           "track", "toy-paths", "toy-losses", "path",
+                                           "curve-plane"]),
               default=None, help="Plot kind (default: from the file's kind).")
 @click.option("--metric", default="train_loss", show_default=True,
               help="Dataset of a 2D surface to draw (train_loss, test_acc, ...).")

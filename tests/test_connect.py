@@ -258,3 +258,33 @@ def test_connect_and_stability_commands_report_what_their_files_hold(tmp_path):
     stored = load_stability(tmp_path / "stab")
     assert json.loads(stab.output)["values"] == stored.values
     assert len(stored.values["test_error"][0]) == 2
+
+
+def test_figures_draw_the_stored_means_bands_and_curve(tmp_path):
+    from landscape.connect.barrier import curve_plane
+    from landscape.connect.stability import Stability
+    from landscape.plot.connect import plot_curve_plane, plot_paths, plot_stability
+
+    torch.manual_seed(0)
+    models = [nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3)) for _ in range(3)]
+    data = _digits_like()
+    paths = [barrier(models[0], m, data=data, points=5, out=tmp_path / f"p{i}.h5",
+                     show_progress=False) for i, m in enumerate(models[1:])]
+    fig = plot_paths({"naive": paths}, metric="train_error")
+    mean = np.mean([100 * (1 - p.surface.values["train_acc"]) for p in paths], axis=0)
+    np.testing.assert_allclose(fig.axes[0].lines[0].get_ydata(), mean)
+    assert fig.axes[0].collections  # the interval band over the two pairs
+    stability = Stability([0, 3], {"test_error": [[0.01, 0.03], [0.0, 0.0]]}, {},
+                          tmp_path / "s.json")
+    fig = plot_stability(stability)
+    np.testing.assert_allclose(fig.axes[0].lines[-2].get_ydata(), [2.0, 0.0])  # mean, %
+    curve = fit_curve(models[0], models[1], data=data, epochs=1, show_progress=False)
+    barrier(models[0], models[1], data=data, curve=curve, points=5, out=tmp_path / "c.h5",
+            show_progress=False)
+    plane = curve_plane(models[0], tmp_path / "c.h5", data=data, points=4,
+                        out=tmp_path / "plane.h5", show_progress=False)
+    ab = (curve.b - curve.a).double()
+    assert plane.extras["path/endpoints"][1, 0] == pytest.approx(float(ab.norm()), rel=1e-5)
+    fig = plot_curve_plane(plane)
+    drawn = fig.axes[0].lines[0]
+    np.testing.assert_allclose(drawn.get_xdata(), plane.extras["path/coords"][:, 0])

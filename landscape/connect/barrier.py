@@ -112,7 +112,11 @@ class ConnectPath:
 
 def load_path(path: str | Path) -> ConnectPath:
     """Read a path file written by :func:`barrier` and compute its barriers."""
-    surface = load_surface(path)
+    return _summarized(load_surface(path), path)
+
+
+def _summarized(surface: Surface, path: str | Path) -> ConnectPath:
+    """The barriers of a loaded path."""
     if surface.attrs.get("kind") != "path":
         raise LandscapeError(f"{path}: a {surface.attrs.get('kind')} file, not a path")
     if not surface.complete:
@@ -243,14 +247,15 @@ def barrier(model_a: nn.Module, model_b: nn.Module, *, data: Any,
         "bn_batch": bn_batch if rule == "reset" else None, "seed": seed,
         "perms_sha": store.values_digest(list(aligned.perms.values())) if aligned else None}
     t = np.linspace(0.0, 1.0, points)
-    compute_surface(objs, out or Path("outputs") / "connect.h5", t, directions=dirs,
-                    kind="path", embed=embed if curve is not None else None,
-                    point_buffers=point_buffers, settings=path_settings,
-                    direction_attrs=[{"to": "b"}, {"to": "control point"}][:len(dirs)],
-                    attrs={**(attrs or {}), "path": kind, "align": align, "bn_stats": rule},
-                    extras=extras, overwrite=overwrite, show_progress=show_progress,
-                    **buffer_kw)
-    return load_path(out or Path("outputs") / "connect.h5")
+    out = out or Path("outputs") / "connect.h5"
+    surface = compute_surface(
+        objs, out, t, directions=dirs, kind="path",
+        embed=embed if curve is not None else None, point_buffers=point_buffers,
+        settings=path_settings,
+        direction_attrs=[{"to": "b"}, {"to": "control point"}][:len(dirs)],
+        attrs={**(attrs or {}), "path": kind, "align": align, "bn_stats": rule},
+        extras=extras, overwrite=overwrite, show_progress=show_progress, **buffer_kw)
+    return _summarized(surface, out)
 
 
 def _inputs(obj: Objective) -> list[Any]:
