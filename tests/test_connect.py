@@ -16,6 +16,7 @@ from landscape.connect.permutations import (
     permute_model,
     random_permutations,
 )
+from landscape.errors import LandscapeError
 from landscape.models import build_model
 from landscape.objective import Objective
 
@@ -213,6 +214,8 @@ def test_a_stored_curved_path_holds_the_loss_at_each_curve_point(tmp_path):
     obj = Objective(a, data)
     expected = obj.evaluate(curve.point(torch.as_tensor(path.t)))["loss"].numpy()
     np.testing.assert_allclose(path.surface.values["train_loss"], expected, rtol=1e-6)
+    with pytest.raises(LandscapeError, match="other endpoints"):
+        barrier(b, a, data=data, curve=curve, out=tmp_path / "x.h5", show_progress=False)
     line = barrier(a, b, data=data, points=5, out=tmp_path / "l.h5", show_progress=False)
     inner = slice(1, -1)  # the trained control point lowers the loss inside the path
     assert (path.surface.values["train_loss"][inner].mean()

@@ -215,6 +215,10 @@ def barrier(model_a: nn.Module, model_b: nn.Module, *, data: Any,
     if isinstance(curve, str):
         curve = fit_curve(model_a, model_b, data=sources["train"], kind=curve, seed=seed,
                           show_progress=show_progress, **(curve_options or {}), **engine)
+    elif curve is not None and not (torch.equal(curve.a.to(a), a)
+                                    and torch.equal(curve.b.to(a), b)):
+        raise LandscapeError("the curve was trained between other endpoints (fit it on these "
+                             "models, after the same alignment)")
     dirs = [b - a] + ([curve.c.to(a) - a] if curve is not None else [])
     kind = curve.kind if curve is not None else "line"
     if curve is not None:

@@ -28,7 +28,7 @@ from landscape.errors import LandscapeError, check_int, check_positive
 from landscape.objective import Objective
 from landscape.progress import progress
 from landscape.sources import take
-from landscape.training.trainer import _num_threads
+from landscape.training.trainer import num_threads
 
 CURVES = ("bezier", "polychain")
 
@@ -100,7 +100,7 @@ def fit_curve(model_a: torch.nn.Module, model_b: torch.nn.Module, *, data: objec
     opt = torch.optim.SGD([c], lr=lr, momentum=momentum, weight_decay=weight_decay)
     gen = torch.Generator().manual_seed(seed)
     history = []
-    with _num_threads(threads if obj.device.type == "cpu" else None):
+    with num_threads(threads if obj.device.type == "cpu" else None):
         for _ in progress(range(epochs), desc=f"curve {kind}", unit="epoch",
                           disable=None if show_progress else True):
             history.append(_epoch(obj, kind, a, b, c, opt, gen, batch_size))

@@ -583,7 +583,7 @@ def train(*, model: str = "mlp", dataset: str = "digits", data_dir: str | Path |
 
         bar = progress_bar(total=cap, desc=f"train {path.name}", unit="epoch",
                            disable=None if progress else True)
-        with bar, _cuda_flags(dev), _num_threads(threads if dev.type == "cpu" else None):
+        with bar, _cuda_flags(dev), num_threads(threads if dev.type == "cpu" else None):
             if not history:
                 history.append(trainer.history_row(0, step=0, lr=None, seconds=0.0))
                 if tracker is not None:
@@ -682,7 +682,7 @@ def _postfix(row: dict) -> str:
 
 
 @contextmanager
-def _num_threads(threads: int | None):
+def num_threads(threads: int | None):
     """Use ``threads`` intra-op CPU threads inside the block (None: unchanged)."""
     before = torch.get_num_threads()
     if threads is not None and threads != before:
