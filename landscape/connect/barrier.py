@@ -277,7 +277,8 @@ def align_models(model_a: nn.Module, model_b: nn.Module, method: str, inputs: li
     """:func:`landscape.connect.align.align` on CPU float32 copies (the engine's device and
     precision do not change the permutation found)."""
     cpu = [copy.deepcopy(m).float().cpu().eval() for m in (model_a, model_b)]
-    batches = [x.float().cpu() if isinstance(x, Tensor) else x for x in inputs]
+    batches = [(x.float() if x.is_floating_point() else x).cpu() if isinstance(x, Tensor)
+               else x for x in inputs]
     return align(cpu[0], cpu[1], method=method, data=batches, seed=seed)
 
 
