@@ -173,7 +173,9 @@ def barrier(model_a: nn.Module, model_b: nn.Module, *, data: Any,
         curve: None (the straight line), ``"bezier"`` / ``"polychain"`` (trained here with
             ``curve_options`` for :func:`fit_curve`) or a trained :class:`Curve`.
         points: evenly spaced ``t`` in ``[0, 1]``, endpoints included.
-        bn_stats: ``"reset"`` (default) or ``"interpolate"``; see the module docstring.
+        bn_stats: ``"reset"`` (default) or ``"interpolate"``; see the module docstring;
+            ``bn_batch``: samples per batch of the reset pass.
+        seed: the order in which weight matching visits the layers; the curve's draws.
         out: the HDF5 file (default ``outputs/connect.h5``); an existing one with the same
             settings is resumed.
         engine: :class:`Objective` options (``precision``, ``device``, ``batch_size``...).
