@@ -20,6 +20,10 @@ _SOURCES = {
     "landscape.analysis.sharpness": ("adaptive_sharpness", "epsilon_sharpness", "fisher_rao_norm",
         "pac_bayes_flatness", "sam_sharpness"),
     "landscape.analysis.track": ("Track", "load_track"),
+    "landscape.connect.align": ("align",),
+    "landscape.connect.barrier": ("barrier", "connect_runs", "curve_plane", "load_path"),
+    "landscape.connect.curves": ("fit_curve",),
+    "landscape.connect.stability": ("instability", "load_stability"),
     "landscape.data": ("Dataset", "load_dataset"),
     "landscape.errors": ("LandscapeError",),
     "landscape.models": ("build_model",),
@@ -42,6 +46,8 @@ __all__ = [
     "load_surface", "noise_scale_two_batch", "pac_bayes_flatness", "plane", "random_surface",
     "run_study", "sam_sharpness", "spectral_density", "train", "trajectory",
     "Track", "load_track",
+    "align", "barrier", "connect_runs", "curve_plane", "fit_curve", "instability", "load_path",
+    "load_stability",
 ]
 
 

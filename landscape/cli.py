@@ -826,7 +826,8 @@ def toy_cmd(function: str, kappa: float | None, eigenvalues: str | None, dim: in
 @click.argument("files", nargs=-1, required=True, type=click.Path())
 @click.option("--kind", type=click.Choice(["curve", "contour", "filled", "heatmap", "surface3d",
                                            "trajectory", "density", "ratio", "vtk", "compare",
-                                           "track", "toy-paths", "toy-losses"]),
+                                           "track", "toy-paths", "toy-losses", "path",
+                                           "curve-plane"]),
               default=None, help="Plot kind (default: from the file's kind).")
 @click.option("--metric", default="train_loss", show_default=True,
               help="Dataset of a 2D surface to draw (train_loss, test_acc, ...).")
@@ -980,6 +981,139 @@ def curvature_cmd(run_dir: str, surface_file: str, tol: float, split: str, subse
                f"lambda_max in {summary['hessian_max']}, |lambda_min/lambda_max| in "
                f"{summary['abs_min_over_max']} ({summary['n_hvp']} HVPs)")
 
+
+
+@main.command("connect")
+@click.argument("run_a", type=click.Path(exists=True, file_okay=False))
+@click.argument("run_b", type=click.Path(exists=True, file_okay=False))
+@click.option("--align", type=click.Choice(["weights", "activations"]), default=None,
+              help="Permute B's hidden units onto A's first (Ainsworth et al. 2023).")
+@click.option("--curve", type=click.Choice(["bezier", "polychain"]), default=None,
+              help="Train a curve from A to B (Garipov et al. 2018) instead of the line.")
+@click.option("--curve-epochs", type=click.IntRange(min=1), default=20, show_default=True,
+              help="Epochs of curve training.")
+@click.option("--points", type=click.IntRange(min=2), default=25, show_default=True,
+              help="Evenly spaced t in [0, 1], endpoints included.")
+@click.option("--bn-stats", type=click.Choice(["reset", "interpolate"]), default="reset",
+              show_default=True, help="BatchNorm statistics at each point: recomputed on the "
+                                      "training data, or interpolated.")
+@click.option("--split", default="train,test", show_default=True,
+              help="Comma-separated splits: train, test.")
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Order of weight matching; curve initialization and t draws.")
+@click.option("--plane", type=click.Path(dir_okay=False), default=None, callback=_h5,
+              help="Also the plane through A, B and the curve's control point (HDF5).")
+@click.option("--plane-points", type=click.IntRange(min=2), default=21, show_default=True,
+              help="Points per side of the plane.")
+@click.option("--figure", type=click.Path(dir_okay=False), default=None,
+              help="Save the path (and plane) figure here (.pdf, .png, .svg).")
+@_precision
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, ...")
+@click.option("--out", type=click.Path(dir_okay=False), default="outputs/connect.h5",
+              show_default=True, callback=_h5, help="HDF5 file of the path.")
+@_overwrite
+@_json
+@trust_options
+def connect_cmd(run_a: str, run_b: str, curve_epochs: int, split: str, plane: str | None,
+                plane_points: int, figure: str | None, as_json: bool, **opts: Any) -> None:
+    """Loss and error along the path between two runs and its barriers (Frankle et al.)."""
+    from pathlib import Path
+
+    from landscape.connect.barrier import connect_runs, curve_plane
+
+    if plane and not opts["curve"]:
+        raise LandscapeError("--plane needs --curve (a straight path spans no plane)")
+    splits = tuple(s.strip() for s in split.split(","))
+    path = connect_runs(run_a, run_b, split=splits, curve_options={"epochs": curve_epochs},
+                   command=command_line(), **opts)
+    summary = {"file": str(path.surface.path), "path": path.surface.attrs.get("path"),
+               "align": opts["align"], "bn_stats": path.surface.attrs.get("bn_stats"),
+               "barriers": path.barriers, "at_t": path.argmax}
+    figures = []
+    if plane:
+        from landscape.runs import load_run
+
+        run = load_run(run_a)
+        surface = curve_plane(run.model, path.surface.path, data=run.data, out=plane,
+                              points=plane_points,
+                              overwrite=opts["overwrite"], precision=opts["precision"],
+                              device=opts["device"])
+        summary["plane"] = str(surface.path)
+    if figure:
+        from landscape.plot.connect import plot_curve_plane, plot_paths
+        from landscape.plot.style import save_figure
+
+        metric = f"{splits[-1]}_loss"
+        figures.append(save_figure(plot_paths({summary["path"]: [path]}, metric=metric),
+                                   figure))
+        if plane:
+            figures.append(save_figure(plot_curve_plane(plane), Path(figure).with_name(
+                f"{Path(figure).stem}_plane{Path(figure).suffix}")))
+        summary["figures"] = [str(f) for f in figures]
+    if as_json:
+        echo_json(summary)
+        return
+    click.echo(f"{summary['file']}: {summary['path']} path"
+               + (f", aligned by {opts['align']}" if opts["align"] else "")
+               + (f", BatchNorm {summary['bn_stats']}" if summary["bn_stats"] else ""))
+    for name, value in path.barriers.items():
+        click.echo(f"  barrier {name:<12} {value:.6g} at t = {path.argmax[name]:.3g}")
+    for f in [summary.get("plane"), *summary.get("figures", [])]:
+        if f:
+            click.echo(f"  {f}")
+
+
+@main.command("stability")
+@click.option("--spawn", default="0,1,2,5", show_default=True,
+              help="Comma-separated epochs k at which children are spawned.")
+@click.option("--pairs", type=click.IntRange(min=2), default=3, show_default=True,
+              help="Pairs of children per spawn epoch.")
+@click.option("--model", default="mlp", show_default=True, help="Zoo model name.")
+@click.option("--widths", default=None, help="MLP hidden widths, comma-separated [100,100].")
+@click.option("--dataset", default="digits", show_default=True, help="Dataset name.")
+@click.option("--data-dir", default=None, help="Directory with the dataset's files.")
+@click.option("--optimizer", default="momentum", show_default=True, help="Optimizer.")
+@click.option("--lr", type=float, default=None, help="Learning rate [per optimizer].")
+@click.option("--batch-size", type=int, default=64, show_default=True, help="Minibatch size.")
+@click.option("--epochs", type=int, default=20, show_default=True,
+              help="Epochs every child is trained to (the parent's included).")
+@click.option("--seed", type=int, default=0, show_default=True, help="The parent's seed.")
+@click.option("--points", type=click.IntRange(min=2), default=11, show_default=True,
+              help="Points on each path between children.")
+@click.option("--figure", type=click.Path(dir_okay=False), default=None,
+              help="Save barrier against spawn epoch here (.pdf, .png, .svg).")
+@click.option("--out", default="outputs/stability", show_default=True,
+              help="Directory of the children's runs, paths and stability.json.")
+@_json
+def stability_cmd(spawn: str, widths: str | None, figure: str | None, as_json: bool,
+                  **opts: Any) -> None:
+    """Instability analysis (Frankle et al. 2020): barrier between children spawned from one
+    parent at epoch k that differ only in SGD noise, against k."""
+    from landscape.connect.stability import instability
+
+    try:
+        epochs = [int(k) for k in spawn.split(",")]
+    except ValueError:
+        raise LandscapeError(f"--spawn takes comma-separated epochs, got {spawn!r}") from None
+    result = instability(opts.pop("out"), spawn_epochs=epochs,
+                         model_options={"widths": _parse_widths(widths)} if widths is not None
+                         else None,
+                         **opts)
+    summary = {"file": str(result.path), **result.to_dict()}
+    if figure:
+        from landscape.plot.connect import plot_stability
+        from landscape.plot.style import save_figure
+
+        summary["figure"] = str(save_figure(plot_stability(result), figure))
+    if as_json:
+        echo_json(summary)
+        return
+    click.echo(f"{result.path}: test error barrier (%) by spawn epoch, mean [95% interval] "
+               f"over {result.settings['pairs']} pairs")
+    for k, iv in zip(result.spawn_epochs, result.interval("test_error")):
+        low, high = (f"{100 * v:.3g}" if v is not None else "n/a"
+                     for v in (iv.ci_low, iv.ci_high))
+        click.echo(f"  k = {k:<4} {100 * iv.mean:.3g} [{low}, {high}]")
 
 
 @main.command("adopt")

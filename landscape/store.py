@@ -201,7 +201,7 @@ def self_contained(f: h5py.File, path: Path) -> None:
 
 
 #: The result kinds this library writes; a grid kind holds x (y) coordinates and a done mask.
-GRID_KINDS = ("surface", "interpolation", "plane", "trajectory")
+GRID_KINDS = ("surface", "interpolation", "plane", "trajectory", "path")
 MEASURE_KINDS = ("curvature", "sharpness", "noise", "curve")
 KINDS = (*GRID_KINDS, "hessian", "study", "toy", "track", *MEASURE_KINDS)
 

@@ -24,6 +24,8 @@ SUBSTITUTIONS = [
     ("--epochs 200", "--epochs 3"), ("--steps 4500", "--steps 30"), ("--steps 200", "--steps 20"),
     ("--steps 150", "--steps 20"), ("--seeds 0,1,2", "--seeds 0"),
     ("--match steps=2000", "--match steps=20"), ("--match train-loss=0.02", "--match steps=20"),
+    ("--plane-points 21", "--plane-points 3"), ("--points 25", "--points 5"),
+    ("--spawn 0,1,2,5 --pairs 3 --epochs 20", "--spawn 0 --pairs 2 --epochs 1"),
 ]
 # command prefix -> options appended (a data subset, small study grids, one measure)
 APPENDED = {

@@ -34,6 +34,8 @@ PLOT_KINDS: dict[str, tuple[tuple[str, ...], int | None]] = {
     "track": (("track",), None),
     "toy-paths": (("toy",), None),
     "toy-losses": (("toy",), None),
+    "path": (("path",), 1),
+    "curve-plane": (("surface",), 2),
 }
 
 
@@ -76,7 +78,7 @@ def default_kind(path: str | Path) -> str:
 
         return "toy-paths" if load_paths(path)[0].dim == 2 else "toy-losses"
     return {"interpolation": "curve", "trajectory": "trajectory", "hessian": "density",
-            "study": "compare", "track": "track"}.get(kind, "")
+            "study": "compare", "track": "track", "path": "path"}.get(kind, "")
 
 
 def _check_kind(path: Path, plot: str) -> None:
@@ -163,6 +165,11 @@ def render(path: str | Path | Sequence[str | Path], out: str | Path, *, kind: st
 
         function, paths = load_paths(path)
         fig = (plot_toy_paths if kind == "toy-paths" else plot_toy_losses)(function, paths)
+    elif kind in ("path", "curve-plane"):
+        from landscape.plot.connect import plot_curve_plane, plot_paths
+
+        fig = (plot_paths([path], metric=metric) if kind == "path"
+               else plot_curve_plane(path, metric=metric))
     else:
         fig = plot_comparison(path, metric=metric, levels=levels, **scale)
     return save_figure(fig, out)

@@ -13,7 +13,7 @@ refused.
 from __future__ import annotations
 
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -73,7 +73,7 @@ class Surface:
 def load_surface(path: str | Path) -> Surface:
     """Read a surface (or trajectory/interpolation) file written by :func:`compute_surface`."""
     path = Path(path)
-    with store.open_result(path, kind=("surface", "interpolation", "plane", "trajectory")) as f:
+    with store.open_result(path, kind=store.GRID_KINDS) as f:
         if "done" not in f or "x" not in f:
             raise LandscapeError(f"{path}: no 'x' coordinates or 'done' mask: not a surface")
         values = {k: f[k][()] for k in store.read_attrs(f)["metrics"]}
@@ -165,7 +165,10 @@ def compute_surface(objectives: Objective | Mapping[str, Objective], out: str | 
                     attrs: Mapping[str, Any] | None = None,
                     extras: Mapping[str, np.ndarray] | None = None,
                     overwrite: bool = False, chunk: int | None = None,
-                    show_progress: bool = True) -> Surface | None:
+                    show_progress: bool = True,
+                    embed: Callable[[Tensor], Tensor] | None = None,
+                    point_buffers: Callable[[Tensor], dict[str, Tensor]] | None = None,
+                    ) -> Surface | None:
     """Evaluate every grid point not yet done and store it in ``out`` (HDF5).
 
     Args:
@@ -177,6 +180,11 @@ def compute_surface(objectives: Objective | Mapping[str, Objective], out: str | 
             change per unit of each coordinate (interpolations between models); default fixed.
         settings: what else determines the numbers (hashed; a different hash is refused).
         chunk: points per evaluation call and per flush.
+        embed: maps grid coordinates ``[K, ndim]`` to coefficients ``[K, D]`` of the ``D``
+            directions (a curve through a plane: :mod:`landscape.connect`); default the
+            identity (``D = ndim``). What it computes must be in ``settings``.
+        point_buffers: the buffers at each point from its coefficients ``[K, D]`` (BatchNorm
+            statistics recomputed per point), instead of ``buffer_origin``/``_directions``.
 
     Cost: one forward pass over each split per point. Under ``torchrun`` the points are split
     among ranks and rank 0 writes; other ranks return None.
@@ -191,7 +199,7 @@ def compute_surface(objectives: Objective | Mapping[str, Objective], out: str | 
                              f"more than the {store.MAX_VALUES:,} a result file holds")
     dirs = torch.stack([d.to(first.device, first.dtype) for d in (
         [directions] if isinstance(directions, Tensor) and directions.dim() == 1 else directions)])
-    if dirs.shape[0] != (1 if y is None else 2):
+    if embed is None and dirs.shape[0] != (1 if y is None else 2):
         raise LandscapeError(f"a {'1D' if y is None else '2D'} grid needs "
                              f"{1 if y is None else 2} direction(s), got {dirs.shape[0]}")
     space.check(dirs)
@@ -266,7 +274,10 @@ def compute_surface(objectives: Objective | Mapping[str, Objective], out: str | 
             results = {}
             if len(mine):
                 coords = torch.as_tensor(grid[mine], dtype=first.dtype, device=first.device)
-                buffers = _point_buffers(coords, buffer_origin, buffer_directions, floating)
+                if embed is not None:
+                    coords = embed(coords).to(first.device, first.dtype)
+                buffers = (point_buffers(coords) if point_buffers is not None else
+                           _point_buffers(coords, buffer_origin, buffer_directions, floating))
                 for split, o in objs.items():
                     for m, v in o.evaluate_plane(origin, dirs, coords, buffers).items():
                         results[f"{split}_{m}"] = v.numpy()

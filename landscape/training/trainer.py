@@ -257,7 +257,8 @@ def train(*, model: str = "mlp", dataset: str = "digits", data_dir: str | Path |
           augment: bool | None = None, save_every: int = 1, out: str | Path | None = None,
           resume: bool = False, overwrite: bool = False, progress: bool = True,
           threads: int | None = None, track: str | list[str] | None = None,
-          track_every: str | int = 10, track_subset: int | None = None) -> Run:
+          track_every: str | int = 10, track_subset: int | None = None,
+          spawn: tuple[int, int] | None = None) -> Run:
     """Train ``model`` on ``dataset``, keep the run in directory ``out``, return its :class:`Run`.
 
     Defaults: the 100-100 ReLU MLP on the embedded digits, SGD with heavy-ball momentum 0.9,
@@ -308,6 +309,10 @@ def train(*, model: str = "mlp", dataset: str = "digits", data_dir: str | Path |
       ``"top_eigenvalue,trace,noise_scale"``) every ``track_every`` steps (``"2epochs"``:
       epochs) on ``track_subset`` training samples; see :mod:`landscape.analysis.track`.
       Tracking never changes the training (same history and weights bit for bit).
+    - ``spawn``: ``(k, child_seed)``: after epoch ``k`` the minibatch order (and augmentation)
+      is drawn from ``child_seed`` instead of continuing ``seed``'s stream: runs with the same
+      ``seed`` and ``k`` share the first ``k`` epochs bit for bit (on the CPU) and then differ
+      only in SGD noise, Frankle et al.'s (2020) children spawned at ``k``.
 
     Cost per epoch: one forward+backward per minibatch (two for SAM/ASAM/SVRG, plus a full
     gradient for SVRG), one forward pass over both splits, one checkpoint write.
@@ -356,6 +361,11 @@ def train(*, model: str = "mlp", dataset: str = "digits", data_dir: str | Path |
 
     if data_seed is not None:
         check_int("data_seed", data_seed, minimum=0)
+    if spawn is not None:
+        if not isinstance(spawn, tuple | list) or len(spawn) != 2:
+            raise LandscapeError(f"spawn must be (epoch, child seed), got {spawn!r}")
+        spawn = (check_int("spawn epoch", spawn[0], minimum=0),
+                 check_int("spawn seed", spawn[1], minimum=0))
     if data is None and is_code_spec(dataset):
         data = dataset
     if data is None:
@@ -439,6 +449,7 @@ def train(*, model: str = "mlp", dataset: str = "digits", data_dir: str | Path |
         **({"steps": steps} if steps is not None else {}),
         **({"target_train_loss": target_train_loss} if target_train_loss is not None else {}),
         **({"asam_scale": asam_scale} if asam_scale != "all" else {}),
+        **({"spawn": list(spawn)} if spawn is not None else {}),
         **({"data_seed": int(data_seed)} if data_seed is not None else {}),
     })
     path = Path(out) if out is not None else DEFAULT_RUNS_DIR / _default_name(config)
@@ -576,7 +587,7 @@ def train(*, model: str = "mlp", dataset: str = "digits", data_dir: str | Path |
 
             bar = progress_bar(total=cap, desc=f"train {path.name}", unit="epoch",
                                disable=None if progress else True)
-            with bar, _cuda_flags(dev), _num_threads(threads if dev.type == "cpu" else None):
+            with bar, _cuda_flags(dev), num_threads(threads if dev.type == "cpu" else None):
                 if not history:
                     history.append(trainer.history_row(0, step=0, lr=None, seconds=0.0))
                     if tracker is not None:
@@ -590,6 +601,8 @@ def train(*, model: str = "mlp", dataset: str = "digits", data_dir: str | Path |
                 while not finished(history[-1]):
                     epoch, done_steps = history[-1]["epoch"] + 1, history[-1]["step"]
                     budget = spe if steps is None else min(spe, steps - done_steps)
+                    if spawn is not None and epoch == spawn[0] + 1:
+                        gen.manual_seed(2**32 + spawn[1])  # the child's own SGD noise from here
                     seconds, last_lr, taken = trainer.train_epoch(epoch, bar, budget)
                     row = trainer.history_row(epoch, step=done_steps + taken, lr=last_lr,
                                               seconds=seconds)
@@ -680,7 +693,7 @@ def _postfix(row: dict) -> str:
 
 
 @contextmanager
-def _num_threads(threads: int | None):
+def num_threads(threads: int | None):
     """Use ``threads`` intra-op CPU threads inside the block (None: unchanged)."""
     before = torch.get_num_threads()
     if threads is not None and threads != before:
