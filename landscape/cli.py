@@ -409,6 +409,15 @@ _split = click.option("--split", default="train", show_default=True,
 @click.option("--orthogonal", is_flag=True, help="Orthogonalize the y direction against x.")
 @click.option("--dir-file", type=click.Path(exists=True, dir_okay=False), default=None,
               help="Reuse the directions stored in this surface file.")
+@click.option("--directions", default="random", show_default=True,
+              help="Per axis: random or hessian (top eigenvectors, unit L2 norm), e.g. "
+                   "hessian,random.")
+@click.option("--hessian", "hessian_file", type=click.Path(exists=True, dir_okay=False),
+              default=None, help="Read the eigenvectors from this `landscape hessian` file of "
+                                 "the same run (default: compute them).")
+@click.option("--rise", type=float, default=None,
+              help="Choose each axis' extent [-T, T] so the loss rises by this much (nats) "
+                   "above the centre; NUM of --x/--y is kept.")
 @_split
 @engine_options
 @_strategy
@@ -417,14 +426,17 @@ _split = click.option("--split", default="train", show_default=True,
 @_json
 @trust_options
 def surface_cmd(run_dir: str, x: str, y: str | None, norm: str, ignore: str, seed: int,
-                orthogonal: bool, dir_file: str | None, split: str, out: str | None,
+                orthogonal: bool, dir_file: str | None, directions: str,
+                hessian_file: str | None, rise: float | None, split: str, out: str | None,
                 overwrite: bool, as_json: bool, **opts: Any) -> None:
-    """Filter-normalized 1D curve or 2D surface around a trained model (Li et al. 2018)."""
+    """Filter-normalized 1D curve or 2D surface around a trained model (Li et al. 2018), or
+    along the top Hessian eigenvectors."""
     from landscape.surface import random_surface
 
     result = random_surface(run_dir, x=x, y=y, norm=norm, ignore=ignore, seed=seed,
                             orthogonal=orthogonal, directions_from=dir_file, split=split,
                             out=out, overwrite=overwrite, command=command_line(),
+                            directions=directions, hessian=hessian_file, rise=rise,
                             **engine_kwargs(opts))
     _report_surface(result, as_json)
 
