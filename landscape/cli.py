@@ -15,6 +15,7 @@ from typing import Any
 import click
 
 from landscape.errors import LandscapeError, LandscapeWarning
+from landscape.version import __version__
 
 DEFAULT_THREADS = 1  # CPU threads of the measuring commands: the table in benchmarks/README.md
 
@@ -120,7 +121,7 @@ class _Group(click.Group):
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(package_name="landscape")
+@click.version_option(version=__version__)  # the distribution is torch-landscape
 def main() -> None:
     """Loss-landscape analysis: train, measure and plot the geometry of minima."""
 
@@ -806,6 +807,18 @@ def toy_cmd(function: str, kappa: float | None, eigenvalues: str | None, dim: in
         loss = "nan" if s["final_loss"] is None else f"{s['final_loss']:.6g}"
         reached = "never" if s["steps_to_tol"] is None else f"step {s['steps_to_tol']}"
         click.echo(f"  {label:<10} lr {s['lr']:.3g}  final loss {loss}  tol reached: {reached}")
+
+
+@main.command("report")
+@click.argument("path", type=click.Path(exists=True))
+@click.option("--out", type=click.Path(dir_okay=False), default="report.html", show_default=True,
+              help="The HTML page to write (self-contained: opens offline).")
+def report_cmd(path: str, out: str) -> None:
+    """Interactive HTML page of a surface, Hessian, track, toy or study file (or a run or
+    study directory): 3D surfaces, contours with paths, curves, spectra, tables."""
+    from landscape.report import write_report
+
+    click.echo(str(write_report(path, out)))
 
 
 @main.command("plot")

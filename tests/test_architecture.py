@@ -28,7 +28,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("landscape.objective", "landscape.runs"),
     ("landscape.surface", "landscape.analysis", "landscape.training", "landscape.toy"),
     ("landscape.study",),
-    ("landscape.plot",),
+    ("landscape.plot", "landscape.report"),
     ("landscape.cli", "landscape"),
 ]
 
