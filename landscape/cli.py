@@ -835,15 +835,32 @@ def report_cmd(path: str, out: str) -> None:
 @click.option("--levels", default=None, help="Number of contour levels, or the levels (a,b,c).")
 @click.option("--log/--linear", "log", default=None,
               help="Log-spaced levels / log loss axis (default: log when the range is wide).")
-@click.option("--out", type=click.Path(dir_okay=False), required=True,
+@click.option("--out", type=click.Path(dir_okay=False), default=None,
               help="Figure file: .pdf, .png, .svg (or .vtk/.vtp for --kind vtk).")
+@click.option("--animate", "animation", type=click.Path(dir_okay=False), default=None,
+              help="Instead: animate a trajectory or 2D toy file's paths into this .gif/.mp4.")
+@click.option("--frames", type=click.IntRange(min=2), default=60, show_default=True,
+              help="Frames of the animation.")
+@click.option("--duration", type=float, default=4.0, show_default=True,
+              help="Seconds the animation lasts.")
 def plot_cmd(files: tuple[str, ...], kind: str | None, metric: str, vmin: float | None,
-             vmax: float | None, levels: str | None, log: bool | None, out: str) -> None:
+             vmax: float | None, levels: str | None, log: bool | None, out: str | None,
+             animation: str | None, frames: int, duration: float) -> None:
     """Draw a stored result (surface, interpolation, trajectory, Hessian, study, a run's
     track, a toy run's paths.h5) as a figure; several tracks (track.h5 files or run
-    directories) are overlaid."""
+    directories) are overlaid. --animate draws a path as it goes."""
     from landscape.plot.render import render
 
+    if animation is not None:
+        from landscape.plot.animate import animate
+
+        if len(files) != 1:
+            raise LandscapeError("--animate takes one trajectory or toy file")
+        click.echo(str(animate(files[0], animation, frames=frames, duration=duration,
+                               metric=metric)))
+        return
+    if out is None:
+        raise LandscapeError("missing option --out (or --animate)")
     click.echo(str(render(files[0] if len(files) == 1 else files, out, kind=kind,
                           metric=metric, vmin=vmin, vmax=vmax, levels=levels, log=log)))
 
