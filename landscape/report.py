@@ -121,6 +121,11 @@ def _surface(page: _Page, s: Any, prefix: str = "surface", title: str | None = N
         z = _masked(s, m)
         fig = go.Figure(go.Surface(x=s.x, y=s.y, z=z, colorscale="Viridis",
                                    colorbar={"title": _label(m)}))
+        if "path/coords" in s.extras and f"path/{m}" in s.extras:  # checkpoints, own loss
+            coords = s.extras["path/coords"]
+            fig.add_trace(go.Scatter3d(x=coords[:, 0], y=coords[:, 1], z=s.extras[f"path/{m}"],
+                                       mode="lines+markers", name="training path (own loss)",
+                                       line={"color": "red"}, marker={"size": 3}))
         fig.update_layout(title=f"{title}: {_label(m)} (drag to rotate, scroll to zoom)",
                           scene={"xaxis_title": _axis(s, 0), "yaxis_title": _axis(s, 1),
                                  "zaxis_title": _label(m)})
@@ -140,7 +145,9 @@ def _surface(page: _Page, s: Any, prefix: str = "surface", title: str | None = N
                                      marker={"symbol": "star", "size": 14, "color": "red"}))
         fig = go.Figure(traces)
         fig.update_layout(title=f"{title}: {_label(m)} contours", xaxis_title=_axis(s, 0),
-                          yaxis_title=_axis(s, 1))
+                          yaxis_title=_axis(s, 1), legend={
+                              "orientation": "h", "x": 1.0, "xanchor": "right", "y": 1.0,
+                              "yanchor": "bottom"})
         page.figure(fig, f"{prefix}-contour-{m}")
 
 

@@ -192,3 +192,23 @@ def test_cli_reads_eigenvectors_of_the_same_run_and_refuses_another(tmp_path: Pa
                str(hfile), "--x", "-1:1:3", "--out", str(tmp_path / "other.h5"))
     assert r.exit_code == 1 and "not the same run" in r.output
     assert len(r.output.strip().splitlines()) == 1
+
+
+def test_curves_on_a_distance_axis_scale_each_by_its_direction_length(tmp_path: Path) -> None:
+    from landscape.plot import plot_curve
+
+    model, data = _tanh_net()
+    files = {}
+    for kind in ("hessian", "random"):
+        files[kind] = random_surface(model, data=data, x="-1:1:5", directions=kind,
+                                     precision="float64", out=tmp_path / f"{kind}.h5",
+                                     show_progress=False).path
+    fig = plot_curve(files, distance=True, accuracy=False)
+    lines = [ln for ln in fig.axes[0].get_lines() if len(ln.get_xdata())]
+    assert len(lines) == 2
+    for line, path in zip(lines, files.values()):
+        with h5py.File(path) as f:
+            length = np.linalg.norm(f["directions/x"][()].astype(np.float64))
+            x = f["x"][()]
+        np.testing.assert_allclose(line.get_xdata(), x * length, rtol=1e-6)
+    assert "distance" in fig.axes[0].get_xlabel()

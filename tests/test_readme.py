@@ -23,6 +23,7 @@ SUBSTITUTIONS = [
     ("--epochs 200", "--epochs 3"), ("--steps 4500", "--steps 30"), ("--steps 200", "--steps 20"),
     ("--steps 150", "--steps 20"), ("--seeds 0,1,2", "--seeds 0"),
     ("--match steps=2000", "--match steps=20"), ("--match train-loss=0.02", "--match steps=20"),
+    ("--frames 40", "--frames 3"),
 ]
 # command prefix -> options appended (a data subset, small study grids, one measure)
 APPENDED = {

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -52,7 +53,11 @@ def _checked(page: Page, html: Path) -> Page:
 
 def test_surface_report_in_chromium_holds_the_stored_arrays(plot_files: dict[str, Path],
                                                            page: Page, tmp_path: Path) -> None:
-    html = write_report(plot_files["traj"], tmp_path / "traj.html")
+    traj = tmp_path / "traj.h5"  # with each checkpoint's own loss, as trajectory() stores it
+    shutil.copy(plot_files["traj"], traj)
+    with h5py.File(traj, "a") as f:
+        f["path/train_loss"] = own = np.array([0.9, 0.7, 0.4])
+    html = write_report(traj, tmp_path / "traj.html")
     text = html.read_text()
     assert "<script src=" not in text  # plotly's JavaScript is embedded, not linked
     _checked(page, html)
@@ -66,6 +71,8 @@ def test_surface_report_in_chromium_holds_the_stored_arrays(plot_files: dict[str
         np.testing.assert_array_equal(_trace(page, div, 0, "y"), y)
     path = np.stack([_trace(page, ids[1], 1, k) for k in "xy"], -1)
     np.testing.assert_array_equal(path, coords)  # the training path on the contours
+    path3d = np.stack([_trace(page, ids[0], 1, k) for k in "xyz"], -1)
+    np.testing.assert_array_equal(path3d, np.column_stack([coords, own]))  # and in 3D
 
 
 def test_curve_and_hessian_reports_hold_the_stored_arrays(plot_files: dict[str, Path],
@@ -127,3 +134,29 @@ def test_report_command_and_missing_plotly_are_one_line(plot_files: dict[str, Pa
     r = invoke("report", str(plot_files["surface"]), "--out", str(tmp_path / "no.html"))
     assert r.exit_code == 1 and "pip install" in r.output
     assert len(r.output.strip().splitlines()) == 1
+
+
+def test_track_and_toy_reports_hold_the_stored_arrays(page: Page, tmp_path: Path) -> None:
+    from landscape import train
+    from landscape.analysis.track import load_track
+    from landscape.toy import load_paths, run_toy
+
+    run = train(model="mlp", model_options={"widths": [5]}, dataset="spirals", train_size=40,
+                optimizer="sgd", lr=0.5, batch_size=40, steps=6, out=tmp_path / "run",
+                progress=False, track="top_eigenvalue", track_every=2)
+    _checked(page, write_report(run.path, tmp_path / "track.html"))  # the run directory
+    track = load_track(run.path)
+    np.testing.assert_array_equal(_trace(page, "track-top_eigenvalue", 0, "x"), track.step)
+    np.testing.assert_array_equal(_trace(page, "track-top_eigenvalue", 0, "y"),
+                                  track.measures["top_eigenvalue"])
+    np.testing.assert_array_equal(_trace(page, "track-top_eigenvalue", 1, "y"), track.threshold)
+    np.testing.assert_array_equal(_trace(page, "track-train_loss", 0, "y"), track.train_loss)
+
+    run_toy("rosenbrock", ["sgd", "adam"], out=tmp_path / "toy", steps=10)
+    _checked(page, write_report(tmp_path / "toy" / "paths.h5", tmp_path / "toy.html"))
+    function, paths = load_paths(tmp_path / "toy" / "paths.h5")
+    for i, p in enumerate(paths.values(), start=1):  # trace 0: the contours
+        got = np.stack([_trace(page, "toy-paths", i, k) for k in "xy"], -1)
+        np.testing.assert_array_equal(got, p.path)
+        np.testing.assert_array_equal(_trace(page, "toy-losses", i - 1, "y"),
+                                      p.losses - function.f_min)
