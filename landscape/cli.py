@@ -852,7 +852,7 @@ def plot_cmd(files: tuple[str, ...], kind: str | None, metric: str, vmin: float 
     from landscape.plot.render import render
 
     if animation is not None:
-        from landscape.plot.animate import animate
+        from landscape.plot.animation import animate
 
         if len(files) != 1:
             raise LandscapeError("--animate takes one trajectory or toy file")

@@ -88,7 +88,7 @@ def _cell(v: Any) -> str:
 
 def _metadata(page: _Page, attrs: Mapping[str, Any]) -> None:
     keys = ("kind", "created", "command", "run", "model", "dataset", "loss", "precision", "bn",
-            "device", "library_version", "torch_version")
+            "device", "directions", "rise", "rise_metric", "landscape_version", "torch_version")
     rows = [[k, attrs[k]] for k in keys if attrs.get(k) is not None]
     if rows:
         page.table(["attribute", "value"], rows)

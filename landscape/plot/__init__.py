@@ -2,7 +2,7 @@
 loaded object) and an optional ``ax=``, and returns a matplotlib ``Figure`` in the house style
 (:mod:`landscape.plot.style`); nothing is shown or saved (use :func:`save_figure`)."""
 
-from landscape.plot.animate import animate, animate_toy, animate_trajectory
+from landscape.plot.animation import animate, animate_toy, animate_trajectory
 from landscape.plot.compare import plot_comparison, save_comparison
 from landscape.plot.contours import (
     color_scale,

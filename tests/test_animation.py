@@ -10,10 +10,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 from _helpers import invoke
 from PIL import Image, ImageSequence
 
-from landscape.plot.animate import animate_toy, animate_trajectory
+from landscape.plot.animation import animate_toy, animate_trajectory
 from landscape.toy import load_paths, run_toy
 
 
@@ -55,7 +56,7 @@ def test_last_frame_shows_exactly_the_stored_paths(tmp_path: Path,
 
 
 def test_cli_animates_and_refuses_a_surface_or_a_bad_suffix_in_one_line(
-        tmp_path: Path, plot_files: dict[str, Path]) -> None:
+        tmp_path: Path, plot_files: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
     gif = tmp_path / "traj.gif"
     r = invoke("plot", str(plot_files["traj"]), "--animate", str(gif), "--frames", "2",
                "--duration", "0.5")
@@ -68,3 +69,6 @@ def test_cli_animates_and_refuses_a_surface_or_a_bad_suffix_in_one_line(
                "--frames", "2")
     assert r.exit_code == 1 and ".gif or .mp4" in r.output
     assert len(r.output.strip().splitlines()) == 1
+    monkeypatch.setattr("landscape.plot.animation.shutil.which", lambda name: None)
+    r = invoke("plot", str(plot_files["traj"]), "--animate", str(tmp_path / "a.mp4"))
+    assert r.exit_code == 1 and "needs ffmpeg" in r.output  # an .mp4 without ffmpeg
