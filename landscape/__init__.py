@@ -33,6 +33,7 @@ _SOURCES = {
     "landscape.surface": ("compute_surface", "interpolate", "load_surface", "plane",
         "random_surface", "trajectory"),
     "landscape.runs": ("Run", "load_run"),
+    "landscape.report": ("write_report",),
     "landscape.training": ("train",),
 }
 _MODULE_OF = {name: module for module, names in _SOURCES.items() for name in names}
@@ -45,7 +46,7 @@ __all__ = [
     "hessian_trace", "interpolate", "load_dataset", "load_hessian", "load_run", "load_study",
     "load_surface", "noise_scale_two_batch", "pac_bayes_flatness", "plane", "random_surface",
     "run_study", "sam_sharpness", "spectral_density", "train", "trajectory",
-    "Track", "load_track",
+    "Track", "load_track", "write_report",
     "align", "barrier", "connect_runs", "curve_plane", "fit_curve", "instability", "load_path",
     "load_stability",
 ]

@@ -15,6 +15,7 @@ from typing import Any
 import click
 
 from landscape.errors import LandscapeError, LandscapeWarning
+from landscape.version import __version__
 
 DEFAULT_THREADS = 1  # CPU threads of the measuring commands: the table in benchmarks/README.md
 
@@ -145,7 +146,7 @@ def _interrupted(argv: list[str]) -> str:
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(package_name="landscape")
+@click.version_option(version=__version__)  # the distribution is torch-landscape
 def main() -> None:
     """Loss-landscape analysis: train, measure and plot the geometry of minima."""
 
@@ -434,6 +435,15 @@ _split = click.option("--split", default="train", show_default=True,
 @click.option("--orthogonal", is_flag=True, help="Orthogonalize the y direction against x.")
 @click.option("--dir-file", type=click.Path(exists=True, dir_okay=False), default=None,
               help="Reuse the directions stored in this surface file.")
+@click.option("--directions", default="random", show_default=True,
+              help="Per axis: random or hessian (top eigenvectors, unit L2 norm), e.g. "
+                   "hessian,random.")
+@click.option("--hessian", "hessian_file", type=click.Path(exists=True, dir_okay=False),
+              default=None, help="Read the eigenvectors from this `landscape hessian` file of "
+                                 "the same run (default: compute them).")
+@click.option("--rise", type=float, default=None,
+              help="Choose each axis' extent [-T, T] so the loss rises by this much (nats) "
+                   "above the centre; NUM of --x/--y is kept.")
 @_split
 @engine_options
 @_strategy
@@ -442,14 +452,17 @@ _split = click.option("--split", default="train", show_default=True,
 @_json
 @trust_options
 def surface_cmd(run_dir: str, x: str, y: str | None, norm: str, ignore: str, seed: int,
-                orthogonal: bool, dir_file: str | None, split: str, out: str | None,
+                orthogonal: bool, dir_file: str | None, directions: str,
+                hessian_file: str | None, rise: float | None, split: str, out: str | None,
                 overwrite: bool, as_json: bool, **opts: Any) -> None:
-    """Filter-normalized 1D curve or 2D surface around a trained model (Li et al. 2018)."""
+    """Filter-normalized 1D curve or 2D surface around a trained model (Li et al. 2018), or
+    along the top Hessian eigenvectors."""
     from landscape.surface import random_surface
 
     result = random_surface(run_dir, x=x, y=y, norm=norm, ignore=ignore, seed=seed,
                             orthogonal=orthogonal, directions_from=dir_file, split=split,
                             out=out, overwrite=overwrite, command=command_line(),
+                            directions=directions, hessian=hessian_file, rise=rise,
                             **engine_kwargs(opts))
     _report_surface(result, as_json)
 
@@ -822,6 +835,18 @@ def toy_cmd(function: str, kappa: float | None, eigenvalues: str | None, dim: in
         click.echo(f"  {label:<10} lr {s['lr']:.3g}  final loss {loss}  tol reached: {reached}")
 
 
+@main.command("report")
+@click.argument("path", type=click.Path(exists=True))
+@click.option("--out", type=click.Path(dir_okay=False), default="report.html", show_default=True,
+              help="The HTML page to write (self-contained: opens offline).")
+def report_cmd(path: str, out: str) -> None:
+    """Interactive HTML page of a surface, Hessian, track, toy or study file (or a run or
+    study directory): 3D surfaces, contours with paths, curves, spectra, tables."""
+    from landscape.report import write_report
+
+    click.echo(str(write_report(path, out)))
+
+
 @main.command("plot")
 @click.argument("files", nargs=-1, required=True, type=click.Path())
 @click.option("--kind", type=click.Choice(["curve", "contour", "filled", "heatmap", "surface3d",
@@ -837,15 +862,32 @@ def toy_cmd(function: str, kappa: float | None, eigenvalues: str | None, dim: in
 @click.option("--levels", default=None, help="Number of contour levels, or the levels (a,b,c).")
 @click.option("--log/--linear", "log", default=None,
               help="Log-spaced levels / log loss axis (default: log when the range is wide).")
-@click.option("--out", type=click.Path(dir_okay=False), required=True,
+@click.option("--out", type=click.Path(dir_okay=False), default=None,
               help="Figure file: .pdf, .png, .svg (or .vtk/.vtp for --kind vtk).")
+@click.option("--animate", "animation", type=click.Path(dir_okay=False), default=None,
+              help="Instead: animate a trajectory or 2D toy file's paths into this .gif/.mp4.")
+@click.option("--frames", type=click.IntRange(min=2), default=60, show_default=True,
+              help="Frames of the animation.")
+@click.option("--duration", type=float, default=4.0, show_default=True,
+              help="Seconds the animation lasts.")
 def plot_cmd(files: tuple[str, ...], kind: str | None, metric: str, vmin: float | None,
-             vmax: float | None, levels: str | None, log: bool | None, out: str) -> None:
+             vmax: float | None, levels: str | None, log: bool | None, out: str | None,
+             animation: str | None, frames: int, duration: float) -> None:
     """Draw a stored result (surface, interpolation, trajectory, Hessian, study, a run's
     track, a toy run's paths.h5) as a figure; several tracks (track.h5 files or run
-    directories) are overlaid."""
+    directories) are overlaid. --animate draws a path as it goes."""
     from landscape.plot.render import render
 
+    if animation is not None:
+        from landscape.plot.animation import animate
+
+        if len(files) != 1:
+            raise LandscapeError("--animate takes one trajectory or toy file")
+        click.echo(str(animate(files[0], animation, frames=frames, duration=duration,
+                               metric=metric)))
+        return
+    if out is None:
+        raise LandscapeError("missing option --out (or --animate)")
     click.echo(str(render(files[0] if len(files) == 1 else files, out, kind=kind,
                           metric=metric, vmin=vmin, vmax=vmax, levels=levels, log=log)))
 

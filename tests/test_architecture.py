@@ -30,7 +30,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("landscape.surface", "landscape.analysis", "landscape.training", "landscape.toy",
      "landscape.connect"),
     ("landscape.study", "landscape.findings"),
-    ("landscape.plot",),
+    ("landscape.plot", "landscape.report"),
     ("landscape.cli", "landscape"),
 ]
 

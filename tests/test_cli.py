@@ -27,7 +27,7 @@ from landscape.cli import main
 ROOT = Path(__file__).resolve().parents[1]
 COMMANDS = sorted(main.commands)
 # commands that only draw or record (everything else computes, so it has --json)
-READ_ONLY = {"plot", "adopt"}
+READ_ONLY = {"plot", "adopt", "report"}
 
 
 def _python(code: str) -> subprocess.CompletedProcess:

@@ -26,6 +26,7 @@ SUBSTITUTIONS = [
     ("--match steps=2000", "--match steps=20"), ("--match train-loss=0.02", "--match steps=20"),
     ("--plane-points 21", "--plane-points 3"), ("--points 25", "--points 5"),
     ("--spawn 0,1,2,5 --pairs 3 --epochs 20", "--spawn 0 --pairs 2 --epochs 1"),
+    ("--frames 40", "--frames 3"),
 ]
 # command prefix -> options appended (a data subset, small study grids, one measure)
 APPENDED = {

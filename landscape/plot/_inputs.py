@@ -108,6 +108,17 @@ def direction_norm(surface: Any) -> str | None:
     return settings.get("norm") if isinstance(settings, Mapping) else None
 
 
+def direction_length(surface: Any) -> float:
+    """The L2 norm of a stored surface's x direction in parameter space (the length of one
+    unit of its x coordinate)."""
+    from landscape import store
+
+    with store.open_result(surface.path) as f:
+        if "directions/x" not in f:
+            raise LandscapeError(f"{surface.path}: holds no directions")
+        return float(store.read_attrs(f["directions/x"])["norm_l2"])
+
+
 def axis_labels(surface: Any) -> tuple[str, str | None]:
     """Labels of the x (and y) coordinate, by the kind of result."""
     kind = surface.attrs.get("kind", "surface")

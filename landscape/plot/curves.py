@@ -14,6 +14,7 @@ from landscape.errors import LandscapeError
 from landscape.plot._inputs import (
     as_surface,
     axis_labels,
+    direction_length,
     metric_label,
     metric_names,
     named,
@@ -39,14 +40,18 @@ def _splits(surface: Any, splits: Sequence[str] | None) -> list[str]:
 def plot_curve(results: Any, ax: Axes | None = None, *, splits: Sequence[str] | None = None,
                accuracy: bool | None = None, log: bool = False,
                labels: Sequence[str] | None = None, colors: Sequence[str] | None = None,
-               title: str | None = None, legend: bool = True) -> Figure:
+               title: str | None = None, legend: bool = True,
+               distance: bool = False) -> Figure:
     """Loss along a 1D direction or interpolation; accuracy (%) on a twin axis.
 
     ``results``: one curve (a ``.h5`` path or a loaded :class:`~landscape.surface.Surface`,
     kind ``surface`` or ``interpolation``), a sequence of them, or ``{name: curve}``; several
     curves share the axes, one colour per model. Train lines are solid, test lines dashed.
     ``accuracy`` (default: only for a single curve) adds the accuracy on a right-hand axis
-    (thin lines); ``log`` puts the loss on a log scale. Returns the figure of ``ax`` (or a new
+    (thin lines); ``log`` puts the loss on a log scale. ``distance``: the x axis is the L2
+    distance from the centre in parameter space (each coordinate times its direction's
+    norm), so that curves along directions of different lengths (a unit Hessian eigenvector,
+    a filter-normalized random direction) compare. Returns the figure of ``ax`` (or a new
     single-column one); nothing is shown or saved.
     """
     curves = {name: as_surface(r, kinds=("surface", "interpolation"), ndim=1,
@@ -59,6 +64,9 @@ def plot_curve(results: Any, ax: Axes | None = None, *, splits: Sequence[str] | 
     palette = list(colors) if colors is not None else list(OKABE_ITO[:-1])
     first = next(iter(curves.values()))
     xlabel = axis_labels(first)[0]
+    xs = {name: c.x * (direction_length(c) if distance else 1.0) for name, c in curves.items()}
+    if distance:
+        xlabel = "signed L2 distance from the centre (parameter space)"
     with house_style():
         fig, ax = new_axes(ax)
         ax_acc = None
@@ -72,13 +80,14 @@ def plot_curve(results: Any, ax: Axes | None = None, *, splits: Sequence[str] | 
             ax.patch.set_visible(False)
         handles: list[Line2D] = []
         used_splits: list[str] = []
-        for i, c in enumerate(curves.values()):
+        for i, (key, c) in enumerate(curves.items()):
+            x = xs[key]
             color = _LOSS_COLOR if single else palette[i % len(palette)]
             for split in _splits(c, splits):
                 y = values(c, f"{split}_loss")
                 if log:
                     y = np.where(y > 0, y, np.nan)
-                line, = ax.plot(c.x, y, color=color, ls=SPLIT_STYLE[split], zorder=3,
+                line, = ax.plot(x, y, color=color, ls=SPLIT_STYLE[split], zorder=3,
                                 label=f"{split} loss" if single else f"{names[i]}, {split}")
                 if split not in used_splits:
                     used_splits.append(split)
@@ -86,7 +95,7 @@ def plot_curve(results: Any, ax: Axes | None = None, *, splits: Sequence[str] | 
                     handles.append(line)
                 if ax_acc is not None and f"{split}_acc" in metric_names(c):
                     acc = 100.0 * values(c, f"{split}_acc")
-                    acc_line, = ax_acc.plot(c.x, acc, color=_ACC_COLOR if single else color,
+                    acc_line, = ax_acc.plot(x, acc, color=_ACC_COLOR if single else color,
                                             ls=SPLIT_STYLE[split], lw=0.7,
                                             alpha=1.0 if single else 0.55,
                                             label=f"{split} accuracy")
@@ -106,8 +115,8 @@ def plot_curve(results: Any, ax: Axes | None = None, *, splits: Sequence[str] | 
         if log:
             ax.set_yscale("log")
         ax.set_xlabel(xlabel)
-        ax.set_xlim(min(float(c.x.min()) for c in curves.values()),
-                    max(float(c.x.max()) for c in curves.values()))
+        ax.set_xlim(min(float(x.min()) for x in xs.values()),
+                    max(float(x.max()) for x in xs.values()))
         if first.attrs.get("kind") == "interpolation":
             for t in (0.0, 1.0):
                 ax.axvline(t, color="0.6", lw=0.5, ls=":", zorder=1)

@@ -30,7 +30,8 @@ def _as_list(paths: Mapping[str, ToyPath] | Sequence[ToyPath] | ToyPath) -> list
     return out
 
 
-def _title(f: ToyFunction) -> str:
+def function_title(f: ToyFunction) -> str:
+    """The panel title of a toy function (the condition number of a quadratic)."""
     if f.name == "quadratic":
         eig = np.asarray(f.spec["eigenvalues"])
         dims = f", {f.dim}-D" if f.dim > 2 else ""
@@ -43,6 +44,50 @@ def _levels(gap: np.ndarray, n: int) -> np.ndarray:
     lo = max(np.percentile(positive, 0.5), positive.max() * 1e-8)
     hi = np.percentile(positive, 97)
     return np.geomspace(lo, hi, n)
+
+
+def _box(f: ToyFunction, box: Any) -> tuple[tuple[float, float], tuple[float, float]]:
+    if f.dim != 2:
+        raise LandscapeError(f"paths are drawn on 2D functions; {f.name} has dimension {f.dim}"
+                             " (plot the losses instead)")
+    return box or f.box
+
+
+def panel_aspect(f: ToyFunction, box: Any = None) -> float:
+    """Panel height over width: about equal scales on both axes, plus the legend's rows."""
+    (x0, x1), (y0, y1) = _box(f, box)
+    return min(max((y1 - y0) / (x1 - x0), 0.45), 1.0) * 0.78 + 0.27
+
+
+def draw_toy_contours(function: ToyFunction | str, ax: Axes, *,
+                      box: tuple[tuple[float, float], tuple[float, float]] | None = None,
+                      levels: int = 14, resolution: int = 241) -> None:
+    """Contours of a 2D ``function`` on ``ax`` (log-spaced in ``f - f_min`` for functions
+    with a wide range of values, linear otherwise), its known minima as grey stars, the axes
+    limited to ``box`` (default: the function's plotting range) and labelled. Cost:
+    ``resolution^2`` function evaluations."""
+    f = as_function(function)
+    (x0, x1), (y0, y1) = _box(f, box)
+    xs, ys = np.linspace(x0, x1, resolution), np.linspace(y0, y1, resolution)
+    grid = np.stack(np.meshgrid(xs, ys), -1)
+    with torch.no_grad():
+        z = f(torch.from_numpy(grid)).numpy()
+    if f.log_levels:
+        gap = z - f.f_min
+        lv = _levels(gap, levels)
+        values, norm = np.maximum(gap, _TINY), LogNorm(lv[0], lv[-1])
+    else:
+        lv = np.linspace(np.percentile(z, 0.2), np.percentile(z, 97), levels)
+        values, norm = z, None
+    ax.contourf(xs, ys, values, levels=lv, norm=norm, cmap=CMAP, alpha=0.3, extend="both")
+    ax.contour(xs, ys, values, levels=lv, norm=norm, cmap=CMAP, linewidths=0.4)
+    minima = np.asarray(f.minima)
+    ax.scatter(minima[:, 0], minima[:, 1], marker="*", s=45, color="0.35", zorder=8,
+               edgecolors="white", linewidths=0.4, label="minimum")
+    ax.set_xlim(x0, x1)
+    ax.set_ylim(y0, y1)
+    ax.set_xlabel("$w_1$")
+    ax.set_ylabel("$w_2$")
 
 
 def plot_toy_paths(function: ToyFunction | str, paths: Mapping[str, ToyPath] | Sequence[ToyPath],
@@ -58,33 +103,11 @@ def plot_toy_paths(function: ToyFunction | str, paths: Mapping[str, ToyPath] | S
     function's plotting range. Cost: ``resolution^2`` function evaluations.
     """
     f = as_function(function)
-    if f.dim != 2:
-        raise LandscapeError(f"paths are drawn on 2D functions; {f.name} has dimension {f.dim}"
-                             " (plot the losses instead)")
     paths = _as_list(paths)
-    (x0, x1), (y0, y1) = box or f.box
-    xs, ys = np.linspace(x0, x1, resolution), np.linspace(y0, y1, resolution)
-    grid = np.stack(np.meshgrid(xs, ys), -1)
-    with torch.no_grad():
-        z = f(torch.from_numpy(grid)).numpy()
-    ratio = (y1 - y0) / (x1 - x0)
     with house_style():
         own = ax is None
-        # about equal scales on both axes: panel height from the box, plus the legend's rows
-        fig, ax = new_axes(ax, aspect=min(max(ratio, 0.45), 1.0) * 0.78 + 0.27)
-        if f.log_levels:
-            gap = z - f.f_min
-            lv = _levels(gap, levels)
-            values, norm = np.maximum(gap, _TINY), LogNorm(lv[0], lv[-1])
-        else:
-            lv = np.linspace(np.percentile(z, 0.2), np.percentile(z, 97), levels)
-            values, norm = z, None
-        ax.contourf(xs, ys, values, levels=lv, norm=norm, cmap=CMAP, alpha=0.3,
-                    extend="both")
-        ax.contour(xs, ys, values, levels=lv, norm=norm, cmap=CMAP, linewidths=0.4)
-        minima = np.asarray(f.minima)
-        ax.scatter(minima[:, 0], minima[:, 1], marker="*", s=45, color="0.35", zorder=8,
-                   edgecolors="white", linewidths=0.4, label="minimum")
+        fig, ax = new_axes(ax, aspect=panel_aspect(f, box))
+        draw_toy_contours(f, ax, box=box, levels=levels, resolution=resolution)
         start_drawn = False
         for i, p in enumerate(paths):
             color = OKABE_ITO[i % (len(OKABE_ITO) - 1)]
@@ -107,12 +130,8 @@ def plot_toy_paths(function: ToyFunction | str, paths: Mapping[str, ToyPath] | S
                 ax.scatter(starts[:, 0], starts[:, 1], marker="o", s=26, facecolors="none",
                            edgecolors="black", linewidths=1.0, zorder=7, label="start")
                 start_drawn = True
-        ax.set_xlim(x0, x1)
-        ax.set_ylim(y0, y1)
-        ax.set_xlabel("$w_1$")
-        ax.set_ylabel("$w_2$")
         if title:
-            ax.set_title(_title(f))
+            ax.set_title(function_title(f))
         handles, labels = ax.get_legend_handles_labels()
         order = [i for i, lab in enumerate(labels) if lab not in ("start", "minimum")] + \
             [i for i, lab in enumerate(labels) if lab in ("start", "minimum")]
@@ -154,7 +173,7 @@ def plot_toy_losses(function: ToyFunction | str,
         ax.set_xlabel("step")
         ax.set_ylabel(r"$f(w_k) - f^\star$")
         if title:
-            ax.set_title(_title(f))
+            ax.set_title(function_title(f))
         if ax_given or len(paths) <= 3:
             ax.legend(loc="best")
         else:  # many lines: below the panel, off the data
@@ -176,4 +195,5 @@ def save_toy_figures(paths_file: str | Path, out: str | Path,
             for stem, fig in figures.items() for fmt in formats]
 
 
-__all__ = ["plot_toy_losses", "plot_toy_paths", "save_toy_figures"]
+__all__ = ["draw_toy_contours", "function_title", "panel_aspect", "plot_toy_losses",
+           "plot_toy_paths", "save_toy_figures"]

@@ -2,6 +2,7 @@
 
 from landscape.surface.api import interpolate, plane, random_surface, read_directions, trajectory
 from landscape.surface.compute import Surface, compute_surface, load_surface
+from landscape.surface.curvature import extent_for_rise, hessian_directions
 from landscape.surface.directions import (
     PCAPlane,
     cosine,
@@ -13,7 +14,8 @@ from landscape.surface.directions import (
 from landscape.surface.grid import parse_range
 
 __all__ = [
-    "PCAPlane", "Surface", "compute_surface", "cosine", "interpolate", "load_surface",
+    "PCAPlane", "Surface", "compute_surface", "cosine", "extent_for_rise",
+    "hessian_directions", "interpolate", "load_surface",
     "normalize_direction", "orthogonalize", "parse_range", "pca_directions", "plane",
     "random_direction", "random_surface", "read_directions", "trajectory",
 ]

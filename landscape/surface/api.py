@@ -17,6 +17,7 @@ from landscape.errors import LandscapeError
 from landscape.objective import Objective
 from landscape.params import ParamSpace
 from landscape.runs import as_run
+from landscape.surface import curvature
 from landscape.surface.compute import Surface, compute_surface
 from landscape.surface.directions import orthogonalize, pca_directions, random_direction
 from landscape.surface.grid import parse_range
@@ -83,16 +84,28 @@ def random_surface(run: Any, *, data: Any = None, x: Any = "-1:1:51", y: Any = N
                    directions_from: str | Path | None = None, split: str = "train",
                    out: str | Path | None = None, overwrite: bool = False,
                    show_progress: bool = True, command: str | None = None,
+                   directions: str | Sequence[str] = "random",
+                   hessian: str | Path | None = None, rise: float | None = None,
                    **engine: Any) -> Surface:
-    """1D curve (``y=None``) or 2D surface around a trained run along random directions.
+    """1D curve (``y=None``) or 2D surface around a trained run along random or curvature
+    directions.
 
     The x direction is drawn with ``seed`` and the y direction with ``seed + 1``, each
     normalized by ``norm`` (``filter`` by default, Li et al. 2018); ``orthogonal`` removes the
     y direction's component along x. ``directions_from`` reuses the directions of an existing
-    surface file instead. ``engine`` goes to :class:`Objective` (``bn``, ``precision``,
+    surface file instead. ``directions``: one kind per axis, ``"random"`` or ``"hessian"``
+    (``"hessian,random"``; one name serves both axes): the n-th ``hessian`` axis is the n-th
+    top Hessian eigenvector at the centre (a unit vector: one unit of the coordinate is an L2
+    step of 1 in parameter space; :mod:`landscape.surface.curvature`), computed on the train
+    split (or the first split) or read from ``hessian``, a ``landscape hessian`` file of the
+    same weights. ``rise``: instead of the ranges' MIN:MAX, each axis spans ``[-T, T]`` (NUM
+    points kept) where the loss first rises by ``rise`` above the centre (a line search,
+    :func:`~landscape.surface.curvature.extent_for_rise`); ``T`` is stored as the direction's
+    ``extent``. ``engine`` goes to :class:`Objective` (``bn``, ``precision``,
     ``device``, ``batch_size``, ``loss``). ``run`` may also be a plain ``nn.Module`` with
     ``data``: one source (the ``"train"`` split) or ``{"train": ..., "test": ...}``; ``out``
-    then defaults to ``outputs/model_surface.h5``. Cost: one forward pass per point and split.
+    then defaults to ``outputs/model_surface.h5``. Cost: one forward pass per point and split,
+    plus Lanczos HVPs for Hessian directions and about 30 forward passes per axis for ``rise``.
     """
     if isinstance(run, torch.nn.Module):
         sources = data if isinstance(data, dict) and set(data) <= set(SPLITS) else {"train": data}
@@ -107,8 +120,13 @@ def random_surface(run: Any, *, data: Any = None, x: Any = "-1:1:51", y: Any = N
         run = as_run(run)
         objs = _objectives(run, split, engine)
     first = next(iter(objs.values()))
+    main = objs.get("train", first)
     theta, n_dirs = first.theta0, 1 if y is None else 2
+    kinds = curvature.parse_kinds(directions, n_dirs)
     if directions_from is not None:
+        if "hessian" in kinds:
+            raise LandscapeError("Hessian directions are computed or read with hessian=, not "
+                                 "taken from a surface file")
         dirs = read_directions(directions_from, first.space.numel)
         if len(dirs) < n_dirs:
             raise LandscapeError(f"{directions_from}: holds {len(dirs)} direction(s), "
@@ -116,17 +134,42 @@ def random_surface(run: Any, *, data: Any = None, x: Any = "-1:1:51", y: Any = N
         dirs = [d.to(theta) for d in dirs[:n_dirs]]
         d_attrs = [{"source": str(directions_from)}] * n_dirs
     else:
-        dirs = [random_direction(first.space, theta, seed + i, norm, ignore)
-                for i in range(n_dirs)]
-        d_attrs = [{"seed": seed + i, "norm": norm, "ignore": ignore} for i in range(n_dirs)]
+        eig_dirs, eig_attrs = (curvature.hessian_directions(
+            main, kinds.count("hessian"), hessian_file=hessian) if "hessian" in kinds
+            else ([], []))
+        dirs, d_attrs = [], []
+        for i, kind in enumerate(kinds):
+            if kind == "hessian":
+                dirs.append(eig_dirs[kinds[:i].count("hessian")])
+                d_attrs.append(eig_attrs[kinds[:i].count("hessian")])
+            else:
+                dirs.append(random_direction(first.space, theta, seed + i, norm, ignore))
+                d_attrs.append({"kind": "random", "seed": seed + i, "norm": norm,
+                                "ignore": ignore, "unit": curvature.UNITS["random"]})
         if orthogonal and n_dirs == 2:
             dirs[1] = orthogonalize(dirs[0], dirs[1])
+    main_split = next(s for s, o in objs.items() if o is main)
+    if rise is not None:
+        extents = [curvature.extent_for_rise(main, d, rise) for d in dirs]
+        x = _symmetric(x, extents[0])
+        y = None if y is None else _symmetric(y, extents[1])
+        d_attrs = [{**a, "extent": t} for a, t in zip(d_attrs, extents)]
     settings = {**_run_settings(run), "norm": norm, "ignore": ignore, "seed": seed,
                 "orthogonal": orthogonal}
+    if set(kinds) != {"random"} or rise is not None:  # files of random grids stay resumable
+        settings.update(directions=kinds, rise=rise, hessian=hessian and str(hessian))
     return compute_surface(objs, out or _default_out(run, "surface"), x, y, directions=dirs,
                            settings=settings, direction_attrs=d_attrs,
-                           attrs={"run": str(run.path), "command": command, "seed": seed},
+                           attrs={"run": str(run.path), "command": command, "seed": seed,
+                                  "directions": kinds, "rise": rise,
+                                  "rise_metric": None if rise is None else
+                                  f"{main_split}_loss"},
                            overwrite=overwrite, show_progress=show_progress)
+
+
+def _symmetric(text: Any, extent: float) -> np.ndarray:
+    """``[-extent, extent]`` with the number of points of range ``text``."""
+    return np.linspace(-extent, extent, len(parse_range(text)))
 
 
 def interpolate(run_a: Any, run_b: Any, *, x: Any = "-0.5:1.5:101", split: str = "train",
