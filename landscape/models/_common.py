@@ -78,7 +78,7 @@ def _meta_numel(module: nn.Module, input_shape: tuple[int, ...]) -> int:
     c, *spatial = input_shape
     for layer in module.modules():
         if isinstance(layer, nn.Conv2d | nn.MaxPool2d):
-            pairs = [nn.modules.utils._pair(getattr(layer, a)) for a in
+            pairs = [(v, v) if isinstance(v := getattr(layer, a), int) else tuple(v) for a in
                      ("kernel_size", "stride", "padding", "dilation")]
             ceil = getattr(layer, "ceil_mode", False)
             for i, size in enumerate(spatial):
