@@ -328,7 +328,8 @@ class StudySettings(MeasureSettings):
     (``direction_seeds`` of them), the 2D surface direction seed ``seed``. ``rise_at``:
     where the 1D rise is read (filter-normalized units, both sides averaged).
     ``measures``: registry names. ``max_epochs``: the epoch cap of a ``train-loss`` match for
-    a recipe that sets no ``epochs`` of its own. ``spread_measures`` are also computed at the
+    a recipe that sets no ``epochs`` of its own. ``spread_measures`` (those among
+    ``measures``) are also computed at the
     ``spread_epochs`` saved epochs before each stop (epoch 0 excluded): their within-run
     spread (max / min over those and the stop) is a diagnostic of a rule that stops on an
     oscillation, reported beside the measure and flagged in the findings where it is as large
@@ -358,15 +359,14 @@ class StudySettings(MeasureSettings):
         if isinstance(self.spread_measures, str):
             self.spread_measures = tuple(m.strip() for m in self.spread_measures.split(",")
                                          if m.strip())
-        self.measures, self.spread_measures = tuple(self.measures), tuple(self.spread_measures)
+        self.measures = tuple(self.measures)
         check_int("spread_epochs", self.spread_epochs, minimum=0)
-        for m in self.spread_measures:
-            if m not in self.measures:
-                raise unknown_name("spread measure", m, self.measures)
         known = names_of(("curvature", "sharpness", "noise"))
-        for m in self.measures:
+        for m in (*self.measures, *self.spread_measures):
             if m not in known:
                 raise unknown_name("study measure", m, known)
+        # a spread is taken of a measure the study reports, else skipped
+        self.spread_measures = tuple(m for m in self.spread_measures if m in self.measures)
 
     def engine(self) -> dict[str, Any]:
         return {"precision": self.precision, "device": self.device}
