@@ -329,7 +329,8 @@ class StudySettings(MeasureSettings):
     (``direction_seeds`` of them), the 2D surface direction seed ``seed``. ``rise_at``:
     where the 1D rise is read (filter-normalized units, both sides averaged).
     ``measures``: registry names. ``max_epochs``: the epoch cap of a ``train-loss`` match for
-    a recipe that sets no ``epochs`` of its own. ``spread_measures`` are also computed at the
+    a recipe that sets no ``epochs`` of its own. ``spread_measures`` (those among
+    ``measures``) are also computed at the
     ``spread_epochs`` saved epochs before each stop (epoch 0 excluded): their within-run
     spread (max / min over those and the stop) is a diagnostic of a rule that stops on an
     oscillation, reported beside the measure and flagged in the findings where it is as large
@@ -359,15 +360,14 @@ class StudySettings(MeasureSettings):
         if isinstance(self.spread_measures, str):
             self.spread_measures = tuple(m.strip() for m in self.spread_measures.split(",")
                                          if m.strip())
-        self.measures, self.spread_measures = tuple(self.measures), tuple(self.spread_measures)
+        self.measures = tuple(self.measures)
         check_int("spread_epochs", self.spread_epochs, minimum=0)
-        for m in self.spread_measures:
-            if m not in self.measures:
-                raise unknown_name("spread measure", m, self.measures)
         known = names_of(("curvature", "sharpness", "noise"))
-        for m in self.measures:
+        for m in (*self.measures, *self.spread_measures):
             if m not in known:
                 raise unknown_name("study measure", m, known)
+        # a spread is taken of a measure the study reports, else skipped
+        self.spread_measures = tuple(m for m in self.spread_measures if m in self.measures)
 
     def engine(self) -> dict[str, Any]:
         return {"precision": self.precision, "device": self.device}
@@ -1032,7 +1032,7 @@ def demo(out: str | Path = "outputs/demo", *, show_progress: bool = True,
     rates 0.025 and 0.2 crossed with batch sizes 32 and 256 (lr/B from 1e-4 to 6e-3), every
     run stopped at a full-train-split loss of 0.02, seeds 0, 1 and 2.
 
-    About 3.3 CPU-minutes (measured on a 2-core CPU; three seeds is what fits in 5 while the
+    About 3.2 CPU-minutes (measured on a 2-core CPU; three seeds is what fits in 5 while the
     trend tests detect log-log slopes of about 0.07-0.26, findings.md says which per
     measure). ``overrides``: :func:`run_study` keywords
     (``seeds``, ``match``, ``sweep``) and :class:`StudySettings` fields.
