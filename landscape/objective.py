@@ -31,7 +31,7 @@ from torch.func import functional_call
 from landscape import distributed, operators, per_sample
 from landscape.device import precision_context, resolve_device
 from landscape.errors import LandscapeError, check_positive, unknown_name
-from landscape.evaluate import Bound, Evaluator, choose_strategy, has_conv
+from landscape.evaluate import Bound, Evaluator, choose_strategy, has_batchnorm, has_conv
 from landscape.params import ParamSpace
 from landscape.sources import Loss, Source, accuracy, call_model, metric
 from landscape.sources import per_sample as per_sample_form
@@ -173,8 +173,7 @@ class Objective:
         self.evaluator = Evaluator(self, strategy, point_chunk or max(1, min(256, budget //
                                                                                self.batch_size)))
 
-    # ----------------------------------------------------------------------------------
-    # construction helpers
+    # construction helpers ----------------------------------------------------------------
     @classmethod
     def from_run(cls, run: Any, split: str = "train", *, subset: int | None = None,
                  seed: int = 0, **kwargs: Any) -> Objective:
@@ -253,6 +252,11 @@ class Objective:
                 "n": self.n, **({"mean_over": self.loss_fn.mean_over}
                                 if self.loss_fn.mean_over != "samples" else {}),
                 **({"metrics": sorted(self.metrics)} if set(self.metrics) - {"acc"} else {})}
+
+    @property
+    def has_bn(self) -> bool:
+        """Whether the model has BatchNorm layers."""
+        return has_batchnorm(self.model)
 
     @property
     def x(self) -> Any:
