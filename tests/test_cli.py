@@ -206,3 +206,19 @@ def test_ctrl_c_says_what_was_kept_and_the_command_that_continues(
     assert result.exit_code == 0, result.output
     assert json.loads((out / "history.json").read_text())[-1]["epoch"] == 3
     assert [r["epoch"] for r in json.loads((out / "run.json").read_text())["resumed"]] == [1]
+
+
+def test_resume_of_a_finished_run_leaves_it_alone_and_says_so(tiny_run: Path,
+                                                               tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    config = json.loads((run / "run.json").read_text())["config"]
+    result = CliRunner().invoke(main, [
+        "train", "--model", "mlp", "--widths", "4", "--dataset", config["dataset"],
+        "--train-size", str(config["train_size"]), "--epochs", str(config["epochs"]),
+        "--batch-size", str(config["batch_size"]), "--out", str(run), "--resume"])
+    assert result.exit_code == 0, result.output
+    assert f"Warning: run {run} is already complete (epoch {config['epochs']}): nothing was " \
+           "trained or written" in result.stderr.splitlines()
+    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
