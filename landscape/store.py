@@ -730,6 +730,19 @@ def write_arrays(group: h5py.File | h5py.Group, arrays: Mapping[str, Any],
     group.file.flush()
 
 
+def attach_grid_scales(f: h5py.File, names: Iterable[str]) -> None:
+    """Label the dimensions of the grid arrays ``names`` with the coordinates ``y``, ``x`` (or
+    ``x``) as HDF5 dimension scales, as every array of a grid is (xarray and other readers
+    then name them alike)."""
+    axes = [a for a in ("y", "x") if a in f]
+    for axis in axes:
+        if not h5py.h5ds.is_scale(f[axis].id):
+            f[axis].make_scale(axis)
+    for name in names:
+        for dim, axis in enumerate(axes):
+            f[name].dims[dim].attach_scale(f[axis])
+
+
 def read_attrs(obj: h5py.File | h5py.Group | h5py.Dataset) -> dict[str, Any]:
     """Attributes as plain Python values (JSON-encoded ones decoded, arrays as lists); an
     attribute that cannot be read or decoded is a LandscapeError naming the file and it."""
