@@ -1159,23 +1159,32 @@ def stability_cmd(spawn: str, widths: str | None, figure: str | None, as_json: b
 
 
 @main.command("adopt")
-@click.option("--model", required=True, metavar="SPEC",
-              help="Model factory: path/to/file.py:factory or package.module:factory.")
+@click.option("--model", required=True, metavar="NAME|SPEC",
+              help="A zoo model (resnet56, vgg9, ...) or path/to/file.py:factory or "
+                   "package.module:factory.")
 @click.option("--weights", required=True, type=click.Path(exists=True, dir_okay=False),
               help="Checkpoint (a state dict, {'state_dict': ...} or {'model': ...}).")
-@click.option("--data", required=True, metavar="SPEC",
+@click.option("--data", default=None, metavar="SPEC",
               help="Data factory returning (train, test) datasets or loaders.")
+@click.option("--dataset", default=None, help="A built-in dataset instead of --data (as for "
+                                              "train: digits, spirals, mnist, cifar10, ...).")
+@click.option("--data-dir", default=None, type=click.Path(),
+              help="Where a built-in dataset's files are (as for train).")
+@click.option("--train-size", type=int, default=None,
+              help="Training samples of a built-in dataset (default: all).")
 @click.option("--loss", default=None, metavar="SPEC", help="Loss callable (output, target).")
 @click.option("--seed", type=int, default=0, show_default=True,
               help="Seed recorded in the run (its data subsets and random draws).")
 @click.option("--out", required=True, help="Run directory to create.")
 @click.option("--overwrite", is_flag=True, help="Replace a run already in --out.")
-def adopt_cmd(model: str, weights: str, data: str, loss: str | None, seed: int, out: str,
-              overwrite: bool) -> None:
+def adopt_cmd(model: str, weights: str, data: str | None, dataset: str | None,
+              data_dir: str | None, train_size: int | None, loss: str | None, seed: int,
+              out: str, overwrite: bool) -> None:
     """Make a run directory for a model trained elsewhere (no training)."""
     from landscape.runs import adopt
 
-    path = adopt(model, weights, data, out, loss=loss, seed=seed, overwrite=overwrite)
+    path = adopt(model, weights, data, out, loss=loss, seed=seed, overwrite=overwrite,
+                 dataset=dataset, data_dir=data_dir, train_size=train_size)
     click.echo(f"adopted {weights} as run {path}", err=True)
 
 

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import os
+import re
 import sys
 from collections.abc import Iterable
 from typing import Any, TextIO
 
 from tqdm.auto import tqdm
+
+_CURSOR_MOVES = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
 
 class _Lines:
@@ -18,6 +21,7 @@ class _Lines:
         self.stream = stream
 
     def write(self, text: str) -> None:
+        text = _CURSOR_MOVES.sub("", text)  # nested bars move the cursor up and back ("[A")
         for piece in text.replace("\n", "\r").split("\r"):
             if piece.strip():
                 self.stream.write(piece.rstrip() + "\n")

@@ -387,39 +387,58 @@ def as_run(run: Any) -> Run:
     return run if hasattr(run, "model") else load_run(run)
 
 
-def adopt(model: str, weights: str | Path, data: str, out: str | Path, *,
-          loss: str | None = None, seed: int = 0, overwrite: bool = False) -> Path:
+def adopt(model: str, weights: str | Path, data: str | None, out: str | Path, *,
+          loss: str | None = None, seed: int = 0, overwrite: bool = False,
+          dataset: str | None = None, data_dir: str | Path | None = None,
+          train_size: int | None = None) -> Path:
     """Make run directory ``out`` for a model trained elsewhere, without training.
 
-    ``model``: a user factory spec; ``weights``: its checkpoint (loaded with
-    ``weights_only=True``; layouts of :func:`checkpoint_state`); ``data``/``loss``: user specs
-    (see the module docstring). Every command (``surface``, ``hessian``, ``sharpness``,
-    ``noise``, ``compare``) then works on ``out``. Cost: one model build, one data pass.
+    ``model``: a model of the zoo (``resnet56``) or a user factory spec; ``weights``: its
+    checkpoint (loaded with ``weights_only=True``; layouts of :func:`checkpoint_state`, e.g.
+    ``{"state_dict": ...}`` with DataParallel's ``module.`` prefix as the reference code of Li
+    et al. saves it). The data: ``data`` (and ``loss``), user specs (see the module
+    docstring), or a built-in ``dataset`` (``data_dir``, ``train_size`` as for training).
+    Every command (``surface``, ``hessian``, ``sharpness``, ``noise``, ``compare``) then works
+    on ``out``. Cost: one model build, one data pass.
     """
     from datetime import datetime, timezone
 
-    from landscape.models import count_parameters, model_spec
-    from landscape.models.user import load_user_model
+    from landscape.models import build_model, count_parameters, model_spec
     from landscape.userdata import UserData, checkpoint_state
 
     out = Path(out)
     if (out / "run.json").exists() and not overwrite:
         raise LandscapeError(f"{out} already holds a run (use --overwrite to replace it)")
-    user = UserData(data, loss)
-    shape, outputs = user.shapes()
+    if (data is None) == (dataset is None):
+        raise LandscapeError("give the data as a factory (--data SPEC) or a built-in dataset "
+                             "(--dataset NAME), one of them")
+    extra: dict[str, Any] = {}
+    if dataset is not None:
+        if loss is not None:
+            raise LandscapeError("--loss goes with --data; a built-in dataset has its own loss")
+        from landscape.data import load_dataset
+
+        ds = load_dataset(dataset, data_dir=data_dir, train_size=train_size, seed=seed)
+        shape, outputs, data_spec = ds.input_shape, ds.num_outputs, ds.spec
+        extra.update(data_sizes={"train": len(ds.y_train), "test": len(ds.y_test)},
+                     loss=ds.loss)
+    else:
+        user = UserData(data, loss)
+        (shape, outputs), data_spec = user.shapes(), user.spec
+        extra["loss"] = user.spec["loss"]["name"] if loss else None
     spec = model_spec(model, shape, outputs)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        net = load_user_model(model, shape, outputs)
+        net = build_model(model, shape, outputs)
     state = checkpoint_state(torch_load(Path(weights)), weights)
     load_weights(net, state, weights)
     out.mkdir(parents=True, exist_ok=True)
     atomic_torch_save(out / "model.pt", to_cpu(net.state_dict()))
     info = {"format": RUN_FORMAT, "format_version": RUN_FORMAT_VERSION, "name": out.name,
             "config": {"seed": seed, "adopted_from": str(Path(weights).resolve())},
-            "model": spec, "dataset": user.spec, "loss": user.spec["loss"]["name"]
-            if loss else None, "num_parameters": count_parameters(net),
-            "versions": versions(), "status": "complete", "adopted": True,
+            "model": spec, "dataset": data_spec, **extra,
+            "num_parameters": count_parameters(net), "versions": versions(),
+            "status": "complete", "adopted": True,
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     atomic_write_json(out / "run.json", info)
     atomic_write_json(out / "history.json", [])

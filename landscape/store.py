@@ -189,15 +189,35 @@ def self_contained(f: h5py.File, path: Path) -> None:
     (external storage) or a virtual dataset. Such a file could show another file's bytes as
     results, or have a resume write into another file. Reads metadata only."""
     try:
-        outward = f.visititems_links(lambda name, link: None if isinstance(
-            link, h5py.HardLink) else f"'{name}' is a link to elsewhere")
-        if outward is None:
-            outward = f.visititems(lambda name, obj: None if (why := _outward(obj)) is None
-                                   else f"dataset '{name}' {why}")
-    except (OSError, RuntimeError, ValueError, KeyError) as err:
+        links = _links(f)
+        outward = next((f"'{name}' is a link to elsewhere" for name, link in links
+                        if not isinstance(link, h5py.HardLink)), None)
+        for name, obj in [] if outward is not None else members(f, path):
+            why = _outward(obj)
+            if why is not None:
+                outward = f"dataset '{name}' {why}"
+                break
+    except (OSError, RuntimeError, SystemError, ValueError, KeyError) as err:
         raise damaged(path, f"its structure cannot be read ({_reason(err)})") from None
     if outward is not None:
         raise damaged(path, outward)
+
+
+def _links(f: h5py.File) -> list[tuple[str, Any]]:
+    """Every (name, link) in ``f``; listed first, because nothing may raise inside HDF5's
+    iteration (an exception there comes out as a SystemError)."""
+    links: list[tuple[str, Any]] = []
+    f.visititems_links(lambda name, link: links.append((name, link)))
+    return links
+
+
+def members(f: h5py.File, path: Path) -> list[tuple[str, Any]]:
+    """Every (name, group or dataset) in ``f``, opened outside HDF5's iteration; one that
+    cannot be opened is a one-line damaged-file error."""
+    try:
+        return [(name, f[name]) for name, _ in _links(f)]
+    except (OSError, RuntimeError, SystemError, ValueError, KeyError) as err:
+        raise damaged(path, f"its structure cannot be read ({_reason(err)})") from None
 
 
 #: The result kinds this library writes; a grid kind holds x (y) coordinates and a done mask.
@@ -503,16 +523,8 @@ def validate(f: h5py.File, path: Path, attrs: Mapping[str, Any] | None = None) -
     coordinates only. A LandscapeError names the file and the first fault."""
     attrs = read_attrs(f) if attrs is None else attrs
 
-    def attrs_fault(name: str, obj: Any) -> LandscapeError | None:
-        try:  # an exception must not cross HDF5's iteration: returned, then raised
-            read_attrs(obj)
-        except LandscapeError as err:
-            return err
-        return None
-
-    fault = f.visititems(attrs_fault)
-    if fault is not None:
-        raise fault
+    for _, obj in members(f, path):
+        read_attrs(obj)
     if not isinstance(f.attrs.get("settings", "{}"), str) or not isinstance(
             attrs.get("settings", {}), dict):
         raise damaged(path, "attribute 'settings' is not a JSON object")
@@ -721,6 +733,19 @@ def write_arrays(group: h5py.File | h5py.Group, arrays: Mapping[str, Any],
     group.file.flush()
 
 
+def attach_grid_scales(f: h5py.File, names: Iterable[str]) -> None:
+    """Label the dimensions of the grid arrays ``names`` with the coordinates ``y``, ``x`` (or
+    ``x``) as HDF5 dimension scales, as every array of a grid is (xarray and other readers
+    then name them alike)."""
+    axes = [a for a in ("y", "x") if a in f]
+    for axis in axes:
+        if not h5py.h5ds.is_scale(f[axis].id):
+            f[axis].make_scale(axis)
+    for name in names:
+        for dim, axis in enumerate(axes):
+            f[name].dims[dim].attach_scale(f[axis])
+
+
 def read_attrs(obj: h5py.File | h5py.Group | h5py.Dataset) -> dict[str, Any]:
     """Attributes as plain Python values (JSON-encoded ones decoded, arrays as lists); an
     attribute that cannot be read or decoded is a LandscapeError naming the file and it."""
@@ -759,9 +784,8 @@ def describe(path: str | Path) -> dict[str, Any]:
     and for grids how many points are done."""
     with open_result(path) as f:
         attrs = read_attrs(f)
-        datasets: dict[str, list[int]] = {}
-        f.visititems(lambda name, obj: datasets.__setitem__(name, list(obj.shape))
-                     if isinstance(obj, h5py.Dataset) else None)
+        datasets = {name: list(obj.shape) for name, obj in members(f, Path(path))
+                    if isinstance(obj, h5py.Dataset)}
         info = {"file": str(path), "kind": attrs.get("kind"),
                 "format_version": attrs.get("format_version"), "created": attrs.get("created"),
                 "settings": read_settings(f), "datasets": datasets,

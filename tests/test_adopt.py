@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -115,3 +116,29 @@ def test_mismatched_checkpoint_names_missing_and_unexpected_keys(user: Path,
                   "--data", f"{user}:data", "--out", tmp_path / "run")
     assert res.exit_code == 1
     assert "'2.weight'" in res.output and "'extra.weight'" in res.output
+
+
+def test_zoo_model_on_a_built_in_dataset_is_adopted_like_the_run_it_came_from(
+        tmp_path: Path) -> None:
+    """A checkpoint as the reference code of Li et al. saves it ({'state_dict': ...} with
+    DataParallel's 'module.' prefix) of a zoo model on a built-in dataset: the adopted run's
+    surface equals the original run's, point for point."""
+    from landscape.training import train
+
+    run = train(model="mlp", dataset="spirals", train_size=40, epochs=1, batch_size=20,
+                out=tmp_path / "run", progress=False)
+    torch.save({"state_dict": {f"module.{k}": v for k, v in run.model.state_dict().items()}},
+               tmp_path / "ckpt.t7")
+    result = invoke("adopt", "--model", "mlp", "--weights", tmp_path / "ckpt.t7",
+                    "--dataset", "spirals", "--train-size", "40", "--out", tmp_path / "adopted")
+    assert result.exit_code == 0, result.output
+    surfaces = []
+    for name in ("run", "adopted"):
+        result = invoke("surface", "--run", tmp_path / name, "--x", "-1:1:3",
+                        "--out", tmp_path / f"{name}.h5", "--json")
+        assert result.exit_code == 0, result.output
+        surfaces.append(load_surface(tmp_path / f"{name}.h5").values["train_loss"])
+    assert np.array_equal(*surfaces)
+    refused = invoke("adopt", "--model", "mlp", "--weights", tmp_path / "ckpt.t7",
+                     "--out", tmp_path / "none")
+    assert refused.exit_code == 1 and "one of them" in refused.output

@@ -140,17 +140,19 @@ def test_threads_hold_inside_the_command_and_are_restored(threads: int, tiny_run
 def test_progress_bars_and_log_lines_stay_whole_lines_in_a_file(tmp_path: Path) -> None:
     log = tmp_path / "stderr.txt"
     code = ("import sys\nfrom landscape.progress import progress\n"
+            "outer = progress(total=1, desc='surface', disable=False)\nouter.refresh()\n"
             "bar = progress(range(3), desc='lanczos', total=3, disable=False)\n"
-            "for i in bar:\n    bar.refresh()\n    print(f'Warning: line {i}', file=sys.stderr)\n")
+            "for i in bar:\n    bar.refresh()\n    print(f'Warning: line {i}', file=sys.stderr)\n"
+            "bar.close()\nouter.close()\n")
     with open(log, "w") as err:
         subprocess.run([sys.executable, "-c", code], stderr=err, check=True, timeout=60,
                        env={**os.environ, "PYTHONPATH": str(ROOT)})
     text = log.read_text()
-    assert "\r" not in text
+    assert "\r" not in text and "\x1b" not in text and "[A" not in text  # nested: no cursor
     lines = text.splitlines()
     assert [ln for ln in lines if ln.startswith("Warning")] == [f"Warning: line {i}"
                                                               for i in range(3)]
-    assert all(ln.startswith(("Warning: line", "lanczos: ")) for ln in lines)
+    assert all(ln.startswith(("Warning: line", "lanczos: ", "surface: ")) for ln in lines)
     assert sum(ln.startswith("lanczos: ") for ln in lines) >= 3
 
 
@@ -206,3 +208,19 @@ def test_ctrl_c_says_what_was_kept_and_the_command_that_continues(
     assert result.exit_code == 0, result.output
     assert json.loads((out / "history.json").read_text())[-1]["epoch"] == 3
     assert [r["epoch"] for r in json.loads((out / "run.json").read_text())["resumed"]] == [1]
+
+
+def test_resume_of_a_finished_run_leaves_it_alone_and_says_so(tiny_run: Path,
+                                                               tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    config = json.loads((run / "run.json").read_text())["config"]
+    result = CliRunner().invoke(main, [
+        "train", "--model", "mlp", "--widths", "4", "--dataset", config["dataset"],
+        "--train-size", str(config["train_size"]), "--epochs", str(config["epochs"]),
+        "--batch-size", str(config["batch_size"]), "--out", str(run), "--resume"])
+    assert result.exit_code == 0, result.output
+    assert f"Warning: run {run} is already complete (epoch {config['epochs']}): nothing was " \
+           "trained or written" in result.stderr.splitlines()
+    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before

@@ -73,3 +73,36 @@ def test_curvature_map_of_a_1d_curve_is_a_one_line_error(tmp_path: Path) -> None
     result = runner.invoke(main, ["curvature", "--run", str(run_dir), "--surface", str(curve)])
     assert result.exit_code == 1
     assert "2D surface" in result.output and len(result.output.strip().splitlines()) == 1
+
+
+def test_curvature_arrays_carry_the_surfaces_dimension_scales(plot_files: dict) -> None:
+    """Every array of one grid is labelled (y, x) alike, so readers such as xarray agree."""
+    import h5py
+
+    with h5py.File(plot_files["surface"]) as f:
+        scales = {name: [[s.name for s in d.values()] for d in f[name].dims]
+                  for name in ("train_loss", "done", "hessian_max", "hessian_min",
+                               "hessian_done")}
+    assert all(v == [["/y"], ["/x"]] for v in scales.values()), scales
+
+
+def test_ratio_plot_of_a_partial_curvature_map_says_so(plot_files: dict, tmp_path: Path) -> None:
+    import shutil
+
+    import h5py
+    from click.testing import CliRunner
+
+    from landscape.cli import main
+
+    path = tmp_path / "partial.h5"
+    shutil.copyfile(plot_files["surface"], path)
+    with h5py.File(path, "r+") as f:
+        f["hessian_done"][0, :] = False
+        missing = f["hessian_done"].shape[1]
+        total = f["hessian_done"].size
+    result = CliRunner().invoke(main, ["plot", str(path), "--kind", "ratio", "--out",
+                                       str(tmp_path / "ratio.png")])
+    assert result.exit_code == 0, result.output
+    assert (f"Warning: {path}: the curvature map is partial ({total - missing} of {total} "
+            "points computed; the rest blank): rerun the curvature command to complete it"
+            ) in result.stderr.splitlines()

@@ -602,6 +602,7 @@ def curvature_map(objective: Objective, surface: str | Path, *, tol: float = 1e-
                 store.write_arrays(f, {"hessian_max": np.full(shape, np.nan),
                                        "hessian_min": np.full(shape, np.nan),
                                        "hessian_done": np.zeros(shape, dtype=bool)})
+                store.attach_grid_scales(f, ("hessian_max", "hessian_min", "hessian_done"))
                 store.mark_part(f, "hessian_done", settings)
         except LandscapeError as err:
             error = str(err)

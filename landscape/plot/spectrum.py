@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +13,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from landscape.analysis.hessian import min_max_ratio
-from landscape.errors import LandscapeError
+from landscape.errors import LandscapeError, LandscapeWarning
 from landscape.plot._inputs import as_surface, named
 from landscape.plot.contours import finish_2d, mark_points
 from landscape.plot.style import OKABE_ITO, SEQUENTIAL_CMAP, house_style, new_axes
@@ -119,13 +120,21 @@ def plot_ratio(surface: Any, ax: Axes | None = None, *, vmin: float = 0.0,
     Near 0: locally convex (the negative curvature is negligible); large: markedly
     non-convex. Needs the ``hessian_max``/``hessian_min`` datasets that
     :func:`landscape.analysis.hessian.curvature_map` adds to a surface file. ``vmax``
-    defaults to the largest value on the grid. Points where ``lambda_max <= 0`` are blank.
+    defaults to the largest value on the grid. Points where ``lambda_max <= 0`` are blank. A
+    map not yet complete says so in a warning and in the title (its missing points are blank).
     """
     s = as_surface(surface, ndim=2, what="a curvature ratio map")
     ratio = curvature_ratio(s)
     ok = ratio[np.isfinite(ratio)]
     if ok.size == 0:
         raise LandscapeError(f"{s.path}: the curvature map has no computed point yet")
+    done = _curvature_arrays(s).get("hessian_done")
+    if done is not None and not done.astype(bool).all():
+        part = f"{int(done.astype(bool).sum())} of {done.size} points"
+        warnings.warn(f"{s.path}: the curvature map is partial ({part} computed; the rest "
+                      "blank): rerun the curvature command to complete it", LandscapeWarning,
+                      stacklevel=2)
+        title = f"{title} (partial: {part})" if title else f"partial: {part}"
     hi = float(ok.max()) if vmax is None else float(vmax)
     norm = colors.Normalize(vmin, hi if hi > vmin else vmin + 1e-12)
     with house_style():

@@ -483,6 +483,9 @@ def train(*, model: str = "mlp", dataset: str = "digits", data_dir: str | Path |
             load_weights(net, state_dict_of(torch_load(path / "model.pt"), path / "model.pt"),
                          path / "model.pt")
             _warn_unmet(path, old.get("stopping"))
+            warnings.warn(f"run {path} is already complete (epoch "
+                          f"{checkpoint['history'][-1]['epoch']}): nothing was trained or "
+                          "written", LandscapeWarning, stacklevel=2)
             return Run(path=path, config=config, model=net.eval(), data=ds,
                        history=read_history(path), info=old)
 
