@@ -207,8 +207,7 @@ def control_items(study: Any) -> list[tuple[str, str, bool]]:
                 if n in recipes]
         cap = f" (cap: {_range(caps, ',d')} epochs)" if caps else ""
         items.append(("Matching", "every run stopped once its full train-split loss was "
-                      f"\u2264 {match['target_train_loss']:g} at two consecutive checks "
-                      f"(a quarter epoch apart unless a recipe set target_check_every){cap}; "
+                      f"\u2264 {match['target_train_loss']:g} at two checks in a row{cap}; "
                       f"{n_runs - len(missed)}/{n_runs} runs met it{reached}.", False))
     elif "steps" in match:
         items.append(("Matching", f"every run trained for {match['steps']:,} optimizer "
