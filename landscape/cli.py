@@ -231,8 +231,10 @@ _model_option = click.option(
 @click.option("--steps", type=int, default=None,
               help="Train exactly N optimizer steps instead of epochs.")
 @click.option("--target-train-loss", type=float, default=None,
-              help="Stop at the first epoch whose full train-split loss is <= L "
+              help="Stop when the full train-split loss is <= L at two consecutive checks "
                    "(--epochs/--steps is the cap).")
+@click.option("--target-check-every", type=int, default=None, metavar="K",
+              help="Check the target loss every K optimizer steps [a quarter epoch].")
 @click.option("--schedule", default="constant", show_default=True,
               help="constant, step, cosine (per iteration).")
 @click.option("--warmup-epochs", type=int, default=0, show_default=True,

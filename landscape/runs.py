@@ -260,17 +260,22 @@ def at_cap(config: dict, row: dict) -> bool:
     return row["step"] >= steps if steps is not None else row["epoch"] >= config["epochs"]
 
 
-def stopping_record(config: dict, row: dict) -> dict:
+def stopping_record(config: dict, row: dict, met: bool | None = None) -> dict:
     """The ``stopping`` record of a run with training settings ``config`` (run.json's
-    ``config``) whose last history row is ``row``; see :attr:`Run.stopping`."""
+    ``config``) whose last history row is ``row``; see :attr:`Run.stopping`. ``met``: whether
+    a target-loss rule was met (the trainer's count of consecutive checks); None: judged from
+    ``row`` alone (a run not finished, or from before the consecutive-check rule)."""
     target, steps = config.get("target_train_loss"), config.get("steps")
     rule = ("target_train_loss" if target is not None else
             "steps" if steps is not None else "epochs")
+    if target is not None and met is None:
+        met = row["train_loss"] <= target
     return {"rule": rule,
             "target": {"target_train_loss": target, "steps": steps,
                        "epochs": config.get("epochs")}[rule],
-            "met": (row["train_loss"] <= target if target is not None
-                    else at_cap(config, row)),
+            "met": bool(met) if target is not None else at_cap(config, row),
+            **({"check_every": config.get("target_check_every"),
+                "consecutive": config.get("target_consecutive", 1)} if target is not None else {}),
             "epochs": row["epoch"], "steps": row["step"], "train_loss": row["train_loss"],
             "cap": {"steps": steps} if steps is not None else {"epochs": config.get("epochs")}}
 
@@ -300,7 +305,8 @@ class Run:
     @property
     def stopping(self) -> dict:
         """How the run stopped: ``{"rule", "target", "met", "epochs", "steps", "train_loss",
-        "cap"}``.
+        "cap"}``, and for the target-loss rule ``"check_every"`` (optimizer steps between
+        checks of the loss) and ``"consecutive"`` (checks at or below the target required).
 
         ``rule``: ``"epochs"``, ``"steps"`` or ``"target_train_loss"``; ``target``: the
         number of epochs, of steps, or the target loss; ``met``: whether the rule was met

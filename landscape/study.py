@@ -4,7 +4,9 @@ every minimum the same way, and report each measure with a confidence interval
 
 A fair comparison of minima controls what confounds it. Every measure of sharpness tracks
 the training loss (for cross-entropy the Hessian shrinks as the softmax saturates), so a
-study can stop every recipe at the same full-train-split loss (``match="train-loss=L"``) or
+study can stop every recipe at the same full-train-split loss (``match="train-loss=L"``, held
+at two consecutive checks a quarter epoch apart, so that an oscillating loss is not stopped on
+a downward swing) or
 after the same number of optimizer steps (``match="steps=N"``), and it records, for every
 model, the rule it met, its training loss and its steps. Each recipe is trained with several
 seeds; every number is reported with a 95% interval over training seeds (:mod:`landscape.stats`:
@@ -872,8 +874,10 @@ def run_study(recipes: Sequence[Recipe | str] = (), runs: Mapping[str, str | Pat
     ``data_seed``);
     ``sweep``: ``{option: values}`` (or ``["lr=0.1,0.2", ...]``) crossed with every recipe;
     ``seeds``: training seeds (a list, ``"0,1,2"``, or a count); ``match``:
-    ``"train-loss=L"`` (every run stops at the first epoch whose full-train-split loss is
-    <= L, capped at the recipe's ``epochs`` or ``max_epochs``) or ``"steps=N"``; ``runs``:
+    ``"train-loss=L"`` (every run stops once its full-train-split loss is <= L at two
+    consecutive checks, checked every quarter epoch or every ``target_check_every`` steps of
+    the recipe: :func:`landscape.train`'s rule; capped at the recipe's ``epochs`` or
+    ``max_epochs``) or ``"steps=N"``; ``runs``:
     ``{name: run directory}`` of models already trained (one seed each, no matching).
     ``settings`` (or keyword overrides of its fields) say how each model is measured;
     ``overwrite`` retrains every recipe and recomputes every part. Cost:

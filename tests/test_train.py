@@ -224,6 +224,9 @@ def existing_run(tmp_path_factory) -> Path:
     (["--target-train-loss", "nan"], "target train loss must be a finite positive number"),
     (["--target-train-loss", "inf"], "target train loss must be a finite positive number"),
     (["--target-train-loss", "0"], "target train loss must be a finite positive number"),
+    (["--target-check-every", "2"], "target_check_every goes with a target train loss"),
+    (["--target-train-loss", "0.1", "--target-check-every", "0"],
+     "target_check_every must be a positive integer"),
     (["--asam-scale", "weights"], "asam_scale is an option of optimizer 'asam'"),
 ])
 def test_bad_input_exits_1_with_one_line_and_leaves_the_run_intact(existing_run, args,
@@ -278,37 +281,110 @@ def test_out_of_range_seed_or_infinite_lr_is_a_one_line_error(args: list[str], t
 
 
 # ----------------------------------------------------------------------------- stopping rules
-def test_target_train_loss_stops_at_the_first_epoch_at_or_below_it(tmp_path):
-    kw = dict(TINY, epochs=12, save_every=5)
-    free = train(**kw, out=tmp_path / "free")           # the same trajectory, no rule
-    target = 0.5
-    first = next(r["epoch"] for r in free.history if r["train_loss"] <= target)
-    assert 1 < first < 12                              # the test means something
-    run = train(**kw, target_train_loss=target, out=tmp_path / "target")
-    assert _numbers(run.history) == _numbers(free.history[:first + 1])
-    assert all(r["train_loss"] > target for r in run.history[:-1])
-    assert run.history[-1]["train_loss"] <= target
-    spe = math.ceil(200 / 32)
-    assert [r["step"] for r in run.history] == [e * spe for e in range(first + 1)]
-    expected = {"rule": "target_train_loss", "target": target, "met": True, "epochs": first,
-                "steps": first * spe, "train_loss": run.history[-1]["train_loss"],
-                "cap": {"epochs": 12}}
-    assert run.stopping == expected
-    assert load_run(tmp_path / "target").stopping == expected
-    # model.pt and the last checkpoint are the model at the stopping epoch
-    assert run.checkpoints()[-1][0] == first
-    last = run.load_checkpoint(first).state_dict()
-    assert all(torch.equal(last[k], v) for k, v in load_run(run.path).model.state_dict().items())
-    x, y = run.data.split("train")
-    with torch.no_grad():
-        loss = F.cross_entropy(run.model(x).double(), y).item()
-    assert loss == pytest.approx(run.history[-1]["train_loss"], rel=1e-5)
+def _steps_recorded(monkeypatch) -> list[list[torch.Tensor]]:
+    """The parameters after every SGD step of the next training (``[i]``: after step i + 1)."""
+    states: list[list[torch.Tensor]] = []
+    real_step = torch.optim.SGD.step
+
+    def recorded(self, *args, **kwargs):
+        out = real_step(self, *args, **kwargs)
+        states.append([p.detach().clone() for g in self.param_groups for p in g["params"]])
+        return out
+
+    monkeypatch.setattr(torch.optim.SGD, "step", recorded)
+    return states
 
 
-def test_target_met_by_the_initialization_trains_nothing(tmp_path):
+def test_target_rule_stops_at_the_first_check_that_makes_two_in_a_row(tmp_path, monkeypatch):
+    """Brute force: the float64 full-batch loss after every step of an unstopped run, read
+    at steps 0, K, 2K, ...; the run stops at the first check <= L whose previous check is."""
+    kw = dict(TINY, epochs=8, save_every=100, optimizer="sgd", lr=0.1)
+    states = _steps_recorded(monkeypatch)
+    free = train(**kw, out=tmp_path / "free")
+    x, y = free.data.split("train")
+    net = build_model("mlp", (64,), 10)
+
+    def loss_at(step: int) -> float:
+        params = (free.load_checkpoint(0).parameters() if step == 0 else states[step - 1])
+        with torch.no_grad():
+            for p, v in zip(net.parameters(), params, strict=True):
+                p.copy_(v)
+            return F.cross_entropy(net.double()(x.double()), y).item()
+
+    k = 3                                              # 7 steps an epoch: checks mid-epoch
+    checks = [(s, loss_at(s)) for s in range(0, len(states) + 1, k)]
+    levels = sorted(v for _, v in checks)
+    target = (levels[len(levels) // 2] + levels[len(levels) // 2 + 1]) / 2
+    assert min(abs(v - target) for _, v in checks) > 1e-4 * target   # float32 cannot flip it
+    stop = next(s for (_, a), (s, b) in zip(checks, checks[1:]) if a <= target and b <= target)
+    assert stop % 7 and stop > k                       # inside an epoch, after training
+
+    run = train(**kw, target_train_loss=target, target_check_every=k, out=tmp_path / "target")
+    assert run.stopping == {"rule": "target_train_loss", "target": target, "met": True,
+                            "check_every": k, "consecutive": 2, "epochs": stop // 7 + 1,
+                            "steps": stop, "train_loss": run.history[-1]["train_loss"],
+                            "cap": {"epochs": 8}}
+    assert json.loads((run.path / "run.json").read_text())["stopping"] == run.stopping
+    # the checks change nothing: whole epochs as the free run's, then the partial one
+    assert _numbers(run.history[:-1]) == _numbers(free.history[:stop // 7 + 1])
+    assert [r["step"] for r in run.history] == [*range(0, stop, 7), stop]
+    assert run.history[-1]["train_loss"] == pytest.approx(loss_at(stop), rel=1e-5)
+    saved = torch.load(run.path / "model.pt", weights_only=True)
+    assert all(torch.equal(a, b) for a, b in zip(saved.values(), states[stop - 1], strict=True))
+
+
+def test_target_rule_skips_an_isolated_dip_and_resumes_bit_identically(tmp_path, monkeypatch):
+    """A known loss sequence (by optimizer step) through the engine's evaluation: the dip at
+    check 6 is skipped, checks 12 and 15 stop the run at step 15, and the streak of check 12
+    (saved with the epoch-2 checkpoint, step 14) survives a resume."""
+    import landscape.training.trainer as trainer_module
+
+    step = [0]
+    real_step = torch.optim.SGD.step
+
+    def counted(self, *args, **kwargs):
+        step[0] += 1
+        return real_step(self, *args, **kwargs)
+
+    def level(s: int) -> float:
+        return 0.3 if s == 6 or s >= 12 else 1.0 - s / 100
+
+    def scripted(model, source, loss, acc, batch_size=1024):
+        return level(step[0]), (None if acc is None else 0.5)
+
+    monkeypatch.setattr(torch.optim.SGD, "step", counted)
+    monkeypatch.setattr(trainer_module, "evaluate_source", scripted)
+    kw = dict(TINY, epochs=8, optimizer="sgd", lr=0.1, target_train_loss=0.4,
+              target_check_every=3)
+    whole = train(**kw, out=tmp_path / "whole")
+    assert whole.stopping["met"] and whole.stopping["steps"] == 15
+    # the epoch-2 row (step 14, loss 0.3) is no check: it does not stop the run
+    assert [(r["step"], r["train_loss"]) for r in whole.history] == \
+        [(s, level(s)) for s in (0, 7, 14, 15)]
+
+    step[0] = 0
+    killed_at_epoch(monkeypatch, 3, lambda: train(**kw, out=tmp_path / "cut"))
+    step[0] = 14                                       # resumed from the epoch-2 checkpoint
+    resumed = train(**kw, out=tmp_path / "cut", resume=True)
+    assert _numbers(resumed.history) == _numbers(whole.history)
+    assert resumed.stopping == whole.stopping
+    final_a = torch.load(tmp_path / "whole" / "model.pt", weights_only=True)
+    final_b = torch.load(tmp_path / "cut" / "model.pt", weights_only=True)
+    assert all(torch.equal(final_a[k], final_b[k]) for k in final_a)
+    # the model at the stop is the one after exactly 15 steps
+    monkeypatch.undo()
+    exact = train(**{k: v for k, v in kw.items() if k[:6] not in ("target", "epochs")},
+                  steps=15, out=tmp_path / "steps")
+    assert all(torch.equal(final_a[k], v) for k, v in exact.model.state_dict().items())
+
+
+def test_target_met_from_the_initialization_stops_at_the_second_check(tmp_path):
     run = train(**TINY, epochs=3, target_train_loss=100.0, out=tmp_path / "r")
-    assert [r["step"] for r in run.history] == [0]
-    assert run.stopping["met"] and run.stopping["epochs"] == 0 and run.stopping["steps"] == 0
+    spe = math.ceil(200 / 32)
+    k = math.ceil(spe / 4)                             # the default: a quarter epoch
+    assert [(r["epoch"], r["step"]) for r in run.history] == [(0, 0), (1, k)]
+    assert run.stopping["met"] and run.stopping["steps"] == k
+    assert run.stopping["check_every"] == k and run.stopping["consecutive"] == 2
 
 
 def test_cap_reached_before_the_target_is_reported(tmp_path):

@@ -206,8 +206,8 @@ def control_items(study: Any) -> list[tuple[str, str, bool]]:
         caps = [int(recipes[n].get("epochs") or s.get("max_epochs", 0)) for n in study.names
                 if n in recipes]
         cap = f" (cap: {_range(caps, ',d')} epochs)" if caps else ""
-        items.append(("Matching", "every run stopped at the first epoch whose full "
-                      f"train-split loss was \u2264 {match['target_train_loss']:g}{cap}; "
+        items.append(("Matching", "every run stopped once its full train-split loss was "
+                      f"\u2264 {match['target_train_loss']:g} at two checks in a row{cap}; "
                       f"{n_runs - len(missed)}/{n_runs} runs met it{reached}.", False))
     elif "steps" in match:
         items.append(("Matching", f"every run trained for {match['steps']:,} optimizer "

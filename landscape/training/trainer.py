@@ -9,9 +9,11 @@ resumed run needs to continue bit for bit: model, optimizer state, random-number
 history. See :mod:`landscape.runs` for the directory layout.
 
 Stopping rules: ``epochs`` (a number of epochs), ``steps`` (exactly that many optimizer steps;
-the last epoch may be partial) and ``target_train_loss`` (the first epoch whose full-train-split
-loss of the history is <= the target, with ``epochs`` or ``steps`` as the cap). run.json
-records which rule stopped the run and whether it was met (:attr:`Run.stopping`).
+the last epoch may be partial) and ``target_train_loss`` (the full-train-split loss checked
+every ``target_check_every`` steps; the run stops at the first check that makes
+:data:`TARGET_CONSECUTIVE` consecutive checks <= the target, so that the downward swing of an
+oscillating loss, the edge of stability, does not stop it; ``epochs`` or ``steps`` is the cap).
+run.json records which rule stopped the run and whether it was met (:attr:`Run.stopping`).
 
 Optimizers are driven through the step protocol of :mod:`landscape.training.optimizers`:
 ``optimizer.step(closure)`` for all; SVRG gets a full-data gradient snapshot at every epoch
@@ -90,6 +92,10 @@ DEFAULT_LR: dict[str, float] = {
 #: Configuration keys that may differ when a run is resumed (they do not change the numbers
 #: on a given device; a run may be continued on another device).
 _NOT_COMPARED = ("device",)
+#: Consecutive checks of the full-train-split loss that must be <= the target to stop a run.
+TARGET_CONSECUTIVE = 2
+#: Checks of the target loss per epoch when ``target_check_every`` is None.
+TARGET_CHECKS_PER_EPOCH = 4
 DEFAULT_RUNS_DIR = Path("outputs") / "runs"
 
 
@@ -250,7 +256,8 @@ def train(*, model: str = "mlp", dataset: str = "digits", data_dir: str | Path |
           optimizer: str = "momentum", lr: float | None = None, momentum: float | None = None,
           nesterov: bool = False, weight_decay: float = 0.0, rho: float | None = None,
           batch_size: int = 64, epochs: int | None = None, steps: int | None = None,
-          target_train_loss: float | None = None, asam_scale: str = "all",
+          target_train_loss: float | None = None, target_check_every: int | None = None,
+          asam_scale: str = "all",
           schedule: str = "constant",
           warmup_epochs: int = 0, step_size: int | None = None, gamma: float = 0.1,
           seed: int = 0, data_seed: int | None = None, device: str = "auto", amp: bool = False,
@@ -287,9 +294,15 @@ def train(*, model: str = "mlp", dataset: str = "digits", data_dir: str | Path |
       named "...weight...", as the authors' code): see
       :func:`landscape.training.optimizers.make_optimizer`.
     - Stopping: ``epochs`` (None: 20) or ``steps`` (exactly that many optimizer steps, the
-      last epoch possibly partial; not both); ``target_train_loss``: stop after the first
-      epoch (0 included) whose full-train-split loss (the history's ``train_loss``) is <= it,
-      with ``epochs``/``steps`` as the cap; a run that hits the cap first warns, and
+      last epoch possibly partial; not both); ``target_train_loss``: the full-train-split
+      loss (as the history's ``train_loss``) is checked every ``target_check_every``
+      optimizer steps (steps 0, K, 2K, ...; None: ``ceil(steps per epoch / 4)``, four checks
+      an epoch), and the run stops at the first check that is the second of two consecutive
+      checks <= the target (:data:`TARGET_CONSECUTIVE`): a loss that oscillates, as at large
+      learning rates (the edge of stability, Cohen et al. 2021), is not stopped on a single
+      downward swing. A stop inside an epoch adds a history row for that partial epoch. The
+      checks are eval-mode forward passes and draw no random numbers: the trajectory is the
+      same for every K. ``epochs``/``steps`` is the cap; a run that hits it first warns, and
       ``run.stopping["met"]`` is False. Schedules span the cap (``steps`` iterations, or
       ``epochs`` epochs). The final ``model.pt`` and the last checkpoint are the model
       where the run stopped.
@@ -344,6 +357,10 @@ def train(*, model: str = "mlp", dataset: str = "digits", data_dir: str | Path |
             raise LandscapeError("target train loss must be a finite positive number, got "
                                  f"{target_train_loss!r}")
         target_train_loss = float(target_train_loss)
+    if target_check_every is not None:
+        if target_train_loss is None:
+            raise LandscapeError("target_check_every goes with a target train loss")
+        target_check_every = check_int("target_check_every", target_check_every)
     save_every = check_int("save_every", save_every)
     if threads is not None:
         threads = check_int("threads", threads)
@@ -428,6 +445,8 @@ def train(*, model: str = "mlp", dataset: str = "digits", data_dir: str | Path |
     spe = (1 if full_batch else train_src.n_batches if not train_src.resident
            and train_src.n_batches is not None else math.ceil(n_train / batch_size))
     cap = epochs if steps is None else math.ceil(steps / spe)    # epochs at most
+    if target_train_loss is not None and target_check_every is None:
+        target_check_every = math.ceil(spe / TARGET_CHECKS_PER_EPOCH)
     sched = make_schedule(schedule, lr, epochs=cap, steps_per_epoch=spe,
                           warmup_epochs=warmup_epochs, step_size=step_size, gamma=gamma)
     if steps is not None:
@@ -447,16 +466,20 @@ def train(*, model: str = "mlp", dataset: str = "digits", data_dir: str | Path |
         "augment": augment, "save_every": save_every, "device": str(device),
         # set only when used, so runs from before these options keep their name and hash
         **({"steps": steps} if steps is not None else {}),
-        **({"target_train_loss": target_train_loss} if target_train_loss is not None else {}),
+        **({"target_train_loss": target_train_loss, "target_check_every": target_check_every,
+            "target_consecutive": TARGET_CONSECUTIVE} if target_train_loss is not None else {}),
         **({"asam_scale": asam_scale} if asam_scale != "all" else {}),
         **({"spawn": list(spawn)} if spawn is not None else {}),
         **({"data_seed": int(data_seed)} if data_seed is not None else {}),
     })
     path = Path(out) if out is not None else DEFAULT_RUNS_DIR / _default_name(config)
 
+    target = None if target_train_loss is None else _TargetRule(
+        target_train_loss, target_check_every, TARGET_CONSECUTIVE)
+
     def finished(row: dict) -> bool:
-        """Whether the run stops after the epoch of history row ``row``."""
-        return stopping_record(config, row)["met"] or at_cap(config, row)
+        """Whether the run stops after the epoch of history row ``row`` (the rule has seen it)."""
+        return (target is not None and target.met) or at_cap(config, row)
 
     action = _prepare_dir(path, config, resume, overwrite, tracked=tracking is not None)
     checkpoint_file = _latest_checkpoint(path) if action == "resume" else None
@@ -470,6 +493,8 @@ def train(*, model: str = "mlp", dataset: str = "digits", data_dir: str | Path |
         try:
             for row in checkpoint["history"]:  # rows written before the step count was kept
                 row.setdefault("step", int(row["epoch"]) * spe)
+            if target is not None:
+                target.restore(checkpoint["target"])
             done = finished(checkpoint["history"][-1])
         except (KeyError, TypeError, IndexError) as err:
             raise LandscapeError(f"checkpoint {checkpoint_file} cannot be resumed: "
@@ -585,14 +610,20 @@ def train(*, model: str = "mlp", dataset: str = "digits", data_dir: str | Path |
                                  "cuda": torch.cuda.get_rng_state(dev) if dev.type == "cuda"
                                  else None},
                          "history": history, "config_hash": _config_hash(config),
+                         **({"target": target.state()} if target else {}),
                          **({"track": tracker.checkpoint_state()} if tracker else {})}
                 _save_checkpoint(path / "checkpoints" / f"epoch_{epoch:04d}.pt", state)
 
             bar = progress_bar(total=cap, desc=f"train {path.name}", unit="epoch",
                                disable=None if progress else True)
             with bar, _cuda_flags(dev), num_threads(threads if dev.type == "cpu" else None):
+                if target is not None:
+                    trainer.stop_check = lambda step: target.due(step) and target.observe(
+                        step, evaluate_source(net, train_src, fn, None, trainer.eval_batch)[0])
                 if not history:
                     history.append(trainer.history_row(0, step=0, lr=None, seconds=0.0))
+                    if target is not None:
+                        target.observe(0, history[0]["train_loss"])
                     if tracker is not None:
                         trainer.on_step(0)
                     write_history(path, history)
@@ -610,6 +641,8 @@ def train(*, model: str = "mlp", dataset: str = "digits", data_dir: str | Path |
                     row = trainer.history_row(epoch, step=done_steps + taken, lr=last_lr,
                                               seconds=seconds)
                     history.append(row)
+                    if target is not None:
+                        target.observe(row["step"], row["train_loss"])
                     # durable at the end; before, each epoch's checkpoint is the durable copy
                     write_history(path, history, sync=finished(row))
                     if epoch % save_every == 0 or finished(row):
@@ -625,7 +658,8 @@ def train(*, model: str = "mlp", dataset: str = "digits", data_dir: str | Path |
             tracker.close()
         final = to_cpu(net.state_dict())
         atomic_torch_save(path / "model.pt", final)
-        info["stopping"] = stopping_record(config, history[-1])
+        info["stopping"] = stopping_record(config, history[-1],
+                                           None if target is None else target.met)
         info["status"] = "complete"
         info["finished"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
         atomic_write_json(path / "run.json", info)
@@ -751,6 +785,38 @@ def _cuda_flags(dev: torch.device):
         cudnn.benchmark = before
 
 
+class _TargetRule:
+    """The target-loss stopping rule: full-train-split losses observed at optimizer steps
+    0, ``every``, 2 ``every``, ...; met at the first check that ends ``consecutive``
+    consecutive checks <= ``target``. Other steps, and a step seen before, are ignored."""
+
+    def __init__(self, target: float, every: int, consecutive: int) -> None:
+        self.target, self.every, self.consecutive = target, every, consecutive
+        self.streak, self.last = 0, -1      # checks <= target in a row; last step checked
+
+    @property
+    def met(self) -> bool:
+        return self.streak >= self.consecutive
+
+    def due(self, step: int) -> bool:
+        """Whether ``step`` is a check not yet made."""
+        return step % self.every == 0 and step > self.last
+
+    def observe(self, step: int, loss: float) -> bool:
+        """Record the check of ``step`` with full-train-split loss ``loss``; whether met."""
+        if self.due(step):
+            self.streak = self.streak + 1 if loss <= self.target else 0
+            self.last = step
+        return self.met
+
+    def state(self) -> dict:
+        return {"streak": self.streak, "last": self.last}
+
+    def restore(self, state: dict) -> None:
+        """Continue from the :meth:`state` saved with a checkpoint."""
+        self.streak, self.last = int(state["streak"]), int(state["last"])
+
+
 class _Trainer:
     """One epoch of training for any optimizer of the step protocol: resident data minibatched
     on the device, streamed data in the source's (the user loader's) batches."""
@@ -775,6 +841,8 @@ class _Trainer:
         self.fixed = None if fixed is None else [idx.to(dev) for idx in fixed]
         #: called with the number of steps taken after every optimizer step (tracking)
         self.on_step: Any = None
+        #: called likewise before the last step of an epoch's budget; True stops the epoch
+        self.stop_check: Any = None
 
     def autocast(self):
         if self.amp:
@@ -907,6 +975,9 @@ class _Trainer:
                     acc = "" if self.acc is None else f" acc {sum_correct.item() / seen:.1%}"
                     bar.set_postfix_str(f"epoch {epoch} batch {b + 1}/{self.steps} "
                                         f"loss {sum_loss.item() / seen:.4g}{acc}")
+                if self.stop_check is not None and b + 1 < budget and \
+                        self.stop_check(t + b + 1):
+                    break   # the epoch's last step is checked on its history row
         if self.dev.type == "cuda":
             torch.cuda.synchronize(self.dev)
         return time.perf_counter() - t0, lr, taken
