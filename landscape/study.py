@@ -1036,7 +1036,7 @@ def demo(out: str | Path = "outputs/demo", *, show_progress: bool = True,
     rates 0.025 and 0.2 crossed with batch sizes 32 and 256 (lr/B from 1e-4 to 6e-3), every
     run stopped at a full-train-split loss of 0.02, seeds 0, 1 and 2.
 
-    About 3.2 CPU-minutes (measured on a 2-core CPU; three seeds is what fits in 5 while the
+    About 2.7 CPU-minutes (measured on a 2-core CPU; three seeds is what fits in 5 while the
     trend tests detect log-log slopes of about 0.07-0.26, findings.md says which per
     measure). ``overrides``: :func:`run_study` keywords
     (``seeds``, ``match``, ``sweep``) and :class:`StudySettings` fields.
