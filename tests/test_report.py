@@ -98,14 +98,14 @@ def test_curve_and_hessian_reports_hold_the_stored_arrays(plot_files: dict[str, 
 def test_study_report_shows_table_curves_and_findings_when_present(
         plot_studies: dict[str, Any], page: Page, tmp_path: Path) -> None:
     study = plot_studies["pair"]
-    folder = Path(study.path).parent
+    folder = tmp_path / "pair"  # a copy: the shared study's own files stay as they are
+    shutil.copytree(Path(study.path).parent, folder)
     findings = {"trend": {"slope": 0.25, "ci_low": 0.1, "ci_high": 0.4, "p": 0.01,
                           "p_holm": 0.02}, "pairs": []}
     (folder / "findings.json").write_text(json.dumps(findings))
-    try:
-        _checked(page, write_report(folder, tmp_path / "study.html"))
-    finally:
-        (folder / "findings.json").unlink()
+    _checked(page, write_report(folder, tmp_path / "study.html"))
+    for name in ("findings.json", "findings.md"):
+        (folder / name).unlink(missing_ok=True)
     cells = page.evaluate("Array.from(document.querySelectorAll('td'), td => td.textContent)")
     assert {"trend.p_holm", "0.02"} <= set(cells)
     for row in study.table:  # every recipe's row, its train loss as mean [interval]

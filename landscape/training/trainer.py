@@ -512,7 +512,7 @@ def train(*, model: str = "mlp", dataset: str = "digits", data_dir: str | Path |
                           f"{checkpoint['history'][-1]['epoch']}): nothing was trained or "
                           "written", LandscapeWarning, stacklevel=2)
             return Run(path=path, config=config, model=net.eval(), data=ds,
-                       history=read_history(path), info=old)
+                       history=read_history(path), info=old, trust=True)
 
     cuda_devices = [dev.index if dev.index is not None else torch.cuda.current_device()] \
         if dev.type == "cuda" else []
@@ -665,8 +665,9 @@ def train(*, model: str = "mlp", dataset: str = "digits", data_dir: str | Path |
         atomic_write_json(path / "run.json", info)
 
     _warn_unmet(path, info["stopping"])
+    # the caller named this run's code in this call: reading its checkpoints back may run it
     return Run(path=path, config=config, model=net.cpu().eval(), data=ds, history=history,
-               info=info)
+               info=info, trust=True)
 
 
 def _check_fits(net: nn.Module, probe: tuple[Any, Tensor], loss: Loss, name: str,
