@@ -7,7 +7,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import torch
 from click.testing import CliRunner, Result
+from torch import nn
 
 from landscape.cli import main
 from landscape.training import trainer as trainer_module
@@ -41,3 +43,19 @@ def killed_at_epoch(monkeypatch: pytest.MonkeyPatch, epoch: int,
     with pytest.raises(KeyboardInterrupt):
         run()
     monkeypatch.setattr(trainer_module, "_save_checkpoint", real_save)
+
+
+def flat_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> Callable:
+    """``theta -> mean cross-entropy of model at the flat parameter vector theta``, written
+    here with torch's own loss (an independent reference for the engine's derivatives)."""
+    shapes = [(n, p.shape) for n, p in model.named_parameters()]
+
+    def loss(theta: torch.Tensor) -> torch.Tensor:
+        params, at = {}, 0
+        for name, shape in shapes:
+            params[name] = theta[at : at + shape.numel()].reshape(shape)
+            at += shape.numel()
+        return torch.nn.functional.cross_entropy(
+            torch.func.functional_call(model, params, (x,)), y)
+
+    return loss

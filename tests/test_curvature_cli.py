@@ -7,6 +7,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import torch
+from _helpers import flat_loss
 from click.testing import CliRunner
 
 from landscape import load_run, train
@@ -31,15 +32,7 @@ def test_curvature_map_command_matches_full_hessian_at_each_point(tmp_path: Path
     run = load_run(run_dir)
     model = run.model.double().eval()
     xs, ys = run.data.split("train")
-    names_shapes = [(n, p.shape) for n, p in model.named_parameters()]
-
-    def loss(theta: torch.Tensor) -> torch.Tensor:  # written here, not the engine's loss
-        params, offset = {}, 0
-        for name, shape in names_shapes:
-            params[name] = theta[offset : offset + shape.numel()].reshape(shape)
-            offset += shape.numel()
-        out = torch.func.functional_call(model, params, (xs.double(),))
-        return torch.nn.functional.cross_entropy(out, ys)
+    loss = flat_loss(model, xs.double(), ys)
 
     with h5py.File(surface, "r") as f:
         x, y = f["x"][()], f["y"][()]

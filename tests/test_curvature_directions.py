@@ -14,8 +14,7 @@ import h5py
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
-from _helpers import invoke
+from _helpers import flat_loss, invoke
 from torch import nn
 
 from landscape import train
@@ -34,15 +33,7 @@ def _tanh_net() -> tuple[nn.Module, tuple[torch.Tensor, torch.Tensor]]:
 
 
 def _exact_eigenvalues(model: nn.Module, data: tuple[torch.Tensor, torch.Tensor]) -> np.ndarray:
-    names = [(n, p.shape) for n, p in model.named_parameters()]
-
-    def loss(theta: torch.Tensor) -> torch.Tensor:  # written here, not the engine's loss
-        params, at = {}, 0
-        for name, shape in names:
-            params[name] = theta[at : at + shape.numel()].reshape(shape)
-            at += shape.numel()
-        return F.cross_entropy(torch.func.functional_call(model, params, (data[0],)), data[1])
-
+    loss = flat_loss(model, *data)
     theta = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
     return torch.linalg.eigvalsh(torch.func.hessian(loss)(theta)).numpy()[::-1]
 
