@@ -16,6 +16,9 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
+#: the tests that read the demo run in one xdist worker (its fixture resumes outputs/demo)
+pytestmark = pytest.mark.xdist_group("demo")
+
 
 def _files(study) -> tuple[list[dict], dict]:
     out = study.path.parent

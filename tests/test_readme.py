@@ -16,6 +16,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+#: the tests that read the demo run in one xdist worker (its fixture resumes outputs/demo)
+pytestmark = pytest.mark.xdist_group("demo")
+
 ROOT = Path(__file__).resolve().parents[1]
 
 # text in a command -> its small replacement (grids, epochs, steps)
