@@ -32,7 +32,7 @@ SUBSTITUTIONS = [
     ("--plane-points 21", "--plane-points 3"), ("--points 25", "--points 5"),
     ("--spawn 0,1,2,5 --pairs 3 --epochs 20", "--spawn 0 --pairs 2 --epochs 1"),
     ("--frames 40", "--frames 3"),
-    ("--model-option d_model=128", "--model-option d_model=32"), ("--epochs 60 ", "--epochs 1 "),
+    ("--model-option d_model=128", "--model-option d_model=32"), ("--epochs 60 ", "--epochs 3 "),
 ]
 # command prefix -> options appended (a data subset, small study grids, one measure)
 APPENDED = {
