@@ -7,6 +7,8 @@ A run directory holds::
     history.json / .csv      one row per epoch (epoch 0 = initialization), with the
                              cumulative optimizer ``step`` count
     checkpoints/epoch_NNNN.pt  {"epoch", "model", "optimizer", "rng", "history", ...}
+    checks/step_NNNNNNN.pt   {"step", "train_loss", "model"}: the weights at the last
+                             checks of a target loss (``keep_checks``), the stop last
 
 Every file is written to a temporary name and renamed into place (``os.replace``), so a
 crash leaves either the old file or the new one, never a truncated one. Checkpoints are
@@ -35,6 +37,7 @@ RUN_FORMAT_VERSION = 1
 HISTORY_COLUMNS = ("epoch", "step", "train_loss", "train_acc", "test_loss", "test_acc", "lr",
                    "seconds")
 CHECKPOINT_RE = re.compile(r"^epoch_(\d+)\.pt$")
+CHECKS_DIR, CHECK_RE = "checks", re.compile(r"^step_(\d+)\.pt$")
 
 
 # ----------------------------------------------------------------------------- atomic writes
@@ -175,7 +178,8 @@ def torch_load(file: Path) -> Any:
 
 def state_dict_of(obj: Any, file: Path) -> dict[str, torch.Tensor]:
     """The model state_dict stored in ``obj`` (a checkpoint dict or a bare state_dict)."""
-    if isinstance(obj, dict) and isinstance(obj.get("model"), dict) and "epoch" in obj:
+    if isinstance(obj, dict) and isinstance(obj.get("model"), dict) and \
+            ("epoch" in obj or "step" in obj):
         obj = obj["model"]
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise LandscapeError(f"checkpoint {file} does not hold a model state_dict")
@@ -331,6 +335,13 @@ class Run:
                 if m:
                     found.append((int(m.group(1)), file))
         return sorted(found)
+
+    def checks(self) -> list[tuple[int, Path]]:
+        """(optimizer step, file) of the weights kept at the last target-loss checks
+        (``keep_checks`` of :func:`landscape.train`), ascending; the last is the stop."""
+        folder = Path(self.path) / CHECKS_DIR
+        return sorted((int(m.group(1)), f) for f in folder.iterdir()
+                      if (m := CHECK_RE.match(f.name))) if folder.is_dir() else []
 
     def new_model(self) -> nn.Module:
         """A freshly built model of this run's architecture (initial weights, eval mode, CPU)."""

@@ -73,7 +73,7 @@ from landscape.stats import LEVEL, confidence_interval, is_positive, proportion_
 STUDY_FORMAT = 2
 #: Options of :func:`landscape.train` a recipe may not set (the study manages them).
 RESERVED = ("out", "resume", "overwrite", "progress", "seed", "data_seed", "target_train_loss",
-            "steps")
+            "steps", "keep_checks")
 #: Keys of a study's design (beside :class:`StudySettings`) in a TOML file.
 DESIGN_KEYS = ("data", "data_dir", "data_seed", "model", "model_options", "train_size", "seeds",
                "match", "sweep")
@@ -331,12 +331,19 @@ class StudySettings(MeasureSettings):
     (``direction_seeds`` of them), the 2D surface direction seed ``seed``. ``rise_at``:
     where the 1D rise is read (filter-normalized units, both sides averaged).
     ``measures``: registry names. ``max_epochs``: the epoch cap of a ``train-loss`` match for
-    a recipe that sets no ``epochs`` of its own. ``spread_measures`` (those among
-    ``measures``) are also computed at the
-    ``spread_epochs`` saved epochs before each stop (epoch 0 excluded): their within-run
-    spread (max / min over those and the stop) is a diagnostic of a rule that stops on an
-    oscillation, reported beside the measure and flagged in the findings where it is as large
-    as a claimed difference (the reported value stays the one at the stop).
+    a recipe that sets no ``epochs`` of its own.
+
+    ``checkpoints``: every measure (and the 1D rise) is taken at this many consecutive
+    checkpoints ending with the stop, and a run's value is their arithmetic mean, so that a
+    rule that stops on one phase of an oscillation (the edge of stability) does not decide a
+    measure. Under a ``train-loss`` match they are the weights at the last target checks
+    (``keep_checks`` of :func:`landscape.train`: a quarter epoch apart by default; the last
+    two are both <= the target, that is the rule); otherwise the stop and the saved epochs
+    before it (epoch 0 excluded). The within-run spread (max / min over the checkpoints) is
+    reported beside each measure and flagged in the findings where it is as large as a
+    claimed difference. The 1D rise at a checkpoint before the stop is read from a
+    three-point curve ``-rise_at, 0, rise_at`` along the same direction seeds (the same
+    numbers as the full curve's at those points). 1: the stop alone.
     """
 
     curve: str = "-1:1:41"
@@ -346,8 +353,7 @@ class StudySettings(MeasureSettings):
     rise_at: float = 0.5
     measures: tuple[str, ...] = STUDY_MEASURES
     max_epochs: int = 1000
-    spread_measures: tuple[str, ...] = ("top_eigenvalue",)
-    spread_epochs: int = 2
+    checkpoints: int = 3
     precision: str = "float32"
     device: str = "auto"
 
@@ -359,17 +365,12 @@ class StudySettings(MeasureSettings):
             raise LandscapeError(f"rise_at must be positive, got {self.rise_at}")
         if isinstance(self.measures, str):
             self.measures = tuple(m.strip() for m in self.measures.split(",") if m.strip())
-        if isinstance(self.spread_measures, str):
-            self.spread_measures = tuple(m.strip() for m in self.spread_measures.split(",")
-                                         if m.strip())
         self.measures = tuple(self.measures)
-        check_int("spread_epochs", self.spread_epochs, minimum=0)
+        check_int("checkpoints", self.checkpoints)
         known = names_of(("curvature", "sharpness", "noise"))
-        for m in (*self.measures, *self.spread_measures):
+        for m in self.measures:
             if m not in known:
                 raise unknown_name("study measure", m, known)
-        # a spread is taken of a measure the study reports, else skipped
-        self.spread_measures = tuple(m for m in self.spread_measures if m in self.measures)
 
     def engine(self) -> dict[str, Any]:
         return {"precision": self.precision, "device": self.device}
@@ -574,23 +575,28 @@ class _Log:
                   flush=True)
 
 
-def _match_options(match: Mapping[str, Any], recipe: Recipe, max_epochs: int) -> dict[str, Any]:
-    """The :func:`landscape.train` options that apply the matching rule to ``recipe``."""
+def _match_options(match: Mapping[str, Any], recipe: Recipe, max_epochs: int,
+                   checkpoints: int) -> dict[str, Any]:
+    """The :func:`landscape.train` options that apply the matching rule to ``recipe`` (and
+    keep the weights at the last ``checkpoints`` checks of a target loss)."""
     if "steps" in match:
         return {"steps": match["steps"], "epochs": None}
     if "target_train_loss" in match:
         return {"target_train_loss": match["target_train_loss"],
-                "epochs": recipe.options.get("epochs") or max_epochs}
+                "epochs": recipe.options.get("epochs") or max_epochs,
+                **({"keep_checks": checkpoints} if checkpoints > 1 else {})}
     return {}
 
 
 def _per_seed_row(run: Any, curves: Sequence[Any], measures: Mapping[str, Mapping[str, Any]],
-                  rise_at: float, before: Mapping[str, Sequence[float]]) -> dict[str, Any]:
+                  rise_at: float, before: Mapping[str, Sequence[float]],
+                  steps: Sequence[int]) -> dict[str, Any]:
     """The numbers of one model: losses and accuracies at the trained weights (the curves'
-    centre, evaluated by the engine), steps and epochs, every measure, the 1D rise
-    averaged over the direction seeds, and for each measure of ``before`` (its values at
-    the epochs before the stop) the values ``{m}_epochs`` and their ``spread[m]`` (max /
-    min with the stop's value; None unless all are positive)."""
+    centre, evaluated by the engine), steps and epochs, and every measure and the 1D rise
+    (averaged over the direction seeds) as the mean over the checkpoints: ``before`` (each
+    one's values at the checkpoints of optimizer ``steps`` before the stop) and the stop.
+    ``at_checkpoints[m]`` holds the series, oldest first, ``spread[m]`` its max / min (None
+    unless it has two or more finite values, all positive)."""
     center = curves[0].attrs
     row: dict[str, Any] = {}
     for split in ("train", "test"):
@@ -603,17 +609,18 @@ def _per_seed_row(run: Any, curves: Sequence[Any], measures: Mapping[str, Mappin
     row.update(train_n=sizes.get("train.n"), test_n=sizes.get("test.n"))  # examples per split
     stopping = run.stopping
     row.update(steps=stopping["steps"], epochs=stopping["epochs"], met=bool(stopping["met"]))
-    for m, res in measures.items():
-        row[m] = res["value"]
-    row["spread"] = {}
-    for m, values in before.items():
-        series = [*values, row[m]]
-        row[f"{m}_epochs"] = series
-        row["spread"][m] = max(series) / min(series) if len(series) > 1 and \
-            min(series) > 0 else None
     rises = [c.rise("train_loss", rise_at) for c in curves]
     row["curve_rises"] = rises
-    row["curve_rise"] = float(np.mean(rises))
+    at_stop = {**{m: res["value"] for m, res in measures.items()},
+               "curve_rise": float(np.mean(rises))}
+    row["checkpoint_steps"] = [*steps, stopping["steps"]]
+    row["at_checkpoints"], row["spread"] = {}, {}
+    for m, value in at_stop.items():
+        series = [float(v) for v in (*before.get(m, ()), value)]
+        row["at_checkpoints"][m] = [v if np.isfinite(v) else None for v in series]
+        row[m] = float(np.mean(series))
+        ok = [v for v in series if np.isfinite(v)]
+        row["spread"][m] = max(ok) / min(ok) if len(ok) > 1 and min(ok) > 0 else None
     return {k: None if isinstance(v, float) and not np.isfinite(v) else v  # JSON: null
             for k, v in row.items()}
 
@@ -649,6 +656,7 @@ def _recipe_row(recipe: Recipe, common: Mapping[str, Any], match: str | None,
         spreads = [r.row.get("spread", {}).get(q) for r in results]
         if any(v is not None for v in spreads):   # within-run spread, per seed
             row[q]["spread"] = spreads
+            row[q]["at_checkpoints"] = [r.row["at_checkpoints"][q] for r in results]
     return row
 
 
@@ -680,7 +688,8 @@ class _Runner:
 
         run_dir = self.path.parent / "runs" / recipe.name / f"seed{seed}"
         options = {**self.common, **recipe.options,
-                   **_match_options(self.match, recipe, self.s.max_epochs), "seed": seed}
+                   **_match_options(self.match, recipe, self.s.max_epochs, self.s.checkpoints),
+                   "seed": seed}
         complete = False
         if (run_dir / "run.json").exists():
             try:
@@ -716,26 +725,28 @@ class _Runner:
 
     def surface(self, g: h5py.Group, label: str, run: Any, digest: str, part: str,
                 direction: int = 0) -> Any:
-        """One 1D curve (train and test) or the 2D surface (train) of a model."""
+        """One 1D curve (train and test), the 2D surface (train) or the three-point curve
+        of the 1D rise (``part="rise"``, train) of a model."""
         from landscape.surface import random_surface
 
         s = self.s
-        x, y, split = (s.curve, None, "train,test") if part == "curve" else \
-            (s.surface, s.surface, "train")
+        x, y, split = {"curve": (s.curve, None, "train,test"),
+                       "rise": (f"{-s.rise_at:g}:{s.rise_at:g}:3", None, "train"),
+                       "surface": (s.surface, s.surface, "train")}[part]
         seed = s.seed + direction
         key = _digest({"part": part, "x": x, "y": y, "seed": seed, "weights": digest,
                        **self.engine})
-        sub = f"curve_d{direction}" if part == "curve" else "surface"
+        sub = "surface" if part == "surface" else f"{part}_d{direction}"
         result = self._stored(g.get(sub), key, f"{self.path}:{g.name}/{sub}")
         if result is None:
-            self.log(f"{label}: {'1D curve' if part == 'curve' else '2D surface'}"
-                     + (f" (direction seed {seed})" if part == "curve" else ""))
+            self.log(f"{label}: " + (f"1D {part} (direction seed {seed})" if y is None
+                                     else "2D surface"))
             file = self.surf_dir / f"{label.replace('/', '-')}-{sub}.h5"
             result = _owned_file(random_surface, file, self.overwrite or sub in g, run, x=x,
                                  y=y, seed=seed,
                                  split=split, show_progress=self.show_progress, **self.engine)
             _write_surface(g.require_group(sub), result, key)
-            self.computed[part].append(f"{label}/{sub}")
+            self.computed["surface" if part == "surface" else "curve"].append(f"{label}/{sub}")
         self.bar.update(1)
         return result
 
@@ -782,26 +793,32 @@ class _Runner:
                              on_result=keep)
         return {m: results[m] for m in names}
 
-    def spread(self, g: h5py.Group, label: str, run: Any) -> dict[str, list[float]]:
-        """Each spread measure at the ``spread_epochs`` saved epochs before the stop (epoch
-        0, the initialization, excluded), oldest first."""
+    def around(self, g: h5py.Group, label: str, run: Any
+               ) -> tuple[dict[str, list[float]], list[int]]:
+        """Every measure and the 1D rise at the ``checkpoints - 1`` checkpoints before the
+        stop (see :class:`StudySettings`), oldest first, and their optimizer steps."""
         from dataclasses import replace
 
-        s = self.s
-        epochs = [e for e, _ in run.checkpoints() if e > 0][:-1][-s.spread_epochs:] \
-            if s.spread_epochs and s.spread_measures else []
-        self.bar.update(len(s.spread_measures) * (s.spread_epochs - len(epochs)))
-        out: dict[str, list[float]] = {m: [] for m in s.spread_measures}
-        for e in epochs:
-            model = run.load_checkpoint(e)
+        s, n = self.s, self.s.checkpoints - 1
+        stop = run.stopping["steps"]
+        found = [(k, f) for k, f in run.checks() if k < stop][-n:] if n else []
+        if n and not found:   # no kept checks: the saved epochs before the last
+            at = {h["epoch"]: h["step"] for h in run.history}
+            found = [(at[e], f) for e, f in run.checkpoints() if e > 0][:-1][-n:]
+        self.bar.update((len(s.measures) + s.direction_seeds) * (n - len(found)))
+        out: dict[str, list[float]] = {m: [] for m in (*s.measures, "curve_rise")}
+        for step, file in found:
+            model = run.load_checkpoint(file)
             state = [*model.named_parameters(), *model.named_buffers()]
             digest = store.values_digest([t for _, t in state], [n for n, _ in state])
-            found = self.measures(g.require_group(f"checkpoints/epoch_{e}"),
-                                  f"{label}/epoch{e}", replace(run, model=model), digest,
-                                  s.spread_measures)
-            for m in s.spread_measures:
-                out[m].append(found[m]["value"])
-        return out
+            at, where = replace(run, model=model), f"{label}/step{step}"
+            group = g.require_group(f"checkpoints/step_{step}")
+            for m, res in self.measures(group, where, at, digest).items():
+                out[m].append(res["value"])
+            out["curve_rise"].append(float(np.mean([
+                self.surface(group, where, at, digest, "rise", d).rise("train_loss", s.rise_at)
+                for d in range(s.direction_seeds)])))
+        return out, [step for step, _ in found]
 
     def interpolation(self, a: str, b: str, runs: Mapping[str, Any],
                       digests: Mapping[str, str]) -> Any:
@@ -913,7 +930,7 @@ def run_study(recipes: Sequence[Recipe | str] = (), runs: Mapping[str, str | Pat
               "runs": {k: str(v) for k, v in run_dirs.items()}, "level": LEVEL}
     n_models = len(recipes) * len(seeds) + len(run_dirs)
     per_model = (1 + s.direction_seeds + 1 + len(s.measures)
-                 + len(s.spread_measures) * s.spread_epochs)
+                 + (s.checkpoints - 1) * (len(s.measures) + s.direction_seeds))
     bar = progress(total=n_models * per_model + len(names) * (len(names) - 1) // 2,
                    desc="study", unit="part", disable=None if show_progress else True)
     path = out / "study.h5"
@@ -952,8 +969,7 @@ def run_study(recipes: Sequence[Recipe | str] = (), runs: Mapping[str, str | Pat
                           for d in range(s.direction_seeds)]
                 surface = r.surface(g, label, run, digest, "surface")
                 measures = r.measures(g, label, run, digest)
-                row = _per_seed_row(run, curves, measures, s.rise_at,
-                                    r.spread(g, label, run))
+                row = _per_seed_row(run, curves, measures, s.rise_at, *r.around(g, label, run))
                 store.write_attrs(g, {"run": str(run.path), "weights_sha": digest,
                                       "stopping": run.stopping, "row": row})
                 f.flush()

@@ -152,7 +152,8 @@ def test_top_eigenvalue_and_trace_agree_with_the_dense_float64_hessian(study) ->
         loss, theta0, *_ = _flat_loss(_run(study, row["model"], seed))
         H = torch.func.hessian(loss)(theta0)
         top = float(torch.linalg.eigvalsh(H)[-1])
-        assert row["top_eigenvalue"]["values"][i] == pytest.approx(top, rel=2e-3)
+        at_stop = row["top_eigenvalue"]["at_checkpoints"][i][-1]
+        assert at_stop == pytest.approx(top, rel=2e-3)
         model = study.models[row["model"]][i]
         trace, stderr = model.measures["hessian_trace"]["value"], \
             model.measures["hessian_trace"]["stderr"]
@@ -170,7 +171,7 @@ def test_noise_scale_agrees_with_per_sample_gradients_one_at_a_time(study) -> No
     g = torch.stack(grads)
     mean = g.mean(0)
     b_simple = float(((g - mean) ** 2).sum(1).mean() / (mean @ mean))
-    assert row["noise_scale"]["values"][0] == pytest.approx(b_simple, rel=1e-3)
+    assert row["noise_scale"]["at_checkpoints"][0][-1] == pytest.approx(b_simple, rel=1e-3)
 
 
 def test_curve_rise_is_the_loss_at_the_stored_direction(study) -> None:
@@ -187,7 +188,8 @@ def test_curve_rise_is_the_loss_at_the_stored_direction(study) -> None:
             rises.append(float((loss(theta0 + at * d) + loss(theta0 - at * d)) / 2
                                - loss(theta0)))
     assert len(rises) == 2
-    assert result.row["curve_rise"] == pytest.approx(np.mean(rises), rel=1e-4, abs=1e-7)
+    assert result.row["at_checkpoints"]["curve_rise"][-1] == pytest.approx(
+        np.mean(rises), rel=1e-4, abs=1e-7)
 
 
 def test_adding_a_seed_trains_and_measures_only_that_seed(study, tmp_path) -> None:
@@ -380,21 +382,44 @@ def test_every_measure_has_one_definition_in_the_api_the_cli_and_the_study(tmp_p
     assert api["adaptive_worst_l2"].settings["batch_size"] == 128
 
 
-def test_within_run_spread_is_the_top_eigenvalue_at_the_epochs_before_the_stop(study) -> None:
-    row = study.table[0]
-    run = _run(study, row["model"], 0)
-    seed_row = study.models[row["model"]][0].row
-    epochs = [e for e, _ in run.checkpoints() if e > 0][:-1][-2:]
-    assert epochs and len(seed_row["top_eigenvalue_epochs"]) == len(epochs) + 1
-    for e, value in zip(epochs, seed_row["top_eigenvalue_epochs"]):
-        at_epoch = load_run(run.path)
-        at_epoch.model = run.load_checkpoint(e)
-        loss, theta0, *_ = _flat_loss(at_epoch)   # the dense float64 Hessian of that epoch
-        assert value == pytest.approx(float(torch.linalg.eigvalsh(
-            torch.func.hessian(loss)(theta0))[-1]), rel=2e-3)
-    series = seed_row["top_eigenvalue_epochs"]
-    assert series[-1] == seed_row["top_eigenvalue"]
-    assert row["top_eigenvalue"]["spread"][0] == pytest.approx(max(series) / min(series))
+def test_every_measure_is_the_mean_over_three_checks_ending_at_the_stop(study) -> None:
+    """The checkpoints are the weights at the last three target checks (``check_every``
+    steps apart, the stop last); at each, the top eigenvalue is the dense float64 Hessian's
+    and the 1D rise the loss along the stored direction; a run's value is their mean and
+    its spread their max / min, in table.json."""
+    rows = json.loads((study.path.parent / "table.json").read_text())
+    result = load_study(study.path).models[NAMES[1]][0]
+    run = _run(study, NAMES[1], 0)
+    k, stop = run.stopping["check_every"], run.stopping["steps"]
+    assert result.row["checkpoint_steps"] == [stop - 2 * k, stop - k, stop]
+    assert [s for s, _ in run.checks()] == result.row["checkpoint_steps"]
+    at = study.settings["rise_at"]
+    with h5py.File(study.path, "r") as f:
+        for (step, file), top, rise in zip(run.checks()[:-1],
+                                           result.row["at_checkpoints"]["top_eigenvalue"],
+                                           result.row["at_checkpoints"]["curve_rise"]):
+            here = load_run(run.path)
+            here.model = run.load_checkpoint(file)
+            loss, theta0, *_ = _flat_loss(here)
+            assert top == pytest.approx(float(torch.linalg.eigvalsh(
+                torch.func.hessian(loss)(theta0))[-1]), rel=2e-3)
+            rises = []
+            for d in range(2):
+                source = f[f"models/{NAMES[1]}/seed0/checkpoints/step_{step}/rise_d{d}"]
+                with h5py.File(source.attrs["source"], "r") as g:
+                    v = torch.as_tensor(g["directions/x"][()], dtype=torch.float64)
+                with torch.no_grad():
+                    rises.append(float((loss(theta0 + at * v) + loss(theta0 - at * v)) / 2
+                                       - loss(theta0)))
+            assert rise == pytest.approx(np.mean(rises), rel=1e-4, abs=1e-7)
+    for q in ("top_eigenvalue", "hessian_trace", "epsilon_sharpness", "noise_scale",
+              "curve_rise"):
+        series = result.row["at_checkpoints"][q]
+        assert len(series) == 3 and result.row[q] == pytest.approx(np.mean(series), rel=1e-12)
+        stat = rows[1][q]
+        assert stat["values"][0] == result.row[q] and stat["at_checkpoints"][0] == series
+        if min(series) > 0:
+            assert stat["spread"][0] == pytest.approx(max(series) / min(series), rel=1e-12)
 
 
 @pytest.mark.parametrize("spread, flagged", [(3.0, True), (1.5, False)])

@@ -319,7 +319,8 @@ def test_target_rule_stops_at_the_first_check_that_makes_two_in_a_row(tmp_path, 
     stop = next(s for (_, a), (s, b) in zip(checks, checks[1:]) if a <= target and b <= target)
     assert stop % 7 and stop > k                       # inside an epoch, after training
 
-    run = train(**kw, target_train_loss=target, target_check_every=k, out=tmp_path / "target")
+    run = train(**kw, target_train_loss=target, target_check_every=k, keep_checks=3,
+                out=tmp_path / "target")
     assert run.stopping == {"rule": "target_train_loss", "target": target, "met": True,
                             "check_every": k, "consecutive": 2, "epochs": stop // 7 + 1,
                             "steps": stop, "train_loss": run.history[-1]["train_loss"],
@@ -331,6 +332,13 @@ def test_target_rule_stops_at_the_first_check_that_makes_two_in_a_row(tmp_path, 
     assert run.history[-1]["train_loss"] == pytest.approx(loss_at(stop), rel=1e-5)
     saved = torch.load(run.path / "model.pt", weights_only=True)
     assert all(torch.equal(a, b) for a, b in zip(saved.values(), states[stop - 1], strict=True))
+    # the weights at the last three checks are kept, the stop last
+    assert [s for s, _ in run.checks()] == [stop - 2 * k, stop - k, stop]
+    for s, file in run.checks():
+        kept = torch.load(file, weights_only=True)
+        assert kept["step"] == s and kept["train_loss"] == pytest.approx(loss_at(s), rel=1e-5)
+        assert all(torch.equal(a, b) for a, b in zip(
+            run.load_checkpoint(file).parameters(), states[s - 1], strict=True))
 
 
 def test_target_rule_skips_an_isolated_dip_and_resumes_bit_identically(tmp_path, monkeypatch):
@@ -355,7 +363,7 @@ def test_target_rule_skips_an_isolated_dip_and_resumes_bit_identically(tmp_path,
     monkeypatch.setattr(torch.optim.SGD, "step", counted)
     monkeypatch.setattr(trainer_module, "evaluate_source", scripted)
     kw = dict(TINY, epochs=8, optimizer="sgd", lr=0.1, target_train_loss=0.4,
-              target_check_every=3)
+              target_check_every=3, keep_checks=2)
     whole = train(**kw, out=tmp_path / "whole")
     assert whole.stopping["met"] and whole.stopping["steps"] == 15
     # the epoch-2 row (step 14, loss 0.3) is no check: it does not stop the run
@@ -371,9 +379,16 @@ def test_target_rule_skips_an_isolated_dip_and_resumes_bit_identically(tmp_path,
     final_a = torch.load(tmp_path / "whole" / "model.pt", weights_only=True)
     final_b = torch.load(tmp_path / "cut" / "model.pt", weights_only=True)
     assert all(torch.equal(final_a[k], final_b[k]) for k in final_a)
+    # the kept checks (12, 15) survive the resume; the last is the model at the stop
+    for a, b in zip(whole.checks(), resumed.checks(), strict=True):
+        assert a[0] == b[0] and all(torch.equal(u, v) for u, v in zip(
+            torch.load(a[1])["model"].values(), torch.load(b[1])["model"].values()))
+    assert [s for s, _ in whole.checks()] == [12, 15]
+    assert all(torch.equal(final_a[k], v)
+               for k, v in torch.load(whole.checks()[-1][1])["model"].items())
     # the model at the stop is the one after exactly 15 steps
     monkeypatch.undo()
-    exact = train(**{k: v for k, v in kw.items() if k[:6] not in ("target", "epochs")},
+    exact = train(**{k: v for k, v in kw.items() if k[:6] not in ("target", "epochs", "keep_c")},
                   steps=15, out=tmp_path / "steps")
     assert all(torch.equal(final_a[k], v) for k, v in exact.model.state_dict().items())
 

@@ -436,7 +436,7 @@ def sam_sharpness(objective: Any, theta: Tensor | None = None, rho: float = 0.05
 def pac_bayes_flatness(objective: Any, theta: Tensor | None = None, target: float = 0.1,
                        magnitude_aware: bool = False, eps_offset: float = 1e-3,
                        criterion: str = "error", n_samples: int = 32, seed: int = 0,
-                       sigma_init: float = 1e-2, rtol: float = 1e-3,
+                       sigma_init: float = 1e-2, rtol: float = 1e-2,
                        sigma_range: tuple[float, float] = (1e-10, 1e3)) -> MeasureResult:
     """PAC-Bayes flatness ``1/sigma^2`` (Jiang et al. 2020), in units of 1/parameter^2.
 
@@ -448,8 +448,9 @@ def pac_bayes_flatness(objective: Any, theta: Tensor | None = None, target: floa
     scaled by sigma (common random numbers, so every bisection step sees the same noise and the
     result is reproducible); sigma is bracketed by factors of 4 from ``sigma_init`` and then
     bisected on log sigma until the bracket's ratio is below ``1 + rtol``; the lower end is
-    reported. ``extra``: ``sigma``, the ``increase`` at sigma and its Monte Carlo
-    ``increase_stderr``. Cost: ``2 n_samples`` forward passes per step (about 15 steps).
+    reported (rtol 1e-2: 2% in 1/sigma^2, below the Monte Carlo error of 32 antithetic
+    samples, about 5% on the demo's models; 1e-3 took 3 more steps for nothing). ``extra``: ``sigma``, the ``increase`` at sigma and its Monte Carlo
+    ``increase_stderr``. Cost: ``2 n_samples`` forward passes per step (about 11 steps).
     """
     if criterion not in CRITERIA:
         raise unknown_name("criterion", criterion, CRITERIA)

@@ -54,7 +54,9 @@ from landscape.errors import (
 from landscape.objective import resolve_device
 from landscape.progress import progress as progress_bar
 from landscape.runs import (
+    CHECK_RE,
     CHECKPOINT_RE,
+    CHECKS_DIR,
     RUN_FORMAT,
     RUN_FORMAT_VERSION,
     Run,
@@ -257,7 +259,7 @@ def train(*, model: str = "mlp", dataset: str = "digits", data_dir: str | Path |
           nesterov: bool = False, weight_decay: float = 0.0, rho: float | None = None,
           batch_size: int = 64, epochs: int | None = None, steps: int | None = None,
           target_train_loss: float | None = None, target_check_every: int | None = None,
-          asam_scale: str = "all",
+          keep_checks: int = 0, asam_scale: str = "all",
           schedule: str = "constant",
           warmup_epochs: int = 0, step_size: int | None = None, gamma: float = 0.1,
           seed: int = 0, data_seed: int | None = None, device: str = "auto", amp: bool = False,
@@ -302,7 +304,10 @@ def train(*, model: str = "mlp", dataset: str = "digits", data_dir: str | Path |
       learning rates (the edge of stability, Cohen et al. 2021), is not stopped on a single
       downward swing. A stop inside an epoch adds a history row for that partial epoch. The
       checks are eval-mode forward passes and draw no random numbers: the trajectory is the
-      same for every K. ``epochs``/``steps`` is the cap; a run that hits it first warns, and
+      same for every K. ``keep_checks``: the model weights at the last ``keep_checks``
+      checks are kept in ``checks/step_NNNNNNN.pt`` (the last one is the stop), the
+      consecutive checkpoints around a stop that a study measures. ``epochs``/``steps`` is
+      the cap; a run that hits it first warns, and
       ``run.stopping["met"]`` is False. Schedules span the cap (``steps`` iterations, or
       ``epochs`` epochs). The final ``model.pt`` and the last checkpoint are the model
       where the run stopped.
@@ -362,6 +367,9 @@ def train(*, model: str = "mlp", dataset: str = "digits", data_dir: str | Path |
             raise LandscapeError("target_check_every goes with a target train loss")
         target_check_every = check_int("target_check_every", target_check_every)
     save_every = check_int("save_every", save_every)
+    keep_checks = check_int("keep_checks", keep_checks, minimum=0)
+    if keep_checks and target_train_loss is None:
+        raise LandscapeError("keep_checks goes with a target train loss")
     if threads is not None:
         threads = check_int("threads", threads)
     if check_int("seed", seed, minimum=0) >= 2**32:
@@ -468,6 +476,7 @@ def train(*, model: str = "mlp", dataset: str = "digits", data_dir: str | Path |
         **({"steps": steps} if steps is not None else {}),
         **({"target_train_loss": target_train_loss, "target_check_every": target_check_every,
             "target_consecutive": TARGET_CONSECUTIVE} if target_train_loss is not None else {}),
+        **({"keep_checks": keep_checks} if keep_checks else {}),
         **({"asam_scale": asam_scale} if asam_scale != "all" else {}),
         **({"spawn": list(spawn)} if spawn is not None else {}),
         **({"data_seed": int(data_seed)} if data_seed is not None else {}),
@@ -617,13 +626,19 @@ def train(*, model: str = "mlp", dataset: str = "digits", data_dir: str | Path |
             bar = progress_bar(total=cap, desc=f"train {path.name}", unit="epoch",
                                disable=None if progress else True)
             with bar, _cuda_flags(dev), num_threads(threads if dev.type == "cpu" else None):
+                def check(step: int, loss: float) -> bool:
+                    """The target rule's check at ``step``; keeps the weights if asked."""
+                    if keep_checks and target.due(step):
+                        _keep_check(path / CHECKS_DIR, step, loss, net, keep_checks)
+                    return target.observe(step, loss)
+
                 if target is not None:
-                    trainer.stop_check = lambda step: target.due(step) and target.observe(
+                    trainer.stop_check = lambda step: target.due(step) and check(
                         step, evaluate_source(net, train_src, fn, None, trainer.eval_batch)[0])
                 if not history:
                     history.append(trainer.history_row(0, step=0, lr=None, seconds=0.0))
                     if target is not None:
-                        target.observe(0, history[0]["train_loss"])
+                        check(0, history[0]["train_loss"])
                     if tracker is not None:
                         trainer.on_step(0)
                     write_history(path, history)
@@ -642,7 +657,7 @@ def train(*, model: str = "mlp", dataset: str = "digits", data_dir: str | Path |
                                               seconds=seconds)
                     history.append(row)
                     if target is not None:
-                        target.observe(row["step"], row["train_loss"])
+                        check(row["step"], row["train_loss"])
                     # durable at the end; before, each epoch's checkpoint is the durable copy
                     write_history(path, history, sync=finished(row))
                     if epoch % save_every == 0 or finished(row):
@@ -716,6 +731,20 @@ def _warn_unmet(path: Path, stopping: dict | None) -> None:
                       f"{stopping['train_loss']:.4g}, above the target "
                       f"{stopping['target']:g}: the target was NOT met", LandscapeWarning,
                       stacklevel=3)
+
+
+def _keep_check(folder: Path, step: int, loss: float, net: nn.Module, keep: int) -> None:
+    """Write the weights at the check of ``step`` and keep the last ``keep`` checks up to it
+    (files of later steps, left by an interrupted run that is now resumed, are redone)."""
+    folder.mkdir(exist_ok=True)
+    atomic_torch_save(folder / f"step_{step:07d}.pt",
+                      {"step": step, "train_loss": float(loss), "model": to_cpu(net.state_dict())})
+    files = sorted((int(m.group(1)), f) for f in folder.iterdir()
+                   if (m := CHECK_RE.match(f.name)))
+    kept = [s for s, _ in files if s <= step][-keep:]
+    for s, f in files:
+        if s not in kept:
+            f.unlink()
 
 
 def _save_checkpoint(file: Path, state: dict) -> None:
