@@ -912,6 +912,11 @@ def _study_options(fn: Callable) -> Callable:
                      help="First direction seed and measure seed [0]."),
         click.option("--direction-seeds", type=click.IntRange(min=1), default=None,
                      help="Random directions per 1D curve [3]."),
+        click.option("--checkpoints", type=click.IntRange(min=1), default=None,
+                     help="Measure every model at this many consecutive checks ending at "
+                          "its stop and report their mean [3]."),
+        click.option("--workers", type=click.IntRange(min=1), default=None,
+                     help="Train the runs in this many processes at once (CPU) [1; demo 2]."),
         click.option("--measures", default=None,
                      help="Comma-separated measures [top_eigenvalue,hessian_trace,"
                           "epsilon_sharpness,adaptive_worst_l2,adaptive_average_l2,"

@@ -9,8 +9,8 @@ log(measure) ~ log(lr) + log(B) tests whether the two coefficients are equal and
 ("only the ratio matters"), Holm across the measures. Pairs of recipes are secondary: Welch
 tests (on logs for positive quantities), accuracies by Fisher's exact test on counts of test
 examples, Holm within each quantity's family of pairs. Where a recipe's within-run spread of
-a measure (max / min over the epochs before its stop and the stop, the study's
-``spread_measures``) is as large as a ratio claimed for it, the pair is flagged
+a measure (max / min over the checkpoints around its stop whose mean is the run's value, the
+study's ``checkpoints``) is as large as a ratio claimed for it, the pair is flagged
 (``spread_warning``) and the sentence says so.
 
 ``findings.json``::

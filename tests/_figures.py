@@ -50,6 +50,18 @@ def texts_off_canvas(texts: list[tuple[str, Bbox, Bbox]], slack: float = 1.0) ->
                 or ext.x1 > box.x1 + slack or ext.y1 > box.y1 + slack)]
 
 
+def overlapping_texts(texts: list[tuple[str, Bbox, Bbox]], slack: float = 0.5) -> list[str]:
+    """The pairs of texts (from :func:`drawn_texts`) whose extents overlap by more than
+    ``slack`` display units each way."""
+    out = []
+    for i, (a, ea, _) in enumerate(texts):
+        for b, eb, _ in texts[i + 1:]:
+            if min(ea.x1, eb.x1) - max(ea.x0, eb.x0) > slack and \
+                    min(ea.y1, eb.y1) - max(ea.y0, eb.y0) > slack:
+                out.append(f"{a!r} overlaps {b!r}")
+    return out
+
+
 def tight_box_overhang(fig: Figure) -> float:
     """How far (inches) matplotlib's tight bounding box of ``fig`` (every artist, as laid
     out on Agg) reaches past the figure's edges; 0 when it lies within."""

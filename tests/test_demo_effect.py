@@ -2,7 +2,8 @@
 where the tool's own Holm-corrected test finds it (measured before these assertions were
 written; the demo runs once per session, ``demo_study`` in conftest.py).
 
-At the same training loss (0.02), the top Hessian eigenvalue and the Hessian trace fall as
+Every measure of a run is the mean over the last three target checks, the stop last. At the
+same training loss (0.02), the top Hessian eigenvalue and the Hessian trace fall as
 lr/B grows (the trend of Jastrzebski et al. 2017), Holm-adjusted p < 0.05 across the
 measures.
 """
@@ -90,6 +91,30 @@ def test_trends_and_every_holm_p_recompute_from_table_json_with_scipy(demo_study
             for c, k in zip(counts, ("a", "b")):
                 c[1] = sum(by_name[p[k]][q]["examples"]) - c[0]
             assert p["p"] == pytest.approx(sps.fisher_exact(counts).pvalue, rel=1e-9)
+
+
+def test_every_demo_measure_is_the_mean_over_three_checks_ending_at_the_stop(demo_study) -> None:
+    """table.json's per-seed value of every measure is the mean of its three values at the
+    last three target checks (a quarter epoch apart, the stop last), its spread their
+    max / min; those checks are the run's kept weights."""
+    from landscape.runs import load_run
+
+    rows, findings = _files(demo_study)
+    for row in rows:
+        for q in findings["measures"]:
+            stat = row[q]
+            for value, series, spread in zip(stat["values"], stat["at_checkpoints"],
+                                             stat["spread"], strict=True):
+                assert len(series) == 3 and value == pytest.approx(np.mean(series), rel=1e-12)
+                assert spread == pytest.approx(max(series) / min(series), rel=1e-12)
+    for models in demo_study.models.values():
+        for model in models:
+            stop = load_run(model.run, data=False).stopping
+            k = stop["check_every"]
+            assert model.row["checkpoint_steps"] == [stop["steps"] - 2 * k,
+                                                     stop["steps"] - k, stop["steps"]]
+            assert [s for s, _ in load_run(model.run, data=False).checks()] == \
+                model.row["checkpoint_steps"]
 
 
 @pytest.mark.parametrize("measure", ["top_eigenvalue", "hessian_trace"])

@@ -18,7 +18,14 @@ from typing import Any
 import h5py
 import numpy as np
 import pytest
-from _figures import NX, NY, drawn_texts, texts_off_canvas, tight_box_overhang
+from _figures import (
+    NX,
+    NY,
+    drawn_texts,
+    overlapping_texts,
+    texts_off_canvas,
+    tight_box_overhang,
+)
 from click.testing import CliRunner
 from matplotlib import colors
 from matplotlib.collections import QuadMesh
@@ -42,6 +49,7 @@ from landscape.plot import (
     plot_trajectory,
     save_figure,
 )
+from landscape.plot.compare import comparison_caption
 from landscape.plot.render import render
 from landscape.surface import load_surface
 
@@ -320,6 +328,7 @@ def test_comparison_keeps_every_text_inside_the_canvas_and_labels_every_axis(
     texts = drawn_texts(fig, tmp_path / f"compare.{suffix}")
     assert len(texts) > 40
     assert not texts_off_canvas(texts)
+    assert not overlapping_texts(texts)   # slopes, 2/lr labels, contour labels, ticks
     assert not texts_off_canvas(drawn_texts(fig))   # on screen (Agg) too
     assert tight_box_overhang(fig) < 0.01   # inches
     # the controls' text overlaps no panel
@@ -345,9 +354,10 @@ def test_comparison_compares_sharpness_measures_only_in_absolute_units(figures) 
 
     fig = figures["sweep"]
     titles = [ax.get_title(loc="left") for ax in fig.axes]
-    for m in ("top_eigenvalue", "epsilon_sharpness", "curve_rise"):
-        ax = _panel(fig, REGISTRY[m].label)
-        assert ax.get_ylabel() == REGISTRY[m].units
+    units = {"top_eigenvalue": "nats / param$^2$", "epsilon_sharpness": "% of (1 + loss)",
+             "curve_rise": "nats"}   # one vocabulary: a cross-entropy loss is in nats
+    for m, unit in units.items():
+        assert _panel(fig, REGISTRY[m].label).get_ylabel() == unit
     assert not any(REGISTRY["noise_scale"].label in t for t in titles)
 
 
@@ -434,19 +444,22 @@ def test_1d_bands_are_t_intervals_over_seeds_of_the_direction_mean_rise(
     assert "centre value" in ax.get_ylabel() and "nats" in ax.get_ylabel()
 
 
-def test_controls_panel_states_the_rule_seeds_level_and_shouts_a_missed_target(
+def test_caption_and_panel_a_state_the_rule_seeds_level_and_shout_a_missed_target(
         plot_studies) -> None:
     from copy import deepcopy
 
     from landscape.plot.compare import WARN
 
     study = deepcopy(plot_studies["pair"])
-    text = " ".join(t.get_text() for t in _texts(plot_comparison(study)))
-    flat = " ".join(text.split())
+    caption = " ".join(comparison_caption(study).split())
     for phrase in ("trained for 20 optimizer steps", "2 training seeds per recipe",
                    "2 random filter-normalized directions", "95% over training seeds",
-                   "batch_size", "optimizer=sgd"):
-        assert phrase in flat, phrase
+                   "batch_size", "optimizer=sgd", "mean of its values at the 3 consecutive"):
+        assert phrase in caption, phrase
+    flat = " ".join(" ".join(t.get_text() for t in _texts(plot_comparison(study))).split())
+    for phrase in ("20 optimizer steps each", "2 training \u00d7 2 direction seeds",
+                   "mean of 3 checks ending at each stop", "comparison.caption.md"):
+        assert phrase in flat, phrase   # panel (a): the controls in short
     assert "NOT" not in flat
     study.table[1]["met"] = [True, False]
     texts = _texts(plot_comparison(study))
@@ -480,8 +493,8 @@ def test_significance_notes_follow_the_table(plot_studies, figures) -> None:
             if trend is None:   # recipes without an lr/B axis
                 assert note == pairs_note
             else:   # the trend first, as in findings.json
-                assert note == (f"slope {trend['slope']:.2g} [{trend['ci_low']:.2g}, "
-                                f"{trend['ci_high']:.2g}]\nHolm p {trend['p_holm']:.1g}, "
+                assert note == (f"slope {trend['slope']:.2g}, Holm p {trend['p_holm']:.1g}\n"
+                                f"[{trend['ci_low']:.2g}, {trend['ci_high']:.2g}]\n"
                                 + pairs_note)
 
 
@@ -528,6 +541,15 @@ def test_nice_levels_are_round_and_few() -> None:
     np.testing.assert_allclose(nice_levels(1e-4, 10), [1e-4, 1e-3, 1e-2, 0.1, 1, 10])
     wide = nice_levels(1e-6, 1e3, most=9)
     assert len(wide) <= 9 and np.allclose(np.log10(wide), np.round(np.log10(wide)))
+
+
+def test_saved_comparison_has_its_caption_beside_it(plot_studies, tmp_path) -> None:
+    from landscape.plot.compare import save_comparison
+
+    paths = save_comparison(plot_studies["sweep"], tmp_path)
+    assert [p.name for p in paths] == ["comparison.pdf", "comparison.png",
+                                       "comparison.caption.md"]
+    assert paths[2].read_text() == comparison_caption(plot_studies["sweep"])
 
 
 def test_comparison_renders_from_the_study_file_to_png_and_pdf(plot_studies, tmp_path) -> None:

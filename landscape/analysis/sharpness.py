@@ -449,8 +449,9 @@ def pac_bayes_flatness(objective: Any, theta: Tensor | None = None, target: floa
     result is reproducible); sigma is bracketed by factors of 4 from ``sigma_init`` and then
     bisected on log sigma until the bracket's ratio is below ``1 + rtol``; the lower end is
     reported (rtol 1e-2: 2% in 1/sigma^2, below the Monte Carlo error of 32 antithetic
-    samples, about 5% on the demo's models; 1e-3 took 3 more steps for nothing). ``extra``: ``sigma``, the ``increase`` at sigma and its Monte Carlo
-    ``increase_stderr``. Cost: ``2 n_samples`` forward passes per step (about 11 steps).
+    samples, about 5% on the demo's models; 1e-3 took 3 more steps for nothing).
+    ``extra``: ``sigma``, the ``increase`` at sigma and its Monte Carlo ``increase_stderr``.
+    Cost: ``2 n_samples`` forward passes per step (about 11 steps).
     """
     if criterion not in CRITERIA:
         raise unknown_name("criterion", criterion, CRITERIA)

@@ -65,7 +65,7 @@ _MARKERS = ("o", "s", "^", "D", "v", "P")
 _DASHES = ("-", "--", ":", "-.")
 _TEXT_PT = 6.3
 #: Share of the figure's width taken by the controls panel.
-TEXT_SHARE = 0.55
+TEXT_SHARE = 0.45
 
 
 @dataclass(frozen=True)
@@ -251,12 +251,57 @@ def control_items(study: Any) -> list[tuple[str, str, bool]]:
     return items
 
 
-def _controls_panel(ax: Axes, study: Any, plotted: str, width_in: float) -> None:
-    """The controls as wrapped text in the axes ``ax`` (its frame hidden)."""
+def summary_items(study: Any) -> list[tuple[str, str, bool]]:
+    """Panel (a): the controls in a few short lines (every failed control in full, in red);
+    the whole protocol is the caption (:func:`comparison_caption`)."""
+    from landscape.study import parse_match
+
+    rows, s = study.table, study.settings
+    match = parse_match(study.design.get("match"))
+    n_runs = sum(len(r.get("met", [])) for r in rows)
+    met = sum(sum(map(bool, r.get("met", []))) for r in rows)
+    full = control_items(study)
+    items = [(k, t, w) for k, t, w in full if w and k != "Seeds"]
+    if "target_train_loss" in match:
+        items.insert(0, ("Matching", f"train loss ≤ {match['target_train_loss']:g} at two "
+                         f"checks in a row; {met}/{n_runs} runs met it", met < n_runs))
+    elif "steps" in match:
+        items.insert(0, ("Matching", f"{match['steps']:,} optimizer steps each", False))
+    seeds = study.design.get("seeds") or sorted({k for r in rows for k in r.get("seeds", [])})
+    items.append(("Seeds", f"{len(seeds)} training × {int(s.get('direction_seeds', 1))} "
+                  "direction seeds", len(seeds) < 2))
+    k = int(s.get("checkpoints", 1))
+    if k > 1:
+        items.append(("Measures", f"mean of {k} checks ending at each stop", False))
+    items.append(("Tests", f"{100 * LEVEL:g}% intervals over seeds; Holm-corrected", False))
+    items.append(("Protocol", "in the caption (comparison.caption.md)", False))
+    return items
+
+
+def comparison_caption(study: Any) -> str:
+    """The figure's caption (Markdown): every control of :func:`control_items` and what
+    each panel draws; :func:`save_comparison` writes it next to the figure."""
+    measures = sharpness_measures(study)
+    sweep = is_sweep(study)
+    sf = _surfaces(study, "train_loss", True, None, None, None, None) \
+        if surface_recipes(study) else None
+    lines = ["**Comparison of minima.** (a) The controls in short; in full:", ""]
+    lines += [f"- **{key}**: {text}" for key, text, _ in control_items(study)]
+    k = int(study.settings.get("checkpoints", 1))
+    if k > 1:
+        lines.append(f"- **Measures**: every measure of a run is the mean of its values at "
+                     f"the {k} consecutive target checks ending at its stop (the within-run "
+                     "spread is in table.json).")
+    lines += [f"- **Plotted**: {_plotted(study, measures, sf, sweep, True)}", ""]
+    return "\n".join(lines)
+
+
+def _controls_panel(ax: Axes, items: Sequence[tuple[str, str, bool]], width_in: float) -> None:
+    """``items`` as wrapped text in the axes ``ax`` (its frame hidden)."""
     ax.set_axis_off()
     chars = max(30, int(width_in * 72 / (_TEXT_PT * 0.56)))
     boxes = []
-    for key, text, warn in [*control_items(study), ("Plotted", plotted, False)]:
+    for key, text, warn in items:
         wrapped = textwrap.fill(f"{key}: {text}", chars, break_on_hyphens=False)
         # the key in bold through mathtext (its spaces escaped); the rest stays plain text
         wrapped = wrapped.replace(key, "$\\bf{" + key.replace(" ", "\\ ") + "}$", 1)
@@ -319,8 +364,8 @@ def _significance(study: Any, measure: str) -> str:
     entry = (study.findings or {}).get("measures", {}).get(measure) or {}
     t = entry.get("trend")
     if t and t.get("status") == "tested":   # short lines: the note sits inside the panel
-        note = (f"slope {t['slope']:.2g} [{t['ci_low']:.2g}, {t['ci_high']:.2g}]\n"
-                f"Holm p {t['p_holm']:.1g}, {note}")
+        note = (f"slope {t['slope']:.2g}, Holm p {t['p_holm']:.1g}\n"
+                f"[{t['ci_low']:.2g}, {t['ci_high']:.2g}]\n{note}")
     return note
 
 
@@ -359,8 +404,8 @@ def _measure_panel(ax: Axes, study: Any, measure: str, look: Mapping[str, Look],
                     color=lk.color, mfc=lk.color if lk.met else "white", ms=3.8, lw=0.9,
                     capsize=2.0, capthick=0.9, zorder=4, gid=f"interval:{name}")
         seeds = [float(v) for v in stat.get("values", []) if v is not None]
-        ax.plot([xs[name]] * len(seeds), seeds, ls="none", marker="o", ms=2.0, mew=0.4,
-                mfc="white", color=lk.color, zorder=5, gid=f"seeds:{name}")  # above the bar
+        ax.plot([xs[name]] * len(seeds), seeds, ls="none", marker="o", ms=2.4, mew=0.5,
+                mfc="white", mec="black", zorder=5, gid=f"seeds:{name}")  # above the bar
         ys += [mean, lo, hi, *seeds]
     if sweep:   # join the recipes of one learning rate
         by_lr: dict[float, list[str]] = {}
@@ -396,23 +441,40 @@ def _measure_panel(ax: Axes, study: Any, measure: str, look: Mapping[str, Look],
         ax.set_ylim(*_headroom(float(finite.min()), float(finite.max()), log))
     entry = REGISTRY[measure]
     ax.set_title(entry.label, loc="left", fontsize=7)
-    ax.set_ylabel(entry.units)
+    ax.set_ylabel(measure_units(study, measure))
     note = _significance(study, measure)
     if missing:
         note += f"\nn/a: {', '.join(missing)}"
-    ax.text(0.97, 0.97, note, transform=ax.transAxes, ha="right", va="top", fontsize=5.5,
-            color="0.3", gid="significance")
+    ax.text(0.97, 0.97, note, transform=ax.transAxes, ha="right", va="top", fontsize=5.2,
+            color="0.3", gid="significance", linespacing=1.05)
     shared = sweep and len({round(float(np.log10(r["lr_over_b"])), 6)
                             for r in study.table}) < len(study.table)
     return shared
 
 
+def measure_units(study: Any, measure: str) -> str:
+    """The registry's units of ``measure`` in the figure's one vocabulary: "loss" is "nats"
+    where the study's loss is the cross-entropy (as on the 1D and 2D panels)."""
+    units = REGISTRY[measure].units
+    if _loss_unit(study) != "nats":
+        return units
+    return "% of (1 + loss)" if units == "% of 1 + loss" else units.replace("loss", "nats")
+
+
+def _loss_unit(study: Any) -> str:
+    """"nats" for a cross-entropy study, else "loss"."""
+    model = study.models[study.names[0]][0]
+    attrs = (model.curves[0].attrs if model.curves else
+             model.surface.attrs if model.surface is not None else {})
+    return "nats" if attrs.get("loss", "cross_entropy") == "cross_entropy" else "loss"
+
+
 def _headroom(lo: float, hi: float, log: bool) -> tuple[float, float]:
-    """Axis limits that leave 8% of the span below the data and 30% above it."""
+    """Axis limits that leave 8% of the span below the data and 55% above it (the note)."""
     f = np.log10 if log else (lambda v: v)
     a, b = f(lo), f(hi)
     span = b - a if b > a else max(abs(b), 1.0) if not log else 1.0
-    lo, hi = a - 0.08 * span, b + 0.3 * span
+    lo, hi = a - 0.08 * span, b + 0.55 * span
     return (10 ** lo, 10 ** hi) if log else (lo, hi)
 
 
@@ -427,7 +489,8 @@ def _log_axis(axis: Any, lo: float, hi: float) -> None:
 
 
 def _edge_of_stability(ax: Axes, study: Any, look: Mapping[str, Look]) -> None:
-    """``2 / lr`` for each learning rate (Cohen et al. 2021), labelled at the right."""
+    """``2 / lr`` for each learning rate (Cohen et al. 2021), labelled below it at the right
+    (the panel's note sits above the data)."""
     rows = {r["model"]: r for r in study.table}
     seen: dict[float, str] = {}
     for n in study.names:
@@ -435,8 +498,9 @@ def _edge_of_stability(ax: Axes, study: Any, look: Mapping[str, Look]) -> None:
     trans = transforms.blended_transform_factory(ax.transAxes, ax.transData)
     for lr, color in seen.items():
         ax.axhline(2.0 / lr, color=color, ls=(0, (4, 2)), lw=0.8, zorder=1, gid="2/lr")
-        ax.text(0.03, 2.0 / lr, f"2/lr = {2.0 / lr:g}", transform=trans, ha="left",
-                va="bottom", fontsize=5.8, color=color)
+        below = transforms.offset_copy(trans, fig=ax.figure, y=-1.5, units="points")
+        ax.text(0.97, 2.0 / lr, f"2/lr = {2.0 / lr:g}", transform=below, ha="right",
+                va="top", fontsize=5.5, color=color, gid="2/lr-label")
 
 
 # ------------------------------------------------------------------------------ 2D panels
@@ -590,13 +654,16 @@ def _surface_panels(sub: SubFigure, sf: _Surfaces, look: Mapping[str, Look], met
         cs = ax.contour(surface.x, surface.y, shown, levels=sf.levels, norm=sf.norm,
                         cmap=SEQUENTIAL_CMAP, linewidths=0.9)
         cs.set_gid(f"mean-contour:{name}")
-        labelled = sorted({*sf.levels[::-2], sf.reference})   # every other level: legible
-        ax.clabel(cs, [v for v in labelled if v in cs.levels], fmt=_level_text, fontsize=5.2,
-                  inline_spacing=1)
+        at = int(np.argmin(np.abs(sf.levels - sf.reference)))   # every other level from the
+        labelled = [v for i, v in enumerate(sf.levels) if (i - at) % 2 == 0]   # seeds' one
         for k, g in enumerate(sf.grids[name]):
             seed_cs = ax.contour(surface.x, surface.y, g, levels=[sf.reference],
-                                 colors="black", linewidths=0.45, alpha=0.75)
+                                 colors="black", linewidths=0.45, alpha=0.75, zorder=2)
             seed_cs.set_gid(f"seed-contour:{name}:{k}")
+        for label in ax.clabel(cs, [v for v in labelled if v in cs.levels], fmt=_level_text,
+                               fontsize=5.2, inline_spacing=1):   # over the seeds' lines
+            label.set_bbox({"facecolor": "white", "edgecolor": "none", "pad": 0.4})
+            label.set_zorder(6)
         if increase and float(np.nanmin(z)) < 0:
             ax.contourf(surface.x, surface.y, z, levels=[float(np.nanmin(z)) - 1.0, 0.0],
                         colors="none", hatches=["/////"])
@@ -659,8 +726,7 @@ def plot_comparison(study: Any, *, metric: str = "train_loss",
         top, mid, bottom = fig.subfigures(3, 1, height_ratios=heights)
         left, right = top.subfigures(1, 2, width_ratios=[TEXT_SHARE, 1 - TEXT_SHARE])
         ax_text, ax_curve = left.subplots(), right.subplots()
-        _controls_panel(ax_text, study, _plotted(study, measures, sf, sweep, increase),
-                        DOUBLE_COLUMN * TEXT_SHARE - 0.2)
+        _controls_panel(ax_text, summary_items(study), DOUBLE_COLUMN * TEXT_SHARE - 0.2)
         ax_text.set_title("(a) Fairness controls", loc="left", fontweight="bold")
         handles = _curve_panel(ax_curve, study, look, metric)
         ax_curve.set_title("(b)", loc="left", fontweight="bold")
@@ -713,16 +779,22 @@ def _plotted(study: Any, measures: Sequence[str], sf: _Surfaces | None, sweep: b
 
 def save_comparison(study: Any, out: str | Path | None = None) -> list[Path]:
     """Draw :func:`plot_comparison` and save it as ``comparison.pdf`` and ``comparison.png``
-    (200 dpi) in ``out`` (default: the study's folder); returns the paths, also kept in
+    (200 dpi), with its caption ``comparison.caption.md`` (:func:`comparison_caption`), in
+    ``out`` (default: the study's folder); returns the paths, also kept in
     ``study.figures`` when ``study`` is a loaded :class:`~landscape.study.Study`."""
+    from landscape.store import atomic_write
+
     study = _as_study(study)
     folder = Path(study.path).parent if out is None else Path(out)
     fig = plot_comparison(study)
+    caption = folder / "comparison.caption.md"
+    atomic_write(caption, comparison_caption(study).encode())
     study.figures = [save_figure(fig, folder / "comparison.pdf"),
-                     save_figure(fig, folder / "comparison.png", dpi=200)]
+                     save_figure(fig, folder / "comparison.png", dpi=200), caption]
     return study.figures
 
 
-__all__ = ["Look", "control_items", "is_sweep", "looks", "nice_levels", "plot_comparison",
-           "pointwise_interval", "rise_per_seed", "save_comparison", "sharpness_measures",
-           "surface_grids", "surface_recipes"]
+__all__ = ["Look", "comparison_caption", "control_items", "is_sweep", "looks", "measure_units",
+           "nice_levels", "plot_comparison", "pointwise_interval", "rise_per_seed",
+           "save_comparison", "sharpness_measures", "summary_items", "surface_grids",
+           "surface_recipes"]
