@@ -704,6 +704,51 @@ def _train_run(options: Mapping[str, Any], run_dir: Path, overwrite: bool, show_
     return run, [str(w.message) for w in caught], changed
 
 
+def _plain(res: Any) -> dict[str, Any]:
+    """A :class:`MeasureResult` as the study keeps it (the extras that are scalars)."""
+    return {"value": float(res.value), "stderr": res.stderr, "cost": res.cost,
+            "extra": {k: v for k, v in res.extra.items()
+                      if isinstance(v, int | float | bool | str)}}
+
+
+def _weights_digest(model: Any) -> str:
+    """The digest of a model's parameters and buffers that keys every part of a study."""
+    state = [*model.named_parameters(), *model.named_buffers()]
+    return store.values_digest([t for _, t in state], [n for n, _ in state])
+
+
+def _measure(run: Any, names: Sequence[str], s: MeasureSettings, engine: Mapping[str, Any],
+             on_result: Any) -> None:
+    """:func:`compute_measures` of ``run``'s model on its training split, with the intra-op
+    threads its training used (run.json's ``threads``: one for a tiny model, where more
+    threads only add synchronization), so that every process computes the same numbers."""
+    from landscape.objective import Objective
+    from landscape.training.trainer import num_threads
+
+    with num_threads(run.info.get("threads")):
+        objective = Objective.from_run(run, split="train", **engine)
+        compute_measures(objective, list(names), settings=s, show_progress=False,
+                         on_result=on_result)
+
+
+def _measure_job(run_dir: str, file: str | None, names: Sequence[str],
+                 settings: Mapping[str, Any], engine: Mapping[str, Any], trust: bool
+                 ) -> dict[str, dict[str, Any]]:
+    """In a worker process: the measures ``names`` of the run in ``run_dir`` at its stop (or
+    at the checkpoint ``file``)."""
+    from dataclasses import replace
+
+    from landscape.runs import load_run
+
+    run = load_run(run_dir, trust=trust)
+    if file is not None:
+        run = replace(run, model=run.load_checkpoint(file))
+    out: dict[str, dict[str, Any]] = {}
+    _measure(run, names, StudySettings(**settings), engine,
+             lambda name, res: out.__setitem__(name, _plain(res)))
+    return out
+
+
 class _Runner:
     """One run of a study: the open ``study.h5``, the settings, what was computed."""
 
@@ -713,6 +758,8 @@ class _Runner:
         self.f, self.path, self.s, self.common, self.match = f, path, s, common, match
         self.overwrite = self.overwrite_runs = overwrite
         self.pending: set[tuple[str, int]] = set()   # trained by train_ahead, not yet read
+        self.pool: Any = None   # worker processes (``workers``), started by start_pool
+        self.ahead: dict[str, Any] = {}   # weights digest -> measures computed by a worker
         self.show_progress, self.log, self.bar = show_progress, log, bar
         self.engine = s.engine()
         self.surf_dir = path.parent / "surfaces"
@@ -725,28 +772,50 @@ class _Runner:
                  **_match_options(self.match, recipe, self.s.max_epochs, self.s.checkpoints),
                  "seed": seed}, self.path.parent / "runs" / recipe.name / f"seed{seed}")
 
-    def train_ahead(self, jobs: Sequence[tuple[Recipe, int]]) -> None:
-        """Train the runs of ``jobs`` not yet complete in ``workers`` processes at once (CPU
-        only; each run is the same bit for bit as one trained in this process, the trainer
-        pinning tiny models to one thread); :meth:`train` then finds them complete."""
+    def start_pool(self) -> None:
+        """Start ``workers`` processes on a CPU (a tiny model's training and measures run on
+        one thread each, so a second core is otherwise idle)."""
         import concurrent.futures
         import multiprocessing
 
         import torch
 
+        workers = min(self.s.workers, os.cpu_count() or 1)
+        if workers > 1 and self.s.device in ("auto", "cpu") and not torch.cuda.is_available():
+            self.pool = concurrent.futures.ProcessPoolExecutor(
+                workers, mp_context=multiprocessing.get_context("spawn"))
+
+    def train_ahead(self, jobs: Sequence[tuple[Recipe, int]]) -> None:
+        """Train the runs of ``jobs`` not yet complete in the worker processes (each the same
+        bit for bit as one trained here); :meth:`train` then finds them complete."""
         todo = [j for j in jobs if self.overwrite or not _complete(self.run_options(*j)[1])]
-        workers = min(self.s.workers, len(todo), os.cpu_count() or 1)
-        if workers < 2 or self.s.device not in ("auto", "cpu") or torch.cuda.is_available():
+        if self.pool is None or len(todo) < 2:
             return
         self.pending.update((r.name, k) for r, k in todo)
-        self.log(f"training {len(todo)} runs in {workers} processes")
-        context = multiprocessing.get_context("spawn")
-        with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context) as pool:
-            futures = [pool.submit(_train_run, *self.run_options(*j), self.overwrite, False)
-                       for j in todo]
-            for future in futures:
-                future.result()
+        self.log(f"training {len(todo)} runs in {self.pool._max_workers} processes")
+        futures = [self.pool.submit(_train_run, *self.run_options(*j), self.overwrite, False)
+                   for j in todo]
+        for future in futures:
+            future.result()
         self.overwrite_runs = False   # every run is fresh now
+
+    def measure_ahead(self, models: Sequence[tuple[h5py.Group, Any, str]]) -> None:
+        """Submit the missing measures of every ``(group, run, digest)`` model, at its stop
+        and at its checkpoints, to the worker processes; :meth:`measures` collects them."""
+        if self.pool is None:
+            return
+        for g, run, digest in models:
+            points = [(g, None, digest)]
+            for step, file in self.checkpoint_files(run):
+                points.append((g.require_group(f"checkpoints/step_{step}"), str(file),
+                               _weights_digest(run.load_checkpoint(file))))
+            for group, file, at in points:
+                s, keys = self.measure_keys(run, at)
+                missing = self.missing(group, keys)
+                if missing:
+                    self.ahead[at] = self.pool.submit(
+                        _measure_job, str(run.path), file, missing, asdict(s), self.engine,
+                        bool(getattr(run, "trust", False)))
 
     def train(self, recipe: Recipe, seed: int) -> Any:
         """The run of ``recipe`` with ``seed``: reused when complete, resumed when stopped,
@@ -798,48 +867,67 @@ class _Runner:
         self.bar.update(1)
         return result
 
-    def measures(self, g: h5py.Group, label: str, run: Any, digest: str,
-                 names: Sequence[str] | None = None) -> dict[str, dict[str, Any]]:
-        """Every measure of the settings (or ``names``), each kept in ``g["measures"]`` under a
-        key of its settings; the noise measures use the recipe's own batch size and learning
-        rate unless set."""
-        from landscape.objective import Objective
-
+    def measure_keys(self, run: Any, digest: str) -> tuple[MeasureSettings, dict[str, str]]:
+        """The settings of ``run``'s measures (the noise measures take the recipe's own batch
+        size and learning rate unless set) and each measure's key at weights ``digest``."""
         s = self.s.replace(noise_batch_size=self.s.noise_batch_size or
                            int(run.config.get("batch_size") or 128),
                            lr=self.s.lr or float(run.config.get("lr") or 0.1))
-        names = list(s.measures if names is None else names)
+        return s, {m: _digest({**measure_settings(m, s), **self.engine, "weights": digest})
+                   for m in s.measures}
+
+    def missing(self, g: h5py.Group, keys: Mapping[str, str]) -> list[str]:
+        """The measures of ``keys`` not kept in ``g["measures"]`` under their key."""
+        group = g.get("measures")
+        return [m for m, key in keys.items() if self.overwrite or group is None
+                or m not in group or group[m].attrs.get("key") != key]
+
+    def measures(self, g: h5py.Group, label: str, run: Any, digest: str
+                 ) -> dict[str, dict[str, Any]]:
+        """Every measure of the settings, each kept in ``g["measures"]`` under a key of its
+        settings (computed here, or collected from a worker process)."""
+        s, keys = self.measure_keys(run, digest)
         group = g.require_group("measures")
-        keys = {m: _digest({**measure_settings(m, s), **self.engine, "weights": digest})
-                for m in names}
+        missing = self.missing(g, keys)
         results: dict[str, dict[str, Any]] = {}
-        for m in names:
-            ds = group.get(m)
-            if not self.overwrite and ds is not None and ds.attrs.get("key") == keys[m]:
-                a = store.read_attrs(ds)
-                results[m] = {"value": float(ds[()]), "stderr": a.get("stderr"),
+        for m in keys:
+            if m not in missing:
+                a = store.read_attrs(group[m])
+                results[m] = {"value": float(group[m][()]), "stderr": a.get("stderr"),
                               "cost": a.get("cost", {}), "extra": a.get("extra", {})}
                 self.bar.update(1)
-        missing = [m for m in names if m not in results]
+
+        def keep(name: str, res: dict[str, Any]) -> None:
+            results[name] = res
+            store.write_arrays(group, {name: np.float64(res["value"])}, attrs={name: {
+                "key": keys[name], "stderr": res["stderr"], "cost": res["cost"],
+                "extra": res["extra"], "settings": measure_settings(name, s)}})
+            self.f.flush()
+            self.computed["measures"].append(f"{label}/{name}")
+            self.bar.update(1)
+
         if missing:
             self.log(f"{label}: {', '.join(m.replace('_', ' ') for m in missing)}")
-            objective = Objective.from_run(run, split="train", **self.engine)
+            future = self.ahead.pop(digest, None)
+            if future is not None:
+                done = future.result()
+                for m in missing:
+                    keep(m, done[m])
+            else:
+                _measure(run, missing, s, self.engine, lambda n, res: keep(n, _plain(res)))
+        return {m: results[m] for m in keys}
 
-            def keep(name: str, res: Any) -> None:
-                extra = {k: v for k, v in res.extra.items()
-                         if isinstance(v, int | float | bool | str)}
-                results[name] = {"value": float(res.value), "stderr": res.stderr,
-                                 "cost": res.cost, "extra": extra}
-                store.write_arrays(group, {name: np.float64(res.value)}, attrs={name: {
-                    "key": keys[name], "stderr": res.stderr, "cost": res.cost,
-                    "extra": extra, "settings": measure_settings(name, s)}})
-                self.f.flush()
-                self.computed["measures"].append(f"{label}/{name}")
-                self.bar.update(1)
-
-            compute_measures(objective, missing, settings=s, show_progress=False,
-                             on_result=keep)
-        return {m: results[m] for m in names}
+    def checkpoint_files(self, run: Any) -> list[tuple[int, Path]]:
+        """The ``checkpoints - 1`` checkpoints before the stop, oldest first, as (optimizer
+        step, file): the kept target checks, else the saved epochs (epoch 0 excluded)."""
+        n = self.s.checkpoints - 1
+        if not n:
+            return []
+        found = [(k, f) for k, f in run.checks() if k < run.stopping["steps"]][-n:]
+        if not found:
+            at = {h["epoch"]: h["step"] for h in run.history}
+            found = [(at[e], f) for e, f in run.checkpoints() if e > 0][:-1][-n:]
+        return found
 
     def around(self, g: h5py.Group, label: str, run: Any
                ) -> tuple[dict[str, list[float]], list[int]]:
@@ -848,17 +936,12 @@ class _Runner:
         from dataclasses import replace
 
         s, n = self.s, self.s.checkpoints - 1
-        stop = run.stopping["steps"]
-        found = [(k, f) for k, f in run.checks() if k < stop][-n:] if n else []
-        if n and not found:   # no kept checks: the saved epochs before the last
-            at = {h["epoch"]: h["step"] for h in run.history}
-            found = [(at[e], f) for e, f in run.checkpoints() if e > 0][:-1][-n:]
+        found = self.checkpoint_files(run)
         self.bar.update((len(s.measures) + s.direction_seeds) * (n - len(found)))
         out: dict[str, list[float]] = {m: [] for m in (*s.measures, "curve_rise")}
         for step, file in found:
             model = run.load_checkpoint(file)
-            state = [*model.named_parameters(), *model.named_buffers()]
-            digest = store.values_digest([t for _, t in state], [n for n, _ in state])
+            digest = _weights_digest(model)
             at, where = replace(run, model=model), f"{label}/step{step}"
             group = g.require_group(f"checkpoints/step_{step}")
             for m, res in self.measures(group, where, at, digest).items():
@@ -985,6 +1068,7 @@ def run_study(recipes: Sequence[Recipe | str] = (), runs: Mapping[str, str | Pat
     quantities = s.quantities()
     results: dict[str, list[ModelResult]] = {}
     first_runs: dict[str, Any] = {}
+    r: _Runner | None = None
     try:
         with store.create(path, "study", {"study_format": STUDY_FORMAT}) as f:
             if f.attrs.get("study_format", STUDY_FORMAT) != STUDY_FORMAT:
@@ -996,6 +1080,7 @@ def run_study(recipes: Sequence[Recipe | str] = (), runs: Mapping[str, str | Pat
                     del f.attrs[key]
             r = _Runner(f, path, s, common, match_opts, overwrite, show_progress, log, bar)
             trained: dict[tuple[str, int], Any] = {}
+            r.start_pool()
             r.train_ahead([(recipe, seed) for recipe in recipes for seed in seeds])
             for recipe in recipes:
                 log(f"{recipe.name}: training seeds {','.join(map(str, seeds))} "
@@ -1007,11 +1092,13 @@ def run_study(recipes: Sequence[Recipe | str] = (), runs: Mapping[str, str | Pat
                 trained[(name, -1)] = load_run(run_dir)
                 bar.update(1)
             _check_same_data({f"{n}/seed{k}": run for (n, k), run in trained.items()})
+            digests = {key: _weights_digest(run.model) for key, run in trained.items()}
+            r.measure_ahead([(f.require_group(f"models/{n}/seed{max(k, 0)}"), run,
+                              digests[(n, k)]) for (n, k), run in trained.items()])
             for (name, seed), run in trained.items():
                 label = f"{name}/seed{max(seed, 0)}"
                 g = f.require_group(f"models/{label}")
-                state = [*run.model.named_parameters(), *run.model.named_buffers()]
-                digest = store.values_digest([t for _, t in state], [n for n, _ in state])
+                digest = digests[(name, seed)]
                 if name not in first_runs:
                     first_runs[name] = (run, digest)
                 curves = [r.surface(g, label, run, digest, "curve", d)
@@ -1043,6 +1130,8 @@ def run_study(recipes: Sequence[Recipe | str] = (), runs: Mapping[str, str | Pat
                                   "findings": json.dumps(store.jsonable(findings))})
     finally:
         bar.close()
+        if r is not None and r.pool is not None:
+            r.pool.shutdown(cancel_futures=True)
     study = Study(path, names, rows, results, interps, asdict(s), design, computed=r.computed,
                   findings=findings)
     _write_tables(study, out)

@@ -40,7 +40,8 @@ APPENDED = {
     "landscape curvature": "--subset 100",
     "landscape sharpness": "--subset 200",
     "landscape compare": "--curve -1:1:3 --surface -1:1:3 --interpolation 0:1:3 "
-                         "--direction-seeds 1 --measures top_eigenvalue,noise_scale",
+                         "--direction-seeds 1 --measures top_eigenvalue,noise_scale "
+                         "--checkpoints 1",
 }
 # commands skipped, by the text that names what they need
 SKIPPED = {

@@ -92,8 +92,8 @@ DEFAULT_LR: dict[str, float] = {
     "sam": 0.1, "asam": 0.1,
 }
 #: Configuration keys that may differ when a run is resumed (they do not change the numbers
-#: on a given device; a run may be continued on another device).
-_NOT_COMPARED = ("device",)
+#: on a given device; a run may be continued on another device, or keep other checks).
+_NOT_COMPARED = ("device", "keep_checks")
 #: Consecutive checks of the full-train-split loss that must be <= the target to stop a run.
 TARGET_CONSECUTIVE = 2
 #: Checks of the target loss per epoch when ``target_check_every`` is None.
