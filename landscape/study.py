@@ -345,9 +345,12 @@ class StudySettings(MeasureSettings):
     three-point curve ``-rise_at, 0, rise_at`` along the same direction seeds (the same
     numbers as the full curve's at those points). 1: the stop alone.
 
-    ``workers``: on a CPU, the runs to train are trained in this many processes at once (the
-    trainer runs a tiny model on one thread, so a second core is otherwise idle); the runs
-    are the same bit for bit.
+    ``workers``: on a CPU, the runs are trained, and their measures at the stop and at the
+    checkpoints taken, in this many processes at once (a tiny model runs on one thread, so
+    a second core is otherwise idle); the numbers are the same bit for bit, every model being
+    measured with the intra-op threads its training used (run.json's ``threads``: one for a
+    tiny model such as the digits MLP, whose measures took 4x the CPU time and 2x the wall
+    time on two threads of a shared 2-core machine).
     """
 
     curve: str = "-1:1:41"

@@ -65,7 +65,8 @@ def plot_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 TINY_STUDY = {"model_options": {"widths": [8]}, "curve": "-1:1:5", "surface": "-1:1:5",
               "interpolation": "-0.5:1.5:3", "trace_probes": 10, "hessian_tol": 1e-3,
               "direction_seeds": 2, "seeds": [0, 1], "show_progress": False, "quiet": True,
-              "measures": ("top_eigenvalue", "epsilon_sharpness", "noise_scale")}
+              "measures": ("top_eigenvalue", "epsilon_sharpness", "noise_scale"),
+              "checkpoints": 2}
 
 
 @pytest.fixture(scope="session")

@@ -454,11 +454,12 @@ def test_caption_and_panel_a_state_the_rule_seeds_level_and_shout_a_missed_targe
     caption = " ".join(comparison_caption(study).split())
     for phrase in ("trained for 20 optimizer steps", "2 training seeds per recipe",
                    "2 random filter-normalized directions", "95% over training seeds",
-                   "batch_size", "optimizer=sgd", "mean of its values at the 3 consecutive"):
+                   "batch_size", "optimizer=sgd",
+                   "mean of its values at each stop and the 1 saved epoch before it"):
         assert phrase in caption, phrase
     flat = " ".join(" ".join(t.get_text() for t in _texts(plot_comparison(study))).split())
     for phrase in ("20 optimizer steps each", "2 training \u00d7 2 direction seeds",
-                   "mean of 3 checks ending at each stop", "comparison.caption.md"):
+                   "mean of each stop and the 1 saved epoch", "comparison.caption.md"):
         assert phrase in flat, phrase   # panel (a): the controls in short
     assert "NOT" not in flat
     study.table[1]["met"] = [True, False]

@@ -225,7 +225,7 @@ def test_changed_recipe_retrains_alone_and_a_changed_setting_recomputes_only_its
 def test_two_worker_processes_train_and_measure_the_same_numbers(study, tmp_path) -> None:
     """``workers=2``: runs trained and measures taken in two processes are those of the
     one-process fixture bit for bit (its last two checks are these two)."""
-    measures = ("top_eigenvalue", "epsilon_sharpness")
+    measures = ("top_eigenvalue", "noise_scale")
     again = run_study(BASE, sweep=SWEEP, seeds=[0], out=tmp_path / "parallel", workers=2,
                       checkpoints=2, measures=measures, direction_seeds=1,
                       **{k: v for k, v in TINY.items() if k != "direction_seeds"})

@@ -272,10 +272,19 @@ def summary_items(study: Any) -> list[tuple[str, str, bool]]:
                   "direction seeds", len(seeds) < 2))
     k = int(s.get("checkpoints", 1))
     if k > 1:
-        items.append(("Measures", f"mean of {k} checks ending at each stop", False))
+        items.append(("Measures", "mean of " + _checkpoints(study, k), False))
     items.append(("Tests", f"{100 * LEVEL:g}% intervals over seeds; Holm-corrected", False))
     items.append(("Protocol", "in the caption (comparison.caption.md)", False))
     return items
+
+
+def _checkpoints(study: Any, k: int) -> str:
+    """Where a run's measures were taken: ``k`` target checks, else the stop and epochs."""
+    from landscape.study import parse_match
+
+    if "target_train_loss" in parse_match(study.design.get("match")):
+        return f"{k} consecutive checks ending at each stop"
+    return f"each stop and the {k - 1} saved epoch{'s' if k > 2 else ''} before it"
 
 
 def comparison_caption(study: Any) -> str:
@@ -289,9 +298,8 @@ def comparison_caption(study: Any) -> str:
     lines += [f"- **{key}**: {text}" for key, text, _ in control_items(study)]
     k = int(study.settings.get("checkpoints", 1))
     if k > 1:
-        lines.append(f"- **Measures**: every measure of a run is the mean of its values at "
-                     f"the {k} consecutive target checks ending at its stop (the within-run "
-                     "spread is in table.json).")
+        lines.append("- **Measures**: every measure of a run is the mean of its values at "
+                     f"{_checkpoints(study, k)} (the within-run spread is in table.json).")
     lines += [f"- **Plotted**: {_plotted(study, measures, sf, sweep, True)}", ""]
     return "\n".join(lines)
 
