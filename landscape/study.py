@@ -347,10 +347,10 @@ class StudySettings(MeasureSettings):
 
     ``workers``: on a CPU, the runs are trained, and their measures at the stop and at the
     checkpoints taken, in this many processes at once (a tiny model runs on one thread, so
-    a second core is otherwise idle); the numbers are the same bit for bit, every model being
-    measured with the intra-op threads its training used (run.json's ``threads``: one for a
-    tiny model such as the digits MLP, whose measures took 4x the CPU time and 2x the wall
-    time on two threads of a shared 2-core machine).
+    a second core is otherwise idle); the numbers are the same bit for bit, every model's
+    curves, surface and measures being computed with the intra-op threads its training used
+    (run.json's ``threads``: one for a tiny model such as the digits MLP, whose measures took
+    4x the CPU time and 2x the wall time on two threads of a shared 2-core machine).
     """
 
     curve: str = "-1:1:41"
@@ -1036,6 +1036,7 @@ def run_study(recipes: Sequence[Recipe | str] = (), runs: Mapping[str, str | Pat
     a few hundred gradient/HVP passes for the measures.
     """
     from landscape.runs import load_run
+    from landscape.training.trainer import num_threads
 
     t0 = time.perf_counter()
     log = _Log(quiet)
@@ -1104,11 +1105,13 @@ def run_study(recipes: Sequence[Recipe | str] = (), runs: Mapping[str, str | Pat
                 digest = digests[(name, seed)]
                 if name not in first_runs:
                     first_runs[name] = (run, digest)
-                curves = [r.surface(g, label, run, digest, "curve", d)
-                          for d in range(s.direction_seeds)]
-                surface = r.surface(g, label, run, digest, "surface")
-                measures = r.measures(g, label, run, digest)
-                row = _per_seed_row(run, curves, measures, s.rise_at, *r.around(g, label, run))
+                with num_threads(run.info.get("threads")):   # as its training (and _measure)
+                    curves = [r.surface(g, label, run, digest, "curve", d)
+                              for d in range(s.direction_seeds)]
+                    surface = r.surface(g, label, run, digest, "surface")
+                    measures = r.measures(g, label, run, digest)
+                    row = _per_seed_row(run, curves, measures, s.rise_at,
+                                        *r.around(g, label, run))
                 store.write_attrs(g, {"run": str(run.path), "weights_sha": digest,
                                       "stopping": run.stopping, "row": row})
                 f.flush()
@@ -1125,8 +1128,10 @@ def run_study(recipes: Sequence[Recipe | str] = (), runs: Mapping[str, str | Pat
             interps = {}
             for i, a in enumerate(names):
                 for b in names[i + 1:]:
-                    result = r.interpolation(a, b, {n: v[0] for n, v in first_runs.items()},
-                                             {n: v[1] for n, v in first_runs.items()})
+                    with num_threads(first_runs[a][0].info.get("threads")):
+                        result = r.interpolation(a, b,
+                                                 {n: v[0] for n, v in first_runs.items()},
+                                                 {n: v[1] for n, v in first_runs.items()})
                     if result is not None:
                         interps[(a, b)] = result
             store.write_attrs(f, {"table": json.dumps(store.jsonable(rows), default=str),
