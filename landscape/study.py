@@ -761,7 +761,7 @@ class _Runner:
         self.f, self.path, self.s, self.common, self.match = f, path, s, common, match
         self.overwrite = self.overwrite_runs = overwrite
         self.pending: set[tuple[str, int]] = set()   # trained by train_ahead, not yet read
-        self.pool: Any = None   # worker processes (``workers``), started by start_pool
+        self.pool: Any = None   # worker processes (``workers``), started by workers()
         self.ahead: dict[str, Any] = {}   # weights digest -> measures computed by a worker
         self.show_progress, self.log, self.bar = show_progress, log, bar
         self.engine = s.engine()
@@ -775,27 +775,30 @@ class _Runner:
                  **_match_options(self.match, recipe, self.s.max_epochs, self.s.checkpoints),
                  "seed": seed}, self.path.parent / "runs" / recipe.name / f"seed{seed}")
 
-    def start_pool(self) -> None:
-        """Start ``workers`` processes on a CPU (a tiny model's training and measures run on
-        one thread each, so a second core is otherwise idle)."""
+    def workers(self) -> Any:
+        """The pool of ``workers`` processes on a CPU (started on first use; None with one
+        worker or on a GPU): a tiny model's training and measures run on one thread each, so
+        a second core is otherwise idle."""
         import concurrent.futures
         import multiprocessing
 
         import torch
 
         workers = min(self.s.workers, os.cpu_count() or 1)
-        if workers > 1 and self.s.device in ("auto", "cpu") and not torch.cuda.is_available():
+        if self.pool is None and workers > 1 and self.s.device in ("auto", "cpu") and \
+                not torch.cuda.is_available():
             self.pool = concurrent.futures.ProcessPoolExecutor(
                 workers, mp_context=multiprocessing.get_context("spawn"))
+        return self.pool
 
     def train_ahead(self, jobs: Sequence[tuple[Recipe, int]]) -> None:
         """Train the runs of ``jobs`` not yet complete in the worker processes (each the same
         bit for bit as one trained here); :meth:`train` then finds them complete."""
         todo = [j for j in jobs if self.overwrite or not _complete(self.run_options(*j)[1])]
-        if self.pool is None or len(todo) < 2:
+        if len(todo) < 2 or self.workers() is None:
             return
         self.pending.update((r.name, k) for r, k in todo)
-        self.log(f"training {len(todo)} runs in {self.pool._max_workers} processes")
+        self.log(f"training {len(todo)} runs in {self.s.workers} processes")
         futures = [self.pool.submit(_train_run, *self.run_options(*j), self.overwrite, False)
                    for j in todo]
         for future in futures:
@@ -805,7 +808,7 @@ class _Runner:
     def measure_ahead(self, models: Sequence[tuple[h5py.Group, Any, str]]) -> None:
         """Submit the missing measures of every ``(group, run, digest)`` model, at its stop
         and at its checkpoints, to the worker processes; :meth:`measures` collects them."""
-        if self.pool is None:
+        if self.s.workers < 2:
             return
         for g, run, digest in models:
             points = [(g, None, digest)]
@@ -815,7 +818,7 @@ class _Runner:
             for group, file, at in points:
                 s, keys = self.measure_keys(run, at)
                 missing = self.missing(group, keys)
-                if missing:
+                if missing and self.workers() is not None:
                     self.ahead[at] = self.pool.submit(
                         _measure_job, str(run.path), file, missing, asdict(s), self.engine,
                         bool(getattr(run, "trust", False)))
@@ -829,8 +832,9 @@ class _Runner:
                                           self.show_progress)
         if changed:
             self.log(f"{recipe.name} seed {seed}: options changed, retraining")
-        for message in caught:
-            self.log(f"{recipe.name} seed {seed}: WARNING {message}")
+        for message in caught:   # a run the workers just trained is complete, of course
+            if (recipe.name, seed) not in self.pending or "already complete" not in message:
+                self.log(f"{recipe.name} seed {seed}: WARNING {message}")
         if not complete:
             self.computed["train"].append(f"{recipe.name}/seed{seed}")
         self.bar.update(1)
@@ -1084,7 +1088,6 @@ def run_study(recipes: Sequence[Recipe | str] = (), runs: Mapping[str, str | Pat
                     del f.attrs[key]
             r = _Runner(f, path, s, common, match_opts, overwrite, show_progress, log, bar)
             trained: dict[tuple[str, int], Any] = {}
-            r.start_pool()
             r.train_ahead([(recipe, seed) for recipe in recipes for seed in seeds])
             for recipe in recipes:
                 log(f"{recipe.name}: training seeds {','.join(map(str, seeds))} "
