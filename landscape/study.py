@@ -1202,10 +1202,12 @@ def demo(out: str | Path = "outputs/demo", *, show_progress: bool = True,
     run stopped at a full-train-split loss of 0.02, seeds 0, 1 and 2 (trained in two
     processes), every measure the mean over three checks ending at the stop.
 
-    About 2.7 CPU-minutes (measured on a 2-core CPU; three seeds is what fits in 5 while the
-    trend tests detect log-log slopes of about 0.07-0.26, findings.md says which per
-    measure). ``overrides``: :func:`run_study` keywords
-    (``seeds``, ``match``, ``sweep``) and :class:`StudySettings` fields.
+    About 5 CPU-minutes (339 s of CPU time on a shared 2-core CPU, where the demo measured at
+    the stop alone took 186 s side by side; its wall time was the same, the second core
+    doing the extra work); the trend tests detect log-log slopes of about 0.07-0.16 for the
+    sharpness measures (0.42 for the noise scale), findings.md says which per measure.
+    ``overrides``: :func:`run_study` keywords (``seeds``, ``match``, ``sweep``) and
+    :class:`StudySettings` fields.
     """
     options = {"seeds": DEMO["seeds"], "match": DEMO["match"], "sweep": DEMO["sweep"],
                "workers": 2, **overrides}
