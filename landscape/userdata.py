@@ -12,7 +12,6 @@ the same data and loss and refuses with one line when the factory's data changed
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ from typing import Any
 import torch
 
 from landscape.errors import LandscapeError
+from landscape.hashing import data_digest, sample_digests, sha256_hex, split_part
 from landscape.models.user import load_attribute
 from landscape.sources import Source, cast, leaves, length
 from landscape.trust import Code, check_recorded, record, resolve
@@ -86,9 +86,7 @@ class _Rows:
     def __call__(self, inputs: Any, targets: torch.Tensor | None) -> None:
         batch = cast((inputs, targets), torch.device("cpu"), torch.float64)
         n = length(batch[0])
-        flat = [t.reshape(len(t), -1).contiguous().numpy() for t in leaves(batch)]
-        self.rows += [hashlib.sha256(b"".join(f[i].tobytes() for f in flat)).digest()
-                      for i in range(n)]
+        self.rows += sample_digests([t.numpy() for t in leaves(batch)])
         x, y = batch
         if self.shape is None:
             self.shape = tuple(x.shape[1:]) if isinstance(x, torch.Tensor) else (1,)
@@ -105,8 +103,8 @@ class _Rows:
         self.top = max(self.top, int(y.max()))
 
     def part(self) -> bytes:
-        """This split's share of the digest: its name, size and sorted sample digests."""
-        return f"{self.name}:{len(self.rows)}:".encode() + b"".join(sorted(self.rows))
+        """This split's share of the digest (:func:`landscape.hashing.split_part`)."""
+        return split_part(self.name, self.rows)
 
 
 def read_split(name: str, data: Any, whole: bool = False, labels: bool = False,
@@ -137,11 +135,10 @@ def scan_data(splits: dict[str, Any], whole: bool = False, labels: bool = True,
     the whole train split. An empty split, a label out of range (naming the split and the
     sample's index) or more than :data:`MAX_CLASSES` classes is a one-line LandscapeError.
     Cost: one pass over the data, one small hash per sample."""
-    h = hashlib.sha256()
     shape: tuple[int, ...] | None = None
     classes: int | None = None
     outputs = 1
-    parts: dict[str, str] = {}
+    parts: dict[str, bytes] = {}
     reads: dict[str, Source] = {}
     for name in SPLITS:
         if splits.get(name) is None:
@@ -154,11 +151,10 @@ def scan_data(splits: dict[str, Any], whole: bool = False, labels: bool = True,
                 raise LandscapeError(f"the user data's train split has label {rows.top}: "
                                      f"{rows.top + 1:,} classes, more than {MAX_CLASSES:,}")
             classes = outputs = rows.top + 1
-        part = rows.part()
-        h.update(part)
-        parts[name] = hashlib.sha256(part).hexdigest()
-    return DataScan(h.hexdigest(), shape or (1,), outputs,
-                    {k: v.n for k, v in reads.items()}, parts, reads)
+        parts[name] = rows.part()
+    return DataScan(data_digest(parts.values()), shape or (1,), outputs,
+                    {k: v.n for k, v in reads.items()},
+                    {k: sha256_hex(v) for k, v in parts.items()}, reads)
 
 
 def _describe(obj: Any, kind: str) -> dict[str, str | None] | None:
@@ -257,7 +253,7 @@ class UserData:
             raise LandscapeError(f"the user data have no {name!r} split")
         if name not in self.scan.reads:
             source, rows = read_split(name, self.splits[name], self.forward_loss is not None)
-            if hashlib.sha256(rows.part()).hexdigest() != self.scan.parts.get(name):
+            if sha256_hex(rows.part()) != self.scan.parts.get(name):
                 raise LandscapeError(f"{self._changed}; its {name} split differs)")
             self.scan.reads[name] = source
         return self.scan.reads[name]

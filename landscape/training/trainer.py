@@ -26,8 +26,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
-import json
 import math
 import platform
 import re
@@ -51,6 +49,7 @@ from landscape.errors import (
     check_int,
     check_positive,
 )
+from landscape.hashing import settings_hash
 from landscape.objective import resolve_device
 from landscape.progress import progress as progress_bar
 from landscape.runs import (
@@ -108,7 +107,7 @@ def _device_name(dev: torch.device) -> str:
 
 def _config_hash(config: dict) -> str:
     compared = {k: v for k, v in config.items() if k not in _NOT_COMPARED}
-    return hashlib.sha256(json.dumps(compared, sort_keys=True).encode()).hexdigest()[:8]
+    return settings_hash(compared, 8)
 
 
 def _default_name(config: dict) -> str:
