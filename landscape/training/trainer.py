@@ -59,7 +59,6 @@ from landscape.runs import (
     Run,
     at_cap,
     atomic_torch_save,
-    atomic_write_json,
     load_weights,
     read_history,
     read_run_json,
@@ -68,6 +67,7 @@ from landscape.runs import (
     to_cpu,
     torch_load,
     write_history,
+    write_run_json,
 )
 from landscape.sources import (
     ACCURACY_UNIT,
@@ -579,7 +579,7 @@ def train(*, model: str = "mlp", dataset: str = "digits", data_dir: str | Path |
                                     "at": datetime.now(timezone.utc).isoformat(timespec="seconds")}]
             if history and finished(history[-1]) and (path / "model.pt").exists():
                 info["status"] = "complete"
-            atomic_write_json(path / "run.json", info)
+            write_run_json(path, info)
 
             trainer = _Trainer(net, opt, requires, train_src, test_src, dev, loss=fn, acc=acc,
                                batch_size=batch_size, steps=spe, sched=sched, gen=gen, amp=amp,
@@ -661,7 +661,7 @@ def train(*, model: str = "mlp", dataset: str = "digits", data_dir: str | Path |
                                            None if target is None else target.met)
         info["status"] = "complete"
         info["finished"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
-        atomic_write_json(path / "run.json", info)
+        write_run_json(path, info)
 
     _warn_unmet(path, info["stopping"])
     # the caller named this run's code in this call: reading its checkpoints back may run it
