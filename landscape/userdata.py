@@ -5,7 +5,10 @@
 DataLoader). ``--loss ...:fn`` names a loss callable (:class:`landscape.sources.Loss`). A run
 directory records both as code specs with their files' SHA-256 (imported later only when
 trusted, :mod:`landscape.trust`) and a digest of the data, so every later command rebuilds
-the same data and loss and refuses with one line when the factory's data changed.
+the same data and loss and refuses with one line when the factory's data changed. Each
+split is read once (:func:`scan_data`: one pass counts, checks, digests and keeps it), and
+the engine's sources take that read over; a scan is cached by the factory file's SHA-256, so
+loading the same run again reads only the splits used, each checked as it is read.
 
 :func:`adopt` makes a run directory from a checkpoint saved by any code, without training.
 """

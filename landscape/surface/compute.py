@@ -9,8 +9,8 @@ evaluation strategy, data chunk size and device type are part of the settings ha
 resumed file is bit-identical to an uninterrupted one and a resume with other chunking is
 refused. After an out-of-memory halving (:class:`landscape.evaluate.Evaluator`) the file
 records the halved chunking and every point is computed with it (those done before are
-computed again); a resume takes the halved chunking it records. Under ``torchrun`` with
-points split among ranks, a halving is not recorded (not done).
+computed again); a resume takes the halved chunking it records. (Under ``torchrun``, with
+the points split among ranks, each rank halves on its own and the file keeps its settings.)
 """
 
 from __future__ import annotations
