@@ -26,6 +26,8 @@ LOG = Path(__file__).with_name("reads.txt")
 
 
 class Counting:
+    """A DataLoader that writes its split's name to reads.txt each time it is iterated."""
+
     def __init__(self, name, loader):
         self.name, self.loader = name, loader
 
@@ -37,14 +39,22 @@ class Counting:
 
 def data():
     g = torch.Generator().manual_seed(0)
-    x = torch.randn(22_000, 256, generator=g)
-    y = torch.randint(10, (22_000,), generator=g)
-    return (Counting("train", DataLoader(TensorDataset(x[:20_000], y[:20_000]), batch_size=256)),
-            Counting("test", DataLoader(TensorDataset(x[20_000:], y[20_000:]), batch_size=256)))
+    x = torch.randn(N_TRAIN + N_TEST, DIM, generator=g)
+    y = torch.randint(10, (N_TRAIN + N_TEST,), generator=g)
+    return tuple(Counting(name, DataLoader(TensorDataset(x[part], y[part]), batch_size=BATCH))
+                 for name, part in (("train", slice(N_TRAIN)), ("test", slice(N_TRAIN, None))))
 '''
 
 
+def counting_factory(n_train: int, n_test: int, dim: int, batch: int) -> str:
+    """The source of a data factory ``data()`` whose two DataLoaders (random inputs of
+    ``dim`` floats, 10 classes) log each iteration to ``reads.txt`` beside the file."""
+    return (f"N_TRAIN, N_TEST, DIM, BATCH = {n_train}, {n_test}, {dim}, {batch}\n"
+            + FACTORY)
+
+
 def reads(folder: Path) -> dict[str, int]:
+    """Iterations of each split's loader logged in ``folder`` since the last call."""
     log = folder / "reads.txt"
     names = log.read_text().split() if log.exists() else []
     log.write_text("")
@@ -82,7 +92,7 @@ def main(checkouts: list[str]) -> None:
             for checkout in checkouts:
                 folder = Path(tmp) / Path(checkout).name
                 folder.mkdir(exist_ok=True)
-                (folder / "user.py").write_text(FACTORY)
+                (folder / "user.py").write_text(counting_factory(20_000, 2_000, 256, 256))
                 for mode in ("train", "load"):
                     res = subprocess.run([sys.executable, __file__, "--child", mode, str(folder)],
                                          capture_output=True, text=True, check=True,

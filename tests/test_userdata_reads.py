@@ -6,6 +6,7 @@ is used (checked then), and an edited factory file is scanned again."""
 from __future__ import annotations
 
 import hashlib
+import sys
 from pathlib import Path
 
 import pytest
@@ -17,42 +18,10 @@ from landscape.runs import load_run
 from landscape.training import train
 from landscape.trust import trusting
 
-FACTORY = '''
-from pathlib import Path
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from user_loader_reads import counting_factory, reads  # noqa: E402 - the benchmark's loaders
 
-import torch
-from torch.utils.data import DataLoader, TensorDataset
-
-LOG = Path(__file__).with_name("reads.txt")
-
-
-class Counting:
-    """A DataLoader that writes its split's name to reads.txt each time it is iterated."""
-
-    def __init__(self, name, loader):
-        self.name, self.loader = name, loader
-
-    def __iter__(self):
-        with LOG.open("a") as f:
-            f.write(self.name + "\\n")
-        return iter(self.loader)
-
-
-def data():
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(40, 4, generator=g)
-    y = (x[:, 0] > 0).long()
-    return (Counting("train", DataLoader(TensorDataset(x[:32], y[:32]), batch_size=8)),
-            Counting("test", DataLoader(TensorDataset(x[32:], y[32:]), batch_size=8)))
-'''
-
-
-def _reads(folder: Path) -> dict[str, int]:
-    """Iterations of each split's loader since the last call."""
-    log = folder / "reads.txt"
-    names = log.read_text().split() if log.exists() else []
-    log.write_text("")
-    return {s: names.count(s) for s in ("train", "test")}
+FACTORY = counting_factory(32, 8, 4, 8)
 
 
 def test_user_loaders_are_read_once_by_train_and_by_load_run_and_the_engine(
@@ -63,14 +32,14 @@ def test_user_loaders_are_read_once_by_train_and_by_load_run_and_the_engine(
     spec = f"{factory}:data"
     run = train(model="mlp", model_options={"widths": [8]}, data=spec, epochs=1,
                 batch_size=8, out=tmp_path / "run", progress=False)
-    assert _reads(tmp_path) == {"train": 1, "test": 1}
+    assert reads(tmp_path) == {"train": 1, "test": 1}
     assert run.info["data_sizes"] == {"train": 32, "test": 8}
 
     def engine_loss() -> tuple[dict[str, int], dict[str, int], float]:
         loaded = load_run(run.path, trust=True)
-        at_load = _reads(tmp_path)
+        at_load = reads(tmp_path)
         engine = Objective.from_run(loaded, "train", device="cpu")
-        return at_load, _reads(tmp_path), engine.loss(engine.theta0)
+        return at_load, reads(tmp_path), engine.loss(engine.theta0)
 
     userdata._SCANS.clear()  # as in a new process: one full scan checks the recorded digest
     at_load, at_engine, first = engine_loss()
@@ -83,7 +52,7 @@ def test_user_loaders_are_read_once_by_train_and_by_load_run_and_the_engine(
     factory.write_text(FACTORY + "\n# edited\n")  # a changed file is not its cached scan
     with trusting([spec]):
         load_run(run.path)
-    assert _reads(tmp_path) == {"train": 1, "test": 1}
+    assert reads(tmp_path) == {"train": 1, "test": 1}
 
 
 def test_data_digest_is_the_sorted_per_sample_sha256_of_float64_bytes() -> None:
