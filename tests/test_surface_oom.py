@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from landscape import store
+from landscape.errors import LandscapeError
 from landscape.evaluate import Evaluator
 from landscape.objective import Objective
 from landscape.surface import compute_surface, random_direction
@@ -62,6 +63,10 @@ def test_surface_after_an_oom_halving_records_the_chunking_that_produced_it(
             assert np.array_equal(a[name][()], b[name][()]), name
         assert a.attrs["center_train_loss"] == b.attrs["center_train_loss"]
 
+        assert store.read_attrs(a)["oom_halved"] == {"train.batch_size": 36}
+
     resumed = _objective()  # the same command again: it takes the file's chunking
     _surface(resumed, tmp_path / "halved.h5")
     assert resumed.batch_size == 9
+    with pytest.raises(LandscapeError, match=r"train.batch_size: 9 -> 18"):
+        _surface(_objective(batch_size=18), tmp_path / "halved.h5")  # another command

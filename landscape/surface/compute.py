@@ -110,17 +110,22 @@ def _chunking(objs: Mapping[str, Objective]) -> dict[str, Any]:
 
 def _adopt_halved(out: str | Path, objs: Mapping[str, Objective]) -> None:
     """Resume with the chunking that produced a file's values: where an out-of-memory halving
-    left a smaller ``batch_size`` or ``point_chunk`` in ``out``'s settings than the objective
-    uses, the objective takes it (so the resumed file is the uninterrupted one, bit for bit)."""
+    took the chunking this command asks for (recorded in the file's ``oom_halved``: settings
+    key -> the value asked for) down to the one in its settings, the objective takes the
+    halved one (so the resumed file is the uninterrupted one, bit for bit). Any other change
+    of chunking is refused by :func:`landscape.store.create` as before."""
     if not Path(out).exists():
         return
     with store.open_result(out) as f:
-        recorded = store.read_settings(f)
+        recorded, attrs = store.read_settings(f), store.read_attrs(f)
+    asked = attrs.get("oom_halved")
+    if not isinstance(asked, dict):
+        return
     for split, o in objs.items():
         for key in HALVED:
             was, now = recorded.get(f"{split}.{key}"), o.evaluation_settings()[key]
-            if isinstance(was, int) and not isinstance(was, bool) and now is not None \
-                    and 0 < was < now:
+            if asked.get(f"{split}.{key}") == now and isinstance(was, int) \
+                    and not isinstance(was, bool) and 0 < was < now:
                 if key == "batch_size":
                     o.batch_size = was
                 else:
@@ -318,12 +323,16 @@ def compute_surface(objectives: Objective | Mapping[str, Objective], out: str | 
             if world == 1 and _chunking(objs) != {k: full_settings[k] for k in _chunking(objs)}:
                 # an out-of-memory halving: the file records the chunking now in use (after
                 # the centre is evaluated with it), and every point is computed with it
-                attrs_now = center()
-                full_settings.update(_chunking(objs))
+                attrs_now, now = center(), _chunking(objs)
+                asked = {k: full_settings[k] for k in now if now[k] != full_settings[k]}
+                before = store.read_attrs(f).get("oom_halved")
+                asked.update(before if isinstance(before, dict) else {})  # the first asked
+                full_settings.update(now)
                 again = np.union1d(np.flatnonzero(done), mine)
                 with store.writing(out):
                     f.attrs["settings_hash"] = store.settings_hash(full_settings)
-                    store.write_attrs(f, {"settings": full_settings, **attrs_now})
+                    store.write_attrs(f, {"settings": full_settings, "oom_halved": asked,
+                                          **attrs_now})
                     done[:] = False
                     f["done"][...] = False
                     f.flush()
