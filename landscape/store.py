@@ -11,7 +11,6 @@ are refused with the list of what differs.
 from __future__ import annotations
 
 import errno
-import hashlib
 import json
 import math
 import os
@@ -27,22 +26,11 @@ import h5py
 import numpy as np
 
 from landscape.errors import LandscapeError, SettingsMismatch
+from landscape.hashing import canonical_json, jsonable, settings_hash
+from landscape.hashing import values_digest as values_digest  # store.values_digest, as before
 
 FORMAT = "landscape"
 FORMAT_VERSION = 1
-
-
-def jsonable(obj: Any) -> Any:
-    """``obj`` with numpy values, tuples and paths turned into JSON types."""
-    if isinstance(obj, Mapping):
-        return {str(k): jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [jsonable(v) for v in obj]
-    if isinstance(obj, np.generic | np.ndarray):
-        return obj.tolist()
-    if isinstance(obj, Path):
-        return str(obj)
-    return obj
 
 
 def strict_json(obj: Any) -> Any:
@@ -55,29 +43,6 @@ def strict_json(obj: Any) -> Any:
     if isinstance(obj, list | tuple):
         return [strict_json(v) for v in obj]
     return obj
-
-
-def values_digest(tensors: Iterable[Any], names: Iterable[str] | None = None,
-                  dtype: str = "float64") -> str:
-    """The one digest of weights, buffers and directions that settings record: the first 16
-    hex digits of the SHA-256 of each tensor's values cast to ``dtype`` (C order, on the
-    CPU), each preceded by its name when ``names`` are given. Cost: one CPU copy per tensor."""
-    import torch
-
-    h = hashlib.sha256()
-    tensors = list(tensors)
-    for name, t in zip(names if names is not None else [None] * len(tensors), tensors,
-                       strict=True):
-        if name is not None:
-            h.update(name.encode())
-        h.update(t.detach().to("cpu", getattr(torch, dtype)).contiguous().numpy().tobytes())
-    return h.hexdigest()[:16]
-
-
-def settings_hash(settings: Mapping[str, Any]) -> str:
-    """SHA-256 of the canonical JSON of ``settings``."""
-    text = json.dumps(jsonable(settings), sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def versions() -> dict[str, str]:
@@ -574,7 +539,7 @@ def claim_part(f: h5py.File, name: str, settings: Mapping[str, Any], what: str,
 
 def mark_part(f: h5py.File, name: str, settings: Mapping[str, Any]) -> None:
     """Record the settings of the part ``f[name]`` (see :func:`claim_part`) and flush."""
-    f[name].attrs["settings"] = json.dumps(jsonable(settings), sort_keys=True, default=str)
+    f[name].attrs["settings"] = canonical_json(settings)
     f.flush()
 
 

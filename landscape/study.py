@@ -39,7 +39,6 @@ changing one setting, computes only what is new.
 from __future__ import annotations
 
 import ast
-import hashlib
 import inspect
 import itertools
 import json
@@ -66,6 +65,7 @@ from landscape.analysis.measures import (
 )
 from landscape.errors import LandscapeError, SettingsMismatch, check_int, unknown_name
 from landscape.findings import COUNTED, analyse, render
+from landscape.hashing import settings_hash, sha256_hex
 from landscape.progress import progress
 from landscape.sources import ACCURACY_UNIT
 from landscape.stats import LEVEL, confidence_interval, is_positive, proportion_interval
@@ -474,8 +474,7 @@ def format_table(rows: Sequence[Mapping[str, Any]]) -> str:
 
 # ------------------------------------------------------------------------------ storage
 def _digest(obj: Any) -> str:
-    return hashlib.sha256(json.dumps(store.jsonable(obj), sort_keys=True, default=str)
-                          .encode()).hexdigest()[:16]
+    return settings_hash(obj, 16)
 
 
 _SKIP_ATTRS = ("settings_hash", "format", "format_version", "created")
@@ -838,7 +837,7 @@ def _data_digest(run: Any) -> str:
     if run.data.spec.get("user"):
         return run.data.spec["digest"]
     x, y = run.data.split("train")
-    return hashlib.sha256(x.numpy().tobytes() + y.numpy().tobytes()).hexdigest()
+    return sha256_hex(x.numpy().tobytes() + y.numpy().tobytes())
 
 
 def _check_same_data(runs: Mapping[str, Any]) -> None:

@@ -34,7 +34,6 @@ same computation on every rank.
 from __future__ import annotations
 
 import copy
-import hashlib
 import math
 import warnings
 from collections.abc import Sequence
@@ -57,6 +56,7 @@ from landscape.errors import (
     unknown_name,
 )
 from landscape.evaluate import halving_on_oom
+from landscape.hashing import sha256_hex
 from landscape.objective import Objective, accepts_model
 from landscape.progress import progress
 
@@ -329,7 +329,7 @@ def _params_setting(params: Any) -> Any:
     if params is None or isinstance(params, str):
         return params
     mask = torch.as_tensor(params).cpu().numpy().astype(np.uint8)
-    return {"mask_sha256": hashlib.sha256(mask.tobytes()).hexdigest(), "size": int(mask.sum())}
+    return {"mask_sha256": sha256_hex(mask.tobytes()), "size": int(mask.sum())}
 
 
 def _split(objective: Objective) -> linalg.Split:

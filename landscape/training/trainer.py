@@ -26,8 +26,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
-import json
 import math
 import platform
 import re
@@ -51,6 +49,7 @@ from landscape.errors import (
     check_int,
     check_positive,
 )
+from landscape.hashing import settings_hash
 from landscape.objective import resolve_device
 from landscape.progress import progress as progress_bar
 from landscape.runs import (
@@ -60,7 +59,6 @@ from landscape.runs import (
     Run,
     at_cap,
     atomic_torch_save,
-    atomic_write_json,
     load_weights,
     read_history,
     read_run_json,
@@ -69,6 +67,7 @@ from landscape.runs import (
     to_cpu,
     torch_load,
     write_history,
+    write_run_json,
 )
 from landscape.sources import (
     ACCURACY_UNIT,
@@ -108,7 +107,7 @@ def _device_name(dev: torch.device) -> str:
 
 def _config_hash(config: dict) -> str:
     compared = {k: v for k, v in config.items() if k not in _NOT_COMPARED}
-    return hashlib.sha256(json.dumps(compared, sort_keys=True).encode()).hexdigest()[:8]
+    return settings_hash(compared, 8)
 
 
 def _default_name(config: dict) -> str:
@@ -580,7 +579,7 @@ def train(*, model: str = "mlp", dataset: str = "digits", data_dir: str | Path |
                                     "at": datetime.now(timezone.utc).isoformat(timespec="seconds")}]
             if history and finished(history[-1]) and (path / "model.pt").exists():
                 info["status"] = "complete"
-            atomic_write_json(path / "run.json", info)
+            write_run_json(path, info)
 
             trainer = _Trainer(net, opt, requires, train_src, test_src, dev, loss=fn, acc=acc,
                                batch_size=batch_size, steps=spe, sched=sched, gen=gen, amp=amp,
@@ -662,7 +661,7 @@ def train(*, model: str = "mlp", dataset: str = "digits", data_dir: str | Path |
                                            None if target is None else target.met)
         info["status"] = "complete"
         info["finished"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
-        atomic_write_json(path / "run.json", info)
+        write_run_json(path, info)
 
     _warn_unmet(path, info["stopping"])
     # the caller named this run's code in this call: reading its checkpoints back may run it
