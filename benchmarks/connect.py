@@ -187,7 +187,7 @@ def main() -> None:
         results["mnist"] = barriers("mnist", mnist, {"train": train_split,
                                                      "test": test_split}, out)
     t0 = time.perf_counter()
-    stability = instability(out / "stability", spawn_epochs=[0, 1, 2, 5, 10], pairs=3,
+    stability = instability(out / "stability", spawn_at=[0, 1, 2, 5, 10], pairs=3,
                             show_progress=False)
     results["stability"] = {**stability.to_dict(), "seconds": time.perf_counter() - t0}
     (out / "results.json").write_text(json.dumps(results, indent=1))

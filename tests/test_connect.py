@@ -233,6 +233,44 @@ def test_spawned_children_share_the_parent_epochs_and_then_differ(tmp_path):
     assert losses[0][2] != losses[1][2]                     # epoch 2: each child's own order
 
 
+def test_children_spawned_at_a_step_share_its_steps_then_differ_and_keep_one_pass_per_epoch(
+        tmp_path, monkeypatch):
+    from landscape.sources import Source
+    from landscape.training import train
+
+    # 100 samples in batches of 25: 4 steps an epoch; step 6 is inside epoch 2
+    common = {"model_options": {"widths": [4]}, "train_size": 100, "batch_size": 25,
+              "progress": False}
+    drawn: list[torch.Tensor] = []
+    rows = Source.rows
+    monkeypatch.setattr(Source, "rows", lambda self, idx, b: (drawn.append(idx.clone()),
+                                                              rows(self, idx, b))[1])
+    parent = train(seed=0, steps=6, out=tmp_path / "parent", **common)
+    at_spawn = [train(seed=0, spawn=(6, c), spawn_unit="step", steps=6, out=tmp_path / f"a{c}",
+                      **common) for c in (0, 1)]
+    for child in at_spawn:   # the parent's first 6 steps, bit for bit
+        for (name, w), w_child in zip(parent.model.state_dict().items(),
+                                      child.model.state_dict().values(), strict=True):
+            assert torch.equal(w, w_child), name
+    drawn.clear()
+    later = [train(seed=0, spawn=(6, c), spawn_unit="step", steps=8, out=tmp_path / f"b{c}",
+                   **common) for c in (0, 1)]
+    for child in range(2):   # epoch 2 of each child: one pass over the 100 samples
+        epoch2 = torch.cat(drawn[8 * child + 4:8 * child + 8])
+        assert torch.equal(epoch2.sort().values, torch.arange(100))
+    assert torch.equal(drawn[4], drawn[12]) and torch.equal(drawn[5], drawn[13])
+    assert not torch.equal(drawn[6], drawn[14])   # the children's own order after step 6
+    assert not torch.equal(*(nn.utils.parameters_to_vector(c.model.parameters()) for c in later))
+    assert later[0].config["spawn_unit"] == "step"
+    # step 4 (= 1 epoch of 4 steps) is epoch 1, bit for bit
+    by_epoch = train(seed=0, spawn=(1, 0), epochs=2, out=tmp_path / "e", **common)
+    by_step = train(seed=0, spawn=(4, 0), spawn_unit="step", epochs=2, out=tmp_path / "s",
+                    **common)
+    assert by_epoch.history[-1]["train_loss"] == by_step.history[-1]["train_loss"]
+    with pytest.raises(LandscapeError, match="spawn unit"):
+        train(seed=0, spawn=(4, 0), spawn_unit="iteration", out=tmp_path / "x", **common)
+
+
 def test_connect_and_stability_commands_report_what_their_files_hold(tmp_path):
     import json
 
@@ -255,11 +293,14 @@ def test_connect_and_stability_commands_report_what_their_files_hold(tmp_path):
     assert json.loads(again.output)["barriers"] == summary["barriers"]
     refused = invoke("connect", a.path, b.path, "--plane", tmp_path / "p.h5", "--out", out)
     assert refused.exit_code == 1 and len(refused.output.strip().splitlines()) == 1
-    stab = invoke("stability", "--spawn", "0", "--pairs", "2", "--epochs", "1", "--widths",
-                  "4", "--points", "3", "--out", tmp_path / "stab", "--json")
+    stab = invoke("stability", "--spawn", "3", "--spawn-unit", "step", "--pairs", "2",
+                  "--epochs", "1", "--widths", "4", "--points", "3", "--out", tmp_path / "stab",
+                  "--json")
     assert stab.exit_code == 0, stab.output
     stored = load_stability(tmp_path / "stab")
     assert json.loads(stab.output)["values"] == stored.values
+    assert (stored.unit, stored.spawn_at) == ("step", [3])
+    assert json.loads(stab.output)["unit"] == "step"
     assert len(stored.values["test_error"][0]) == 2
 
 
