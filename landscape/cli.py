@@ -919,6 +919,12 @@ def _study_options(fn: Callable) -> Callable:
         click.option("--precision", type=click.Choice(["float64", "float32", "tf32", "bf16"]),
                      default=None, help="Evaluation precision [float32]."),
         click.option("--device", default=None, help="auto, cpu, cuda, ... [auto]."),
+        click.option("--stability-steps", default=None, metavar="K1,K2,...",
+                     help="Spawn children from every run at these optimizer steps and report "
+                          "the barrier between them beside the measures (Frankle et al.'s "
+                          "instability) [none: off]."),
+        click.option("--stability-pairs", type=click.IntRange(min=1), default=None,
+                     help="Pairs of children per run and spawn step [1]."),
         _overwrite, _json,
     ]
     for option in reversed(options):

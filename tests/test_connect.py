@@ -197,6 +197,51 @@ def test_batchnorm_reset_equals_statistics_computed_by_hand(tmp_path):
     assert path.surface.values["train_loss"][1] == pytest.approx(expected, rel=1e-10)
 
 
+def test_a_batchnorm_curve_fits_on_batch_statistics_and_is_evaluated_on_recomputed_ones(
+        tmp_path):
+    from landscape.connect.curves import Curve, batch_statistics, curve_loss
+
+    torch.manual_seed(0)
+    make = lambda: nn.Sequential(nn.Linear(6, 5), nn.BatchNorm1d(5), nn.ReLU(),  # noqa: E731
+                                 nn.Linear(5, 3)).double().eval()
+    a, b = make(), make()
+    x, y = _digits_like()
+    x = x.double()
+    obj = Objective(a, (x, y), precision="float64")
+    flat_b = obj.space.flatten(b).double()
+    c = obj.theta0 + torch.randn_like(obj.theta0)
+    curve = Curve("bezier", obj.theta0, flat_b, c, [])
+
+    def at(t: float, **buffers: torch.Tensor) -> nn.Module:
+        model = make()
+        nn.utils.vector_to_parameters(curve.point(t)[0], model.parameters())
+        for name, value in buffers.items():
+            setattr(model[1], name, value)
+        return model
+
+    # the fit: each minibatch normalized by its own statistics at its t; running ones kept
+    before = {k: v.clone() for k, v in obj.buffers.items()}
+    with batch_statistics(obj):
+        loss = curve_loss(obj, "bezier", obj.theta0, flat_b, c,
+                          torch.tensor(0.3, dtype=torch.float64), x[:16], y[:16]).item()
+    expected = nn.functional.cross_entropy(at(0.3).train()(x[:16]), y[:16]).item()
+    assert loss == pytest.approx(expected, rel=1e-12)
+    assert all(torch.equal(before[k], obj.buffers[k]) for k in before)
+    # evaluation: statistics recomputed on the training data at every curve point
+    fitted = fit_curve(a, b, data=(x, y), epochs=2, batch_size=16, precision="float64",
+                       show_progress=False)
+    assert all(np.isfinite(fitted.history))
+    curve = fitted   # at() now reads the fitted curve
+    path = barrier(a, b, data=(x, y), curve=fitted, points=3, precision="float64",
+                   out=tmp_path / "bn_curve.h5", show_progress=False)
+    with torch.no_grad():
+        pre = at(0.5)[0](x)
+        mid = at(0.5, running_mean=pre.mean(0), running_var=pre.var(0)).eval()
+        expected = nn.functional.cross_entropy(mid(x), y).item()
+    assert path.surface.attrs["bn_stats"] == "reset"
+    assert path.surface.values["train_loss"][1] == pytest.approx(expected, rel=1e-10)
+
+
 def test_curve_coefficients_pass_through_the_endpoints_and_control_point():
     t = torch.tensor([0.0, 0.5, 1.0], dtype=torch.float64)
     np.testing.assert_allclose(coefficients("bezier", t), [[0, 0], [0.25, 0.5], [1, 0]])

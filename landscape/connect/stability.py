@@ -15,7 +15,8 @@ in ``stability.json``.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,10 @@ from landscape.errors import LandscapeError, check_int, unknown_name
 from landscape.stats import Interval, confidence_interval
 
 FILE = "stability.json"
+#: The barriers a study reports beside its sharpness measures: (metric, header, format).
+STUDY_BARRIERS = (("test_error", "test-err. barrier", ".2%"),
+                  ("train_loss", "train-loss barrier", ".3g"))
+_COLUMN = re.compile(r"^instability_(test_error|train_loss)_step(\d+)$")
 
 
 @dataclass
@@ -52,14 +57,16 @@ class Stability:
 
 def instability(out: str | Path, *, spawn_at: Sequence[int] = (0, 1, 2, 5),
                 unit: str = "epoch", pairs: int = 3, seed: int = 0, points: int = 11,
-                show_progress: bool = True, **train_options: Any) -> Stability:
+                engine: Mapping[str, Any] | None = None, show_progress: bool = True,
+                **train_options: Any) -> Stability:
     """Barrier between pairs of children spawned at each ``k`` in ``spawn_at`` (epochs or,
     ``unit="step"``, optimizer steps).
 
     ``train_options`` go to :func:`landscape.train` (model, dataset, optimizer, lr, epochs or
     steps or target_train_loss: the stopping rule every child is trained to); ``seed`` is the
     parent's (its initialization and its order up to ``k``); children ``2i`` and ``2i + 1``
-    of ``pairs`` are a pair (one pair: no interval). Runs go to ``out/runs``, paths to
+    of ``pairs`` are a pair (one pair: no interval); ``engine``: :class:`Objective` options
+    of the paths (``precision``, ``device``). Runs go to ``out/runs``, paths to
     ``out/paths`` (both resumed when run again), the summary to ``out/stability.json``. Cost:
     ``2 * pairs * len(spawn_at)`` trainings and ``pairs * len(spawn_at)`` paths of ``points``.
 
@@ -94,7 +101,7 @@ def instability(out: str | Path, *, spawn_at: Sequence[int] = (0, 1, 2, 5),
             result = barrier(children[0].model, children[1].model, data=children[0].data,
                              points=points, out=out / "paths" / f"{tag}{k:04d}_pair{p}.h5",
                              settings={"endpoints": [str(c.path) for c in children]},
-                             show_progress=show_progress)
+                             show_progress=show_progress, **(engine or {}))
             for metric, b in result.barriers.items():
                 row.setdefault(metric, []).append(b)
         for metric, v in row.items():
@@ -119,3 +126,25 @@ def load_stability(path: str | Path) -> Stability:
                          str(raw.get("unit", "epoch")))
     except (OSError, ValueError, KeyError, TypeError) as err:
         raise LandscapeError(f"{file}: not a stability result ({type(err).__name__})") from None
+
+
+def study_column(metric: str, k: int) -> str:
+    """The study's quantity name of the ``metric`` barrier between children spawned at step
+    ``k`` (:data:`STUDY_BARRIERS`)."""
+    return f"instability_{metric}_step{k}"
+
+
+def column_header(name: str) -> tuple[str, str] | None:
+    """``(table header, number format)`` of a :func:`study_column` name; None for others."""
+    found = _COLUMN.match(name)
+    if found is None:
+        return None
+    header, spec = {m: (h, f) for m, h, f in STUDY_BARRIERS}[found[1]]
+    return f"{header} (step {found[2]})", spec
+
+
+def per_parent(result: Stability) -> dict[str, float]:
+    """The study's numbers of one parent: each :data:`STUDY_BARRIERS` metric at each spawn
+    step, the mean over its pairs of children, under its :func:`study_column` name."""
+    return {study_column(m, k): sum(v) / len(v) for m, _, _ in STUDY_BARRIERS
+            for k, v in zip(result.spawn_at, result.values[m], strict=True)}
