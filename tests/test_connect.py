@@ -106,9 +106,11 @@ def test_weight_matching_recovers_a_random_permutation_exactly(name):
         assert torch.equal(out.model.state_dict()[key], value), key
 
 
-def test_activation_matching_recovers_a_random_permutation_exactly():
-    model = _randomized("lenet", (1, 8, 8), {})
-    x = _inputs((1, 8, 8), 64)
+@pytest.mark.parametrize("name", ["lenet", "transformer"])   # derived, declared structure
+def test_activation_matching_recovers_a_random_permutation_exactly(name):
+    shape = {"lenet": (1, 8, 8), "transformer": (5,)}[name]
+    model = _randomized(name, shape, {})
+    x = _inputs(shape, 64)
     spec = permutation_spec(model, x)
     shuffled = permute_model(model, spec, random_permutations(spec, seed=2))
     out = align(model, shuffled, method="activations", data=x)

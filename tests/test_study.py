@@ -415,6 +415,9 @@ def test_instability_beside_the_measures_is_the_barrier_between_children_trained
     assert findings["measures"][column]["trend"] is not None   # tested with the measures
     again = run_study(BASE, sweep=SWEEP, seeds=[0], out=tmp_path / "s", **options)
     assert again.computed["stability"] == [] and again.table[0][column] == study.table[0][column]
+    bad = CliRunner().invoke(main, ["compare", "--recipe", "a=lr=0.1", "--recipe", "b=lr=0.2",
+                                    "--stability-steps", "3,x", "--out", str(tmp_path / "x")])
+    assert bad.exit_code == 1 and "comma-separated step counts" in bad.output
 
 
 def test_within_run_spread_is_the_top_eigenvalue_at_the_epochs_before_the_stop(study) -> None:
