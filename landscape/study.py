@@ -756,16 +756,16 @@ class _Runner:
         kwargs = {"spawn_at": s.stability_steps, "unit": "step", "pairs": s.stability_pairs,
                   "seed": seed, "points": s.stability_points, "engine": self.engine,
                   "show_progress": self.show_progress, **options}
-        fresh = self.overwrite or not (where / "stability.json").exists()
+        if self.overwrite:
+            shutil.rmtree(where, ignore_errors=True)
+        fresh = not (where / "stability.json").exists()
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             try:
-                if self.overwrite:
-                    raise SettingsMismatch("overwrite")
                 result = instability(where, **kwargs)
-            except SettingsMismatch:
+            except SettingsMismatch:   # the recipe changed: its children are stale
                 fresh = True
-                shutil.rmtree(where, ignore_errors=True)
+                shutil.rmtree(where)
                 result = instability(where, **kwargs)
         for w in caught:
             if "already complete" not in str(w.message):

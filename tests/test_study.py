@@ -415,6 +415,10 @@ def test_instability_beside_the_measures_is_the_barrier_between_children_trained
     assert findings["measures"][column]["trend"] is not None   # tested with the measures
     again = run_study(BASE, sweep=SWEEP, seeds=[0], out=tmp_path / "s", **options)
     assert again.computed["stability"] == [] and again.table[0][column] == study.table[0][column]
+    other = run_study(BASE, sweep=SWEEP, seeds=[0], out=tmp_path / "s",
+                      **{**options, "stability_points": 3})   # stale paths: redone
+    assert other.computed["stability"] == [f"{n}/seed0" for n in NAMES]
+    assert other.table[0][column]["values"] != [None]
     bad = CliRunner().invoke(main, ["compare", "--recipe", "a=lr=0.1", "--recipe", "b=lr=0.2",
                                     "--stability-steps", "3,x", "--out", str(tmp_path / "x")])
     assert bad.exit_code == 1 and "comma-separated step counts" in bad.output
