@@ -962,6 +962,10 @@ def run_study(recipes: Sequence[Recipe | str] = (), runs: Mapping[str, str | Pat
     recipes = [parse_recipe(r) if isinstance(r, str) else
                Recipe(check_name(r.name), check_options(r.name, r.options)) for r in recipes]
     recipes = expand_sweep(recipes, parse_sweep(sweep))
+    for rec in recipes if s.stability_steps else ():
+        if {"spawn", "spawn_unit"} & set(rec.options):
+            raise LandscapeError(f"recipe {rec.name!r} sets spawn: stability_steps spawns the "
+                                 "children itself")
     run_dirs = {check_name(k, "run"): Path(v) for k, v in (runs or {}).items()}
     names = [r.name for r in recipes] + list(run_dirs)
     dup = {n for n in names if names.count(n) > 1}

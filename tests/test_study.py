@@ -273,6 +273,8 @@ def test_sweep_crosses_every_recipe_with_the_grid() -> None:
     (lambda: parse_seeds("0,0"), "distinct"),
     (lambda: parse_seeds("a"), "comma-separated integers"),
     (lambda: parse_recipe("a=steps=10"), "set by the study"),
+    (lambda: run_study([Recipe("a", {"spawn": [1, 0]}), Recipe("b", {})], out="unused",
+                       stability_steps="1"), "spawns the children itself"),
 ])
 def test_bad_design_is_a_one_line_error(call, message) -> None:
     with pytest.raises(LandscapeError, match=message) as err:
