@@ -280,14 +280,15 @@ def test_spawned_children_share_the_parent_epochs_and_then_differ(tmp_path):
     assert losses[0][2] != losses[1][2]                     # epoch 2: each child's own order
 
 
+@pytest.mark.parametrize("optimizer", ["sgd", "sag"])   # a random order; fixed partitions
 def test_children_spawned_at_a_step_share_its_steps_then_differ_and_keep_one_pass_per_epoch(
-        tmp_path, monkeypatch):
+        tmp_path, monkeypatch, optimizer):
     from landscape.sources import Source
     from landscape.training import train
 
     # 100 samples in batches of 25: 4 steps an epoch; step 6 is inside epoch 2
     common = {"model_options": {"widths": [4]}, "train_size": 100, "batch_size": 25,
-              "progress": False}
+              "optimizer": optimizer, "progress": False}
     drawn: list[torch.Tensor] = []
     rows = Source.rows
     monkeypatch.setattr(Source, "rows", lambda self, idx, b: (drawn.append(idx.clone()),

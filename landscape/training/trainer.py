@@ -944,11 +944,11 @@ class _Trainer:
                 yield None, xb, yb
         elif self.fixed is not None:
             order = torch.randperm(len(self.fixed), generator=self.gen, device=self.dev)
-            for b in range(len(order)):
+            indices = order.tolist()
+            for b in range(len(indices)):
                 if at and b == at:
-                    order = self._spawned(order, b, 1)
-                yield int(order[b]), *self.train_src.rows(self.fixed[int(order[b])],
-                                                          self.batch_size)
+                    indices = self._spawned(order, b, 1).tolist()
+                yield indices[b], *self.train_src.rows(self.fixed[indices[b]], self.batch_size)
         else:
             perm = torch.randperm(self.n, generator=self.gen, device=self.dev)
             for b in range(self.steps):
