@@ -23,6 +23,7 @@ For every pair of recipes, the interpolation between their first-seed solutions.
 
     runs/NAME/seedK/            the training runs (``landscape.train``)
     surfaces/*.h5               curves, surfaces and interpolations (resumable)
+    stability/NAME/seedK/       children spawned from each run (``stability_steps`` only)
     study.h5                    kind "study": everything, self-contained for plotting
     comparison.pdf / .png       the comparison figure (:func:`landscape.plot.save_comparison`,
                                 drawn by ``landscape compare`` and ``landscape demo``)
@@ -44,6 +45,7 @@ import itertools
 import json
 import os
 import re
+import shutil
 import sys
 import time
 import warnings
@@ -63,6 +65,7 @@ from landscape.analysis.measures import (
     measure_settings,
     names_of,
 )
+from landscape.connect.stability import STUDY_BARRIERS, column_header, study_column
 from landscape.errors import LandscapeError, SettingsMismatch, check_int, unknown_name
 from landscape.findings import COUNTED, analyse, render
 from landscape.hashing import settings_hash, sha256_hex
@@ -337,6 +340,14 @@ class StudySettings(MeasureSettings):
     spread (max / min over those and the stop) is a diagnostic of a rule that stops on an
     oscillation, reported beside the measure and flagged in the findings where it is as large
     as a claimed difference (the reported value stays the one at the stop).
+    ``stability_steps`` (default none: off): optimizer steps ``k`` at which each trained
+    seed's run is the parent of ``stability_pairs`` pairs of children (Frankle et al.'s
+    instability analysis, :mod:`landscape.connect.stability`: same seed, the parent's first
+    ``k`` steps bit for bit, then each child's own minibatch order, trained to the study's
+    matching rule); the test-error and train-loss barriers of the straight path between
+    children (``stability_points`` points) are reported per seed (the mean over its pairs)
+    beside the measures, and tested like them. Cost per seed and ``k``: ``2 *
+    stability_pairs`` trainings and as many paths.
     """
 
     curve: str = "-1:1:41"
@@ -348,6 +359,9 @@ class StudySettings(MeasureSettings):
     max_epochs: int = 1000
     spread_measures: tuple[str, ...] = ("top_eigenvalue",)
     spread_epochs: int = 2
+    stability_steps: tuple[int, ...] = ()
+    stability_pairs: int = 1
+    stability_points: int = 11
     precision: str = "float32"
     device: str = "auto"
 
@@ -370,13 +384,29 @@ class StudySettings(MeasureSettings):
                 raise unknown_name("study measure", m, known)
         # a spread is taken of a measure the study reports, else skipped
         self.spread_measures = tuple(m for m in self.spread_measures if m in self.measures)
+        steps = self.stability_steps
+        if isinstance(steps, str):
+            try:
+                steps = [int(k) for k in steps.split(",") if k.strip()]
+            except ValueError:
+                raise LandscapeError("stability_steps are comma-separated step counts, got "
+                                     f"{steps!r}") from None
+        self.stability_steps = tuple(sorted({check_int("stability step", k, minimum=0)
+                                             for k in steps}))
+        check_int("stability_pairs", self.stability_pairs)
+        check_int("stability_points", self.stability_points, minimum=2)
 
     def engine(self) -> dict[str, Any]:
         return {"precision": self.precision, "device": self.device}
 
     def quantities(self) -> list[str]:
         """The per-model numbers reported with intervals, in table order."""
-        return [k for k, _, _ in OUTCOMES] + list(self.measures) + ["curve_rise"]
+        return [k for k, _, _ in OUTCOMES] + list(self.measures) + ["curve_rise"] \
+            + self.stability_columns()
+
+    def stability_columns(self) -> list[str]:
+        """The barriers between spawned children, per metric and spawn step."""
+        return [study_column(m, k) for m, _, _ in STUDY_BARRIERS for k in self.stability_steps]
 
 
 # ------------------------------------------------------------------------------ results
@@ -445,6 +475,7 @@ def format_table(rows: Sequence[Mapping[str, Any]]) -> str:
     quantities = [q for q in rows[0] if isinstance(rows[0][q], dict) and "mean" in rows[0][q]]
     header = {k: (h, spec) for k, h, spec in OUTCOMES}
     header.update({m: (REGISTRY[m].header, ".4g") for m in REGISTRY})
+    header.update({q: h for q in quantities if (h := column_header(q))})
     cols = [q for q in quantities if q in header]
     lines = ["| recipe | seeds | match | " + " | ".join(header[q][0] for q in cols) + " |",
              "|---|---|---|" + "---:|" * len(cols)]
@@ -654,6 +685,7 @@ def _recipe_row(recipe: Recipe, common: Mapping[str, Any], match: str | None,
 def _labels(quantities: Sequence[str]) -> dict[str, str]:
     """The table header of each quantity."""
     header = {k: h for k, h, _ in OUTCOMES} | {m: e.header for m, e in REGISTRY.items()}
+    header.update({q: h[0] for q in quantities if (h := column_header(q))})
     return {q: header[q] for q in quantities if q in header}
 
 
@@ -669,7 +701,13 @@ class _Runner:
         self.engine = s.engine()
         self.surf_dir = path.parent / "surfaces"
         self.computed: dict[str, list[str]] = {"train": [], "curve": [], "surface": [],
-                                               "measures": [], "interpolation": []}
+                                               "measures": [], "interpolation": [],
+                                               "stability": []}
+
+    def options(self, recipe: Recipe, seed: int) -> dict[str, Any]:
+        """The :func:`landscape.train` options of ``recipe`` with ``seed``."""
+        return {**self.common, **recipe.options,
+                **_match_options(self.match, recipe, self.s.max_epochs), "seed": seed}
 
     def train(self, recipe: Recipe, seed: int) -> Any:
         """The run of ``recipe`` with ``seed``: reused when complete, resumed when stopped,
@@ -678,8 +716,7 @@ class _Runner:
         from landscape.training import train
 
         run_dir = self.path.parent / "runs" / recipe.name / f"seed{seed}"
-        options = {**self.common, **recipe.options,
-                   **_match_options(self.match, recipe, self.s.max_epochs), "seed": seed}
+        options = self.options(recipe, seed)
         complete = False
         if (run_dir / "run.json").exists():
             try:
@@ -705,6 +742,37 @@ class _Runner:
             self.computed["train"].append(f"{recipe.name}/seed{seed}")
         self.bar.update(1)
         return run
+
+    def stability(self, recipe: Recipe, seed: int) -> dict[str, float]:
+        """The barriers between children of ``recipe``'s run with ``seed``, spawned at each
+        ``stability_steps`` step (:func:`landscape.connect.stability.per_parent`), kept in
+        ``stability/NAME/seedK`` (resumed; redone when the recipe's options changed)."""
+        from landscape.connect.stability import instability, per_parent
+
+        s = self.s
+        where = self.path.parent / "stability" / recipe.name / f"seed{seed}"
+        options = {k: v for k, v in self.options(recipe, seed).items() if k != "seed"}
+        kwargs = {"spawn_at": s.stability_steps, "unit": "step", "pairs": s.stability_pairs,
+                  "seed": seed, "points": s.stability_points, "engine": self.engine,
+                  "show_progress": self.show_progress, **options}
+        if self.overwrite:
+            shutil.rmtree(where, ignore_errors=True)
+        fresh = not (where / "stability.json").exists()
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            try:
+                result = instability(where, **kwargs)
+            except SettingsMismatch:   # the recipe changed: its children are stale
+                fresh = True
+                shutil.rmtree(where)
+                result = instability(where, **kwargs)
+        for w in caught:
+            if "already complete" not in str(w.message):
+                self.log(f"{recipe.name} seed {seed} children: WARNING {w.message}")
+        if fresh:
+            self.computed["stability"].append(f"{recipe.name}/seed{seed}")
+        self.bar.update(len(s.stability_steps))
+        return per_parent(result)
 
     def _stored(self, group: h5py.Group | None, key: str, where: str) -> Any:
         """The stored copy of a finished surface part with this key, else None."""
@@ -893,6 +961,10 @@ def run_study(recipes: Sequence[Recipe | str] = (), runs: Mapping[str, str | Pat
     recipes = [parse_recipe(r) if isinstance(r, str) else
                Recipe(check_name(r.name), check_options(r.name, r.options)) for r in recipes]
     recipes = expand_sweep(recipes, parse_sweep(sweep))
+    for rec in recipes if s.stability_steps else ():
+        if {"spawn", "spawn_unit"} & set(rec.options):
+            raise LandscapeError(f"recipe {rec.name!r} sets spawn: stability_steps spawns the "
+                                 "children itself")
     run_dirs = {check_name(k, "run"): Path(v) for k, v in (runs or {}).items()}
     names = [r.name for r in recipes] + list(run_dirs)
     dup = {n for n in names if names.count(n) > 1}
@@ -912,7 +984,7 @@ def run_study(recipes: Sequence[Recipe | str] = (), runs: Mapping[str, str | Pat
               "runs": {k: str(v) for k, v in run_dirs.items()}, "level": LEVEL}
     n_models = len(recipes) * len(seeds) + len(run_dirs)
     per_model = (1 + s.direction_seeds + 1 + len(s.measures)
-                 + len(s.spread_measures) * s.spread_epochs)
+                 + len(s.spread_measures) * s.spread_epochs + len(s.stability_steps))
     bar = progress(total=n_models * per_model + len(names) * (len(names) - 1) // 2,
                    desc="study", unit="part", disable=None if show_progress else True)
     path = out / "study.h5"
@@ -930,6 +1002,7 @@ def run_study(recipes: Sequence[Recipe | str] = (), runs: Mapping[str, str | Pat
                     del f.attrs[key]
             r = _Runner(f, path, s, common, match_opts, overwrite, show_progress, log, bar)
             trained: dict[tuple[str, int], Any] = {}
+            by_name = {rec.name: rec for rec in recipes}
             for recipe in recipes:
                 log(f"{recipe.name}: training seeds {','.join(map(str, seeds))} "
                     f"({', '.join(f'{k}={v}' for k, v in recipe.options.items())})")
@@ -953,6 +1026,8 @@ def run_study(recipes: Sequence[Recipe | str] = (), runs: Mapping[str, str | Pat
                 measures = r.measures(g, label, run, digest)
                 row = _per_seed_row(run, curves, measures, s.rise_at,
                                     r.spread(g, label, run))
+                if s.stability_steps and seed >= 0:   # a trained recipe: it can have children
+                    row.update(r.stability(by_name[name], seed))
                 store.write_attrs(g, {"run": str(run.path), "weights_sha": digest,
                                       "stopping": run.stopping, "row": row})
                 f.flush()
@@ -965,7 +1040,8 @@ def run_study(recipes: Sequence[Recipe | str] = (), runs: Mapping[str, str | Pat
                     for rec in recipes]
             rows += [_recipe_row(Recipe(n, {"run": str(d)}), {}, None, results[n], quantities,
                                  logs) for n, d in run_dirs.items()]
-            findings = analyse(rows, [*s.measures, "curve_rise"], _labels(quantities))
+            findings = analyse(rows, [*s.measures, "curve_rise", *s.stability_columns()],
+                               _labels(quantities))
             interps = {}
             for i, a in enumerate(names):
                 for b in names[i + 1:]:

@@ -96,6 +96,8 @@ TARGET_CONSECUTIVE = 2
 #: Checks of the target loss per epoch when ``target_check_every`` is None.
 TARGET_CHECKS_PER_EPOCH = 4
 DEFAULT_RUNS_DIR = Path("outputs") / "runs"
+#: What the ``k`` of ``train(spawn=(k, child_seed))`` counts.
+SPAWN_UNITS = ("epoch", "step")
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -264,7 +266,7 @@ def train(*, model: str = "mlp", dataset: str = "digits", data_dir: str | Path |
           resume: bool = False, overwrite: bool = False, progress: bool = True,
           threads: int | None = None, track: str | list[str] | None = None,
           track_every: str | int = 10, track_subset: int | None = None,
-          spawn: tuple[int, int] | None = None) -> Run:
+          spawn: tuple[int, int] | None = None, spawn_unit: str = "epoch") -> Run:
     """Train ``model`` on ``dataset``, keep the run in directory ``out``, return its :class:`Run`.
 
     Defaults: the 100-100 ReLU MLP on the embedded digits, SGD with heavy-ball momentum 0.9,
@@ -321,10 +323,15 @@ def train(*, model: str = "mlp", dataset: str = "digits", data_dir: str | Path |
       ``"top_eigenvalue,trace,noise_scale"``) every ``track_every`` steps (``"2epochs"``:
       epochs) on ``track_subset`` training samples; see :mod:`landscape.analysis.track`.
       Tracking never changes the training (same history and weights bit for bit).
-    - ``spawn``: ``(k, child_seed)``: after epoch ``k`` the minibatch order (and augmentation)
-      is drawn from ``child_seed`` instead of continuing ``seed``'s stream: runs with the same
-      ``seed`` and ``k`` share the first ``k`` epochs bit for bit (on the CPU) and then differ
-      only in SGD noise, Frankle et al.'s (2020) children spawned at ``k``.
+    - ``spawn``: ``(k, child_seed)``: after epoch ``k`` (``spawn_unit="epoch"``) or
+      optimizer step ``k`` (``"step"``, as Frankle et al. count) the minibatch order (and
+      augmentation) is drawn from ``child_seed`` instead of continuing ``seed``'s stream: runs
+      with the same ``seed`` and ``k`` share the first ``k`` epochs or steps bit for bit (on
+      the CPU) and then differ only in SGD noise, Frankle et al.'s (2020) children spawned at
+      ``k``. A step inside an epoch keeps the samples the parent has already drawn in that
+      epoch and orders the rest of the epoch by the child's seed (each epoch stays one pass
+      over the data; streamed user data keep their loader's order: only augmentation
+      changes); step ``k * steps_per_epoch`` is epoch ``k``, bit for bit.
 
     Cost per epoch: one forward+backward per minibatch (two for SAM/ASAM/SVRG, plus a full
     gradient for SVRG), one forward pass over both splits, one checkpoint write.
@@ -380,8 +387,11 @@ def train(*, model: str = "mlp", dataset: str = "digits", data_dir: str | Path |
     if spawn is not None:
         if not isinstance(spawn, tuple | list) or len(spawn) != 2:
             raise LandscapeError(f"spawn must be (epoch, child seed), got {spawn!r}")
-        spawn = (check_int("spawn epoch", spawn[0], minimum=0),
+        spawn = (check_int(f"spawn {spawn_unit}", spawn[0], minimum=0),
                  check_int("spawn seed", spawn[1], minimum=0))
+    if spawn_unit not in SPAWN_UNITS:
+        from landscape.errors import unknown_name
+        raise unknown_name("spawn unit", spawn_unit, SPAWN_UNITS)
     if data is None and is_code_spec(dataset):
         data = dataset
     if data is None:
@@ -469,6 +479,7 @@ def train(*, model: str = "mlp", dataset: str = "digits", data_dir: str | Path |
             "target_consecutive": TARGET_CONSECUTIVE} if target_train_loss is not None else {}),
         **({"asam_scale": asam_scale} if asam_scale != "all" else {}),
         **({"spawn": list(spawn)} if spawn is not None else {}),
+        **({"spawn_unit": spawn_unit} if spawn is not None and spawn_unit != "epoch" else {}),
         **({"data_seed": int(data_seed)} if data_seed is not None else {}),
     })
     path = Path(out) if out is not None else DEFAULT_RUNS_DIR / _default_name(config)
@@ -584,6 +595,8 @@ def train(*, model: str = "mlp", dataset: str = "digits", data_dir: str | Path |
             trainer = _Trainer(net, opt, requires, train_src, test_src, dev, loss=fn, acc=acc,
                                batch_size=batch_size, steps=spe, sched=sched, gen=gen, amp=amp,
                                augment=augment, fixed=fixed,
+                               spawn=None if spawn is None else
+                               (spawn[0] * (spe if spawn_unit == "epoch" else 1), spawn[1]),
                                fill=[-m / s for m, s in zip(*NORMALIZATION[data_name], strict=True)]
                                if augment and data_name in NORMALIZATION else 0.0,
                                augment_fn=augment_crop_flip)
@@ -634,8 +647,6 @@ def train(*, model: str = "mlp", dataset: str = "digits", data_dir: str | Path |
                 while not finished(history[-1]):
                     epoch, done_steps = history[-1]["epoch"] + 1, history[-1]["step"]
                     budget = spe if steps is None else min(spe, steps - done_steps)
-                    if spawn is not None and epoch == spawn[0] + 1:
-                        gen.manual_seed(2**32 + spawn[1])  # the child's own SGD noise from here
                     seconds, last_lr, taken = trainer.train_epoch(epoch, bar, budget)
                     row = trainer.history_row(epoch, step=done_steps + taken, lr=last_lr,
                                               seconds=seconds)
@@ -825,7 +836,7 @@ class _Trainer:
                  train_src: Source, test_src: Source | None, dev: torch.device, *, loss: Loss,
                  acc: Loss | None, batch_size: int, steps: int, sched: Any,
                  gen: torch.Generator, amp: bool, augment: bool, fixed: list[Tensor] | None,
-                 fill: Any, augment_fn: Any) -> None:
+                 fill: Any, augment_fn: Any, spawn: tuple[int, int] | None = None) -> None:
         self.net, self.opt, self.requires = net, opt, requires
         self.dev, self.loss, self.batch_size, self.steps = dev, loss, batch_size, steps
         self.sched, self.gen, self.amp, self.augment = sched, gen, amp, augment
@@ -839,6 +850,8 @@ class _Trainer:
         self.eval_batch = 4096 if dev.type == "cuda" else 1024
         self.grad_batch = 2048 if dev.type == "cuda" else 1024
         self.fixed = None if fixed is None else [idx.to(dev) for idx in fixed]
+        #: (optimizer step, child seed): the SGD noise after that step is the child's
+        self.spawn = spawn
         #: called with the number of steps taken after every optimizer step (tracking)
         self.on_step: Any = None
         #: called likewise before the last step of an epoch's budget; True stops the epoch
@@ -908,18 +921,38 @@ class _Trainer:
             return loss
         return self.step_closure(fn)
 
-    def _batches(self):
-        """``(partition index or None, inputs, targets)`` of each step of one epoch."""
+    def _spawned(self, order: Tensor, b: int, per_step: int) -> Tensor:
+        """``order`` with its entries from step ``b`` on (``per_step`` a step) redrawn by
+        the child's seed, after reseeding the generator with it."""
+        self.gen.manual_seed(2**32 + self.spawn[1])
+        rest = order[b * per_step:]
+        return torch.cat([order[:b * per_step],
+                          rest[torch.randperm(len(rest), generator=self.gen, device=self.dev)]])
+
+    def _batches(self, t: int):
+        """``(partition index or None, inputs, targets)`` of each step of the epoch that
+        starts after ``t`` optimizer steps; the child's order from its spawn step on."""
+        at = None if self.spawn is None or not t <= self.spawn[0] < t + self.steps \
+            else self.spawn[0] - t     # the spawn step within this epoch
+        if at == 0:
+            self.gen.manual_seed(2**32 + self.spawn[1])  # the child's own SGD noise from here
         if not self.train_src.resident:
-            for xb, yb in self.train_src.batches(self.batch_size):
+            for b, (xb, yb) in enumerate(self.train_src.batches(self.batch_size)):
+                if at and b == at:
+                    self.gen.manual_seed(2**32 + self.spawn[1])
                 yield None, xb, yb
         elif self.fixed is not None:
             order = torch.randperm(len(self.fixed), generator=self.gen, device=self.dev)
-            for i in order.tolist():
-                yield i, *self.train_src.rows(self.fixed[i], self.batch_size)
+            indices = order.tolist()
+            for b in range(len(indices)):
+                if at and b == at:
+                    indices = self._spawned(order, b, 1).tolist()
+                yield indices[b], *self.train_src.rows(self.fixed[indices[b]], self.batch_size)
         else:
             perm = torch.randperm(self.n, generator=self.gen, device=self.dev)
             for b in range(self.steps):
+                if at and b == at:
+                    perm = self._spawned(perm, b, self.batch_size)
                 yield None, *self.train_src.rows(perm[b * self.batch_size:(b + 1) *
                                                       self.batch_size], self.batch_size)
 
@@ -947,7 +980,7 @@ class _Trainer:
             seen = 0
             shown = time.perf_counter()
             taken = 0
-            for b, (index, xb, yb) in enumerate(self._batches()):
+            for b, (index, xb, yb) in enumerate(self._batches(t)):
                 if b == budget:
                     break
                 taken += 1
