@@ -82,6 +82,7 @@ from landscape.sources import (
     take,
 )
 from landscape.training.schedules import epochs_dependence, make_schedule
+from landscape.training.writer import Writer
 
 #: Learning rate used when ``lr`` is None, per optimizer.
 DEFAULT_LR: dict[str, float] = {
@@ -609,14 +610,18 @@ def train(*, model: str = "mlp", dataset: str = "digits", data_dir: str | Path |
                          "rng": {"generator": gen.get_state(), "torch": torch.get_rng_state(),
                                  "cuda": torch.cuda.get_rng_state(dev) if dev.type == "cuda"
                                  else None},
-                         "history": history, "config_hash": _config_hash(config),
+                         "history": list(history), "config_hash": _config_hash(config),
                          **({"target": target.state()} if target else {}),
                          **({"track": tracker.checkpoint_state()} if tracker else {})}
-                _save_checkpoint(path / "checkpoints" / f"epoch_{epoch:04d}.pt", state)
+                _save_checkpoint(path / "checkpoints" / f"epoch_{epoch:04d}.pt", state, writer)
+
+            def save_history(sync: bool) -> None:
+                writer.write(write_history, path, [dict(row) for row in history], sync)
 
             bar = progress_bar(total=cap, desc=f"train {path.name}", unit="epoch",
                                disable=None if progress else True)
-            with bar, _cuda_flags(dev), num_threads(threads if dev.type == "cpu" else None):
+            with Writer() as writer, bar, _cuda_flags(dev), \
+                    num_threads(threads if dev.type == "cpu" else None):
                 if target is not None:
                     trainer.stop_check = lambda step: target.due(step) and target.observe(
                         step, evaluate_source(net, train_src, fn, None, trainer.eval_batch)[0])
@@ -626,10 +631,10 @@ def train(*, model: str = "mlp", dataset: str = "digits", data_dir: str | Path |
                         target.observe(0, history[0]["train_loss"])
                     if tracker is not None:
                         trainer.on_step(0)
-                    write_history(path, history)
+                    save_history(sync=False)    # the checkpoint is the durable copy
                     save_checkpoint(0)
                 else:
-                    write_history(path, history)
+                    save_history(sync=False)
                 if start:
                     bar.update(start)
                 while not finished(history[-1]):
@@ -644,7 +649,7 @@ def train(*, model: str = "mlp", dataset: str = "digits", data_dir: str | Path |
                     if target is not None:
                         target.observe(row["step"], row["train_loss"])
                     # durable at the end; before, each epoch's checkpoint is the durable copy
-                    write_history(path, history, sync=finished(row))
+                    save_history(sync=finished(row))
                     if epoch % save_every == 0 or finished(row):
                         save_checkpoint(epoch)
                     bar.set_postfix_str(_postfix(row), refresh=False)
@@ -718,9 +723,11 @@ def _warn_unmet(path: Path, stopping: dict | None) -> None:
                       stacklevel=3)
 
 
-def _save_checkpoint(file: Path, state: dict) -> None:
-    """Write one training checkpoint atomically (a separate function so tests can interrupt)."""
-    atomic_torch_save(file, state)
+def _save_checkpoint(file: Path, state: dict, writer: Writer) -> None:
+    """Queue the atomic, durable write of one training checkpoint on ``writer``; ``state``
+    holds copies that training does not change (a separate function so tests can
+    interrupt)."""
+    writer.write(atomic_torch_save, file, state)
 
 
 def _postfix(row: dict) -> str:
@@ -904,8 +911,7 @@ class _Trainer:
                 loss = self.loss.total(out, yb) / self.loss.weight(yb)
                 loss.backward()
             if not record:
-                correct = None if self.acc is None else self.acc.total(out.detach(), yb)
-                record.append((loss.detach(), correct))
+                record.append((loss.detach(), out.detach()))
             return loss
         return self.step_closure(fn)
 
@@ -964,12 +970,13 @@ class _Trainer:
                     opt.step(closure, index=index)
                 if self.on_step is not None:
                     self.on_step(t + b + 1)
-                batch_loss, correct = record[0]
-                weight = self.loss.weight(yb)
-                sum_loss += batch_loss * weight
-                if correct is not None:
-                    sum_correct += correct
-                seen += weight
+                if not bar.disable:  # the running means are only shown (no kernels otherwise)
+                    batch_loss, out = record[0]
+                    weight = self.loss.weight(yb)
+                    sum_loss += batch_loss * weight
+                    if self.acc is not None:
+                        sum_correct += self.acc.total(out, yb)
+                    seen += weight
                 now = time.perf_counter()
                 if not bar.disable and now - shown > 0.5:
                     shown = now
