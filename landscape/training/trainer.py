@@ -908,7 +908,7 @@ class _Trainer:
             with self._bn_frozen(not update_bn):  # restored after backward (autograd versions)
                 with self.autocast():
                     out = _output(self.net, self.loss, xb)
-                loss = self.loss.total(out, yb) / self.loss.weight(yb)
+                loss = self.loss.mean(out, yb)
                 loss.backward()
             if not record:
                 record.append((loss.detach(), out.detach()))
