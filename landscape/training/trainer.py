@@ -329,7 +329,11 @@ def train(*, model: str = "mlp", dataset: str = "digits", data_dir: str | Path |
       only in SGD noise, Frankle et al.'s (2020) children spawned at ``k``.
 
     Cost per epoch: one forward+backward per minibatch (two for SAM/ASAM/SVRG, plus a full
-    gradient for SVRG), one forward pass over both splits, one checkpoint write.
+    gradient for SVRG), one forward pass over both splits, one checkpoint write (every
+    ``save_every`` epochs; checkpoints and history are written on a background thread,
+    :mod:`landscape.training.writer`). run.json's ``seconds`` splits this call's wall time
+    into ``train`` (optimizer steps), ``evaluate`` (history rows and target-loss checks) and
+    ``save`` (the time training spent handing over checkpoints and waiting for the writer).
     """
     from landscape.data import NORMALIZATION, augment_crop_flip, load_dataset
     from landscape.models import count_parameters, model_from_spec, model_spec
@@ -618,21 +622,29 @@ def train(*, model: str = "mlp", dataset: str = "digits", data_dir: str | Path |
             def save_history(sync: bool) -> None:
                 writer.write(write_history, path, [dict(row) for row in history], sync)
 
+            spent = dict.fromkeys(("train", "evaluate", "save"), 0.0)  # this call's seconds
+
+            def check_target(step: int) -> bool:
+                with _timed(spent, "evaluate"):
+                    return target.due(step) and target.observe(
+                        step, evaluate_source(net, train_src, fn, None, trainer.eval_batch)[0])
+
             bar = progress_bar(total=cap, desc=f"train {path.name}", unit="epoch",
                                disable=None if progress else True)
             with Writer() as writer, bar, _cuda_flags(dev), \
                     num_threads(threads if dev.type == "cpu" else None):
                 if target is not None:
-                    trainer.stop_check = lambda step: target.due(step) and target.observe(
-                        step, evaluate_source(net, train_src, fn, None, trainer.eval_batch)[0])
+                    trainer.stop_check = check_target
                 if not history:
-                    history.append(trainer.history_row(0, step=0, lr=None, seconds=0.0))
+                    with _timed(spent, "evaluate"):
+                        history.append(trainer.history_row(0, step=0, lr=None, seconds=0.0))
                     if target is not None:
                         target.observe(0, history[0]["train_loss"])
                     if tracker is not None:
                         trainer.on_step(0)
-                    save_history(sync=False)    # the checkpoint is the durable copy
-                    save_checkpoint(0)
+                    with _timed(spent, "save"):
+                        save_history(sync=False)    # the checkpoint is the durable copy
+                        save_checkpoint(0)
                 else:
                     save_history(sync=False)
                 if start:
@@ -642,18 +654,24 @@ def train(*, model: str = "mlp", dataset: str = "digits", data_dir: str | Path |
                     budget = spe if steps is None else min(spe, steps - done_steps)
                     if spawn is not None and epoch == spawn[0] + 1:
                         gen.manual_seed(2**32 + spawn[1])  # the child's own SGD noise from here
+                    checks = spent["evaluate"]
                     seconds, last_lr, taken = trainer.train_epoch(epoch, bar, budget)
-                    row = trainer.history_row(epoch, step=done_steps + taken, lr=last_lr,
-                                              seconds=seconds)
+                    spent["train"] += seconds - (spent["evaluate"] - checks)
+                    with _timed(spent, "evaluate"):
+                        row = trainer.history_row(epoch, step=done_steps + taken, lr=last_lr,
+                                                  seconds=seconds)
                     history.append(row)
                     if target is not None:
                         target.observe(row["step"], row["train_loss"])
-                    # durable at the end; before, each epoch's checkpoint is the durable copy
-                    save_history(sync=finished(row))
-                    if epoch % save_every == 0 or finished(row):
-                        save_checkpoint(epoch)
+                    with _timed(spent, "save"):
+                        # durable at the end; before, each epoch's checkpoint is the durable copy
+                        save_history(sync=finished(row))
+                        if epoch % save_every == 0 or finished(row):
+                            save_checkpoint(epoch)
                     bar.set_postfix_str(_postfix(row), refresh=False)
                     bar.update(1)
+                with _timed(spent, "save"):
+                    writer.close()  # every queued write is done
         except BaseException:
             if fresh and _latest_checkpoint(path) is None:
                 shutil.rmtree(path, ignore_errors=True)
@@ -667,6 +685,7 @@ def train(*, model: str = "mlp", dataset: str = "digits", data_dir: str | Path |
                                            None if target is None else target.met)
         info["status"] = "complete"
         info["finished"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        info["seconds"] = {k: round(v, 4) for k, v in spent.items()}
         atomic_write_json(path / "run.json", info)
 
     _warn_unmet(path, info["stopping"])
@@ -721,6 +740,16 @@ def _warn_unmet(path: Path, stopping: dict | None) -> None:
                       f"{stopping['train_loss']:.4g}, above the target "
                       f"{stopping['target']:g}: the target was NOT met", LandscapeWarning,
                       stacklevel=3)
+
+
+@contextmanager
+def _timed(spent: dict[str, float], key: str):
+    """Add the wall seconds of the block to ``spent[key]``."""
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        spent[key] += time.perf_counter() - start
 
 
 def _save_checkpoint(file: Path, state: dict, writer: Writer) -> None:
