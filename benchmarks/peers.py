@@ -302,7 +302,7 @@ def train_part(args: argparse.Namespace, run: landscape.Run) -> None:
 
     times = medians({"landscape.train": ours, "plain loop": lambda: timed(
         lambda: plain_loop(20))}, args.rounds)
-    print(f"training, 20 epochs, default MLP, wall: landscape.train "
+    print(f"training, 20 epochs, default MLP: landscape.train "
           f"{times['landscape.train']:.2f} s, plain loop with the same evaluation "
           f"{times['plain loop']:.2f} s: {times['plain loop'] / times['landscape.train']:.2f}x")
 

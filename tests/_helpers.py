@@ -34,10 +34,10 @@ def killed_at_epoch(monkeypatch: pytest.MonkeyPatch, epoch: int,
     ``epoch``, after that epoch's history row; the checkpoint writer is restored after."""
     real_save = trainer_module._save_checkpoint
 
-    def dying(file: Path, state: dict, *writer: object) -> None:
+    def dying(file: Path, state: dict) -> None:
         if state["epoch"] == epoch:
             raise KeyboardInterrupt
-        real_save(file, state, *writer)
+        real_save(file, state)
 
     monkeypatch.setattr(trainer_module, "_save_checkpoint", dying)
     with pytest.raises(KeyboardInterrupt):

@@ -82,7 +82,6 @@ from landscape.sources import (
     take,
 )
 from landscape.training.schedules import epochs_dependence, make_schedule
-from landscape.training.writer import Writer
 
 #: Learning rate used when ``lr`` is None, per optimizer.
 DEFAULT_LR: dict[str, float] = {
@@ -330,10 +329,9 @@ def train(*, model: str = "mlp", dataset: str = "digits", data_dir: str | Path |
 
     Cost per epoch: one forward+backward per minibatch (two for SAM/ASAM/SVRG, plus a full
     gradient for SVRG), one forward pass over both splits, one checkpoint write (every
-    ``save_every`` epochs; checkpoints and history are written on a background thread,
-    :mod:`landscape.training.writer`). run.json's ``seconds`` splits this call's wall time
-    into ``train`` (optimizer steps), ``evaluate`` (history rows and target-loss checks) and
-    ``save`` (the time training spent handing over checkpoints and waiting for the writer).
+    ``save_every`` epochs). run.json's ``seconds`` splits this call's wall time into
+    ``train`` (optimizer steps), ``evaluate`` (history rows and target-loss checks) and
+    ``save`` (checkpoints and history files).
     """
     from landscape.data import NORMALIZATION, augment_crop_flip, load_dataset
     from landscape.models import count_parameters, model_from_spec, model_spec
@@ -614,13 +612,10 @@ def train(*, model: str = "mlp", dataset: str = "digits", data_dir: str | Path |
                          "rng": {"generator": gen.get_state(), "torch": torch.get_rng_state(),
                                  "cuda": torch.cuda.get_rng_state(dev) if dev.type == "cuda"
                                  else None},
-                         "history": list(history), "config_hash": _config_hash(config),
+                         "history": history, "config_hash": _config_hash(config),
                          **({"target": target.state()} if target else {}),
                          **({"track": tracker.checkpoint_state()} if tracker else {})}
-                _save_checkpoint(path / "checkpoints" / f"epoch_{epoch:04d}.pt", state, writer)
-
-            def save_history(sync: bool) -> None:
-                writer.write(write_history, path, [dict(row) for row in history], sync)
+                _save_checkpoint(path / "checkpoints" / f"epoch_{epoch:04d}.pt", state)
 
             spent = dict.fromkeys(("train", "evaluate", "save"), 0.0)  # this call's seconds
 
@@ -631,8 +626,7 @@ def train(*, model: str = "mlp", dataset: str = "digits", data_dir: str | Path |
 
             bar = progress_bar(total=cap, desc=f"train {path.name}", unit="epoch",
                                disable=None if progress else True)
-            with Writer() as writer, bar, _cuda_flags(dev), \
-                    num_threads(threads if dev.type == "cpu" else None):
+            with bar, _cuda_flags(dev), num_threads(threads if dev.type == "cpu" else None):
                 if target is not None:
                     trainer.stop_check = check_target
                 if not history:
@@ -643,10 +637,10 @@ def train(*, model: str = "mlp", dataset: str = "digits", data_dir: str | Path |
                     if tracker is not None:
                         trainer.on_step(0)
                     with _timed(spent, "save"):
-                        save_history(sync=False)    # the checkpoint is the durable copy
+                        write_history(path, history, sync=False)  # the checkpoint is durable
                         save_checkpoint(0)
                 else:
-                    save_history(sync=False)
+                    write_history(path, history)
                 if start:
                     bar.update(start)
                 while not finished(history[-1]):
@@ -665,13 +659,11 @@ def train(*, model: str = "mlp", dataset: str = "digits", data_dir: str | Path |
                         target.observe(row["step"], row["train_loss"])
                     with _timed(spent, "save"):
                         # durable at the end; before, each epoch's checkpoint is the durable copy
-                        save_history(sync=finished(row))
+                        write_history(path, history, sync=finished(row))
                         if epoch % save_every == 0 or finished(row):
                             save_checkpoint(epoch)
                     bar.set_postfix_str(_postfix(row), refresh=False)
                     bar.update(1)
-                with _timed(spent, "save"):
-                    writer.close()  # every queued write is done
         except BaseException:
             if fresh and _latest_checkpoint(path) is None:
                 shutil.rmtree(path, ignore_errors=True)
@@ -752,11 +744,9 @@ def _timed(spent: dict[str, float], key: str):
         spent[key] += time.perf_counter() - start
 
 
-def _save_checkpoint(file: Path, state: dict, writer: Writer) -> None:
-    """Queue the atomic, durable write of one training checkpoint on ``writer``; ``state``
-    holds copies that training does not change (a separate function so tests can
-    interrupt)."""
-    writer.write(atomic_torch_save, file, state)
+def _save_checkpoint(file: Path, state: dict) -> None:
+    """Write one training checkpoint atomically (a separate function so tests can interrupt)."""
+    atomic_torch_save(file, state)
 
 
 def _postfix(row: dict) -> str:
