@@ -575,7 +575,7 @@ def curvature_map(objective: Objective, surface: str | Path, *, tol: float = 1e-
     (``which="both"``, k=1, to relative residual ``tol``) per point; each point of a row
     after the first starts from the sum of its left neighbour's two eigenvectors (a warm
     start; digits MLP, ``tol`` 1e-4: 0.86x the HVPs of cold starts on a 7 x 5 grid over
-    [-1, 1], ~0.7x at the 0.04 spacing of a 51-point axis; ``benchmarks/README.md``).
+    [-1, 1], 0.70-0.77x at the 0.04 spacing of a 51-point axis; ``benchmarks/README.md``).
 
     Warm-start rule (so that a resumed map is bit-identical to an uninterrupted one): a row
     ``i`` is one chain, its first point started cold from ``seed``, and a row is the unit
