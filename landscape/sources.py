@@ -471,15 +471,29 @@ class Loss:
         raw = raw.reshape(y.shape[0], -1)
         return raw.sum(1) if self.mean_over == "elements" else raw.mean(1)
 
+    def _fused(self, out: Any, y: Tensor, reduction: str) -> Tensor | None:
+        """The built-in cross-entropy as one fused kernel (``reduction`` "sum" or "mean"
+        over the target elements), or None where it does not apply."""
+        if self.name != "cross_entropy" or not (y.dim() == 1 or self.mean_over == "elements"):
+            return None
+        out = out.float() if out.dtype in (torch.bfloat16, torch.float16) else out
+        return F.cross_entropy(out.reshape(-1, out.shape[-1]), y.reshape(-1),
+                               reduction=reduction)
+
     def total(self, out: Any, y: Tensor) -> Tensor:
         """The batch's loss summed in units of :meth:`weight` (its mean times the weight)."""
-        if self.name == "cross_entropy" and (y.dim() == 1 or self.mean_over == "elements"):
-            out = out.float() if out.dtype in (torch.bfloat16, torch.float16) else out
-            return F.cross_entropy(out.reshape(-1, out.shape[-1]), y.reshape(-1),
-                                   reduction="sum")  # one fused kernel
+        fused = self._fused(out, y, "sum")
+        if fused is not None:
+            return fused
         if self.has_per_sample:
             return self.samples(out, y).sum()
         return (out if self.hook else self.fn(out, y)) * self.weight(y)
+
+    def mean(self, out: Any, y: Tensor) -> Tensor:
+        """The batch's mean loss, :meth:`total` over :meth:`weight` (for the built-in
+        cross-entropy one fused kernel, without the division: a training step's loss)."""
+        fused = self._fused(out, y, "mean")
+        return fused if fused is not None else self.total(out, y) / self.weight(y)
 
 
 #: The one unit of every stored accuracy (surface datasets, run histories, study tables, JSON):

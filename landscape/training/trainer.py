@@ -334,7 +334,10 @@ def train(*, model: str = "mlp", dataset: str = "digits", data_dir: str | Path |
       changes); step ``k * steps_per_epoch`` is epoch ``k``, bit for bit.
 
     Cost per epoch: one forward+backward per minibatch (two for SAM/ASAM/SVRG, plus a full
-    gradient for SVRG), one forward pass over both splits, one checkpoint write.
+    gradient for SVRG), one forward pass over both splits, one checkpoint write (every
+    ``save_every`` epochs). run.json's ``seconds`` splits this call's wall time into
+    ``train`` (optimizer steps), ``evaluate`` (history rows and target-loss checks) and
+    ``save`` (checkpoints and history files).
     """
     from landscape.data import NORMALIZATION, augment_crop_flip, load_dataset
     from landscape.models import count_parameters, model_from_spec, model_spec
@@ -626,20 +629,28 @@ def train(*, model: str = "mlp", dataset: str = "digits", data_dir: str | Path |
                          **({"track": tracker.checkpoint_state()} if tracker else {})}
                 _save_checkpoint(path / "checkpoints" / f"epoch_{epoch:04d}.pt", state)
 
+            spent = dict.fromkeys(("train", "evaluate", "save"), 0.0)  # this call's seconds
+
+            def check_target(step: int) -> bool:
+                with _timed(spent, "evaluate"):
+                    return target.due(step) and target.observe(
+                        step, evaluate_source(net, train_src, fn, None, trainer.eval_batch)[0])
+
             bar = progress_bar(total=cap, desc=f"train {path.name}", unit="epoch",
                                disable=None if progress else True)
             with bar, _cuda_flags(dev), num_threads(threads if dev.type == "cpu" else None):
                 if target is not None:
-                    trainer.stop_check = lambda step: target.due(step) and target.observe(
-                        step, evaluate_source(net, train_src, fn, None, trainer.eval_batch)[0])
+                    trainer.stop_check = check_target
                 if not history:
-                    history.append(trainer.history_row(0, step=0, lr=None, seconds=0.0))
+                    with _timed(spent, "evaluate"):
+                        history.append(trainer.history_row(0, step=0, lr=None, seconds=0.0))
                     if target is not None:
                         target.observe(0, history[0]["train_loss"])
                     if tracker is not None:
                         trainer.on_step(0)
-                    write_history(path, history)
-                    save_checkpoint(0)
+                    with _timed(spent, "save"):
+                        write_history(path, history, sync=False)  # the checkpoint is durable
+                        save_checkpoint(0)
                 else:
                     write_history(path, history)
                 if start:
@@ -647,16 +658,20 @@ def train(*, model: str = "mlp", dataset: str = "digits", data_dir: str | Path |
                 while not finished(history[-1]):
                     epoch, done_steps = history[-1]["epoch"] + 1, history[-1]["step"]
                     budget = spe if steps is None else min(spe, steps - done_steps)
+                    checks = spent["evaluate"]
                     seconds, last_lr, taken = trainer.train_epoch(epoch, bar, budget)
-                    row = trainer.history_row(epoch, step=done_steps + taken, lr=last_lr,
-                                              seconds=seconds)
+                    spent["train"] += seconds - (spent["evaluate"] - checks)
+                    with _timed(spent, "evaluate"):
+                        row = trainer.history_row(epoch, step=done_steps + taken, lr=last_lr,
+                                                  seconds=seconds)
                     history.append(row)
                     if target is not None:
                         target.observe(row["step"], row["train_loss"])
-                    # durable at the end; before, each epoch's checkpoint is the durable copy
-                    write_history(path, history, sync=finished(row))
-                    if epoch % save_every == 0 or finished(row):
-                        save_checkpoint(epoch)
+                    with _timed(spent, "save"):
+                        # durable at the end; before, each epoch's checkpoint is the durable copy
+                        write_history(path, history, sync=finished(row))
+                        if epoch % save_every == 0 or finished(row):
+                            save_checkpoint(epoch)
                     bar.set_postfix_str(_postfix(row), refresh=False)
                     bar.update(1)
         except BaseException:
@@ -672,6 +687,7 @@ def train(*, model: str = "mlp", dataset: str = "digits", data_dir: str | Path |
                                            None if target is None else target.met)
         info["status"] = "complete"
         info["finished"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        info["seconds"] = {k: round(v, 4) for k, v in spent.items()}
         write_run_json(path, info)
 
     _warn_unmet(path, info["stopping"])
@@ -726,6 +742,16 @@ def _warn_unmet(path: Path, stopping: dict | None) -> None:
                       f"{stopping['train_loss']:.4g}, above the target "
                       f"{stopping['target']:g}: the target was NOT met", LandscapeWarning,
                       stacklevel=3)
+
+
+@contextmanager
+def _timed(spent: dict[str, float], key: str):
+    """Add the wall seconds of the block to ``spent[key]``."""
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        spent[key] += time.perf_counter() - start
 
 
 def _save_checkpoint(file: Path, state: dict) -> None:
@@ -913,11 +939,10 @@ class _Trainer:
             with self._bn_frozen(not update_bn):  # restored after backward (autograd versions)
                 with self.autocast():
                     out = _output(self.net, self.loss, xb)
-                loss = self.loss.total(out, yb) / self.loss.weight(yb)
+                loss = self.loss.mean(out, yb)
                 loss.backward()
             if not record:
-                correct = None if self.acc is None else self.acc.total(out.detach(), yb)
-                record.append((loss.detach(), correct))
+                record.append((loss.detach(), out.detach()))
             return loss
         return self.step_closure(fn)
 
@@ -996,12 +1021,13 @@ class _Trainer:
                     opt.step(closure, index=index)
                 if self.on_step is not None:
                     self.on_step(t + b + 1)
-                batch_loss, correct = record[0]
-                weight = self.loss.weight(yb)
-                sum_loss += batch_loss * weight
-                if correct is not None:
-                    sum_correct += correct
-                seen += weight
+                if not bar.disable:  # the running means are only shown (no kernels otherwise)
+                    batch_loss, out = record[0]
+                    weight = self.loss.weight(yb)
+                    sum_loss += batch_loss * weight
+                    if self.acc is not None:
+                        sum_correct += self.acc.total(out, yb)
+                    seen += weight
                 now = time.perf_counter()
                 if not bar.disable and now - shown > 0.5:
                     shown = now
