@@ -27,6 +27,7 @@ import h5py
 import numpy as np
 
 from landscape.errors import LandscapeError, SettingsMismatch
+from landscape.h5heap import heap_fault
 
 FORMAT = "landscape"
 FORMAT_VERSION = 1
@@ -135,7 +136,8 @@ def damaged(path: str | Path, what: str) -> LandscapeError:
 
 def _open(path: Path, mode: str) -> h5py.File:
     """``h5py.File(path, mode)``, the one way this library opens a result file; a locked,
-    read-only, unreadable or damaged file, or one that reaches outside itself
+    read-only, unreadable or damaged file (a global heap that would hang HDF5 included,
+    :func:`~landscape.h5heap.heap_fault`), or one that reaches outside itself
     (:func:`self_contained`), is a one-line LandscapeError saying which."""
     if path.is_dir():
         raise LandscapeError(f"{path}: is a directory, not a result file")
@@ -146,6 +148,9 @@ def _open(path: Path, mode: str) -> h5py.File:
         raise LandscapeError(f"{path}: no permission to read it") from None
     if not h5py.is_hdf5(path):
         raise damaged(path, "not an HDF5 file (empty, truncated or another format)")
+    fault = heap_fault(path)
+    if fault is not None:
+        raise damaged(path, f"{fault} (HDF5 would loop forever reading it)")
     try:
         f = h5py.File(path, mode)
     except OSError as err:
