@@ -216,9 +216,9 @@ def _links(f: h5py.File) -> list[tuple[str, Any]]:
     return links
 
 
-def members(f: h5py.File, path: Path) -> list[tuple[str, Any]]:
-    """Every (name, group or dataset) in ``f``, opened outside HDF5's iteration; one that
-    cannot be opened is a one-line damaged-file error."""
+def members(f: h5py.Group, path: Path) -> list[tuple[str, Any]]:
+    """Every (name, group or dataset) in ``f`` (a file or group), opened outside HDF5's
+    iteration; one that cannot be opened is a one-line damaged-file error."""
     try:
         return [(name, f[name]) for name, _ in _links(f)]
     except (OSError, RuntimeError, SystemError, ValueError, KeyError) as err:

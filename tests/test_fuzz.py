@@ -8,7 +8,7 @@ Every command must succeed or fail with exactly one ``Error:`` line and exit cod
 traceback); a failed command, ``info`` and ``plot`` leave every input byte unchanged; the
 unrelated file the mutations point at never changes. ``LANDSCAPE_FUZZ_CASES`` sets the number
 of cases (default :data:`CI_CASES`, a quarter of them plotted; the README's reliability
-section gives the figures).
+section gives the figures), ``LANDSCAPE_FUZZ_FIRST`` the first one's number.
 """
 
 from __future__ import annotations
@@ -31,6 +31,8 @@ from landscape.training import train
 #: Cases in every CI run; with ``LANDSCAPE_FUZZ_CASES`` set, that many, each also plotted.
 CI_CASES = 150
 CASES = int(os.environ.get("LANDSCAPE_FUZZ_CASES", CI_CASES))
+#: The first case's number (``LANDSCAPE_FUZZ_FIRST``), to run a long fuzz in parts.
+FIRST = int(os.environ.get("LANDSCAPE_FUZZ_FIRST", 0))
 #: In CI, one case in PLOT_EVERY is also plotted (one study case in 4 x PLOT_EVERY: a figure
 #: costs 0.3-5 s, reading and resuming 0.1 s); every case when the number of cases is set.
 PLOT_EVERY = 1 if "LANDSCAPE_FUZZ_CASES" in os.environ else 4
@@ -224,7 +226,7 @@ def _run(args: list[Any], what: str) -> bool:
 KINDS = ("surface", "hessian", "run", "track") * 3 + ("surface", "study", "run", "track")
 
 
-@pytest.mark.parametrize("case", range(CASES))
+@pytest.mark.parametrize("case", range(FIRST, FIRST + CASES))
 def test_mutated_file_is_handled_in_one_line_and_left_untouched(
         base: dict[str, Path], tmp_path: Path, case: int) -> None:
     rng = random.Random(case)
