@@ -338,6 +338,12 @@ def _number(attrs: Mapping[str, Any], key: str, path: Path, where: str = "",
                             f"{'an integer' if integer else 'a number'}")
 
 
+def _mapping(attrs: Mapping[str, Any], key: str, path: Path, where: str = "") -> None:
+    """Attribute ``key`` is a JSON object, or absent."""
+    if not isinstance(attrs.get(key, {}), dict):
+        raise damaged(path, f"attribute '{key}'{where} is not a JSON object")
+
+
 #: The most names a list attribute (metrics, labels) may hold; results hold a handful.
 MAX_NAMES = 1000
 
@@ -402,6 +408,7 @@ def _validate_hessian(f: h5py.File, path: Path, attrs: Mapping[str, Any]) -> Non
     if done["eigen"]:
         _number(attrs, "eigen_n_hvp", path, integer=True)
         _number(attrs, "eigen_n_restarts", path, integer=True, optional=True)
+        _mapping(attrs, "eigen_settings", path)
         if len({f"at_floor_{tag}" in f for tag in ("top", "bottom")}) > 1:
             raise damaged(path, "'at_floor' is stored for one end of the spectrum only")
         width = None
@@ -421,6 +428,7 @@ def _validate_hessian(f: h5py.File, path: Path, attrs: Mapping[str, Any]) -> Non
         group = _group(f, "trace", path)
         _array(group, "samples", path, ndim=1)
         group_attrs = read_attrs(group)
+        _mapping(group_attrs, "settings", path, " of 'trace'")
         _number(group_attrs, "estimate", path, " of 'trace'")
         for key in ("stderr", "rtol"):
             _number(group_attrs, key, path, " of 'trace'", optional=True)
@@ -438,6 +446,7 @@ def _validate_hessian(f: h5py.File, path: Path, attrs: Mapping[str, Any]) -> Non
         nodes = _array(group, "nodes", path, ndim=2).shape
         _array(group, "weights", path, shape=nodes)
         group_attrs = read_attrs(group)
+        _mapping(group_attrs, "settings", path, " of 'density'")
         _number(group_attrs, "sigma", path, " of 'density'")
         _number(group_attrs, "n_hvp", path, " of 'density'", integer=True)
 
@@ -458,8 +467,7 @@ def _validate_study(f: h5py.File, path: Path, attrs: Mapping[str, Any]) -> None:
     if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
         raise damaged(path, "attribute 'table' is not a JSON list of rows")
     for name in ("design", "study_settings"):
-        if not isinstance(attrs.get(name, {}), dict):
-            raise damaged(path, f"attribute '{name}' is not a JSON object")
+        _mapping(attrs, name, path)
     models = _group(f, "models", path) if "models" in f else {}
     for name in models:
         model = _group(models, name, path)
@@ -501,20 +509,37 @@ def _validate_toy(f: h5py.File, path: Path, attrs: Mapping[str, Any]) -> None:
             raise damaged(path, f"'{label}/path' lacks its optimizer or settings")
 
 
+#: The 1D columns a track holds for some measures only (HVP counts, the preconditioned
+#: threshold); its reader takes them when present.
+TRACK_OPTIONAL = ("top_eigenvalue_hvp", "preconditioned_top_eigenvalue",
+                  "preconditioned_top_eigenvalue_error", "preconditioned_top_eigenvalue_hvp",
+                  "preconditioned_threshold")
+#: The path landscapes of a track: (losses, their coordinates), one line of losses per row.
+TRACK_LINES = (("update_loss", "update_alpha"), ("segment_loss", "segment_s"))
+
+
+def track_columns(measures: list[str]) -> tuple[str, ...]:
+    """The 1D columns every track of ``measures`` holds, one value per row."""
+    return ("step", "epoch", "lr", "train_loss", "threshold", "seconds", *measures,
+            *(f"{m}_error" for m in measures))
+
+
 def _validate_track(f: h5py.File, path: Path, attrs: Mapping[str, Any]) -> None:
     """A track (:mod:`landscape.analysis.track`): one row per measurement in every 1D column,
     one line of losses per row in the path landscapes; a file killed before its first row
     holds no columns yet."""
     track = attrs.get("settings", {}).get("track")
-    if not isinstance(track, dict) or not isinstance(track.get("measures"), list):
+    if not isinstance(track, dict) or not isinstance(track.get("measures"), list) or not all(
+            isinstance(m, str) for m in track["measures"]):
         raise damaged(path, "the settings name no tracked measures")
     if "step" not in f:
         return
     n = _array(f, "step", path, dtype="iu", ndim=1).shape
-    for name in ("epoch", "lr", "train_loss", "threshold", "seconds",
-                 *track["measures"], *(f"{m}_error" for m in track["measures"])):
+    for name in track_columns(track["measures"])[1:]:  # after "step"
         _array(f, name, path, shape=n)
-    for line, coords in (("update_loss", "update_alpha"), ("segment_loss", "segment_s")):
+    for name in TRACK_OPTIONAL:
+        _array(f, name, path, dtype="fbiu", shape=n, optional=True)
+    for line, coords in TRACK_LINES:
         m = _array(f, coords, path, ndim=1).shape
         _array(f, line, path, shape=(*n, *m))
 
