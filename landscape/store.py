@@ -776,19 +776,44 @@ def attach_grid_scales(f: h5py.File, names: Iterable[str]) -> None:
             f[name].dims[dim].attach_scale(f[axis])
 
 
+#: HDF5's dimension-scale bookkeeping (object references: for other readers such as xarray),
+#: with the type class each must have; never read here, only its type is checked.
+SCALE_ATTRS = {"DIMENSION_LIST": h5py.h5t.VLEN, "REFERENCE_LIST": h5py.h5t.COMPOUND}
+#: The type classes of every other attribute: numbers, text, booleans (an HDF5 enum).
+_PLAIN = (h5py.h5t.INTEGER, h5py.h5t.FLOAT, h5py.h5t.STRING, h5py.h5t.ENUM)
+
+
+def _plain(obj: h5py.File | h5py.Group | h5py.Dataset, key: str) -> Any:
+    """Attribute ``key`` of ``obj`` after checking its type (metadata only): numbers, text or
+    booleans, as h5py writes them. Anything else (a damaged type message can turn a string
+    into a variable-length sequence, which crashed HDF5 as it was read) is a ValueError."""
+    kind = obj.attrs.get_id(key).get_type()
+    if kind.get_class() not in _PLAIN:
+        raise ValueError(f"of HDF5 type class {kind.get_class()}, not a number or text")
+    return obj.attrs[key]
+
+
 def read_attrs(obj: h5py.File | h5py.Group | h5py.Dataset) -> dict[str, Any]:
-    """Attributes as plain Python values (JSON-encoded ones decoded, arrays as lists); an
-    attribute that cannot be read or decoded is a LandscapeError naming the file and it."""
+    """Attributes as plain Python values (JSON-encoded ones decoded, arrays as lists), the
+    dimension-scale lists :data:`SCALE_ATTRS` left out; an attribute that cannot be read or
+    decoded, or of another type, is a LandscapeError naming the file and it."""
     key = "json_attrs"
     try:
-        json_keys = json.loads(obj.attrs.get(key, "[]"))
+        json_keys = json.loads(_plain(obj, key) if key in obj.attrs else "[]")
         if not isinstance(json_keys, list) or not all(isinstance(k, str) for k in json_keys):
             raise ValueError("not a list of names")
         out: dict[str, Any] = {}
         for key in obj.attrs:
             if key == "json_attrs":
                 continue
-            value = obj.attrs[key]
+            if key in SCALE_ATTRS:
+                kind = obj.attrs.get_id(key).get_type()
+                if kind.get_class() != SCALE_ATTRS[key] or (
+                        key == "DIMENSION_LIST" and kind.get_super().get_class()
+                        != h5py.h5t.REFERENCE):
+                    raise ValueError("not a list of object references")
+                continue
+            value = _plain(obj, key)
             if isinstance(value, bytes):
                 value = value.decode()
             if key in json_keys:
