@@ -580,6 +580,8 @@ def train(*, model: str = "mlp", dataset: str = "digits", data_dir: str | Path |
                                     "at": datetime.now(timezone.utc).isoformat(timespec="seconds")}]
             if history and finished(history[-1]) and (path / "model.pt").exists():
                 info["status"] = "complete"
+            if action != "resume":  # a new directory is a run (resumable) from its first file
+                atomic_write_json(path / "run.json", info)
 
             trainer = _Trainer(net, opt, requires, train_src, test_src, dev, loss=fn, acc=acc,
                                batch_size=batch_size, steps=spe, sched=sched, gen=gen, amp=amp,
@@ -601,8 +603,8 @@ def train(*, model: str = "mlp", dataset: str = "digits", data_dir: str | Path |
                 if history:
                     tracker.restore(checkpoint.get("track"), history[-1]["step"])
                 trainer.on_step = lambda step: tracker.after_step(net, opt, step, sched(step))
-            atomic_write_json(path / "run.json", info)  # after the track file was checked:
-            # a resume it refuses leaves run.json as it was
+            if action == "resume":  # after its track file was checked: a resume refused
+                atomic_write_json(path / "run.json", info)  # leaves run.json as it was
 
             def save_checkpoint(epoch: int) -> None:
                 state = {"epoch": epoch, "model": to_cpu(net.state_dict()),
