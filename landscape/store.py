@@ -313,7 +313,12 @@ def _array(group: h5py.Group, name: str, path: Path, *, dtype: str = "f",
         raise damaged(path, f"dataset {where} is missing")
     if not isinstance(obj, h5py.Dataset):
         raise damaged(path, f"{where} is a {type(obj).__name__.lower()}, not a dataset")
-    if obj.dtype.kind not in dtype:
+    try:
+        kind = obj.dtype.kind
+    except (ValueError, TypeError, RuntimeError) as err:  # a damaged type message (e.g. an
+        # exponent bias no numpy float has)
+        raise damaged(path, f"dataset {where} has a damaged type ({err})") from None
+    if kind not in dtype:
         raise damaged(path, f"dataset {where} holds {obj.dtype}, not "
                             f"{_DTYPES[dtype]} values")
     if ndim is not None and obj.ndim != ndim:
@@ -505,6 +510,11 @@ def _validate_toy(f: h5py.File, path: Path, attrs: Mapping[str, Any]) -> None:
         _array(group, "loss", path, shape=n[:-1])
         meta = read_attrs(group["path"])
         _number(meta, "tol", path, f" of '{label}/path'")
+        steps = meta.get("steps_to_tol")
+        if not all(isinstance(s, int) and not isinstance(s, bool)
+                   for s in (steps if isinstance(steps, list) and len(n) > 2 else [steps])):
+            raise damaged(path, f"attribute 'steps_to_tol' of '{label}/path' is "
+                                f"{str(steps)[:40]!r}, not a step count")
         if not isinstance(meta.get("settings"), dict) or "optimizer" not in meta:
             raise damaged(path, f"'{label}/path' lacks its optimizer or settings")
 
@@ -820,7 +830,9 @@ def read_attrs(obj: h5py.File | h5py.Group | h5py.Dataset) -> dict[str, Any]:
                 value = json.loads(value)
             elif isinstance(value, np.generic | np.ndarray):
                 value = value.tolist()
-            out[key] = value
+            if isinstance(value, str) or key in json_keys:  # text that is not UTF-8 (h5py
+                json.dumps(value, ensure_ascii=False).encode()  # keeps bad bytes as
+            out[key] = value  # surrogates; a JSON escape can make one) cannot be printed
     except (OSError, RuntimeError, ValueError, TypeError, KeyError) as err:  # a damaged
         # attribute table (RuntimeError from h5py's iteration), JSONDecodeError, UnicodeError
         where = "" if obj.name == "/" else f" of '{obj.name}'"

@@ -312,15 +312,35 @@ def _regroup(name: str) -> Any:
     return edit
 
 
-#: What the fuzzer found, each kept as a case: (file, edit, whether the commands succeed).
-FOUND: dict[str, tuple[str, Any, bool]] = {
-    "track_hvp_column_a_group": ("track", _regroup("top_eigenvalue_hvp"), False),
+def _odd_float(name: str) -> Any:
+    """Replace dataset ``name`` by one of float64 layout with an exponent bias no numpy type
+    has (h5py cannot even name its dtype)."""
+    def edit(f: h5py.File) -> None:
+        shape = f[name].shape
+        del f[name]
+        kind = h5py.h5t.IEEE_F64LE.copy()
+        kind.set_ebias(16384)
+        h5py.h5d.create(f.id, name.encode(), kind, h5py.h5s.create_simple(shape))
+    return edit
+
+
+#: What the fuzzer found, each kept as a case: (file, edit, whether ``info``, ``plot`` and the
+#: resume each succeed).
+FOUND: dict[str, tuple[str, Any, tuple[bool, ...]]] = {
+    "track_hvp_column_a_group": ("track", _regroup("top_eigenvalue_hvp"), (False, False)),
     "track_unknown_298_GB_dataset_never_read": ("track", lambda f: f.create_dataset(
-        "extra", shape=(200_000, 200_000), dtype="f8", chunks=(64, 64)), True),
+        "extra", shape=(200_000, 200_000), dtype="f8", chunks=(64, 64)), (True, True)),
     "hessian_eigen_settings_not_an_object": (
-        "hessian", lambda f: f.attrs.__setitem__("eigen_settings", '"text"'), False),
+        "hessian", lambda f: f.attrs.__setitem__("eigen_settings", '"text"'), (False,) * 3),
     "killed_run_track_file_of_another_format": (
-        "killed", lambda f: f.attrs.__setitem__("format", "netcdf"), False),
+        "killed", lambda f: f.attrs.__setitem__("format", "netcdf"), (False,)),
+    "toy_steps_to_tol_empty_text": (
+        "toy", lambda f: f["sgd/path"].attrs.__setitem__("steps_to_tol", ""), (False,) * 3),
+    "toy_text_attribute_not_utf8": ("toy", lambda f: f.attrs.create(
+        "function", b"ada\xed", dtype=h5py.string_dtype()), (False,) * 3),
+    "study_second_seed_without_surface": (
+        "study", lambda f: f.__delitem__("models/small/seed1/surface"), (True, False)),
+    "surface_float_of_an_unknown_layout": ("surface", _odd_float("x"), (False,) * 3),
 }
 
 
@@ -329,21 +349,23 @@ def test_what_the_fuzzer_found_is_one_line_or_success_and_leaves_inputs_untouche
         base: dict[str, Path], tmp_path: Path, name: str) -> None:
     """A failing command is one line, exit 1, and changes no input byte (a refused
     ``train --resume`` once rewrote run.json before its track file was checked)."""
-    kind, edit, succeeds = FOUND[name]
+    kind, edit, outcomes = FOUND[name]
     if kind == "killed":
         target = tmp_path / "run"
         shutil.copytree(base["killed"], target)
         file = target / "track.h5"
         commands = [[*TRAIN, "--out", target]]
     else:
-        target = file = tmp_path / f"{kind}.h5"
+        target = file = tmp_path / base[kind].name
         shutil.copyfile(base[kind], target)
         commands = [["info", target], ["plot", target, "--out", tmp_path / "fig.png"]]
         if kind in RESUME:
             commands.append([*RESUME[kind], "--run", base["run"], "--out", target])
+        elif kind == "toy":
+            commands.append([*TOY, "--out", tmp_path])
     with h5py.File(file, "r+") as f:
         edit(f)
-    for args in commands:
+    for args, succeeds in zip(commands, outcomes, strict=True):
         before = _digest(target)
         assert _run(args, name) == succeeds, args
         assert _digest(target) == before, args
