@@ -25,7 +25,7 @@ LAYERS: list[tuple[str, ...]] = [
      "landscape.hashing",
      "landscape.trust", "landscape.distributed", "landscape.store", "landscape.params",
      "landscape.per_sample", "landscape.linalg", "landscape.sources", "landscape.evaluate",
-     "landscape.operators", "landscape.device"),
+     "landscape.operators", "landscape.device", "landscape.h5heap"),
     ("landscape.data", "landscape.userdata", "landscape.models"),
     ("landscape.objective", "landscape.runs"),
     ("landscape.surface", "landscape.analysis", "landscape.training", "landscape.toy",

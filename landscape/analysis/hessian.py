@@ -525,20 +525,35 @@ def spectral_density(objective: Objective, theta: Tensor | None = None, *, n_pro
 SURFACE_KINDS = ("surface", "plane", "trajectory")
 
 
-def _surface_buffers(f: h5py.File, objective: Objective,
+def _surface_buffers(f: h5py.File, path: Path, objective: Objective,
                      ) -> tuple[dict[str, Tensor], dict[str, dict[str, Tensor]]]:
-    """The surface's buffers at its origin and their change per unit of x and y (if any)."""
-    def read(group: str) -> dict[str, Tensor]:
-        if group not in f:
+    """The surface's buffers at its origin and their change per unit of x and y (if any):
+    the datasets named for a buffer of the model, each checked (numeric, the buffer's
+    shape) before it is read; other members are ignored."""
+    def read(name: str) -> dict[str, Tensor]:
+        group = f.get(name)
+        if group is None:
             return {}
+        if not isinstance(group, h5py.Group):
+            raise store.damaged(path, f"'/{name}' is not a group of buffers")
         out: dict[str, Tensor] = {}
-        f[group].visititems(lambda name, obj: out.__setitem__(name, torch.from_numpy(
-            np.asarray(obj[()]))) if isinstance(obj, h5py.Dataset) else None)
+        for key, obj in store.members(group, path):  # listed first: nothing is read (or
+            buffer = objective.buffers.get(key)  # raised) inside HDF5's iteration
+            if buffer is None or not isinstance(obj, h5py.Dataset):
+                continue
+            if obj.dtype.kind not in "fiub" or obj.shape != tuple(buffer.shape):
+                raise store.damaged(path, f"'{obj.name}' ({obj.dtype}, shape {obj.shape}) "
+                                          f"does not fit the model's buffer of shape "
+                                          f"{tuple(buffer.shape)}")
+            try:
+                out[key] = torch.from_numpy(np.asarray(obj[()]))
+            except OSError as err:
+                raise store.damaged(path, f"cannot read '{obj.name}' ({err})") from None
         return out
 
     origin = {**objective.buffers, **{
         k: v.to(objective.buffers[k].device, objective.buffers[k].dtype)
-        for k, v in read("buffers/origin").items() if k in objective.buffers}}
+        for k, v in read("buffers/origin").items()}}
     steps = {axis: read(f"buffers/{axis}") for axis in ("x", "y")}
     return origin, steps
 
@@ -594,7 +609,7 @@ def curvature_map(objective: Objective, surface: str | Path, *, tol: float = 1e-
         origin = torch.from_numpy(np.asarray(f["origin"][()])).double()
         dx = torch.from_numpy(np.asarray(f["directions/x"][()])).double()
         dy = torch.from_numpy(np.asarray(f["directions/y"][()])).double()
-        buffer_origin, buffer_steps = _surface_buffers(f, objective)
+        buffer_origin, buffer_steps = _surface_buffers(f, path, objective)
     if origin.numel() != objective.space.numel:
         raise LandscapeError(f"{path}: the surface has {origin.numel()} parameters, the model "
                              f"{objective.space.numel}")

@@ -593,7 +593,8 @@ def train(*, model: str = "mlp", dataset: str = "digits", data_dir: str | Path |
                                     "at": datetime.now(timezone.utc).isoformat(timespec="seconds")}]
             if history and finished(history[-1]) and (path / "model.pt").exists():
                 info["status"] = "complete"
-            write_run_json(path, info)
+            if action != "resume":  # a new directory is a run (resumable) from its first file
+                write_run_json(path, info)
 
             trainer = _Trainer(net, opt, requires, train_src, test_src, dev, loss=fn, acc=acc,
                                batch_size=batch_size, steps=spe, sched=sched, gen=gen, amp=amp,
@@ -617,6 +618,8 @@ def train(*, model: str = "mlp", dataset: str = "digits", data_dir: str | Path |
                 if history:
                     tracker.restore(checkpoint.get("track"), history[-1]["step"])
                 trainer.on_step = lambda step: tracker.after_step(net, opt, step, sched(step))
+            if action == "resume":  # after its track file was checked: a resume refused
+                write_run_json(path, info)  # leaves run.json as it was
 
             def save_checkpoint(epoch: int) -> None:
                 state = {"epoch": epoch, "model": to_cpu(net.state_dict()),
