@@ -9,7 +9,8 @@
   implementation) when it is installed: the permutation found and the barrier reached.
 - Weight matching between two ResNet-20s (CIFAR-10 shapes, He-initialized: no CIFAR here).
 - A 25-point path against a 25-point random-direction curve on the digits MLP, interleaved.
-- The instability analysis of the digits recipe: spawn epochs 0, 1, 2, 5, 10, three pairs.
+- The instability analysis of the digits recipe: spawn epochs 0, 1, 2, 5, 10, three pairs;
+  and spawn steps 0, 10, 50, 200 (as Frankle et al. count), three pairs, 25 points.
 
 Usage: ``python benchmarks/connect.py --out outputs/bench_connect [--mnist-dir DIR]``; prints
 and writes ``results.json``. About 10 minutes on a shared 2-core machine.
@@ -187,9 +188,13 @@ def main() -> None:
         results["mnist"] = barriers("mnist", mnist, {"train": train_split,
                                                      "test": test_split}, out)
     t0 = time.perf_counter()
-    stability = instability(out / "stability", spawn_epochs=[0, 1, 2, 5, 10], pairs=3,
+    stability = instability(out / "stability", spawn_at=[0, 1, 2, 5, 10], pairs=3,
                             show_progress=False)
     results["stability"] = {**stability.to_dict(), "seconds": time.perf_counter() - t0}
+    t0 = time.perf_counter()
+    steps = instability(out / "stability_steps", spawn_at=[0, 10, 50, 200], unit="step",
+                        pairs=3, points=25, show_progress=False)
+    results["stability_steps"] = {**steps.to_dict(), "seconds": time.perf_counter() - t0}
     (out / "results.json").write_text(json.dumps(results, indent=1))
     print(json.dumps(results, indent=1))
 

@@ -20,10 +20,11 @@ Rows (the default digits MLP of ``landscape train``, its run in ``--run``, unles
   streamed (a re-iterable of 64-sample batches, counted) against resident.
 - ``train``: ``landscape.train`` with the CLI defaults (20 epochs, per-epoch train and test
   evaluation, a checkpoint per ``save_every``) against the plain torch loop a user would
-  write with the same per-epoch evaluation (wall seconds).
+  write with the same per-epoch evaluation (seconds).
 
 Every timing is a median over ``--rounds`` rounds in which the contenders take turns (the
-machine is shared). Peers: the ``bench`` extra (see ``benchmarks/README.md``).
+machine is shared); ``--clock cpu`` times CPU seconds of the process instead of wall
+seconds. Peers: the ``bench`` extra (see ``benchmarks/README.md``).
 Run: ``python benchmarks/peers.py --run outputs/runs/mlp-digits [--parts precision,...]``.
 """
 
@@ -60,10 +61,15 @@ def medians(fns: dict[str, Callable[[], float]], rounds: int) -> dict[str, float
     return {name: statistics.median(t) for name, t in times.items()}
 
 
+#: The clock of every timing: wall seconds, or with ``--clock cpu`` this process's CPU seconds
+#: (all threads; steadier than wall time on a machine shared with other jobs).
+CLOCK: list[Callable[[], float]] = [time.perf_counter]
+
+
 def timed(fn: Callable[[], object]) -> float:
-    start = time.perf_counter()
+    start = CLOCK[0]()
     fn()
-    return time.perf_counter() - start
+    return CLOCK[0]() - start
 
 
 def rel(a: Tensor, b: Tensor) -> float:
@@ -158,18 +164,18 @@ def lanczos_part(args: argparse.Namespace, run: landscape.Run) -> None:
 
     def engine() -> float:
         o = Objective(run.model, run.data, device="cpu")
-        t = time.perf_counter()
+        t = CLOCK[0]()
         e = hessian_eigenvalues(o, k=5, tol=1e-3, verify=False)
         hvps["engine"] = e.n_hvp
-        return (time.perf_counter() - t) / e.n_hvp
+        return (CLOCK[0]() - t) / e.n_hvp
 
     def pyhessian() -> float:
         calls[0] = 0
-        t = time.perf_counter()
+        t = CLOCK[0]()
         PyHessian(model, nn.CrossEntropyLoss(), data=(o32.x, o32.y), cuda=False).eigenvalues(
             top_n=5, tol=1e-3)
         hvps["PyHessian"] = calls[0]
-        return (time.perf_counter() - t) / calls[0]
+        return (CLOCK[0]() - t) / calls[0]
 
     times = medians({"engine": engine, "PyHessian": pyhessian}, args.rounds)
     print(f"top-5 eigenvalues, seconds per HVP: engine Lanczos {1e3 * times['engine']:.1f} ms "
@@ -296,7 +302,7 @@ def train_part(args: argparse.Namespace, run: landscape.Run) -> None:
 
     times = medians({"landscape.train": ours, "plain loop": lambda: timed(
         lambda: plain_loop(20))}, args.rounds)
-    print(f"training, 20 epochs, default MLP, wall: landscape.train "
+    print(f"training, 20 epochs, default MLP: landscape.train "
           f"{times['landscape.train']:.2f} s, plain loop with the same evaluation "
           f"{times['plain loop']:.2f} s: {times['plain loop'] / times['landscape.train']:.2f}x")
 
@@ -314,7 +320,11 @@ def main() -> None:
     parser.add_argument("--grid", type=int, default=21, help="surface: points per axis")
     parser.add_argument("--widths", default="100,400,1600",
                         type=lambda s: [int(w) for w in s.split(",")])
+    parser.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                        help="time.perf_counter or time.process_time")
     args = parser.parse_args()
+    CLOCK[0] = time.process_time if args.clock == "cpu" else time.perf_counter
+    print(f"clock: {args.clock}")
     torch.set_num_threads(1)
     run = landscape.load_run(args.run)
     for name in args.parts.split(","):

@@ -924,6 +924,12 @@ def _study_options(fn: Callable) -> Callable:
         click.option("--precision", type=click.Choice(["float64", "float32", "tf32", "bf16"]),
                      default=None, help="Evaluation precision [float32]."),
         click.option("--device", default=None, help="auto, cpu, cuda, ... [auto]."),
+        click.option("--stability-steps", default=None, metavar="K1,K2,...",
+                     help="Spawn children from every run at these optimizer steps and report "
+                          "the barrier between them beside the measures (Frankle et al.'s "
+                          "instability) [none: off]."),
+        click.option("--stability-pairs", type=click.IntRange(min=1), default=None,
+                     help="Pairs of children per run and spawn step [1]."),
         _overwrite, _json,
     ]
     for option in reversed(options):
@@ -1114,9 +1120,12 @@ def connect_cmd(run_a: str, run_b: str, curve_epochs: int, split: str, plane: st
 
 @main.command("stability")
 @click.option("--spawn", default="0,1,2,5", show_default=True,
-              help="Comma-separated epochs k at which children are spawned.")
+              help="Comma-separated epochs (or steps) k at which children are spawned.")
+@click.option("--spawn-unit", type=click.Choice(["epoch", "step"]), default="epoch",
+              show_default=True, help="What k counts: epochs, or optimizer steps as Frankle "
+              "et al. do.")
 @click.option("--pairs", type=click.IntRange(min=2), default=3, show_default=True,
-              help="Pairs of children per spawn epoch.")
+              help="Pairs of children per spawn point.")
 @click.option("--model", default="mlp", show_default=True, help="Zoo model name.")
 @click.option("--widths", default=None, help="MLP hidden widths, comma-separated [100,100].")
 @click.option("--dataset", default="digits", show_default=True, help="Dataset name.")
@@ -1130,21 +1139,21 @@ def connect_cmd(run_a: str, run_b: str, curve_epochs: int, split: str, plane: st
 @click.option("--points", type=click.IntRange(min=2), default=11, show_default=True,
               help="Points on each path between children.")
 @click.option("--figure", type=click.Path(dir_okay=False), default=None,
-              help="Save barrier against spawn epoch here (.pdf, .png, .svg).")
+              help="Save barrier against spawn point here (.pdf, .png, .svg).")
 @click.option("--out", default="outputs/stability", show_default=True,
               help="Directory of the children's runs, paths and stability.json.")
 @_json
-def stability_cmd(spawn: str, widths: str | None, figure: str | None, as_json: bool,
-                  **opts: Any) -> None:
+def stability_cmd(spawn: str, spawn_unit: str, widths: str | None, figure: str | None,
+                  as_json: bool, **opts: Any) -> None:
     """Instability analysis (Frankle et al. 2020): barrier between children spawned from one
-    parent at epoch k that differ only in SGD noise, against k."""
+    parent at epoch (or step) k that differ only in SGD noise, against k."""
     from landscape.connect.stability import instability
 
     try:
-        epochs = [int(k) for k in spawn.split(",")]
+        at = [int(k) for k in spawn.split(",")]
     except ValueError:
-        raise LandscapeError(f"--spawn takes comma-separated epochs, got {spawn!r}") from None
-    result = instability(opts.pop("out"), spawn_epochs=epochs,
+        raise LandscapeError(f"--spawn takes comma-separated integers, got {spawn!r}") from None
+    result = instability(opts.pop("out"), spawn_at=at, unit=spawn_unit,
                          model_options={"widths": _parse_widths(widths)} if widths is not None
                          else None,
                          **opts)
@@ -1157,9 +1166,9 @@ def stability_cmd(spawn: str, widths: str | None, figure: str | None, as_json: b
     if as_json:
         echo_json(summary)
         return
-    click.echo(f"{result.path}: test error barrier (%) by spawn epoch, mean [95% interval] "
-               f"over {result.settings['pairs']} pairs")
-    for k, iv in zip(result.spawn_epochs, result.interval("test_error")):
+    click.echo(f"{result.path}: test error barrier (%) by spawn {result.unit}, mean "
+               f"[95% interval] over {result.settings['pairs']} pairs")
+    for k, iv in zip(result.spawn_at, result.interval("test_error")):
         low, high = (f"{100 * v:.3g}" if v is not None else "n/a"
                      for v in (iv.ci_low, iv.ci_high))
         click.echo(f"  k = {k:<4} {100 * iv.mean:.3g} [{low}, {high}]")

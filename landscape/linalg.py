@@ -115,7 +115,8 @@ def orthogonalize(W: Tensor, basis: Tensor | None = None, *, normalize: bool = T
     Q = torch.zeros_like(W)
     for j in range(b):
         w = W[..., j : j + 1, :]
-        span = Q[..., :j, :] if basis is None else torch.cat([basis, Q[..., :j, :]], dim=-2)
+        span = Q[..., :j, :] if basis is None else basis if j == 0 else torch.cat(
+            [basis, Q[..., :j, :]], dim=-2)  # (no copy of the basis for the first row)
         for _ in range(2 if m + j else 0):
             c = w @ span.mT
             w = w - c @ span
@@ -260,7 +261,8 @@ def lanczos(op: Operator, n: int, k_largest: int = 1, k_smallest: int = 0, *,
             T[m - bq : m, m - bq : m] = (diag + diag.T) / 2
             theta, U = torch.linalg.eigh(T[:m, :m])
             kept = R.diagonal() > 0
-            Q, R = Q[kept][: n - m], R[kept][: n - m]
+            if not (bool(kept.all()) and Q.shape[0] <= n - m):  # (else no copies)
+                Q, R = Q[kept][: n - m], R[kept][: n - m]
             if Q.shape[0] < bq and m + Q.shape[0] < n and Q.shape[0] < block_size:
                 # invariant subspace: continue from fresh random directions
                 fill = min(block_size - Q.shape[0], n - m - Q.shape[0])

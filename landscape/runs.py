@@ -94,6 +94,21 @@ def read_run_json(path: Path) -> dict:
         info = json.loads(file.read_text())
     except (OSError, ValueError) as err:
         raise LandscapeError(f"{file} is damaged: {err}") from None
+    check_run_json(file, info)
+    return info
+
+
+def write_run_json(path: Path, info: dict) -> None:
+    """Write ``info`` as ``run.json`` of run directory ``path``, atomically, after the checks
+    every reader makes (:func:`check_run_json`): a run writes only what it can read back."""
+    check_run_json(Path(path) / "run.json", info)
+    atomic_write_json(Path(path) / "run.json", info)
+
+
+def check_run_json(file: Path, info: Any) -> None:
+    """The run.json format, version 1 (the one validator of its writer and its readers): a
+    JSON object of format :data:`RUN_FORMAT`, a version this library reads, ``config``,
+    ``model`` and ``dataset`` objects, an integer seed, and the records commands use."""
     if not isinstance(info, dict) or info.get("format") != RUN_FORMAT:
         raise LandscapeError(f"{file} is not a landscape run file (format {RUN_FORMAT!r})")
     version = info.get("format_version", RUN_FORMAT_VERSION)
@@ -110,7 +125,6 @@ def read_run_json(path: Path) -> dict:
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise LandscapeError(f"{file} is damaged: config has no integer 'seed' (got {seed!r})")
     _check_record(file, info)
-    return info
 
 
 def _check_record(file: Path, info: dict) -> None:
@@ -457,6 +471,6 @@ def adopt(model: str, weights: str | Path, data: str | None, out: str | Path, *,
             "num_parameters": count_parameters(net), "versions": versions(),
             "status": "complete", "adopted": True,
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-    atomic_write_json(out / "run.json", info)
+    write_run_json(out, info)
     atomic_write_json(out / "history.json", [])
     return out

@@ -140,6 +140,11 @@ def _is_tensors(data: Any) -> bool:
 
 
 # ------------------------------------------------------------------------------ sources
+def _one_shot() -> LandscapeError:
+    return LandscapeError("data larger than the memory budget are read once per pass: give a "
+                          "re-iterable source (a DataLoader, a list), not an iterator")
+
+
 class Source:
     """One data split, resident on ``device`` or streamed (see the module docstring).
 
@@ -148,23 +153,37 @@ class Source:
     to keep it when it fits ``budget`` bytes). ``shard=(rank, world)`` keeps only this rank's
     share (contiguous samples of tensors; every ``world``-th batch of an iterable); ``n`` and
     ``elements`` are then this rank's. ``n_batches``: the batches of one pass of an iterable
-    (this rank's), None for tensors.
+    (this rank's), None for tensors. ``dtype=None`` keeps every tensor's own dtype.
+
+    ``observe(inputs, targets)`` is called on every host batch of that one read of an
+    iterable, before any cast (:func:`landscape.userdata.scan_data` digests and checks the
+    data in it). ``data`` may be a host Source that already read an iterable (the scan's):
+    its counts are taken over and the data it kept are used when they fit ``budget`` (on the
+    CPU with the default budget, memory they already hold counts as free), else its iterable
+    is streamed: no second read. Under a shard, the iterable is read again.
     """
 
-    def __init__(self, data: Any, device: torch.device, dtype: torch.dtype,
+    def __init__(self, data: Any, device: torch.device, dtype: torch.dtype | None,
                  budget: int | None = None, shard: tuple[int, int] = (0, 1),
-                 whole: bool = False) -> None:
+                 whole: bool = False,
+                 observe: Callable[[Any, Tensor | None], None] | None = None) -> None:
         self.device, self.dtype, self.whole = device, dtype, whole
-        budget = default_budget(device) if budget is None else int(budget)
         rank, world = shard
         self._host: tuple[Any, Any] | None = None     # streamed tensors
         self._iterable: Iterable | None = None        # streamed batches
         self._data: tuple[Any, Any] | None = None     # resident (inputs, targets)
         self._shard = shard
         self.n_batches: int | None = None
+        if isinstance(data, Source):
+            if world == 1 and data.n_batches is not None and data.whole == whole:
+                self._adopt(data, budget)
+                return
+            data = data.given
+        self.given = data                             # the data as given
+        budget = default_budget(device) if budget is None else int(budget)
         if isinstance(data, torch.utils.data.Dataset) and not isinstance(
                 data, torch.utils.data.IterableDataset) and not _is_tensors(data):
-            data = torch.utils.data.DataLoader(data, batch_size=256)
+            data = self.given = torch.utils.data.DataLoader(data, batch_size=256)
         if whole and _is_tensors(data) and data[1] is not None:
             data = (data, None)
         if _is_tensors(data):
@@ -192,6 +211,8 @@ class Source:
         size = 0
         for batch in self._mine(iter(data)):
             inputs, targets = self._pair(batch)
+            if observe is not None:
+                observe(inputs, targets)
             self.n_batches += 1
             b = length(inputs)
             self.n += b
@@ -208,10 +229,24 @@ class Source:
                 inputs = concat([k[0] for k in kept])
                 targets = None if kept[0][1] is None else concat([k[1] for k in kept])
                 self._data = (inputs, targets)
-        elif iter(data) is data:
-            raise LandscapeError("data larger than the memory budget are read once per pass: "
-                                 "give a re-iterable source (a DataLoader, a list), not an "
-                                 "iterator")
+        elif isinstance(data, Iterator):
+            raise _one_shot()
+
+    def _adopt(self, read: Source, budget: int | None) -> None:
+        """Take over the counts of ``read``, a host Source that read an iterable once, and
+        its kept data when they fit ``budget``; else stream its iterable."""
+        for name in ("n", "elements", "target_float", "n_batches", "given"):
+            setattr(self, name, getattr(read, name))
+        self._iterable = read._iterable if read._data is None else read.given
+        if read._data is None:
+            return
+        size = nbytes(read._data)
+        if budget is None:
+            budget = default_budget(self.device) + (size if self.device.type == "cpu" else 0)
+        if size <= budget:
+            self._iterable, self._data = None, cast(read._data, self.device, self.dtype)
+        elif isinstance(read.given, Iterator):
+            raise _one_shot()
 
     def _pair(self, batch: Any) -> tuple[Any, Tensor | None]:
         if self.whole:
@@ -436,15 +471,29 @@ class Loss:
         raw = raw.reshape(y.shape[0], -1)
         return raw.sum(1) if self.mean_over == "elements" else raw.mean(1)
 
+    def _fused(self, out: Any, y: Tensor, reduction: str) -> Tensor | None:
+        """The built-in cross-entropy as one fused kernel (``reduction`` "sum" or "mean"
+        over the target elements), or None where it does not apply."""
+        if self.name != "cross_entropy" or not (y.dim() == 1 or self.mean_over == "elements"):
+            return None
+        out = out.float() if out.dtype in (torch.bfloat16, torch.float16) else out
+        return F.cross_entropy(out.reshape(-1, out.shape[-1]), y.reshape(-1),
+                               reduction=reduction)
+
     def total(self, out: Any, y: Tensor) -> Tensor:
         """The batch's loss summed in units of :meth:`weight` (its mean times the weight)."""
-        if self.name == "cross_entropy" and (y.dim() == 1 or self.mean_over == "elements"):
-            out = out.float() if out.dtype in (torch.bfloat16, torch.float16) else out
-            return F.cross_entropy(out.reshape(-1, out.shape[-1]), y.reshape(-1),
-                                   reduction="sum")  # one fused kernel
+        fused = self._fused(out, y, "sum")
+        if fused is not None:
+            return fused
         if self.has_per_sample:
             return self.samples(out, y).sum()
         return (out if self.hook else self.fn(out, y)) * self.weight(y)
+
+    def mean(self, out: Any, y: Tensor) -> Tensor:
+        """The batch's mean loss, :meth:`total` over :meth:`weight` (for the built-in
+        cross-entropy one fused kernel, without the division: a training step's loss)."""
+        fused = self._fused(out, y, "mean")
+        return fused if fused is not None else self.total(out, y) / self.weight(y)
 
 
 #: The one unit of every stored accuracy (surface datasets, run histories, study tables, JSON):

@@ -11,7 +11,6 @@ are refused with the list of what differs.
 from __future__ import annotations
 
 import errno
-import hashlib
 import json
 import math
 import os
@@ -27,22 +26,12 @@ import h5py
 import numpy as np
 
 from landscape.errors import LandscapeError, SettingsMismatch
+from landscape.h5heap import heap_fault
+from landscape.hashing import canonical_json, jsonable, settings_hash
+from landscape.hashing import values_digest as values_digest  # store.values_digest, as before
 
 FORMAT = "landscape"
 FORMAT_VERSION = 1
-
-
-def jsonable(obj: Any) -> Any:
-    """``obj`` with numpy values, tuples and paths turned into JSON types."""
-    if isinstance(obj, Mapping):
-        return {str(k): jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [jsonable(v) for v in obj]
-    if isinstance(obj, np.generic | np.ndarray):
-        return obj.tolist()
-    if isinstance(obj, Path):
-        return str(obj)
-    return obj
 
 
 def strict_json(obj: Any) -> Any:
@@ -55,29 +44,6 @@ def strict_json(obj: Any) -> Any:
     if isinstance(obj, list | tuple):
         return [strict_json(v) for v in obj]
     return obj
-
-
-def values_digest(tensors: Iterable[Any], names: Iterable[str] | None = None,
-                  dtype: str = "float64") -> str:
-    """The one digest of weights, buffers and directions that settings record: the first 16
-    hex digits of the SHA-256 of each tensor's values cast to ``dtype`` (C order, on the
-    CPU), each preceded by its name when ``names`` are given. Cost: one CPU copy per tensor."""
-    import torch
-
-    h = hashlib.sha256()
-    tensors = list(tensors)
-    for name, t in zip(names if names is not None else [None] * len(tensors), tensors,
-                       strict=True):
-        if name is not None:
-            h.update(name.encode())
-        h.update(t.detach().to("cpu", getattr(torch, dtype)).contiguous().numpy().tobytes())
-    return h.hexdigest()[:16]
-
-
-def settings_hash(settings: Mapping[str, Any]) -> str:
-    """SHA-256 of the canonical JSON of ``settings``."""
-    text = json.dumps(jsonable(settings), sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def versions() -> dict[str, str]:
@@ -135,7 +101,8 @@ def damaged(path: str | Path, what: str) -> LandscapeError:
 
 def _open(path: Path, mode: str) -> h5py.File:
     """``h5py.File(path, mode)``, the one way this library opens a result file; a locked,
-    read-only, unreadable or damaged file, or one that reaches outside itself
+    read-only, unreadable or damaged file (a global heap that would hang HDF5 included,
+    :func:`~landscape.h5heap.heap_fault`), or one that reaches outside itself
     (:func:`self_contained`), is a one-line LandscapeError saying which."""
     if path.is_dir():
         raise LandscapeError(f"{path}: is a directory, not a result file")
@@ -146,6 +113,9 @@ def _open(path: Path, mode: str) -> h5py.File:
         raise LandscapeError(f"{path}: no permission to read it") from None
     if not h5py.is_hdf5(path):
         raise damaged(path, "not an HDF5 file (empty, truncated or another format)")
+    fault = heap_fault(path)
+    if fault is not None:
+        raise damaged(path, f"{fault} (HDF5 would loop forever reading it)")
     try:
         f = h5py.File(path, mode)
     except OSError as err:
@@ -211,9 +181,9 @@ def _links(f: h5py.File) -> list[tuple[str, Any]]:
     return links
 
 
-def members(f: h5py.File, path: Path) -> list[tuple[str, Any]]:
-    """Every (name, group or dataset) in ``f``, opened outside HDF5's iteration; one that
-    cannot be opened is a one-line damaged-file error."""
+def members(f: h5py.Group, path: Path) -> list[tuple[str, Any]]:
+    """Every (name, group or dataset) in ``f`` (a file or group), opened outside HDF5's
+    iteration; one that cannot be opened is a one-line damaged-file error."""
     try:
         return [(name, f[name]) for name, _ in _links(f)]
     except (OSError, RuntimeError, SystemError, ValueError, KeyError) as err:
@@ -308,7 +278,12 @@ def _array(group: h5py.Group, name: str, path: Path, *, dtype: str = "f",
         raise damaged(path, f"dataset {where} is missing")
     if not isinstance(obj, h5py.Dataset):
         raise damaged(path, f"{where} is a {type(obj).__name__.lower()}, not a dataset")
-    if obj.dtype.kind not in dtype:
+    try:
+        kind = obj.dtype.kind
+    except (ValueError, TypeError, RuntimeError) as err:  # a damaged type message (e.g. an
+        # exponent bias no numpy float has)
+        raise damaged(path, f"dataset {where} has a damaged type ({err})") from None
+    if kind not in dtype:
         raise damaged(path, f"dataset {where} holds {obj.dtype}, not "
                             f"{_DTYPES[dtype]} values")
     if ndim is not None and obj.ndim != ndim:
@@ -331,6 +306,12 @@ def _number(attrs: Mapping[str, Any], key: str, path: Path, where: str = "",
     if isinstance(value, bool) or not isinstance(value, kinds):
         raise damaged(path, f"attribute '{key}'{where} is {value!r}, not "
                             f"{'an integer' if integer else 'a number'}")
+
+
+def _mapping(attrs: Mapping[str, Any], key: str, path: Path, where: str = "") -> None:
+    """Attribute ``key`` is a JSON object, or absent."""
+    if not isinstance(attrs.get(key, {}), dict):
+        raise damaged(path, f"attribute '{key}'{where} is not a JSON object")
 
 
 #: The most names a list attribute (metrics, labels) may hold; results hold a handful.
@@ -397,6 +378,7 @@ def _validate_hessian(f: h5py.File, path: Path, attrs: Mapping[str, Any]) -> Non
     if done["eigen"]:
         _number(attrs, "eigen_n_hvp", path, integer=True)
         _number(attrs, "eigen_n_restarts", path, integer=True, optional=True)
+        _mapping(attrs, "eigen_settings", path)
         if len({f"at_floor_{tag}" in f for tag in ("top", "bottom")}) > 1:
             raise damaged(path, "'at_floor' is stored for one end of the spectrum only")
         width = None
@@ -416,6 +398,7 @@ def _validate_hessian(f: h5py.File, path: Path, attrs: Mapping[str, Any]) -> Non
         group = _group(f, "trace", path)
         _array(group, "samples", path, ndim=1)
         group_attrs = read_attrs(group)
+        _mapping(group_attrs, "settings", path, " of 'trace'")
         _number(group_attrs, "estimate", path, " of 'trace'")
         for key in ("stderr", "rtol"):
             _number(group_attrs, key, path, " of 'trace'", optional=True)
@@ -433,6 +416,7 @@ def _validate_hessian(f: h5py.File, path: Path, attrs: Mapping[str, Any]) -> Non
         nodes = _array(group, "nodes", path, ndim=2).shape
         _array(group, "weights", path, shape=nodes)
         group_attrs = read_attrs(group)
+        _mapping(group_attrs, "settings", path, " of 'density'")
         _number(group_attrs, "sigma", path, " of 'density'")
         _number(group_attrs, "n_hvp", path, " of 'density'", integer=True)
 
@@ -453,8 +437,7 @@ def _validate_study(f: h5py.File, path: Path, attrs: Mapping[str, Any]) -> None:
     if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
         raise damaged(path, "attribute 'table' is not a JSON list of rows")
     for name in ("design", "study_settings"):
-        if not isinstance(attrs.get(name, {}), dict):
-            raise damaged(path, f"attribute '{name}' is not a JSON object")
+        _mapping(attrs, name, path)
     models = _group(f, "models", path) if "models" in f else {}
     for name in models:
         model = _group(models, name, path)
@@ -492,8 +475,28 @@ def _validate_toy(f: h5py.File, path: Path, attrs: Mapping[str, Any]) -> None:
         _array(group, "loss", path, shape=n[:-1])
         meta = read_attrs(group["path"])
         _number(meta, "tol", path, f" of '{label}/path'")
+        steps = meta.get("steps_to_tol")
+        if not all(isinstance(s, int) and not isinstance(s, bool)
+                   for s in (steps if isinstance(steps, list) and len(n) > 2 else [steps])):
+            raise damaged(path, f"attribute 'steps_to_tol' of '{label}/path' is "
+                                f"{str(steps)[:40]!r}, not a step count")
         if not isinstance(meta.get("settings"), dict) or "optimizer" not in meta:
             raise damaged(path, f"'{label}/path' lacks its optimizer or settings")
+
+
+#: The 1D columns a track holds for some measures only (HVP counts, the preconditioned
+#: threshold); its reader takes them when present.
+TRACK_OPTIONAL = ("top_eigenvalue_hvp", "preconditioned_top_eigenvalue",
+                  "preconditioned_top_eigenvalue_error", "preconditioned_top_eigenvalue_hvp",
+                  "preconditioned_threshold")
+#: The path landscapes of a track: (losses, their coordinates), one line of losses per row.
+TRACK_LINES = (("update_loss", "update_alpha"), ("segment_loss", "segment_s"))
+
+
+def track_columns(measures: list[str]) -> tuple[str, ...]:
+    """The 1D columns every track of ``measures`` holds, one value per row."""
+    return ("step", "epoch", "lr", "train_loss", "threshold", "seconds", *measures,
+            *(f"{m}_error" for m in measures))
 
 
 def _validate_track(f: h5py.File, path: Path, attrs: Mapping[str, Any]) -> None:
@@ -501,15 +504,17 @@ def _validate_track(f: h5py.File, path: Path, attrs: Mapping[str, Any]) -> None:
     one line of losses per row in the path landscapes; a file killed before its first row
     holds no columns yet."""
     track = attrs.get("settings", {}).get("track")
-    if not isinstance(track, dict) or not isinstance(track.get("measures"), list):
+    if not isinstance(track, dict) or not isinstance(track.get("measures"), list) or not all(
+            isinstance(m, str) for m in track["measures"]):
         raise damaged(path, "the settings name no tracked measures")
     if "step" not in f:
         return
     n = _array(f, "step", path, dtype="iu", ndim=1).shape
-    for name in ("epoch", "lr", "train_loss", "threshold", "seconds",
-                 *track["measures"], *(f"{m}_error" for m in track["measures"])):
+    for name in track_columns(track["measures"])[1:]:  # after "step"
         _array(f, name, path, shape=n)
-    for line, coords in (("update_loss", "update_alpha"), ("segment_loss", "segment_s")):
+    for name in TRACK_OPTIONAL:
+        _array(f, name, path, dtype="fbiu", shape=n, optional=True)
+    for line, coords in TRACK_LINES:
         m = _array(f, coords, path, ndim=1).shape
         _array(f, line, path, shape=(*n, *m))
 
@@ -574,7 +579,7 @@ def claim_part(f: h5py.File, name: str, settings: Mapping[str, Any], what: str,
 
 def mark_part(f: h5py.File, name: str, settings: Mapping[str, Any]) -> None:
     """Record the settings of the part ``f[name]`` (see :func:`claim_part`) and flush."""
-    f[name].attrs["settings"] = json.dumps(jsonable(settings), sort_keys=True, default=str)
+    f[name].attrs["settings"] = canonical_json(settings)
     f.flush()
 
 
@@ -746,26 +751,53 @@ def attach_grid_scales(f: h5py.File, names: Iterable[str]) -> None:
             f[name].dims[dim].attach_scale(f[axis])
 
 
+#: HDF5's dimension-scale bookkeeping (object references: for other readers such as xarray),
+#: with the type class each must have; never read here, only its type is checked.
+SCALE_ATTRS = {"DIMENSION_LIST": h5py.h5t.VLEN, "REFERENCE_LIST": h5py.h5t.COMPOUND}
+#: The type classes of every other attribute: numbers, text, booleans (an HDF5 enum).
+_PLAIN = (h5py.h5t.INTEGER, h5py.h5t.FLOAT, h5py.h5t.STRING, h5py.h5t.ENUM)
+
+
+def _plain(obj: h5py.File | h5py.Group | h5py.Dataset, key: str) -> Any:
+    """Attribute ``key`` of ``obj`` after checking its type (metadata only): numbers, text or
+    booleans, as h5py writes them. Anything else (a damaged type message can turn a string
+    into a variable-length sequence, which crashed HDF5 as it was read) is a ValueError."""
+    kind = obj.attrs.get_id(key).get_type()
+    if kind.get_class() not in _PLAIN:
+        raise ValueError(f"of HDF5 type class {kind.get_class()}, not a number or text")
+    return obj.attrs[key]
+
+
 def read_attrs(obj: h5py.File | h5py.Group | h5py.Dataset) -> dict[str, Any]:
-    """Attributes as plain Python values (JSON-encoded ones decoded, arrays as lists); an
-    attribute that cannot be read or decoded is a LandscapeError naming the file and it."""
+    """Attributes as plain Python values (JSON-encoded ones decoded, arrays as lists), the
+    dimension-scale lists :data:`SCALE_ATTRS` left out; an attribute that cannot be read or
+    decoded, or of another type, is a LandscapeError naming the file and it."""
     key = "json_attrs"
     try:
-        json_keys = json.loads(obj.attrs.get(key, "[]"))
+        json_keys = json.loads(_plain(obj, key) if key in obj.attrs else "[]")
         if not isinstance(json_keys, list) or not all(isinstance(k, str) for k in json_keys):
             raise ValueError("not a list of names")
         out: dict[str, Any] = {}
         for key in obj.attrs:
             if key == "json_attrs":
                 continue
-            value = obj.attrs[key]
+            if key in SCALE_ATTRS:
+                kind = obj.attrs.get_id(key).get_type()
+                if kind.get_class() != SCALE_ATTRS[key] or (
+                        key == "DIMENSION_LIST" and kind.get_super().get_class()
+                        != h5py.h5t.REFERENCE):
+                    raise ValueError("not a list of object references")
+                continue
+            value = _plain(obj, key)
             if isinstance(value, bytes):
                 value = value.decode()
             if key in json_keys:
                 value = json.loads(value)
             elif isinstance(value, np.generic | np.ndarray):
                 value = value.tolist()
-            out[key] = value
+            if isinstance(value, str) or key in json_keys:  # text that is not UTF-8 (h5py
+                json.dumps(value, ensure_ascii=False).encode()  # keeps bad bytes as
+            out[key] = value  # surrogates; a JSON escape can make one) cannot be printed
     except (OSError, RuntimeError, ValueError, TypeError, KeyError) as err:  # a damaged
         # attribute table (RuntimeError from h5py's iteration), JSONDecodeError, UnicodeError
         where = "" if obj.name == "/" else f" of '{obj.name}'"

@@ -23,6 +23,7 @@ For every pair of recipes, the interpolation between their first-seed solutions.
 
     runs/NAME/seedK/            the training runs (``landscape.train``)
     surfaces/*.h5               curves, surfaces and interpolations (resumable)
+    stability/NAME/seedK/       children spawned from each run (``stability_steps`` only)
     study.h5                    kind "study": everything, self-contained for plotting
     comparison.pdf / .png       the comparison figure (:func:`landscape.plot.save_comparison`,
                                 drawn by ``landscape compare`` and ``landscape demo``)
@@ -39,12 +40,12 @@ changing one setting, computes only what is new.
 from __future__ import annotations
 
 import ast
-import hashlib
 import inspect
 import itertools
 import json
 import os
 import re
+import shutil
 import sys
 import time
 import warnings
@@ -64,8 +65,10 @@ from landscape.analysis.measures import (
     measure_settings,
     names_of,
 )
+from landscape.connect.stability import STUDY_BARRIERS, column_header, study_column
 from landscape.errors import LandscapeError, SettingsMismatch, check_int, unknown_name
 from landscape.findings import COUNTED, analyse, render
+from landscape.hashing import settings_hash, sha256_hex
 from landscape.progress import progress
 from landscape.sources import ACCURACY_UNIT
 from landscape.stats import LEVEL, confidence_interval, is_positive, proportion_interval
@@ -351,6 +354,15 @@ class StudySettings(MeasureSettings):
     curves, surface and measures being computed with the intra-op threads its training used
     (run.json's ``threads``: one for a tiny model such as the digits MLP, whose measures took
     4x the CPU time and 2x the wall time on two threads of a shared 2-core machine).
+
+    ``stability_steps`` (default none: off): optimizer steps ``k`` at which each trained
+    seed's run is the parent of ``stability_pairs`` pairs of children (Frankle et al.'s
+    instability analysis, :mod:`landscape.connect.stability`: same seed, the parent's first
+    ``k`` steps bit for bit, then each child's own minibatch order, trained to the study's
+    matching rule); the test-error and train-loss barriers of the straight path between
+    children (``stability_points`` points) are reported per seed (the mean over its pairs)
+    beside the measures, and tested like them. Cost per seed and ``k``: ``2 *
+    stability_pairs`` trainings and as many paths.
     """
 
     curve: str = "-1:1:41"
@@ -362,6 +374,9 @@ class StudySettings(MeasureSettings):
     max_epochs: int = 1000
     checkpoints: int = 3
     workers: int = 1
+    stability_steps: tuple[int, ...] = ()
+    stability_pairs: int = 1
+    stability_points: int = 11
     precision: str = "float32"
     device: str = "auto"
 
@@ -380,13 +395,29 @@ class StudySettings(MeasureSettings):
         for m in self.measures:
             if m not in known:
                 raise unknown_name("study measure", m, known)
+        steps = self.stability_steps
+        if isinstance(steps, str):
+            try:
+                steps = [int(k) for k in steps.split(",") if k.strip()]
+            except ValueError:
+                raise LandscapeError("stability_steps are comma-separated step counts, got "
+                                     f"{steps!r}") from None
+        self.stability_steps = tuple(sorted({check_int("stability step", k, minimum=0)
+                                             for k in steps}))
+        check_int("stability_pairs", self.stability_pairs)
+        check_int("stability_points", self.stability_points, minimum=2)
 
     def engine(self) -> dict[str, Any]:
         return {"precision": self.precision, "device": self.device}
 
     def quantities(self) -> list[str]:
         """The per-model numbers reported with intervals, in table order."""
-        return [k for k, _, _ in OUTCOMES] + list(self.measures) + ["curve_rise"]
+        return [k for k, _, _ in OUTCOMES] + list(self.measures) + ["curve_rise"] \
+            + self.stability_columns()
+
+    def stability_columns(self) -> list[str]:
+        """The barriers between spawned children, per metric and spawn step."""
+        return [study_column(m, k) for m, _, _ in STUDY_BARRIERS for k in self.stability_steps]
 
 
 # ------------------------------------------------------------------------------ results
@@ -455,6 +486,7 @@ def format_table(rows: Sequence[Mapping[str, Any]]) -> str:
     quantities = [q for q in rows[0] if isinstance(rows[0][q], dict) and "mean" in rows[0][q]]
     header = {k: (h, spec) for k, h, spec in OUTCOMES}
     header.update({m: (REGISTRY[m].header, ".4g") for m in REGISTRY})
+    header.update({q: h for q in quantities if (h := column_header(q))})
     cols = [q for q in quantities if q in header]
     lines = ["| recipe | seeds | match | " + " | ".join(header[q][0] for q in cols) + " |",
              "|---|---|---|" + "---:|" * len(cols)]
@@ -484,8 +516,7 @@ def format_table(rows: Sequence[Mapping[str, Any]]) -> str:
 
 # ------------------------------------------------------------------------------ storage
 def _digest(obj: Any) -> str:
-    return hashlib.sha256(json.dumps(store.jsonable(obj), sort_keys=True, default=str)
-                          .encode()).hexdigest()[:16]
+    return settings_hash(obj, 16)
 
 
 _SKIP_ATTRS = ("settings_hash", "format", "format_version", "created")
@@ -672,6 +703,7 @@ def _recipe_row(recipe: Recipe, common: Mapping[str, Any], match: str | None,
 def _labels(quantities: Sequence[str]) -> dict[str, str]:
     """The table header of each quantity."""
     header = {k: h for k, h, _ in OUTCOMES} | {m: e.header for m, e in REGISTRY.items()}
+    header.update({q: h[0] for q in quantities if (h := column_header(q))})
     return {q: header[q] for q in quantities if q in header}
 
 
@@ -767,13 +799,18 @@ class _Runner:
         self.engine = s.engine()
         self.surf_dir = path.parent / "surfaces"
         self.computed: dict[str, list[str]] = {"train": [], "curve": [], "surface": [],
-                                               "measures": [], "interpolation": []}
+                                               "measures": [], "interpolation": [],
+                                               "stability": []}
+
+    def options(self, recipe: Recipe, seed: int) -> dict[str, Any]:
+        """The :func:`landscape.train` options of ``recipe`` with ``seed``."""
+        return {**self.common, **recipe.options,
+                **_match_options(self.match, recipe, self.s.max_epochs, self.s.checkpoints),
+                "seed": seed}
 
     def run_options(self, recipe: Recipe, seed: int) -> tuple[dict[str, Any], Path]:
-        """The :func:`landscape.train` options of ``recipe`` with ``seed``, and its folder."""
-        return ({**self.common, **recipe.options,
-                 **_match_options(self.match, recipe, self.s.max_epochs, self.s.checkpoints),
-                 "seed": seed}, self.path.parent / "runs" / recipe.name / f"seed{seed}")
+        """:meth:`options` of ``recipe`` with ``seed``, and its folder."""
+        return self.options(recipe, seed), self.path.parent / "runs" / recipe.name / f"seed{seed}"
 
     def workers(self) -> Any:
         """The pool of ``workers`` processes on a CPU (started on first use; None with one
@@ -839,6 +876,37 @@ class _Runner:
             self.computed["train"].append(f"{recipe.name}/seed{seed}")
         self.bar.update(1)
         return run
+
+    def stability(self, recipe: Recipe, seed: int) -> dict[str, float]:
+        """The barriers between children of ``recipe``'s run with ``seed``, spawned at each
+        ``stability_steps`` step (:func:`landscape.connect.stability.per_parent`), kept in
+        ``stability/NAME/seedK`` (resumed; redone when the recipe's options changed)."""
+        from landscape.connect.stability import instability, per_parent
+
+        s = self.s
+        where = self.path.parent / "stability" / recipe.name / f"seed{seed}"
+        options = {k: v for k, v in self.options(recipe, seed).items() if k != "seed"}
+        kwargs = {"spawn_at": s.stability_steps, "unit": "step", "pairs": s.stability_pairs,
+                  "seed": seed, "points": s.stability_points, "engine": self.engine,
+                  "show_progress": self.show_progress, **options}
+        if self.overwrite:
+            shutil.rmtree(where, ignore_errors=True)
+        fresh = not (where / "stability.json").exists()
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            try:
+                result = instability(where, **kwargs)
+            except SettingsMismatch:   # the recipe changed: its children are stale
+                fresh = True
+                shutil.rmtree(where)
+                result = instability(where, **kwargs)
+        for w in caught:
+            if "already complete" not in str(w.message):
+                self.log(f"{recipe.name} seed {seed} children: WARNING {w.message}")
+        if fresh:
+            self.computed["stability"].append(f"{recipe.name}/seed{seed}")
+        self.bar.update(len(s.stability_steps))
+        return per_parent(result)
 
     def _stored(self, group: h5py.Group | None, key: str, where: str) -> Any:
         """The stored copy of a finished surface part with this key, else None."""
@@ -993,7 +1061,7 @@ def _data_digest(run: Any) -> str:
     if run.data.spec.get("user"):
         return run.data.spec["digest"]
     x, y = run.data.split("train")
-    return hashlib.sha256(x.numpy().tobytes() + y.numpy().tobytes()).hexdigest()
+    return sha256_hex(x.numpy().tobytes() + y.numpy().tobytes())
 
 
 def _check_same_data(runs: Mapping[str, Any]) -> None:
@@ -1050,6 +1118,10 @@ def run_study(recipes: Sequence[Recipe | str] = (), runs: Mapping[str, str | Pat
     recipes = [parse_recipe(r) if isinstance(r, str) else
                Recipe(check_name(r.name), check_options(r.name, r.options)) for r in recipes]
     recipes = expand_sweep(recipes, parse_sweep(sweep))
+    for rec in recipes if s.stability_steps else ():
+        if {"spawn", "spawn_unit"} & set(rec.options):
+            raise LandscapeError(f"recipe {rec.name!r} sets spawn: stability_steps spawns the "
+                                 "children itself")
     run_dirs = {check_name(k, "run"): Path(v) for k, v in (runs or {}).items()}
     names = [r.name for r in recipes] + list(run_dirs)
     dup = {n for n in names if names.count(n) > 1}
@@ -1069,7 +1141,8 @@ def run_study(recipes: Sequence[Recipe | str] = (), runs: Mapping[str, str | Pat
               "runs": {k: str(v) for k, v in run_dirs.items()}, "level": LEVEL}
     n_models = len(recipes) * len(seeds) + len(run_dirs)
     per_model = (1 + s.direction_seeds + 1 + len(s.measures)
-                 + (s.checkpoints - 1) * (len(s.measures) + s.direction_seeds))
+                 + (s.checkpoints - 1) * (len(s.measures) + s.direction_seeds)
+                 + len(s.stability_steps))
     bar = progress(total=n_models * per_model + len(names) * (len(names) - 1) // 2,
                    desc="study", unit="part", disable=None if show_progress else True)
     path = out / "study.h5"
@@ -1088,6 +1161,7 @@ def run_study(recipes: Sequence[Recipe | str] = (), runs: Mapping[str, str | Pat
                     del f.attrs[key]
             r = _Runner(f, path, s, common, match_opts, overwrite, show_progress, log, bar)
             trained: dict[tuple[str, int], Any] = {}
+            by_name = {rec.name: rec for rec in recipes}
             r.train_ahead([(recipe, seed) for recipe in recipes for seed in seeds])
             for recipe in recipes:
                 log(f"{recipe.name}: training seeds {','.join(map(str, seeds))} "
@@ -1115,6 +1189,8 @@ def run_study(recipes: Sequence[Recipe | str] = (), runs: Mapping[str, str | Pat
                     measures = r.measures(g, label, run, digest)
                     row = _per_seed_row(run, curves, measures, s.rise_at,
                                         *r.around(g, label, run))
+                    if s.stability_steps and seed >= 0:   # a trained recipe: children
+                        row.update(r.stability(by_name[name], seed))
                 store.write_attrs(g, {"run": str(run.path), "weights_sha": digest,
                                       "stopping": run.stopping, "row": row})
                 f.flush()
@@ -1127,7 +1203,8 @@ def run_study(recipes: Sequence[Recipe | str] = (), runs: Mapping[str, str | Pat
                     for rec in recipes]
             rows += [_recipe_row(Recipe(n, {"run": str(d)}), {}, None, results[n], quantities,
                                  logs) for n, d in run_dirs.items()]
-            findings = analyse(rows, [*s.measures, "curve_rise"], _labels(quantities))
+            findings = analyse(rows, [*s.measures, "curve_rise", *s.stability_columns()],
+                               _labels(quantities))
             interps = {}
             for i, a in enumerate(names):
                 for b in names[i + 1:]:

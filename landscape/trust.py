@@ -28,7 +28,6 @@ file's name, never a second lookup through ``sys.path``. A recorded spec is
 
 from __future__ import annotations
 
-import hashlib
 import importlib.machinery
 import re
 import site
@@ -41,6 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from landscape.errors import LandscapeError
+from landscape.hashing import sha256_hex
 
 __all__ = ["Code", "check_recorded", "is_code_spec", "canonical", "record", "resolve",
            "split_spec", "source_file", "trusting"]
@@ -96,7 +96,7 @@ class Code:
     @property
     def sha256(self) -> str | None:
         """SHA-256 of the bytes read (None without a file)."""
-        return None if self.source is None else hashlib.sha256(self.source).hexdigest()
+        return None if self.source is None else sha256_hex(self.source)
 
 
 def _locate(module: str) -> list[importlib.machinery.ModuleSpec] | None:

@@ -5,26 +5,30 @@
 DataLoader). ``--loss ...:fn`` names a loss callable (:class:`landscape.sources.Loss`). A run
 directory records both as code specs with their files' SHA-256 (imported later only when
 trusted, :mod:`landscape.trust`) and a digest of the data, so every later command rebuilds
-the same data and loss and refuses with one line when the factory's data changed.
+the same data and loss and refuses with one line when the factory's data changed. Each
+split is read once (:func:`scan_data`: one pass counts, checks, digests and keeps it), and
+the engine's sources take that read over; a scan is cached by the factory file's SHA-256, so
+loading the same run again reads only the splits used, each checked as it is read.
 
 :func:`adopt` makes a run directory from a checkpoint saved by any code, without training.
 """
 
 from __future__ import annotations
 
-import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from landscape.errors import LandscapeError
+from landscape.hashing import data_digest, sample_digests, sha256_hex, split_part
 from landscape.models.user import load_attribute
-from landscape.sources import Source, leaves, length
-from landscape.trust import Code, check_recorded, record
+from landscape.sources import Source, cast, leaves, length
+from landscape.trust import Code, check_recorded, record, resolve
 
-__all__ = ["DataScan", "UserData", "checkpoint_state", "load_user_data", "scan_data"]
+__all__ = ["DataScan", "UserData", "checkpoint_state", "load_user_data", "read_split",
+           "scan_data"]
 
 SPLITS = ("train", "test")
 
@@ -40,12 +44,22 @@ class DataScan:
     """What one pass over the user data finds: ``digest`` (:func:`scan_data`), the
     per-sample ``input_shape`` (``(1,)`` for tuple or dict inputs), ``num_outputs`` (classes,
     largest train label + 1, for integer targets; target elements per sample for floating
-    ones) and the samples per split (``sizes``)."""
+    ones), the samples per split (``sizes``), each split's share of the digest (``parts``:
+    the SHA-256 of what that split adds to it), and ``reads``: each split as the pass read
+    it, a host :class:`landscape.sources.Source` that counted it and kept it when it fit
+    (empty in a cached scan)."""
 
     digest: str
     input_shape: tuple[int, ...]
     num_outputs: int
     sizes: dict[str, int]
+    parts: dict[str, str] = field(default_factory=dict)
+    reads: dict[str, Source] = field(default_factory=dict, repr=False, compare=False)
+
+
+#: Scans of data made by factory files, by (spec, the file's SHA-256, whole, labels): a
+#: second load of the same run reads each split once, when it is used, and checks it then.
+_SCANS: dict[tuple[str, str, bool, bool], DataScan] = {}
 
 
 def _bad_label(y: torch.Tensor, classes: int | None) -> tuple[int, int] | None:
@@ -60,56 +74,90 @@ def _bad_label(y: torch.Tensor, classes: int | None) -> tuple[int, int] | None:
     return row, int(flat[row, col])
 
 
-def scan_data(splits: dict[str, Any], whole: bool = False, labels: bool = True) -> DataScan:
-    """One pass over every split: the SHA-256 of the samples as float64/int64 bytes,
-    independent of their order (the sorted digests of the samples, so that a shuffling
-    loader digests the same every pass), the shapes a model factory is told and the split
-    sizes. ``whole``: batches are passed whole to a ``forward_loss`` hook (no target pair).
-    ``labels``: integer targets are class labels of the built-in cross-entropy, so every one
-    must lie in [0, classes), classes from the whole train split. An empty split, a label
-    out of range (naming the split and the sample's index) or more than
-    :data:`MAX_CLASSES` classes is a one-line LandscapeError. Cost: one pass over the data,
-    one small hash per sample."""
-    h = hashlib.sha256()
+class _Rows:
+    """The observer of one split's read (:class:`landscape.sources.Source` ``observe``): each
+    sample's SHA-256 as float64/int64 bytes, the first input shape, the floating target size,
+    the largest integer label, and labels outside [0, ``classes``) refused when ``labels``."""
+
+    def __init__(self, name: str, labels: bool, classes: int | None) -> None:
+        self.name, self.labels, self.classes = name, labels, classes
+        self.rows: list[bytes] = []
+        self.shape: tuple[int, ...] | None = None
+        self.outputs: int | None = None
+        self.top = -1
+
+    def __call__(self, inputs: Any, targets: torch.Tensor | None) -> None:
+        batch = cast((inputs, targets), torch.device("cpu"), torch.float64)
+        n = length(batch[0])
+        self.rows += sample_digests([t.numpy() for t in leaves(batch)])
+        x, y = batch
+        if self.shape is None:
+            self.shape = tuple(x.shape[1:]) if isinstance(x, torch.Tensor) else (1,)
+        if not isinstance(y, torch.Tensor) or not y.numel():
+            return
+        if y.is_floating_point():
+            self.outputs = int(y[0].numel()) or 1
+            return
+        if self.labels and (bad := _bad_label(y, self.classes)) is not None:
+            raise LandscapeError(
+                f"the user data's {self.name} split has label {bad[1]} at sample "
+                f"{len(self.rows) - n + bad[0]}, outside [0, {self.classes or 'classes'}); "
+                "class labels for the built-in cross-entropy are 0, 1, ..., classes-1")
+        self.top = max(self.top, int(y.max()))
+
+    def part(self) -> bytes:
+        """This split's share of the digest (:func:`landscape.hashing.split_part`)."""
+        return split_part(self.name, self.rows)
+
+
+def read_split(name: str, data: Any, whole: bool = False, labels: bool = False,
+               classes: int | None = None, budget: int | None = None
+               ) -> tuple[Source, _Rows]:
+    """One read of split ``name``: the host Source that counted it and kept it when it fit
+    ``budget`` bytes (default: :func:`landscape.sources.default_budget` of the CPU), and the
+    observer that digested and checked it (:class:`_Rows`). Tensors are not read from a
+    loader: they are digested in slices. An empty split is a one-line LandscapeError."""
+    rows = _Rows(name, labels, classes)
+    source = Source(data, torch.device("cpu"), None, budget, whole=whole, observe=rows)
+    if source.n_batches is None:  # tensors: nothing was iterated
+        for inputs, targets in source.batches(4096):
+            rows(inputs, targets)
+    if not rows.rows:
+        raise LandscapeError(f"the user data's {name} split is empty")
+    return source, rows
+
+
+def scan_data(splits: dict[str, Any], whole: bool = False, labels: bool = True,
+              budget: int | None = None) -> DataScan:
+    """One pass over every split (:func:`read_split`, which also counts and keeps it): the
+    SHA-256 of the samples as float64/int64 bytes, independent of their order (the sorted
+    digests of the samples, so that a shuffling loader digests the same every pass), the
+    shapes a model factory is told and the split sizes. ``whole``: batches are passed whole
+    to a ``forward_loss`` hook (no target pair). ``labels``: integer targets are class
+    labels of the built-in cross-entropy, so every one must lie in [0, classes), classes from
+    the whole train split. An empty split, a label out of range (naming the split and the
+    sample's index) or more than :data:`MAX_CLASSES` classes is a one-line LandscapeError.
+    Cost: one pass over the data, one small hash per sample."""
     shape: tuple[int, ...] | None = None
     classes: int | None = None
     outputs = 1
-    sizes: dict[str, int] = {}
+    parts: dict[str, bytes] = {}
+    reads: dict[str, Source] = {}
     for name in SPLITS:
         if splits.get(name) is None:
             continue
-        source = Source(splits[name], torch.device("cpu"), torch.float64, budget=0, whole=whole)
-        rows: list[bytes] = []
-        top = -1
-        for batch in source.batches(4096):
-            n = length(batch[0])
-            flat = [t.reshape(len(t), -1).contiguous().numpy() for t in leaves(batch)]
-            rows += [hashlib.sha256(b"".join(f[i].tobytes() for f in flat)).digest()
-                     for i in range(n)]
-            x, y = batch
-            if shape is None:
-                shape = tuple(x.shape[1:]) if isinstance(x, torch.Tensor) else (1,)
-            if not isinstance(y, torch.Tensor) or not y.numel():
-                continue
-            if y.is_floating_point():
-                outputs = int(y[0].numel()) or 1
-                continue
-            if labels and (bad := _bad_label(y, classes)) is not None:
-                raise LandscapeError(
-                    f"the user data's {name} split has label {bad[1]} at sample "
-                    f"{len(rows) - n + bad[0]}, outside [0, {classes or 'classes'}); class "
-                    "labels for the built-in cross-entropy are 0, 1, ..., classes-1")
-            top = max(top, int(y.max()))
-        if not rows:
-            raise LandscapeError(f"the user data's {name} split is empty")
-        sizes[name] = len(rows)
-        if name == "train" and top >= 0:
-            if top + 1 > MAX_CLASSES:
-                raise LandscapeError(f"the user data's train split has label {top}: "
-                                     f"{top + 1:,} classes, more than {MAX_CLASSES:,}")
-            classes = outputs = top + 1
-        h.update(f"{name}:{source.n}:".encode() + b"".join(sorted(rows)))
-    return DataScan(h.hexdigest(), shape or (1,), outputs, sizes)
+        reads[name], rows = read_split(name, splits[name], whole, labels, classes, budget)
+        shape = shape or rows.shape
+        outputs = rows.outputs or outputs
+        if name == "train" and rows.top >= 0:
+            if rows.top + 1 > MAX_CLASSES:
+                raise LandscapeError(f"the user data's train split has label {rows.top}: "
+                                     f"{rows.top + 1:,} classes, more than {MAX_CLASSES:,}")
+            classes = outputs = rows.top + 1
+        parts[name] = rows.part()
+    return DataScan(data_digest(parts.values()), shape or (1,), outputs,
+                    {k: v.n for k, v in reads.items()},
+                    {k: sha256_hex(v) for k, v in parts.items()}, reads)
 
 
 def _describe(obj: Any, kind: str) -> dict[str, str | None] | None:
@@ -159,9 +207,12 @@ class UserData:
                                                  kind="data" if kind == "data" else "loss")
         if forward_loss is not None and loss is not None:
             raise LandscapeError("give a loss or a forward_loss hook, not both")
-        made = data
+        made, key = data, None
         if isinstance(data, str):
-            factory = load_attribute(data, "data", code=codes.get("data"))
+            code = codes.get("data") or resolve(data, "data")
+            key = (code.spec, code.sha256, forward_loss is not None,
+                   loss is None and forward_loss is None)
+            factory = load_attribute(data, "data", code=code)
             try:
                 made = factory()
             except Exception as exc:
@@ -179,22 +230,36 @@ class UserData:
                                             code=codes.get("forward_loss"))
                              if isinstance(forward_loss, str) else forward_loss)
         self.name = data if isinstance(data, str) else "python"
-        self.scan = scan_data(self.splits, whole=self.forward_loss is not None,
-                              labels=self.loss is None and self.forward_loss is None)
+        self._changed = (f"{where}: the data of {data!r} changed since the run recorded them "
+                         f"(digest {str((recorded or {}).get('digest'))[:12]}...")
+        cached = _SCANS.get(key) if recorded is not None else None
+        if cached is not None and cached.digest == recorded.get("digest"):
+            self.scan = replace(cached, reads={})  # each split read and checked when used
+        else:
+            self.scan = scan_data(self.splits, whole=self.forward_loss is not None,
+                                  labels=self.loss is None and self.forward_loss is None)
+            if key is not None and key[1] is not None:
+                _SCANS[key] = replace(self.scan, reads={})
         digest = self.scan.digest
         if recorded is not None and recorded.get("digest") not in (None, digest):
-            raise LandscapeError(
-                f"{where}: the data of {data!r} changed since the run recorded them (digest "
-                f"{str(recorded['digest'])[:12]}..., now {digest[:12]}...)")
+            raise LandscapeError(f"{self._changed}, now {digest[:12]}...)")
         self.spec = {"user": True, "data": _describe(data, "data"),
                      "loss": _describe(loss, "loss"), "digest": digest,
                      **({"forward_loss": _describe(forward_loss, "forward_loss")}
                         if forward_loss is not None else {})}
 
-    def split(self, name: str) -> Any:
+    def split(self, name: str) -> Source:
+        """Split ``name`` as the scan read it (a host :class:`landscape.sources.Source`, which
+        an engine's Source takes over without a second read). A split of a cached scan is
+        read here, once, and refused with one line if it is not the data the scan saw."""
         if name not in SPLITS or self.splits.get(name) is None:
             raise LandscapeError(f"the user data have no {name!r} split")
-        return self.splits[name]
+        if name not in self.scan.reads:
+            source, rows = read_split(name, self.splits[name], self.forward_loss is not None)
+            if sha256_hex(rows.part()) != self.scan.parts.get(name):
+                raise LandscapeError(f"{self._changed}; its {name} split differs)")
+            self.scan.reads[name] = source
+        return self.scan.reads[name]
 
     def shapes(self) -> tuple[tuple[int, ...], int]:
         """(per-sample input shape, number of outputs) that a user model factory is told, from

@@ -22,9 +22,10 @@ ROOT = Path(__file__).resolve().parents[1] / "landscape"
 #: the bottom of what is computed; figures (plot) are drawn by callers (cli, the package).
 LAYERS: list[tuple[str, ...]] = [
     ("landscape.errors", "landscape.version", "landscape.progress", "landscape.stats",
+     "landscape.hashing",
      "landscape.trust", "landscape.distributed", "landscape.store", "landscape.params",
      "landscape.per_sample", "landscape.linalg", "landscape.sources", "landscape.evaluate",
-     "landscape.operators", "landscape.device"),
+     "landscape.operators", "landscape.device", "landscape.h5heap"),
     ("landscape.data", "landscape.userdata", "landscape.models"),
     ("landscape.objective", "landscape.runs"),
     ("landscape.surface", "landscape.analysis", "landscape.training", "landscape.toy",

@@ -106,9 +106,11 @@ def test_weight_matching_recovers_a_random_permutation_exactly(name):
         assert torch.equal(out.model.state_dict()[key], value), key
 
 
-def test_activation_matching_recovers_a_random_permutation_exactly():
-    model = _randomized("lenet", (1, 8, 8), {})
-    x = _inputs((1, 8, 8), 64)
+@pytest.mark.parametrize("name", ["lenet", "transformer"])   # derived, declared structure
+def test_activation_matching_recovers_a_random_permutation_exactly(name):
+    shape = {"lenet": (1, 8, 8), "transformer": (5,)}[name]
+    model = _randomized(name, shape, {})
+    x = _inputs(shape, 64)
     spec = permutation_spec(model, x)
     shuffled = permute_model(model, spec, random_permutations(spec, seed=2))
     out = align(model, shuffled, method="activations", data=x)
@@ -197,6 +199,51 @@ def test_batchnorm_reset_equals_statistics_computed_by_hand(tmp_path):
     assert path.surface.values["train_loss"][1] == pytest.approx(expected, rel=1e-10)
 
 
+def test_a_batchnorm_curve_fits_on_batch_statistics_and_is_evaluated_on_recomputed_ones(
+        tmp_path):
+    from landscape.connect.curves import Curve, batch_statistics, curve_loss
+
+    torch.manual_seed(0)
+    make = lambda: nn.Sequential(nn.Linear(6, 5), nn.BatchNorm1d(5), nn.ReLU(),  # noqa: E731
+                                 nn.Linear(5, 3)).double().eval()
+    a, b = make(), make()
+    x, y = _digits_like()
+    x = x.double()
+    obj = Objective(a, (x, y), precision="float64")
+    flat_b = obj.space.flatten(b).double()
+    c = obj.theta0 + torch.randn_like(obj.theta0)
+    curve = Curve("bezier", obj.theta0, flat_b, c, [])
+
+    def at(t: float, **buffers: torch.Tensor) -> nn.Module:
+        model = make()
+        nn.utils.vector_to_parameters(curve.point(t)[0], model.parameters())
+        for name, value in buffers.items():
+            setattr(model[1], name, value)
+        return model
+
+    # the fit: each minibatch normalized by its own statistics at its t; running ones kept
+    before = {k: v.clone() for k, v in obj.buffers.items()}
+    with batch_statistics(obj):
+        loss = curve_loss(obj, "bezier", obj.theta0, flat_b, c,
+                          torch.tensor(0.3, dtype=torch.float64), x[:16], y[:16]).item()
+    expected = nn.functional.cross_entropy(at(0.3).train()(x[:16]), y[:16]).item()
+    assert loss == pytest.approx(expected, rel=1e-12)
+    assert all(torch.equal(before[k], obj.buffers[k]) for k in before)
+    # evaluation: statistics recomputed on the training data at every curve point
+    fitted = fit_curve(a, b, data=(x, y), epochs=2, batch_size=16, precision="float64",
+                       show_progress=False)
+    assert all(np.isfinite(fitted.history))
+    curve = fitted   # at() now reads the fitted curve
+    path = barrier(a, b, data=(x, y), curve=fitted, points=3, precision="float64",
+                   out=tmp_path / "bn_curve.h5", show_progress=False)
+    with torch.no_grad():
+        pre = at(0.5)[0](x)
+        mid = at(0.5, running_mean=pre.mean(0), running_var=pre.var(0)).eval()
+        expected = nn.functional.cross_entropy(mid(x), y).item()
+    assert path.surface.attrs["bn_stats"] == "reset"
+    assert path.surface.values["train_loss"][1] == pytest.approx(expected, rel=1e-10)
+
+
 def test_curve_coefficients_pass_through_the_endpoints_and_control_point():
     t = torch.tensor([0.0, 0.5, 1.0], dtype=torch.float64)
     np.testing.assert_allclose(coefficients("bezier", t), [[0, 0], [0.25, 0.5], [1, 0]])
@@ -233,6 +280,45 @@ def test_spawned_children_share_the_parent_epochs_and_then_differ(tmp_path):
     assert losses[0][2] != losses[1][2]                     # epoch 2: each child's own order
 
 
+@pytest.mark.parametrize("optimizer", ["sgd", "sag"])   # a random order; fixed partitions
+def test_children_spawned_at_a_step_share_its_steps_then_differ_and_keep_one_pass_per_epoch(
+        tmp_path, monkeypatch, optimizer):
+    from landscape.sources import Source
+    from landscape.training import train
+
+    # 100 samples in batches of 25: 4 steps an epoch; step 6 is inside epoch 2
+    common = {"model_options": {"widths": [4]}, "train_size": 100, "batch_size": 25,
+              "optimizer": optimizer, "progress": False}
+    drawn: list[torch.Tensor] = []
+    rows = Source.rows
+    monkeypatch.setattr(Source, "rows", lambda self, idx, b: (drawn.append(idx.clone()),
+                                                              rows(self, idx, b))[1])
+    parent = train(seed=0, steps=6, out=tmp_path / "parent", **common)
+    at_spawn = [train(seed=0, spawn=(6, c), spawn_unit="step", steps=6, out=tmp_path / f"a{c}",
+                      **common) for c in (0, 1)]
+    for child in at_spawn:   # the parent's first 6 steps, bit for bit
+        for (name, w), w_child in zip(parent.model.state_dict().items(),
+                                      child.model.state_dict().values(), strict=True):
+            assert torch.equal(w, w_child), name
+    drawn.clear()
+    later = [train(seed=0, spawn=(6, c), spawn_unit="step", steps=8, out=tmp_path / f"b{c}",
+                   **common) for c in (0, 1)]
+    for child in range(2):   # epoch 2 of each child: one pass over the 100 samples
+        epoch2 = torch.cat(drawn[8 * child + 4:8 * child + 8])
+        assert torch.equal(epoch2.sort().values, torch.arange(100))
+    assert torch.equal(drawn[4], drawn[12]) and torch.equal(drawn[5], drawn[13])
+    assert not torch.equal(drawn[6], drawn[14])   # the children's own order after step 6
+    assert not torch.equal(*(nn.utils.parameters_to_vector(c.model.parameters()) for c in later))
+    assert later[0].config["spawn_unit"] == "step"
+    # step 4 (= 1 epoch of 4 steps) is epoch 1, bit for bit
+    by_epoch = train(seed=0, spawn=(1, 0), epochs=2, out=tmp_path / "e", **common)
+    by_step = train(seed=0, spawn=(4, 0), spawn_unit="step", epochs=2, out=tmp_path / "s",
+                    **common)
+    assert by_epoch.history[-1]["train_loss"] == by_step.history[-1]["train_loss"]
+    with pytest.raises(LandscapeError, match="spawn unit"):
+        train(seed=0, spawn=(4, 0), spawn_unit="iteration", out=tmp_path / "x", **common)
+
+
 def test_connect_and_stability_commands_report_what_their_files_hold(tmp_path):
     import json
 
@@ -255,11 +341,14 @@ def test_connect_and_stability_commands_report_what_their_files_hold(tmp_path):
     assert json.loads(again.output)["barriers"] == summary["barriers"]
     refused = invoke("connect", a.path, b.path, "--plane", tmp_path / "p.h5", "--out", out)
     assert refused.exit_code == 1 and len(refused.output.strip().splitlines()) == 1
-    stab = invoke("stability", "--spawn", "0", "--pairs", "2", "--epochs", "1", "--widths",
-                  "4", "--points", "3", "--out", tmp_path / "stab", "--json")
+    stab = invoke("stability", "--spawn", "3", "--spawn-unit", "step", "--pairs", "2",
+                  "--epochs", "1", "--widths", "4", "--points", "3", "--out", tmp_path / "stab",
+                  "--json")
     assert stab.exit_code == 0, stab.output
     stored = load_stability(tmp_path / "stab")
     assert json.loads(stab.output)["values"] == stored.values
+    assert (stored.unit, stored.spawn_at) == ("step", [3])
+    assert json.loads(stab.output)["unit"] == "step"
     assert len(stored.values["test_error"][0]) == 2
 
 

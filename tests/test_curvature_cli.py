@@ -99,3 +99,50 @@ def test_ratio_plot_of_a_partial_curvature_map_says_so(plot_files: dict, tmp_pat
     assert (f"Warning: {path}: the curvature map is partial ({total - missing} of {total} "
             "points computed; the rest blank): rerun the curvature command to complete it"
             ) in result.stderr.splitlines()
+
+
+def test_curvature_map_reads_only_the_surface_buffers_the_model_has_each_checked_first(
+        tmp_path: Path) -> None:
+    """Members of a surface's ``buffers`` group that name no buffer of the model are never
+    read (a 298 GB dataset there costs nothing); one that does must be numeric and of the
+    buffer's shape, else one line; a ``buffers/origin`` that is not a group is one line."""
+    from types import SimpleNamespace
+
+    import pytest
+
+    from landscape.analysis.hessian import _surface_buffers
+    from landscape.errors import LandscapeError
+
+    run_dir = tmp_path / "run"
+    train(model="mlp", model_options={"widths": [3]}, dataset="spirals", train_size=20,
+          epochs=1, batch_size=20, out=run_dir, progress=False)
+    surface = tmp_path / "s.h5"
+    runner = CliRunner()
+    assert runner.invoke(main, ["surface", "--run", str(run_dir), "--x", "-1:1:2", "--y",
+                                "0:0:1", "--out", str(surface)]).exit_code == 0
+    with h5py.File(surface, "r+") as f:
+        f.create_dataset("buffers/origin/huge", shape=(200_000, 200_000), dtype="f8",
+                         chunks=(64, 64))
+        f.create_dataset("buffers/x/text", data=np.array([b"a", b"bc"]))
+    result = runner.invoke(main, ["curvature", "--run", str(run_dir), "--surface",
+                                  str(surface), "--tol", "1e-2", "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["done"] == 2
+
+    model = SimpleNamespace(buffers={"bn.running_var": torch.ones(3, dtype=torch.float64)})
+    with h5py.File(tmp_path / "b.h5", "w") as f:
+        f.create_dataset("buffers/origin/bn.running_var", data=[2.0, 3.0, 4.0])
+        f.create_dataset("buffers/x/bn.running_var", data=[0.5, 0.5, 0.5])
+        origin, steps = _surface_buffers(f, tmp_path / "b.h5", model)
+        assert origin["bn.running_var"].tolist() == [2.0, 3.0, 4.0]
+        assert steps["x"]["bn.running_var"].tolist() == [0.5] * 3 and steps["y"] == {}
+        for edit in ("shape", "text", "dataset"):
+            del f["buffers/origin"]
+            data = {"shape": [1.0, 2.0], "text": np.array([b"a", b"b", b"c"])}.get(edit)
+            if data is None:
+                f["buffers/origin"] = [1.0]
+            else:
+                f.create_dataset("buffers/origin/bn.running_var", data=data)
+            with pytest.raises(LandscapeError, match="b.h5: '/buffers/origin") as err:
+                _surface_buffers(f, tmp_path / "b.h5", model)
+            assert "\n" not in str(err.value)

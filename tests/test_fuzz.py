@@ -1,14 +1,15 @@
 """A seeded fuzzer of the files this tool reads: valid run directories and surface, Hessian,
-study and track files, each mutated (bit flips, truncation, changed or deleted attributes
-and datasets, external storage, virtual datasets and links into another file, damaged
-run.json / history.json / weights), then ``info``, ``plot`` and the resume (the command that
-wrote the file, or ``surface --run`` on a run directory) in this process.
+study, track and toy files, each mutated (bit flips, truncation, changed or deleted
+attributes and datasets, external storage, virtual datasets and links into another file,
+damaged run.json / history.json / weights / checkpoints), then ``info``, ``plot`` and the
+resume (the command that wrote the file; on a run directory ``surface --run`` and, in one
+case in :data:`TRAIN_EVERY`, ``train --resume`` with one more epoch) in this process.
 
 Every command must succeed or fail with exactly one ``Error:`` line and exit code 1 (no
 traceback); a failed command, ``info`` and ``plot`` leave every input byte unchanged; the
 unrelated file the mutations point at never changes. ``LANDSCAPE_FUZZ_CASES`` sets the number
 of cases (default :data:`CI_CASES`, a quarter of them plotted; the README's reliability
-section gives the figures).
+section gives the figures), ``LANDSCAPE_FUZZ_FIRST`` the first one's number.
 """
 
 from __future__ import annotations
@@ -24,36 +25,54 @@ from typing import Any
 import h5py
 import numpy as np
 import pytest
-from _helpers import invoke
+from _helpers import invoke, killed_at_epoch
 
 from landscape.training import train
 
 #: Cases in every CI run; with ``LANDSCAPE_FUZZ_CASES`` set, that many, each also plotted.
 CI_CASES = 150
 CASES = int(os.environ.get("LANDSCAPE_FUZZ_CASES", CI_CASES))
+#: The first case's number (``LANDSCAPE_FUZZ_FIRST``), to run a long fuzz in parts.
+FIRST = int(os.environ.get("LANDSCAPE_FUZZ_FIRST", 0))
 #: In CI, one case in PLOT_EVERY is also plotted (one study case in 4 x PLOT_EVERY: a figure
 #: costs 0.3-5 s, reading and resuming 0.1 s); every case when the number of cases is set.
 PLOT_EVERY = 1 if "LANDSCAPE_FUZZ_CASES" in os.environ else 4
 SURFACE = ["surface", "--x", "-1:1:3", "--y", "-1:1:3"]
 HESSIAN = ["hessian", "--top", "1", "--bottom", "0", "--trace", "--max-probes", "3"]
 RESUME = {"surface": SURFACE, "hessian": HESSIAN}
+#: The run every case starts from (as ``train`` arguments, and as the command resuming it).
+RUN = dict(model="mlp", model_options={"widths": [4]}, dataset="spirals", train_size=40,
+           epochs=2, batch_size=20, track="top_eigenvalue", track_every=2)
+TRAIN = ["train", "--model", "mlp", "--widths", "4", "--dataset", "spirals", "--train-size",
+         "40", "--epochs", "2", "--batch-size", "20", "--track", "top_eigenvalue",
+         "--track-every", "2", "--resume"]
+#: The toy file every toy case starts from: ``toy`` rerun on it rewrites it (and its figure).
+TOY = ["toy", "--function", "quadratic", "--optimizer", "sgd,adam", "--steps", "10",
+       "--format", "png"]
+#: One run case in TRAIN_EVERY starts from the same run killed in its last epoch, and also
+#: resumes its training (0.5 s).
+TRAIN_EVERY = 4
 
 
 @pytest.fixture(scope="module")
 def base(tmp_path_factory: pytest.TempPathFactory, plot_studies: dict[str, Any]
          ) -> dict[str, Path]:
-    """A tracked tiny run (its track.h5), a surface and a Hessian file of it, a study file,
-    and a victim file that mutated files point into (a few seconds, plus the shared study)."""
+    """A tracked tiny run (its track.h5), the same run killed in its last epoch, a surface
+    and a Hessian file of it, a study file, a toy file, and a victim file that mutated files
+    point into (a few seconds, plus the shared study)."""
     root = tmp_path_factory.mktemp("fuzz")
     run = root / "run"
-    train(model="mlp", model_options={"widths": [4]}, dataset="spirals", train_size=40,
-          epochs=2, batch_size=20, out=run, progress=False, track="top_eigenvalue",
-          track_every=2)
-    files = {"run": run, "track": run / "track.h5", "study": plot_studies["pair"].path}
+    train(**RUN, out=run, progress=False)
+    with pytest.MonkeyPatch.context() as patch:
+        killed_at_epoch(patch, 2, lambda: train(**RUN, out=root / "killed", progress=False))
+    files = {"run": run, "killed": root / "killed", "track": run / "track.h5",
+             "study": plot_studies["pair"].path, "toy": root / "toy" / "paths.h5"}
     for kind, args in RESUME.items():
         files[kind] = root / f"{kind}.h5"
         result = invoke(*args, "--run", run, "--out", files[kind])
         assert result.exit_code == 0, result.output
+    result = invoke(*TOY, "--out", files["toy"].parent)
+    assert result.exit_code == 0, result.output
     files["victim"] = root / "victim.bin"
     files["victim"].write_bytes(bytes(range(256)) * 16)
     files["victim_h5"] = root / "victim.h5"
@@ -117,8 +136,8 @@ def _replacement(rng: random.Random, dset: h5py.Dataset, victims: dict[str, Path
         data = np.full(shape or (1,), rng.choice([np.nan, np.inf, -1e308, 0.0]))
         group.create_dataset(name, data=data.astype(dtype) if dtype.kind == "f" else data)
     else:
-        group.create_dataset(name, data=np.arange(int(np.prod(shape)) or 1).reshape(
-            shape or (1,)).astype(rng.choice(["i8", "u1", "f2", "?"])))
+        values = np.arange(int(np.prod(shape))).reshape(shape) if shape else np.arange(1)
+        group.create_dataset(name, data=values.astype(rng.choice(["i8", "u1", "f2", "?"])))
     return label
 
 
@@ -171,8 +190,10 @@ def _json_paths(obj: Any, prefix: tuple = ()) -> list[tuple]:
 
 def _mutate_run(rng: random.Random, run: Path, victims: dict[str, Path]) -> str:
     """One random mutation of the run directory ``run``; its description."""
-    target = rng.choice(["run.json", "run.json", "run.json", "history.json", "model.pt",
-                         "track.h5"])
+    checkpoint = max((run / "checkpoints").glob("epoch_*.pt")).relative_to(run).as_posix()
+    target = rng.choice([name for name in ("run.json", "run.json", "run.json", "history.json",
+                                           "model.pt", "track.h5", checkpoint)
+                         if (run / name).exists()])
     file = run / target
     if target == "track.h5":
         return "track.h5 " + _mutate_h5(rng, file, victims)
@@ -219,12 +240,12 @@ def _run(args: list[Any], what: str) -> bool:
     return False
 
 
-#: The kind of each case, in turn: a study file (larger: reading one takes 0.3 s) in one case
-#: of sixteen.
-KINDS = ("surface", "hessian", "run", "track") * 3 + ("surface", "study", "run", "track")
+#: The kind of each case, in turn: a study file (larger: reading one takes 0.3 s) and a toy
+#: file (its rerun draws a figure) in one case of sixteen each.
+KINDS = ("surface", "hessian", "run", "track") * 3 + ("toy", "study", "run", "track")
 
 
-@pytest.mark.parametrize("case", range(CASES))
+@pytest.mark.parametrize("case", range(FIRST, FIRST + CASES))
 def test_mutated_file_is_handled_in_one_line_and_left_untouched(
         base: dict[str, Path], tmp_path: Path, case: int) -> None:
     rng = random.Random(case)
@@ -232,14 +253,17 @@ def test_mutated_file_is_handled_in_one_line_and_left_untouched(
     victims = {k: base[k] for k in ("victim", "victim_h5")}
     before_victims = {k: _digest(v) for k, v in victims.items()}
     if kind == "run":
+        killed = (case // len(KINDS)) % TRAIN_EVERY == 0
         target = tmp_path / "run"
-        shutil.copytree(base["run"], target)
+        shutil.copytree(base["killed" if killed else "run"], target)
         what = _mutate_run(rng, target, victims)
         commands: list[tuple[list[Any], bool]] = [
             (["info", target], False),
             ([*SURFACE, "--run", target, "--out", tmp_path / "new.h5"], False)]
+        if killed:
+            commands.append(([*TRAIN, "--out", target], True))
     else:
-        target = tmp_path / f"{kind}.h5"
+        target = tmp_path / ("paths.h5" if kind == "toy" else f"{kind}.h5")
         shutil.copyfile(base[kind], target)
         what = _mutate_h5(rng, target, victims)
         commands = [(["info", target, *(["--json"] if case % 2 else [])], False)]
@@ -247,6 +271,8 @@ def test_mutated_file_is_handled_in_one_line_and_left_untouched(
             commands.append((["plot", target, "--out", tmp_path / "fig.png"], False))
         if kind in RESUME:
             commands.append(([*RESUME[kind], "--run", base["run"], "--out", target], True))
+        elif kind == "toy":
+            commands.append(([*TOY, "--out", tmp_path], True))
     for args, may_write in commands:
         before = _digest(target)
         ok = _run(args, what)
@@ -274,5 +300,72 @@ def test_the_mutator_draws_every_kind_of_damage(base: dict[str, Path], tmp_path:
             seen.update((words[0], words[-1]))
         shutil.rmtree(target, ignore_errors=True) if target.is_dir() else target.unlink()
     assert {"flip", "truncate", "attribute", "dataset", "delete", "run.json", "history.json",
-            "model.pt", "track.h5", "external-storage", "virtual", "external-link"} <= seen, seen
+            "model.pt", "track.h5", "checkpoints/epoch_0002.pt", "external-storage", "virtual",
+            "external-link"} <= seen, seen
 
+
+
+def _regroup(name: str) -> Any:
+    def edit(f: h5py.File) -> None:
+        del f[name]
+        f.create_group(name)
+    return edit
+
+
+def _odd_float(name: str) -> Any:
+    """Replace dataset ``name`` by one of float64 layout with an exponent bias no numpy type
+    has (h5py cannot even name its dtype)."""
+    def edit(f: h5py.File) -> None:
+        shape = f[name].shape
+        del f[name]
+        kind = h5py.h5t.IEEE_F64LE.copy()
+        kind.set_ebias(16384)
+        h5py.h5d.create(f.id, name.encode(), kind, h5py.h5s.create_simple(shape))
+    return edit
+
+
+#: What the fuzzer found, each kept as a case: (file, edit, whether ``info``, ``plot`` and the
+#: resume each succeed).
+FOUND: dict[str, tuple[str, Any, tuple[bool, ...]]] = {
+    "track_hvp_column_a_group": ("track", _regroup("top_eigenvalue_hvp"), (False, False)),
+    "track_unknown_298_GB_dataset_never_read": ("track", lambda f: f.create_dataset(
+        "extra", shape=(200_000, 200_000), dtype="f8", chunks=(64, 64)), (True, True)),
+    "hessian_eigen_settings_not_an_object": (
+        "hessian", lambda f: f.attrs.__setitem__("eigen_settings", '"text"'), (False,) * 3),
+    "killed_run_track_file_of_another_format": (
+        "killed", lambda f: f.attrs.__setitem__("format", "netcdf"), (False,)),
+    "toy_steps_to_tol_empty_text": (
+        "toy", lambda f: f["sgd/path"].attrs.__setitem__("steps_to_tol", ""), (False,) * 3),
+    "toy_text_attribute_not_utf8": ("toy", lambda f: f.attrs.create(
+        "function", b"ada\xed", dtype=h5py.string_dtype()), (False,) * 3),
+    "study_second_seed_without_surface": (
+        "study", lambda f: f.__delitem__("models/small/seed1/surface"), (True, False)),
+    "surface_float_of_an_unknown_layout": ("surface", _odd_float("x"), (False,) * 3),
+}
+
+
+@pytest.mark.parametrize("name", FOUND)
+def test_what_the_fuzzer_found_is_one_line_or_success_and_leaves_inputs_untouched(
+        base: dict[str, Path], tmp_path: Path, name: str) -> None:
+    """A failing command is one line, exit 1, and changes no input byte (a refused
+    ``train --resume`` once rewrote run.json before its track file was checked)."""
+    kind, edit, outcomes = FOUND[name]
+    if kind == "killed":
+        target = tmp_path / "run"
+        shutil.copytree(base["killed"], target)
+        file = target / "track.h5"
+        commands = [[*TRAIN, "--out", target]]
+    else:
+        target = file = tmp_path / base[kind].name
+        shutil.copyfile(base[kind], target)
+        commands = [["info", target], ["plot", target, "--out", tmp_path / "fig.png"]]
+        if kind in RESUME:
+            commands.append([*RESUME[kind], "--run", base["run"], "--out", target])
+        elif kind == "toy":
+            commands.append([*TOY, "--out", tmp_path])
+    with h5py.File(file, "r+") as f:
+        edit(f)
+    for args, succeeds in zip(commands, outcomes, strict=True):
+        before = _digest(target)
+        assert _run(args, name) == succeeds, args
+        assert _digest(target) == before, args

@@ -12,6 +12,7 @@ import math
 import os
 import pickle
 import shutil
+import struct
 import subprocess
 import sys
 import time
@@ -160,10 +161,31 @@ STUDY_VARIANTS: dict[str, Callable[[h5py.File], None]] = {
         f["models"][next(iter(f["models"]))]["seed0"]["surface"]),
 }
 
+def _heap_object(index: int, size: int) -> Callable[[bytes], bytes]:
+    """Rewrite the header of the first object of the file's first global heap collection
+    (which holds the root attributes' text) to ``index`` and ``size``."""
+    def edit(data: bytes) -> bytes:
+        at = data.index(b"GCOL") + 16
+        return data[:at] + struct.pack("<HH4xQ", index, 0, size) + data[at + 16:]
+    return edit
+
+
+def _vlen_kind_9(data: bytes) -> bytes:
+    """The type of the ``h5py_version`` text attribute, a variable-length string (vlen kind
+    1), made kind 9 (none: HDF5 crashed reading it): one bit, as the fuzzer found."""
+    text = b"h5py_version\x00\x00\x00\x00\x19\x01"
+    assert data.count(text) == 1
+    return data.replace(text, text[:-1] + b"\x09")
+
+
 BYTES_VARIANTS: dict[str, Callable[[bytes], bytes]] = {
     "not_hdf5": lambda data: b"x,y,loss\n0,0,1.5\n" * 64,
     "truncated": lambda data: data[: len(data) // 2],
     "empty": lambda data: b"",
+    # both made HDF5 2.0 loop forever in its first string-attribute read (fuzz case 772)
+    "heap_free_space_of_size_0": _heap_object(0, 0),
+    "heap_object_size_wrapping_to_0": _heap_object(1, 2**64 - 16),
+    "attribute_of_an_unknown_vlen_kind": _vlen_kind_9,
 }
 
 CASES = ([("surface", n, e) for n, e in SURFACE_VARIANTS.items()]

@@ -1,10 +1,11 @@
 """The README's shell examples run as written, in order, in a fresh directory.
 
 Every ```bash block of README.md is split into commands (``\\`` continuations joined) and run
-with bash in one temporary directory, each command after the ones before it, so a later
-example finds what an earlier one made. Sizes are made small by the substitutions below (one
-table, applied to the text of each command), and some measuring commands get a data subset
-appended; the commands that need what this machine lacks are skipped by name: nothing else.
+with bash in one temporary directory (``landscape`` served by tests/_cli_server.py), each
+command after the ones before it, so a later example finds what an earlier one made. Sizes
+are made small by the substitutions below (one table, applied to the text of each command),
+and some measuring commands get a data subset appended; the commands that need what this
+machine lacks are skipped by name: nothing else.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -119,14 +122,34 @@ def test_readme_demo_table_and_findings_are_a_fresh_demos_files(demo_study) -> N
         assert block.strip() == made.strip(), name
 
 
-def test_readme_bash_examples_run_in_order(tmp_path: Path, demo_study) -> None:
+@pytest.fixture
+def landscape_on_path(tmp_path: Path) -> Iterator[dict[str, str]]:
+    """An environment whose ``landscape`` is this checkout's CLI, served by a fork server
+    that imported torch once (tests/_cli_server.py): each README command pays its own work,
+    not another ``import torch``."""
     env = {**os.environ, "LANDSCAPE_QUIET": "1", "OMP_NUM_THREADS": "1",
            "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-    bin_dir = tmp_path / ".bin"  # `landscape` is this checkout's CLI
-    bin_dir.mkdir()
-    (bin_dir / "landscape").write_text(f'#!/bin/sh\nexec {sys.executable} -m landscape.cli "$@"\n')
-    (bin_dir / "landscape").chmod(0o755)
-    env["PATH"] = f"{bin_dir}{os.pathsep}{env['PATH']}"
+    server_py = Path(__file__).with_name("_cli_server.py")
+    with tempfile.TemporaryDirectory(prefix="ls-") as sockets:  # short: AF_UNIX paths <= 107
+        sock = f"{sockets}/cli"
+        server = subprocess.Popen([sys.executable, str(server_py), sock], env=env,
+                                  stdout=subprocess.PIPE, text=True)
+        try:
+            assert server.stdout is not None and server.stdout.readline().strip() == "ready"
+            bin_dir = tmp_path / ".bin"
+            bin_dir.mkdir()
+            (bin_dir / "landscape").write_text(
+                f'#!/bin/sh\nexec {sys.executable} -S -E {server_py} --client {sock} "$@"\n')
+            (bin_dir / "landscape").chmod(0o755)
+            yield {**env, "PATH": f"{bin_dir}{os.pathsep}{env['PATH']}"}
+        finally:
+            server.kill()
+            server.wait()
+
+
+def test_readme_bash_examples_run_in_order(tmp_path: Path, demo_study,
+                                           landscape_on_path: dict[str, str]) -> None:
+    env = landscape_on_path
     ran = 0
     for command in _commands():
         if any(needle in command for needle in SKIPPED):

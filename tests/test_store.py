@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import struct
 from datetime import datetime
 from pathlib import Path
 
@@ -267,3 +268,66 @@ def test_values_digest_is_the_sha256_of_names_and_cast_values_in_order() -> None
     raw32 = np.array([1.5, -2.0], dtype=np.float32).tobytes()
     assert store.values_digest([w], dtype="float32") == hashlib.sha256(raw32).hexdigest()[:16]
     assert store.values_digest([steps, w]) != store.values_digest([w, steps])
+
+
+def _collection(objects: list[tuple[int, int]], size: int = 4096) -> bytes:
+    """A global heap collection of ``size`` bytes whose objects have these (index, size)
+    headers, each followed by its padded data (none for a free space, or a size beyond the
+    collection), the rest zeros (as HDF5 leaves free space)."""
+    body = b"".join(struct.pack("<HH4xQ", index, 0, length)
+                    + bytes(-(-length // 8) * 8 if index and length < size else 0)
+                    for index, length in objects)
+    return (b"GCOL\x01\x00\x00\x00" + struct.pack("<Q", size) + body).ljust(size, b"\x00")
+
+
+@pytest.mark.parametrize(("objects", "stuck"), [
+    ([(1, 9), (2, 7), (0, 4096 - 16 - 24 - 24)], False),  # as HDF5 writes it
+    ([(1, 9), (0, 0)], True),  # a free space of size 0: HDF5 never advances
+    ([(1, 9), (0, 8)], True),  # a free space of 8 lands in zeros: an object of size 0
+    ([(1, 2**64 - 20)], True),  # 16 + the padded size is 2**64: a step of 0
+    ([(1, 2**64 - 40)], False),  # a step beyond the collection: HDF5 reports that itself
+    ([(1, 9), (0, 3)], True),  # a misaligned free space also lands in zeros
+    ([(1, 9), (0, 4096 - 16 - 24 - 1)], False),  # 1 byte short of the end: HDF5 reports it
+])
+def test_heap_fault_finds_exactly_the_collections_whose_walk_never_advances(
+        tmp_path: Path, objects: list[tuple[int, int]], stuck: bool) -> None:
+    from landscape.h5heap import heap_fault
+
+    path = tmp_path / "heap.bin"
+    path.write_bytes(b"\x00" * 100 + _collection(objects) + b"tail")
+    fault = heap_fault(path)
+    assert (fault is not None) == stuck, fault
+    if stuck:
+        assert fault.startswith("global heap collection at byte 100: object ")
+
+
+def test_heap_fault_bounds_its_walk_and_ignores_signatures_hdf5_would_not_decode(
+        tmp_path: Path) -> None:
+    """A collection of more 8-byte steps than HDF5 ever writes objects is refused after
+    :data:`MAX_STEPS` steps; a signature of another version, too small a size, or a size
+    beyond the file is left to HDF5 (which refuses it itself)."""
+    from landscape.h5heap import MAX_STEPS, heap_fault
+
+    path = tmp_path / "heap.bin"
+    size = 16 * (MAX_STEPS + 2)  # free-space objects of size 8 after free-space objects
+    path.write_bytes(b"GCOL\x01\x00\x00\x00" + struct.pack("<Q", size)
+                     + struct.pack("<HH4xQ", 0, 0, 8) * (size // 16))
+    assert heap_fault(path) == f"global heap collection at byte 0: more than {MAX_STEPS:,} objects"
+    for header in (b"GCOL\x02\x00\x00\x00" + struct.pack("<Q", 4096),
+                   b"GCOL\x01\x00\x00\x00" + struct.pack("<Q", 4095),
+                   b"GCOL\x01\x00\x00\x00" + struct.pack("<Q", 4097)):
+        path.write_bytes(header.ljust(4096, b"\x00"))
+        assert heap_fault(path) is None, header
+
+
+def test_every_file_this_tool_writes_has_sound_global_heaps(tmp_path: Path) -> None:
+    from landscape.h5heap import heap_fault
+
+    _valid_file(tmp_path / "a.h5")
+    with store.create(tmp_path / "a.h5", "surface", SETTINGS) as f:  # resumed: attributes
+        store.write_attrs(f, {"note": "x" * 10_000, "labels": ["a"] * 500})  # rewritten
+    data = (tmp_path / "a.h5").read_bytes()
+    assert data.count(b"GCOL") >= 2  # the long text went into a second collection
+    assert heap_fault(tmp_path / "a.h5") is None
+    with store.open_result(tmp_path / "a.h5") as f:
+        assert store.read_attrs(f)["labels"] == ["a"] * 500

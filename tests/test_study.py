@@ -294,6 +294,8 @@ def test_sweep_crosses_every_recipe_with_the_grid() -> None:
     (lambda: parse_seeds("0,0"), "distinct"),
     (lambda: parse_seeds("a"), "comma-separated integers"),
     (lambda: parse_recipe("a=steps=10"), "set by the study"),
+    (lambda: run_study([Recipe("a", {"spawn": [1, 0]}), Recipe("b", {})], out="unused",
+                       stability_steps="1"), "spawns the children itself"),
 ])
 def test_bad_design_is_a_one_line_error(call, message) -> None:
     with pytest.raises(LandscapeError, match=message) as err:
@@ -439,6 +441,50 @@ def test_every_measure_is_the_mean_over_three_checks_ending_at_the_stop(study) -
         assert stat["values"][0] == result.row[q] and stat["at_checkpoints"][0] == series
         if min(series) > 0:
             assert stat["spread"][0] == pytest.approx(max(series) / min(series), rel=1e-12)
+
+
+def test_instability_beside_the_measures_is_the_barrier_between_children_trained_by_hand(
+        tmp_path) -> None:
+    from landscape.data import load_dataset
+    from landscape.training import train
+
+    options = {**TINY, "measures": "", "direction_seeds": 1, "match": "steps=8",
+               "stability_steps": [3], "stability_points": 5}
+    study = run_study(BASE, sweep=SWEEP, seeds=[0], out=tmp_path / "s", **options)
+    data = load_dataset("digits", train_size=100, seed=0)
+    (x, y), (x_train, y_train) = data.split("test"), data.split("train")
+    column = "instability_test_error_step3"
+    ts = np.linspace(0, 1, 5)
+    for row in study.table:
+        children = [train(optimizer="sgd", lr=row["lr"], batch_size=25,
+                          train_size=100, data_seed=0, model_options={"widths": [8]},
+                          steps=8, seed=0, spawn=(3, c), spawn_unit="step",
+                          out=tmp_path / f"{row['model']}_child{c}", progress=False).model
+                    for c in (0, 1)]
+        model = children[0]
+        a, b = (nn.utils.parameters_to_vector(m.parameters()).detach() for m in children)
+        errors, losses = [], []
+        for t in ts:
+            nn.utils.vector_to_parameters((1 - t) * a + t * b, model.parameters())
+            with torch.no_grad():
+                errors.append(float((model(x).argmax(1) != y).double().mean()))
+                losses.append(float(nn.functional.cross_entropy(model(x_train), y_train)))
+        for name, v in (("test_error", errors), ("train_loss", losses)):
+            expected = max(np.asarray(v) - ((1 - ts) * v[0] + ts * v[-1]))
+            assert row[f"instability_{name}_step3"]["values"] == [
+                pytest.approx(expected, rel=1e-5, abs=1e-9)]
+    assert "test-err. barrier (step 3)" in (tmp_path / "s" / "table.md").read_text()
+    findings = json.loads((tmp_path / "s" / "findings.json").read_text())
+    assert findings["measures"][column]["trend"] is not None   # tested with the measures
+    again = run_study(BASE, sweep=SWEEP, seeds=[0], out=tmp_path / "s", **options)
+    assert again.computed["stability"] == [] and again.table[0][column] == study.table[0][column]
+    other = run_study(BASE, sweep=SWEEP, seeds=[0], out=tmp_path / "s",
+                      **{**options, "stability_points": 3})   # stale paths: redone
+    assert other.computed["stability"] == [f"{n}/seed0" for n in NAMES]
+    assert other.table[0][column]["values"] != [None]
+    bad = CliRunner().invoke(main, ["compare", "--recipe", "a=lr=0.1", "--recipe", "b=lr=0.2",
+                                    "--stability-steps", "3,x", "--out", str(tmp_path / "x")])
+    assert bad.exit_code == 1 and "comma-separated step counts" in bad.output
 
 
 @pytest.mark.parametrize("spread, flagged", [(3.0, True), (1.5, False)])

@@ -544,3 +544,15 @@ def test_accuracy_is_one_unit_everywhere_and_says_so(tmp_path):
             assert f[f"{split}_acc"][1] == pytest.approx(history[-1][f"{split}_acc"],
                                                          abs=1e-12)
         assert "unit" not in f["train_loss"].attrs
+
+
+def test_run_json_splits_the_call_into_train_evaluate_and_save_seconds(tmp_path):
+    start = time.perf_counter()
+    run = train(**TINY, epochs=3, out=tmp_path / "run")
+    wall = time.perf_counter() - start
+    spent = run.info["seconds"]
+    assert set(spent) == {"train", "evaluate", "save"} and min(spent.values()) > 0
+    assert sum(spent.values()) <= wall
+    # without target checks, the training share is the epochs' own clock (the history)
+    assert spent["train"] == pytest.approx(sum(r["seconds"] for r in run.history), abs=1e-3)
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["seconds"] == spent

@@ -10,6 +10,7 @@ per-sample gradients) and are computed once by :func:`compute_measures`.
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from torch import Tensor
 
 from landscape.analysis.hessian import hessian_eigenvalues, hessian_trace, require_finite
@@ -32,7 +34,7 @@ from landscape.analysis.sharpness import (
     sam_sharpness,
 )
 from landscape.errors import LandscapeError, check_int, check_positive, unknown_name
-from landscape.objective import accepts_model
+from landscape.objective import Objective, accepts_model
 
 
 @dataclass
@@ -239,6 +241,52 @@ def measure_settings(name: str, settings: MeasureSettings) -> dict[str, Any]:
     return {"measure": name, **{k: getattr(settings, k) for k in REGISTRY[name].settings}}
 
 
+class _Centred(Objective):
+    """An objective that computes its loss (with the metrics) and its gradient at one point,
+    ``centre``, once each: a later call there returns a copy of the first result, the same
+    numbers bit for bit (the same computation). Other points, batches of points and subsets
+    (objectives of their own, with caches of their own) are computed as usual."""
+
+    centre: Tensor
+
+    @classmethod
+    def around(cls, objective: Objective, theta: Tensor | None) -> Objective:
+        """``objective`` sharing one cache at ``theta`` (default: its own parameters); itself
+        if it already does (so the caller's check of the centre is shared too)."""
+        centre = objective.theta0 if theta is None else torch.as_tensor(theta).to(
+            objective.device, objective.dtype)
+        if isinstance(objective, _Centred) and objective._at(centre):
+            return objective
+        new = copy.copy(objective)  # own cache and evaluator; model, data and counts shared
+        new.__class__, new.centre = cls, centre.detach().clone()
+        return new
+
+    def _at(self, theta: Tensor) -> bool:
+        return (theta.shape == self.centre.shape and theta.dtype == self.centre.dtype
+                and theta.device == self.centre.device and torch.equal(theta, self.centre))
+
+    def _once(self, what: str, compute: Callable[[], Any]) -> Any:
+        done = self.cache.setdefault("centre", {})
+        if what not in done:
+            done[what] = compute()
+        return done[what]
+
+    def loss_and_grad(self, theta: Tensor) -> tuple[float, Tensor]:
+        if not self._at(theta):
+            return super().loss_and_grad(theta)
+        loss, grad = self._once("loss_and_grad", lambda: super(_Centred, self).loss_and_grad(
+            theta))
+        return loss, grad.clone()
+
+    def evaluate(self, points: Tensor, buffers: dict[str, Tensor] | None = None,
+                 _plane: tuple[Tensor, Tensor, Tensor] | None = None) -> dict[str, Tensor]:
+        if buffers is not None or _plane is not None or points.dim() != 2 or len(
+                points) != 1 or not self._at(points[0]):
+            return super().evaluate(points, buffers, _plane)
+        stats = self._once("evaluate", lambda: super(_Centred, self).evaluate(points))
+        return {k: v.clone() for k, v in stats.items()}
+
+
 @accepts_model
 def compute_measures(objective: Any, names: Iterable[str], theta: Tensor | None = None,
                      settings: MeasureSettings | None = None, show_progress: bool = True,
@@ -247,11 +295,14 @@ def compute_measures(objective: Any, names: Iterable[str], theta: Tensor | None 
     """Each named measure at ``theta`` (default: the model's own parameters), keyed by name.
 
     A family (the noise statistics) is computed once for all its members; ``on_result(name,
-    result)`` is called as each one is ready (to keep it before the next starts). Cost: the
-    sum of the measures' costs (each result's ``cost``, in passes over the data).
+    result)`` is called as each one is ready (to keep it before the next starts). The loss
+    (with the metrics) and the gradient at ``theta`` are computed once and shared by the
+    measures (a result's ``cost`` counts what its measure computed). Cost: the sum of the
+    measures' costs (each result's ``cost``, in passes over the data).
     """
     from landscape.progress import progress
 
+    objective = _Centred.around(objective, theta)
     s = settings or MeasureSettings()
     names = parse_measures(names, [m for m, e in REGISTRY.items() if e.compute])
     out: dict[str, MeasureResult] = {}
@@ -336,13 +387,13 @@ def measures_of_run(run: Any, measures: str | Iterable[str], settings: MeasureSe
     """:func:`compute_measures` at a run's final model (``landscape sharpness`` and
     ``landscape noise``); ``out``: keep them in an HDF5 file of ``kind`` with their settings.
     ``settings.seed`` also draws the ``subset``."""
-    from landscape.objective import Objective
     from landscape.runs import as_run
 
     s = settings or MeasureSettings()
     names = parse_measures(measures, names_of(kind))
-    objective = Objective.from_run(as_run(run), split, subset=subset, seed=s.seed, device=device,
-                                   precision=precision)
+    objective = _Centred.around(Objective.from_run(as_run(run), split, subset=subset,
+                                                   seed=s.seed, device=device,
+                                                   precision=precision), None)
     require_finite(objective, None, f"every {kind} measure")
     results = compute_measures(objective, names, settings=s)
     if out is not None:

@@ -461,8 +461,10 @@ def load_track(run_or_file: str | Path) -> Track:
         settings, attrs = store.read_settings(f), store.read_attrs(f)
         if "step" not in f:
             raise LandscapeError(f"{path}: the track has no rows yet")
-        data = {k: f[k][()] for k in f.keys()}
-    names = settings["track"]["measures"]
+        names = settings["track"]["measures"]
+        known = (*store.track_columns(names), *store.TRACK_OPTIONAL,
+                 *(name for line in store.TRACK_LINES for name in line))
+        data = {k: f[k][()] for k in known if k in f}  # the validated columns only
     pre = "preconditioned_top_eigenvalue"
     lanczos = [m for m in ("top_eigenvalue", pre) if f"{m}_hvp" in data]
     return Track(

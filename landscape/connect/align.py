@@ -12,13 +12,17 @@ they line up with model A's; the permuted B computes the same function as B.
 - ``activations``: for each group, the Pearson correlation between A's and B's units over
   the training data, summed over the graph nodes that carry the group's units (pre- and
   post-activation, every layer of a residual stream; the paper correlates post-activation
-  outputs), then one linear assignment per group. Needs a derived spec (a traceable model).
+  outputs), then one linear assignment per group. A derived spec (a traceable model) names
+  its graph nodes; a declared one (the transformer's: each MLP's hidden units after GELU,
+  each attention's heads as they enter the output projection, the residual stream before
+  every LayerNorm) names modules whose input carries the units on its last axis.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -109,13 +113,14 @@ def activation_matching(model_a: nn.Module, model_b: nn.Module, spec: Permutatio
     """Permutations of B's units maximizing the summed correlation of A's and B's activations
     over ``batches`` of training inputs (each unit's samples: the batch and, for image maps,
     every pixel). Cost: one forward pass of each model over the batches."""
-    from torch.fx import GraphModule, Interpreter
-
-    if spec.graph is None:
-        raise LandscapeError("activation matching needs a permutation structure derived from "
-                             "the model's graph; use weight matching for declared structures")
+    missing = [g for g, group in spec.groups.items() if not group.probes]
+    if missing:
+        raise LandscapeError(f"activation matching needs the activations of every group; "
+                             f"{missing[0]!r} declares none (use weight matching)")
     probed = {node: (g, inner) for g, group in spec.groups.items()
               for node, inner in group.probes}
+    record = _graph_recorder(spec, probed) if spec.graph is not None else \
+        _input_recorder(probed)
     sums: dict[str, list[Tensor]] = {}
 
     def features(out: Tensor, size: int, inner: int) -> Tensor:
@@ -124,27 +129,12 @@ def activation_matching(model_a: nn.Module, model_b: nn.Module, spec: Permutatio
             return out.movedim(1, -1).reshape(-1, size)
         return out.reshape(out.shape[0], size, inner).movedim(1, -1).reshape(-1, size)
 
-    class Recorder(Interpreter):
-        def __init__(self, module: nn.Module) -> None:
-            super().__init__(module)
-            self.outputs: dict[str, Tensor] = {}
-
-        def run_node(self, n):  # noqa: ANN001, ANN201 - fx's signature
-            out = super().run_node(n)
-            if n.name in probed:
-                self.outputs[n.name] = out
-            return out
-
-    graph_a = GraphModule(model_a, spec.graph.graph)
-    graph_b = GraphModule(model_b, spec.graph.graph)
     for x in batches:
-        rec_a, rec_b = Recorder(graph_a.eval()), Recorder(graph_b.eval())
-        rec_a.run(x)
-        rec_b.run(x)
+        out_a, out_b = record(model_a, x), record(model_b, x)
         for node, (g, inner) in probed.items():
             size = spec.groups[g].size
-            fa = features(rec_a.outputs[node].double(), size, inner)
-            fb = features(rec_b.outputs[node].double(), size, inner)
+            fa = features(out_a[node].double(), size, inner)
+            fb = features(out_b[node].double(), size, inner)
             parts = [fa.shape[0], fa.sum(0), fb.sum(0), (fa * fa).sum(0), (fb * fb).sum(0),
                      fa.T @ fb]
             sums[node] = parts if node not in sums else [s + p for s, p in zip(sums[node],
@@ -161,6 +151,52 @@ def activation_matching(model_a: nn.Module, model_b: nn.Module, spec: Permutatio
         rows, cols = linear_sum_assignment(corr.numpy(), maximize=True)
         perms[g] = torch.as_tensor(cols[np.argsort(rows)], dtype=torch.long)
     return perms
+
+
+def _graph_recorder(spec: PermutationSpec, probed: Mapping[str, Any]) -> Any:
+    """``record(model, x) -> {node: output}``: the probed nodes of the spec's traced graph."""
+    from torch.fx import GraphModule, Interpreter
+
+    class Recorder(Interpreter):
+        def __init__(self, module: nn.Module) -> None:
+            super().__init__(module)
+            self.outputs: dict[str, Tensor] = {}
+
+        def run_node(self, n):  # noqa: ANN001, ANN201 - fx's signature
+            out = super().run_node(n)
+            if n.name in probed:
+                self.outputs[n.name] = out
+            return out
+
+    def record(model: nn.Module, x: Tensor) -> dict[str, Tensor]:
+        rec = Recorder(GraphModule(model, spec.graph.graph).eval())
+        rec.run(x)
+        return rec.outputs
+    return record
+
+
+def _input_recorder(probed: Mapping[str, Any]) -> Any:
+    """``record(model, x) -> {module: input as [samples, features]}``: the inputs of the
+    probed modules of a declared spec (units on the last axis), by forward pre-hooks."""
+    def record(model: nn.Module, x: Tensor) -> dict[str, Tensor]:
+        modules = dict(model.named_modules())
+        unknown = [name for name in probed if name not in modules]
+        if unknown:
+            raise LandscapeError(f"the permutation structure probes module {unknown[0]!r}, "
+                                 f"which {type(model).__name__} does not have")
+        outputs: dict[str, Tensor] = {}
+        hooks = [modules[name].register_forward_pre_hook(
+            lambda _m, inputs, name=name: outputs.__setitem__(
+                name, inputs[0].reshape(-1, inputs[0].shape[-1]))) for name in probed]
+        was = model.training
+        try:
+            model.eval()(x)
+        finally:
+            model.train(was)
+            for h in hooks:
+                h.remove()
+        return outputs
+    return record
 
 
 def align(model_a: nn.Module, model_b: nn.Module, *, method: str = "weights",

@@ -14,15 +14,26 @@ drawn per minibatch, starting from the midpoint ``(a + b) / 2`` as the paper doe
 deviate from the paper's CIFAR schedule (600 epochs, lr 0.015-0.03, weight decay 5e-4): 20
 epochs of SGD with momentum 0.9, lr 0.05, batch 64, no weight decay, the settings the
 endpoints on the digits were trained with.
+
+BatchNorm networks are trained as Garipov et al.'s code does: the BatchNorm layers run in
+train mode during the fit, so each minibatch is normalized by its own statistics at the
+curve point of its ``t`` (everything else stays in eval mode; a last minibatch of one sample
+is skipped, as batch statistics need two); the running statistics are not used or changed.
+A fitted curve is then evaluated with statistics recomputed on the training data at each
+point (:func:`landscape.connect.barrier.barrier`'s ``bn_stats="reset"``, Garipov et al.'s
+``update_bn``).
 """
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from landscape.errors import LandscapeError, check_int, check_positive
 from landscape.objective import Objective
@@ -72,9 +83,8 @@ def fit_curve(model_a: torch.nn.Module, model_b: torch.nn.Module, *, data: objec
 
     ``threads``: CPU threads while training (default 1: minibatch steps of small models
     only lose to thread synchronization, the trainer's rule; None: torch's setting).
-    Cost: ``epochs * ceil(n / batch_size)`` forward+backward passes on a minibatch. Models
-    with BatchNorm are refused (training their curves needs batch statistics per ``t``:
-    not done).
+    Cost: ``epochs * ceil(n / batch_size)`` forward+backward passes on a minibatch.
+    BatchNorm: batch statistics during the fit (see the module docstring).
 
     Example:
         >>> import torch
@@ -91,16 +101,13 @@ def fit_curve(model_a: torch.nn.Module, model_b: torch.nn.Module, *, data: objec
     batch_size = check_int("batch size", batch_size)
     check_positive("learning rate", lr)
     obj = Objective(model_a, data, split="train", **engine)
-    if obj.has_bn:
-        raise LandscapeError("training a curve between BatchNorm networks is not supported "
-                             "(it needs batch statistics at each t)")
     a = obj.theta0
     b = obj.space.flatten(model_b).to(a)
     c = ((a + b) / 2).clone().requires_grad_(True)
     opt = torch.optim.SGD([c], lr=lr, momentum=momentum, weight_decay=weight_decay)
     gen = torch.Generator().manual_seed(seed)
     history = []
-    with num_threads(threads if obj.device.type == "cpu" else None):
+    with num_threads(threads if obj.device.type == "cpu" else None), batch_statistics(obj):
         for _ in progress(range(epochs), desc=f"curve {kind}", unit="epoch",
                           disable=None if show_progress else True):
             history.append(_epoch(obj, kind, a, b, c, opt, gen, batch_size))
@@ -114,16 +121,41 @@ def _epoch(obj: Objective, kind: str, a: Tensor, b: Tensor, c: Tensor,
     """One epoch of SGD on the control point ``c``, one ``t`` per minibatch; its mean loss."""
     x, y = obj.x, obj.y
     order = torch.randperm(obj.n, generator=gen).to(obj.device)
-    total = 0.0
+    total, seen = 0.0, 0
     for start in range(0, obj.n, batch_size):
         idx = order[start:start + batch_size]
         t = torch.rand(1, generator=gen, dtype=torch.float64).to(a)
-        uv = coefficients(kind, t)[0]
-        theta = a + uv[0] * (b - a) + uv[1] * (c - a)
-        loss = obj.batch_loss(theta, take(x, idx), y[idx])
+        if len(idx) < 2 and obj.has_bn:
+            continue   # batch statistics of one sample are undefined
+        loss = curve_loss(obj, kind, a, b, c, t, take(x, idx), y[idx])
         opt.zero_grad()
         loss.backward()
         opt.step()
         total += float(loss.detach()) * len(idx)
-    return total / obj.n
+        seen += len(idx)
+    return total / seen
+
+
+def curve_loss(obj: Objective, kind: str, a: Tensor, b: Tensor, c: Tensor, t: Tensor, x: Any,
+               y: Tensor) -> Tensor:
+    """The mean loss on the batch ``(x, y)`` at the curve point of ``t`` (one value),
+    differentiable in ``c``; inside :func:`batch_statistics`, BatchNorm layers normalize by
+    the batch's own statistics and the objective's running statistics stay as they were."""
+    uv = coefficients(kind, t.reshape(1))[0]
+    theta = a + uv[0] * (b - a) + uv[1] * (c - a)
+    scratch = {k: v.clone() for k, v in obj.buffers.items()}   # train mode updates these
+    return obj.loss_fn.total(obj.forward(theta, x, scratch), y) / obj.loss_fn.weight(y)
+
+
+@contextlib.contextmanager
+def batch_statistics(obj: Objective) -> Iterator[None]:
+    """The objective's BatchNorm layers in train mode for the block (batch statistics)."""
+    norms = [m for m in obj.model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    for m in norms:
+        m.train()
+    try:
+        yield
+    finally:
+        for m in norms:
+            m.eval()
 

@@ -49,9 +49,10 @@ class Slot:
 
 @dataclass
 class PermGroup:
-    """One permutable space: ``size`` units, the slots they move, and (derived specs) the
-    graph nodes whose outputs carry these units (``(node name, inner)``), for activation
-    matching."""
+    """One permutable space: ``size`` units, the slots they move, and for activation matching
+    the ``(name, inner)`` probes that carry these units: graph nodes' outputs (derived
+    specs), or modules whose input holds them on its last axis as ``[..., size, inner]``
+    (declared specs)."""
 
     size: int
     slots: list[Slot]
@@ -111,24 +112,28 @@ def random_permutations(spec: PermutationSpec, seed: int = 0) -> dict[str, Tenso
 def transformer_spec(model: nn.Module) -> PermutationSpec:
     """Spec of :class:`landscape.models.transformer.Transformer`: per block its MLP hidden
     units and its attention heads (whole heads move: the rows of q, k and v of a head and the
-    matching columns of the output projection), and the residual stream of width ``d``."""
+    matching columns of the output projection), and the residual stream of width ``d``; each
+    with the modules whose input carries its units (activation matching)."""
     groups: dict[str, PermGroup] = {}
     d = model.tok.weight.shape[1]
     stream = [Slot("tok.weight", 1), Slot("pos.weight", 1), Slot("ln.weight", 0),
               Slot("ln.bias", 0), Slot("head.weight", 1)]
+    probes: list[tuple[str, int]] = []   # the residual stream entering every LayerNorm
     for i, block in enumerate(model.blocks):
         p = f"blocks.{i}."
         heads = block.n_heads
         groups[f"{p}heads"] = PermGroup(heads, [
             Slot(f"{p}qkv.weight", 0, 3, d // heads), Slot(f"{p}qkv.bias", 0, 3, d // heads),
-            Slot(f"{p}proj.weight", 1, 1, d // heads)])
+            Slot(f"{p}proj.weight", 1, 1, d // heads)], [(f"{p}proj", d // heads)])
         groups[f"{p}mlp"] = PermGroup(block.mlp[0].out_features, [
-            Slot(f"{p}mlp.0.weight", 0), Slot(f"{p}mlp.0.bias", 0), Slot(f"{p}mlp.2.weight", 1)])
+            Slot(f"{p}mlp.0.weight", 0), Slot(f"{p}mlp.0.bias", 0), Slot(f"{p}mlp.2.weight", 1)],
+            [(f"{p}mlp.2", 1)])
+        probes += [(f"{p}ln1", 1), (f"{p}ln2", 1)]
         stream += [Slot(f"{p}{n}", 0) for n in ("ln1.weight", "ln1.bias", "ln2.weight",
                                                  "ln2.bias", "proj.weight", "proj.bias",
                                                  "mlp.2.weight", "mlp.2.bias")]
         stream += [Slot(f"{p}qkv.weight", 1), Slot(f"{p}mlp.0.weight", 1)]
-    groups["stream"] = PermGroup(d, stream)
+    groups["stream"] = PermGroup(d, stream, [*probes, ("ln", 1)])
     return PermutationSpec(groups)
 
 

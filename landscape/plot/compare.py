@@ -535,6 +535,9 @@ def surface_grids(study: Any, name: str, metric: str = "train_loss",
     first = study.models[name][0].surface
     for model in study.models[name]:
         s = model.surface
+        if s is None:
+            raise LandscapeError(f"{study.path}: '{name}' seed {model.seed} has no 2D surface, "
+                                 "its first seed has one")
         if s.x.shape != first.x.shape or s.y.shape != first.y.shape:
             raise LandscapeError(f"{s.path}: its 2D grid differs from the study's others")
         z = values(s, metric)

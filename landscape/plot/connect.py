@@ -1,5 +1,5 @@
 """Figures of the space between minima: loss or error along paths (naive, aligned, curved)
-with bands over seed pairs, the barrier against the spawn epoch (instability analysis), and
+with bands over seed pairs, the barrier against the spawn step (instability analysis), and
 the plane through two minima and a curve's control point (Garipov et al. 2018, figure 1)."""
 
 from __future__ import annotations
@@ -76,7 +76,7 @@ def plot_paths(groups: Any, ax: Axes | None = None, *, metric: str = "test_loss"
 
 def plot_stability(result: Any, ax: Axes | None = None, *, metric: str = "test_error",
                    title: str | None = None) -> Figure:
-    """Barrier between children against the epoch they were spawned at (Frankle et al.
+    """Barrier between children against the epoch or step they were spawned at (Frankle et al.
     2020): the mean over pairs with its 95% interval, each pair as a dot. ``result``: a
     :class:`landscape.connect.stability.Stability` or its ``stability.json``."""
     from landscape.connect.stability import Stability, load_stability
@@ -86,7 +86,7 @@ def plot_stability(result: Any, ax: Axes | None = None, *, metric: str = "test_e
     if metric not in result.values:
         raise LandscapeError(f"no {metric!r} barrier (have {', '.join(result.values)})")
     scale = 100.0 if metric.endswith("_error") else 1.0
-    k = np.asarray(result.spawn_epochs, dtype=float)
+    k = np.asarray(result.spawn_at, dtype=float)
     with house_style():
         fig, ax = new_axes(ax)
         for kk, v in zip(k, result.values[metric]):
@@ -100,7 +100,7 @@ def plot_stability(result: Any, ax: Axes | None = None, *, metric: str = "test_e
         ax.fill_between(k, lo, hi, color=OKABE_ITO[0], alpha=0.25, lw=0,
                         label=f"{int(LEVEL * 100)}% interval")
         ax.axhline(0.0, color="0.6", lw=0.5, ls=":")
-        ax.set_xlabel("spawn epoch k")
+        ax.set_xlabel(f"spawn {result.unit} k")
         what = "error (%)" if metric.endswith("_error") else "loss"
         ax.set_ylabel(f"{metric.split('_')[0]} {what} barrier")
         ax.legend(loc="upper right")

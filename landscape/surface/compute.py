@@ -7,7 +7,10 @@ Each chunk of points is written and flushed before the next is computed, so a ki
 loses at most one chunk, and re-running the same computation continues where it stopped. The
 evaluation strategy, data chunk size and device type are part of the settings hash, so a
 resumed file is bit-identical to an uninterrupted one and a resume with other chunking is
-refused.
+refused. After an out-of-memory halving (:class:`landscape.evaluate.Evaluator`) the file
+records the halved chunking and every point is computed with it (those done before are
+computed again); a resume takes the halved chunking it records. (Under ``torchrun``, with
+the points split among ranks, each rank halves on its own and the file keeps its settings.)
 """
 
 from __future__ import annotations
@@ -94,6 +97,39 @@ def _check_resumable(f: h5py.File, out: str | Path, x: np.ndarray, y: np.ndarray
     if missing:
         raise store.damaged(out, f"no dataset {', '.join(map(repr, missing))} for its "
                                  "settings' splits; use --overwrite to replace it")
+
+
+#: The evaluator settings an out-of-memory halving changes (:class:`landscape.evaluate.Evaluator`).
+HALVED = ("batch_size", "point_chunk")
+
+
+def _chunking(objs: Mapping[str, Objective]) -> dict[str, Any]:
+    """The settings keys of each split's evaluation, as in use now."""
+    return {f"{s}.{k}": v for s, o in objs.items() for k, v in o.evaluation_settings().items()}
+
+
+def _adopt_halved(out: str | Path, objs: Mapping[str, Objective]) -> None:
+    """Resume with the chunking that produced a file's values: where an out-of-memory halving
+    took the chunking this command asks for (recorded in the file's ``oom_halved``: settings
+    key -> the value asked for) down to the one in its settings, the objective takes the
+    halved one (so the resumed file is the uninterrupted one, bit for bit). Any other change
+    of chunking is refused by :func:`landscape.store.create` as before."""
+    if not Path(out).exists():
+        return
+    with store.open_result(out) as f:
+        recorded, attrs = store.read_settings(f), store.read_attrs(f)
+    asked = attrs.get("oom_halved")
+    if not isinstance(asked, dict):
+        return
+    for split, o in objs.items():
+        for key in HALVED:
+            was, now = recorded.get(f"{split}.{key}"), o.evaluation_settings()[key]
+            if asked.get(f"{split}.{key}") == now and isinstance(was, int) \
+                    and not isinstance(was, bool) and 0 < was < now:
+                if key == "batch_size":
+                    o.batch_size = was
+                else:
+                    o.evaluator.point_chunk = was
 
 
 def _init_file(f: h5py.File, x: np.ndarray, y: np.ndarray | None, names: Sequence[str],
@@ -212,11 +248,13 @@ def compute_surface(objectives: Objective | Mapping[str, Objective], out: str | 
         buffer_directions = None  # nothing to move (a model without BatchNorm)
     names = [f"{split}_{m}" for split, o in objs.items()
              for m in o.metric_names]
+    if not overwrite and distributed.rank_and_world()[0] == 0:
+        _adopt_halved(out, objs)
     full_settings = {
         **(settings or {}), "kind": kind, "x": x.tolist(), "y": None if y is None else y.tolist(),
         "splits": list(objs),
         # one key per split and setting, so that a refusal names e.g. train.batch_size
-        **{f"{s}.{k}": v for s, o in objs.items() for k, v in o.evaluation_settings().items()},
+        **_chunking(objs),
         "origin_sha": store.values_digest([origin], dtype="float32"),
         "directions_sha": [store.values_digest([d], dtype="float32") for d in dirs],
         "buffer_directions_sha": [store.values_digest(
@@ -267,8 +305,9 @@ def compute_surface(objectives: Objective | Mapping[str, Objective], out: str | 
     chunks = [pending[i : i + size] for i in range(0, len(pending), size)]
     bar = progress(total=len(pending), desc=f"{kind} {Path(out).name}", unit="pt",
                    disable=None if show_progress and rank == 0 else True)
+    r = 0
     try:
-        for r in range(0, len(chunks), share_world):
+        while r < len(chunks):
             mine = (chunks[r + share_rank] if r + share_rank < len(chunks)
                     else np.array([], dtype=int))
             results = {}
@@ -281,6 +320,25 @@ def compute_surface(objectives: Objective | Mapping[str, Objective], out: str | 
                 for split, o in objs.items():
                     for m, v in o.evaluate_plane(origin, dirs, coords, buffers).items():
                         results[f"{split}_{m}"] = v.numpy()
+            if world == 1 and _chunking(objs) != {k: full_settings[k] for k in _chunking(objs)}:
+                # an out-of-memory halving: the file records the chunking now in use (after
+                # the centre is evaluated with it), and every point is computed with it
+                attrs_now, now = center(), _chunking(objs)
+                asked = {k: full_settings[k] for k in now if now[k] != full_settings[k]}
+                before = store.read_attrs(f).get("oom_halved")
+                asked.update(before if isinstance(before, dict) else {})  # the first asked
+                full_settings.update(now)
+                again = np.union1d(np.flatnonzero(done), mine)
+                with store.writing(out):
+                    f.attrs["settings_hash"] = store.settings_hash(full_settings)
+                    store.write_attrs(f, {"settings": full_settings, "oom_halved": asked,
+                                          **attrs_now})
+                    done[:] = False
+                    f["done"][...] = False
+                    f.flush()
+                chunks += [again[i : i + size] for i in range(0, len(again), size)]
+                bar.total += len(again)
+                mine = np.array([], dtype=int)
             new = []
             for idx, res in distributed.all_gather((mine, results)):
                 if rank == 0 and len(idx):
@@ -299,6 +357,7 @@ def compute_surface(objectives: Objective | Mapping[str, Objective], out: str | 
                         f["done"][sl] = done.reshape(shape)[sl]
                     f.flush()
                 bar.update(sum(len(c) for c in chunks[r : r + share_world]))
+            r += share_world
     finally:
         bar.close()
         store.close_quietly(f)

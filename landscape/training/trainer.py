@@ -26,8 +26,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
-import json
 import math
 import platform
 import re
@@ -51,6 +49,7 @@ from landscape.errors import (
     check_int,
     check_positive,
 )
+from landscape.hashing import settings_hash
 from landscape.objective import resolve_device
 from landscape.progress import progress as progress_bar
 from landscape.runs import (
@@ -62,7 +61,6 @@ from landscape.runs import (
     Run,
     at_cap,
     atomic_torch_save,
-    atomic_write_json,
     load_weights,
     read_history,
     read_run_json,
@@ -71,6 +69,7 @@ from landscape.runs import (
     to_cpu,
     torch_load,
     write_history,
+    write_run_json,
 )
 from landscape.sources import (
     ACCURACY_UNIT,
@@ -99,6 +98,8 @@ TARGET_CONSECUTIVE = 2
 #: Checks of the target loss per epoch when ``target_check_every`` is None.
 TARGET_CHECKS_PER_EPOCH = 4
 DEFAULT_RUNS_DIR = Path("outputs") / "runs"
+#: What the ``k`` of ``train(spawn=(k, child_seed))`` counts.
+SPAWN_UNITS = ("epoch", "step")
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -110,7 +111,7 @@ def _device_name(dev: torch.device) -> str:
 
 def _config_hash(config: dict) -> str:
     compared = {k: v for k, v in config.items() if k not in _NOT_COMPARED}
-    return hashlib.sha256(json.dumps(compared, sort_keys=True).encode()).hexdigest()[:8]
+    return settings_hash(compared, 8)
 
 
 def _default_name(config: dict) -> str:
@@ -267,7 +268,7 @@ def train(*, model: str = "mlp", dataset: str = "digits", data_dir: str | Path |
           resume: bool = False, overwrite: bool = False, progress: bool = True,
           threads: int | None = None, track: str | list[str] | None = None,
           track_every: str | int = 10, track_subset: int | None = None,
-          spawn: tuple[int, int] | None = None) -> Run:
+          spawn: tuple[int, int] | None = None, spawn_unit: str = "epoch") -> Run:
     """Train ``model`` on ``dataset``, keep the run in directory ``out``, return its :class:`Run`.
 
     Defaults: the 100-100 ReLU MLP on the embedded digits, SGD with heavy-ball momentum 0.9,
@@ -327,13 +328,21 @@ def train(*, model: str = "mlp", dataset: str = "digits", data_dir: str | Path |
       ``"top_eigenvalue,trace,noise_scale"``) every ``track_every`` steps (``"2epochs"``:
       epochs) on ``track_subset`` training samples; see :mod:`landscape.analysis.track`.
       Tracking never changes the training (same history and weights bit for bit).
-    - ``spawn``: ``(k, child_seed)``: after epoch ``k`` the minibatch order (and augmentation)
-      is drawn from ``child_seed`` instead of continuing ``seed``'s stream: runs with the same
-      ``seed`` and ``k`` share the first ``k`` epochs bit for bit (on the CPU) and then differ
-      only in SGD noise, Frankle et al.'s (2020) children spawned at ``k``.
+    - ``spawn``: ``(k, child_seed)``: after epoch ``k`` (``spawn_unit="epoch"``) or
+      optimizer step ``k`` (``"step"``, as Frankle et al. count) the minibatch order (and
+      augmentation) is drawn from ``child_seed`` instead of continuing ``seed``'s stream: runs
+      with the same ``seed`` and ``k`` share the first ``k`` epochs or steps bit for bit (on
+      the CPU) and then differ only in SGD noise, Frankle et al.'s (2020) children spawned at
+      ``k``. A step inside an epoch keeps the samples the parent has already drawn in that
+      epoch and orders the rest of the epoch by the child's seed (each epoch stays one pass
+      over the data; streamed user data keep their loader's order: only augmentation
+      changes); step ``k * steps_per_epoch`` is epoch ``k``, bit for bit.
 
     Cost per epoch: one forward+backward per minibatch (two for SAM/ASAM/SVRG, plus a full
-    gradient for SVRG), one forward pass over both splits, one checkpoint write.
+    gradient for SVRG), one forward pass over both splits, one checkpoint write (every
+    ``save_every`` epochs). run.json's ``seconds`` splits this call's wall time into
+    ``train`` (optimizer steps), ``evaluate`` (history rows and target-loss checks) and
+    ``save`` (checkpoints and history files).
     """
     from landscape.data import NORMALIZATION, augment_crop_flip, load_dataset
     from landscape.models import count_parameters, model_from_spec, model_spec
@@ -389,8 +398,11 @@ def train(*, model: str = "mlp", dataset: str = "digits", data_dir: str | Path |
     if spawn is not None:
         if not isinstance(spawn, tuple | list) or len(spawn) != 2:
             raise LandscapeError(f"spawn must be (epoch, child seed), got {spawn!r}")
-        spawn = (check_int("spawn epoch", spawn[0], minimum=0),
+        spawn = (check_int(f"spawn {spawn_unit}", spawn[0], minimum=0),
                  check_int("spawn seed", spawn[1], minimum=0))
+    if spawn_unit not in SPAWN_UNITS:
+        from landscape.errors import unknown_name
+        raise unknown_name("spawn unit", spawn_unit, SPAWN_UNITS)
     if data is None and is_code_spec(dataset):
         data = dataset
     if data is None:
@@ -479,6 +491,7 @@ def train(*, model: str = "mlp", dataset: str = "digits", data_dir: str | Path |
         **({"keep_checks": keep_checks} if keep_checks else {}),
         **({"asam_scale": asam_scale} if asam_scale != "all" else {}),
         **({"spawn": list(spawn)} if spawn is not None else {}),
+        **({"spawn_unit": spawn_unit} if spawn is not None and spawn_unit != "epoch" else {}),
         **({"data_seed": int(data_seed)} if data_seed is not None else {}),
     })
     path = Path(out) if out is not None else DEFAULT_RUNS_DIR / _default_name(config)
@@ -589,11 +602,14 @@ def train(*, model: str = "mlp", dataset: str = "digits", data_dir: str | Path |
                                     "at": datetime.now(timezone.utc).isoformat(timespec="seconds")}]
             if history and finished(history[-1]) and (path / "model.pt").exists():
                 info["status"] = "complete"
-            atomic_write_json(path / "run.json", info)
+            if action != "resume":  # a new directory is a run (resumable) from its first file
+                write_run_json(path, info)
 
             trainer = _Trainer(net, opt, requires, train_src, test_src, dev, loss=fn, acc=acc,
                                batch_size=batch_size, steps=spe, sched=sched, gen=gen, amp=amp,
                                augment=augment, fixed=fixed,
+                               spawn=None if spawn is None else
+                               (spawn[0] * (spe if spawn_unit == "epoch" else 1), spawn[1]),
                                fill=[-m / s for m, s in zip(*NORMALIZATION[data_name], strict=True)]
                                if augment and data_name in NORMALIZATION else 0.0,
                                augment_fn=augment_crop_flip)
@@ -611,6 +627,8 @@ def train(*, model: str = "mlp", dataset: str = "digits", data_dir: str | Path |
                 if history:
                     tracker.restore(checkpoint.get("track"), history[-1]["step"])
                 trainer.on_step = lambda step: tracker.after_step(net, opt, step, sched(step))
+            if action == "resume":  # after its track file was checked: a resume refused
+                write_run_json(path, info)  # leaves run.json as it was
 
             def save_checkpoint(epoch: int) -> None:
                 state = {"epoch": epoch, "model": to_cpu(net.state_dict()),
@@ -623,6 +641,13 @@ def train(*, model: str = "mlp", dataset: str = "digits", data_dir: str | Path |
                          **({"track": tracker.checkpoint_state()} if tracker else {})}
                 _save_checkpoint(path / "checkpoints" / f"epoch_{epoch:04d}.pt", state)
 
+            spent = dict.fromkeys(("train", "evaluate", "save"), 0.0)  # this call's seconds
+
+            def check_target(step: int) -> bool:
+                with _timed(spent, "evaluate"):
+                    return target.due(step) and check(
+                        step, evaluate_source(net, train_src, fn, None, trainer.eval_batch)[0])
+
             bar = progress_bar(total=cap, desc=f"train {path.name}", unit="epoch",
                                disable=None if progress else True)
             with bar, _cuda_flags(dev), num_threads(threads if dev.type == "cpu" else None):
@@ -633,16 +658,17 @@ def train(*, model: str = "mlp", dataset: str = "digits", data_dir: str | Path |
                     return target.observe(step, loss)
 
                 if target is not None:
-                    trainer.stop_check = lambda step: target.due(step) and check(
-                        step, evaluate_source(net, train_src, fn, None, trainer.eval_batch)[0])
+                    trainer.stop_check = check_target
                 if not history:
-                    history.append(trainer.history_row(0, step=0, lr=None, seconds=0.0))
+                    with _timed(spent, "evaluate"):
+                        history.append(trainer.history_row(0, step=0, lr=None, seconds=0.0))
                     if target is not None:
                         check(0, history[0]["train_loss"])
                     if tracker is not None:
                         trainer.on_step(0)
-                    write_history(path, history)
-                    save_checkpoint(0)
+                    with _timed(spent, "save"):
+                        write_history(path, history, sync=False)  # the checkpoint is durable
+                        save_checkpoint(0)
                 else:
                     write_history(path, history)
                 if start:
@@ -650,18 +676,20 @@ def train(*, model: str = "mlp", dataset: str = "digits", data_dir: str | Path |
                 while not finished(history[-1]):
                     epoch, done_steps = history[-1]["epoch"] + 1, history[-1]["step"]
                     budget = spe if steps is None else min(spe, steps - done_steps)
-                    if spawn is not None and epoch == spawn[0] + 1:
-                        gen.manual_seed(2**32 + spawn[1])  # the child's own SGD noise from here
+                    checks = spent["evaluate"]
                     seconds, last_lr, taken = trainer.train_epoch(epoch, bar, budget)
-                    row = trainer.history_row(epoch, step=done_steps + taken, lr=last_lr,
-                                              seconds=seconds)
+                    spent["train"] += seconds - (spent["evaluate"] - checks)
+                    with _timed(spent, "evaluate"):
+                        row = trainer.history_row(epoch, step=done_steps + taken, lr=last_lr,
+                                                  seconds=seconds)
                     history.append(row)
                     if target is not None:
                         check(row["step"], row["train_loss"])
-                    # durable at the end; before, each epoch's checkpoint is the durable copy
-                    write_history(path, history, sync=finished(row))
-                    if epoch % save_every == 0 or finished(row):
-                        save_checkpoint(epoch)
+                    with _timed(spent, "save"):
+                        # durable at the end; before, each epoch's checkpoint is the durable copy
+                        write_history(path, history, sync=finished(row))
+                        if epoch % save_every == 0 or finished(row):
+                            save_checkpoint(epoch)
                     bar.set_postfix_str(_postfix(row), refresh=False)
                     bar.update(1)
         except BaseException:
@@ -677,7 +705,8 @@ def train(*, model: str = "mlp", dataset: str = "digits", data_dir: str | Path |
                                            None if target is None else target.met)
         info["status"] = "complete"
         info["finished"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
-        atomic_write_json(path / "run.json", info)
+        info["seconds"] = {k: round(v, 4) for k, v in spent.items()}
+        write_run_json(path, info)
 
     _warn_unmet(path, info["stopping"])
     # the caller named this run's code in this call: reading its checkpoints back may run it
@@ -745,6 +774,16 @@ def _keep_check(folder: Path, step: int, loss: float, net: nn.Module, keep: int)
     for s, f in files:
         if s not in kept:
             f.unlink()
+
+
+@contextmanager
+def _timed(spent: dict[str, float], key: str):
+    """Add the wall seconds of the block to ``spent[key]``."""
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        spent[key] += time.perf_counter() - start
 
 
 def _save_checkpoint(file: Path, state: dict) -> None:
@@ -855,7 +894,7 @@ class _Trainer:
                  train_src: Source, test_src: Source | None, dev: torch.device, *, loss: Loss,
                  acc: Loss | None, batch_size: int, steps: int, sched: Any,
                  gen: torch.Generator, amp: bool, augment: bool, fixed: list[Tensor] | None,
-                 fill: Any, augment_fn: Any) -> None:
+                 fill: Any, augment_fn: Any, spawn: tuple[int, int] | None = None) -> None:
         self.net, self.opt, self.requires = net, opt, requires
         self.dev, self.loss, self.batch_size, self.steps = dev, loss, batch_size, steps
         self.sched, self.gen, self.amp, self.augment = sched, gen, amp, augment
@@ -869,6 +908,8 @@ class _Trainer:
         self.eval_batch = 4096 if dev.type == "cuda" else 1024
         self.grad_batch = 2048 if dev.type == "cuda" else 1024
         self.fixed = None if fixed is None else [idx.to(dev) for idx in fixed]
+        #: (optimizer step, child seed): the SGD noise after that step is the child's
+        self.spawn = spawn
         #: called with the number of steps taken after every optimizer step (tracking)
         self.on_step: Any = None
         #: called likewise before the last step of an epoch's budget; True stops the epoch
@@ -930,26 +971,45 @@ class _Trainer:
             with self._bn_frozen(not update_bn):  # restored after backward (autograd versions)
                 with self.autocast():
                     out = _output(self.net, self.loss, xb)
-                loss = self.loss.total(out, yb) / self.loss.weight(yb)
+                loss = self.loss.mean(out, yb)
                 loss.backward()
             if not record:
-                correct = None if self.acc is None else self.acc.total(out.detach(), yb)
-                record.append((loss.detach(), correct))
+                record.append((loss.detach(), out.detach()))
             return loss
         return self.step_closure(fn)
 
-    def _batches(self):
-        """``(partition index or None, inputs, targets)`` of each step of one epoch."""
+    def _spawned(self, order: Tensor, b: int, per_step: int) -> Tensor:
+        """``order`` with its entries from step ``b`` on (``per_step`` a step) redrawn by
+        the child's seed, after reseeding the generator with it."""
+        self.gen.manual_seed(2**32 + self.spawn[1])
+        rest = order[b * per_step:]
+        return torch.cat([order[:b * per_step],
+                          rest[torch.randperm(len(rest), generator=self.gen, device=self.dev)]])
+
+    def _batches(self, t: int):
+        """``(partition index or None, inputs, targets)`` of each step of the epoch that
+        starts after ``t`` optimizer steps; the child's order from its spawn step on."""
+        at = None if self.spawn is None or not t <= self.spawn[0] < t + self.steps \
+            else self.spawn[0] - t     # the spawn step within this epoch
+        if at == 0:
+            self.gen.manual_seed(2**32 + self.spawn[1])  # the child's own SGD noise from here
         if not self.train_src.resident:
-            for xb, yb in self.train_src.batches(self.batch_size):
+            for b, (xb, yb) in enumerate(self.train_src.batches(self.batch_size)):
+                if at and b == at:
+                    self.gen.manual_seed(2**32 + self.spawn[1])
                 yield None, xb, yb
         elif self.fixed is not None:
             order = torch.randperm(len(self.fixed), generator=self.gen, device=self.dev)
-            for i in order.tolist():
-                yield i, *self.train_src.rows(self.fixed[i], self.batch_size)
+            indices = order.tolist()
+            for b in range(len(indices)):
+                if at and b == at:
+                    indices = self._spawned(order, b, 1).tolist()
+                yield indices[b], *self.train_src.rows(self.fixed[indices[b]], self.batch_size)
         else:
             perm = torch.randperm(self.n, generator=self.gen, device=self.dev)
             for b in range(self.steps):
+                if at and b == at:
+                    perm = self._spawned(perm, b, self.batch_size)
                 yield None, *self.train_src.rows(perm[b * self.batch_size:(b + 1) *
                                                       self.batch_size], self.batch_size)
 
@@ -977,7 +1037,7 @@ class _Trainer:
             seen = 0
             shown = time.perf_counter()
             taken = 0
-            for b, (index, xb, yb) in enumerate(self._batches()):
+            for b, (index, xb, yb) in enumerate(self._batches(t)):
                 if b == budget:
                     break
                 taken += 1
@@ -993,12 +1053,13 @@ class _Trainer:
                     opt.step(closure, index=index)
                 if self.on_step is not None:
                     self.on_step(t + b + 1)
-                batch_loss, correct = record[0]
-                weight = self.loss.weight(yb)
-                sum_loss += batch_loss * weight
-                if correct is not None:
-                    sum_correct += correct
-                seen += weight
+                if not bar.disable:  # the running means are only shown (no kernels otherwise)
+                    batch_loss, out = record[0]
+                    weight = self.loss.weight(yb)
+                    sum_loss += batch_loss * weight
+                    if self.acc is not None:
+                        sum_correct += self.acc.total(out, yb)
+                    seen += weight
                 now = time.perf_counter()
                 if not bar.disable and now - shown > 0.5:
                     shown = now
