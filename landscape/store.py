@@ -201,23 +201,6 @@ KINDS = (*GRID_KINDS, "hessian", "study", "toy", "track", *MEASURE_KINDS)
 #: per parameter (origin, directions, eigenvectors) are checked against each other instead.
 MAX_VALUES = 10**8
 
-#: The largest coordinate magnitude a grid may hold: directions are normalized, so real grids
-#: stay within a few hundred; near 1e308 a figure's axis cannot even be ticked.
-MAX_COORDINATE = 1e100
-
-
-def coordinates_fault(values: np.ndarray) -> str | None:
-    """Why ``values`` cannot be a grid axis (empty, not finite, beyond
-    :data:`MAX_COORDINATE`, not strictly increasing), or None."""
-    if values.size == 0 or not np.isfinite(values).all():
-        return "are empty or not all finite"
-    if np.abs(values).max() > MAX_COORDINATE:
-        return f"reach beyond +-{MAX_COORDINATE:g}"
-    if (np.diff(values) <= 0).any():
-        return "are not strictly increasing"
-    return None
-
-
 _DTYPES = {"f": "floating-point", "biu": "boolean or integer", "iu": "integer",
            "fbiu": "numeric"}
 
@@ -331,6 +314,25 @@ def _names(attrs: Mapping[str, Any], key: str, path: Path, default: Any = None) 
     return names
 
 
+# --- Grids (surface, interpolation, plane, trajectory, path): written by landscape.surface ----
+
+#: The largest coordinate magnitude a grid may hold: directions are normalized, so real grids
+#: stay within a few hundred; near 1e308 a figure's axis cannot even be ticked.
+MAX_COORDINATE = 1e100
+
+
+def coordinates_fault(values: np.ndarray) -> str | None:
+    """Why ``values`` cannot be a grid axis (empty, not finite, beyond
+    :data:`MAX_COORDINATE`, not strictly increasing), or None."""
+    if values.size == 0 or not np.isfinite(values).all():
+        return "are empty or not all finite"
+    if np.abs(values).max() > MAX_COORDINATE:
+        return f"reach beyond +-{MAX_COORDINATE:g}"
+    if (np.diff(values) <= 0).any():
+        return "are not strictly increasing"
+    return None
+
+
 def _grid(group: h5py.Group, path: Path) -> tuple[int, ...]:
     """Check the coordinates (1D, finite, not empty) and the done mask of a grid; its shape."""
     coords = [_array(group, a, path, ndim=1, optional=a == "y") for a in ("y", "x")]
@@ -350,6 +352,19 @@ def _grid(group: h5py.Group, path: Path) -> tuple[int, ...]:
     return shape
 
 
+def attach_grid_scales(f: h5py.File, names: Iterable[str]) -> None:
+    """Label the dimensions of the grid arrays ``names`` with the coordinates ``y``, ``x`` (or
+    ``x``) as HDF5 dimension scales, as every array of a grid is (xarray and other readers
+    then name them alike)."""
+    axes = [a for a in ("y", "x") if a in f]
+    for axis in axes:
+        if not h5py.h5ds.is_scale(f[axis].id):
+            f[axis].make_scale(axis)
+    for name in names:
+        for dim, axis in enumerate(axes):
+            f[name].dims[dim].attach_scale(f[axis])
+
+
 def _validate_grid(f: h5py.File, path: Path, attrs: Mapping[str, Any]) -> None:
     shape = _grid(f, path)
     metrics = _names(attrs, "metrics", path)
@@ -367,6 +382,8 @@ def _validate_grid(f: h5py.File, path: Path, attrs: Mapping[str, Any]) -> None:
         for name in group:
             _array(group, name, path, dtype="fbiu")
 
+
+# --- Hessian: written by landscape.analysis.hessian -------------------------------------------
 
 def _validate_hessian(f: h5py.File, path: Path, attrs: Mapping[str, Any]) -> None:
     done = {}
@@ -421,6 +438,8 @@ def _validate_hessian(f: h5py.File, path: Path, attrs: Mapping[str, Any]) -> Non
         _number(group_attrs, "n_hvp", path, " of 'density'", integer=True)
 
 
+# --- Study: written by landscape.study --------------------------------------------------------
+
 def _validate_study_grid(group: h5py.Group, path: Path) -> None:
     _grid(group, path)
     for name in group:
@@ -461,10 +480,7 @@ def _validate_study(f: h5py.File, path: Path, attrs: Mapping[str, Any]) -> None:
             raise damaged(path, f"'{group.name}' has no pair of 'endpoints'")
 
 
-def _validate_measures(f: h5py.File, path: Path, attrs: Mapping[str, Any]) -> None:
-    for name in f:
-        _array(f, name, path, shape=())
-
+# --- Toy paths: written by landscape.toy ------------------------------------------------------
 
 def _validate_toy(f: h5py.File, path: Path, attrs: Mapping[str, Any]) -> None:
     if "function" not in attrs.get("settings", {}):
@@ -483,6 +499,8 @@ def _validate_toy(f: h5py.File, path: Path, attrs: Mapping[str, Any]) -> None:
         if not isinstance(meta.get("settings"), dict) or "optimizer" not in meta:
             raise damaged(path, f"'{label}/path' lacks its optimizer or settings")
 
+
+# --- Track: written by landscape.analysis.track -----------------------------------------------
 
 #: The 1D columns a track holds for some measures only (HVP counts, the preconditioned
 #: threshold); its reader takes them when present.
@@ -519,6 +537,21 @@ def _validate_track(f: h5py.File, path: Path, attrs: Mapping[str, Any]) -> None:
         _array(f, line, path, shape=(*n, *m))
 
 
+# --- Measures (curvature, sharpness, noise, curve): written by landscape.analysis.measures ----
+
+def _validate_measures(f: h5py.File, path: Path, attrs: Mapping[str, Any]) -> None:
+    for name in f:
+        _array(f, name, path, shape=())
+
+
+# --- Every kind -------------------------------------------------------------------------------
+
+#: The one validator of each kind.
+_VALIDATORS = {**dict.fromkeys(GRID_KINDS, _validate_grid), "hessian": _validate_hessian,
+               "study": _validate_study, "toy": _validate_toy, "track": _validate_track,
+               **dict.fromkeys(MEASURE_KINDS, _validate_measures)}
+
+
 def validate(f: h5py.File, path: Path, attrs: Mapping[str, Any] | None = None) -> None:
     """Check an open result file against the schema of its kind before any of it is used
     (that it reaches nothing outside itself was checked as it was opened,
@@ -535,13 +568,7 @@ def validate(f: h5py.File, path: Path, attrs: Mapping[str, Any] | None = None) -
         raise damaged(path, "attribute 'settings' is not a JSON object")
     if not isinstance(attrs.get("settings_hash", ""), str):
         raise damaged(path, "attribute 'settings_hash' is not text")
-    kind = attrs["kind"]
-    check = (_validate_grid if kind in GRID_KINDS else _validate_measures
-             if kind in MEASURE_KINDS else {"hessian": _validate_hessian,
-                                            "study": _validate_study,
-                                            "toy": _validate_toy,
-                                            "track": _validate_track}[kind])
-    check(f, path, attrs)
+    _VALIDATORS[attrs["kind"]](f, path, attrs)
 
 
 def differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
@@ -736,19 +763,6 @@ def write_arrays(group: h5py.File | h5py.Group, arrays: Mapping[str, Any],
         if attrs and name in attrs:
             write_attrs(group[name], attrs[name])
     group.file.flush()
-
-
-def attach_grid_scales(f: h5py.File, names: Iterable[str]) -> None:
-    """Label the dimensions of the grid arrays ``names`` with the coordinates ``y``, ``x`` (or
-    ``x``) as HDF5 dimension scales, as every array of a grid is (xarray and other readers
-    then name them alike)."""
-    axes = [a for a in ("y", "x") if a in f]
-    for axis in axes:
-        if not h5py.h5ds.is_scale(f[axis].id):
-            f[axis].make_scale(axis)
-    for name in names:
-        for dim, axis in enumerate(axes):
-            f[name].dims[dim].attach_scale(f[axis])
 
 
 #: HDF5's dimension-scale bookkeeping (object references: for other readers such as xarray),
