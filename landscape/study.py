@@ -1140,11 +1140,11 @@ def run_study(recipes: Sequence[Recipe | str] = (), runs: Mapping[str, str | Pat
               "recipes": {r.name: {**common, **r.options} for r in recipes},
               "runs": {k: str(v) for k, v in run_dirs.items()}, "level": LEVEL}
     n_models = len(recipes) * len(seeds) + len(run_dirs)
-    per_model = (1 + s.direction_seeds + 1 + len(s.measures)
-                 + (s.checkpoints - 1) * (len(s.measures) + s.direction_seeds)
-                 + len(s.stability_steps))
-    bar = progress(total=n_models * per_model + len(names) * (len(names) - 1) // 2,
-                   desc="study", unit="part", disable=None if show_progress else True)
+    parts = n_models * (s.direction_seeds + 1 + len(s.measures) + len(s.stability_steps)
+                        + (s.checkpoints - 1) * (len(s.measures) + s.direction_seeds)) \
+        + len(names) * (len(names) - 1) // 2   # measuring parts: curves, surface, measures...
+    disable = None if show_progress else True  # one bar per phase: each its own rate and ETA
+    bar = progress(total=n_models, desc="study: training", unit="run", disable=disable)
     path = out / "study.h5"
     quantities = s.quantities()
     results: dict[str, list[ModelResult]] = {}
@@ -1172,6 +1172,9 @@ def run_study(recipes: Sequence[Recipe | str] = (), runs: Mapping[str, str | Pat
                 log(f"{name}: loading run {run_dir}")
                 trained[(name, -1)] = load_run(run_dir)
                 bar.update(1)
+            bar.close()
+            bar = r.bar = progress(total=parts, desc="study: measuring", unit="part",
+                                   disable=disable)
             _check_same_data({f"{n}/seed{k}": run for (n, k), run in trained.items()})
             digests = {key: _weights_digest(run.model) for key, run in trained.items()}
             r.measure_ahead([(f.require_group(f"models/{n}/seed{max(k, 0)}"), run,

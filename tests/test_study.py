@@ -500,3 +500,24 @@ def test_a_difference_within_a_runs_own_spread_is_flagged(spread, flagged) -> No
     (pair,) = findings["measures"]["top_eigenvalue"]["pairs"]
     assert pair["verdict"] == "<" and pair["spread_warning"] is flagged
     assert ("own spread" in render(findings)) is flagged
+
+
+def test_each_phase_bar_of_a_study_ends_exactly_at_its_total(study, tmp_path: Path,
+                                                             monkeypatch) -> None:
+    """Training and measuring get one bar each (their rates differ by orders of magnitude, so
+    one bar's ETA would mislead); each is filled exactly, here on a resume."""
+    import landscape.study as study_module
+
+    made, bars = study_module.progress, []
+
+    def recording(**kwargs):
+        bars.append((kwargs["desc"], made(**kwargs)))  # shown (captured): a hidden bar counts 0
+        return bars[-1][1]
+
+    monkeypatch.setattr(study_module, "progress", recording)
+    monkeypatch.setenv("LANDSCAPE_QUIET", "0")
+    run_study(BASE, sweep=SWEEP, seeds=[0, 1], out=_copy(study, tmp_path),
+              **{**TINY, "show_progress": True})
+    assert [d for d, _ in bars] == ["study: training", "study: measuring"]
+    assert bars[0][1].total == 4 and bars[1][1].total > 4
+    assert [(bar.n, bar.total) for _, bar in bars] == [(4, 4), (bars[1][1].total,) * 2]
