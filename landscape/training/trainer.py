@@ -687,7 +687,7 @@ def train(*, model: str = "mlp", dataset: str = "digits", data_dir: str | Path |
                         check(row["step"], row["train_loss"])
                     with _timed(spent, "save"):
                         # durable at the end; before, each epoch's checkpoint is the durable copy
-                        write_history(path, history, sync=finished(row))
+                        write_history(path, history, sync=finished(row), new=1)
                         if epoch % save_every == 0 or finished(row):
                             save_checkpoint(epoch)
                     bar.set_postfix_str(_postfix(row), refresh=False)
