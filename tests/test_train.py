@@ -16,7 +16,7 @@ from click.testing import CliRunner
 from landscape.cli import main
 from landscape.errors import LandscapeError
 from landscape.models import build_model
-from landscape.runs import atomic_torch_save, atomic_write_json, load_run
+from landscape.runs import atomic_torch_save, atomic_write_json, load_run, write_history
 from landscape.training import make_schedule, train
 from landscape.training.optimizers import OPTIMIZERS
 
@@ -107,6 +107,10 @@ def test_same_seed_gives_bit_identical_history_on_cpu(tmp_path, optimizer, augme
 def test_resumed_run_equals_uninterrupted_run(tmp_path, monkeypatch, optimizer, augment):
     kw = dict(TINY, optimizer=optimizer, augment=augment, epochs=4, save_every=2, seed=1)
     whole = train(**kw, out=tmp_path / "whole")
+    (tmp_path / "ref").mkdir()   # the files grown row by row hold the bytes of one rewrite
+    write_history(tmp_path / "ref", whole.history)
+    for name in ("history.json", "history.csv"):
+        assert (tmp_path / "whole" / name).read_bytes() == (tmp_path / "ref" / name).read_bytes()
 
     # the process dies after epoch 4's history row
     killed_at_epoch(monkeypatch, 4, lambda: train(**kw, out=tmp_path / "cut"))
@@ -192,6 +196,23 @@ def test_failed_write_leaves_the_previous_file_intact(tmp_path):
         atomic_write_json(tmp_path / "h.json", [object()])
     assert json.loads((tmp_path / "h.json").read_text()) == [1]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["h.json", "x.pt"]
+
+
+def test_history_appended_row_by_row_has_the_bytes_of_a_rewrite(tmp_path):
+    rows = [{"epoch": e, "step": 3 * e, "train_loss": [0.5, math.nan, math.inf, 1e-300][e],
+             "train_acc": None if e == 0 else 0.25 * e, "lr": 0.1, "seconds": 1.5,
+             **({"extra": {"a": [1, 2]}} if e == 2 else {})} for e in range(4)]
+    grown, whole = tmp_path / "grown", tmp_path / "whole"
+    grown.mkdir(), whole.mkdir()
+    for n in range(1, len(rows) + 1):
+        if n == 3:  # a torn append (a kill inside it) is not extended: the files are rewritten
+            data = (grown / "history.json").read_bytes()
+            (grown / "history.json").write_bytes(data[:-7])
+        write_history(grown, rows[:n], sync=n == len(rows), new=1)
+        write_history(whole, rows[:n])
+        for name in ("history.json", "history.csv"):
+            assert (grown / name).read_bytes() == (whole / name).read_bytes(), (n, name)
+    assert len(json.loads((grown / "history.json").read_text())) == len(rows)
 
 
 # ----------------------------------------------------------------------------- CLI

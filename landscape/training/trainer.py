@@ -324,6 +324,10 @@ def train(*, model: str = "mlp", dataset: str = "digits", data_dir: str | Path |
       for CIFAR datasets.
     - ``out``: run directory (default ``outputs/runs/<name>``, name from the settings);
       ``resume``: continue from its last checkpoint; ``overwrite``: replace a run there.
+    - ``save_every``: checkpoint every N epochs (and epochs 0 and last). Default 1: the
+      trajectory PCA (:func:`landscape.trajectory`) and per-checkpoint analyses read one
+      checkpoint per epoch; on a long run raise it (each checkpoint holds the model, the
+      optimizer state and the whole history). A resume continues from the last one kept.
     - ``track``: measures recorded along the run in ``track.h5`` (e.g.
       ``"top_eigenvalue,trace,noise_scale"``) every ``track_every`` steps (``"2epochs"``:
       epochs) on ``track_subset`` training samples; see :mod:`landscape.analysis.track`.
@@ -339,10 +343,10 @@ def train(*, model: str = "mlp", dataset: str = "digits", data_dir: str | Path |
       changes); step ``k * steps_per_epoch`` is epoch ``k``, bit for bit.
 
     Cost per epoch: one forward+backward per minibatch (two for SAM/ASAM/SVRG, plus a full
-    gradient for SVRG), one forward pass over both splits, one checkpoint write (every
-    ``save_every`` epochs). run.json's ``seconds`` splits this call's wall time into
-    ``train`` (optimizer steps), ``evaluate`` (history rows and target-loss checks) and
-    ``save`` (checkpoints and history files).
+    gradient for SVRG), one forward pass over both splits, one history row appended to
+    history.json/.csv, one checkpoint write (every ``save_every`` epochs). run.json's
+    ``seconds`` splits this call's wall time into ``train`` (optimizer steps), ``evaluate``
+    (history rows and target-loss checks) and ``save`` (checkpoints and history files).
     """
     from landscape.data import NORMALIZATION, augment_crop_flip, load_dataset
     from landscape.models import count_parameters, model_from_spec, model_spec
@@ -687,7 +691,7 @@ def train(*, model: str = "mlp", dataset: str = "digits", data_dir: str | Path |
                         check(row["step"], row["train_loss"])
                     with _timed(spent, "save"):
                         # durable at the end; before, each epoch's checkpoint is the durable copy
-                        write_history(path, history, sync=finished(row))
+                        write_history(path, history, sync=finished(row), new=1)
                         if epoch % save_every == 0 or finished(row):
                             save_checkpoint(epoch)
                     bar.set_postfix_str(_postfix(row), refresh=False)
