@@ -169,13 +169,22 @@ def test_barrier_formula_against_a_hand_computation_on_a_double_well(tmp_path):
     assert barrier_of(np.array([0.0, 0.5, 1.0]), np.array([1.0, 0.5, 3.0])) == (0.0, 0.0)
 
 
-def test_batchnorm_reset_equals_statistics_computed_by_hand(tmp_path):
+def _bn_net() -> nn.Sequential:
+    """A float64 net with one BatchNorm layer (statistics of its 5 pre-activations)."""
+    return nn.Sequential(nn.Linear(6, 5), nn.BatchNorm1d(5), nn.ReLU(),
+                         nn.Linear(5, 3)).double().eval()
+
+
+def _bn_pair() -> tuple[nn.Module, nn.Module, torch.Tensor, torch.Tensor]:
+    """Two such nets (seed 0) and float64 data for them."""
     torch.manual_seed(0)
-    make = lambda: nn.Sequential(nn.Linear(6, 5), nn.BatchNorm1d(5), nn.ReLU(),  # noqa: E731
-                                 nn.Linear(5, 3)).double().eval()
-    a, b = make(), make()
+    a, b = _bn_net(), _bn_net()
     x, y = _digits_like()
-    x = x.double()
+    return a, b, x.double(), y
+
+
+def test_batchnorm_reset_equals_statistics_computed_by_hand(tmp_path):
+    a, b, x, y = _bn_pair()
     reset = BatchNormReset(a, (x, y), device=torch.device("cpu"), dtype=torch.float64,
                            batch_size=len(x))
     obj = Objective(a, (x, y), precision="float64")
@@ -189,8 +198,7 @@ def test_batchnorm_reset_equals_statistics_computed_by_hand(tmp_path):
     path = barrier(a, b, data=(x, y), points=3, precision="float64", out=tmp_path / "bn.h5",
                    show_progress=False)
     assert path.surface.attrs["bn_stats"] == "reset"
-    by_hand = nn.Sequential(nn.Linear(6, 5), nn.BatchNorm1d(5), nn.ReLU(),
-                            nn.Linear(5, 3)).double().eval()
+    by_hand = _bn_net()
     by_hand.load_state_dict({**{k: (a.state_dict()[k] + b.state_dict()[k]) / 2
                                 for k in a.state_dict()},
                              "1.running_mean": pre.mean(0), "1.running_var": pre.var(0)})
@@ -203,19 +211,14 @@ def test_a_batchnorm_curve_fits_on_batch_statistics_and_is_evaluated_on_recomput
         tmp_path):
     from landscape.connect.curves import Curve, batch_statistics, curve_loss
 
-    torch.manual_seed(0)
-    make = lambda: nn.Sequential(nn.Linear(6, 5), nn.BatchNorm1d(5), nn.ReLU(),  # noqa: E731
-                                 nn.Linear(5, 3)).double().eval()
-    a, b = make(), make()
-    x, y = _digits_like()
-    x = x.double()
+    a, b, x, y = _bn_pair()
     obj = Objective(a, (x, y), precision="float64")
     flat_b = obj.space.flatten(b).double()
     c = obj.theta0 + torch.randn_like(obj.theta0)
     curve = Curve("bezier", obj.theta0, flat_b, c, [])
 
     def at(t: float, **buffers: torch.Tensor) -> nn.Module:
-        model = make()
+        model = _bn_net()
         nn.utils.vector_to_parameters(curve.point(t)[0], model.parameters())
         for name, value in buffers.items():
             setattr(model[1], name, value)

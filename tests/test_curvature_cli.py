@@ -14,15 +14,23 @@ from landscape import load_run, train
 from landscape.cli import main
 
 
-def test_curvature_map_command_matches_full_hessian_at_each_point(tmp_path: Path) -> None:
+def _run_and_surface(tmp_path: Path, width: int, train_size: int, epochs: int,
+                     name: str, *surface_args: str) -> tuple[Path, Path]:
+    """A tiny spirals MLP run and a surface of it written by the CLI (``surface_args``)."""
     run_dir = tmp_path / "run"
-    train(model="mlp", model_options={"widths": [5]}, dataset="spirals", train_size=60,
-          epochs=2, batch_size=20, out=run_dir, progress=False)
-    surface = tmp_path / "s.h5"
-    runner = CliRunner()
-    result = runner.invoke(main, ["surface", "--run", str(run_dir), "--x", "-1:1:3", "--y",
-                                  "0:1:2", "--precision", "float64", "--out", str(surface)])
+    train(model="mlp", model_options={"widths": [width]}, dataset="spirals",
+          train_size=train_size, epochs=epochs, batch_size=20, out=run_dir, progress=False)
+    surface = tmp_path / name
+    result = CliRunner().invoke(main, ["surface", "--run", str(run_dir), *surface_args,
+                                       "--out", str(surface)])
     assert result.exit_code == 0, result.output
+    return run_dir, surface
+
+
+def test_curvature_map_command_matches_full_hessian_at_each_point(tmp_path: Path) -> None:
+    run_dir, surface = _run_and_surface(tmp_path, 5, 60, 2, "s.h5", "--x", "-1:1:3", "--y",
+                                        "0:1:2", "--precision", "float64")
+    runner = CliRunner()
     result = runner.invoke(main, ["curvature", "--run", str(run_dir), "--surface", str(surface),
                                   "--precision", "float64", "--tol", "1e-8", "--json"])
     assert result.exit_code == 0, result.output
@@ -56,14 +64,8 @@ def test_curvature_map_command_matches_full_hessian_at_each_point(tmp_path: Path
 
 
 def test_curvature_map_of_a_1d_curve_is_a_one_line_error(tmp_path: Path) -> None:
-    run_dir = tmp_path / "run"
-    train(model="mlp", model_options={"widths": [5]}, dataset="spirals", train_size=40,
-          epochs=1, batch_size=20, out=run_dir, progress=False)
-    curve = tmp_path / "c.h5"
-    runner = CliRunner()
-    assert runner.invoke(main, ["surface", "--run", str(run_dir), "--x", "-1:1:3", "--out",
-                                str(curve)]).exit_code == 0
-    result = runner.invoke(main, ["curvature", "--run", str(run_dir), "--surface", str(curve)])
+    run_dir, curve = _run_and_surface(tmp_path, 5, 40, 1, "c.h5", "--x", "-1:1:3")
+    result = CliRunner().invoke(main, ["curvature", "--run", str(run_dir), "--surface", str(curve)])
     assert result.exit_code == 1
     assert "2D surface" in result.output and len(result.output.strip().splitlines()) == 1
 
@@ -113,19 +115,14 @@ def test_curvature_map_reads_only_the_surface_buffers_the_model_has_each_checked
     from landscape.analysis.hessian import _surface_buffers
     from landscape.errors import LandscapeError
 
-    run_dir = tmp_path / "run"
-    train(model="mlp", model_options={"widths": [3]}, dataset="spirals", train_size=20,
-          epochs=1, batch_size=20, out=run_dir, progress=False)
-    surface = tmp_path / "s.h5"
-    runner = CliRunner()
-    assert runner.invoke(main, ["surface", "--run", str(run_dir), "--x", "-1:1:2", "--y",
-                                "0:0:1", "--out", str(surface)]).exit_code == 0
+    run_dir, surface = _run_and_surface(tmp_path, 3, 20, 1, "s.h5", "--x", "-1:1:2", "--y",
+                                        "0:0:1")
     with h5py.File(surface, "r+") as f:
         f.create_dataset("buffers/origin/huge", shape=(200_000, 200_000), dtype="f8",
                          chunks=(64, 64))
         f.create_dataset("buffers/x/text", data=np.array([b"a", b"bc"]))
-    result = runner.invoke(main, ["curvature", "--run", str(run_dir), "--surface",
-                                  str(surface), "--tol", "1e-2", "--json"])
+    result = CliRunner().invoke(main, ["curvature", "--run", str(run_dir), "--surface",
+                                       str(surface), "--tol", "1e-2", "--json"])
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["done"] == 2
 
