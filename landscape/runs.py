@@ -39,6 +39,9 @@ RUN_FORMAT = "landscape-run"
 RUN_FORMAT_VERSION = 1
 HISTORY_COLUMNS = ("epoch", "step", "train_loss", "train_acc", "test_loss", "test_acc", "lr",
                    "seconds")
+#: The history columns an evaluation fills: None in the rows of epochs that ``eval_every``
+#: skips (null in history.json, empty in history.csv), as the test columns without a test split.
+EVALUATED = ("train_loss", "train_acc", "test_loss", "test_acc")
 CHECKPOINT_RE = re.compile(r"^epoch_(\d+)\.pt$")
 CHECKS_DIR, CHECK_RE = "checks", re.compile(r"^step_(\d+)\.pt$")
 

@@ -56,6 +56,7 @@ from landscape.runs import (
     CHECK_RE,
     CHECKPOINT_RE,
     CHECKS_DIR,
+    EVALUATED,
     RUN_FORMAT,
     RUN_FORMAT_VERSION,
     Run,
@@ -98,6 +99,9 @@ TARGET_CONSECUTIVE = 2
 #: Checks of the target loss per epoch when ``target_check_every`` is None.
 TARGET_CHECKS_PER_EPOCH = 4
 DEFAULT_RUNS_DIR = Path("outputs") / "runs"
+#: Bytes of float32 layer outputs (linear and conv) one evaluation chunk may hold: the
+#: digits MLP evaluates each split in one forward pass, a CIFAR ResNet in the default chunks.
+EVAL_CHUNK_BYTES = 2**28
 #: What the ``k`` of ``train(spawn=(k, child_seed))`` counts.
 SPAWN_UNITS = ("epoch", "step")
 
@@ -142,18 +146,22 @@ def evaluate_source(model: nn.Module, source: Source, loss: Loss, acc: Loss | No
     restored. Cost: one forward pass over the data.
     """
     was_training = model.training
-    model.eval()
-    sums = torch.zeros(2, dtype=torch.float64, device=source.device)
+    switch = any(m.training for m in model.modules())  # (a model in eval mode stays so)
+    if switch:
+        model.eval()
+    sums = []
     try:
         for xb, yb in source.batches(batch_size):
             out = _output(model, loss, xb)
-            sums[0] += loss.total(out, yb).double()
-            if acc is not None:
-                sums[1] += acc.total(out, yb).double()
+            parts = [loss.total(out, yb)] + ([] if acc is None else [acc.total(out, yb)])
+            part = torch.stack([p.double() for p in parts])
+            sums.append(part)
     finally:
-        model.train(was_training)
+        if switch:
+            model.train(was_training)
     weight = source.elements if loss.mean_over == "elements" else source.n
-    mean, correct = (v / weight for v in sums.tolist())
+    total = sums[0] if len(sums) == 1 else torch.stack(sums).sum(0)
+    mean, correct = (*(v / weight for v in total.tolist()), None)[:2]
     if acc is None:
         return mean, None
     return mean, (math.nan if math.isnan(mean) else correct)  # NaN logits: no accuracy
@@ -350,7 +358,7 @@ def train(*, model: str = "mlp", dataset: str = "digits", data_dir: str | Path |
     """
     from landscape.data import NORMALIZATION, augment_crop_flip, load_dataset
     from landscape.models import count_parameters, model_from_spec, model_spec
-    from landscape.training.optimizers import OPTIMIZERS, make_optimizer
+    from landscape.training.optimizers import OPTIMIZERS, kernel_options, make_optimizer
     from landscape.trust import is_code_spec
     from landscape.userdata import UserData
 
@@ -549,7 +557,8 @@ def train(*, model: str = "mlp", dataset: str = "digits", data_dir: str | Path |
             {"n_batches": spe, "batch_sizes": [len(idx) for idx in fixed]}
         opt = make_optimizer(optimizer, list(net.named_parameters()), lr=lr,
                              momentum=momentum, nesterov=nesterov, weight_decay=weight_decay,
-                             rho=rho, asam_scale=asam_scale, **opt_kwargs)
+                             rho=rho, asam_scale=asam_scale, **opt_kwargs,
+                             **kernel_options(optimizer, net))
         gen = torch.Generator(device=dev)
         gen.manual_seed(int(seed))
         history: list[dict] = []
@@ -570,12 +579,10 @@ def train(*, model: str = "mlp", dataset: str = "digits", data_dir: str | Path |
                                      f"{str(err).splitlines()[0] if str(err) else err!r}"
                                      ) from None
 
+        macs, outputs = _check_fits(net, first, fn, mspec["name"], data_name, num_outputs)
         if dev.type == "cpu" and threads is None:
-            small = _macs_per_sample(net, fn, take(first[0], slice(0, 1))) * batch_size < 1e8
-            threads = 1 if small else torch.get_num_threads()
+            threads = 1 if macs * batch_size < 1e8 else torch.get_num_threads()
         threads = threads or torch.get_num_threads()
-
-        _check_fits(net, first, fn, mspec["name"], data_name, num_outputs)
         # --- from here on the directory is written; a start that fails before the first
         # checkpoint removes what it wrote (a fresh directory) or leaves it resumable
         fresh = action == "new" and not path.exists()
@@ -616,7 +623,7 @@ def train(*, model: str = "mlp", dataset: str = "digits", data_dir: str | Path |
                                (spawn[0] * (spe if spawn_unit == "epoch" else 1), spawn[1]),
                                fill=[-m / s for m, s in zip(*NORMALIZATION[data_name], strict=True)]
                                if augment and data_name in NORMALIZATION else 0.0,
-                               augment_fn=augment_crop_flip)
+                               augment_fn=augment_crop_flip, outputs=outputs)
             tracker = None
             if tracking is not None:
                 from landscape.analysis.track import TRACK_FILE, Tracker
@@ -719,13 +726,24 @@ def train(*, model: str = "mlp", dataset: str = "digits", data_dir: str | Path |
 
 
 def _check_fits(net: nn.Module, probe: tuple[Any, Tensor], loss: Loss, name: str,
-                data_name: str, num_outputs: int) -> None:
+                data_name: str, num_outputs: int) -> tuple[int, int]:
     """A one-line LandscapeError naming the shapes when the model's output on the training
     samples ``probe`` does not fit the task (the built-in losses: ``[n, classes]`` logits, or
     one value per target) or the loss fails on it, checked before the run directory is
-    written. An eval-mode forward pass: no state or RNG changes."""
+    written. An eval-mode forward pass: no state or RNG changes. Returns what the pass saw
+    of one sample in the linear and conv layers: (multiply-adds, output elements)."""
     x, y = probe
     shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
+    macs = outputs = 0
+
+    def hook(module: nn.Module, inputs: Any, output: Tensor) -> None:
+        nonlocal macs, outputs
+        spatial = output[0, 0].numel() if isinstance(module, nn.modules.conv._ConvNd) else 1
+        macs += module.weight.numel() * spatial
+        outputs += output[0].numel()
+
+    handles = [m.register_forward_hook(hook) for m in net.modules()
+               if isinstance(m, nn.Linear | nn.modules.conv._ConvNd)]
     was_training = net.training
     try:
         with torch.no_grad():
@@ -736,6 +754,8 @@ def _check_fits(net: nn.Module, probe: tuple[Any, Tensor], loss: Loss, name: str
                              f"(shape {shape}): {detail}") from None
     finally:
         net.train(was_training)
+        for h in handles:
+            h.remove()
     if not loss.hook and loss.fn is None:
         classify = loss.is_classification
         want = (f"({length(x)}, {num_outputs} or more) logits" if classify
@@ -754,6 +774,7 @@ def _check_fits(net: nn.Module, probe: tuple[Any, Tensor], loss: Loss, name: str
         detail = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise LandscapeError(f"the loss {loss.name} fails on the outputs of model {name!r} "
                              f"for dataset {data_name!r}: {detail}") from None
+    return macs, outputs
 
 
 def _warn_unmet(path: Path, stopping: dict | None) -> None:
@@ -815,35 +836,6 @@ def num_threads(threads: int | None):
             torch.set_num_threads(before)
 
 
-@torch.no_grad()
-def _macs_per_sample(net: nn.Module, loss: Loss, sample: Any) -> int:
-    """Multiply-adds of one forward pass of one sample in the linear and conv layers.
-
-    One dry forward of ``sample`` (a batch of one) in eval mode (no statistics change, no
-    random numbers).
-    """
-    total = 0
-
-    def hook(module: nn.Module, inputs: Any, output: Tensor) -> None:
-        nonlocal total
-        spatial = output[0, 0].numel() if isinstance(module, nn.modules.conv._ConvNd) else 1
-        total += module.weight.numel() * spatial
-
-    layers = [m for m in net.modules() if isinstance(m, nn.Linear | nn.modules.conv._ConvNd)]
-    handles = [m.register_forward_hook(hook) for m in layers]
-    was_training = net.training
-    net.eval()
-    try:
-        _output(net, loss, sample)
-    except Exception:  # noqa: BLE001 - a model we cannot probe is treated as large
-        return 1 << 62
-    finally:
-        net.train(was_training)
-        for h in handles:
-            h.remove()
-    return total
-
-
 @contextmanager
 def _cuda_flags(dev: torch.device):
     """cuDNN autotuning on while training on CUDA (speed; CPU results are unaffected),
@@ -892,14 +884,18 @@ class _TargetRule:
 
 class _Trainer:
     """One epoch of training for any optimizer of the step protocol: resident data minibatched
-    on the device, streamed data in the source's (the user loader's) batches."""
+    on the device, streamed data in the source's (the user loader's) batches. ``outputs``: the
+    linear and conv layers' output elements per sample (sizes the evaluation chunks)."""
 
     def __init__(self, net: nn.Module, opt: torch.optim.Optimizer, requires: frozenset,
                  train_src: Source, test_src: Source | None, dev: torch.device, *, loss: Loss,
                  acc: Loss | None, batch_size: int, steps: int, sched: Any,
                  gen: torch.Generator, amp: bool, augment: bool, fixed: list[Tensor] | None,
-                 fill: Any, augment_fn: Any, spawn: tuple[int, int] | None = None) -> None:
+                 fill: Any, augment_fn: Any, spawn: tuple[int, int] | None = None,
+                 outputs: int = 0) -> None:
         self.net, self.opt, self.requires = net, opt, requires
+        #: the optimizer evaluates its closure exactly once per step (no SAM, SVRG, SAG, L-BFGS)
+        self.once = requires == frozenset({"closure"})
         self.dev, self.loss, self.batch_size, self.steps = dev, loss, batch_size, steps
         self.sched, self.gen, self.amp, self.augment = sched, gen, amp, augment
         # the padding value as a device tensor, so augmenting a batch copies nothing from the host
@@ -909,7 +905,10 @@ class _Trainer:
         self.train_src, self.test_src = train_src, test_src
         self.n = train_src.n
         self.weight_total = train_src.elements if loss.mean_over == "elements" else self.n
-        self.eval_batch = 4096 if dev.type == "cuda" else 1024
+        # the largest chunk whose layer outputs fit EVAL_CHUNK_BYTES, never below the default
+        self.eval_batch = max(4096 if dev.type == "cuda" else 1024, min(
+            max(self.n, 0 if test_src is None else test_src.n),
+            EVAL_CHUNK_BYTES // (4 * max(outputs, 1))))
         self.grad_batch = 2048 if dev.type == "cuda" else 1024
         self.fixed = None if fixed is None else [idx.to(dev) for idx in fixed]
         #: (optimizer step, child seed): the SGD noise after that step is the child's
@@ -924,14 +923,20 @@ class _Trainer:
             return torch.autocast(device_type=self.dev.type, dtype=torch.bfloat16)
         return nullcontext()
 
-    def history_row(self, epoch: int, *, step: int, lr: float | None, seconds: float) -> dict:
-        """The history row of ``epoch``; ``step``: optimizer steps taken so far in all."""
-        train_loss, train_acc = evaluate_source(self.net, self.train_src, self.loss, self.acc,
-                                                self.eval_batch)
-        test_loss, test_acc = (None, None) if self.test_src is None else evaluate_source(
-            self.net, self.test_src, self.loss, self.acc, self.eval_batch)
-        return {"epoch": epoch, "step": step, "train_loss": train_loss, "train_acc": train_acc,
-                "test_loss": test_loss, "test_acc": test_acc, "lr": lr, "seconds": seconds}
+    def history_row(self, epoch: int, *, step: int, lr: float | None, seconds: float,
+                    evaluate: bool = True) -> dict:
+        """The history row of ``epoch``; ``step``: optimizer steps taken so far in all.
+        ``evaluate``: False leaves the four numbers None (an epoch that ``eval_every`` skips).
+        Leaves the model in eval mode (the next epoch starts with ``train()``)."""
+        row = {"epoch": epoch, "step": step, **dict.fromkeys(EVALUATED), "lr": lr,
+               "seconds": seconds}
+        if evaluate:
+            self.net.eval()
+            for split, src in (("train", self.train_src), ("test", self.test_src)):
+                if src is not None:
+                    row[f"{split}_loss"], row[f"{split}_acc"] = evaluate_source(
+                        self.net, src, self.loss, self.acc, self.eval_batch)
+        return row
 
     @contextlib.contextmanager
     def _bn_frozen(self, frozen: bool = True):
@@ -968,6 +973,26 @@ class _Trainer:
             calls[0] += 1
             return fn(calls[0] == 1)
         return closure
+
+    def minibatch_step(self, xb: Tensor, yb: Tensor, index: int | None) -> tuple[Tensor, Any]:
+        """One optimizer step on the minibatch; (loss, output) of its first evaluation (to be
+        detached before use). An optimizer that evaluates its closure once (torch's
+        first-order ones) is stepped without one: the same operations, less bookkeeping."""
+        if self.once:
+            self.opt.zero_grad(set_to_none=True)
+            with self.autocast():
+                out = _output(self.net, self.loss, xb)
+            loss = self.loss.mean(out, yb)
+            loss.backward()
+            self.opt.step()
+            return loss, out
+        record: list = []
+        closure = self.minibatch_closure(xb, yb, record)
+        if index is None:
+            self.opt.step(closure)
+        else:
+            self.opt.step(closure, index=index)
+        return record[0]
 
     def minibatch_closure(self, xb: Tensor, yb: Tensor, record: list):
         def fn(update_bn: bool) -> Tensor:
@@ -1041,28 +1066,25 @@ class _Trainer:
             seen = 0
             shown = time.perf_counter()
             taken = 0
+            set_lr = None   # the rate in the param groups (set again only when it changes)
             for b, (index, xb, yb) in enumerate(self._batches(t)):
                 if b == budget:
                     break
                 taken += 1
                 lr = self.sched(t + b)
-                self._set_lr(lr)
+                if lr != set_lr:
+                    self._set_lr(lr)
+                    set_lr = lr
                 if self.augment:
                     xb = self.augment_fn(xb, self.gen, 4, fill=self.fill)
-                record: list = []
-                closure = self.minibatch_closure(xb, yb, record)
-                if index is None:
-                    opt.step(closure)
-                else:
-                    opt.step(closure, index=index)
+                batch_loss, out = self.minibatch_step(xb, yb, index)
                 if self.on_step is not None:
                     self.on_step(t + b + 1)
                 if not bar.disable:  # the running means are only shown (no kernels otherwise)
-                    batch_loss, out = record[0]
                     weight = self.loss.weight(yb)
-                    sum_loss += batch_loss * weight
+                    sum_loss += batch_loss.detach() * weight
                     if self.acc is not None:
-                        sum_correct += self.acc.total(out, yb)
+                        sum_correct += self.acc.total(out.detach(), yb)
                     seen += weight
                 now = time.perf_counter()
                 if not bar.disable and now - shown > 0.5:
