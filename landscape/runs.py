@@ -333,8 +333,8 @@ def stopping_record(config: dict, row: dict, met: bool | None = None) -> dict:
     target, steps = config.get("target_train_loss"), config.get("steps")
     rule = ("target_train_loss" if target is not None else
             "steps" if steps is not None else "epochs")
-    if target is not None and met is None:
-        met = row["train_loss"] <= target
+    if target is not None and met is None:   # (a row that eval_every skipped: not met)
+        met = row["train_loss"] is not None and row["train_loss"] <= target
     return {"rule": rule,
             "target": {"target_train_loss": target, "steps": steps,
                        "epochs": config.get("epochs")}[rule],

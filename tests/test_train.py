@@ -16,7 +16,7 @@ from click.testing import CliRunner
 from landscape.cli import main
 from landscape.errors import LandscapeError
 from landscape.models import build_model
-from landscape.runs import atomic_torch_save, atomic_write_json, load_run, write_history
+from landscape.runs import EVALUATED, atomic_torch_save, atomic_write_json, load_run, write_history
 from landscape.training import make_schedule, train
 from landscape.training.optimizers import OPTIMIZERS
 
@@ -102,10 +102,15 @@ def test_same_seed_gives_bit_identical_history_on_cpu(tmp_path, optimizer, augme
         assert torch.equal(va, vb), k
 
 
-@pytest.mark.parametrize(("optimizer", "augment"), [("adam", True), ("sag", False),
-                                                    ("svrg", False)])
-def test_resumed_run_equals_uninterrupted_run(tmp_path, monkeypatch, optimizer, augment):
-    kw = dict(TINY, optimizer=optimizer, augment=augment, epochs=4, save_every=2, seed=1)
+@pytest.mark.parametrize(("optimizer", "augment", "eval_every"),
+                         [("adam", True, 1), ("sag", False, 1), ("svrg", False, 1),
+                          ("momentum", False, 3)])
+def test_resumed_run_equals_uninterrupted_run(tmp_path, monkeypatch, optimizer, augment,
+                                              eval_every):
+    """Killed at epoch 4's checkpoint, resumed from epoch 2's (with ``eval_every=3`` a row
+    that holds no evaluation): the same history, files and weights as a run not killed."""
+    kw = dict(TINY, optimizer=optimizer, augment=augment, epochs=4, save_every=2, seed=1,
+              eval_every=eval_every)
     whole = train(**kw, out=tmp_path / "whole")
     (tmp_path / "ref").mkdir()   # the files grown row by row hold the bytes of one rewrite
     write_history(tmp_path / "ref", whole.history)
@@ -128,10 +133,40 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path, monkeypatch, optimizer, 
     assert final_a.keys() == final_b.keys()
     assert all(torch.equal(final_a[k], final_b[k]) for k in final_a)
     assert [e for e, _ in load_run(cut).checkpoints()] == [0, 2, 4]
+    assert [r["epoch"] for r in resumed.history if r["train_loss"] is not None] == \
+        ([0, 1, 2, 3, 4] if eval_every == 1 else [0, 3, 4])
 
     before = _snapshot(cut)  # resuming a finished run reads it back and writes nothing
     again = train(**kw, out=cut, resume=True)
     assert _snapshot(cut) == before and again.history == resumed.history
+
+
+def test_eval_every_evaluates_at_its_cadence_the_last_epoch_and_target_checks(tmp_path):
+    """Rows of epochs 0, N, 2N, ..., the last and those ending on a target check hold the
+    evaluation of an every-epoch run, the others None (null / empty on disk); the training,
+    and so the weights, are the same."""
+    kw = dict(TINY, epochs=5, save_every=10)
+    every = train(**kw, out=tmp_path / "every")
+    sparse = train(**kw, eval_every=2, out=tmp_path / "sparse")
+    evaluated = [r["epoch"] for r in sparse.history if r["train_loss"] is not None]
+    assert evaluated == [0, 2, 4, 5]
+    for a, b in zip(every.history, sparse.history, strict=True):
+        assert (a["epoch"], a["step"], a["lr"]) == (b["epoch"], b["step"], b["lr"])
+        assert [b[k] for k in EVALUATED] == [a[k] if a["epoch"] in evaluated else None
+                                             for k in EVALUATED]
+    assert all(torch.equal(u, v) for u, v in zip(every.model.state_dict().values(),
+                                                 sparse.model.state_dict().values()))
+    assert sparse.config["eval_every"] == 2 and "eval_every" not in every.config
+    on_disk = json.loads((tmp_path / "sparse" / "history.json").read_text())
+    assert [r["test_acc"] is None for r in on_disk] == [False, True, False, True, False, False]
+    lines = (tmp_path / "sparse" / "history.csv").read_text().splitlines()
+    assert lines[2].split(",")[2:6] == ["", "", "", ""] != lines[3].split(",")[2:6]
+    # a target check every 2 epochs (14 steps) evaluates epochs 2 and 4 as well as 3
+    with pytest.warns(UserWarning, match="target was NOT met"):
+        target = train(**dict(kw, epochs=4), eval_every=3, target_train_loss=1e-9,
+                       target_check_every=2 * math.ceil(200 / 32), out=tmp_path / "target")
+    assert [r["epoch"] for r in target.history if r["train_loss"] is not None] == [0, 2, 3, 4]
+    assert target.stopping["met"] is False
 
 
 # ----------------------------------------------------------------------------- run directory
@@ -421,6 +456,15 @@ def test_target_met_from_the_initialization_stops_at_the_second_check(tmp_path):
     assert [(r["epoch"], r["step"]) for r in run.history] == [(0, 0), (1, k)]
     assert run.stopping["met"] and run.stopping["steps"] == k
     assert run.stopping["check_every"] == k and run.stopping["consecutive"] == 2
+
+
+def test_cli_eval_every_reaches_the_history(tmp_path):
+    result = CliRunner().invoke(main, ["train", "--train-size", "100", "--widths", "20",
+                                       "--epochs", "3", "--eval-every", "2",
+                                       "--out", str(tmp_path / "run")])
+    assert result.exit_code == 0, result.output
+    history = load_run(tmp_path / "run", data=False).history
+    assert [r["epoch"] for r in history if r["train_loss"] is not None] == [0, 2, 3]
 
 
 def test_cap_reached_before_the_target_is_reported(tmp_path):

@@ -272,7 +272,8 @@ def train(*, model: str = "mlp", dataset: str = "digits", data_dir: str | Path |
           schedule: str = "constant",
           warmup_epochs: int = 0, step_size: int | None = None, gamma: float = 0.1,
           seed: int = 0, data_seed: int | None = None, device: str = "auto", amp: bool = False,
-          augment: bool | None = None, save_every: int = 1, out: str | Path | None = None,
+          augment: bool | None = None, save_every: int = 1, eval_every: int = 1,
+          out: str | Path | None = None,
           resume: bool = False, overwrite: bool = False, progress: bool = True,
           threads: int | None = None, track: str | list[str] | None = None,
           track_every: str | int = 10, track_subset: int | None = None,
@@ -336,6 +337,10 @@ def train(*, model: str = "mlp", dataset: str = "digits", data_dir: str | Path |
       trajectory PCA (:func:`landscape.trajectory`) and per-checkpoint analyses read one
       checkpoint per epoch; on a long run raise it (each checkpoint holds the model, the
       optimizer state and the whole history). A resume continues from the last one kept.
+    - ``eval_every``: the history rows' train/test loss and accuracy every N epochs (and at
+      epoch 0, the last epoch and every epoch that ends on a target-loss check); the rows of
+      the other epochs hold None there (:data:`landscape.runs.EVALUATED`; null in
+      history.json, empty in history.csv). Default 1. The training is the same for every N.
     - ``track``: measures recorded along the run in ``track.h5`` (e.g.
       ``"top_eigenvalue,trace,noise_scale"``) every ``track_every`` steps (``"2epochs"``:
       epochs) on ``track_subset`` training samples; see :mod:`landscape.analysis.track`.
@@ -351,7 +356,8 @@ def train(*, model: str = "mlp", dataset: str = "digits", data_dir: str | Path |
       changes); step ``k * steps_per_epoch`` is epoch ``k``, bit for bit.
 
     Cost per epoch: one forward+backward per minibatch (two for SAM/ASAM/SVRG, plus a full
-    gradient for SVRG), one forward pass over both splits, one history row appended to
+    gradient for SVRG), one forward pass over both splits (every ``eval_every`` epochs, in
+    chunks of up to :data:`EVAL_CHUNK_BYTES` of layer outputs), one history row appended to
     history.json/.csv, one checkpoint write (every ``save_every`` epochs). run.json's
     ``seconds`` splits this call's wall time into ``train`` (optimizer steps), ``evaluate``
     (history rows and target-loss checks) and ``save`` (checkpoints and history files).
@@ -388,6 +394,7 @@ def train(*, model: str = "mlp", dataset: str = "digits", data_dir: str | Path |
             raise LandscapeError("target_check_every goes with a target train loss")
         target_check_every = check_int("target_check_every", target_check_every)
     save_every = check_int("save_every", save_every)
+    eval_every = check_int("eval_every", eval_every)
     keep_checks = check_int("keep_checks", keep_checks, minimum=0)
     if keep_checks and target_train_loss is None:
         raise LandscapeError("keep_checks goes with a target train loss")
@@ -501,6 +508,7 @@ def train(*, model: str = "mlp", dataset: str = "digits", data_dir: str | Path |
         **({"target_train_loss": target_train_loss, "target_check_every": target_check_every,
             "target_consecutive": TARGET_CONSECUTIVE} if target_train_loss is not None else {}),
         **({"keep_checks": keep_checks} if keep_checks else {}),
+        **({"eval_every": eval_every} if eval_every != 1 else {}),
         **({"asam_scale": asam_scale} if asam_scale != "all" else {}),
         **({"spawn": list(spawn)} if spawn is not None else {}),
         **({"spawn_unit": spawn_unit} if spawn is not None and spawn_unit != "epoch" else {}),
@@ -690,18 +698,24 @@ def train(*, model: str = "mlp", dataset: str = "digits", data_dir: str | Path |
                     checks = spent["evaluate"]
                     seconds, last_lr, taken = trainer.train_epoch(epoch, bar, budget)
                     spent["train"] += seconds - (spent["evaluate"] - checks)
+                    step = done_steps + taken
+                    # evaluated: every eval_every epochs, the last, and a target check's step
+                    evaluate = epoch % eval_every == 0 or finished(
+                        {"epoch": epoch, "step": step}) or (target is not None and
+                                                            target.due(step))
                     with _timed(spent, "evaluate"):
-                        row = trainer.history_row(epoch, step=done_steps + taken, lr=last_lr,
-                                                  seconds=seconds)
+                        row = trainer.history_row(epoch, step=step, lr=last_lr,
+                                                  seconds=seconds, evaluate=evaluate)
                     history.append(row)
-                    if target is not None:
+                    if target is not None and evaluate:
                         check(row["step"], row["train_loss"])
                     with _timed(spent, "save"):
                         # durable at the end; before, each epoch's checkpoint is the durable copy
                         write_history(path, history, sync=finished(row), new=1)
                         if epoch % save_every == 0 or finished(row):
                             save_checkpoint(epoch)
-                    bar.set_postfix_str(_postfix(row), refresh=False)
+                    if evaluate:
+                        bar.set_postfix_str(_postfix(row), refresh=False)
                     bar.update(1)
         except BaseException:
             if fresh and _latest_checkpoint(path) is None:
