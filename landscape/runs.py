@@ -53,11 +53,27 @@ def atomic_write_json(path: Path, obj: Any, sync: bool = True) -> None:
     atomic_write(path, (text + "\n").encode(), sync)
 
 
-def atomic_torch_save(path: Path, obj: Any) -> None:
-    """``torch.save`` ``obj`` to ``path``, atomically."""
+def atomic_torch_save(path: Path, obj: Any, sync: bool = True) -> None:
+    """``torch.save`` ``obj`` to ``path``, atomically (``sync``: durably, see
+    :func:`landscape.store.atomic_write`)."""
     buf = io.BytesIO()
     torch.save(obj, buf)
-    atomic_write(path, buf.getvalue())
+    atomic_write(path, buf.getvalue(), sync)
+
+
+def fsync_files(files: Any) -> None:
+    """Make the files now at the paths ``files`` durable (``fsync`` each; a path removed
+    since it was written is skipped): the deferred half of writes made with ``sync=False``."""
+    for file in files:
+        with writing(file, resumable=False):
+            try:
+                fd = os.open(file, os.O_RDONLY)
+            except FileNotFoundError:
+                continue
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
 
 
 def write_history(path: Path, history: list[dict], sync: bool = True, new: int = 0) -> None:
@@ -145,11 +161,12 @@ def read_run_json(path: Path) -> dict:
     return info
 
 
-def write_run_json(path: Path, info: dict) -> None:
-    """Write ``info`` as ``run.json`` of run directory ``path``, atomically, after the checks
-    every reader makes (:func:`check_run_json`): a run writes only what it can read back."""
+def write_run_json(path: Path, info: dict, sync: bool = True) -> None:
+    """Write ``info`` as ``run.json`` of run directory ``path``, atomically (``sync``:
+    durably), after the checks every reader makes (:func:`check_run_json`): a run writes only
+    what it can read back."""
     check_run_json(Path(path) / "run.json", info)
-    atomic_write_json(Path(path) / "run.json", info)
+    atomic_write_json(Path(path) / "run.json", info, sync)
 
 
 def check_run_json(file: Path, info: Any) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from pathlib import Path
 
@@ -14,7 +15,7 @@ from _helpers import killed_at_epoch
 from click.testing import CliRunner
 
 from landscape.cli import main
-from landscape.errors import LandscapeError
+from landscape.errors import LandscapeError, LandscapeWarning
 from landscape.models import build_model
 from landscape.runs import EVALUATED, atomic_torch_save, atomic_write_json, load_run, write_history
 from landscape.training import make_schedule, train
@@ -167,6 +168,40 @@ def test_eval_every_evaluates_at_its_cadence_the_last_epoch_and_target_checks(tm
                        target_check_every=2 * math.ceil(200 / 32), out=tmp_path / "target")
     assert [r["epoch"] for r in target.history if r["train_loss"] is not None] == [0, 2, 3, 4]
     assert target.stopping["met"] is False
+
+
+def test_resume_skips_a_checkpoint_torn_by_an_os_crash(tmp_path, monkeypatch):
+    """The newest checkpoint renamed into place but never flushed (empty after an OS crash
+    inside a group-sync window): the resume warns and continues from the one before, giving
+    the uninterrupted run's history."""
+    kw = dict(TINY, epochs=3)
+    whole = train(**kw, out=tmp_path / "whole")
+    killed_at_epoch(monkeypatch, 3, lambda: train(**kw, out=tmp_path / "cut"))
+    (tmp_path / "cut" / "checkpoints" / "epoch_0002.pt").write_bytes(b"")
+    with pytest.warns(LandscapeWarning, match=r"epoch_0002.pt.*resuming from .*epoch_0001.pt"):
+        resumed = train(**kw, out=tmp_path / "cut", resume=True)
+    assert _numbers(resumed.history) == _numbers(whole.history)
+
+
+def test_every_file_is_fsynced_before_run_json_says_complete(tmp_path, monkeypatch):
+    """Group commit: one fsync per file at the end of a short run (not one per write), all
+    of them before the final run.json's."""
+    synced = []
+    real = os.fsync
+
+    def recording(fd):
+        synced.append(Path(os.readlink(f"/proc/self/fd/{fd}")).name)
+        return real(fd)
+
+    import landscape.training.trainer as trainer_module
+
+    monkeypatch.setattr(trainer_module, "SYNC_SECONDS", 1e9)   # however slow the machine
+    monkeypatch.setattr(os, "fsync", recording)
+    train(**TINY, epochs=3, out=tmp_path / "run")
+    *files, last = synced
+    assert sorted(files) == ["epoch_0000.pt", "epoch_0001.pt", "epoch_0002.pt", "epoch_0003.pt",
+                             "history.csv", "history.json", "model.pt", "run.json"]
+    assert last.startswith(".run.json.tmp")   # the complete run.json, written last
 
 
 # ----------------------------------------------------------------------------- run directory

@@ -62,6 +62,7 @@ from landscape.runs import (
     Run,
     at_cap,
     atomic_torch_save,
+    fsync_files,
     load_weights,
     read_history,
     read_run_json,
@@ -102,6 +103,11 @@ DEFAULT_RUNS_DIR = Path("outputs") / "runs"
 #: Bytes of float32 layer outputs (linear and conv) one evaluation chunk may hold: the
 #: digits MLP evaluates each split in one forward pass, a CIFAR ResNet in the default chunks.
 EVAL_CHUNK_BYTES = 2**28
+#: Seconds of training an OS crash or power loss may cost at most: the run's files written
+#: since the last fsync are made durable together once this much time has passed (and at the
+#: end, before run.json says complete), not one fsync per file; a resume skips a checkpoint
+#: that such a crash left torn. A killed process loses nothing written (atomic renames).
+SYNC_SECONDS = 10.0
 #: What the ``k`` of ``train(spawn=(k, child_seed))`` counts.
 SPAWN_UNITS = ("epoch", "step")
 
@@ -251,13 +257,52 @@ def _clear_run_files(path: Path) -> None:
                 file.unlink()
 
 
-def _latest_checkpoint(path: Path) -> Path | None:
+def _checkpoint_files(path: Path) -> list[Path]:
+    """The training checkpoints of run directory ``path``, oldest first."""
     folder = path / "checkpoints"
     if not folder.is_dir():
-        return None
+        return []
     found = sorted((int(m.group(1)), f) for f in folder.iterdir()
                    if (m := CHECKPOINT_RE.match(f.name)))
-    return found[-1][1] if found else None
+    return [f for _, f in found]
+
+
+def _readable_checkpoint(path: Path) -> tuple[Path | None, Any]:
+    """The newest checkpoint of run directory ``path`` that loads, and what it holds; newer
+    ones that do not (torn by an OS crash before their fsync, :data:`SYNC_SECONDS`) are
+    skipped with a warning. (None, None) without checkpoints; the newest one's error when
+    none loads."""
+    first_error = None
+    for file in reversed(_checkpoint_files(path)):
+        try:
+            state = torch_load(file)
+        except LandscapeError as err:
+            first_error = first_error or err
+            continue
+        if first_error is not None:
+            warnings.warn(f"{first_error}; resuming from {file}", LandscapeWarning, stacklevel=3)
+        return file, state
+    if first_error is not None:
+        raise first_error
+    return None, None
+
+
+class _GroupSync:
+    """Group commit of a run's files: each is written atomically at once (a killed process
+    leaves the old or the new file) and made durable (fsync) with all written since the last
+    sync, once :data:`SYNC_SECONDS` have passed, and at the end of the run."""
+
+    def __init__(self, every: float) -> None:
+        self.every, self.pending, self.last = every, set(), time.monotonic()
+
+    def wrote(self, *files: Path) -> None:
+        self.pending.update(files)
+
+    def sync(self, force: bool = False) -> None:
+        if self.pending and (force or time.monotonic() - self.last >= self.every):
+            fsync_files(sorted(self.pending))
+            self.pending.clear()
+            self.last = time.monotonic()
 
 
 # ----------------------------------------------------------------------------- train
@@ -524,10 +569,9 @@ def train(*, model: str = "mlp", dataset: str = "digits", data_dir: str | Path |
         return (target is not None and target.met) or at_cap(config, row)
 
     action = _prepare_dir(path, config, resume, overwrite, tracked=tracking is not None)
-    checkpoint_file = _latest_checkpoint(path) if action == "resume" else None
-    checkpoint = None
+    checkpoint_file, checkpoint = _readable_checkpoint(path) if action == "resume" \
+        else (None, None)
     if checkpoint_file is not None:
-        checkpoint = torch_load(checkpoint_file)
         if not isinstance(checkpoint, dict) or "epoch" not in checkpoint:
             raise LandscapeError(f"checkpoint {checkpoint_file} is not a training checkpoint")
 
@@ -621,8 +665,10 @@ def train(*, model: str = "mlp", dataset: str = "digits", data_dir: str | Path |
                                     "at": datetime.now(timezone.utc).isoformat(timespec="seconds")}]
             if history and finished(history[-1]) and (path / "model.pt").exists():
                 info["status"] = "complete"
+            durable = _GroupSync(SYNC_SECONDS)
             if action != "resume":  # a new directory is a run (resumable) from its first file
-                write_run_json(path, info)
+                write_run_json(path, info, sync=False)
+                durable.wrote(path / "run.json")
 
             trainer = _Trainer(net, opt, requires, train_src, test_src, dev, loss=fn, acc=acc,
                                batch_size=batch_size, steps=spe, sched=sched, gen=gen, amp=amp,
@@ -647,7 +693,8 @@ def train(*, model: str = "mlp", dataset: str = "digits", data_dir: str | Path |
                     tracker.restore(checkpoint.get("track"), history[-1]["step"])
                 trainer.on_step = lambda step: tracker.after_step(net, opt, step, sched(step))
             if action == "resume":  # after its track file was checked: a resume refused
-                write_run_json(path, info)  # leaves run.json as it was
+                write_run_json(path, info, sync=False)  # leaves run.json as it was
+                durable.wrote(path / "run.json")
 
             def save_checkpoint(epoch: int) -> None:
                 state = {"epoch": epoch, "model": to_cpu(net.state_dict()),
@@ -658,7 +705,9 @@ def train(*, model: str = "mlp", dataset: str = "digits", data_dir: str | Path |
                          "history": history, "config_hash": _config_hash(config),
                          **({"target": target.state()} if target else {}),
                          **({"track": tracker.checkpoint_state()} if tracker else {})}
-                _save_checkpoint(path / "checkpoints" / f"epoch_{epoch:04d}.pt", state)
+                file = path / "checkpoints" / f"epoch_{epoch:04d}.pt"
+                _save_checkpoint(file, state)
+                durable.wrote(file)
 
             spent = dict.fromkeys(("train", "evaluate", "save"), 0.0)  # this call's seconds
 
@@ -686,10 +735,11 @@ def train(*, model: str = "mlp", dataset: str = "digits", data_dir: str | Path |
                     if tracker is not None:
                         trainer.on_step(0)
                     with _timed(spent, "save"):
-                        write_history(path, history, sync=False)  # the checkpoint is durable
+                        write_history(path, history, sync=False)  # rewritten on a resume
                         save_checkpoint(0)
                 else:
-                    write_history(path, history)
+                    write_history(path, history, sync=False)
+                durable.wrote(path / "history.json", path / "history.csv")
                 if start:
                     bar.update(start)
                 while not finished(history[-1]):
@@ -710,22 +760,25 @@ def train(*, model: str = "mlp", dataset: str = "digits", data_dir: str | Path |
                     if target is not None and evaluate:
                         check(row["step"], row["train_loss"])
                     with _timed(spent, "save"):
-                        # durable at the end; before, each epoch's checkpoint is the durable copy
-                        write_history(path, history, sync=finished(row), new=1)
+                        write_history(path, history, sync=False, new=1)
                         if epoch % save_every == 0 or finished(row):
                             save_checkpoint(epoch)
+                        durable.sync()
                     if evaluate:
                         bar.set_postfix_str(_postfix(row), refresh=False)
                     bar.update(1)
         except BaseException:
-            if fresh and _latest_checkpoint(path) is None:
+            if fresh and not _checkpoint_files(path):
                 shutil.rmtree(path, ignore_errors=True)
             raise
 
         if tracker is not None:
             tracker.close()
         final = to_cpu(net.state_dict())
-        atomic_torch_save(path / "model.pt", final)
+        with _timed(spent, "save"):   # every file durable before run.json says complete
+            atomic_torch_save(path / "model.pt", final, sync=False)
+            durable.wrote(path / "model.pt")
+            durable.sync(force=True)
         info["stopping"] = stopping_record(config, history[-1],
                                            None if target is None else target.met)
         info["status"] = "complete"
@@ -826,8 +879,9 @@ def _timed(spent: dict[str, float], key: str):
 
 
 def _save_checkpoint(file: Path, state: dict) -> None:
-    """Write one training checkpoint atomically (a separate function so tests can interrupt)."""
-    atomic_torch_save(file, state)
+    """Write one training checkpoint atomically, its fsync deferred to the run's group sync
+    (a separate function so tests can interrupt)."""
+    atomic_torch_save(file, state, sync=False)
 
 
 def _postfix(row: dict) -> str:
