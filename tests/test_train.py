@@ -170,6 +170,24 @@ def test_eval_every_evaluates_at_its_cadence_the_last_epoch_and_target_checks(tm
     assert target.stopping["met"] is False
 
 
+def test_default_save_every_keeps_every_epoch_up_to_the_bound_then_thins(tmp_path,
+                                                                          monkeypatch):
+    """Default checkpoints: every epoch up to DEFAULT_CHECKPOINTS epochs (20 -> 1), then
+    every ceil(epochs / bound); a resumed run extended past the bound keeps its own."""
+    import landscape.training.trainer as trainer_module
+
+    short = train(**TINY, epochs=2, out=tmp_path / "short")
+    assert short.config["save_every"] == 1
+    assert [e for e, _ in short.checkpoints()] == [0, 1, 2]
+    monkeypatch.setattr(trainer_module, "DEFAULT_CHECKPOINTS", 2)
+    thinned = train(**TINY, epochs=5, out=tmp_path / "thin")
+    assert thinned.config["save_every"] == 3
+    assert [e for e, _ in thinned.checkpoints()] == [0, 3, 5]
+    extended = train(**TINY, epochs=5, out=tmp_path / "short", resume=True)
+    assert extended.config["save_every"] == 1
+    assert [e for e, _ in extended.checkpoints()] == [0, 1, 2, 3, 4, 5]
+
+
 def test_resume_skips_a_checkpoint_torn_by_an_os_crash(tmp_path, monkeypatch):
     """The newest checkpoint renamed into place but never flushed (empty after an OS crash
     inside a group-sync window): the resume warns and continues from the one before, giving

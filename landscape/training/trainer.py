@@ -109,6 +109,9 @@ EVAL_CHUNK_BYTES = 2**28
 #: end, before run.json says complete), not one fsync per file; a resume skips a checkpoint
 #: that such a crash left torn. A killed process loses nothing written (atomic renames).
 SYNC_SECONDS = 10.0
+#: A run with the default ``save_every`` keeps at most about this many checkpoints: one an
+#: epoch up to this many epochs, then one every ``ceil(epochs / DEFAULT_CHECKPOINTS)``.
+DEFAULT_CHECKPOINTS = 100
 #: Bytes of training samples read from resident data in one gather: an epoch's minibatches
 #: are then views of it (the same samples in the same order; less work a step).
 GATHER_BYTES = 2**26
@@ -159,21 +162,21 @@ def evaluate_source(model: nn.Module, source: Source, loss: Loss, acc: Loss | No
     switch = any(m.training for m in model.modules())  # (a model in eval mode stays so)
     if switch:
         model.eval()
-    sums = []
+    sums = []   # per chunk: [loss sum, correct] in float64, one host read at the end
     try:
         for xb, yb in source.batches(batch_size):
             out = _output(model, loss, xb)
-            parts = [loss.total(out, yb)] + ([] if acc is None else [acc.total(out, yb)])
-            part = torch.stack([p.double() for p in parts])
-            sums.append(part)
+            sums.append(torch.stack([loss.total(out, yb).double()] + (
+                [] if acc is None else [acc.total(out, yb).double()])))
     finally:
         if switch:
             model.train(was_training)
     weight = source.elements if loss.mean_over == "elements" else source.n
-    total = sums[0] if len(sums) == 1 else torch.stack(sums).sum(0)
-    mean, correct = (*(v / weight for v in total.tolist()), None)[:2]
+    totals = (sums[0] if len(sums) == 1 else torch.stack(sums).sum(0)).tolist()
+    mean = totals[0] / weight
     if acc is None:
         return mean, None
+    correct = totals[1] / weight
     return mean, (math.nan if math.isnan(mean) else correct)  # NaN logits: no accuracy
 
 
@@ -261,6 +264,18 @@ def _clear_run_files(path: Path) -> None:
                 file.unlink()
 
 
+def _recorded_save_every(out: str | Path | None, resume: bool) -> int | None:
+    """The ``save_every`` of the run in ``out`` that ``resume`` continues, if it has one."""
+    if not resume or out is None:
+        return None
+    try:
+        every = read_run_json(Path(out))["config"]["save_every"]
+    except (LandscapeError, KeyError, TypeError):
+        return None
+    return every if isinstance(every, int) and not isinstance(every, bool) and every > 0 \
+        else None
+
+
 def _checkpoint_files(path: Path) -> list[Path]:
     """The training checkpoints of run directory ``path``, oldest first."""
     folder = path / "checkpoints"
@@ -321,7 +336,7 @@ def train(*, model: str = "mlp", dataset: str = "digits", data_dir: str | Path |
           schedule: str = "constant",
           warmup_epochs: int = 0, step_size: int | None = None, gamma: float = 0.1,
           seed: int = 0, data_seed: int | None = None, device: str = "auto", amp: bool = False,
-          augment: bool | None = None, save_every: int = 1, eval_every: int = 1,
+          augment: bool | None = None, save_every: int | None = None, eval_every: int = 1,
           out: str | Path | None = None,
           resume: bool = False, overwrite: bool = False, progress: bool = True,
           threads: int | None = None, track: str | list[str] | None = None,
@@ -382,10 +397,13 @@ def train(*, model: str = "mlp", dataset: str = "digits", data_dir: str | Path |
       for CIFAR datasets.
     - ``out``: run directory (default ``outputs/runs/<name>``, name from the settings);
       ``resume``: continue from its last checkpoint; ``overwrite``: replace a run there.
-    - ``save_every``: checkpoint every N epochs (and epochs 0 and last). Default 1: the
-      trajectory PCA (:func:`landscape.trajectory`) and per-checkpoint analyses read one
-      checkpoint per epoch; on a long run raise it (each checkpoint holds the model, the
-      optimizer state and the whole history). A resume continues from the last one kept.
+    - ``save_every``: checkpoint every N epochs (and epochs 0 and last). Default None: every
+      epoch up to :data:`DEFAULT_CHECKPOINTS` (100) epochs, then every
+      ``ceil(epochs / 100)``, at most ~100 checkpoints for the trajectory PCA
+      (:func:`landscape.trajectory`) and per-checkpoint analyses (a resumed run keeps its
+      own). A checkpoint holds the model, the optimizer state and the whole history (digits
+      MLP: 0.16 MB, ~2 ms, as a user's ``torch.save`` of the same state; ~7% of a default
+      run's CPU time). A resume continues from the last one kept.
     - ``eval_every``: the history rows' train/test loss and accuracy every N epochs (and at
       epoch 0, the last epoch and every epoch that ends on a target-loss check); the rows of
       the other epochs hold None there (:data:`landscape.runs.EVALUATED`; null in
@@ -442,7 +460,7 @@ def train(*, model: str = "mlp", dataset: str = "digits", data_dir: str | Path |
         if target_train_loss is None:
             raise LandscapeError("target_check_every goes with a target train loss")
         target_check_every = check_int("target_check_every", target_check_every)
-    save_every = check_int("save_every", save_every)
+    save_every = None if save_every is None else check_int("save_every", save_every)
     eval_every = check_int("eval_every", eval_every)
     keep_checks = check_int("keep_checks", keep_checks, minimum=0)
     if keep_checks and target_train_loss is None:
@@ -533,6 +551,9 @@ def train(*, model: str = "mlp", dataset: str = "digits", data_dir: str | Path |
     spe = (1 if full_batch else train_src.n_batches if not train_src.resident
            and train_src.n_batches is not None else math.ceil(n_train / batch_size))
     cap = epochs if steps is None else math.ceil(steps / spe)    # epochs at most
+    if save_every is None:  # a resumed run keeps its own
+        save_every = _recorded_save_every(out, resume) or max(
+            1, math.ceil(cap / DEFAULT_CHECKPOINTS))
     if target_train_loss is not None and target_check_every is None:
         target_check_every = math.ceil(spe / TARGET_CHECKS_PER_EPOCH)
     sched = make_schedule(schedule, lr, epochs=cap, steps_per_epoch=spe,
