@@ -83,7 +83,7 @@ def fsync_files(files: Any) -> None:
         for file in files:
             one(file)
         return
-    with ThreadPoolExecutor(min(len(files), 16)) as pool:
+    with ThreadPoolExecutor(min(len(files), 8)) as pool:
         for done in [pool.submit(one, f) for f in files]:
             done.result()
 
@@ -142,9 +142,10 @@ def _csv_rows(history: list[dict], header: bool) -> bytes:
 
 
 def to_cpu(obj: Any) -> Any:
-    """A copy of a nested dict/list/tuple structure with every tensor detached on the CPU."""
+    """A nested dict/list/tuple structure with every tensor detached on the CPU, for state
+    serialized at once: a CPU tensor is not copied (a view of the live one)."""
     if isinstance(obj, torch.Tensor):
-        return obj.detach().to("cpu", copy=True)
+        return obj.detach().to("cpu")
     if isinstance(obj, dict):
         return {k: to_cpu(v) for k, v in obj.items()}
     if isinstance(obj, list):

@@ -721,13 +721,15 @@ def train(*, model: str = "mlp", dataset: str = "digits", data_dir: str | Path |
                 write_run_json(path, info, sync=False)  # leaves run.json as it was
                 durable.wrote(path / "run.json")
 
+            config_hash = _config_hash(config)
+
             def save_checkpoint(epoch: int) -> None:
                 state = {"epoch": epoch, "model": to_cpu(net.state_dict()),
                          "optimizer": to_cpu(opt.state_dict()),
                          "rng": {"generator": gen.get_state(), "torch": torch.get_rng_state(),
                                  "cuda": torch.cuda.get_rng_state(dev) if dev.type == "cuda"
                                  else None},
-                         "history": history, "config_hash": _config_hash(config),
+                         "history": history, "config_hash": config_hash,
                          **({"target": target.state()} if target else {}),
                          **({"track": tracker.checkpoint_state()} if tracker else {})}
                 file = path / "checkpoints" / f"epoch_{epoch:04d}.pt"
