@@ -294,16 +294,17 @@ def kernel_options(name: str, model: nn.Module) -> dict[str, bool]:
     """The trainer's choice of torch's step kernels for optimizer ``name`` on ``model``:
     ``{"fused": True}`` (one kernel updates every tensor; the same update, its rounding may
     differ from the per-tensor loop's in the last bit, where a multiply-add is contracted)
-    for :data:`FUSED` when every parameter is a floating-point tensor on the CPU or CUDA and
-    no embedding has sparse gradients, ``{"foreach": True}`` (the per-tensor loop's numbers
-    bit for bit, fewer kernel launches) for torch's other elementwise optimizers, else {}.
+    for :data:`FUSED` when every parameter is a floating-point tensor on the CPU or CUDA,
+    ``{"foreach": True}`` (the per-tensor loop's numbers bit for bit, fewer kernel launches)
+    for torch's other elementwise optimizers, else (and with a sparse embedding) {}.
     Torch's CPU default is the per-tensor loop: a momentum step of the digits MLP takes
     ~180 us that way, ~110 us fused."""
     params = list(model.parameters())
-    if name in FUSED and params and all(
-            p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params) and \
-            not any(getattr(m, "sparse", False) for m in model.modules()
-                    if isinstance(m, nn.Embedding | nn.EmbeddingBag)):
+    if not params or any(getattr(m, "sparse", False) for m in model.modules()
+                         if isinstance(m, nn.Embedding | nn.EmbeddingBag)):
+        return {}   # torch's own choice for sparse gradients
+    if name in FUSED and all(p.is_floating_point() and p.device.type in ("cpu", "cuda")
+                             for p in params):
         return {"fused": True}
     return {"foreach": True} if name in ELEMENTWISE else {}
 
