@@ -1,21 +1,10 @@
 """Every result file format by kind: the one dispatcher from a file's ``kind`` attribute to
-the validator that lives beside the format's writer.
-
-=====================================================  ==========================================
-kinds                                                  layout, writer and validator
-=====================================================  ==========================================
-surface, interpolation, plane, trajectory, path        :mod:`landscape.gridfile`
-hessian                                                :mod:`landscape.analysis.hessian`
-track                                                  :mod:`landscape.analysis.track`
-curvature, sharpness, noise, curve                     :mod:`landscape.analysis.measures`
-toy                                                    :mod:`landscape.toy`
-study                                                  :mod:`landscape.study`
-=====================================================  ==========================================
+the validator that lives beside the format's writer (:func:`validator` names each one).
 
 File access (opening, the checks every file passes, atomic writes) is :mod:`landscape.store`;
 a writer opens its own kind with its own validator, and a reader of any kind (``landscape
-info``, figures, reports) comes here. This module imports every writer, so it sits on the
-floor above them; nothing below imports it.
+info``, figures, reports) comes here. This module imports every writer (each only when a file
+of its kind is checked), so it sits on the floor above them; nothing below imports it.
 """
 
 from __future__ import annotations
@@ -27,26 +16,48 @@ from typing import Any
 import h5py
 
 from landscape import gridfile, store
-from landscape.analysis import hessian, measures, track
-from landscape.study import validate_study
-from landscape.toy import validate_toy
 
-#: The validator of each kind.
-FORMATS: dict[str, store.Validator] = {
-    **dict.fromkeys(gridfile.KINDS, gridfile.validate_grid),
-    "hessian": hessian.validate_hessian, "study": validate_study, "toy": validate_toy,
-    "track": track.validate_track, **dict.fromkeys(measures.KINDS, measures.validate_measures)}
+#: The kinds of measure files (:func:`landscape.analysis.measures.save_results`).
+MEASURE_KINDS = ("curvature", "sharpness", "noise", "curve")
 #: The result kinds this library writes.
-KINDS = tuple(FORMATS)
+KINDS = (*gridfile.KINDS, "hessian", "study", "toy", "track", *MEASURE_KINDS)
+
+
+def validator(kind: str) -> store.Validator:
+    """The validator of ``kind`` (one of :data:`KINDS`), from beside its writer. Only that
+    writer's module is imported (``landscape info`` on a surface loads no analysis code)."""
+    if kind in gridfile.KINDS:
+        return gridfile.validate_grid
+    if kind in MEASURE_KINDS:
+        from landscape.analysis.measures import validate_measures
+
+        return validate_measures
+    if kind == "hessian":
+        from landscape.analysis.hessian import validate_hessian
+
+        return validate_hessian
+    if kind == "track":
+        from landscape.analysis.track import validate_track
+
+        return validate_track
+    if kind == "toy":
+        from landscape.toy import validate_toy
+
+        return validate_toy
+    if kind == "study":
+        from landscape.study import validate_study
+
+        return validate_study
+    raise KeyError(kind)
 
 
 def validate(f: h5py.File, path: Path, attrs: Mapping[str, Any]) -> None:
     """The validator of every kind (:data:`landscape.store.Validator`): the one of the file's
     ``kind``; an unknown kind is a damaged-file error."""
     kind = attrs.get("kind")
-    if kind not in FORMATS:
+    if kind not in KINDS:
         raise store.damaged(path, f"unknown kind {kind!r} (known: {', '.join(KINDS)})")
-    FORMATS[kind](f, path, attrs)
+    validator(kind)(f, path, attrs)
 
 
 def open_result(path: str | Path, kind: str | tuple[str, ...] | None = None,

@@ -364,10 +364,6 @@ def format_results(results: Mapping[str, MeasureResult]) -> str:
     return "\n".join(lines)
 
 
-#: The kinds of result file of measures (:func:`save_results`).
-KINDS = ("curvature", "sharpness", "noise", "curve")
-
-
 def validate_measures(f: h5py.File, path: Path, attrs: Mapping[str, Any]) -> None:
     """The validator of the measures' kinds (:data:`landscape.store.Validator`): every
     member a scalar dataset."""
@@ -379,8 +375,8 @@ def save_results(path: str | Path, kind: str, results: Mapping[str, MeasureResul
                  settings: Mapping[str, Any], attrs: Mapping[str, Any] | None = None,
                  overwrite: bool = False) -> None:
     """Write each result as a scalar dataset ``name`` (attrs: stderr, settings, cost, extra)
-    in a result file of ``kind`` (one of :data:`KINDS`) whose root ``settings`` decide resume
-    versus refusal (:func:`landscape.store.create`)."""
+    in a result file of ``kind`` (one of :data:`landscape.formats.MEASURE_KINDS`) whose root
+    ``settings`` decide resume versus refusal (:func:`landscape.store.create`)."""
     with store.create(path, kind, settings, attrs=attrs, overwrite=overwrite,
                       memory=True, validate=validate_measures) as f:
         store.write_arrays(f, {n: np.float64(r.value) for n, r in results.items()},
