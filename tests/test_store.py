@@ -365,14 +365,15 @@ def test_every_file_opened_or_created_is_checked_by_its_kinds_validator() -> Non
             assert "validate" in given, where
             scope = vars(module)
             validator = eval(compile(ast.Expression(given["validate"]), where, "eval"), scope)
+            if validator is formats.validate:
+                continue
             kind = given.get("kind", node.args[1] if len(node.args) > 1 else None)
+            assert kind is not None, f"{where}: a kind's own validator, but any kind accepted"
+            assert validator in validators.values(), where
             try:
                 kinds = eval(compile(ast.Expression(kind), where, "eval"), scope)
             except NameError:  # the kind is a function's argument
-                kinds = None
-            if validator is formats.validate:
                 continue
-            assert validator in validators.values(), where
-            kinds = (kinds,) if isinstance(kinds, str) else kinds or ()
+            kinds = (kinds,) if isinstance(kinds, str) else kinds
             assert all(validators[k] is validator for k in kinds), (where, kinds)
     assert calls >= 12  # the calls were really found
