@@ -235,6 +235,10 @@ class Evaluator:
         given: list[Tensor] = []  # the first layer's output at the current point and chunk
         if plane is not None and self.plane_layer is not None:
             products = self.first_layer_products(model, plane[0], plane[1])
+            # one output buffer per chunk, rewritten at each point: a fresh tensor per point,
+            # alive into the next point, walked the heap up until glibc trimmed it and every
+            # point page-faulted its activations back in (1.6x the time, benchmarks/README.md)
+            outputs = [torch.empty_like(chunk[0]) for chunk in products]
             layer = model.get_submodule(self.plane_layer)
             layer.forward = lambda _x: given[-1]
         try:
@@ -256,7 +260,8 @@ class Evaluator:
                 total = None
                 for c, (x, y) in enumerate(core.batches()):  # summed in order: the same bits
                     if layer is not None:
-                        h = torch.add(products[c][0], products[c][1], alpha=coords[k][0])
+                        h = torch.add(products[c][0], products[c][1], alpha=coords[k][0],
+                                      out=outputs[c])
                         for coefficient, along in zip(coords[k][1:], products[c][2:]):
                             h.add_(along, alpha=coefficient)
                         given[:] = [h]
