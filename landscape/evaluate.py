@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import itertools
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -182,10 +183,10 @@ class Replay:
         may be overwritten (else the first activation before a layer is called as usual)."""
         for m in self.steps[start:]:
             if type(m) is nn.Linear:
-                buffer = self.outputs.get(m)
-                if buffer is None or len(buffer) < len(x):
-                    buffer = self.outputs[m] = x.new_empty(len(x), m.out_features)
-                out = buffer[:len(x)]
+                rows, buffer = x.shape[0], self.outputs.get(m)
+                if buffer is None or buffer.shape[0] < rows:
+                    buffer = self.outputs[m] = x.new_empty(rows, m.out_features)
+                out = buffer if buffer.shape[0] == rows else buffer[:rows]
                 x = (torch.mm(x, m.weight.t(), out=out) if m.bias is None
                      else torch.addmm(m.bias, x, m.weight.t(), out=out))
                 owned = True
@@ -325,6 +326,9 @@ class Evaluator:
         steps = None if self.chain is None else [model.get_submodule(n) for n in self.chain]
         replay = None if steps is None else Replay(steps)
         layer, products, start = None, None, 0
+        # resident data in one chunk: sliced (and cast, for a twin) once, not at every point
+        chunks = list(itertools.islice(core.batches(), 2)) if core.source.resident else []
+        chunks = chunks if len(chunks) == 1 else None
         given: list[Tensor] = []  # the first layer's output at the current point and chunk
         if plane is not None and self.plane_layer is not None:
             products = self.first_layer_products(model, plane[0], plane[1])
@@ -353,7 +357,7 @@ class Evaluator:
                     own[name].copy_(b)
                     changed.add(name)
                 total = None
-                for c, (x, y) in enumerate(core.batches()):  # summed in order: the same bits
+                for c, (x, y) in enumerate(chunks or core.batches()):  # in order: the same bits
                     h = None if products is None else combine(
                         outputs[c], products[c][0], products[c][1:], coords[k])
                     if replay is not None:
