@@ -132,6 +132,8 @@ def combine(out: Tensor, origin: Tensor, along: list[Tensor], coefficients: list
 #: Elementwise activations that a replayed chain applies in place: module type -> function.
 IN_PLACE: dict[type, Callable[[Tensor], Tensor]] = {
     nn.ReLU: torch.relu_, nn.Tanh: torch.tanh_, nn.Sigmoid: torch.sigmoid_}
+#: The module types of a chain (:func:`chain`).
+CHAIN = (nn.Flatten, nn.Linear, *IN_PLACE)
 
 
 def chain(core: Any, strategy: str, first: Any) -> list[str] | None:
@@ -141,10 +143,11 @@ def chain(core: Any, strategy: str, first: Any) -> list[str] | None:
     output (the first on the input), the last one's output the model's, and :class:`Replay`
     gives the model's own outputs bit for bit; else None (and where not
     :func:`replaceable`)."""
-    if not replaceable(core, strategy, first):
-        return None
-    model, probe = core.model, first[:8]
+    model = core.model
     names = {m: name for name, m in model.named_modules() if next(m.children(), None) is None}
+    if not replaceable(core, strategy, first) or any(type(m) not in CHAIN for m in names):
+        return None  # (before any forward pass)
+    probe = first[:8]
     calls: list[tuple[nn.Module, tuple[Any, ...], Any]] = []
     handles = [m.register_forward_hook(lambda m, i, o: calls.append((m, i, o))) for m in names]
     try:
@@ -155,9 +158,8 @@ def chain(core: Any, strategy: str, first: Any) -> list[str] | None:
             h.remove()
     previous: Any = probe
     for m, inputs, output in calls:
-        if (type(m) not in (nn.Flatten, nn.Linear, *IN_PLACE) or m._forward_hooks
-                or m._forward_pre_hooks or len(inputs) != 1 or inputs[0] is not previous
-                or (type(m) is nn.Linear and inputs[0].dim() != 2)):
+        if (m._forward_hooks or m._forward_pre_hooks or len(inputs) != 1
+                or inputs[0] is not previous or (type(m) is nn.Linear and inputs[0].dim() != 2)):
             return None
         previous = output
     steps = [m for m, _, _ in calls]
