@@ -9,7 +9,9 @@ machine is):
 - ``"loop"``: one point at a time, loaded into a private copy of the model whose parameters
   are views of one flat vector (one copy per point; every model on the CPU, convolutions and
   BatchNorm everywhere); on a plane, a first ``nn.Linear`` layer's output is formed from
-  ``1 + D`` products per data chunk (:func:`plane_layer`).
+  ``1 + D`` products per data chunk (:func:`plane_layer`); a model that is a chain of
+  ``Flatten``/``Linear``/activation modules (an MLP) is replayed into buffers kept across
+  points (:func:`chain`, :class:`Replay`: the same bits, no allocation per point).
 
 On a CUDA out-of-memory error the evaluator halves its points per vmap call, then the data
 chunk, and goes on; :meth:`Evaluator.settings` is the chunking actually in use (what result
