@@ -180,7 +180,8 @@ class Replay:
     (``benchmarks/README.md``)."""
 
     def __init__(self, steps: list[nn.Module]) -> None:
-        self.steps, self.outputs = steps, {}
+        self.steps = steps
+        self.outputs: dict[nn.Module, Tensor] = {}  # each layer's buffer
 
     def __call__(self, x: Tensor, start: int = 0, owned: bool = False) -> Tensor:
         """The chain's output on ``x`` from step ``start`` on; ``owned``: ``x`` is a buffer that
