@@ -15,7 +15,8 @@ Rows (the default digits MLP of ``landscape train``, its run in ``--run``, unles
   PyHessian's ``trace`` (no early stop).
 - ``surface``: ``--grid`` x ``--grid`` (21) filter-normalized planes of MLPs of hidden
   widths ``--widths`` on the digits, seconds per point: ``Objective.evaluate_plane``
-  against loss-landscapes' ``random_plane``.
+  against loss-landscapes' ``random_plane``, with the minor page faults per point (glibc
+  returning freed activations to the system and faulting them back in).
 - ``streaming``: per-sample gradients of 2,000 samples (``per_sample_grads``), the data
   streamed (a re-iterable of 64-sample batches, counted) against resident.
 - ``train``: ``landscape.train`` with the CLI defaults (20 epochs, per-epoch train and test
@@ -32,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import resource
 import statistics
 import sys
 import tempfile
@@ -70,6 +72,15 @@ def timed(fn: Callable[[], object]) -> float:
     start = CLOCK[0]()
     fn()
     return CLOCK[0]() - start
+
+
+def per_point(fn: Callable[[], object], points: int, faults: list[float]) -> float:
+    """Seconds per point of ``fn()``; its minor page faults per point are appended to
+    ``faults``."""
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    seconds = timed(fn) / points
+    faults.append((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / points)
+    return seconds
 
 
 def rel(a: Tensor, b: Tensor) -> float:
@@ -223,17 +234,20 @@ def surface_part(args: argparse.Namespace, run: landscape.Run) -> None:
         obj = Objective(model, (x, y), device="cpu")
         dirs = torch.stack([random_direction(obj.space, obj.theta0, s) for s in (0, 1)])
         metric = loss_landscapes.metrics.Loss(F.cross_entropy, x, y)
+        faults: dict[str, list[float]] = {"engine": [], "loss-landscapes": []}
         times = medians({
-            "engine": lambda o=obj, d=dirs: timed(
-                lambda: o.evaluate_plane(o.theta0, d, coords)) / n**2,
-            "loss-landscapes": lambda m=model, met=metric: timed(
+            "engine": lambda o=obj, d=dirs, f=faults["engine"]: per_point(
+                lambda: o.evaluate_plane(o.theta0, d, coords), n**2, f),
+            "loss-landscapes": lambda m=model, met=metric, f=faults["loss-landscapes"]: per_point(
                 lambda: loss_landscapes.random_plane(m, met, distance=1, steps=n,
                                                      normalization="filter",
-                                                     deepcopy_model=True)) / n**2},
+                                                     deepcopy_model=True), n**2, f)},
             args.rounds)
         print(f"surface {n}x{n}, MLP width {width}: engine {1e3 * times['engine']:.2f} ms/point, "
               f"loss-landscapes {1e3 * times['loss-landscapes']:.2f} ms/point: ratio "
-              f"{times['loss-landscapes'] / times['engine']:.2f}x")
+              f"{times['loss-landscapes'] / times['engine']:.2f}x; minor page faults per point "
+              f"(median) engine {statistics.median(faults['engine']):.1f}, loss-landscapes "
+              f"{statistics.median(faults['loss-landscapes']):.1f}")
 
 
 class Batches:
