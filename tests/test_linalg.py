@@ -126,8 +126,9 @@ def test_a_float32_pair_below_the_floor_converges_at_the_floor_with_an_honest_re
     res = linalg.lanczos(Counted(A), 60, 0, 1, tol=1e-9, dtype=torch.float32)
     floor = linalg.rounding_floor(torch.float32, 100.0)
     assert bool(res.converged[0]) and bool(res.at_floor[0])
-    # the reported residual is never below the floor, and bounds the true error
-    assert float(res.residuals[0]) >= floor
+    # the reported residual is never below the floor (taken at the largest Ritz value,
+    # which is ||A|| = 100 to float32 rounding), and bounds the true error
+    assert float(res.residuals[0]) >= floor * (1 - 1e-6)
     assert abs(float(res.values[0]) - 1e-3) <= float(res.residuals[0])
     short = linalg.lanczos(Counted(A), 60, 1, 0, tol=1e-12, max_matvecs=3)
     assert not bool(short.converged[0]) and not bool(short.at_floor[0])

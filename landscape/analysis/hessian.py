@@ -318,7 +318,7 @@ class _Operator:
             outs.append(halving_on_oom(block, shrink))
             start += outs[-1].shape[0]
         self.n_hvp += v.shape[0]
-        return torch.cat(outs)
+        return outs[0] if len(outs) == 1 else torch.cat(outs)
 
     def settings(self) -> dict[str, Any]:
         return {"operator": self.operator, "block_dim": self.n,
