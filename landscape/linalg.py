@@ -89,16 +89,23 @@ def _rows(W: Tensor, drop: float | Tensor) -> tuple[Tensor, Tensor]:
     """The rows of ``W[..., b, n]`` orthonormalized among themselves, in order (each row two
     passes against the rows before it), a row whose remainder has norm ``<= drop`` set to
     zero: ``(Q, R)``, ``W = R^T Q`` with ``R[..., b, b]`` upper triangular, in float64 on
-    ``W``'s device (each row's two passes summed in float64)."""
+    ``W``'s device (each row's two passes summed in float64; one row: on the host)."""
     b = W.shape[-2]
+    if b == 0:
+        return W, torch.zeros(*W.shape[:-1], 0, dtype=torch.float64, device=W.device)
+    if W.shape == (1, W.shape[-1]) and isinstance(drop, float):  # one vector: a host norm
+        norm = float(torch.linalg.vector_norm(W))
+        keep = norm > drop and norm > 0
+        return (W / norm if keep else torch.zeros_like(W)), torch.tensor(
+            [[norm if keep else 0.0]], dtype=torch.float64)
     tiny = torch.finfo(W.dtype).tiny
-    rows: list[Tensor] = []
+    Q = torch.empty_like(W) if b > 1 else None
     cols: list[Tensor] = []  # the columns of R, each [..., 1, b]
     for j in range(b):
         w = W[..., j : j + 1, :]
         parts = []
         if j:
-            S = torch.cat(rows, dim=-2)
+            S = Q[..., :j, :]
             c = w @ S.mT
             w = _minus(w, c, S)
             c2 = w @ S.mT
@@ -106,19 +113,21 @@ def _rows(W: Tensor, drop: float | Tensor) -> tuple[Tensor, Tensor]:
             parts.append(c.double() + c2.double())
         norm = torch.linalg.vector_norm(w, dim=-1, keepdim=True)  # [..., 1, 1]
         if isinstance(drop, float) and drop == 0.0:  # (zero rows stay zero)
-            rows.append(w / norm.clamp(min=tiny))
+            w = w / norm.clamp(min=tiny)
         else:
             keep = norm > drop
-            rows.append(w * (keep / norm.clamp(min=tiny)))
+            w = w * (keep / norm.clamp(min=tiny))
             norm = norm * keep
+        if Q is None:
+            Q = w
+        else:
+            Q[..., j : j + 1, :] = w
         parts.append(norm.double())
         if j + 1 < b:
             parts.append(torch.zeros(*norm.shape[:-1], b - j - 1, dtype=torch.float64,
                                      device=W.device))
         cols.append(torch.cat(parts, dim=-1) if len(parts) > 1 else parts[0])
-    if b == 1:
-        return rows[0], cols[0]
-    return torch.cat(rows, dim=-2), torch.cat(cols, dim=-2).mT
+    return Q, cols[0] if b == 1 else torch.cat(cols, dim=-2).mT
 
 
 def orthogonalize(W: Tensor, basis: Tensor | None = None, *, normalize: bool = True,

@@ -51,12 +51,20 @@ def summed(core: Any, theta: Tensor, v: Tensor, kernel: Kernel) -> Tensor:
     core.space.check(v)
     single = v.dim() == 1
     vs = v[None] if single else v
-    out = None
+    out, first = None, 0  # (a kernel returns a new tensor: summed in place)
     with core.precision_context(derivative=True):
-        for x, y in core.batches():  # (a kernel returns a new tensor: summed in place)
-            part = kernel(core, theta, vs, x, y).mul_(core.loss_fn.weight(y))
-            out = part if out is None else out.add_(part)
-    out = core.all_reduce(torch.zeros_like(vs) if out is None else out).div_(core.weight_total)
+        for x, y in core.batches():
+            part, w = kernel(core, theta, vs, x, y), core.loss_fn.weight(y)
+            if out is None:
+                out, first = part, w
+                continue
+            if first:
+                out, first = out.mul_(first), 0
+            out.add_(part, alpha=w)
+    if out is None:
+        out = torch.zeros_like(vs)
+    if first != core.weight_total or core.sharded:  # (else one chunk: the mean already)
+        out = core.all_reduce(out.mul_(first) if first else out).div_(core.weight_total)
     core.counts["hvp"] += vs.shape[0]
     return out[0] if single else out
 

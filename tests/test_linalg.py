@@ -59,6 +59,24 @@ def test_orthogonalize_gives_orthonormal_rows_that_reconstruct_the_block() -> No
     torch.testing.assert_close(C2, W @ basis.T, rtol=0, atol=1e-13)
 
 
+def test_orthogonalize_near_limits_the_first_pass_and_the_second_catches_the_rest() -> None:
+    g = torch.Generator().manual_seed(1)
+    basis = torch.linalg.qr(torch.randn(40, 8, generator=g, dtype=torch.float64))[0].T
+    rest = torch.randn(2, 40, generator=g, dtype=torch.float64)
+    rest = rest - (rest @ basis.T) @ basis
+    W = torch.stack([3 * basis[6] - 2 * basis[7], basis[7]]) + rest
+    W = W + 1e-9 * basis[0]  # a component the first pass (rows 6 and 7 only) does not see
+    Q, C, R = linalg.orthogonalize(W, basis, drop_tol=1e-12, near=6)
+    torch.testing.assert_close(Q @ Q.T, torch.eye(2, dtype=torch.float64))
+    assert float((Q @ basis.T).abs().max()) < 1e-15
+    torch.testing.assert_close(C @ basis + R.T @ Q, W, rtol=0, atol=1e-13)
+    torch.testing.assert_close(C[:, [0, 6, 7]], torch.tensor(
+        [[1e-9, 3.0, -2.0], [1e-9, 0.0, 1.0]], dtype=torch.float64), rtol=1e-6, atol=1e-15)
+    P, C2, _ = linalg.orthogonalize(W, basis, normalize=False, near=6)
+    torch.testing.assert_close(P, rest, rtol=0, atol=1e-13)
+    torch.testing.assert_close(C2, W @ basis.T, rtol=0, atol=1e-13)
+
+
 def test_convergence_is_relative_to_lambda_with_a_tolerance_below_the_floor_raised_to_it(
         ) -> None:
     res = torch.tensor([1e-7, 1e-7, 1e-3, 1e-9, 2e-6], dtype=torch.float64)
@@ -91,6 +109,19 @@ def test_lanczos_largest_smallest_and_both_ends_match_the_known_spectrum() -> No
     true = torch.linalg.vector_norm(both.vectors @ op.A - both.values[:, None] * both.vectors,
                                     dim=1)
     torch.testing.assert_close(both.residuals, true, rtol=1e-2, atol=1e-12)
+
+
+def test_float32_lanczos_through_restarts_keeps_orthonormal_vectors_and_honest_residuals(
+        ) -> None:
+    # every step's first Gram-Schmidt pass sees only the last two blocks (or, after a
+    # restart, every kept Ritz vector); the second pass covers the whole basis
+    res = linalg.lanczos(Counted(_matrix(SPECTRUM)), 120, 4, 0, tol=1e-5, max_basis=10,
+                         dtype=torch.float32)
+    assert res.n_restarts >= 2 and bool(res.converged.all())
+    V = res.vectors.double()
+    assert float((V @ V.T - torch.eye(4, dtype=torch.float64)).abs().max()) < 1e-5
+    exact = torch.sort(SPECTRUM, descending=True).values[:4]
+    assert bool(((res.values - exact).abs() <= res.residuals).all())
 
 
 def test_block_lanczos_finds_a_repeated_eigenvalue_with_its_multiplicity() -> None:
