@@ -292,13 +292,16 @@ def lanczos(op: Operator, n: int, k_largest: int = 1, k_smallest: int = 0, *,
     m, used, restarts, last_fill, top = 0, 0, 0, None, 0.0
     last = 0  # where the last block starts: with the pending one, the rows A Q couples to
     R = np.zeros((0, 0))  # the coupling of the pending block Q to the last block of V
-    ritz: tuple[int, np.ndarray, np.ndarray] = (0, np.zeros(0), np.zeros((0, 0)))
+    ritz: tuple[tuple[int, int], np.ndarray, np.ndarray] = ((-1, 0), np.zeros(0),
+                                                            np.zeros((0, 0)))
 
     def solve() -> tuple[np.ndarray, np.ndarray]:
-        """Ritz values and vectors of ``T[:m, :m]``, solved once per size."""
+        """Ritz values and vectors of ``T[:m, :m]``, solved once per state of ``T`` (its
+        products and restarts so far)."""
         nonlocal ritz, top
-        if ritz[0] != m:
-            ritz = (m, *np.linalg.eigh(T[:m, :m]))
+        if ritz[0] != (used, restarts):  # (torch's eigh: NumPy's OpenBLAS spins threads)
+            ritz = ((used, restarts),
+                    *(a.numpy() for a in torch.linalg.eigh(torch.from_numpy(T[:m, :m]))))
             top = max(top, float(np.abs(ritz[1]).max()))
         return ritz[1], ritz[2]
 
