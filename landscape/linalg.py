@@ -171,12 +171,17 @@ def orthogonalize(W: Tensor, basis: Tensor | None = None, *, normalize: bool = T
         W, R1 = _rows(W, drop_tol)
     c2 = W @ basis.mT
     W = _minus(W, c2, basis)
-    C = c2.double() if R1 is None else R1.mT @ c2.double()
-    C[..., near:] += c.double()
+    # the coefficients on the host, in float64 (NumPy: a few small products)
+    C = c2.cpu().numpy().astype(np.float64)
+    if R1 is not None:
+        R1 = R1.cpu().numpy()
+        C = R1.swapaxes(-1, -2) @ C
+    C[..., near:] += c.cpu().numpy()
     if not normalize:
-        return W, C.cpu(), None
+        return W, torch.from_numpy(C), None
     Q, R = _rows(W, drop_tol if R1 is None else 0.0)
-    return Q, C.cpu(), (R if R1 is None else R @ R1).cpu()
+    R = R.cpu().numpy()
+    return Q, torch.from_numpy(C), torch.from_numpy(R if R1 is None else R @ R1)
 
 
 def _minus(W: Tensor, c: Tensor, basis: Tensor) -> Tensor:
@@ -302,7 +307,7 @@ def lanczos(op: Operator, n: int, k_largest: int = 1, k_smallest: int = 0, *,
         if ritz[0] != (used, restarts):  # (torch's eigh: NumPy's OpenBLAS spins threads)
             ritz = ((used, restarts),
                     *(a.numpy() for a in torch.linalg.eigh(torch.from_numpy(T[:m, :m]))))
-            top = max(top, float(np.abs(ritz[1]).max()))
+            top = max(top, -float(ritz[1][0]), float(ritz[1][-1]))  # (ascending)
         return ritz[1], ritz[2]
 
     def residuals(U: np.ndarray) -> np.ndarray:
@@ -337,8 +342,9 @@ def lanczos(op: Operator, n: int, k_largest: int = 1, k_smallest: int = 0, *,
             C, R = C.numpy(), Rt.numpy()
             T[:m, m - bq : m] = C.T
             T[m - bq : m, :m] = C
-            diag = T[m - bq : m, m - bq : m]
-            T[m - bq : m, m - bq : m] = (diag + diag.T) / 2
+            if bq > 1:
+                diag = T[m - bq : m, m - bq : m]
+                T[m - bq : m, m - bq : m] = (diag + diag.T) / 2
             kept = np.diagonal(R) > 0
             if not (kept.all() and Q.shape[0] <= n - m):  # (else no copies)
                 rows = np.flatnonzero(kept)[: n - m]
