@@ -52,6 +52,16 @@ def test_orthogonalize_gives_orthonormal_rows_that_reconstruct_the_block() -> No
     torch.testing.assert_close(Q[kept] @ Q[kept].T, torch.eye(3, dtype=torch.float64))
     assert float((Q @ basis.T).abs().max()) < 1e-14
     torch.testing.assert_close(C @ basis + R.T @ Q, W, rtol=0, atol=1e-12)
+    # a block of 20 rows, one dependent on earlier rows and the basis
+    W = torch.randn(20, 50, generator=g, dtype=torch.float64)
+    W[15] = W[2] - 3 * W[7] + basis[1]
+    Q, C, R = linalg.orthogonalize(W, basis, drop_tol=1e-10)
+    kept = R.diagonal() > 0
+    assert kept.tolist() == [i != 15 for i in range(20)] and torch.all(Q[15] == 0)
+    torch.testing.assert_close(Q[kept] @ Q[kept].T, torch.eye(19, dtype=torch.float64))
+    assert float((Q @ basis.T).abs().max()) < 1e-14
+    assert torch.equal(R, R.triu())
+    torch.testing.assert_close(C @ basis + R.T @ Q, W, rtol=0, atol=1e-12)
     # projection only: W minus its components along the basis
     P, C2, none = linalg.orthogonalize(W, basis, normalize=False)
     assert none is None
