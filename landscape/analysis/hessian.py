@@ -90,7 +90,7 @@ class EigenResult:
     rounding floor of the working precision. ``converged[k]``: residual at most ``tol``,
     where a ``tol`` below the rounding floor ``100 eps ||H|| / |lambda|`` is raised to it
     (``at_floor[k]``: raised; a higher precision can go further). ``n_hvp``: vectors
-    multiplied.
+    multiplied, the float64 verification products included.
     """
 
     eigenvalues: Tensor
@@ -318,7 +318,7 @@ class _Operator:
             outs.append(halving_on_oom(block, shrink))
             start += outs[-1].shape[0]
         self.n_hvp += v.shape[0]
-        return torch.cat(outs)
+        return outs[0] if len(outs) == 1 else torch.cat(outs)
 
     def settings(self) -> dict[str, Any]:
         return {"operator": self.operator, "block_dim": self.n,
@@ -370,10 +370,13 @@ def hessian_eigenvalues(objective: Objective, theta: Tensor | None = None, k: in
     ``v0``: a start vector or block ``[b, P]`` (a warm start, e.g. the previous step's
     eigenvector); otherwise random from ``seed``. ``verify``: measure the residuals of the
     returned pairs with float64 products (k more HVPs in float64, on a float64 copy of the
-    model), an honest bound on each eigenvalue's error, which the Lanczos estimate is not
-    (it does not see the round-off of the products); default: when the precision is lower
-    than float64. Cost: 13-20 HVPs for the top 5 of a trained MLP or ResNet-20 at
-    ``tol=1e-3`` (``benchmarks/hessian.py``). Nothing changes the model.
+    model, counted in ``n_hvp``), an honest bound on each eigenvalue's error, which the
+    Lanczos estimate is not (it does not see the round-off of the products); default: when
+    the precision is lower than float64. On the CPU a float64 product with its own gradient
+    graph costs about 3 float32 HVPs: the 5 checks of a top-5 call at ``tol=1e-3`` cost
+    about as much as its 14 Lanczos HVPs (``benchmarks/README.md``). Cost: 13-20 HVPs for
+    the top 5 of a trained MLP or ResNet-20 at ``tol=1e-3`` (``benchmarks/hessian.py``).
+    Nothing changes the model.
 
     Example::
 
