@@ -9,13 +9,16 @@ Rows (the default digits MLP of ``landscape train``, its run in ``--run``, unles
   (an honest bound is at least the error).
 - ``noise``: ``tr(Sigma)`` float32 error against float64: ``gradient_noise`` (norms and
   per-sample gradients) and BackPACK's ``Variance``.
-- ``lanczos``: top-5 eigenvalues at tol 1e-3, seconds per HVP: the engine's Lanczos against
-  PyHessian's deflated power iteration (HVPs counted by wrapping its product function).
+- ``lanczos``: top-5 eigenvalues at tol 1e-3, seconds per HVP (the whole call, gradient
+  graph included, over its products): the engine's Lanczos against PyHessian's deflated
+  power iteration (HVPs counted by wrapping its product function); and the engine's
+  default float32 call, whose float64 verification products count as products.
 - ``trace``: 150 HVPs, seconds per HVP: the engine's Hutchinson and Hutch++ against
   PyHessian's ``trace`` (no early stop).
 - ``surface``: ``--grid`` x ``--grid`` (21) filter-normalized planes of MLPs of hidden
   widths ``--widths`` on the digits, seconds per point: ``Objective.evaluate_plane``
-  against loss-landscapes' ``random_plane``.
+  against loss-landscapes' ``random_plane``, with the minor page faults per point (glibc
+  returning freed activations to the system and faulting them back in).
 - ``streaming``: per-sample gradients of 2,000 samples (``per_sample_grads``), the data
   streamed (a re-iterable of 64-sample batches, counted) against resident.
 - ``train``: ``landscape.train`` with the CLI defaults (20 epochs, train and test
@@ -34,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import resource
 import statistics
 import sys
 import tempfile
@@ -78,6 +82,15 @@ def timed(fn: Callable[[], object]) -> float:
     start = CLOCK[0]()
     fn()
     return CLOCK[0]() - start
+
+
+def per_point(fn: Callable[[], object], points: int, faults: list[float]) -> float:
+    """Seconds per point of ``fn()``; its minor page faults per point are appended to
+    ``faults``."""
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    seconds = timed(fn) / points
+    faults.append((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / points)
+    return seconds
 
 
 def rel(a: Tensor, b: Tensor) -> float:
@@ -170,11 +183,13 @@ def lanczos_part(args: argparse.Namespace, run: landscape.Run) -> None:
     calls = counted_pyhessian()
     hvps: dict[str, float] = {}
 
-    def engine() -> float:
+    def engine(verify: bool) -> float:
+        """Seconds per product of the whole call; with ``verify`` (the default for float32)
+        its float64 residual products are counted with the Lanczos HVPs (``n_hvp``)."""
         o = Objective(run.model, run.data, device="cpu")
         t = CLOCK[0]()
-        e = hessian_eigenvalues(o, k=5, tol=1e-3, verify=False)
-        hvps["engine"] = e.n_hvp
+        e = hessian_eigenvalues(o, k=5, tol=1e-3, verify=verify)
+        hvps["verified" if verify else "engine"] = e.n_hvp
         return (CLOCK[0]() - t) / e.n_hvp
 
     def pyhessian() -> float:
@@ -185,10 +200,15 @@ def lanczos_part(args: argparse.Namespace, run: landscape.Run) -> None:
         hvps["PyHessian"] = calls[0]
         return (CLOCK[0]() - t) / calls[0]
 
-    times = medians({"engine": engine, "PyHessian": pyhessian}, args.rounds)
+    times = medians({"engine": lambda: engine(False), "verified": lambda: engine(True),
+                     "PyHessian": pyhessian}, args.rounds)
     print(f"top-5 eigenvalues, seconds per HVP: engine Lanczos {1e3 * times['engine']:.1f} ms "
           f"({hvps['engine']} HVPs), PyHessian {1e3 * times['PyHessian']:.1f} ms "
-          f"({hvps['PyHessian']} HVPs): ratio {times['PyHessian'] / times['engine']:.2f}x")
+          f"({hvps['PyHessian']} HVPs): ratio {times['PyHessian'] / times['engine']:.2f}x; "
+          f"engine with the float64 verification (the float32 default) "
+          f"{1e3 * times['verified']:.1f} ms per product ({hvps['verified']} products, "
+          f"{hvps['verified'] - hvps['engine']} of them float64): ratio "
+          f"{times['PyHessian'] / times['verified']:.2f}x")
 
 
 def trace_part(args: argparse.Namespace, run: landscape.Run) -> None:
@@ -231,17 +251,20 @@ def surface_part(args: argparse.Namespace, run: landscape.Run) -> None:
         obj = Objective(model, (x, y), device="cpu")
         dirs = torch.stack([random_direction(obj.space, obj.theta0, s) for s in (0, 1)])
         metric = loss_landscapes.metrics.Loss(F.cross_entropy, x, y)
+        faults: dict[str, list[float]] = {"engine": [], "loss-landscapes": []}
         times = medians({
-            "engine": lambda o=obj, d=dirs: timed(
-                lambda: o.evaluate_plane(o.theta0, d, coords)) / n**2,
-            "loss-landscapes": lambda m=model, met=metric: timed(
+            "engine": lambda o=obj, d=dirs, f=faults["engine"]: per_point(
+                lambda: o.evaluate_plane(o.theta0, d, coords), n**2, f),
+            "loss-landscapes": lambda m=model, met=metric, f=faults["loss-landscapes"]: per_point(
                 lambda: loss_landscapes.random_plane(m, met, distance=1, steps=n,
                                                      normalization="filter",
-                                                     deepcopy_model=True)) / n**2},
+                                                     deepcopy_model=True), n**2, f)},
             args.rounds)
         print(f"surface {n}x{n}, MLP width {width}: engine {1e3 * times['engine']:.2f} ms/point, "
               f"loss-landscapes {1e3 * times['loss-landscapes']:.2f} ms/point: ratio "
-              f"{times['loss-landscapes'] / times['engine']:.2f}x")
+              f"{times['loss-landscapes'] / times['engine']:.2f}x; minor page faults per point "
+              f"(median) engine {statistics.median(faults['engine']):.1f}, loss-landscapes "
+              f"{statistics.median(faults['loss-landscapes']):.1f}")
 
 
 class Batches:

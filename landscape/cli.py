@@ -594,7 +594,7 @@ def info_cmd(file: str, as_json: bool) -> None:
                 click.echo(f"  {key:<12} {last[key]:.6g}")
         click.echo("  config: " + _cut(json.dumps(config, default=str)))
         return
-    from landscape.store import describe
+    from landscape.formats import describe
 
     info = describe(file)
     if as_json:

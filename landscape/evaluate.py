@@ -9,7 +9,9 @@ machine is):
 - ``"loop"``: one point at a time, loaded into a private copy of the model whose parameters
   are views of one flat vector (one copy per point; every model on the CPU, convolutions and
   BatchNorm everywhere); on a plane, a first ``nn.Linear`` layer's output is formed from
-  ``1 + D`` products per data chunk (:func:`plane_layer`).
+  ``1 + D`` products per data chunk (:func:`plane_layer`); a model that is a chain of
+  ``Flatten``/``Linear``/activation modules (an MLP) is replayed into buffers kept across
+  points (:func:`chain`, :class:`Replay`: the same bits, no allocation per point).
 
 On a CUDA out-of-memory error the evaluator halves its points per vmap call, then the data
 chunk, and goes on; :meth:`Evaluator.settings` is the chunking actually in use (what result
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import itertools
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -80,15 +83,21 @@ def choose_strategy(core: Any) -> str:
     return "vmap"
 
 
-def plane_layer(core: Any, strategy: str) -> str | None:
+def replaceable(core: Any, strategy: str, first: Any) -> bool:
+    """Whether the loop may form the model's outputs other than by calling it (a first layer
+    from products, a replayed chain): loop strategy, not bf16 (autocast), no ``forward_loss``
+    hook, tensor inputs (``first``: the first chunk's)."""
+    return (strategy == "loop" and core.precision != "bf16" and not core.loss_fn.hook
+            and isinstance(first, Tensor))
+
+
+def plane_layer(core: Any, strategy: str, first: Any) -> str | None:
     """Name of the first layer whose output on a plane is formed from products, or None. It
     must be an ``nn.Linear``, the first module with parameters or buffers that the forward
-    pass calls, called once, with every parameter held by a leaf module (so its input does
-    not depend on the point); loop strategy, ``bn="eval"``, not bf16, and its outputs for the
-    split (three copies) under ``2**26`` numbers."""
-    first = next(core.batches())[0]
-    if (strategy != "loop" or core.bn != "eval" or core.precision == "bf16"
-            or core.loss_fn.hook or not isinstance(first, Tensor)):
+    pass calls on ``first`` (the first chunk's inputs), called once, with every parameter held
+    by a leaf module (so its input does not depend on the point); :func:`replaceable`,
+    ``bn="eval"``, and its outputs for the split (three copies) under ``2**26`` numbers."""
+    if not replaceable(core, strategy, first) or core.bn != "eval":
         return None
     held = [(name, m) for name, m in core.model.named_modules()
             if any(True for _ in m.parameters(recurse=False))
@@ -110,6 +119,89 @@ def plane_layer(core: Any, strategy: str) -> str | None:
     return name if calls[:1] == [name] and calls.count(name) == 1 else None
 
 
+def combine(out: Tensor, origin: Tensor, along: list[Tensor], coefficients: list[float],
+            ) -> Tensor:
+    """``out = origin + sum_d coefficients[d] * along[d]``, summed in that order, written into
+    ``out`` (no allocation; the same bits as a copy followed by in-place adds)."""
+    if not along:
+        return out.copy_(origin)
+    torch.add(origin, along[0], alpha=coefficients[0], out=out)
+    for coefficient, tensor in zip(coefficients[1:], along[1:]):
+        out.add_(tensor, alpha=coefficient)
+    return out
+
+
+#: Elementwise activations that a replayed chain applies in place: module type -> function.
+IN_PLACE: dict[type, Callable[[Tensor], Tensor]] = {
+    nn.ReLU: torch.relu_, nn.Tanh: torch.tanh_, nn.Sigmoid: torch.sigmoid_}
+#: The module types of a chain (:func:`chain`).
+CHAIN = (nn.Flatten, nn.Linear, *IN_PLACE)
+
+
+def chain(core: Any, strategy: str, first: Any) -> list[str] | None:
+    """Names of the leaf modules that the model's forward pass on ``first`` calls, in order,
+    when it is nothing but that chain: each an ``nn.Flatten``, ``nn.Linear`` (of a 2-D input)
+    or an activation of :data:`IN_PLACE`, without hooks, called once on the previous one's
+    output (the first on the input), the last one's output the model's, and :class:`Replay`
+    gives the model's own outputs bit for bit; else None (and where not
+    :func:`replaceable`)."""
+    model = core.model
+    names = {m: name for name, m in model.named_modules() if next(m.children(), None) is None}
+    if not replaceable(core, strategy, first) or any(type(m) not in CHAIN for m in names):
+        return None  # (before any forward pass)
+    probe = first[:8]
+    calls: list[tuple[nn.Module, tuple[Any, ...], Any]] = []
+    handles = [m.register_forward_hook(lambda m, i, o: calls.append((m, i, o))) for m in names]
+    try:
+        with torch.no_grad():
+            out = model(probe)
+    finally:
+        for h in handles:
+            h.remove()
+    previous: Any = probe
+    for m, inputs, output in calls:
+        if (m._forward_hooks or m._forward_pre_hooks or len(inputs) != 1
+                or inputs[0] is not previous or (type(m) is nn.Linear and inputs[0].dim() != 2)):
+            return None
+        previous = output
+    steps = [m for m, _, _ in calls]
+    if not steps or out is not previous or len(set(steps)) != len(steps):
+        return None
+    with torch.no_grad():
+        same = torch.equal(Replay(steps)(probe), out)
+    return [names[m] for m in steps] if same else None
+
+
+class Replay:
+    """A chain's forward pass (:func:`chain`) without allocations: each ``nn.Linear`` writes
+    into its own buffer, kept across calls (grown to the largest chunk), and activations apply
+    in place to those buffers. The same kernels as the modules, so the same bits; a fresh
+    ``[chunk, width]`` tensor per module and point costs page faults once glibc trims its heap
+    (``benchmarks/README.md``)."""
+
+    def __init__(self, steps: list[nn.Module]) -> None:
+        self.steps = steps
+        self.outputs: dict[nn.Module, Tensor] = {}  # each layer's buffer
+
+    def __call__(self, x: Tensor, start: int = 0, owned: bool = False) -> Tensor:
+        """The chain's output on ``x`` from step ``start`` on; ``owned``: ``x`` is a buffer that
+        may be overwritten (else the first activation before a layer is called as usual)."""
+        for m in self.steps[start:]:
+            if type(m) is nn.Linear:
+                rows, buffer = x.shape[0], self.outputs.get(m)
+                if buffer is None or buffer.shape[0] < rows:
+                    buffer = self.outputs[m] = x.new_empty(rows, m.out_features)
+                out = buffer if buffer.shape[0] == rows else buffer[:rows]
+                x = (torch.mm(x, m.weight.t(), out=out) if m.bias is None
+                     else torch.addmm(m.bias, x, m.weight.t(), out=out))
+                owned = True
+            elif owned and type(m) in IN_PLACE:
+                x = IN_PLACE[type(m)](x)
+            else:
+                x = m(x)
+        return x
+
+
 class _Captured(Exception):
     """Stops a forward pass once the first layer's input is captured."""
 
@@ -117,11 +209,13 @@ class _Captured(Exception):
 class Evaluator:
     """The evaluation strategy of one objective (``"loop"`` or ``"vmap"``) and the chunking
     it uses: ``point_chunk`` points per vmap call, the objective's ``batch_size`` samples per
-    data chunk; :attr:`plane_layer` as :func:`plane_layer`."""
+    data chunk; :attr:`plane_layer` as :func:`plane_layer`, :attr:`chain` as :func:`chain`."""
 
     def __init__(self, core: Any, strategy: str, point_chunk: int) -> None:
         self.core, self.strategy, self.point_chunk = core, strategy, point_chunk
-        self.plane_layer = plane_layer(core, strategy)
+        first = next(core.batches())[0]
+        self.plane_layer = plane_layer(core, strategy, first)
+        self.chain = chain(core, strategy, first)
         self.loaded: tuple[nn.Module, Tensor] | None = None  # the loop's model, made on use
         self.bn_model: nn.Module | None = None  # bn="recompute": train-mode copy, on use
 
@@ -224,27 +318,41 @@ class Evaluator:
         """One point at a time, loaded into the model's flat parameters; with ``plane``
         (``points`` then only give their number) each point is formed there in place, and
         where :attr:`plane_layer` is set the first layer is ``x W0 + sum_d c_d x D_d`` (exact
-        in exact arithmetic; round-off in the last bits differs from the product)."""
+        in exact arithmetic; round-off in the last bits differs from the product). A model
+        that is a :func:`chain` is replayed (:class:`Replay`, the same bits); otherwise it is
+        called."""
         core = self.core
         model, flat = self.loaded_model()
         own = dict(model.named_buffers())
         changed: set[str] = set()
         rows = []
-        layer, products = None, None
         coords = None if plane is None else plane[2].tolist()
+        directions = [] if plane is None else list(plane[1])
+        steps = None if self.chain is None else [model.get_submodule(n) for n in self.chain]
+        replay = None if steps is None else Replay(steps)
+        layer, products, start = None, None, 0
+        # resident data in one chunk: sliced (and cast, for a twin) once, not at every point
+        chunks = list(itertools.islice(core.batches(), 2)) if core.source.resident else []
+        chunks = chunks if len(chunks) == 1 else None
         given: list[Tensor] = []  # the first layer's output at the current point and chunk
         if plane is not None and self.plane_layer is not None:
             products = self.first_layer_products(model, plane[0], plane[1])
+            # one buffer per chunk shape, rewritten at each point: like every activation, a
+            # fresh tensor per point (alive into the next) walked glibc's heap up until it was
+            # trimmed, and every point page-faulted its activations back in
+            shapes: dict[torch.Size, Tensor] = {}
+            outputs = [shapes.setdefault(p[0].shape, torch.empty_like(p[0])) for p in products]
             layer = model.get_submodule(self.plane_layer)
-            layer.forward = lambda _x: given[-1]
+            if steps is None:
+                layer.forward = lambda _x: given[-1]
+            else:
+                start = steps.index(layer) + 1
         try:
             for k in range(len(points)):
                 if plane is None:
                     flat.copy_(points[k])
                 else:
-                    flat.copy_(plane[0])
-                    for coefficient, direction in zip(coords[k], plane[1]):
-                        flat.add_(direction, alpha=coefficient)
+                    combine(flat, plane[0], directions, coords[k])
                 theta = flat
                 if core.bn == "recompute":
                     buffers_k = self.recomputed_buffers(theta)
@@ -254,14 +362,16 @@ class Evaluator:
                     own[name].copy_(b)
                     changed.add(name)
                 total = None
-                for c, (x, y) in enumerate(core.batches()):  # summed in order: the same bits
-                    if layer is not None:
-                        h = torch.add(products[c][0], products[c][1], alpha=coords[k][0])
-                        for coefficient, along in zip(coords[k][1:], products[c][2:]):
-                            h.add_(along, alpha=coefficient)
+                for c, (x, y) in enumerate(chunks or core.batches()):  # in order: the same bits
+                    h = None if products is None else combine(
+                        outputs[c], products[c][0], products[c][1:], coords[k])
+                    if replay is not None:
+                        out = replay(x) if h is None else replay(h, start, owned=True)
+                    else:
                         given[:] = [h]
-                    stats = core.stats(core.loss_fn(model, x) if core.loss_fn.hook
-                                       else call_model(model, x), y)
+                        out = (core.loss_fn(model, x) if core.loss_fn.hook
+                               else call_model(model, x))
+                    stats = core.stats(out, y)
                     total = stats if total is None else total + stats
                 rows.append(total)
         finally:

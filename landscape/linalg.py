@@ -25,7 +25,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -35,6 +35,7 @@ from landscape.errors import LandscapeError
 from landscape.progress import progress
 
 Operator = Callable[[Tensor], Tensor]
+Array = TypeVar("Array", Tensor, np.ndarray)
 PROBES = ("rademacher", "gaussian")
 _TINY = float(torch.finfo(torch.float64).tiny)
 
@@ -84,50 +85,109 @@ class Split:
 
 # ------------------------------------------------------------------------------------------
 # the one orthogonalization and the one convergence test
+def _rows(W: Tensor, drop: float | Tensor) -> tuple[Tensor, Tensor]:
+    """The rows of ``W[..., b, n]`` orthonormalized among themselves, in order (each row two
+    passes against the rows before it), a row whose remainder has norm ``<= drop`` set to
+    zero: ``(Q, R)``, ``W = R^T Q`` with ``R[..., b, b]`` upper triangular, in float64 on
+    ``W``'s device (each row's two passes summed in float64; one row: on the host)."""
+    b = W.shape[-2]
+    if b == 0:
+        return W, torch.zeros(*W.shape[:-1], 0, dtype=torch.float64, device=W.device)
+    if W.shape == (1, W.shape[-1]) and isinstance(drop, float):  # one vector: a host norm
+        norm = float(torch.linalg.vector_norm(W))
+        keep = norm > drop and norm > 0
+        return (W / norm if keep else torch.zeros_like(W)), torch.tensor(
+            [[norm if keep else 0.0]], dtype=torch.float64)
+    tiny = torch.finfo(W.dtype).tiny
+    Q = torch.empty_like(W) if b > 1 else None
+    cols: list[Tensor] = []  # the columns of R, each [..., 1, b]
+    for j in range(b):
+        w = W[..., j : j + 1, :]
+        parts = []
+        if j:
+            S = Q[..., :j, :]
+            c = w @ S.mT
+            w = _minus(w, c, S)
+            c2 = w @ S.mT
+            w = _minus(w, c2, S)
+            parts.append(c.double() + c2.double())
+        norm = torch.linalg.vector_norm(w, dim=-1, keepdim=True)  # [..., 1, 1]
+        if isinstance(drop, float) and drop == 0.0:  # (zero rows stay zero)
+            w = w / norm.clamp(min=tiny)
+        else:
+            keep = norm > drop
+            w = w * (keep / norm.clamp(min=tiny))
+            norm = norm * keep
+        if Q is None:
+            Q = w
+        else:
+            Q[..., j : j + 1, :] = w
+        parts.append(norm.double())
+        if j + 1 < b:
+            parts.append(torch.zeros(*norm.shape[:-1], b - j - 1, dtype=torch.float64,
+                                     device=W.device))
+        cols.append(torch.cat(parts, dim=-1) if len(parts) > 1 else parts[0])
+    return Q, cols[0] if b == 1 else torch.cat(cols, dim=-2).mT
+
+
 def orthogonalize(W: Tensor, basis: Tensor | None = None, *, normalize: bool = True,
-                  drop_tol: float | Tensor = 0.0) -> tuple[Tensor, Tensor, Tensor | None]:
-    """Gram-Schmidt of the rows of ``W[..., b, n]`` against the orthonormal rows of
-    ``basis[..., m, n]``, two passes ("twice is enough"), each one matrix product with the
-    basis; leading dimensions are a batch. Everything stays on ``W``'s device until the
-    coefficients are returned (one copy to the host).
+                  drop_tol: float | Tensor = 0.0, near: int = 0,
+                  ) -> tuple[Tensor, Tensor, Tensor | None]:
+    """Block Gram-Schmidt of the rows of ``W[..., b, n]`` against the orthonormal rows of
+    ``basis[..., m, n]``, two passes ("twice is enough"), each one matrix-matrix product
+    with the basis for the whole block; leading dimensions are a batch. Everything stays on
+    ``W``'s device until the coefficients are returned (one copy to the host, none on the
+    CPU).
 
     Returns ``(Q, C, R)``. ``C[..., b, m]`` (float64, CPU): the coefficients removed along
     the basis. With ``normalize=False``, ``Q`` is ``W`` minus those components and ``R`` is
-    None. Otherwise the rows are also orthonormalized among themselves, in order (each row:
-    two passes against the basis and the rows before it): ``Q[..., b, n]`` has unit rows,
-    or zero rows where what remains has norm ``<= drop_tol`` (the row lies in the span
-    already: an invariant subspace), and ``R[..., b, b]`` (float64, CPU, upper triangular)
-    gives ``W = C basis + R^T Q``. Cost: ``4 b (m + b) n`` flops.
+    None. Otherwise the rows are then orthonormalized among themselves, in order (a block
+    of several rows also between the two passes: BCGS2, Barlow and Smoktunowicz 2013,
+    "Reorthogonalized block classical Gram-Schmidt"): ``Q[..., b, n]`` has unit rows, or
+    zero rows where what remains (of a single row after both passes, of a block's rows
+    after the first) has norm ``<= drop_tol`` (the row lies in the span already: an
+    invariant subspace), and ``R[..., b, b]`` (float64, CPU, upper triangular) gives
+    ``W = C basis + R^T Q``. ``near``: the first pass runs against ``basis[..., near:, :]``
+    only, for rows whose components along the earlier basis rows are known to be at
+    rounding level (a Lanczos step: only the last blocks couple); the second pass always
+    covers the whole basis. Cost: ``2 b (2m - near) n + 4 b^2 n`` flops.
     """
-    batch = W.shape[:-2]
-    b = W.shape[-2]
+    if isinstance(drop_tol, Tensor):
+        drop_tol = drop_tol.to(W.device, W.dtype)[..., None]
+    else:
+        drop_tol = float(drop_tol)
     m = 0 if basis is None else basis.shape[-2]
-    dev = W.device
+    if m == 0:
+        C = torch.zeros(*W.shape[:-1], 0, dtype=torch.float64)
+        if not normalize:
+            return W, C, None
+        Q, R = _rows(W, drop_tol)
+        return Q, C, R.cpu()
+    first = basis[..., near:, :]
+    c = W @ first.mT
+    W = _minus(W, c, first)
+    R1 = None
+    if normalize and W.shape[-2] > 1:  # (BCGS2: the block orthonormalized between passes)
+        W, R1 = _rows(W, drop_tol)
+    c2 = W @ basis.mT
+    W = _minus(W, c2, basis)
+    # the coefficients on the host, in float64 (NumPy: a few small products)
+    C = c2.cpu().numpy().astype(np.float64)
+    if R1 is not None:
+        R1 = R1.cpu().numpy()
+        C = R1.swapaxes(-1, -2) @ C
+    C[..., near:] += c.cpu().numpy()
     if not normalize:
-        C = torch.zeros(*batch, b, m, dtype=torch.float64, device=dev)
-        for _ in range(2 if m else 0):
-            c = W @ basis.mT
-            W = W - c @ basis
-            C += c.double()
-        return W, C.cpu(), None
-    coef = torch.zeros(*batch, b, m + b, dtype=torch.float64, device=dev)  # [C | R^T]
-    drop = torch.as_tensor(drop_tol, dtype=torch.float64).to(dev).expand(*batch, 1)
-    Q = torch.zeros_like(W)
-    for j in range(b):
-        w = W[..., j : j + 1, :]
-        span = Q[..., :j, :] if basis is None else basis if j == 0 else torch.cat(
-            [basis, Q[..., :j, :]], dim=-2)  # (no copy of the basis for the first row)
-        for _ in range(2 if m + j else 0):
-            c = w @ span.mT
-            w = w - c @ span
-            coef[..., j : j + 1, : m + j] += c.double()
-        norm = torch.linalg.vector_norm(w, dim=-1)  # [..., 1]
-        keep = norm.double() > drop
-        coef[..., j, m + j] = torch.where(keep, norm.double(), 0.0)[..., 0]
-        scale = torch.where(keep, 1.0 / norm.double().clamp(min=_TINY), 0.0).to(w.dtype)
-        Q[..., j : j + 1, :] = w * scale[..., None]
-    coef = coef.cpu()
-    return Q, coef[..., :m], coef[..., m:].mT.contiguous()
+        return W, torch.from_numpy(C), None
+    Q, R = _rows(W, drop_tol if R1 is None else 0.0)
+    R = R.cpu().numpy()
+    return Q, torch.from_numpy(C), torch.from_numpy(R if R1 is None else R @ R1)
+
+
+def _minus(W: Tensor, c: Tensor, basis: Tensor) -> Tensor:
+    """``W - c basis`` in one fused product."""
+    return torch.baddbmm(W, c, basis, alpha=-1) if W.dim() > 2 else torch.addmm(
+        W, c, basis, alpha=-1)
 
 
 def rounding_floor(dtype: torch.dtype, scale: float) -> float:
@@ -135,17 +195,18 @@ def rounding_floor(dtype: torch.dtype, scale: float) -> float:
     return 100 * torch.finfo(dtype).eps * max(scale, _TINY)
 
 
-def convergence(residuals: Tensor, values: Tensor, tol: float, floor: float = 0.0,
-                ) -> tuple[Tensor, Tensor]:
-    """The one convergence test of Ritz pairs (float64 inputs): ``(converged, raised)``.
+def convergence(residuals: Array, values: Array, tol: float, floor: float = 0.0,
+                ) -> tuple[Array, Array]:
+    """The one convergence test of Ritz pairs (float64 tensors or NumPy arrays):
+    ``(converged, raised)``.
 
     A residual below the rounding ``floor`` of the working precision is not resolved, so a
     tolerance ``tol |lambda|`` below the floor is raised to it: ``converged`` is
     ``||A v - lambda v|| <= max(tol |lambda|, floor)``, and ``raised`` marks the pairs whose
     tolerance was raised (a higher precision can go further; more iterations cannot).
     """
-    target = tol * values.abs()
-    return residuals <= torch.clamp(target, min=floor), target < floor
+    target = tol * abs(values)
+    return residuals <= target.clip(min=floor), target < floor
 
 
 # ------------------------------------------------------------------------------------------
@@ -191,9 +252,13 @@ def lanczos(op: Operator, n: int, k_largest: int = 1, k_smallest: int = 0, *,
             desc: str = "lanczos") -> Eigenpairs:
     """Extreme eigenpairs of a symmetric ``n x n`` operator by thick-restart block Lanczos.
 
-    Keeps an orthonormal basis ``V[:m]`` and the Rayleigh quotient ``T = V^T A V`` (float64)
-    built from the Gram-Schmidt coefficients of each new block ``A Q`` (full
-    reorthogonalization), so plain and restarted steps are the same code. With the pending
+    Keeps an orthonormal basis ``V[:m]`` (preallocated) and the Rayleigh quotient
+    ``T = V^T A V`` (float64, NumPy on the host) built from the Gram-Schmidt coefficients of
+    each new block ``A Q`` (full reorthogonalization by :func:`orthogonalize`: a first pass
+    against the blocks ``A Q`` couples to, the last two, or every kept Ritz vector after a
+    restart, then one pass against the whole basis, each one matrix product), so plain and
+    restarted steps are the same code. The projected problem is solved once per step, only
+    once ``k`` Ritz pairs exist; no host copy of a vector is made in the loop. With the pending
     block ``Q`` and its coupling ``R`` (``A V = V T + Q^T R``), the residual of the Ritz
     pair ``(theta, V^T u)`` is ``||R u||``. When ``m`` would exceed ``max_basis`` (default
     ``max(40, 4k, k + 8 block_size)``), the basis is replaced by Ritz vectors from the
@@ -213,7 +278,9 @@ def lanczos(op: Operator, n: int, k_largest: int = 1, k_smallest: int = 0, *,
     empty = torch.zeros(0, n, dtype=dtype, device=device)
 
     def random_rows(k: int, basis: Tensor) -> Tensor:
-        W = torch.randn(k, n, generator=gen, dtype=torch.float64, device=device).to(dtype)
+        # (drawn in float32 whatever the precision: 5x cheaper than float64 on the CPU, and
+        # float32 and float64 runs start from the same rows)
+        W = torch.randn(k, n, generator=gen, dtype=torch.float32, device=device).to(dtype)
         Q, _, R = orthogonalize(W, basis)
         return Q[R.diagonal() > 0]
 
@@ -225,12 +292,28 @@ def lanczos(op: Operator, n: int, k_largest: int = 1, k_smallest: int = 0, *,
             Q = torch.cat([Q, random_rows(min(block_size, n) - Q.shape[0], Q)])
     else:
         Q = random_rows(min(block_size, n), empty)
-    V = torch.zeros(m_max, n, dtype=dtype, device=device)
-    T = torch.zeros(m_max, m_max, dtype=torch.float64)
-    m, used, restarts, last_fill = 0, 0, 0, None
-    theta = torch.zeros(0, dtype=torch.float64)
-    U = torch.zeros(0, 0, dtype=torch.float64)
-    res = torch.zeros(0, dtype=torch.float64)
+    V = torch.empty(m_max, n, dtype=dtype, device=device)
+    T = np.zeros((m_max, m_max))  # the small problem: float64 NumPy on the host
+    m, used, restarts, last_fill, top = 0, 0, 0, None, 0.0
+    last = 0  # where the last block starts: with the pending one, the rows A Q couples to
+    R = np.zeros((0, 0))  # the coupling of the pending block Q to the last block of V
+    ritz: tuple[tuple[int, int], np.ndarray, np.ndarray] = ((-1, 0), np.zeros(0),
+                                                            np.zeros((0, 0)))
+
+    def solve() -> tuple[np.ndarray, np.ndarray]:
+        """Ritz values and vectors of ``T[:m, :m]``, solved once per state of ``T`` (its
+        products and restarts so far)."""
+        nonlocal ritz, top
+        if ritz[0] != (used, restarts):  # (torch's eigh: NumPy's OpenBLAS spins threads)
+            ritz = ((used, restarts),
+                    *(a.numpy() for a in torch.linalg.eigh(torch.from_numpy(T[:m, :m]))))
+            top = max(top, -float(ritz[1][0]), float(ritz[1][-1]))  # (ascending)
+        return ritz[1], ritz[2]
+
+    def residuals(U: np.ndarray) -> np.ndarray:
+        return np.linalg.norm(R @ U[m - R.shape[1] : m], axis=0) if R.size else \
+            np.zeros(U.shape[1])
+
     bar = progress(total=max_matvecs, desc=desc, unit="hvp")
     try:
         while Q.shape[0] and used < max_matvecs:
@@ -241,45 +324,47 @@ def lanczos(op: Operator, n: int, k_largest: int = 1, k_smallest: int = 0, *,
                     raise LandscapeError(
                         f"max_basis {m_max} is too small for {k_total} eigenvalues with "
                         f"block size {block_size}; use at least {k_total + 2 * bq}")
+                theta, U = solve()
                 keep = _keep_indices(m, k_largest, k_smallest, n_keep)
-                V[:n_keep] = U[:, keep].T.to(device, dtype) @ V[:m]
-                T.zero_()
-                T[:n_keep, :n_keep] = torch.diag(theta[keep])
-                m = n_keep
+                V[:n_keep] = torch.from_numpy(U[:, keep].T.copy()).to(device, dtype) @ V[:m]
+                T[:] = 0.0
+                T[:n_keep, :n_keep] = np.diag(theta[keep])
+                m, last = n_keep, 0  # (the kept Ritz vectors all couple to Q)
                 restarts += 1
             V[m : m + bq] = Q
             W = op(Q)
             used += bq
             bar.update(bq)
-            m += bq
-            scale = max(float(theta.abs().max()) if theta.numel() else 0.0,
-                        float(torch.linalg.vector_norm(W, dim=1).max()))
-            Q, C, R = orthogonalize(W, V[:m], drop_tol=rounding_floor(dtype, scale))
+            near, last, m = last, m, m + bq
+            # the scale of the rounding floor: the largest Ritz value (once there is one)
+            top = top or float(torch.linalg.vector_norm(W, dim=1).max())
+            Q, C, Rt = orthogonalize(W, V[:m], drop_tol=rounding_floor(dtype, top), near=near)
+            C, R = C.numpy(), Rt.numpy()
             T[:m, m - bq : m] = C.T
             T[m - bq : m, :m] = C
-            diag = T[m - bq : m, m - bq : m]
-            T[m - bq : m, m - bq : m] = (diag + diag.T) / 2
-            theta, U = torch.linalg.eigh(T[:m, :m])
-            kept = R.diagonal() > 0
-            if not (bool(kept.all()) and Q.shape[0] <= n - m):  # (else no copies)
-                Q, R = Q[kept][: n - m], R[kept][: n - m]
+            if bq > 1:
+                diag = T[m - bq : m, m - bq : m]
+                T[m - bq : m, m - bq : m] = (diag + diag.T) / 2
+            kept = np.diagonal(R) > 0
+            if not (kept.all() and Q.shape[0] <= n - m):  # (else no copies)
+                rows = np.flatnonzero(kept)[: n - m]
+                Q, R = Q[torch.from_numpy(rows).to(device)], R[rows]
             if Q.shape[0] < bq and m + Q.shape[0] < n and Q.shape[0] < block_size:
                 # invariant subspace: continue from fresh random directions
                 fill = min(block_size - Q.shape[0], n - m - Q.shape[0])
                 fresh = random_rows(fill, torch.cat([V[:m], Q]))
                 Q = torch.cat([Q, fresh])
-                R = torch.cat([R, torch.zeros(fresh.shape[0], bq, dtype=torch.float64)])
+                R = np.concatenate([R, np.zeros((fresh.shape[0], bq))])
                 last_fill = m
-            coupling = torch.zeros(Q.shape[0], m, dtype=torch.float64)
-            coupling[:, m - bq :] = R
-            res = torch.linalg.vector_norm(coupling @ U, dim=0)
             # after a fill the residuals are zero, but a repeated eigenvalue shows only
             # once the fresh directions have grown
             settled = last_fill is None or m - last_fill >= k_total or m + block_size > n
             if m >= k_total and settled:
+                theta, U = solve()
                 wanted = _wanted(m, k_largest, k_smallest)
-                floor = rounding_floor(dtype, float(theta.abs().max()))
-                if bool(convergence(res[wanted], theta[wanted], tol, floor)[0].all()):
+                ok = convergence(residuals(U[:, wanted]), theta[wanted], tol,
+                                 rounding_floor(dtype, top))[0]
+                if ok.all():
                     break
     finally:
         bar.close()
@@ -287,11 +372,13 @@ def lanczos(op: Operator, n: int, k_largest: int = 1, k_smallest: int = 0, *,
         raise LandscapeError(
             f"max_iter {max_matvecs} is too small to get {k_total} eigenvalues with block "
             f"size {block_size}; use at least {k_total + block_size}")
+    theta, U = solve()
     wanted = _wanted(m, k_largest, k_smallest)
-    vectors = U[:, wanted].T.to(device, dtype) @ V[:m]
+    vectors = torch.from_numpy(U[:, wanted].T.copy()).to(device, dtype) @ V[:m]
     vectors = vectors / torch.linalg.vector_norm(vectors, dim=1, keepdim=True)
-    floor = rounding_floor(dtype, float(theta.abs().max()))
-    values, res = theta[wanted], res[wanted].clamp(min=floor)
+    floor = rounding_floor(dtype, top)
+    values = torch.from_numpy(theta[wanted].copy())
+    res = torch.from_numpy(residuals(U[:, wanted])).clamp(min=floor)
     ok, raised = convergence(res, values, tol, floor)
     return Eigenpairs(values, vectors, res, ok, raised, used, restarts)
 

@@ -51,11 +51,20 @@ def summed(core: Any, theta: Tensor, v: Tensor, kernel: Kernel) -> Tensor:
     core.space.check(v)
     single = v.dim() == 1
     vs = v[None] if single else v
-    out = torch.zeros_like(vs)
+    out, first = None, 0  # (a kernel returns a new tensor: summed in place)
     with core.precision_context(derivative=True):
         for x, y in core.batches():
-            out += core.loss_fn.weight(y) * kernel(core, theta, vs, x, y)
-    out = core.all_reduce(out) / core.weight_total
+            part, w = kernel(core, theta, vs, x, y), core.loss_fn.weight(y)
+            if out is None:
+                out, first = part, w
+                continue
+            if first:
+                out, first = out.mul_(first), 0
+            out.add_(part, alpha=w)
+    if out is None:
+        out = torch.zeros_like(vs)
+    if first != core.weight_total or core.sharded:  # (else one chunk: the mean already)
+        out = core.all_reduce(out.mul_(first) if first else out).div_(core.weight_total)
     core.counts["hvp"] += vs.shape[0]
     return out[0] if single else out
 
@@ -65,13 +74,14 @@ def _gradient_graph(core: Any, theta: Tensor, x: Any, y: Tensor) -> tuple[Tensor
     on ``core`` for the next call at the same point when the split is one resident chunk."""
     key = (core.source, core.buffers, core.dtype)
     kept = core.cache.get("graph")
-    if kept is not None and all(a is b for a, b in zip(kept[0], key)) \
-            and torch.equal(kept[1], theta):
-        return kept[2], kept[3]
+    if kept is not None and all(a is b for a, b in zip(kept[0], key)) and (
+            (kept[1] is theta and kept[2] == theta._version) or torch.equal(kept[3], theta)):
+        return kept[4], kept[5]  # (the same tensor, unmodified, or equal values)
     t = theta.detach().requires_grad_(True)
     (g,) = torch.autograd.grad(core.batch_loss(t, x, y), t, create_graph=True)
     one_chunk = core.source.resident and core.source.n <= core.batch_size
-    core.cache["graph"] = (key, theta.clone(), t, g) if one_chunk else None
+    core.cache["graph"] = (key, theta, theta._version, theta.clone(), t, g) if one_chunk \
+        else None
     return t, g
 
 
@@ -80,8 +90,8 @@ def hvp_double_backward(core: Any, theta: Tensor, vs: Tensor, x: Any, y: Tensor)
     docstring), then one backward pass through it per vector."""
     with torch.enable_grad():
         t, g = _gradient_graph(core, theta, x, y)
-        return torch.stack([torch.autograd.grad(g, t, grad_outputs=v, retain_graph=True)[0]
-                            for v in vs])
+        out = [torch.autograd.grad(g, t, grad_outputs=v, retain_graph=True)[0] for v in vs]
+    return out[0][None] if len(out) == 1 else torch.stack(out)
 
 
 def hvp_fwd_rev(core: Any, theta: Tensor, vs: Tensor, x: Any, y: Tensor) -> Tensor:

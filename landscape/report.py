@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from landscape import store
+from landscape import formats, store
 from landscape.errors import LandscapeError
 
 SURFACE_KINDS = ("surface", "interpolation", "plane", "trajectory")
@@ -351,7 +351,7 @@ def write_report(path: str | Path, out: str | Path = "report.html") -> Path:
         path = path / ("study.h5" if (path / "study.h5").exists() else "track.h5")
     if not path.exists():
         raise LandscapeError(f"{path}: no such file")
-    with store.open_result(path) as f:
+    with formats.open_result(path) as f:
         attrs = store.read_attrs(f)
     kind = attrs.get("kind")
     page = _Page(f"landscape report: {path.name}")

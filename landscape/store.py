@@ -1,4 +1,4 @@
-"""HDF5 result files: format "landscape", version 1 (schema in DESIGN.md).
+"""HDF5 result files: format "landscape", version 1 (schema in DESIGN.md): file access.
 
 One file per computed object. Root attributes say what the file is (``format``,
 ``format_version``, ``kind``, ``created``, library versions) and how it was computed
@@ -6,6 +6,13 @@ One file per computed object. Root attributes say what the file is (``format``,
 and the command line). Writers flush after every chunk of work, so a killed process loses
 at most the chunk in flight; re-opening with the same settings resumes, different settings
 are refused with the list of what differs.
+
+This module opens, creates and atomically writes the files, refuses a hostile one (a global
+heap that would hang HDF5, :mod:`landscape.h5heap`; links, external storage or virtual
+datasets reaching outside the file), and reads attributes and datasets only after checking
+their types. What each kind holds is checked by its format's validator (a
+:data:`Validator`), which lives beside the format's writer; :mod:`landscape.formats` lists
+them and opens a file of any kind.
 """
 
 from __future__ import annotations
@@ -16,7 +23,7 @@ import math
 import os
 import platform
 import re
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
@@ -61,7 +68,7 @@ class WriteFailure(LandscapeError):
     """A file could not be written (disk full, file-size limit, read-only filesystem)."""
 
 
-def _reason(err: BaseException) -> str:
+def reason(err: BaseException) -> str:
     """The operating system's reason inside an h5py/OS error, as a few words."""
     text = str(err)
     found = re.search(r"error message = '([^']*)'", text)
@@ -81,7 +88,7 @@ def writing(path: str | Path, *, resumable: bool = True) -> Iterator[None]:
     except (OSError, RuntimeError) as err:
         hint = ("; what was stored before is kept: free space and rerun the same command to "
                 "continue" if resumable else "")
-        raise WriteFailure(f"cannot write {path}: {_reason(err)}{hint}") from None
+        raise WriteFailure(f"cannot write {path}: {reason(err)}{hint}") from None
 
 
 def close_quietly(f: h5py.File | None) -> None:
@@ -131,7 +138,7 @@ def _open(path: Path, mode: str) -> h5py.File:
             raise LandscapeError(f"{path}: no permission to open it for "
                                  f"{'reading' if mode == 'r' else 'writing'}") from None
         raise damaged(path, f"not a readable HDF5 file (truncated or corrupt?): "
-                            f"{_reason(err)}") from None
+                            f"{reason(err)}") from None
     try:
         self_contained(f, path)
     except BaseException:
@@ -168,7 +175,7 @@ def self_contained(f: h5py.File, path: Path) -> None:
                 outward = f"dataset '{name}' {why}"
                 break
     except (OSError, RuntimeError, SystemError, ValueError, KeyError) as err:
-        raise damaged(path, f"its structure cannot be read ({_reason(err)})") from None
+        raise damaged(path, f"its structure cannot be read ({reason(err)})") from None
     if outward is not None:
         raise damaged(path, outward)
 
@@ -187,13 +194,8 @@ def members(f: h5py.Group, path: Path) -> list[tuple[str, Any]]:
     try:
         return [(name, f[name]) for name, _ in _links(f)]
     except (OSError, RuntimeError, SystemError, ValueError, KeyError) as err:
-        raise damaged(path, f"its structure cannot be read ({_reason(err)})") from None
+        raise damaged(path, f"its structure cannot be read ({reason(err)})") from None
 
-
-#: The result kinds this library writes; a grid kind holds x (y) coordinates and a done mask.
-GRID_KINDS = ("surface", "interpolation", "plane", "trajectory", "path")
-MEASURE_KINDS = ("curvature", "sharpness", "noise", "curve")
-KINDS = (*GRID_KINDS, "hessian", "study", "toy", "track", *MEASURE_KINDS)
 
 #: The most values a stored grid or small array (eigenvalues, trace samples, a density) may
 #: declare. No result comes near it (a 10,001 x 10,001 grid is 1e8 points); a larger
@@ -204,10 +206,20 @@ MAX_VALUES = 10**8
 _DTYPES = {"f": "floating-point", "biu": "boolean or integer", "iu": "integer",
            "fbiu": "numeric"}
 
+#: A format's validator, ``validate(f, path, attrs)``: checks the structure of an open file of
+#: its kind (``attrs``: its root attributes, read) before any of it is used, from metadata
+#: and coordinates only; a fault is a :func:`damaged` error. Each lives beside its format's
+#: writer; :mod:`landscape.formats` maps every kind to its validator.
+Validator = Callable[[h5py.File, Path, Mapping[str, Any]], None]
 
-def _check_landscape(f: h5py.File, path: Path, kind: str | tuple[str, ...] | None) -> None:
-    """The header: format, version, kind and decodable attributes; then the structure of
-    the file's kind (:func:`validate`)."""
+
+def _check_landscape(f: h5py.File, path: Path, kind: str | tuple[str, ...] | None,
+                     validate: Validator) -> None:
+    """Check an open result file before any of it is used (that it reaches nothing outside
+    itself was checked as it was opened, :func:`self_contained`): the header (format,
+    version, a kind among ``kind`` if given), every attribute decodable, the settings a JSON
+    object; then the structure of its kind (``validate``). A LandscapeError names the file
+    and the first fault."""
     attrs = read_attrs(f)
     if attrs.get("format") != FORMAT:
         raise LandscapeError(f"{path}: not a landscape result file (no format='{FORMAT}')")
@@ -219,14 +231,21 @@ def _check_landscape(f: h5py.File, path: Path, kind: str | tuple[str, ...] | Non
             f"{path}: format version {version} is newer than this "
             f"library's ({FORMAT_VERSION}); upgrade landscape")
     found = attrs.get("kind")
-    if found not in KINDS:
-        raise damaged(path, f"unknown kind {found!r} (known: {', '.join(KINDS)})")
     kinds = (kind,) if isinstance(kind, str) else kind
     if kinds and found not in kinds:
         raise LandscapeError(
             f"{path}: holds a {found!r} result, expected {' or '.join(kinds)}")
+    for _, obj in members(f, path):
+        read_attrs(obj)
+    if not isinstance(f.attrs.get("settings", "{}"), str) or not isinstance(
+            attrs.get("settings", {}), dict):
+        raise damaged(path, "attribute 'settings' is not a JSON object")
+    if not isinstance(attrs.get("settings_hash", ""), str):
+        raise damaged(path, "attribute 'settings_hash' is not text")
     validate(f, path, attrs)
 
+
+# --- What validators check, for every format ------------------------------------------------
 
 def _member(group: h5py.Group, name: str, path: Path) -> Any:
     """``group[name]`` (None if absent); a soft or external link (which could lead into
@@ -239,7 +258,8 @@ def _member(group: h5py.Group, name: str, path: Path) -> Any:
     return group[name]
 
 
-def _group(group: h5py.Group, name: str, path: Path) -> h5py.Group:
+def subgroup(group: h5py.Group, name: str, path: Path) -> h5py.Group:
+    """The group ``group[name]``, present and a group."""
     obj = _member(group, name, path)
     if not isinstance(obj, h5py.Group):
         what = "missing" if obj is None else "a dataset, not a group"
@@ -247,12 +267,12 @@ def _group(group: h5py.Group, name: str, path: Path) -> h5py.Group:
     return obj
 
 
-def _array(group: h5py.Group, name: str, path: Path, *, dtype: str = "f",
-           ndim: int | None = None, shape: tuple[int, ...] | None = None,
-           limit: int | None = MAX_VALUES, optional: bool = False) -> h5py.Dataset | None:
+def dataset(group: h5py.Group, name: str, path: Path, *, dtype: str = "f",
+            ndim: int | None = None, shape: tuple[int, ...] | None = None,
+            limit: int | None = MAX_VALUES, optional: bool = False) -> h5py.Dataset | None:
     """The dataset ``group[name]`` after checking (metadata only, nothing read) that it is a
     dataset of the ``dtype`` kinds (numpy kind letters), ``ndim``, ``shape``, and at most
-    ``limit`` values."""
+    ``limit`` values; ``optional``: None when absent."""
     obj = _member(group, name, path)
     where = f"'{group.name.rstrip('/')}/{name}'"
     if obj is None:
@@ -279,8 +299,8 @@ def _array(group: h5py.Group, name: str, path: Path, *, dtype: str = "f",
     return obj
 
 
-def _number(attrs: Mapping[str, Any], key: str, path: Path, where: str = "",
-            integer: bool = False, optional: bool = False) -> None:
+def check_number(attrs: Mapping[str, Any], key: str, path: Path, where: str = "",
+                 integer: bool = False, optional: bool = False) -> None:
     """Attribute ``key`` is a number (an integer); ``optional``: or absent, or null."""
     value = attrs.get(key)
     if optional and value is None:
@@ -291,7 +311,7 @@ def _number(attrs: Mapping[str, Any], key: str, path: Path, where: str = "",
                             f"{'an integer' if integer else 'a number'}")
 
 
-def _mapping(attrs: Mapping[str, Any], key: str, path: Path, where: str = "") -> None:
+def check_mapping(attrs: Mapping[str, Any], key: str, path: Path, where: str = "") -> None:
     """Attribute ``key`` is a JSON object, or absent."""
     if not isinstance(attrs.get(key, {}), dict):
         raise damaged(path, f"attribute '{key}'{where} is not a JSON object")
@@ -301,274 +321,17 @@ def _mapping(attrs: Mapping[str, Any], key: str, path: Path, where: str = "") ->
 MAX_NAMES = 1000
 
 
-def _names(attrs: Mapping[str, Any], key: str, path: Path, default: Any = None) -> list[str]:
+def names(attrs: Mapping[str, Any], key: str, path: Path, default: Any = None) -> list[str]:
     """The list of distinct names in attribute ``key`` (at most :data:`MAX_NAMES`)."""
-    names = attrs.get(key, default)
-    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
-        raise damaged(path, f"attribute '{key}' is {str(names)[:60]!r}, not a list of names")
-    if len(names) > MAX_NAMES:
-        raise damaged(path, f"attribute '{key}' lists {len(names):,} names, more than "
+    found = attrs.get(key, default)
+    if not isinstance(found, list) or not all(isinstance(n, str) for n in found):
+        raise damaged(path, f"attribute '{key}' is {str(found)[:60]!r}, not a list of names")
+    if len(found) > MAX_NAMES:
+        raise damaged(path, f"attribute '{key}' lists {len(found):,} names, more than "
                             f"{MAX_NAMES:,}")
-    if len(set(names)) != len(names):
+    if len(set(found)) != len(found):
         raise damaged(path, f"attribute '{key}' lists a name twice")
-    return names
-
-
-# --- Grids (surface, interpolation, plane, trajectory, path): written by landscape.surface ----
-
-#: The largest coordinate magnitude a grid may hold: directions are normalized, so real grids
-#: stay within a few hundred; near 1e308 a figure's axis cannot even be ticked.
-MAX_COORDINATE = 1e100
-
-
-def coordinates_fault(values: np.ndarray) -> str | None:
-    """Why ``values`` cannot be a grid axis (empty, not finite, beyond
-    :data:`MAX_COORDINATE`, not strictly increasing), or None."""
-    if values.size == 0 or not np.isfinite(values).all():
-        return "are empty or not all finite"
-    if np.abs(values).max() > MAX_COORDINATE:
-        return f"reach beyond +-{MAX_COORDINATE:g}"
-    if (np.diff(values) <= 0).any():
-        return "are not strictly increasing"
-    return None
-
-
-def _grid(group: h5py.Group, path: Path) -> tuple[int, ...]:
-    """Check the coordinates (1D, finite, not empty) and the done mask of a grid; its shape."""
-    coords = [_array(group, a, path, ndim=1, optional=a == "y") for a in ("y", "x")]
-    coords = [c for c in coords if c is not None]
-    for c in coords:
-        try:
-            values = c[()]
-        except OSError as err:
-            raise damaged(path, f"cannot read '{c.name}': {_reason(err)}") from None
-        fault = coordinates_fault(values)
-        if fault:
-            raise damaged(path, f"coordinates '{c.name}' {fault}")
-    shape = tuple(len(c) for c in coords)
-    if math.prod(shape) > MAX_VALUES:
-        raise damaged(path, f"a grid of {math.prod(shape):,} points, more than {MAX_VALUES:,}")
-    _array(group, "done", path, dtype="biu", shape=shape)
-    return shape
-
-
-def attach_grid_scales(f: h5py.File, names: Iterable[str]) -> None:
-    """Label the dimensions of the grid arrays ``names`` with the coordinates ``y``, ``x`` (or
-    ``x``) as HDF5 dimension scales, as every array of a grid is (xarray and other readers
-    then name them alike)."""
-    axes = [a for a in ("y", "x") if a in f]
-    for axis in axes:
-        if not h5py.h5ds.is_scale(f[axis].id):
-            f[axis].make_scale(axis)
-    for name in names:
-        for dim, axis in enumerate(axes):
-            f[name].dims[dim].attach_scale(f[axis])
-
-
-def _validate_grid(f: h5py.File, path: Path, attrs: Mapping[str, Any]) -> None:
-    shape = _grid(f, path)
-    metrics = _names(attrs, "metrics", path)
-    for name in metrics + ["hessian_max", "hessian_min"]:
-        _array(f, name, path, shape=shape, optional=name not in metrics)
-    _array(f, "hessian_done", path, dtype="biu", shape=shape, optional=True)
-    origin = _array(f, "origin", path, ndim=1, limit=None, optional=True)
-    if "directions" in f:
-        directions = _group(f, "directions", path)
-        for axis in ("x", "y")[: len(shape)]:
-            _array(directions, axis, path, ndim=1, limit=None,
-                   shape=None if origin is None else origin.shape)
-    if "path" in f:
-        group = _group(f, "path", path)
-        for name in group:
-            _array(group, name, path, dtype="fbiu")
-
-
-# --- Hessian: written by landscape.analysis.hessian -------------------------------------------
-
-def _validate_hessian(f: h5py.File, path: Path, attrs: Mapping[str, Any]) -> None:
-    done = {}
-    for part in ("eigen", "trace", "density"):
-        value = attrs.get(f"{part}_done", False)
-        if not isinstance(value, bool | int):
-            raise damaged(path, f"attribute '{part}_done' is {value!r}, not true or false")
-        done[part] = bool(value)
-    if done["eigen"]:
-        _number(attrs, "eigen_n_hvp", path, integer=True)
-        _number(attrs, "eigen_n_restarts", path, integer=True, optional=True)
-        _mapping(attrs, "eigen_settings", path)
-        if len({f"at_floor_{tag}" in f for tag in ("top", "bottom")}) > 1:
-            raise damaged(path, "'at_floor' is stored for one end of the spectrum only")
-        width = None
-        for tag in ("top", "bottom"):
-            k = _array(f, f"eigenvalues_{tag}", path, ndim=1).shape
-            _array(f, f"residuals_{tag}", path, shape=k)
-            for name in ("converged", "at_floor"):
-                _array(f, f"{name}_{tag}", path, dtype="biu", shape=k,
-                       optional=name != "converged")
-            vectors = _array(f, f"eigenvectors_{tag}", path, ndim=2, limit=None, optional=True)
-            if vectors is not None:
-                if vectors.shape[0] != k[0] or width not in (None, vectors.shape[1]):
-                    raise damaged(path, f"eigenvectors_{tag} of shape {vectors.shape} do not "
-                                        f"match {k[0]} eigenvalues of one parameter count")
-                width = vectors.shape[1]
-    if done["trace"]:
-        group = _group(f, "trace", path)
-        _array(group, "samples", path, ndim=1)
-        group_attrs = read_attrs(group)
-        _mapping(group_attrs, "settings", path, " of 'trace'")
-        _number(group_attrs, "estimate", path, " of 'trace'")
-        for key in ("stderr", "rtol"):
-            _number(group_attrs, key, path, " of 'trace'", optional=True)
-        for key in ("n_hvp", "n_probes"):
-            _number(group_attrs, key, path, " of 'trace'", integer=True)
-        if not isinstance(group_attrs.get("method"), str) or not isinstance(
-                group_attrs.get("converged", True), bool | int):
-            raise damaged(path, "the trace's 'method' or 'converged' attribute is damaged")
-    if done["density"]:
-        group = _group(f, "density", path)
-        n = _array(group, "grid", path, ndim=1).shape
-        if n == (0,):
-            raise damaged(path, "the density grid is empty")
-        _array(group, "density", path, shape=n)
-        nodes = _array(group, "nodes", path, ndim=2).shape
-        _array(group, "weights", path, shape=nodes)
-        group_attrs = read_attrs(group)
-        _mapping(group_attrs, "settings", path, " of 'density'")
-        _number(group_attrs, "sigma", path, " of 'density'")
-        _number(group_attrs, "n_hvp", path, " of 'density'", integer=True)
-
-
-# --- Study: written by landscape.study --------------------------------------------------------
-
-def _validate_study_grid(group: h5py.Group, path: Path) -> None:
-    _grid(group, path)
-    for name in group:
-        _array(group, name, path, dtype="fbiu")
-
-
-def _validate_study(f: h5py.File, path: Path, attrs: Mapping[str, Any]) -> None:
-    _names(attrs, "names", path, [])
-    table = attrs.get("table", "[]")
-    try:
-        rows = json.loads(table) if isinstance(table, str) else table
-    except ValueError:
-        rows = None
-    if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
-        raise damaged(path, "attribute 'table' is not a JSON list of rows")
-    for name in ("design", "study_settings"):
-        _mapping(attrs, name, path)
-    models = _group(f, "models", path) if "models" in f else {}
-    for name in models:
-        model = _group(models, name, path)
-        for seed in model:
-            group = _group(model, seed, path)
-            if not re.fullmatch(r"seed\d+", seed):
-                raise damaged(path, f"'{group.name}' is not a seed<N> group")
-            for key in group:
-                if key == "surface" or re.fullmatch(r"curve_d\d+", key):
-                    _validate_study_grid(_group(group, key, path), path)
-                elif key == "measures":
-                    measures = _group(group, key, path)
-                    for m in measures:
-                        _array(measures, m, path, shape=())
-    interpolations = _group(f, "interpolations", path) if "interpolations" in f else {}
-    for label in interpolations:
-        group = _group(interpolations, label, path)
-        _validate_study_grid(group, path)
-        ends = read_attrs(group).get("endpoints")
-        if not isinstance(ends, list) or len(ends) != 2:
-            raise damaged(path, f"'{group.name}' has no pair of 'endpoints'")
-
-
-# --- Toy paths: written by landscape.toy ------------------------------------------------------
-
-def _validate_toy(f: h5py.File, path: Path, attrs: Mapping[str, Any]) -> None:
-    if "function" not in attrs.get("settings", {}):
-        raise damaged(path, "the settings name no function")
-    for label in _names(attrs, "labels", path):
-        group = _group(f, label, path)
-        n = _array(group, "path", path).shape
-        _array(group, "loss", path, shape=n[:-1])
-        meta = read_attrs(group["path"])
-        _number(meta, "tol", path, f" of '{label}/path'")
-        steps = meta.get("steps_to_tol")
-        if not all(isinstance(s, int) and not isinstance(s, bool)
-                   for s in (steps if isinstance(steps, list) and len(n) > 2 else [steps])):
-            raise damaged(path, f"attribute 'steps_to_tol' of '{label}/path' is "
-                                f"{str(steps)[:40]!r}, not a step count")
-        if not isinstance(meta.get("settings"), dict) or "optimizer" not in meta:
-            raise damaged(path, f"'{label}/path' lacks its optimizer or settings")
-
-
-# --- Track: written by landscape.analysis.track -----------------------------------------------
-
-#: The 1D columns a track holds for some measures only (HVP counts, the preconditioned
-#: threshold); its reader takes them when present.
-TRACK_OPTIONAL = ("top_eigenvalue_hvp", "preconditioned_top_eigenvalue",
-                  "preconditioned_top_eigenvalue_error", "preconditioned_top_eigenvalue_hvp",
-                  "preconditioned_threshold")
-#: The path landscapes of a track: (losses, their coordinates), one line of losses per row.
-TRACK_LINES = (("update_loss", "update_alpha"), ("segment_loss", "segment_s"))
-
-
-def track_columns(measures: list[str]) -> tuple[str, ...]:
-    """The 1D columns every track of ``measures`` holds, one value per row."""
-    return ("step", "epoch", "lr", "train_loss", "threshold", "seconds", *measures,
-            *(f"{m}_error" for m in measures))
-
-
-def _validate_track(f: h5py.File, path: Path, attrs: Mapping[str, Any]) -> None:
-    """A track (:mod:`landscape.analysis.track`): one row per measurement in every 1D column,
-    one line of losses per row in the path landscapes; a file killed before its first row
-    holds no columns yet."""
-    track = attrs.get("settings", {}).get("track")
-    if not isinstance(track, dict) or not isinstance(track.get("measures"), list) or not all(
-            isinstance(m, str) for m in track["measures"]):
-        raise damaged(path, "the settings name no tracked measures")
-    if "step" not in f:
-        return
-    n = _array(f, "step", path, dtype="iu", ndim=1).shape
-    for name in track_columns(track["measures"])[1:]:  # after "step"
-        _array(f, name, path, shape=n)
-    for name in TRACK_OPTIONAL:
-        _array(f, name, path, dtype="fbiu", shape=n, optional=True)
-    for line, coords in TRACK_LINES:
-        m = _array(f, coords, path, ndim=1).shape
-        _array(f, line, path, shape=(*n, *m))
-
-
-# --- Measures (curvature, sharpness, noise, curve): written by landscape.analysis.measures ----
-
-def _validate_measures(f: h5py.File, path: Path, attrs: Mapping[str, Any]) -> None:
-    for name in f:
-        _array(f, name, path, shape=())
-
-
-# --- Every kind -------------------------------------------------------------------------------
-
-#: The one validator of each kind.
-_VALIDATORS = {**dict.fromkeys(GRID_KINDS, _validate_grid), "hessian": _validate_hessian,
-               "study": _validate_study, "toy": _validate_toy, "track": _validate_track,
-               **dict.fromkeys(MEASURE_KINDS, _validate_measures)}
-
-
-def validate(f: h5py.File, path: Path, attrs: Mapping[str, Any] | None = None) -> None:
-    """Check an open result file against the schema of its kind before any of it is used
-    (that it reaches nothing outside itself was checked as it was opened,
-    :func:`self_contained`): every attribute decodable, the settings a JSON object, each
-    dataset a reader uses present with the right type and shape (consistent with the
-    coordinates), and no declared size beyond :data:`MAX_VALUES`. Reads metadata and the
-    coordinates only. A LandscapeError names the file and the first fault."""
-    attrs = read_attrs(f) if attrs is None else attrs
-
-    for _, obj in members(f, path):
-        read_attrs(obj)
-    if not isinstance(f.attrs.get("settings", "{}"), str) or not isinstance(
-            attrs.get("settings", {}), dict):
-        raise damaged(path, "attribute 'settings' is not a JSON object")
-    if not isinstance(attrs.get("settings_hash", ""), str):
-        raise damaged(path, "attribute 'settings_hash' is not text")
-    _VALIDATORS[attrs["kind"]](f, path, attrs)
+    return found
 
 
 def differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
@@ -612,13 +375,15 @@ def mark_part(f: h5py.File, name: str, settings: Mapping[str, Any]) -> None:
 
 def create(path: str | Path, kind: str, settings: Mapping[str, Any],
            attrs: Mapping[str, Any] | None = None, overwrite: bool = False,
-           init: Callable[[h5py.File], None] | None = None, memory: bool = False) -> h5py.File:
+           init: Callable[[h5py.File], None] | None = None, memory: bool = False, *,
+           validate: Validator) -> h5py.File:
     r"""Open ``path`` for writing a ``kind`` result computed with ``settings``.
 
     A new file gets the root attributes; an existing one with the same ``settings_hash`` is
-    opened for resuming (``r+``); one with different settings raises a LandscapeError that
-    names each difference, unless ``overwrite`` (then it is replaced). A file that is not a
-    readable landscape file is never overwritten without ``overwrite``.
+    opened for resuming (``r+``) once it passed the ``kind``'s ``validate``; one with different
+    settings raises a LandscapeError that names each difference, unless ``overwrite`` (then
+    it is replaced). A file that is not a readable landscape file is never overwritten
+    without ``overwrite``.
 
     A new file is written under a temporary name (header, then ``init(f)``: datasets whose
     space is best allocated up front) and renamed into place, so a killed or failed
@@ -631,7 +396,7 @@ def create(path: str | Path, kind: str, settings: Mapping[str, Any],
     digest = settings_hash(settings)
     if path.exists() and not overwrite:
         with _open(path, "r") as f:  # validated read-only first: a bad file is left untouched
-            _check_landscape(f, path, kind)
+            _check_landscape(f, path, kind, validate)
             if f.attrs.get("settings_hash") != digest:
                 raise _other_settings(path, f.attrs.get("settings", "{}"), settings)
         f = _open(path, "r+")
@@ -726,15 +491,17 @@ def write_attrs(obj: h5py.File | h5py.Group | h5py.Dataset, attrs: Mapping[str, 
 
 
 def open_result(path: str | Path, kind: str | tuple[str, ...] | None = None,
-                mode: str = "r") -> h5py.File:
-    """Open a landscape result read-only (or ``mode="r+"`` to add to it), checking format
-    and (optionally) kind."""
+                mode: str = "r", *, validate: Validator) -> h5py.File:
+    """Open a landscape result read-only (or ``mode="r+"`` to add to it), checking its header,
+    its kind (one of ``kind``, if given) and its structure (``validate``: the validator of
+    the kinds it takes, or :func:`landscape.formats.validate`, which dispatches on the kind,
+    through :func:`landscape.formats.open_result`)."""
     path = Path(path)
     if not path.exists():
         raise LandscapeError(f"{path}: no such file")
     f = _open(path, "r")  # validated read-only first: a bad file is left untouched
     try:
-        _check_landscape(f, path, kind)
+        _check_landscape(f, path, kind, validate)
     except BaseException:
         f.close()
         raise
@@ -824,19 +591,3 @@ def read_settings(f: h5py.File) -> dict[str, Any]:
     """The settings a result was computed with."""
     return read_attrs(f).get("settings", {})
 
-
-def describe(path: str | Path) -> dict[str, Any]:
-    """Summary of a result file: kind, attributes, settings, datasets and their shapes,
-    and for grids how many points are done."""
-    with open_result(path) as f:
-        attrs = read_attrs(f)
-        datasets = {name: list(obj.shape) for name, obj in members(f, Path(path))
-                    if isinstance(obj, h5py.Dataset)}
-        info = {"file": str(path), "kind": attrs.get("kind"),
-                "format_version": attrs.get("format_version"), "created": attrs.get("created"),
-                "settings": read_settings(f), "datasets": datasets,
-                "attrs": {k: v for k, v in attrs.items() if k not in ("settings",)}}
-        if attrs["kind"] in GRID_KINDS:  # validated: a mask of the grid's shape
-            done = f["done"][()]
-            info["done"], info["total"] = int(done.sum()), int(done.size)
-        return info

@@ -57,7 +57,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from landscape import store
+from landscape import gridfile, store
 from landscape.analysis.measures import (
     REGISTRY,
     MeasureSettings,
@@ -568,12 +568,56 @@ def _read_model(group: h5py.Group, name: str, seed: int, where: str) -> ModelRes
                        surface, measures, attrs.get("row", {}))
 
 
+def _validate_study_grid(group: h5py.Group, path: Path) -> None:
+    """A grid as :func:`_write_surface` copies it: coordinates, done mask, numeric arrays."""
+    gridfile.check_grid(group, path)
+    for name in group:
+        store.dataset(group, name, path, dtype="fbiu")
+
+
+def validate_study(f: h5py.File, path: Path, attrs: Mapping[str, Any]) -> None:
+    """The validator of a ``study`` file (:data:`landscape.store.Validator`): the table a JSON
+    list of rows, ``models/<name>/seed<N>`` groups holding grids and scalar measures, the
+    interpolations grids with their pair of endpoints; a study killed midway holds a part."""
+    store.names(attrs, "names", path, [])
+    table = attrs.get("table", "[]")
+    try:
+        rows = json.loads(table) if isinstance(table, str) else table
+    except ValueError:
+        rows = None
+    if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+        raise store.damaged(path, "attribute 'table' is not a JSON list of rows")
+    for name in ("design", "study_settings"):
+        store.check_mapping(attrs, name, path)
+    models = store.subgroup(f, "models", path) if "models" in f else {}
+    for name in models:
+        model = store.subgroup(models, name, path)
+        for seed in model:
+            group = store.subgroup(model, seed, path)
+            if not re.fullmatch(r"seed\d+", seed):
+                raise store.damaged(path, f"'{group.name}' is not a seed<N> group")
+            for key in group:
+                if key == "surface" or re.fullmatch(r"curve_d\d+", key):
+                    _validate_study_grid(store.subgroup(group, key, path), path)
+                elif key == "measures":
+                    measures = store.subgroup(group, key, path)
+                    for m in measures:
+                        store.dataset(measures, m, path, shape=())
+    interpolations = store.subgroup(f, "interpolations", path) if "interpolations" in f else {}
+    for label in interpolations:
+        group = store.subgroup(interpolations, label, path)
+        _validate_study_grid(group, path)
+        ends = store.read_attrs(group).get("endpoints")
+        if not isinstance(ends, list) or len(ends) != 2:
+            raise store.damaged(path, f"'{group.name}' has no pair of 'endpoints'")
+
+
 def load_study(path: str | Path) -> Study:
     """Read a ``study.h5`` file (or the study directory holding one) back."""
     path = Path(path)
     if path.is_dir():
         path = path / "study.h5"
-    with store.open_result(path, kind="study") as f:
+    with store.open_result(path, kind="study", validate=validate_study) as f:
         attrs = store.read_attrs(f)
         if attrs.get("study_format") != STUDY_FORMAT:
             raise LandscapeError(f"{path}: a study file of format {attrs.get('study_format')}"
@@ -1151,7 +1195,8 @@ def run_study(recipes: Sequence[Recipe | str] = (), runs: Mapping[str, str | Pat
     first_runs: dict[str, Any] = {}
     r: _Runner | None = None
     try:
-        with store.create(path, "study", {"study_format": STUDY_FORMAT}) as f:
+        with store.create(path, "study", {"study_format": STUDY_FORMAT},
+                          validate=validate_study) as f:
             if f.attrs.get("study_format", STUDY_FORMAT) != STUDY_FORMAT:
                 raise LandscapeError(f"{path}: an older study file; use another --out")
             store.write_attrs(f, {"study_format": STUDY_FORMAT, "study_settings": asdict(s),

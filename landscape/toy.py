@@ -44,10 +44,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import h5py
 import numpy as np
 import torch
 from torch import Tensor
 
+from landscape import store
 from landscape.errors import LandscapeError, LandscapeWarning, check_positive, unknown_name
 from landscape.training.optimizers import ELEMENTWISE, OPTIMIZERS, WITH_MOMENTUM, make_optimizer
 
@@ -431,17 +433,16 @@ def save_paths(paths: Mapping[str, ToyPath], path: str | Path,
                attrs: Mapping[str, Any] | None = None) -> Path:
     """Write the paths to an HDF5 result of kind ``"toy"``: ``<label>/path``, ``<label>/loss``.
 
-    Each ``path`` dataset carries the optimizer, its settings and ``steps_to_tol``.
+    Each ``path`` dataset carries the optimizer, its settings and ``steps_to_tol``
+    (:func:`validate_toy` checks the layout before a file is read or resumed).
     """
-    from landscape import store
-
     f = as_function(function)
     settings = {"function": dict(f.spec),
                 "paths": {label: {"optimizer": p.optimizer, **p.settings}
                           for label, p in paths.items()}}
     with store.create(path, "toy", settings, attrs={"function": f.name, "labels":
                                                    list(paths), **(attrs or {})},
-                      overwrite=overwrite, memory=True) as h5:
+                      overwrite=overwrite, memory=True, validate=validate_toy) as h5:
         for label, p in paths.items():
             steps = p.steps_to_tol
             meta = {"optimizer": p.optimizer, "settings": p.settings, "tol": p.tol,
@@ -452,11 +453,30 @@ def save_paths(paths: Mapping[str, ToyPath], path: str | Path,
     return Path(path)
 
 
+def validate_toy(f: h5py.File, path: Path, attrs: Mapping[str, Any]) -> None:
+    """The validator of a ``toy`` file (:data:`landscape.store.Validator`): per label of
+    ``labels``, a path of points, one loss per point, and the path's optimizer, settings,
+    tolerance and step count (a list of them for a batch of starts)."""
+    if "function" not in attrs.get("settings", {}):
+        raise store.damaged(path, "the settings name no function")
+    for label in store.names(attrs, "labels", path):
+        group = store.subgroup(f, label, path)
+        n = store.dataset(group, "path", path).shape
+        store.dataset(group, "loss", path, shape=n[:-1])
+        meta = store.read_attrs(group["path"])
+        store.check_number(meta, "tol", path, f" of '{label}/path'")
+        steps = meta.get("steps_to_tol")
+        if not all(isinstance(s, int) and not isinstance(s, bool)
+                   for s in (steps if isinstance(steps, list) and len(n) > 2 else [steps])):
+            raise store.damaged(path, f"attribute 'steps_to_tol' of '{label}/path' is "
+                                      f"{str(steps)[:40]!r}, not a step count")
+        if not isinstance(meta.get("settings"), dict) or "optimizer" not in meta:
+            raise store.damaged(path, f"'{label}/path' lacks its optimizer or settings")
+
+
 def load_paths(path: str | Path) -> tuple[ToyFunction, dict[str, ToyPath]]:
     """Read a ``"toy"`` result: the function and ``{label: ToyPath}``."""
-    from landscape import store
-
-    with store.open_result(path, "toy") as h5:
+    with store.open_result(path, "toy", validate=validate_toy) as h5:
         settings = store.read_settings(h5)
         root = store.read_attrs(h5)
         f = as_function(settings["function"])

@@ -79,7 +79,8 @@ def _convnet() -> tuple[nn.Module, Tensor, Tensor]:
 
 def _objective(model: nn.Module, x: Tensor, y: Tensor, **kw) -> Objective:
     kw.setdefault("hvp_method", "double_backward")
-    return Objective(model, (x, y), precision="float64", device="cpu", **kw)
+    kw.setdefault("precision", "float64")
+    return Objective(model, (x, y), device="cpu", **kw)
 
 
 def _loss_fn(model: nn.Module, x: Tensor, y: Tensor):
@@ -188,6 +189,20 @@ def test_smallest_and_largest_alone_equal_the_both_ends_run(tiny) -> None:
     high = hessian_eigenvalues(obj, k=3, which="largest", tol=1e-9, max_basis=12)
     torch.testing.assert_close(high.eigenvalues, exact[-3:].flip(0), rtol=1e-8, atol=0)
     assert high.n_restarts > 0  # thick restart with a 12-vector basis
+
+
+def test_float32_lanczos_through_restarts_is_within_its_residuals_of_the_exact_hessian(
+        tiny) -> None:
+    # float32 products, a 10-vector basis (thick restarts: the first Gram-Schmidt pass then
+    # sees every kept Ritz vector, later ones only the last two blocks), float64 checks
+    model, x, y, H = tiny
+    exact = torch.linalg.eigvalsh(H)
+    obj = _objective(model, x, y, precision="float32")
+    res = hessian_eigenvalues(obj, k=3, tol=1e-4, max_basis=10)
+    assert res.n_restarts > 0 and bool(res.converged.all()) and res.settings["verify"]
+    truth = exact[-3:].flip(0)
+    assert bool(((res.eigenvalues - truth).abs() / truth.abs() <= res.residuals).all())
+    assert float(((res.eigenvalues - truth).abs() / truth.abs()).max()) < 1e-4
 
 
 def test_verify_recomputes_true_residuals_below_tolerance() -> None:

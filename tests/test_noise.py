@@ -185,7 +185,7 @@ def tiny_run(tmp_path_factory):
 
 
 def test_cli_noise_json_has_every_quantity_and_keeps_a_result_file(tiny_run, tmp_path) -> None:
-    from landscape import store
+    from landscape import formats, store
     from landscape.cli import main
 
     out = tmp_path / "noise.h5"
@@ -197,7 +197,7 @@ def test_cli_noise_json_has_every_quantity_and_keeps_a_result_file(tiny_run, tmp
     assert all(math.isfinite(v["value"]) for v in data.values())
     assert data["noise_scale"]["value"] == pytest.approx(
         data["trace_cov"]["value"] / data["grad_norm_sq"]["value"])
-    with store.open_result(out, kind="noise") as f:
+    with formats.open_result(out, kind="noise") as f:
         assert float(f["trace_cov"][()]) == pytest.approx(data["trace_cov"]["value"])
         assert store.read_settings(f)["lr"] == 0.05
     table = CliRunner().invoke(main, ["noise", "--run", str(tiny_run), "--noise-batch-size", "32"])

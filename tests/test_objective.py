@@ -724,16 +724,31 @@ def test_per_sample_grads_of_named_parameters_are_their_columns() -> None:
                                rtol=1e-12, atol=1e-14)
     with pytest.raises(LandscapeError, match="unknown parameters"):
         obj.per_sample_grads(theta, names=("nope",))
+class _FunctionalReLU(nn.Module):
+    """A first linear layer in a forward pass that is not a chain of modules."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc, self.out = nn.Linear(6, 8), nn.Linear(8, 3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.out(F.relu(self.fc(x.flatten(1))))
+
+
 @pytest.mark.parametrize("precision,rtol", [("float64", 1e-12), ("float32", 1e-6)])
+@pytest.mark.parametrize("chain", [True, False])
 def test_plane_evaluation_from_first_layer_products_equals_point_by_point(
-        precision: str, rtol: float) -> None:
+        precision: str, rtol: float, chain: bool) -> None:
     """x (W0 + a Dx + b Dy) = x W0 + a x Dx + b x Dy: a plane evaluated from three products per
-    data chunk equals the model's own forward pass at each point, to round-off."""
+    data chunk equals the model's own forward pass at each point, to round-off (the layers
+    after the first replayed for a chain of modules, else the model called)."""
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Flatten(), nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3))
+    model = (nn.Sequential(nn.Flatten(), nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3)) if chain
+             else _FunctionalReLU())
     x, y = torch.randn(30, 2, 3), torch.randint(0, 3, (30,))
     obj = Objective(model, (x, y), device="cpu", precision=precision, batch_size=7)
-    assert obj.plane_layer == "1"
+    assert obj.plane_layer == ("1" if chain else "fc")
+    assert (obj.evaluator.chain is not None) == chain
     dtype = obj.dtype
     dirs = torch.randn(2, obj.space.numel, dtype=dtype)
     coords = torch.tensor([[0.0, 0.0], [0.5, -1.0], [-2.0, 0.25], [1.0, 1.0]], dtype=dtype)

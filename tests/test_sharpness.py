@@ -457,7 +457,7 @@ def tiny_run(tmp_path_factory):
 
 
 def test_cli_sharpness_json_has_every_measure_and_keeps_a_result_file(tiny_run, tmp_path):
-    from landscape import store
+    from landscape import formats, store
     from landscape.cli import main
 
     out = tmp_path / "sharp.h5"
@@ -468,7 +468,7 @@ def test_cli_sharpness_json_has_every_measure_and_keeps_a_result_file(tiny_run, 
     assert list(data) == names_of("sharpness")
     assert all(math.isfinite(v["value"]) for v in data.values())
     assert "stderr" in data["adaptive_average_l2"] and "stderr" not in data["sam_sharpness"]
-    with store.open_result(out, kind="sharpness") as f:
+    with formats.open_result(out, kind="sharpness") as f:
         assert float(f["fisher_rao_norm"][()]) == pytest.approx(data["fisher_rao_norm"]["value"])
         assert store.read_settings(f)["subset"] == 100
     table = CliRunner().invoke(main, ["sharpness", "--run", str(tiny_run), "--subset", "50",

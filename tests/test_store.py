@@ -13,10 +13,16 @@ import numpy as np
 import pytest
 import torch
 
-from landscape import __version__, store
+from landscape import __version__, formats, store
 from landscape.errors import LandscapeError
 
 SETTINGS = {"lr": 0.125, "seed": 0, "grid": [-1.0, 1.0, 21], "model": {"name": "mlp"}}
+
+
+def create(path: Path, kind: str, settings: dict, **options: object) -> h5py.File:
+    """:func:`landscape.store.create` with the validator of every kind (files of several kinds
+    are made here)."""
+    return store.create(path, kind, settings, validate=formats.validate, **options)
 
 
 def _sha(path: Path) -> str:
@@ -25,7 +31,7 @@ def _sha(path: Path) -> str:
 
 def _valid_file(path: Path, kind: str = "surface") -> None:
     """A landscape file big enough that half of it misses real data."""
-    with store.create(path, kind, SETTINGS, attrs={"metrics": ["train_loss"]}) as f:
+    with create(path, kind, SETTINGS, attrs={"metrics": ["train_loss"]}) as f:
         store.write_arrays(f, {"train_loss": np.linspace(0.0, 1.0, 4096).reshape(64, 64),
                                "x": np.linspace(-1.0, 1.0, 64), "y": np.linspace(-1, 1, 64),
                                "done": np.ones((64, 64), bool)})
@@ -33,7 +39,7 @@ def _valid_file(path: Path, kind: str = "surface") -> None:
 
 def test_create_writes_format_kind_versions_and_settings_hash(tmp_path: Path) -> None:
     path = tmp_path / "sub" / "dir" / "r.h5"  # parent folders are created
-    with store.create(path, "surface", SETTINGS, attrs={"device": "cpu"}) as f:
+    with create(path, "surface", SETTINGS, attrs={"device": "cpu"}) as f:
         assert f.mode == "r+"
     with h5py.File(path, "r") as f:
         attrs = dict(f.attrs)
@@ -63,18 +69,18 @@ def test_settings_hash_depends_on_values_not_key_order() -> None:
 
 def test_reopening_with_same_settings_resumes_with_old_data(tmp_path: Path) -> None:
     path = tmp_path / "r.h5"
-    with store.create(path, "surface", SETTINGS, attrs={"metrics": []}) as f:
+    with create(path, "surface", SETTINGS, attrs={"metrics": []}) as f:
         store.write_arrays(f, {"done": np.array([True, False, False]), "x": np.arange(3.0)})
         created = f.attrs["created"]
     # equivalent settings: other key order, tuple for list, numpy scalars
     again = {"model": {"name": "mlp"}, "grid": (-1.0, 1.0, np.int64(21)),
              "seed": np.int64(0), "lr": np.float64(0.125)}
-    with store.create(path, "surface", again) as f:
+    with create(path, "surface", again) as f:
         assert f.mode == "r+"
         assert f.attrs["created"] == created
         np.testing.assert_array_equal(f["done"][()], [True, False, False])
         store.write_arrays(f, {"done": np.array([True, True, False]), "more": np.arange(3)})
-    with store.open_result(path, "surface") as f:
+    with formats.open_result(path, "surface") as f:
         np.testing.assert_array_equal(f["done"][()], [True, True, False])
         np.testing.assert_array_equal(f["more"][()], [0, 1, 2])
 
@@ -84,16 +90,16 @@ def test_different_settings_raise_naming_key_and_both_values(tmp_path: Path) -> 
     _valid_file(path)
     before = _sha(path)
     with pytest.raises(LandscapeError) as err:
-        store.create(path, "surface", {**SETTINGS, "lr": 0.5})
+        create(path, "surface", {**SETTINGS, "lr": 0.5})
     message = str(err.value)
     assert "lr" in message and "0.125" in message and "0.5" in message
     assert "seed" not in message and "grid" not in message  # only what differs
     assert "\n" not in message
     with pytest.raises(LandscapeError) as err:
-        store.create(path, "surface", {**SETTINGS, "optimizer": "sam"})
+        create(path, "surface", {**SETTINGS, "optimizer": "sam"})
     assert "optimizer" in str(err.value) and "sam" in str(err.value)
     assert _sha(path) == before
-    with store.open_result(path) as f:  # still readable afterwards
+    with formats.open_result(path) as f:  # still readable afterwards
         assert f["train_loss"].shape == (64, 64)
 
 
@@ -101,10 +107,10 @@ def test_overwrite_replaces_file_with_new_settings(tmp_path: Path) -> None:
     path = tmp_path / "r.h5"
     _valid_file(path)
     new = {**SETTINGS, "lr": 0.5}
-    with store.create(path, "hessian", new, overwrite=True) as f:
+    with create(path, "hessian", new, overwrite=True) as f:
         assert "train_loss" not in f and "x" not in f
         assert f.attrs["kind"] == "hessian"
-    with store.open_result(path, "hessian") as f:
+    with formats.open_result(path, "hessian") as f:
         assert store.read_settings(f) == new
         assert f.attrs["settings_hash"] == store.settings_hash(new)
 
@@ -129,11 +135,11 @@ def test_corrupt_file_raises_and_is_left_unchanged(tmp_path: Path, damage: str) 
         path.write_bytes(b"")
     before = _sha(path)
     with pytest.raises(LandscapeError):
-        store.open_result(path)
+        formats.open_result(path)
     with pytest.raises(LandscapeError):
-        store.open_result(path, "surface")
+        formats.open_result(path, "surface")
     with pytest.raises(LandscapeError):
-        store.create(path, "surface", SETTINGS)
+        create(path, "surface", SETTINGS)
     assert _sha(path) == before
 
 
@@ -141,8 +147,8 @@ def test_overwrite_replaces_a_corrupt_file(tmp_path: Path) -> None:
     path = tmp_path / "r.h5"
     _valid_file(path)
     _truncate(path)
-    store.create(path, "sharpness", SETTINGS, overwrite=True).close()
-    with store.open_result(path, "sharpness") as f:
+    create(path, "sharpness", SETTINGS, overwrite=True).close()
+    with formats.open_result(path, "sharpness") as f:
         assert store.read_settings(f) == SETTINGS
 
 
@@ -153,9 +159,9 @@ def test_hdf5_file_that_is_not_a_landscape_file_is_refused_and_unchanged(
         f["data"] = np.arange(100)
     before = _sha(path)
     with pytest.raises(LandscapeError, match="landscape"):
-        store.open_result(path)
+        formats.open_result(path)
     with pytest.raises(LandscapeError, match="landscape"):
-        store.create(path, "surface", SETTINGS)
+        create(path, "surface", SETTINGS)
     assert _sha(path) == before
 
 
@@ -163,19 +169,19 @@ def test_open_result_wrong_kind_names_both_kinds(tmp_path: Path) -> None:
     path = tmp_path / "r.h5"
     _valid_file(path, kind="surface")
     with pytest.raises(LandscapeError) as err:
-        store.open_result(path, "hessian")
+        formats.open_result(path, "hessian")
     assert "surface" in str(err.value) and "hessian" in str(err.value)
     with pytest.raises(LandscapeError) as err:
-        store.create(path, "hessian", SETTINGS)
+        create(path, "hessian", SETTINGS)
     assert "surface" in str(err.value) and "hessian" in str(err.value)
-    with store.open_result(path, ("hessian", "surface")) as f:
+    with formats.open_result(path, ("hessian", "surface")) as f:
         assert f.attrs["kind"] == "surface"
 
 
 def test_open_result_is_read_only(tmp_path: Path) -> None:
     path = tmp_path / "r.h5"
     _valid_file(path)
-    with store.open_result(path) as f:
+    with formats.open_result(path) as f:
         assert f.mode == "r"
         with pytest.raises((OSError, ValueError, KeyError)):
             f.create_dataset("new", data=np.arange(3))
@@ -183,7 +189,7 @@ def test_open_result_is_read_only(tmp_path: Path) -> None:
 
 def test_open_result_missing_file_raises(tmp_path: Path) -> None:
     with pytest.raises(LandscapeError):
-        store.open_result(tmp_path / "nope.h5")
+        formats.open_result(tmp_path / "nope.h5")
 
 
 def test_newer_format_version_is_refused(tmp_path: Path) -> None:
@@ -192,17 +198,17 @@ def test_newer_format_version_is_refused(tmp_path: Path) -> None:
     with h5py.File(path, "r+") as f:
         f.attrs["format_version"] = 99
     with pytest.raises(LandscapeError, match="99"):
-        store.open_result(path)
+        formats.open_result(path)
 
 
 def test_write_arrays_replaces_datasets_and_sets_their_attrs(tmp_path: Path) -> None:
     path = tmp_path / "r.h5"
-    with store.create(path, "surface", SETTINGS, attrs={"metrics": []}) as f:
+    with create(path, "surface", SETTINGS, attrs={"metrics": []}) as f:
         store.write_arrays(f, {"x": np.arange(5.0), "done": np.ones(5, bool)})
         store.write_arrays(f, {"a": np.zeros((2, 3))})
         store.write_arrays(f, {"a": np.arange(5.0)}, attrs={"a": {"units": "nats",
                                                                     "layout": {"n": [1, 2]}}})
-    with store.open_result(path) as f:
+    with formats.open_result(path) as f:
         np.testing.assert_array_equal(f["a"][()], np.arange(5.0))
         assert store.read_attrs(f["a"]) == {"units": "nats", "layout": {"n": [1, 2]}}
 
@@ -215,7 +221,7 @@ def test_attrs_round_trip_dicts_and_string_lists(tmp_path: Path) -> None:
     values = {"spec": NESTED, "names": ["conv1.weight", "fc.bias"],
               "shapes": [[4, 1, 3, 3], [10]], "mixed": [1, "two", 3.0],
               "text": "landscape surface --steps 21", "count": 7, "scale": 0.25, "flag": True}
-    with store.create(tmp_path / "r.h5", "surface", SETTINGS) as f:
+    with create(tmp_path / "r.h5", "surface", SETTINGS) as f:
         store.write_attrs(f, values)
         got = store.read_attrs(f)
     for key, value in values.items():
@@ -225,7 +231,7 @@ def test_attrs_round_trip_dicts_and_string_lists(tmp_path: Path) -> None:
 
 
 def test_attrs_numeric_lists_round_trip_values(tmp_path: Path) -> None:
-    with store.create(tmp_path / "r.h5", "surface", SETTINGS) as f:
+    with create(tmp_path / "r.h5", "surface", SETTINGS) as f:
         store.write_attrs(f, {"ints": [1, 2, 3], "floats": (0.5, -1.5)})
         got = store.read_attrs(f)
     np.testing.assert_array_equal(got["ints"], [1, 2, 3])
@@ -233,13 +239,13 @@ def test_attrs_numeric_lists_round_trip_values(tmp_path: Path) -> None:
 
 
 def test_write_attrs_skips_none(tmp_path: Path) -> None:
-    with store.create(tmp_path / "r.h5", "surface", SETTINGS) as f:
+    with create(tmp_path / "r.h5", "surface", SETTINGS) as f:
         store.write_attrs(f, {"seed": None, "loss": "mse"})
         assert "seed" not in f.attrs and f.attrs["loss"] == "mse"
 
 
 def test_attrs_numeric_lists_read_back_as_json_able_lists(tmp_path: Path) -> None:
-    with store.create(tmp_path / "r.h5", "surface", SETTINGS) as f:
+    with create(tmp_path / "r.h5", "surface", SETTINGS) as f:
         store.write_attrs(f, {"ints": [1, 2, 3], "floats": [0.5, -1.5]})
         got = store.read_attrs(f)
     assert json.loads(json.dumps(got))["ints"] == [1, 2, 3]
@@ -247,14 +253,14 @@ def test_attrs_numeric_lists_read_back_as_json_able_lists(tmp_path: Path) -> Non
 
 
 def test_attrs_dict_with_numpy_array_round_trips(tmp_path: Path) -> None:
-    with store.create(tmp_path / "r.h5", "surface", SETTINGS) as f:
+    with create(tmp_path / "r.h5", "surface", SETTINGS) as f:
         store.write_attrs(f, {"spec": {"input_shape": np.array([1, 8, 8])}})
         got = store.read_attrs(f)
     assert got["spec"] == {"input_shape": [1, 8, 8]}
 
 
 def test_attrs_plain_string_that_looks_like_json_round_trips(tmp_path: Path) -> None:
-    with store.create(tmp_path / "r.h5", "surface", SETTINGS) as f:
+    with create(tmp_path / "r.h5", "surface", SETTINGS) as f:
         store.write_attrs(f, {"note": "[1, 2]"})
         got = store.read_attrs(f)
     assert got["note"] == "[1, 2]"
@@ -324,10 +330,50 @@ def test_every_file_this_tool_writes_has_sound_global_heaps(tmp_path: Path) -> N
     from landscape.h5heap import heap_fault
 
     _valid_file(tmp_path / "a.h5")
-    with store.create(tmp_path / "a.h5", "surface", SETTINGS) as f:  # resumed: attributes
+    with create(tmp_path / "a.h5", "surface", SETTINGS) as f:  # resumed: attributes
         store.write_attrs(f, {"note": "x" * 10_000, "labels": ["a"] * 500})  # rewritten
     data = (tmp_path / "a.h5").read_bytes()
     assert data.count(b"GCOL") >= 2  # the long text went into a second collection
     assert heap_fault(tmp_path / "a.h5") is None
-    with store.open_result(tmp_path / "a.h5") as f:
+    with formats.open_result(tmp_path / "a.h5") as f:
         assert store.read_attrs(f)["labels"] == ["a"] * 500
+
+
+def test_every_file_opened_or_created_is_checked_by_its_kinds_validator() -> None:
+    """Each ``store.create`` / ``store.open_result`` in the package names the validator that
+    :mod:`landscape.formats` dispatches to for the kind(s) it names (read from the source; a
+    kind held in a local variable is checked by the dispatcher's table only), so a file is
+    checked alike by its writer, its readers and ``landscape info``."""
+    import ast
+    import importlib
+
+    root = Path(formats.__file__).parent
+    validators = {kind: formats.validator(kind) for kind in formats.KINDS}
+    calls = 0
+    for path in sorted(root.rglob("*.py")):
+        parts = path.relative_to(root.parent).with_suffix("").parts
+        module = importlib.import_module(".".join(parts[:-1] if parts[-1] == "__init__"
+                                                  else parts))
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+                    and node.func.attr in ("create", "open_result")
+                    and isinstance(node.func.value, ast.Name) and node.func.value.id == "store"):
+                continue
+            calls += 1
+            where = f"{path.name}:{node.lineno}"
+            given = {k.arg: k.value for k in node.keywords}
+            assert "validate" in given, where
+            scope = vars(module)
+            validator = eval(compile(ast.Expression(given["validate"]), where, "eval"), scope)
+            if validator is formats.validate:
+                continue
+            kind = given.get("kind", node.args[1] if len(node.args) > 1 else None)
+            assert kind is not None, f"{where}: a kind's own validator, but any kind accepted"
+            assert validator in validators.values(), where
+            try:
+                kinds = eval(compile(ast.Expression(kind), where, "eval"), scope)
+            except NameError:  # the kind is a function's argument
+                continue
+            kinds = (kinds,) if isinstance(kinds, str) else kinds
+            assert all(validators[k] is validator for k in kinds), (where, kinds)
+    assert calls >= 12  # the calls were really found

@@ -36,7 +36,7 @@ from __future__ import annotations
 import copy
 import math
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,7 +46,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from landscape import linalg, store
+from landscape import gridfile, linalg, store
 from landscape.distributed import all_gather, broadcast, rank_and_world
 from landscape.errors import (
     LandscapeError,
@@ -90,7 +90,7 @@ class EigenResult:
     rounding floor of the working precision. ``converged[k]``: residual at most ``tol``,
     where a ``tol`` below the rounding floor ``100 eps ||H|| / |lambda|`` is raised to it
     (``at_floor[k]``: raised; a higher precision can go further). ``n_hvp``: vectors
-    multiplied.
+    multiplied, the float64 verification products included.
     """
 
     eigenvalues: Tensor
@@ -318,7 +318,7 @@ class _Operator:
             outs.append(halving_on_oom(block, shrink))
             start += outs[-1].shape[0]
         self.n_hvp += v.shape[0]
-        return torch.cat(outs)
+        return outs[0] if len(outs) == 1 else torch.cat(outs)
 
     def settings(self) -> dict[str, Any]:
         return {"operator": self.operator, "block_dim": self.n,
@@ -370,10 +370,13 @@ def hessian_eigenvalues(objective: Objective, theta: Tensor | None = None, k: in
     ``v0``: a start vector or block ``[b, P]`` (a warm start, e.g. the previous step's
     eigenvector); otherwise random from ``seed``. ``verify``: measure the residuals of the
     returned pairs with float64 products (k more HVPs in float64, on a float64 copy of the
-    model), an honest bound on each eigenvalue's error, which the Lanczos estimate is not
-    (it does not see the round-off of the products); default: when the precision is lower
-    than float64. Cost: 13-20 HVPs for the top 5 of a trained MLP or ResNet-20 at
-    ``tol=1e-3`` (``benchmarks/hessian.py``). Nothing changes the model.
+    model, counted in ``n_hvp``), an honest bound on each eigenvalue's error, which the
+    Lanczos estimate is not (it does not see the round-off of the products); default: when
+    the precision is lower than float64. On the CPU a float64 product with its own gradient
+    graph costs about 3 float32 HVPs: the 5 checks of a top-5 call at ``tol=1e-3`` cost
+    about as much as its 14 Lanczos HVPs (``benchmarks/README.md``). Cost: 13-20 HVPs for
+    the top 5 of a trained MLP or ResNet-20 at ``tol=1e-3`` (``benchmarks/hessian.py``).
+    Nothing changes the model.
 
     Example::
 
@@ -601,7 +604,7 @@ def curvature_map(objective: Objective, surface: str | Path, *, tol: float = 1e-
     None.
     """
     path = Path(surface)
-    with store.open_result(path, kind=SURFACE_KINDS) as f:
+    with store.open_result(path, kind=SURFACE_KINDS, validate=gridfile.validate_grid) as f:
         for name in ("x", "y", "origin", "directions/x", "directions/y"):
             if name not in f:
                 raise LandscapeError(f"{path}: curvature maps need a 2D surface (no {name!r})")
@@ -623,12 +626,13 @@ def curvature_map(objective: Objective, surface: str | Path, *, tol: float = 1e-
     f, todo, error = None, [], None
     if rank == 0:
         try:
-            f = store.open_result(path, kind=SURFACE_KINDS, mode="r+")
+            f = store.open_result(path, kind=SURFACE_KINDS, mode="r+",
+                                  validate=gridfile.validate_grid)
             if store.claim_part(f, "hessian_done", settings, "a curvature map", overwrite):
                 store.write_arrays(f, {"hessian_max": np.full(shape, np.nan),
                                        "hessian_min": np.full(shape, np.nan),
                                        "hessian_done": np.zeros(shape, dtype=bool)})
-                store.attach_grid_scales(f, ("hessian_max", "hessian_min", "hessian_done"))
+                gridfile.attach_grid_scales(f, ("hessian_max", "hessian_min", "hessian_done"))
                 store.mark_part(f, "hessian_done", settings)
         except LandscapeError as err:
             error = str(err)
@@ -804,6 +808,67 @@ def _read_density(f: h5py.File) -> DensityResult:
                          settings=a.get("settings", {}), **arrays)
 
 
+def validate_hessian(f: h5py.File, path: Path, attrs: Mapping[str, Any]) -> None:
+    """The validator of a ``hessian`` file (:data:`landscape.store.Validator`): each part
+    marked done (``eigen_done``, ``trace_done``, ``density_done``) holds what its reader above
+    takes, with consistent shapes (one residual and flag per eigenvalue, one eigenvector row
+    per eigenvalue of one length, a density per grid point, a weight per node)."""
+    done = {}
+    for part in ("eigen", "trace", "density"):
+        value = attrs.get(f"{part}_done", False)
+        if not isinstance(value, bool | int):
+            raise store.damaged(path, f"attribute '{part}_done' is {value!r}, not true or "
+                                      "false")
+        done[part] = bool(value)
+    if done["eigen"]:
+        store.check_number(attrs, "eigen_n_hvp", path, integer=True)
+        store.check_number(attrs, "eigen_n_restarts", path, integer=True, optional=True)
+        store.check_mapping(attrs, "eigen_settings", path)
+        if len({f"at_floor_{tag}" in f for tag in ("top", "bottom")}) > 1:
+            raise store.damaged(path, "'at_floor' is stored for one end of the spectrum only")
+        width = None
+        for tag in ("top", "bottom"):
+            k = store.dataset(f, f"eigenvalues_{tag}", path, ndim=1).shape
+            store.dataset(f, f"residuals_{tag}", path, shape=k)
+            for name in ("converged", "at_floor"):
+                store.dataset(f, f"{name}_{tag}", path, dtype="biu", shape=k,
+                              optional=name != "converged")
+            vectors = store.dataset(f, f"eigenvectors_{tag}", path, ndim=2, limit=None,
+                                    optional=True)
+            if vectors is not None:
+                if vectors.shape[0] != k[0] or width not in (None, vectors.shape[1]):
+                    raise store.damaged(path, f"eigenvectors_{tag} of shape {vectors.shape} "
+                                              f"do not match {k[0]} eigenvalues of one "
+                                              "parameter count")
+                width = vectors.shape[1]
+    if done["trace"]:
+        group = store.subgroup(f, "trace", path)
+        store.dataset(group, "samples", path, ndim=1)
+        group_attrs = store.read_attrs(group)
+        store.check_mapping(group_attrs, "settings", path, " of 'trace'")
+        store.check_number(group_attrs, "estimate", path, " of 'trace'")
+        for key in ("stderr", "rtol"):
+            store.check_number(group_attrs, key, path, " of 'trace'", optional=True)
+        for key in ("n_hvp", "n_probes"):
+            store.check_number(group_attrs, key, path, " of 'trace'", integer=True)
+        if not isinstance(group_attrs.get("method"), str) or not isinstance(
+                group_attrs.get("converged", True), bool | int):
+            raise store.damaged(path, "the trace's 'method' or 'converged' attribute is "
+                                      "damaged")
+    if done["density"]:
+        group = store.subgroup(f, "density", path)
+        n = store.dataset(group, "grid", path, ndim=1).shape
+        if n == (0,):
+            raise store.damaged(path, "the density grid is empty")
+        store.dataset(group, "density", path, shape=n)
+        nodes = store.dataset(group, "nodes", path, ndim=2).shape
+        store.dataset(group, "weights", path, shape=nodes)
+        group_attrs = store.read_attrs(group)
+        store.check_mapping(group_attrs, "settings", path, " of 'density'")
+        store.check_number(group_attrs, "sigma", path, " of 'density'")
+        store.check_number(group_attrs, "n_hvp", path, " of 'density'", integer=True)
+
+
 def require_finite(objective: Objective, theta: Tensor | None, what: str) -> None:
     """A one-line LandscapeError when the parameters at ``theta`` (default: the model's) or
     the loss there are NaN or infinite (a diverged run), where ``what`` is undefined; checked
@@ -867,7 +932,7 @@ def analyze_hessian(objective: Objective, theta: Tensor | None = None, *, top: i
         try:
             f = store.create(out, "hessian", all_settings, attrs={
                 "layout": objective.space.layout(), "device": str(objective.device),
-                **(attrs or {})}, overwrite=overwrite, memory=True)
+                **(attrs or {})}, overwrite=overwrite, memory=True, validate=validate_hessian)
         except LandscapeError as err:
             error = str(err)
         else:
@@ -920,7 +985,7 @@ def analyze_hessian(objective: Objective, theta: Tensor | None = None, *, top: i
 def load_hessian(path: str | Path, eigenvectors: bool = False) -> HessianReport:
     """Read a ``kind="hessian"`` file back; ``eigenvectors=True`` also loads them (a
     LandscapeError if the file was written without them)."""
-    with store.open_result(path, kind="hessian") as f:
+    with store.open_result(path, kind="hessian", validate=validate_hessian) as f:
         report = HessianReport(settings=store.read_settings(f), path=Path(path))
         if f.attrs.get("eigen_done", False):
             report.eigen = _read_eigen(f, eigenvectors)

@@ -17,10 +17,12 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
+import h5py
 import numpy as np
 import torch
 from torch import Tensor
 
+from landscape import store
 from landscape.analysis.hessian import hessian_eigenvalues, hessian_trace, require_finite
 from landscape.analysis.noise import gradient_noise
 from landscape.analysis.sharpness import (
@@ -362,16 +364,21 @@ def format_results(results: Mapping[str, MeasureResult]) -> str:
     return "\n".join(lines)
 
 
+def validate_measures(f: h5py.File, path: Path, attrs: Mapping[str, Any]) -> None:
+    """The validator of the measures' kinds (:data:`landscape.store.Validator`): every
+    member a scalar dataset."""
+    for name in f:
+        store.dataset(f, name, path, shape=())
+
+
 def save_results(path: str | Path, kind: str, results: Mapping[str, MeasureResult],
                  settings: Mapping[str, Any], attrs: Mapping[str, Any] | None = None,
                  overwrite: bool = False) -> None:
     """Write each result as a scalar dataset ``name`` (attrs: stderr, settings, cost, extra)
-    in a result file of ``kind`` whose root ``settings`` decide resume versus refusal
-    (:func:`landscape.store.create`)."""
-    from landscape import store
-
+    in a result file of ``kind`` (one of :data:`landscape.formats.MEASURE_KINDS`) whose root
+    ``settings`` decide resume versus refusal (:func:`landscape.store.create`)."""
     with store.create(path, kind, settings, attrs=attrs, overwrite=overwrite,
-                      memory=True) as f:
+                      memory=True, validate=validate_measures) as f:
         store.write_arrays(f, {n: np.float64(r.value) for n, r in results.items()},
                            attrs={n: {"stderr": r.stderr, "settings": r.settings,
                                       "cost": r.cost, "extra": r.extra}

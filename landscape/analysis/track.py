@@ -37,11 +37,12 @@ from __future__ import annotations
 import math
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import h5py
 import numpy as np
 import torch
 from torch import Tensor, nn
@@ -177,8 +178,44 @@ def sharpness_threshold(name: str, lr: float, momentum: float | None) -> float:
     return (2 + 2 * beta) / lr
 
 
+# ------------------------------------------------------------------------------ the file
+#: The 1D columns every track holds, one value per row, before its measures' columns.
+COLUMNS = ("step", "epoch", "lr", "train_loss", "threshold", "seconds")
+#: The 1D columns a track holds for some measures only (HVP counts, the preconditioned
+#: threshold); its reader takes them when present.
+TRACK_OPTIONAL = ("top_eigenvalue_hvp", "preconditioned_top_eigenvalue",
+                  "preconditioned_top_eigenvalue_error", "preconditioned_top_eigenvalue_hvp",
+                  "preconditioned_threshold")
+#: The path landscapes of a track: (losses, their coordinates), one line of losses per row.
+TRACK_LINES = (("update_loss", "update_alpha"), ("segment_loss", "segment_s"))
+
+
+def track_columns(measures: list[str]) -> tuple[str, ...]:
+    """The 1D columns every track of ``measures`` holds, one value per row."""
+    return (*COLUMNS, *measures, *(f"{m}_error" for m in measures))
+
+
+def validate_track(f: h5py.File, path: Path, attrs: Mapping[str, Any]) -> None:
+    """The validator of a ``track`` file (:data:`landscape.store.Validator`): one row per
+    measurement in every 1D column, one line of losses per row in the path landscapes; a
+    file killed before its first row holds no columns yet."""
+    track = attrs.get("settings", {}).get("track")
+    if not isinstance(track, dict) or not isinstance(track.get("measures"), list) or not all(
+            isinstance(m, str) for m in track["measures"]):
+        raise store.damaged(path, "the settings name no tracked measures")
+    if "step" not in f:
+        return
+    n = store.dataset(f, "step", path, dtype="iu", ndim=1).shape
+    for name in track_columns(track["measures"])[1:]:  # after "step"
+        store.dataset(f, name, path, shape=n)
+    for name in TRACK_OPTIONAL:
+        store.dataset(f, name, path, dtype="fbiu", shape=n, optional=True)
+    for line, coords in TRACK_LINES:
+        m = store.dataset(f, coords, path, ndim=1).shape
+        store.dataset(f, line, path, shape=(*n, *m))
+
+
 # ------------------------------------------------------------------------------ the tracker
-_COLUMNS = ("step", "epoch", "lr", "train_loss", "threshold", "seconds")
 
 
 class Tracker:
@@ -223,14 +260,14 @@ class Tracker:
                  "steps_per_epoch": steps_per_epoch, "interval_steps": self.interval,
                  "preconditioned": self.precondition}
         self.file = store.create(self.path, "track", file_settings, attrs=attrs,
-                                 overwrite=fresh, memory=True)
+                                 overwrite=fresh, memory=True, validate=validate_track)
         self.rows: dict[str, list] = {k: [] for k in self.columns()}
         if not fresh and "step" in self.file:
             for k in self.rows:
                 self.rows[k] = list(self.file[k][()]) if k in self.file else []
 
     def columns(self) -> list[str]:
-        names = [*_COLUMNS]
+        names = [*COLUMNS]
         for m in self.s.measures:
             names += [m, f"{m}_error"]
         if "top_eigenvalue" in self.s.measures:
@@ -457,13 +494,13 @@ def load_track(run_or_file: str | Path) -> Track:
     path = track_path(run_or_file)
     if not path.exists():
         raise LandscapeError(f"{path}: no track (train with --track to record one)")
-    with store.open_result(path, "track") as f:
+    with store.open_result(path, "track", validate=validate_track) as f:
         settings, attrs = store.read_settings(f), store.read_attrs(f)
         if "step" not in f:
             raise LandscapeError(f"{path}: the track has no rows yet")
         names = settings["track"]["measures"]
-        known = (*store.track_columns(names), *store.TRACK_OPTIONAL,
-                 *(name for line in store.TRACK_LINES for name in line))
+        known = (*track_columns(names), *TRACK_OPTIONAL,
+                 *(name for line in TRACK_LINES for name in line))
         data = {k: f[k][()] for k in known if k in f}  # the validated columns only
     pre = "preconditioned_top_eigenvalue"
     lanczos = [m for m in ("top_eigenvalue", pre) if f"{m}_hvp" in data]

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from landscape import store
+from landscape import gridfile, store
 from landscape.connect.align import METHODS, Alignment, align
 from landscape.connect.curves import CURVES, Curve, coefficients, fit_curve
 from landscape.errors import LandscapeError, unknown_name
@@ -296,7 +296,7 @@ def curve_plane(model_a: nn.Module, path_file: str | Path, *, data: Any, points:
     ``path/endpoints``). BatchNorm statistics follow the path file's rule. Cost:
     ``points**2`` forward passes per split (plus the BatchNorm resets).
     """
-    with store.open_result(path_file, kind="path") as f:
+    with store.open_result(path_file, kind="path", validate=gridfile.validate_grid) as f:
         origin = torch.as_tensor(f["origin"][()]).double()
         ab = torch.as_tensor(f["directions"]["x"][()]).double()
         if "y" not in f["directions"]:

@@ -21,11 +21,11 @@ def as_surface(obj: Any, *, kinds: Sequence[str] = SURFACE_KINDS, ndim: int | No
     ``kinds``: the file kinds accepted; ``ndim``: 1 (a curve) or 2 (a grid) if required.
     A wrong kind or dimension raises a one-line LandscapeError naming what was expected.
     """
-    from landscape import store
+    from landscape import formats
     from landscape.surface import Surface, load_surface
 
     if isinstance(obj, str | Path):
-        with store.open_result(obj) as f:
+        with formats.open_result(obj) as f:
             kind = f.attrs.get("kind")
         if kind not in kinds:
             raise LandscapeError(f"{obj}: holds a {kind!r} result; {what} needs a "
@@ -111,9 +111,9 @@ def direction_norm(surface: Any) -> str | None:
 def direction_length(surface: Any) -> float:
     """The L2 norm of a stored surface's x direction in parameter space (the length of one
     unit of its x coordinate)."""
-    from landscape import store
+    from landscape import formats, store
 
-    with store.open_result(surface.path) as f:
+    with formats.open_result(surface.path) as f:
         if "directions/x" not in f:
             raise LandscapeError(f"{surface.path}: holds no directions")
         return float(store.read_attrs(f["directions/x"])["norm_l2"])

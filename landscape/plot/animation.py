@@ -140,9 +140,9 @@ def animate(path: str | Path, out: str | Path, *, frames: int = 60, duration: fl
     >>> animate(d / "paths.h5", d / "paths.gif", frames=10, duration=1.0).exists()
     True
     """
-    from landscape import store
+    from landscape import formats
 
-    with store.open_result(path) as f:
+    with formats.open_result(path) as f:
         kind = f.attrs.get("kind")
     if kind == "toy":
         anim = animate_toy(path, frames=frames)

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from landscape import store
+from landscape import formats, gridfile
 from landscape.errors import LandscapeError, unknown_name
 
 #: Plot kind -> the result kinds (and dimension) it needs.
@@ -68,9 +68,9 @@ def parse_levels(text: str | int | Sequence[float] | None) -> int | list[float] 
 
 def default_kind(path: str | Path) -> str:
     """The plot kind a result file gets by default."""
-    with store.open_result(path) as f:
+    with formats.open_result(path) as f:
         kind = f.attrs.get("kind")
-        ndim = len(f["done"].shape) if kind in store.GRID_KINDS else None
+        ndim = len(f["done"].shape) if kind in gridfile.KINDS else None
     if kind in ("surface", "plane"):
         return "curve" if ndim == 1 else "contour"
     if kind == "toy":
@@ -83,9 +83,9 @@ def default_kind(path: str | Path) -> str:
 
 def _check_kind(path: Path, plot: str) -> None:
     kinds, ndim = PLOT_KINDS[plot]
-    with store.open_result(path) as f:
+    with formats.open_result(path) as f:
         kind = f.attrs.get("kind")
-        got = len(f["done"].shape) if kind in store.GRID_KINDS else None
+        got = len(f["done"].shape) if kind in gridfile.KINDS else None
     need = " or ".join(repr(k) for k in kinds)
     dim = {1: "1D ", 2: "2D "}.get(ndim or 0, "")
     if kind not in kinds or (ndim is not None and got != ndim):
@@ -124,7 +124,7 @@ def render(path: str | Path | Sequence[str | Path], out: str | Path, *, kind: st
     if kind is None:
         kind = "vtk" if out.suffix.lower() in (".vtk", ".vtp") else default_kind(path)
         if not kind:
-            with store.open_result(path) as f:
+            with formats.open_result(path) as f:
                 raise LandscapeError(f"{path}: nothing to plot in a {f.attrs.get('kind')!r} "
                                      "result")
     if kind not in PLOT_KINDS:

@@ -89,12 +89,12 @@ def plot_density(results: Any, ax: Axes | None = None, *, log: bool = True,
 def _curvature_arrays(s: Any) -> dict[str, np.ndarray]:
     """``hessian_max``/``hessian_min`` (and ``hessian_done``) of a surface: from its values,
     else from its file."""
-    from landscape import store
+    from landscape import formats
 
     names = ("hessian_max", "hessian_min", "hessian_done")
     found = {k: np.asarray(s.values[k]) for k in names if k in s.values}
     if len(found) < 2 and Path(s.path).is_file():
-        with store.open_result(s.path) as f:
+        with formats.open_result(s.path) as f:
             found = {k: np.asarray(f[k][()]) for k in names if k in f}
     for k in names[:2]:
         if k not in found:

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from landscape import store
+from landscape import gridfile, store
 from landscape.errors import LandscapeError
 from landscape.objective import Objective
 from landscape.params import ParamSpace
@@ -66,8 +66,9 @@ def _float_buffer_delta(a: dict[str, Tensor], b: dict[str, Tensor]) -> dict[str,
 
 
 def read_directions(path: str | Path, numel: int) -> list[Tensor]:
-    """Directions stored in a surface file, checked against the model's parameter count."""
-    with store.open_result(path) as f:
+    """Directions stored in a grid file (a surface, ...), checked against the model's parameter
+    count."""
+    with store.open_result(path, gridfile.KINDS, validate=gridfile.validate_grid) as f:
         if "directions" not in f:
             raise LandscapeError(f"{path}: holds no directions")
         dirs = [torch.as_tensor(f["directions"][a][()]) for a in ("x", "y") if a in f["directions"]]

@@ -26,15 +26,12 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from landscape import distributed, store
+from landscape import distributed, gridfile, store
 from landscape.errors import LandscapeError
 from landscape.objective import Objective
 from landscape.progress import progress
-from landscape.sources import ACCURACY_UNIT
 from landscape.surface.directions import cosine
 from landscape.surface.grid import parse_range
-
-AXES = ("x", "y")
 
 
 @dataclass
@@ -76,7 +73,7 @@ class Surface:
 def load_surface(path: str | Path) -> Surface:
     """Read a surface (or trajectory/interpolation) file written by :func:`compute_surface`."""
     path = Path(path)
-    with store.open_result(path, kind=store.GRID_KINDS) as f:
+    with store.open_result(path, kind=gridfile.KINDS, validate=gridfile.validate_grid) as f:
         if "done" not in f or "x" not in f:
             raise LandscapeError(f"{path}: no 'x' coordinates or 'done' mask: not a surface")
         values = {k: f[k][()] for k in store.read_attrs(f)["metrics"]}
@@ -108,7 +105,7 @@ def _chunking(objs: Mapping[str, Objective]) -> dict[str, Any]:
     return {f"{s}.{k}": v for s, o in objs.items() for k, v in o.evaluation_settings().items()}
 
 
-def _adopt_halved(out: str | Path, objs: Mapping[str, Objective]) -> None:
+def _adopt_halved(out: str | Path, kind: str, objs: Mapping[str, Objective]) -> None:
     """Resume with the chunking that produced a file's values: where an out-of-memory halving
     took the chunking this command asks for (recorded in the file's ``oom_halved``: settings
     key -> the value asked for) down to the one in its settings, the objective takes the
@@ -116,7 +113,7 @@ def _adopt_halved(out: str | Path, objs: Mapping[str, Objective]) -> None:
     of chunking is refused by :func:`landscape.store.create` as before."""
     if not Path(out).exists():
         return
-    with store.open_result(out) as f:
+    with store.open_result(out, kind, validate=gridfile.validate_grid) as f:
         recorded, attrs = store.read_settings(f), store.read_attrs(f)
     asked = attrs.get("oom_halved")
     if not isinstance(asked, dict):
@@ -130,41 +127,6 @@ def _adopt_halved(out: str | Path, objs: Mapping[str, Objective]) -> None:
                     o.batch_size = was
                 else:
                     o.evaluator.point_chunk = was
-
-
-def _init_file(f: h5py.File, x: np.ndarray, y: np.ndarray | None, names: Sequence[str],
-               origin: Tensor, directions: Tensor, layout: dict,
-               direction_attrs: Sequence[Mapping[str, Any]], buffer_origin: Mapping[str, Tensor],
-               buffer_directions: Sequence[Mapping[str, Tensor]] | None,
-               extras: Mapping[str, np.ndarray]) -> None:
-    """Create the datasets of a new surface file (coordinates as HDF5 dimension scales)."""
-    coords = [f.create_dataset("x", data=x)]
-    if y is not None:
-        coords.insert(0, f.create_dataset("y", data=y))
-    for c, axis in zip(coords, ("y", "x") if y is not None else ("x",)):
-        c.make_scale(axis)
-    shape = tuple(len(c) for c in coords)
-    for name in names:
-        ds = store.allocated(f, name, shape, "f8", np.nan)
-        if name.endswith("_acc"):
-            ds.attrs["unit"] = ACCURACY_UNIT
-        for dim, c in enumerate(coords):
-            ds.dims[dim].attach_scale(c)
-    f.create_dataset("origin", data=origin.detach().cpu().float().numpy())
-    store.write_attrs(f["origin"], {"layout": layout})
-    for axis, d, d_attrs in zip(AXES, directions, direction_attrs):
-        ds = f.create_dataset(f"directions/{axis}", data=d.detach().cpu().float().numpy())
-        store.write_attrs(ds, {**d_attrs, "norm_l2": float(d.double().norm())})
-    for name, b in buffer_origin.items():
-        f.create_dataset(f"buffers/origin/{name}", data=b.detach().cpu().numpy())
-    for axis, bdir in zip(AXES, buffer_directions or []):
-        for name, b in bdir.items():
-            f.create_dataset(f"buffers/{axis}/{name}", data=b.detach().cpu().numpy())
-    for name, value in extras.items():
-        f.create_dataset(name, data=np.asarray(value))
-    done = store.allocated(f, "done", shape, bool, False)
-    for dim, c in enumerate(coords):
-        done.dims[dim].attach_scale(c)
 
 
 def _point_buffers(coords: Tensor, origin: Mapping[str, Tensor],
@@ -249,7 +211,7 @@ def compute_surface(objectives: Objective | Mapping[str, Objective], out: str | 
     names = [f"{split}_{m}" for split, o in objs.items()
              for m in o.metric_names]
     if not overwrite and distributed.rank_and_world()[0] == 0:
-        _adopt_halved(out, objs)
+        _adopt_halved(out, kind, objs)
     full_settings = {
         **(settings or {}), "kind": kind, "x": x.tolist(), "y": None if y is None else y.tolist(),
         "splits": list(objs),
@@ -276,9 +238,9 @@ def compute_surface(objectives: Objective | Mapping[str, Objective], out: str | 
     if rank == 0:
 
         def init(new: h5py.File) -> None:  # the layout and the centre, before the rename
-            _init_file(new, x, y, names, origin, dirs, space.layout(),
-                       direction_attrs or [{}] * len(dirs), buffer_origin, buffer_directions,
-                       extras or {})
+            gridfile.init_grid(new, x, y, names, origin, dirs, space.layout(),
+                               direction_attrs or [{}] * len(dirs), buffer_origin,
+                               buffer_directions, extras or {})
             new.attrs.update(centre if centre is not None else center())
 
         f = store.create(out, kind, full_settings, {
@@ -286,7 +248,7 @@ def compute_surface(objectives: Objective | Mapping[str, Objective], out: str | 
             "bn": first.bn, "loss": first.loss_name, "splits": list(objs), "metrics": names,
             "ndim": len(shape),
             "cosine_xy": cosine(dirs[0], dirs[1]) if len(dirs) == 2 else None},
-            overwrite=overwrite, init=init)
+            overwrite=overwrite, init=init, validate=gridfile.validate_grid)
         try:
             _check_resumable(f, out, x, y, names)
         except LandscapeError:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 
 from landscape.errors import LandscapeError
-from landscape.store import MAX_COORDINATE, MAX_VALUES, coordinates_fault
+from landscape.gridfile import MAX_COORDINATE, coordinates_fault
+from landscape.store import MAX_VALUES
 
 
 def parse_range(text: str | tuple | list | np.ndarray) -> np.ndarray:
