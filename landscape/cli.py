@@ -249,8 +249,12 @@ _model_option = click.option(
 @click.option("--amp", is_flag=True, help="bf16 autocast (CUDA only).")
 @click.option("--augment/--no-augment", default=None,
               help="Random crop + flip on the device [on for CIFAR].")
-@click.option("--save-every", type=int, default=1, show_default=True,
-              help="Checkpoint every N epochs (plus the first and the last).")
+@click.option("--save-every", type=int, default=None,
+              help="Checkpoint every N epochs (plus the first and the last) [1 up to 100 "
+                   "epochs, then at most ~100 checkpoints].")
+@click.option("--eval-every", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Evaluate train/test loss and accuracy every N epochs (plus the first "
+                   "and the last); the other history rows hold none.")
 @click.option("--threads", type=click.IntRange(min=1), default=None,
               help="CPU threads [1 for tiny models, else torch's default].")
 @click.option("--out", default=None, help="Run directory [outputs/runs/<name>].")

@@ -25,6 +25,7 @@ import os
 import re
 import textwrap
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,9 @@ RUN_FORMAT = "landscape-run"
 RUN_FORMAT_VERSION = 1
 HISTORY_COLUMNS = ("epoch", "step", "train_loss", "train_acc", "test_loss", "test_acc", "lr",
                    "seconds")
+#: The history columns an evaluation fills: None in the rows of epochs that ``eval_every``
+#: skips (null in history.json, empty in history.csv), as the test columns without a test split.
+EVALUATED = ("train_loss", "train_acc", "test_loss", "test_acc")
 CHECKPOINT_RE = re.compile(r"^epoch_(\d+)\.pt$")
 CHECKS_DIR, CHECK_RE = "checks", re.compile(r"^step_(\d+)\.pt$")
 
@@ -50,11 +54,38 @@ def atomic_write_json(path: Path, obj: Any, sync: bool = True) -> None:
     atomic_write(path, (text + "\n").encode(), sync)
 
 
-def atomic_torch_save(path: Path, obj: Any) -> None:
-    """``torch.save`` ``obj`` to ``path``, atomically."""
+def atomic_torch_save(path: Path, obj: Any, sync: bool = True) -> None:
+    """``torch.save`` ``obj`` to ``path``, atomically (``sync``: durably, see
+    :func:`landscape.store.atomic_write`)."""
     buf = io.BytesIO()
     torch.save(obj, buf)
-    atomic_write(path, buf.getvalue())
+    atomic_write(path, buf.getvalue(), sync)
+
+
+def fsync_files(files: Any) -> None:
+    """Make the files now at the paths ``files`` durable (``fsync`` each; a path removed
+    since it was written is skipped): the deferred half of writes made with ``sync=False``.
+    The calls run side by side (threads), so that the filesystem's journal can commit them
+    together instead of once a file."""
+    def one(file: Path) -> None:
+        with writing(file, resumable=False):
+            try:
+                fd = os.open(file, os.O_RDONLY)
+            except FileNotFoundError:
+                return
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
+    files = list(files)
+    if len(files) <= 1:
+        for file in files:
+            one(file)
+        return
+    with ThreadPoolExecutor(min(len(files), 8)) as pool:
+        for done in [pool.submit(one, f) for f in files]:
+            done.result()
 
 
 def write_history(path: Path, history: list[dict], sync: bool = True, new: int = 0) -> None:
@@ -111,9 +142,10 @@ def _csv_rows(history: list[dict], header: bool) -> bytes:
 
 
 def to_cpu(obj: Any) -> Any:
-    """A copy of a nested dict/list/tuple structure with every tensor detached on the CPU."""
+    """A nested dict/list/tuple structure with every tensor detached on the CPU, for state
+    serialized at once: a CPU tensor is not copied (a view of the live one)."""
     if isinstance(obj, torch.Tensor):
-        return obj.detach().to("cpu", copy=True)
+        return obj.detach().to("cpu")
     if isinstance(obj, dict):
         return {k: to_cpu(v) for k, v in obj.items()}
     if isinstance(obj, list):
@@ -142,11 +174,12 @@ def read_run_json(path: Path) -> dict:
     return info
 
 
-def write_run_json(path: Path, info: dict) -> None:
-    """Write ``info`` as ``run.json`` of run directory ``path``, atomically, after the checks
-    every reader makes (:func:`check_run_json`): a run writes only what it can read back."""
+def write_run_json(path: Path, info: dict, sync: bool = True) -> None:
+    """Write ``info`` as ``run.json`` of run directory ``path``, atomically (``sync``:
+    durably), after the checks every reader makes (:func:`check_run_json`): a run writes only
+    what it can read back."""
     check_run_json(Path(path) / "run.json", info)
-    atomic_write_json(Path(path) / "run.json", info)
+    atomic_write_json(Path(path) / "run.json", info, sync)
 
 
 def check_run_json(file: Path, info: Any) -> None:
@@ -330,8 +363,8 @@ def stopping_record(config: dict, row: dict, met: bool | None = None) -> dict:
     target, steps = config.get("target_train_loss"), config.get("steps")
     rule = ("target_train_loss" if target is not None else
             "steps" if steps is not None else "epochs")
-    if target is not None and met is None:
-        met = row["train_loss"] <= target
+    if target is not None and met is None:   # (a row that eval_every skipped: not met)
+        met = row["train_loss"] is not None and row["train_loss"] <= target
     return {"rule": rule,
             "target": {"target_train_loss": target, "steps": steps,
                        "epochs": config.get("epochs")}[rule],

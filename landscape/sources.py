@@ -343,8 +343,11 @@ class Source:
         idx = torch.as_tensor(idx, dtype=torch.long)
         if self._data is not None:
             dev = idx.to(self.device)
-            return self._recast((take(self._data[0], dev), None if self._data[1] is None
-                                 else self._data[1][dev]))
+            inputs, targets = self._data
+            inputs = inputs.index_select(0, dev) if isinstance(inputs, Tensor) \
+                else take(inputs, dev)      # (index_select: the same rows, less dispatch)
+            return self._recast((inputs, None if targets is None
+                                 else targets.index_select(0, dev)))
         idx = idx.cpu()
         parts, where, start = [], [], 0
         for inputs, targets in self._host_batches(batch_size):
@@ -477,8 +480,9 @@ class Loss:
         if self.name != "cross_entropy" or not (y.dim() == 1 or self.mean_over == "elements"):
             return None
         out = out.float() if out.dtype in (torch.bfloat16, torch.float16) else out
-        return F.cross_entropy(out.reshape(-1, out.shape[-1]), y.reshape(-1),
-                               reduction=reduction)
+        if out.dim() != 2 or y.dim() != 1:  # (no views in a training step's graph otherwise)
+            out, y = out.reshape(-1, out.shape[-1]), y.reshape(-1)
+        return F.cross_entropy(out, y, reduction=reduction)
 
     def total(self, out: Any, y: Tensor) -> Tensor:
         """The batch's loss summed in units of :meth:`weight` (its mean times the weight)."""

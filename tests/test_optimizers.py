@@ -10,7 +10,13 @@ import torch
 from torch import nn
 
 from landscape.errors import LandscapeError
-from landscape.training.optimizers import OPTIMIZERS, make_optimizer
+from landscape.training.optimizers import (
+    ELEMENTWISE,
+    FUSED,
+    OPTIMIZERS,
+    kernel_options,
+    make_optimizer,
+)
 
 DT = torch.float64
 
@@ -393,3 +399,31 @@ def test_sag_state_saved_before_weighting_is_rebuilt_on_its_next_step():
     whole = _sag_steps(opt1, w1, loss, batches, rest)
     torch.testing.assert_close(_sag_steps(opt2, w2, loss, batches, rest), whole,
                                rtol=0, atol=1e-14)
+
+
+@pytest.mark.parametrize("name", sorted(ELEMENTWISE))
+def test_kernel_options_give_the_per_tensor_loops_numbers(name):
+    """The trainer's step kernels: foreach gives torch's per-tensor loop bit for bit; a
+    fused step agrees with it to float32 rounding after 30 steps (same update, contracted
+    multiply-adds); sparse embeddings and non-torch optimizers keep torch's own choice."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(5, 7), nn.Tanh(), nn.Linear(7, 3))
+    kernels = kernel_options(name, model)
+    assert kernels == ({"fused": True} if name in FUSED else {"foreach": True})
+    extra = {"weight_decay": 1e-3} if name != "adadelta" else {}
+    runs = []
+    for options in ({}, kernels):
+        net = copy.deepcopy(model)
+        opt = make_optimizer(name, net.parameters(), lr=_LR[name], **extra, **options)
+        g = torch.Generator().manual_seed(1)
+        for _ in range(30):
+            for p in net.parameters():
+                p.grad = torch.randn(p.shape, generator=g)
+            opt.step()
+        runs.append(torch.cat([p.detach().reshape(-1) for p in net.parameters()]))
+    if "foreach" in kernels:
+        assert torch.equal(*runs)
+    else:
+        assert torch.allclose(*runs, rtol=1e-5, atol=1e-6)
+    assert kernel_options(name, nn.Sequential(nn.Embedding(4, 2, sparse=True))) == {}
+    assert kernel_options("sam", model) == {} == kernel_options("lbfgs", model)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from pathlib import Path
 
@@ -14,9 +15,9 @@ from _helpers import killed_at_epoch
 from click.testing import CliRunner
 
 from landscape.cli import main
-from landscape.errors import LandscapeError
+from landscape.errors import LandscapeError, LandscapeWarning
 from landscape.models import build_model
-from landscape.runs import atomic_torch_save, atomic_write_json, load_run, write_history
+from landscape.runs import EVALUATED, atomic_torch_save, atomic_write_json, load_run, write_history
 from landscape.training import make_schedule, train
 from landscape.training.optimizers import OPTIMIZERS
 
@@ -102,10 +103,15 @@ def test_same_seed_gives_bit_identical_history_on_cpu(tmp_path, optimizer, augme
         assert torch.equal(va, vb), k
 
 
-@pytest.mark.parametrize(("optimizer", "augment"), [("adam", True), ("sag", False),
-                                                    ("svrg", False)])
-def test_resumed_run_equals_uninterrupted_run(tmp_path, monkeypatch, optimizer, augment):
-    kw = dict(TINY, optimizer=optimizer, augment=augment, epochs=4, save_every=2, seed=1)
+@pytest.mark.parametrize(("optimizer", "augment", "eval_every"),
+                         [("adam", True, 1), ("sag", False, 1), ("svrg", False, 1),
+                          ("momentum", False, 3)])
+def test_resumed_run_equals_uninterrupted_run(tmp_path, monkeypatch, optimizer, augment,
+                                              eval_every):
+    """Killed at epoch 4's checkpoint, resumed from epoch 2's (with ``eval_every=3`` a row
+    that holds no evaluation): the same history, files and weights as a run not killed."""
+    kw = dict(TINY, optimizer=optimizer, augment=augment, epochs=4, save_every=2, seed=1,
+              eval_every=eval_every)
     whole = train(**kw, out=tmp_path / "whole")
     (tmp_path / "ref").mkdir()   # the files grown row by row hold the bytes of one rewrite
     write_history(tmp_path / "ref", whole.history)
@@ -128,10 +134,92 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path, monkeypatch, optimizer, 
     assert final_a.keys() == final_b.keys()
     assert all(torch.equal(final_a[k], final_b[k]) for k in final_a)
     assert [e for e, _ in load_run(cut).checkpoints()] == [0, 2, 4]
+    assert [r["epoch"] for r in resumed.history if r["train_loss"] is not None] == \
+        ([0, 1, 2, 3, 4] if eval_every == 1 else [0, 3, 4])
 
     before = _snapshot(cut)  # resuming a finished run reads it back and writes nothing
     again = train(**kw, out=cut, resume=True)
     assert _snapshot(cut) == before and again.history == resumed.history
+
+
+def test_eval_every_evaluates_at_its_cadence_the_last_epoch_and_target_checks(tmp_path):
+    """Rows of epochs 0, N, 2N, ..., the last and those ending on a target check hold the
+    evaluation of an every-epoch run, the others None (null / empty on disk); the training,
+    and so the weights, are the same."""
+    kw = dict(TINY, epochs=5, save_every=10)
+    every = train(**kw, out=tmp_path / "every")
+    sparse = train(**kw, eval_every=2, out=tmp_path / "sparse")
+    evaluated = [r["epoch"] for r in sparse.history if r["train_loss"] is not None]
+    assert evaluated == [0, 2, 4, 5]
+    for a, b in zip(every.history, sparse.history, strict=True):
+        assert (a["epoch"], a["step"], a["lr"]) == (b["epoch"], b["step"], b["lr"])
+        assert [b[k] for k in EVALUATED] == [a[k] if a["epoch"] in evaluated else None
+                                             for k in EVALUATED]
+    assert all(torch.equal(u, v) for u, v in zip(every.model.state_dict().values(),
+                                                 sparse.model.state_dict().values()))
+    assert sparse.config["eval_every"] == 2 and "eval_every" not in every.config
+    on_disk = json.loads((tmp_path / "sparse" / "history.json").read_text())
+    assert [r["test_acc"] is None for r in on_disk] == [False, True, False, True, False, False]
+    lines = (tmp_path / "sparse" / "history.csv").read_text().splitlines()
+    assert lines[2].split(",")[2:6] == ["", "", "", ""] != lines[3].split(",")[2:6]
+    # a target check every 2 epochs (14 steps) evaluates epochs 2 and 4 as well as 3
+    with pytest.warns(UserWarning, match="target was NOT met"):
+        target = train(**dict(kw, epochs=4), eval_every=3, target_train_loss=1e-9,
+                       target_check_every=2 * math.ceil(200 / 32), out=tmp_path / "target")
+    assert [r["epoch"] for r in target.history if r["train_loss"] is not None] == [0, 2, 3, 4]
+    assert target.stopping["met"] is False
+
+
+def test_default_save_every_keeps_every_epoch_up_to_the_bound_then_thins(tmp_path,
+                                                                          monkeypatch):
+    """Default checkpoints: every epoch up to DEFAULT_CHECKPOINTS epochs (20 -> 1), then
+    every ceil(epochs / bound); a resumed run extended past the bound keeps its own."""
+    import landscape.training.trainer as trainer_module
+
+    short = train(**TINY, epochs=2, out=tmp_path / "short")
+    assert short.config["save_every"] == 1
+    assert [e for e, _ in short.checkpoints()] == [0, 1, 2]
+    monkeypatch.setattr(trainer_module, "DEFAULT_CHECKPOINTS", 2)
+    thinned = train(**TINY, epochs=5, out=tmp_path / "thin")
+    assert thinned.config["save_every"] == 3
+    assert [e for e, _ in thinned.checkpoints()] == [0, 3, 5]
+    extended = train(**TINY, epochs=5, out=tmp_path / "short", resume=True)
+    assert extended.config["save_every"] == 1
+    assert [e for e, _ in extended.checkpoints()] == [0, 1, 2, 3, 4, 5]
+
+
+def test_resume_skips_a_checkpoint_torn_by_an_os_crash(tmp_path, monkeypatch):
+    """The newest checkpoint renamed into place but never flushed (empty after an OS crash
+    inside a group-sync window): the resume warns and continues from the one before, giving
+    the uninterrupted run's history."""
+    kw = dict(TINY, epochs=3)
+    whole = train(**kw, out=tmp_path / "whole")
+    killed_at_epoch(monkeypatch, 3, lambda: train(**kw, out=tmp_path / "cut"))
+    (tmp_path / "cut" / "checkpoints" / "epoch_0002.pt").write_bytes(b"")
+    with pytest.warns(LandscapeWarning, match=r"epoch_0002.pt.*resuming from .*epoch_0001.pt"):
+        resumed = train(**kw, out=tmp_path / "cut", resume=True)
+    assert _numbers(resumed.history) == _numbers(whole.history)
+
+
+def test_every_file_is_fsynced_before_run_json_says_complete(tmp_path, monkeypatch):
+    """Group commit: one fsync per file at the end of a short run (not one per write), all
+    of them before the final run.json's."""
+    synced = []
+    real = os.fsync
+
+    def recording(fd):
+        synced.append(Path(os.readlink(f"/proc/self/fd/{fd}")).name)
+        return real(fd)
+
+    import landscape.training.trainer as trainer_module
+
+    monkeypatch.setattr(trainer_module, "SYNC_SECONDS", 1e9)   # however slow the machine
+    monkeypatch.setattr(os, "fsync", recording)
+    train(**TINY, epochs=3, out=tmp_path / "run")
+    *files, last = synced
+    assert sorted(files) == ["epoch_0000.pt", "epoch_0001.pt", "epoch_0002.pt", "epoch_0003.pt",
+                             "history.csv", "history.json", "model.pt", "run.json"]
+    assert last.startswith(".run.json.tmp")   # the complete run.json, written last
 
 
 # ----------------------------------------------------------------------------- run directory
@@ -421,6 +509,15 @@ def test_target_met_from_the_initialization_stops_at_the_second_check(tmp_path):
     assert [(r["epoch"], r["step"]) for r in run.history] == [(0, 0), (1, k)]
     assert run.stopping["met"] and run.stopping["steps"] == k
     assert run.stopping["check_every"] == k and run.stopping["consecutive"] == 2
+
+
+def test_cli_eval_every_reaches_the_history(tmp_path):
+    result = CliRunner().invoke(main, ["train", "--train-size", "100", "--widths", "20",
+                                       "--epochs", "3", "--eval-every", "2",
+                                       "--out", str(tmp_path / "run")])
+    assert result.exit_code == 0, result.output
+    history = load_run(tmp_path / "run", data=False).history
+    assert [r["epoch"] for r in history if r["train_loss"] is not None] == [0, 2, 3]
 
 
 def test_cap_reached_before_the_target_is_reported(tmp_path):

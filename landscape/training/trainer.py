@@ -56,11 +56,13 @@ from landscape.runs import (
     CHECK_RE,
     CHECKPOINT_RE,
     CHECKS_DIR,
+    EVALUATED,
     RUN_FORMAT,
     RUN_FORMAT_VERSION,
     Run,
     at_cap,
     atomic_torch_save,
+    fsync_files,
     load_weights,
     read_history,
     read_run_json,
@@ -79,6 +81,7 @@ from landscape.sources import (
     call_model,
     length,
     metric,
+    nbytes,
     per_sample,
     take,
 )
@@ -98,6 +101,20 @@ TARGET_CONSECUTIVE = 2
 #: Checks of the target loss per epoch when ``target_check_every`` is None.
 TARGET_CHECKS_PER_EPOCH = 4
 DEFAULT_RUNS_DIR = Path("outputs") / "runs"
+#: Bytes of float32 layer outputs (linear and conv) one evaluation chunk may hold: the
+#: digits MLP evaluates each split in one forward pass, a CIFAR ResNet in the default chunks.
+EVAL_CHUNK_BYTES = 2**28
+#: Seconds of training an OS crash or power loss may cost at most: the run's files written
+#: since the last fsync are made durable together once this much time has passed (and at the
+#: end, before run.json says complete), not one fsync per file; a resume skips a checkpoint
+#: that such a crash left torn. A killed process loses nothing written (atomic renames).
+SYNC_SECONDS = 10.0
+#: A run with the default ``save_every`` keeps at most about this many checkpoints: one an
+#: epoch up to this many epochs, then one every ``ceil(epochs / DEFAULT_CHECKPOINTS)``.
+DEFAULT_CHECKPOINTS = 100
+#: Bytes of training samples read from resident data in one gather: an epoch's minibatches
+#: are then views of it (the same samples in the same order; less work a step).
+GATHER_BYTES = 2**26
 #: What the ``k`` of ``train(spawn=(k, child_seed))`` counts.
 SPAWN_UNITS = ("epoch", "step")
 
@@ -142,20 +159,24 @@ def evaluate_source(model: nn.Module, source: Source, loss: Loss, acc: Loss | No
     restored. Cost: one forward pass over the data.
     """
     was_training = model.training
-    model.eval()
-    sums = torch.zeros(2, dtype=torch.float64, device=source.device)
+    switch = any(m.training for m in model.modules())  # (a model in eval mode stays so)
+    if switch:
+        model.eval()
+    sums = []   # per chunk: [loss sum, correct] in float64, one host read at the end
     try:
         for xb, yb in source.batches(batch_size):
             out = _output(model, loss, xb)
-            sums[0] += loss.total(out, yb).double()
-            if acc is not None:
-                sums[1] += acc.total(out, yb).double()
+            sums.append(torch.stack([loss.total(out, yb).double()] + (
+                [] if acc is None else [acc.total(out, yb).double()])))
     finally:
-        model.train(was_training)
+        if switch:
+            model.train(was_training)
     weight = source.elements if loss.mean_over == "elements" else source.n
-    mean, correct = (v / weight for v in sums.tolist())
+    totals = (sums[0] if len(sums) == 1 else torch.stack(sums).sum(0)).tolist()
+    mean = totals[0] / weight
     if acc is None:
         return mean, None
+    correct = totals[1] / weight
     return mean, (math.nan if math.isnan(mean) else correct)  # NaN logits: no accuracy
 
 
@@ -243,13 +264,64 @@ def _clear_run_files(path: Path) -> None:
                 file.unlink()
 
 
-def _latest_checkpoint(path: Path) -> Path | None:
+def _recorded_save_every(out: str | Path | None, resume: bool) -> int | None:
+    """The ``save_every`` of the run in ``out`` that ``resume`` continues, if it has one."""
+    if not resume or out is None:
+        return None
+    try:
+        every = read_run_json(Path(out))["config"]["save_every"]
+    except (LandscapeError, KeyError, TypeError):
+        return None
+    return every if isinstance(every, int) and not isinstance(every, bool) and every > 0 \
+        else None
+
+
+def _checkpoint_files(path: Path) -> list[Path]:
+    """The training checkpoints of run directory ``path``, oldest first."""
     folder = path / "checkpoints"
     if not folder.is_dir():
-        return None
+        return []
     found = sorted((int(m.group(1)), f) for f in folder.iterdir()
                    if (m := CHECKPOINT_RE.match(f.name)))
-    return found[-1][1] if found else None
+    return [f for _, f in found]
+
+
+def _readable_checkpoint(path: Path) -> tuple[Path | None, Any]:
+    """The newest checkpoint of run directory ``path`` that loads, and what it holds; newer
+    ones that do not (torn by an OS crash before their fsync, :data:`SYNC_SECONDS`) are
+    skipped with a warning. (None, None) without checkpoints; the newest one's error when
+    none loads."""
+    first_error = None
+    for file in reversed(_checkpoint_files(path)):
+        try:
+            state = torch_load(file)
+        except LandscapeError as err:
+            first_error = first_error or err
+            continue
+        if first_error is not None:
+            warnings.warn(f"{first_error}; resuming from {file}", LandscapeWarning, stacklevel=3)
+        return file, state
+    if first_error is not None:
+        raise first_error
+    return None, None
+
+
+class _GroupSync:
+    """Group commit of a run's files: each is written atomically at once (a killed process
+    leaves the old or the new file) and made durable (fsync) with all written since the last
+    sync, once :data:`SYNC_SECONDS` have passed, and at the end of the run."""
+
+    def __init__(self, every: float) -> None:
+        self.every, self.pending, self.last = every, set(), time.monotonic()
+
+    def wrote(self, *files: Path) -> None:
+        self.pending.update(files)
+
+    def sync(self, force: bool = False) -> None:
+        if self.pending and (force or time.monotonic() - self.last >= self.every):
+            fsync_files(sorted(self.pending))
+            self.pending.clear()
+            self.last = time.monotonic()
 
 
 # ----------------------------------------------------------------------------- train
@@ -264,7 +336,8 @@ def train(*, model: str = "mlp", dataset: str = "digits", data_dir: str | Path |
           schedule: str = "constant",
           warmup_epochs: int = 0, step_size: int | None = None, gamma: float = 0.1,
           seed: int = 0, data_seed: int | None = None, device: str = "auto", amp: bool = False,
-          augment: bool | None = None, save_every: int = 1, out: str | Path | None = None,
+          augment: bool | None = None, save_every: int | None = None, eval_every: int = 1,
+          out: str | Path | None = None,
           resume: bool = False, overwrite: bool = False, progress: bool = True,
           threads: int | None = None, track: str | list[str] | None = None,
           track_every: str | int = 10, track_subset: int | None = None,
@@ -324,10 +397,17 @@ def train(*, model: str = "mlp", dataset: str = "digits", data_dir: str | Path |
       for CIFAR datasets.
     - ``out``: run directory (default ``outputs/runs/<name>``, name from the settings);
       ``resume``: continue from its last checkpoint; ``overwrite``: replace a run there.
-    - ``save_every``: checkpoint every N epochs (and epochs 0 and last). Default 1: the
-      trajectory PCA (:func:`landscape.trajectory`) and per-checkpoint analyses read one
-      checkpoint per epoch; on a long run raise it (each checkpoint holds the model, the
-      optimizer state and the whole history). A resume continues from the last one kept.
+    - ``save_every``: checkpoint every N epochs (and epochs 0 and last). Default None: every
+      epoch up to :data:`DEFAULT_CHECKPOINTS` (100) epochs, then every
+      ``ceil(epochs / 100)``, at most ~100 checkpoints for the trajectory PCA
+      (:func:`landscape.trajectory`) and per-checkpoint analyses (a resumed run keeps its
+      own). A checkpoint holds the model, the optimizer state and the whole history (digits
+      MLP: 0.16 MB, ~2 ms, as a user's ``torch.save`` of the same state; ~7% of a default
+      run's CPU time). A resume continues from the last one kept.
+    - ``eval_every``: the history rows' train/test loss and accuracy every N epochs (and at
+      epoch 0, the last epoch and every epoch that ends on a target-loss check); the rows of
+      the other epochs hold None there (:data:`landscape.runs.EVALUATED`; null in
+      history.json, empty in history.csv). Default 1. The training is the same for every N.
     - ``track``: measures recorded along the run in ``track.h5`` (e.g.
       ``"top_eigenvalue,trace,noise_scale"``) every ``track_every`` steps (``"2epochs"``:
       epochs) on ``track_subset`` training samples; see :mod:`landscape.analysis.track`.
@@ -343,14 +423,15 @@ def train(*, model: str = "mlp", dataset: str = "digits", data_dir: str | Path |
       changes); step ``k * steps_per_epoch`` is epoch ``k``, bit for bit.
 
     Cost per epoch: one forward+backward per minibatch (two for SAM/ASAM/SVRG, plus a full
-    gradient for SVRG), one forward pass over both splits, one history row appended to
+    gradient for SVRG), one forward pass over both splits (every ``eval_every`` epochs, in
+    chunks of up to :data:`EVAL_CHUNK_BYTES` of layer outputs), one history row appended to
     history.json/.csv, one checkpoint write (every ``save_every`` epochs). run.json's
     ``seconds`` splits this call's wall time into ``train`` (optimizer steps), ``evaluate``
     (history rows and target-loss checks) and ``save`` (checkpoints and history files).
     """
     from landscape.data import NORMALIZATION, augment_crop_flip, load_dataset
     from landscape.models import count_parameters, model_from_spec, model_spec
-    from landscape.training.optimizers import OPTIMIZERS, make_optimizer
+    from landscape.training.optimizers import OPTIMIZERS, kernel_options, make_optimizer
     from landscape.trust import is_code_spec
     from landscape.userdata import UserData
 
@@ -379,7 +460,8 @@ def train(*, model: str = "mlp", dataset: str = "digits", data_dir: str | Path |
         if target_train_loss is None:
             raise LandscapeError("target_check_every goes with a target train loss")
         target_check_every = check_int("target_check_every", target_check_every)
-    save_every = check_int("save_every", save_every)
+    save_every = None if save_every is None else check_int("save_every", save_every)
+    eval_every = check_int("eval_every", eval_every)
     keep_checks = check_int("keep_checks", keep_checks, minimum=0)
     if keep_checks and target_train_loss is None:
         raise LandscapeError("keep_checks goes with a target train loss")
@@ -469,6 +551,9 @@ def train(*, model: str = "mlp", dataset: str = "digits", data_dir: str | Path |
     spe = (1 if full_batch else train_src.n_batches if not train_src.resident
            and train_src.n_batches is not None else math.ceil(n_train / batch_size))
     cap = epochs if steps is None else math.ceil(steps / spe)    # epochs at most
+    if save_every is None:  # a resumed run keeps its own
+        save_every = _recorded_save_every(out, resume) or max(
+            1, math.ceil(cap / DEFAULT_CHECKPOINTS))
     if target_train_loss is not None and target_check_every is None:
         target_check_every = math.ceil(spe / TARGET_CHECKS_PER_EPOCH)
     sched = make_schedule(schedule, lr, epochs=cap, steps_per_epoch=spe,
@@ -493,6 +578,7 @@ def train(*, model: str = "mlp", dataset: str = "digits", data_dir: str | Path |
         **({"target_train_loss": target_train_loss, "target_check_every": target_check_every,
             "target_consecutive": TARGET_CONSECUTIVE} if target_train_loss is not None else {}),
         **({"keep_checks": keep_checks} if keep_checks else {}),
+        **({"eval_every": eval_every} if eval_every != 1 else {}),
         **({"asam_scale": asam_scale} if asam_scale != "all" else {}),
         **({"spawn": list(spawn)} if spawn is not None else {}),
         **({"spawn_unit": spawn_unit} if spawn is not None and spawn_unit != "epoch" else {}),
@@ -508,10 +594,9 @@ def train(*, model: str = "mlp", dataset: str = "digits", data_dir: str | Path |
         return (target is not None and target.met) or at_cap(config, row)
 
     action = _prepare_dir(path, config, resume, overwrite, tracked=tracking is not None)
-    checkpoint_file = _latest_checkpoint(path) if action == "resume" else None
-    checkpoint = None
+    checkpoint_file, checkpoint = _readable_checkpoint(path) if action == "resume" \
+        else (None, None)
     if checkpoint_file is not None:
-        checkpoint = torch_load(checkpoint_file)
         if not isinstance(checkpoint, dict) or "epoch" not in checkpoint:
             raise LandscapeError(f"checkpoint {checkpoint_file} is not a training checkpoint")
 
@@ -549,7 +634,8 @@ def train(*, model: str = "mlp", dataset: str = "digits", data_dir: str | Path |
             {"n_batches": spe, "batch_sizes": [len(idx) for idx in fixed]}
         opt = make_optimizer(optimizer, list(net.named_parameters()), lr=lr,
                              momentum=momentum, nesterov=nesterov, weight_decay=weight_decay,
-                             rho=rho, asam_scale=asam_scale, **opt_kwargs)
+                             rho=rho, asam_scale=asam_scale, **opt_kwargs,
+                             **kernel_options(optimizer, net))
         gen = torch.Generator(device=dev)
         gen.manual_seed(int(seed))
         history: list[dict] = []
@@ -570,12 +656,10 @@ def train(*, model: str = "mlp", dataset: str = "digits", data_dir: str | Path |
                                      f"{str(err).splitlines()[0] if str(err) else err!r}"
                                      ) from None
 
+        macs, outputs = _check_fits(net, first, fn, mspec["name"], data_name, num_outputs)
         if dev.type == "cpu" and threads is None:
-            small = _macs_per_sample(net, fn, take(first[0], slice(0, 1))) * batch_size < 1e8
-            threads = 1 if small else torch.get_num_threads()
+            threads = 1 if macs * batch_size < 1e8 else torch.get_num_threads()
         threads = threads or torch.get_num_threads()
-
-        _check_fits(net, first, fn, mspec["name"], data_name, num_outputs)
         # --- from here on the directory is written; a start that fails before the first
         # checkpoint removes what it wrote (a fresh directory) or leaves it resumable
         fresh = action == "new" and not path.exists()
@@ -606,8 +690,10 @@ def train(*, model: str = "mlp", dataset: str = "digits", data_dir: str | Path |
                                     "at": datetime.now(timezone.utc).isoformat(timespec="seconds")}]
             if history and finished(history[-1]) and (path / "model.pt").exists():
                 info["status"] = "complete"
+            durable = _GroupSync(SYNC_SECONDS)
             if action != "resume":  # a new directory is a run (resumable) from its first file
-                write_run_json(path, info)
+                write_run_json(path, info, sync=False)
+                durable.wrote(path / "run.json")
 
             trainer = _Trainer(net, opt, requires, train_src, test_src, dev, loss=fn, acc=acc,
                                batch_size=batch_size, steps=spe, sched=sched, gen=gen, amp=amp,
@@ -616,7 +702,7 @@ def train(*, model: str = "mlp", dataset: str = "digits", data_dir: str | Path |
                                (spawn[0] * (spe if spawn_unit == "epoch" else 1), spawn[1]),
                                fill=[-m / s for m, s in zip(*NORMALIZATION[data_name], strict=True)]
                                if augment and data_name in NORMALIZATION else 0.0,
-                               augment_fn=augment_crop_flip)
+                               augment_fn=augment_crop_flip, outputs=outputs)
             tracker = None
             if tracking is not None:
                 from landscape.analysis.track import TRACK_FILE, Tracker
@@ -632,7 +718,10 @@ def train(*, model: str = "mlp", dataset: str = "digits", data_dir: str | Path |
                     tracker.restore(checkpoint.get("track"), history[-1]["step"])
                 trainer.on_step = lambda step: tracker.after_step(net, opt, step, sched(step))
             if action == "resume":  # after its track file was checked: a resume refused
-                write_run_json(path, info)  # leaves run.json as it was
+                write_run_json(path, info, sync=False)  # leaves run.json as it was
+                durable.wrote(path / "run.json")
+
+            config_hash = _config_hash(config)
 
             def save_checkpoint(epoch: int) -> None:
                 state = {"epoch": epoch, "model": to_cpu(net.state_dict()),
@@ -640,10 +729,12 @@ def train(*, model: str = "mlp", dataset: str = "digits", data_dir: str | Path |
                          "rng": {"generator": gen.get_state(), "torch": torch.get_rng_state(),
                                  "cuda": torch.cuda.get_rng_state(dev) if dev.type == "cuda"
                                  else None},
-                         "history": history, "config_hash": _config_hash(config),
+                         "history": history, "config_hash": config_hash,
                          **({"target": target.state()} if target else {}),
                          **({"track": tracker.checkpoint_state()} if tracker else {})}
-                _save_checkpoint(path / "checkpoints" / f"epoch_{epoch:04d}.pt", state)
+                file = path / "checkpoints" / f"epoch_{epoch:04d}.pt"
+                _save_checkpoint(file, state)
+                durable.wrote(file)
 
             spent = dict.fromkeys(("train", "evaluate", "save"), 0.0)  # this call's seconds
 
@@ -671,10 +762,11 @@ def train(*, model: str = "mlp", dataset: str = "digits", data_dir: str | Path |
                     if tracker is not None:
                         trainer.on_step(0)
                     with _timed(spent, "save"):
-                        write_history(path, history, sync=False)  # the checkpoint is durable
+                        write_history(path, history, sync=False)  # rewritten on a resume
                         save_checkpoint(0)
                 else:
-                    write_history(path, history)
+                    write_history(path, history, sync=False)
+                durable.wrote(path / "history.json", path / "history.csv")
                 if start:
                     bar.update(start)
                 while not finished(history[-1]):
@@ -683,28 +775,37 @@ def train(*, model: str = "mlp", dataset: str = "digits", data_dir: str | Path |
                     checks = spent["evaluate"]
                     seconds, last_lr, taken = trainer.train_epoch(epoch, bar, budget)
                     spent["train"] += seconds - (spent["evaluate"] - checks)
+                    step = done_steps + taken
+                    # evaluated: every eval_every epochs, the last, and a target check's step
+                    evaluate = epoch % eval_every == 0 or finished(
+                        {"epoch": epoch, "step": step}) or (target is not None and
+                                                            target.due(step))
                     with _timed(spent, "evaluate"):
-                        row = trainer.history_row(epoch, step=done_steps + taken, lr=last_lr,
-                                                  seconds=seconds)
+                        row = trainer.history_row(epoch, step=step, lr=last_lr,
+                                                  seconds=seconds, evaluate=evaluate)
                     history.append(row)
-                    if target is not None:
+                    if target is not None and evaluate:
                         check(row["step"], row["train_loss"])
                     with _timed(spent, "save"):
-                        # durable at the end; before, each epoch's checkpoint is the durable copy
-                        write_history(path, history, sync=finished(row), new=1)
+                        write_history(path, history, sync=False, new=1)
                         if epoch % save_every == 0 or finished(row):
                             save_checkpoint(epoch)
-                    bar.set_postfix_str(_postfix(row), refresh=False)
+                        durable.sync()
+                    if evaluate:
+                        bar.set_postfix_str(_postfix(row), refresh=False)
                     bar.update(1)
         except BaseException:
-            if fresh and _latest_checkpoint(path) is None:
+            if fresh and not _checkpoint_files(path):
                 shutil.rmtree(path, ignore_errors=True)
             raise
 
         if tracker is not None:
             tracker.close()
         final = to_cpu(net.state_dict())
-        atomic_torch_save(path / "model.pt", final)
+        with _timed(spent, "save"):   # every file durable before run.json says complete
+            atomic_torch_save(path / "model.pt", final, sync=False)
+            durable.wrote(path / "model.pt")
+            durable.sync(force=True)
         info["stopping"] = stopping_record(config, history[-1],
                                            None if target is None else target.met)
         info["status"] = "complete"
@@ -719,13 +820,24 @@ def train(*, model: str = "mlp", dataset: str = "digits", data_dir: str | Path |
 
 
 def _check_fits(net: nn.Module, probe: tuple[Any, Tensor], loss: Loss, name: str,
-                data_name: str, num_outputs: int) -> None:
+                data_name: str, num_outputs: int) -> tuple[int, int]:
     """A one-line LandscapeError naming the shapes when the model's output on the training
     samples ``probe`` does not fit the task (the built-in losses: ``[n, classes]`` logits, or
     one value per target) or the loss fails on it, checked before the run directory is
-    written. An eval-mode forward pass: no state or RNG changes."""
+    written. An eval-mode forward pass: no state or RNG changes. Returns what the pass saw
+    of one sample in the linear and conv layers: (multiply-adds, output elements)."""
     x, y = probe
     shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
+    macs = outputs = 0
+
+    def hook(module: nn.Module, inputs: Any, output: Tensor) -> None:
+        nonlocal macs, outputs
+        spatial = output[0, 0].numel() if isinstance(module, nn.modules.conv._ConvNd) else 1
+        macs += module.weight.numel() * spatial
+        outputs += output[0].numel()
+
+    handles = [m.register_forward_hook(hook) for m in net.modules()
+               if isinstance(m, nn.Linear | nn.modules.conv._ConvNd)]
     was_training = net.training
     try:
         with torch.no_grad():
@@ -736,6 +848,8 @@ def _check_fits(net: nn.Module, probe: tuple[Any, Tensor], loss: Loss, name: str
                              f"(shape {shape}): {detail}") from None
     finally:
         net.train(was_training)
+        for h in handles:
+            h.remove()
     if not loss.hook and loss.fn is None:
         classify = loss.is_classification
         want = (f"({length(x)}, {num_outputs} or more) logits" if classify
@@ -754,6 +868,7 @@ def _check_fits(net: nn.Module, probe: tuple[Any, Tensor], loss: Loss, name: str
         detail = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise LandscapeError(f"the loss {loss.name} fails on the outputs of model {name!r} "
                              f"for dataset {data_name!r}: {detail}") from None
+    return macs, outputs
 
 
 def _warn_unmet(path: Path, stopping: dict | None) -> None:
@@ -791,8 +906,9 @@ def _timed(spent: dict[str, float], key: str):
 
 
 def _save_checkpoint(file: Path, state: dict) -> None:
-    """Write one training checkpoint atomically (a separate function so tests can interrupt)."""
-    atomic_torch_save(file, state)
+    """Write one training checkpoint atomically, its fsync deferred to the run's group sync
+    (a separate function so tests can interrupt)."""
+    atomic_torch_save(file, state, sync=False)
 
 
 def _postfix(row: dict) -> str:
@@ -813,35 +929,6 @@ def num_threads(threads: int | None):
     finally:
         if torch.get_num_threads() != before:
             torch.set_num_threads(before)
-
-
-@torch.no_grad()
-def _macs_per_sample(net: nn.Module, loss: Loss, sample: Any) -> int:
-    """Multiply-adds of one forward pass of one sample in the linear and conv layers.
-
-    One dry forward of ``sample`` (a batch of one) in eval mode (no statistics change, no
-    random numbers).
-    """
-    total = 0
-
-    def hook(module: nn.Module, inputs: Any, output: Tensor) -> None:
-        nonlocal total
-        spatial = output[0, 0].numel() if isinstance(module, nn.modules.conv._ConvNd) else 1
-        total += module.weight.numel() * spatial
-
-    layers = [m for m in net.modules() if isinstance(m, nn.Linear | nn.modules.conv._ConvNd)]
-    handles = [m.register_forward_hook(hook) for m in layers]
-    was_training = net.training
-    net.eval()
-    try:
-        _output(net, loss, sample)
-    except Exception:  # noqa: BLE001 - a model we cannot probe is treated as large
-        return 1 << 62
-    finally:
-        net.train(was_training)
-        for h in handles:
-            h.remove()
-    return total
 
 
 @contextmanager
@@ -892,14 +979,18 @@ class _TargetRule:
 
 class _Trainer:
     """One epoch of training for any optimizer of the step protocol: resident data minibatched
-    on the device, streamed data in the source's (the user loader's) batches."""
+    on the device, streamed data in the source's (the user loader's) batches. ``outputs``: the
+    linear and conv layers' output elements per sample (sizes the evaluation chunks)."""
 
     def __init__(self, net: nn.Module, opt: torch.optim.Optimizer, requires: frozenset,
                  train_src: Source, test_src: Source | None, dev: torch.device, *, loss: Loss,
                  acc: Loss | None, batch_size: int, steps: int, sched: Any,
                  gen: torch.Generator, amp: bool, augment: bool, fixed: list[Tensor] | None,
-                 fill: Any, augment_fn: Any, spawn: tuple[int, int] | None = None) -> None:
+                 fill: Any, augment_fn: Any, spawn: tuple[int, int] | None = None,
+                 outputs: int = 0) -> None:
         self.net, self.opt, self.requires = net, opt, requires
+        #: the optimizer evaluates its closure exactly once per step (no SAM, SVRG, SAG, L-BFGS)
+        self.once = requires == frozenset({"closure"})
         self.dev, self.loss, self.batch_size, self.steps = dev, loss, batch_size, steps
         self.sched, self.gen, self.amp, self.augment = sched, gen, amp, augment
         # the padding value as a device tensor, so augmenting a batch copies nothing from the host
@@ -909,9 +1000,15 @@ class _Trainer:
         self.train_src, self.test_src = train_src, test_src
         self.n = train_src.n
         self.weight_total = train_src.elements if loss.mean_over == "elements" else self.n
-        self.eval_batch = 4096 if dev.type == "cuda" else 1024
+        # the largest chunk whose layer outputs fit EVAL_CHUNK_BYTES, never below the default
+        self.eval_batch = max(4096 if dev.type == "cuda" else 1024, min(
+            max(self.n, 0 if test_src is None else test_src.n),
+            EVAL_CHUNK_BYTES // (4 * max(outputs, 1))))
         self.grad_batch = 2048 if dev.type == "cuda" else 1024
         self.fixed = None if fixed is None else [idx.to(dev) for idx in fixed]
+        if train_src.resident:  # steps whose samples are read in one gather (_batches)
+            sample = nbytes(train_src.rows(torch.zeros(1, dtype=torch.long), 1))
+            self.gather_steps = max(1, GATHER_BYTES // max(sample * batch_size, 1))
         #: (optimizer step, child seed): the SGD noise after that step is the child's
         self.spawn = spawn
         #: called with the number of steps taken after every optimizer step (tracking)
@@ -924,14 +1021,20 @@ class _Trainer:
             return torch.autocast(device_type=self.dev.type, dtype=torch.bfloat16)
         return nullcontext()
 
-    def history_row(self, epoch: int, *, step: int, lr: float | None, seconds: float) -> dict:
-        """The history row of ``epoch``; ``step``: optimizer steps taken so far in all."""
-        train_loss, train_acc = evaluate_source(self.net, self.train_src, self.loss, self.acc,
-                                                self.eval_batch)
-        test_loss, test_acc = (None, None) if self.test_src is None else evaluate_source(
-            self.net, self.test_src, self.loss, self.acc, self.eval_batch)
-        return {"epoch": epoch, "step": step, "train_loss": train_loss, "train_acc": train_acc,
-                "test_loss": test_loss, "test_acc": test_acc, "lr": lr, "seconds": seconds}
+    def history_row(self, epoch: int, *, step: int, lr: float | None, seconds: float,
+                    evaluate: bool = True) -> dict:
+        """The history row of ``epoch``; ``step``: optimizer steps taken so far in all.
+        ``evaluate``: False leaves the four numbers None (an epoch that ``eval_every`` skips).
+        Leaves the model in eval mode (the next epoch starts with ``train()``)."""
+        row = {"epoch": epoch, "step": step, **dict.fromkeys(EVALUATED), "lr": lr,
+               "seconds": seconds}
+        if evaluate:
+            self.net.eval()
+            for split, src in (("train", self.train_src), ("test", self.test_src)):
+                if src is not None:
+                    row[f"{split}_loss"], row[f"{split}_acc"] = evaluate_source(
+                        self.net, src, self.loss, self.acc, self.eval_batch)
+        return row
 
     @contextlib.contextmanager
     def _bn_frozen(self, frozen: bool = True):
@@ -968,6 +1071,26 @@ class _Trainer:
             calls[0] += 1
             return fn(calls[0] == 1)
         return closure
+
+    def minibatch_step(self, xb: Tensor, yb: Tensor, index: int | None) -> tuple[Tensor, Any]:
+        """One optimizer step on the minibatch; (loss, output) of its first evaluation (to be
+        detached before use). An optimizer that evaluates its closure once (torch's
+        first-order ones) is stepped without one: the same operations, less bookkeeping."""
+        if self.once:
+            self.opt.zero_grad(set_to_none=True)
+            with self.autocast():
+                out = _output(self.net, self.loss, xb)
+            loss = self.loss.mean(out, yb)
+            loss.backward()
+            self.opt.step()
+            return loss, out
+        record: list = []
+        closure = self.minibatch_closure(xb, yb, record)
+        if index is None:
+            self.opt.step(closure)
+        else:
+            self.opt.step(closure, index=index)
+        return record[0]
 
     def minibatch_closure(self, xb: Tensor, yb: Tensor, record: list):
         def fn(update_bn: bool) -> Tensor:
@@ -1011,6 +1134,14 @@ class _Trainer:
                 yield indices[b], *self.train_src.rows(self.fixed[indices[b]], self.batch_size)
         else:
             perm = torch.randperm(self.n, generator=self.gen, device=self.dev)
+            if not at:  # the samples of GATHER_BYTES worth of steps read at once, a view a step
+                bs, k = self.batch_size, self.gather_steps
+                for s in range(0, self.steps, k):
+                    xs, ys = self.train_src.rows(perm[s * bs:(s + k) * bs], k * bs)
+                    for j in range(0, min(k, self.steps - s) * bs, bs):
+                        yield None, take(xs, slice(j, j + bs)), \
+                            None if ys is None else ys[j:j + bs]
+                return
             for b in range(self.steps):
                 if at and b == at:
                     perm = self._spawned(perm, b, self.batch_size)
@@ -1041,28 +1172,25 @@ class _Trainer:
             seen = 0
             shown = time.perf_counter()
             taken = 0
+            set_lr = None   # the rate in the param groups (set again only when it changes)
             for b, (index, xb, yb) in enumerate(self._batches(t)):
                 if b == budget:
                     break
                 taken += 1
                 lr = self.sched(t + b)
-                self._set_lr(lr)
+                if lr != set_lr:
+                    self._set_lr(lr)
+                    set_lr = lr
                 if self.augment:
                     xb = self.augment_fn(xb, self.gen, 4, fill=self.fill)
-                record: list = []
-                closure = self.minibatch_closure(xb, yb, record)
-                if index is None:
-                    opt.step(closure)
-                else:
-                    opt.step(closure, index=index)
+                batch_loss, out = self.minibatch_step(xb, yb, index)
                 if self.on_step is not None:
                     self.on_step(t + b + 1)
                 if not bar.disable:  # the running means are only shown (no kernels otherwise)
-                    batch_loss, out = record[0]
                     weight = self.loss.weight(yb)
-                    sum_loss += batch_loss * weight
+                    sum_loss += batch_loss.detach() * weight
                     if self.acc is not None:
-                        sum_correct += self.acc.total(out, yb)
+                        sum_correct += self.acc.total(out.detach(), yb)
                     seen += weight
                 now = time.perf_counter()
                 if not bar.disable and now - shown > 0.5:
