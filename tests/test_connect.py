@@ -294,8 +294,10 @@ def test_children_spawned_at_a_step_share_its_steps_then_differ_and_keep_one_pas
               "optimizer": optimizer, "progress": False}
     drawn: list[torch.Tensor] = []
     rows = Source.rows
-    monkeypatch.setattr(Source, "rows", lambda self, idx, b: (drawn.append(idx.clone()),
-                                                              rows(self, idx, b))[1])
+    # one read of the source per step (not GATHER_BYTES worth of steps), to see each step's rows
+    monkeypatch.setattr("landscape.training.trainer.GATHER_BYTES", 0)
+    monkeypatch.setattr(Source, "rows", lambda self, idx, b: (  # a step's rows (not probes)
+        len(idx) == 25 and drawn.append(idx.clone()), rows(self, idx, b))[1])
     parent = train(seed=0, steps=6, out=tmp_path / "parent", **common)
     at_spawn = [train(seed=0, spawn=(6, c), spawn_unit="step", steps=6, out=tmp_path / f"a{c}",
                       **common) for c in (0, 1)]
