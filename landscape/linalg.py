@@ -171,14 +171,23 @@ def orthogonalize(W: Tensor, basis: Tensor | None = None, *, normalize: bool = T
         W, R1 = _rows(W, drop_tol)
     c2 = W @ basis.mT
     W = _minus(W, c2, basis)
-    # the coefficients on the host, in float64 (NumPy: a few small products)
-    C = c2.cpu().numpy().astype(np.float64)
+    # the coefficients (and one row's norm: a Lanczos step) on the host in one copy, in
+    # float64 (NumPy: a few small products)
+    one = normalize and W.shape == (1, W.shape[-1]) and isinstance(drop_tol, float)
+    host = torch.cat([c2.reshape(-1), c.reshape(-1)] + (
+        [torch.linalg.vector_norm(W).reshape(1)] if one else [])).cpu().numpy()
+    C = host[: c2.numel()].reshape(c2.shape).astype(np.float64)
     if R1 is not None:
         R1 = R1.cpu().numpy()
         C = R1.swapaxes(-1, -2) @ C
-    C[..., near:] += c.cpu().numpy()
+    C[..., near:] += host[c2.numel() : c2.numel() + c.numel()].reshape(c.shape)
     if not normalize:
         return W, torch.from_numpy(C), None
+    if one:  # (W is this call's own tensor: normalized in place)
+        norm = float(host[-1])
+        keep = norm > drop_tol and norm > 0
+        return (W.div_(norm) if keep else W.zero_()), torch.from_numpy(C), torch.tensor(
+            [[norm if keep else 0.0]], dtype=torch.float64)
     Q, R = _rows(W, drop_tol if R1 is None else 0.0)
     R = R.cpu().numpy()
     return Q, torch.from_numpy(C), torch.from_numpy(R if R1 is None else R @ R1)
@@ -453,8 +462,10 @@ def hutchpp(op: Operator, n: int, budget: int, *, rtol: float = 1e-2, seed: int 
             device: torch.device | str = "cpu") -> TraceEstimate:
     """Hutch++: with ``s = budget // 3`` (at most ``n``), the range sketch ``Q = orth(A S)``,
     the exact part ``tr(Q^T A Q)`` and Hutchinson on the deflated remainder
-    ``(I - QQ^T) A (I - QQ^T)`` with ``s`` probes. Unbiased for every ``Q``; ``stderr`` is
-    that of the remainder's mean given ``Q`` (whose mean over ``Q`` is the variance).
+    ``(I - QQ^T) A (I - QQ^T)`` with ``s`` probes (``Q``: Householder QR of ``A S``, its
+    rows with a remainder above the rounding floor). Unbiased for every orthonormal ``Q``;
+    ``stderr`` is that of the remainder's mean given ``Q`` (whose mean over ``Q`` is the
+    variance).
     Exact once ``s`` reaches the rank of ``A``. Cost: at most ``budget`` products, in three
     blocks."""
     s = min(budget // 3, n)
@@ -462,8 +473,10 @@ def hutchpp(op: Operator, n: int, budget: int, *, rtol: float = 1e-2, seed: int 
         raise LandscapeError("hutch++ needs a budget of at least 3 products (a third per stage)")
     Y = op(probes(n, list(range(s)), seed, 2, dtype, device, kind))
     scale = float(torch.linalg.vector_norm(Y, dim=1).max())
-    Q, _, R = orthogonalize(Y, drop_tol=rounding_floor(dtype, scale))
-    Q = Q[R.diagonal() > 0]
+    # (Householder QR, blocked: orthonormal rows whatever the rank, 2x cheaper than the rows
+    # one at a time; a row whose remainder is at the rounding floor spans nothing of A S)
+    Q, R = torch.linalg.qr(Y.mT)
+    Q = Q.mT[R.diagonal().abs() > rounding_floor(dtype, scale)]
     low_rank = float((Q * op(Q)).sum(dtype=torch.float64)) if Q.shape[0] else 0.0
     G, _, _ = orthogonalize(probes(n, list(range(s)), seed, 3, dtype, device, kind), Q,
                             normalize=False)
