@@ -186,8 +186,8 @@ def orthogonalize(W: Tensor, basis: Tensor | None = None, *, normalize: bool = T
     if one:  # (W is this call's own tensor: normalized in place)
         norm = float(host[-1])
         keep = norm > drop_tol and norm > 0
-        return (W.div_(norm) if keep else W.zero_()), torch.from_numpy(C), torch.tensor(
-            [[norm if keep else 0.0]], dtype=torch.float64)
+        return (W.div_(norm) if keep else W.zero_()), torch.from_numpy(C), torch.from_numpy(
+            np.full((1, 1), norm if keep else 0.0))
     Q, R = _rows(W, drop_tol if R1 is None else 0.0)
     R = R.cpu().numpy()
     return Q, torch.from_numpy(C), torch.from_numpy(R if R1 is None else R @ R1)

@@ -419,8 +419,10 @@ def hessian_eigenvalues(objective: Objective, theta: Tensor | None = None, k: in
     if verify is None:
         verify = objective.dtype != torch.float64
     if verify:
+        # (one block: the kept float64 gradient graph of the objective's float64 twin, and
+        # every check in one data pass)
         check = op if op.dtype == torch.float64 else _Operator(
-            objective.with_precision("float64"), op.theta, operator, params, block_size)
+            objective.with_precision("float64"), op.theta, operator, params, len(vectors))
         v64 = vectors.double()
         res = torch.linalg.vector_norm(check(v64) - values.to(op.device)[:, None] * v64,
                                        dim=1).cpu()
