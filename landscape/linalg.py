@@ -54,16 +54,16 @@ def probes(n: int, indices: list[int], seed: int, salt: int, dtype: torch.dtype,
     ``(seed, salt, i)`` on ``device``; Rademacher (+-1) or standard Gaussian entries."""
     if kind not in PROBES:
         raise LandscapeError(f"unknown probe kind {kind!r}; choose from {', '.join(PROBES)}")
-    rows = []
-    for i in indices:
+    rademacher = kind == "rademacher"
+    out = torch.empty(len(indices), n, dtype=dtype if rademacher else torch.float64,
+                      device=device)
+    for row, i in zip(out, indices):  # (each row drawn in place: no stack)
         gen = generator(seed, salt, i, device=device)
-        if kind == "rademacher":
-            bits = torch.randint(0, 2, (n,), generator=gen, device=device)
-            rows.append((bits * 2 - 1).to(dtype))
+        if rademacher:
+            torch.randint(0, 2, (n,), generator=gen, device=device, out=row)
         else:
-            rows.append(torch.randn(n, generator=gen, device=device, dtype=torch.float64)
-                        .to(dtype))
-    return torch.stack(rows) if rows else torch.zeros(0, n, dtype=dtype, device=device)
+            torch.randn(n, generator=gen, device=device, dtype=torch.float64, out=row)
+    return out.mul_(2).sub_(1) if rademacher else out.to(dtype)
 
 
 def _one_process(obj: Any) -> list[Any]:
@@ -478,8 +478,10 @@ def hutchpp(op: Operator, n: int, budget: int, *, rtol: float = 1e-2, seed: int 
     Q, R = torch.linalg.qr(Y.mT)
     Q = Q.mT[R.diagonal().abs() > rounding_floor(dtype, scale)]
     low_rank = float((Q * op(Q)).sum(dtype=torch.float64)) if Q.shape[0] else 0.0
-    G, _, _ = orthogonalize(probes(n, list(range(s)), seed, 3, dtype, device, kind), Q,
-                            normalize=False)
+    # (one projection pass: Q is orthonormal and a random G keeps most of its norm, so what
+    # is left along Q is at the rounding level)
+    G = probes(n, list(range(s)), seed, 3, dtype, device, kind)
+    G = _minus(G, G @ Q.mT, Q)
     rest = (G * op(G)).sum(dim=1, dtype=torch.float64).cpu().tolist()
     mean, stderr = _mean_stderr(rest)
     return TraceEstimate(low_rank + mean, stderr, torch.tensor(rest, dtype=torch.float64),
