@@ -171,23 +171,14 @@ def orthogonalize(W: Tensor, basis: Tensor | None = None, *, normalize: bool = T
         W, R1 = _rows(W, drop_tol)
     c2 = W @ basis.mT
     W = _minus(W, c2, basis)
-    # the coefficients (and one row's norm: a Lanczos step) on the host in one copy, in
-    # float64 (NumPy: a few small products)
-    one = normalize and W.shape == (1, W.shape[-1]) and isinstance(drop_tol, float)
-    host = torch.cat([c2.reshape(-1), c.reshape(-1)] + (
-        [torch.linalg.vector_norm(W).reshape(1)] if one else [])).cpu().numpy()
-    C = host[: c2.numel()].reshape(c2.shape).astype(np.float64)
+    # the coefficients on the host, in float64 (NumPy: a few small products)
+    C = c2.cpu().numpy().astype(np.float64)
     if R1 is not None:
         R1 = R1.cpu().numpy()
         C = R1.swapaxes(-1, -2) @ C
-    C[..., near:] += host[c2.numel() : c2.numel() + c.numel()].reshape(c.shape)
+    C[..., near:] += c.cpu().numpy()
     if not normalize:
         return W, torch.from_numpy(C), None
-    if one:  # (W is this call's own tensor: normalized in place)
-        norm = float(host[-1])
-        keep = norm > drop_tol and norm > 0
-        return (W.div_(norm) if keep else W.zero_()), torch.from_numpy(C), torch.from_numpy(
-            np.full((1, 1), norm if keep else 0.0))
     Q, R = _rows(W, drop_tol if R1 is None else 0.0)
     R = R.cpu().numpy()
     return Q, torch.from_numpy(C), torch.from_numpy(R if R1 is None else R @ R1)
