@@ -42,15 +42,23 @@ def _cuda_tf32(enabled: bool) -> Iterator[None]:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
 
 
-@contextlib.contextmanager
 def precision_context(device: torch.device, precision: str, derivative: bool = False,
-                      ) -> Iterator[None]:
+                      ) -> contextlib.AbstractContextManager:
     """TF32 on CUDA exactly when ``precision == "tf32"``, and bf16 autocast for ``"bf16"``
     unless ``derivative`` (derivatives are never autocast to bf16: its BatchNorm backward
-    fails under vmap; they run in float32 storage)."""
+    fails under vmap; they run in float32 storage). Nothing to set (the CPU without bf16):
+    a null context (entered once per product: no generator, no exit stack)."""
+    autocast = precision == "bf16" and not derivative
+    if device.type != "cuda" and not autocast:
+        return contextlib.nullcontext()
+    return _settings(device, precision == "tf32", autocast)
+
+
+@contextlib.contextmanager
+def _settings(device: torch.device, tf32: bool, autocast: bool) -> Iterator[None]:
     with contextlib.ExitStack() as stack:
         if device.type == "cuda":
-            stack.enter_context(_cuda_tf32(precision == "tf32"))
-        if precision == "bf16" and not derivative:
+            stack.enter_context(_cuda_tf32(tf32))
+        if autocast:
             stack.enter_context(torch.autocast(device.type, dtype=torch.bfloat16))
         yield

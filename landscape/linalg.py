@@ -54,16 +54,16 @@ def probes(n: int, indices: list[int], seed: int, salt: int, dtype: torch.dtype,
     ``(seed, salt, i)`` on ``device``; Rademacher (+-1) or standard Gaussian entries."""
     if kind not in PROBES:
         raise LandscapeError(f"unknown probe kind {kind!r}; choose from {', '.join(PROBES)}")
-    rows = []
-    for i in indices:
+    rademacher = kind == "rademacher"
+    out = torch.empty(len(indices), n, dtype=dtype if rademacher else torch.float64,
+                      device=device)
+    for row, i in zip(out, indices):  # (each row drawn in place: no stack)
         gen = generator(seed, salt, i, device=device)
-        if kind == "rademacher":
-            bits = torch.randint(0, 2, (n,), generator=gen, device=device)
-            rows.append((bits * 2 - 1).to(dtype))
+        if rademacher:
+            torch.randint(0, 2, (n,), generator=gen, device=device, out=row)
         else:
-            rows.append(torch.randn(n, generator=gen, device=device, dtype=torch.float64)
-                        .to(dtype))
-    return torch.stack(rows) if rows else torch.zeros(0, n, dtype=dtype, device=device)
+            torch.randn(n, generator=gen, device=device, dtype=torch.float64, out=row)
+    return out.mul_(2).sub_(1) if rademacher else out.to(dtype)
 
 
 def _one_process(obj: Any) -> list[Any]:
@@ -453,8 +453,10 @@ def hutchpp(op: Operator, n: int, budget: int, *, rtol: float = 1e-2, seed: int 
             device: torch.device | str = "cpu") -> TraceEstimate:
     """Hutch++: with ``s = budget // 3`` (at most ``n``), the range sketch ``Q = orth(A S)``,
     the exact part ``tr(Q^T A Q)`` and Hutchinson on the deflated remainder
-    ``(I - QQ^T) A (I - QQ^T)`` with ``s`` probes. Unbiased for every ``Q``; ``stderr`` is
-    that of the remainder's mean given ``Q`` (whose mean over ``Q`` is the variance).
+    ``(I - QQ^T) A (I - QQ^T)`` with ``s`` probes (``Q``: Householder QR of ``A S``, its
+    rows with a remainder above the rounding floor). Unbiased for every orthonormal ``Q``;
+    ``stderr`` is that of the remainder's mean given ``Q`` (whose mean over ``Q`` is the
+    variance).
     Exact once ``s`` reaches the rank of ``A``. Cost: at most ``budget`` products, in three
     blocks."""
     s = min(budget // 3, n)
@@ -462,11 +464,15 @@ def hutchpp(op: Operator, n: int, budget: int, *, rtol: float = 1e-2, seed: int 
         raise LandscapeError("hutch++ needs a budget of at least 3 products (a third per stage)")
     Y = op(probes(n, list(range(s)), seed, 2, dtype, device, kind))
     scale = float(torch.linalg.vector_norm(Y, dim=1).max())
-    Q, _, R = orthogonalize(Y, drop_tol=rounding_floor(dtype, scale))
-    Q = Q[R.diagonal() > 0]
+    # (Householder QR, blocked: orthonormal rows whatever the rank, 2x cheaper than the rows
+    # one at a time; a row whose remainder is at the rounding floor spans nothing of A S)
+    Q, R = torch.linalg.qr(Y.mT)
+    Q = Q.mT[R.diagonal().abs() > rounding_floor(dtype, scale)]
     low_rank = float((Q * op(Q)).sum(dtype=torch.float64)) if Q.shape[0] else 0.0
-    G, _, _ = orthogonalize(probes(n, list(range(s)), seed, 3, dtype, device, kind), Q,
-                            normalize=False)
+    # (one projection pass: Q is orthonormal and a random G keeps most of its norm, so what
+    # is left along Q is at the rounding level)
+    G = probes(n, list(range(s)), seed, 3, dtype, device, kind)
+    G = _minus(G, G @ Q.mT, Q)
     rest = (G * op(G)).sum(dim=1, dtype=torch.float64).cpu().tolist()
     mean, stderr = _mean_stderr(rest)
     return TraceEstimate(low_rank + mean, stderr, torch.tensor(rest, dtype=torch.float64),

@@ -216,6 +216,30 @@ def test_verify_recomputes_true_residuals_below_tolerance() -> None:
     assert torch.all(res.residuals < 1e-7) and torch.all(res.converged)
 
 
+def test_float64_checks_of_a_call_read_the_data_once_and_bound_the_true_error() -> None:
+    # float32 Lanczos on data in 3 chunks: its k float64 checks are one block, so the float64
+    # twin reads the data once for all of them; the bounds hold against the exact Hessian
+    model, x, y = _mlp()
+    obj = _objective(model, x, y, precision="float32", batch_size=14)
+    # (the exact Hessian where the float32 engine works: parameters and inputs rounded)
+    H = _full_hessian(model.float().double(), x.float().double(), y)
+    twin, reads = obj.with_precision("float64"), []
+    batches = twin.batches
+
+    def counted():
+        reads.append(1)
+        yield from batches()
+
+    twin.batches = counted
+    res = hessian_eigenvalues(obj, k=3, tol=1e-4)
+    assert len(reads) == 1 and res.settings["verify"]
+    truth = torch.linalg.eigvalsh(H)[-3:].flip(0)
+    assert bool(((res.eigenvalues - truth).abs() / truth.abs() <= res.residuals).all())
+    V = res.eigenvectors.double()
+    true_res = (V @ H - res.eigenvalues[:, None] * V).norm(dim=1) / res.eigenvalues.abs()
+    torch.testing.assert_close(res.residuals, true_res, rtol=1e-6, atol=1e-12)
+
+
 def test_lanczos_on_quadratic_with_known_spectrum_and_fwd_rev_hvp() -> None:
     obj, _ = _quadratic(SPECTRUM)
     obj.hvp_method = "fwd_rev"

@@ -216,6 +216,18 @@ def test_hutchpp_is_exact_on_a_low_rank_matrix_and_unbiased_otherwise() -> None:
     assert runs.std() < 0.5 * hutch.std()  # a decaying top: fewer products for one error
 
 
+def test_hutchpp_beyond_the_rank_keeps_only_the_sketch_rows_that_span_something() -> None:
+    # rank 4, a sketch of 10: the Householder QR's rows past the rank are at the rounding
+    # floor and dropped (4 exact-part products, not 10); the estimate is still exact
+    low_rank = torch.zeros(60, dtype=torch.float64)
+    low_rank[:4] = torch.tensor([5.0, -3.0, 2.0, 0.5])
+    op = Counted(_matrix(low_rank, seed=8))
+    est = linalg.hutchpp(op, 60, 30, seed=1)
+    assert est.estimate == pytest.approx(4.5, abs=1e-10)
+    assert est.n_matvecs == 2 * 10 + 4 and op.calls == 3
+    assert max(abs(v) for v in est.samples.tolist()) < 1e-10  # nothing left to deflate
+
+
 def test_probes_are_seeded_per_index_whatever_the_block() -> None:
     block = linalg.probes(30, [0, 1, 2, 3], 7, 1, torch.float64, "cpu")
     assert torch.equal(block[2:3], linalg.probes(30, [2], 7, 1, torch.float64, "cpu"))

@@ -372,9 +372,10 @@ def hessian_eigenvalues(objective: Objective, theta: Tensor | None = None, k: in
     returned pairs with float64 products (k more HVPs in float64, on a float64 copy of the
     model, counted in ``n_hvp``), an honest bound on each eigenvalue's error, which the
     Lanczos estimate is not (it does not see the round-off of the products); default: when
-    the precision is lower than float64. On the CPU a float64 product with its own gradient
-    graph costs about 3 float32 HVPs: the 5 checks of a top-5 call at ``tol=1e-3`` cost
-    about as much as its 14 Lanczos HVPs (``benchmarks/README.md``). Cost: 13-20 HVPs for
+    the precision is lower than float64. The k checks are one block (one data pass, one
+    float64 gradient graph); on the CPU a float64 product costs about 2.3 float32 HVPs: the 5
+    checks of a top-5 call at ``tol=1e-3`` cost about 0.8x its 14 Lanczos HVPs
+    (``benchmarks/README.md``). Cost: 13-20 HVPs for
     the top 5 of a trained MLP or ResNet-20 at ``tol=1e-3`` (``benchmarks/hessian.py``).
     Nothing changes the model.
 
@@ -419,8 +420,10 @@ def hessian_eigenvalues(objective: Objective, theta: Tensor | None = None, k: in
     if verify is None:
         verify = objective.dtype != torch.float64
     if verify:
+        # (one block: the kept float64 gradient graph of the objective's float64 twin, and
+        # every check in one data pass)
         check = op if op.dtype == torch.float64 else _Operator(
-            objective.with_precision("float64"), op.theta, operator, params, block_size)
+            objective.with_precision("float64"), op.theta, operator, params, len(vectors))
         v64 = vectors.double()
         res = torch.linalg.vector_norm(check(v64) - values.to(op.device)[:, None] * v64,
                                        dim=1).cpu()
