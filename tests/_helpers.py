@@ -12,7 +12,7 @@ from click.testing import CliRunner, Result
 from torch import nn
 
 from landscape.cli import main
-from landscape.training import trainer as trainer_module
+from landscape.training import rundir
 
 
 def invoke(*args: object) -> Result:
@@ -32,17 +32,17 @@ def killed_at_epoch(monkeypatch: pytest.MonkeyPatch, epoch: int,
                     run: Callable[[], object]) -> None:
     """Run ``run()`` while the trainer dies (KeyboardInterrupt) as it saves the checkpoint of
     ``epoch``, after that epoch's history row; the checkpoint writer is restored after."""
-    real_save = trainer_module._save_checkpoint
+    real_save = rundir.save_checkpoint
 
     def dying(file: Path, state: dict) -> None:
         if state["epoch"] == epoch:
             raise KeyboardInterrupt
         real_save(file, state)
 
-    monkeypatch.setattr(trainer_module, "_save_checkpoint", dying)
+    monkeypatch.setattr(rundir, "save_checkpoint", dying)
     with pytest.raises(KeyboardInterrupt):
         run()
-    monkeypatch.setattr(trainer_module, "_save_checkpoint", real_save)
+    monkeypatch.setattr(rundir, "save_checkpoint", real_save)
 
 
 def flat_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> Callable:

@@ -28,6 +28,9 @@ LAYERS: list[tuple[str, ...]] = [
      "landscape.operators", "landscape.device", "landscape.h5heap", "landscape.gridfile"),
     ("landscape.data", "landscape.userdata", "landscape.models"),
     ("landscape.objective", "landscape.runs"),
+    # the trainer's parts below it: schedules, evaluation, the run directory's writing side
+    ("landscape.training.schedules", "landscape.training.evaluation",
+     "landscape.training.rundir"),
     ("landscape.surface", "landscape.analysis", "landscape.training", "landscape.toy",
      "landscape.connect"),
     ("landscape.study", "landscape.findings", "landscape.formats"),

@@ -183,9 +183,9 @@ def test_info_cuts_a_long_settings_line_between_items(tiny_run: Path, tmp_path: 
 
 def test_ctrl_c_says_what_was_kept_and_the_command_that_continues(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from landscape.training import trainer
+    from landscape.training import rundir
 
-    real = trainer._save_checkpoint
+    real = rundir.save_checkpoint
 
     def interrupted(file: Path, state: dict) -> None:
         if state["epoch"] == 2:
@@ -195,7 +195,7 @@ def test_ctrl_c_says_what_was_kept_and_the_command_that_continues(
     out = tmp_path / "run"
     args = ["train", "--model", "mlp", "--widths", "4", "--dataset", "spirals", "--train-size",
             "40", "--epochs", "3", "--overwrite", "--out", str(out)]
-    monkeypatch.setattr(trainer, "_save_checkpoint", interrupted)
+    monkeypatch.setattr(rundir, "save_checkpoint", interrupted)
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.output
     lines = result.output.strip().splitlines()
@@ -203,7 +203,7 @@ def test_ctrl_c_says_what_was_kept_and_the_command_that_continues(
         f"Error: interrupted; what was computed so far is kept in {out}; to continue: "), lines
     rerun = shlex.split(lines[0].partition("to continue: ")[2])
     assert rerun[0] == "landscape" and "--resume" in rerun and "--overwrite" not in rerun
-    monkeypatch.setattr(trainer, "_save_checkpoint", real)
+    monkeypatch.setattr(rundir, "save_checkpoint", real)
     result = CliRunner().invoke(main, rerun[1:])
     assert result.exit_code == 0, result.output
     assert json.loads((out / "history.json").read_text())[-1]["epoch"] == 3

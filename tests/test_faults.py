@@ -186,7 +186,7 @@ def test_diverged_training_writes_strict_json_and_no_accuracy(tmp_path: Path) ->
 def test_accuracy_is_nan_where_the_loss_is_nan() -> None:
     import torch
 
-    from landscape.training.trainer import evaluate
+    from landscape.training.evaluation import evaluate
 
     model = torch.nn.Linear(2, 3)
     x, y = torch.randn(5, 2), torch.tensor([0, 1, 2, 0, 1])

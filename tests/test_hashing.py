@@ -12,7 +12,7 @@ import torch
 from landscape import hashing, store
 from landscape.analysis.hessian import _params_setting
 from landscape.study import _digest
-from landscape.training.trainer import _config_hash
+from landscape.training.rundir import config_hash
 from landscape.trust import Code
 
 SETTINGS = {"lr": np.float32(0.25), "grid": (-1.0, 1.0, 5), "out": Path("outputs/a.h5"),
@@ -25,7 +25,7 @@ RECORDED_SETTINGS = "792cee981dec8d10666279ed520ee01a8cc160c9869782b4ed38e8d1fed
 def test_settings_hashes_equal_the_values_recorded_before_the_move() -> None:
     assert hashing.settings_hash(SETTINGS) == store.settings_hash(SETTINGS) == RECORDED_SETTINGS
     assert _digest(SETTINGS) == hashing.settings_hash(SETTINGS, 16) == RECORDED_SETTINGS[:16]
-    assert _config_hash(CONFIG) == "cf8b505a"
+    assert config_hash(CONFIG) == "cf8b505a"
 
 
 def test_values_bytes_and_file_hashes_equal_the_values_recorded_before_the_move() -> None:

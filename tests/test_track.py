@@ -144,12 +144,12 @@ def test_resumed_tracked_run_continues_the_track_without_gaps_or_duplicates(tmp_
                                                                             monkeypatch):
     """Killed after the epoch-7 checkpoint with rows up to step 12 on disk: the resumed run
     drops the rows after its checkpoint and measures them again, exactly as uninterrupted."""
-    from landscape.training import trainer
+    from landscape.training import rundir
 
     options = dict(**TINY, optimizer="sgd", lr=0.5, batch_size=60, steps=20, save_every=7,
                    progress=False, track="top_eigenvalue,trace", track_every=3)
     whole = load_track(landscape.train(**options, out=tmp_path / "whole").path)
-    real, calls = trainer._save_checkpoint, []
+    real, calls = rundir.save_checkpoint, []
 
     def dying(file, state):
         calls.append(file)
@@ -157,11 +157,11 @@ def test_resumed_tracked_run_continues_the_track_without_gaps_or_duplicates(tmp_
             raise KeyboardInterrupt
         real(file, state)
 
-    monkeypatch.setattr(trainer, "_save_checkpoint", dying)
+    monkeypatch.setattr(rundir, "save_checkpoint", dying)
     with pytest.raises(KeyboardInterrupt):
         landscape.train(**options, out=tmp_path / "cut")
     assert load_track(tmp_path / "cut").step.tolist() == [0, 3, 6, 9, 12]
-    monkeypatch.setattr(trainer, "_save_checkpoint", real)
+    monkeypatch.setattr(rundir, "save_checkpoint", real)
     resumed = load_track(landscape.train(**options, out=tmp_path / "cut", resume=True).path)
     assert resumed.step.tolist() == list(range(0, 21, 3)) == whole.step.tolist()
     for name in ("top_eigenvalue", "hessian_trace"):

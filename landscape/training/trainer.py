@@ -28,7 +28,6 @@ import contextlib
 import dataclasses
 import math
 import platform
-import re
 import shutil
 import time
 import warnings
@@ -45,16 +44,12 @@ from landscape import store
 from landscape.errors import (
     LandscapeError,
     LandscapeWarning,
-    SettingsMismatch,
     check_int,
     check_positive,
 )
-from landscape.hashing import settings_hash
 from landscape.objective import resolve_device
 from landscape.progress import progress as progress_bar
 from landscape.runs import (
-    CHECK_RE,
-    CHECKPOINT_RE,
     CHECKS_DIR,
     EVALUATED,
     RUN_FORMAT,
@@ -62,7 +57,6 @@ from landscape.runs import (
     Run,
     at_cap,
     atomic_torch_save,
-    fsync_files,
     load_weights,
     read_history,
     read_run_json,
@@ -77,15 +71,13 @@ from landscape.sources import (
     ACCURACY_UNIT,
     Loss,
     Source,
-    accuracy,
-    call_model,
     length,
-    metric,
     nbytes,
-    per_sample,
     take,
 )
-from landscape.training.schedules import epochs_dependence, make_schedule
+from landscape.training import rundir
+from landscape.training.evaluation import accuracy_metric, evaluate_source, model_output
+from landscape.training.schedules import make_schedule
 
 #: Learning rate used when ``lr`` is None, per optimizer.
 DEFAULT_LR: dict[str, float] = {
@@ -93,9 +85,6 @@ DEFAULT_LR: dict[str, float] = {
     "adadelta": 1.0, "adam": 1e-3, "adamw": 1e-3, "lbfgs": 1.0, "svrg": 0.1, "sag": 0.1,
     "sam": 0.1, "asam": 0.1,
 }
-#: Configuration keys that may differ when a run is resumed (they do not change the numbers
-#: on a given device; a run may be continued on another device, or keep other checks).
-_NOT_COMPARED = ("device", "keep_checks")
 #: Consecutive checks of the full-train-split loss that must be <= the target to stop a run.
 TARGET_CONSECUTIVE = 2
 #: Checks of the target loss per epoch when ``target_check_every`` is None.
@@ -124,204 +113,6 @@ def _device_name(dev: torch.device) -> str:
     if dev.type == "cuda":
         return torch.cuda.get_device_name(dev)
     return platform.processor() or platform.machine()
-
-
-def _config_hash(config: dict) -> str:
-    compared = {k: v for k, v in config.items() if k not in _NOT_COMPARED}
-    return settings_hash(compared, 8)
-
-
-def _default_name(config: dict) -> str:
-    model, dataset = (re.sub(r"[^A-Za-z0-9_.-]+", "_", config[k].rsplit(":", 1)[-1])
-                      for k in ("model", "dataset"))
-    return (f"{model}-{dataset}-{config['optimizer']}-lr{config['lr']:g}"
-            f"-bs{config['batch_size']}-seed{config['seed']}-{_config_hash(config)}")
-
-
-def evaluate(model: nn.Module, x: Tensor, y: Tensor, loss: str,
-             batch_size: int = 1024) -> tuple[float, float | None]:
-    """Mean loss and accuracy (None for regression) of ``model`` on tensors ``(x, y)`` with the
-    built-in loss ``loss``: :func:`evaluate_source` on them."""
-    source = Source((x, y), x.device, x.dtype if x.is_floating_point() else torch.float32,
-                    budget=2**62)
-    fn = Loss(loss, target_float=y.is_floating_point(), target_dim=y.dim())
-    return evaluate_source(model, source, fn, accuracy_metric(fn, y), batch_size)
-
-
-@torch.no_grad()
-def evaluate_source(model: nn.Module, source: Source, loss: Loss, acc: Loss | None,
-                    batch_size: int = 1024) -> tuple[float, float | None]:
-    """Mean loss and accuracy (None when ``acc`` is None) of ``model`` over ``source``.
-
-    Eval mode, no grad, float32 forward in batches of ``batch_size`` (an iterable's own
-    batches), sums of :meth:`landscape.sources.Loss.total` accumulated in float64 and divided
-    by the whole source's weight: the engine's loss and means. The model's training flag is
-    restored. Cost: one forward pass over the data.
-    """
-    was_training = model.training
-    switch = any(m.training for m in model.modules())  # (a model in eval mode stays so)
-    if switch:
-        model.eval()
-    sums = []   # per chunk: [loss sum, correct] in float64, one host read at the end
-    try:
-        for xb, yb in source.batches(batch_size):
-            out = _output(model, loss, xb)
-            sums.append(torch.stack([loss.total(out, yb).double()] + (
-                [] if acc is None else [acc.total(out, yb).double()])))
-    finally:
-        if switch:
-            model.train(was_training)
-    weight = source.elements if loss.mean_over == "elements" else source.n
-    totals = (sums[0] if len(sums) == 1 else torch.stack(sums).sum(0)).tolist()
-    mean = totals[0] / weight
-    if acc is None:
-        return mean, None
-    correct = totals[1] / weight
-    return mean, (math.nan if math.isnan(mean) else correct)  # NaN logits: no accuracy
-
-
-def accuracy_metric(loss: Loss, targets: Tensor | None) -> Loss | None:
-    """Accuracy averaged like ``loss`` when ``targets`` (some of them) are class labels
-    (integers, a loss of the model's output), as the engine's default metric; else None."""
-    if loss.hook or targets is None or targets.is_floating_point():
-        return None
-    return metric(per_sample(accuracy), loss.mean_over)
-
-
-def _output(net: nn.Module, loss: Loss, inputs: Any) -> Any:
-    """The model's output on ``inputs`` (float32 if floating), or a ``forward_loss`` hook's
-    value on the whole batch."""
-    out = loss(net, inputs) if loss.hook else call_model(net, inputs)
-    return out.float() if isinstance(out, Tensor) and out.is_floating_point() else out
-
-
-# ----------------------------------------------------------------------------- run directory
-def _extends(path: Path, old: dict, new: dict, tracked: bool) -> bool:
-    """Whether ``new`` is run ``old`` with only a larger epoch cap (a resumed run may be
-    extended); a LandscapeError when it is but the learning rates or a track would change."""
-    keep = (*_NOT_COMPARED, "epochs")
-    before, after = old.get("epochs"), new.get("epochs")
-    if not (isinstance(before, int) and isinstance(after, int) and after > before) or \
-            {k: v for k, v in old.items() if k not in keep} != \
-            {k: v for k, v in new.items() if k not in keep}:
-        return False
-    why = epochs_dependence(new["schedule"], new["step_size"])
-    if why is None and tracked:
-        why = "its track.h5 records the epoch count"
-    if why:
-        raise LandscapeError(f"run {path} cannot be extended from {before} to {after} epochs: "
-                             f"{why}; start a new run with --epochs {after}")
-    return True
-
-
-def _prepare_dir(path: Path, config: dict, resume: bool, overwrite: bool,
-                 tracked: bool = False) -> str:
-    """Decide what to do with run directory ``path``: "new", "resume" or "overwrite".
-
-    A resume may raise the epoch cap when the learning-rate schedule does not depend on it
-    (:func:`_extends`). Reads only; nothing is changed here, so a refused command leaves the
-    directory intact.
-    """
-    if not path.exists():
-        return "new"
-    if not path.is_dir():
-        raise LandscapeError(f"output path {path} exists and is not a directory")
-    if not (path / "run.json").exists():
-        if any(path.iterdir()):
-            raise LandscapeError(f"output directory {path} is not empty and holds no run "
-                                 "(no run.json); choose another --out")
-        return "new"
-    try:
-        old = read_run_json(path)["config"]
-    except (LandscapeError, KeyError):
-        if overwrite:
-            return "overwrite"
-        raise LandscapeError(f"{path}/run.json is damaged; pass --overwrite to replace the run "
-                             "or choose another --out") from None
-    if overwrite:
-        return "overwrite"
-    diff = store.differences(*({k: v for k, v in c.items() if k not in _NOT_COMPARED}
-                                  for c in (old, config)))
-    if diff and resume and _extends(path, old, config, tracked):
-        return "resume"
-    if diff:
-        raise SettingsMismatch(f"run directory {path} holds a different run ({'; '.join(diff)}); "
-                             "pass --overwrite to replace it or choose another --out")
-    if not resume:
-        raise LandscapeError(f"run directory {path} already holds this run; pass --resume to "
-                             "continue it or --overwrite to start again")
-    return "resume"
-
-
-def _clear_run_files(path: Path) -> None:
-    """Remove the files a run writes (and nothing else) from ``path``."""
-    for name in ("model.pt", "history.json", "history.csv", "run.json", "track.h5"):
-        (path / name).unlink(missing_ok=True)
-    folder = path / "checkpoints"
-    if folder.is_dir():
-        for file in folder.iterdir():
-            if CHECKPOINT_RE.match(file.name):
-                file.unlink()
-
-
-def _recorded_save_every(out: str | Path | None, resume: bool) -> int | None:
-    """The ``save_every`` of the run in ``out`` that ``resume`` continues, if it has one."""
-    if not resume or out is None:
-        return None
-    try:
-        every = read_run_json(Path(out))["config"]["save_every"]
-    except (LandscapeError, KeyError, TypeError):
-        return None
-    return every if isinstance(every, int) and not isinstance(every, bool) and every > 0 \
-        else None
-
-
-def _checkpoint_files(path: Path) -> list[Path]:
-    """The training checkpoints of run directory ``path``, oldest first."""
-    folder = path / "checkpoints"
-    if not folder.is_dir():
-        return []
-    found = sorted((int(m.group(1)), f) for f in folder.iterdir()
-                   if (m := CHECKPOINT_RE.match(f.name)))
-    return [f for _, f in found]
-
-
-def _readable_checkpoint(path: Path) -> tuple[Path | None, Any]:
-    """The newest checkpoint of run directory ``path`` that loads, and what it holds; newer
-    ones that do not (torn by an OS crash before their fsync, :data:`SYNC_SECONDS`) are
-    skipped with a warning. (None, None) without checkpoints; the newest one's error when
-    none loads."""
-    first_error = None
-    for file in reversed(_checkpoint_files(path)):
-        try:
-            state = torch_load(file)
-        except LandscapeError as err:
-            first_error = first_error or err
-            continue
-        if first_error is not None:
-            warnings.warn(f"{first_error}; resuming from {file}", LandscapeWarning, stacklevel=3)
-        return file, state
-    if first_error is not None:
-        raise first_error
-    return None, None
-
-
-class _GroupSync:
-    """Group commit of a run's files: each is written atomically at once (a killed process
-    leaves the old or the new file) and made durable (fsync) with all written since the last
-    sync, once :data:`SYNC_SECONDS` have passed, and at the end of the run."""
-
-    def __init__(self, every: float) -> None:
-        self.every, self.pending, self.last = every, set(), time.monotonic()
-
-    def wrote(self, *files: Path) -> None:
-        self.pending.update(files)
-
-    def sync(self, force: bool = False) -> None:
-        if self.pending and (force or time.monotonic() - self.last >= self.every):
-            fsync_files(sorted(self.pending))
-            self.pending.clear()
-            self.last = time.monotonic()
 
 
 # ----------------------------------------------------------------------------- train
@@ -552,7 +343,7 @@ def train(*, model: str = "mlp", dataset: str = "digits", data_dir: str | Path |
            and train_src.n_batches is not None else math.ceil(n_train / batch_size))
     cap = epochs if steps is None else math.ceil(steps / spe)    # epochs at most
     if save_every is None:  # a resumed run keeps its own
-        save_every = _recorded_save_every(out, resume) or max(
+        save_every = rundir.recorded_save_every(out, resume) or max(
             1, math.ceil(cap / DEFAULT_CHECKPOINTS))
     if target_train_loss is not None and target_check_every is None:
         target_check_every = math.ceil(spe / TARGET_CHECKS_PER_EPOCH)
@@ -584,7 +375,7 @@ def train(*, model: str = "mlp", dataset: str = "digits", data_dir: str | Path |
         **({"spawn_unit": spawn_unit} if spawn is not None and spawn_unit != "epoch" else {}),
         **({"data_seed": int(data_seed)} if data_seed is not None else {}),
     })
-    path = Path(out) if out is not None else DEFAULT_RUNS_DIR / _default_name(config)
+    path = Path(out) if out is not None else DEFAULT_RUNS_DIR / rundir.default_name(config)
 
     target = None if target_train_loss is None else _TargetRule(
         target_train_loss, target_check_every, TARGET_CONSECUTIVE)
@@ -593,8 +384,8 @@ def train(*, model: str = "mlp", dataset: str = "digits", data_dir: str | Path |
         """Whether the run stops after the epoch of history row ``row`` (the rule has seen it)."""
         return (target is not None and target.met) or at_cap(config, row)
 
-    action = _prepare_dir(path, config, resume, overwrite, tracked=tracking is not None)
-    checkpoint_file, checkpoint = _readable_checkpoint(path) if action == "resume" \
+    action = rundir.prepare_dir(path, config, resume, overwrite, tracked=tracking is not None)
+    checkpoint_file, checkpoint = rundir.readable_checkpoint(path) if action == "resume" \
         else (None, None)
     if checkpoint_file is not None:
         if not isinstance(checkpoint, dict) or "epoch" not in checkpoint:
@@ -665,7 +456,7 @@ def train(*, model: str = "mlp", dataset: str = "digits", data_dir: str | Path |
         fresh = action == "new" and not path.exists()
         try:
             if action == "overwrite":
-                _clear_run_files(path)
+                rundir.clear_run_files(path)
             with store.writing(path, resumable=False):
                 (path / "checkpoints").mkdir(parents=True, exist_ok=True)
             info = {
@@ -690,7 +481,7 @@ def train(*, model: str = "mlp", dataset: str = "digits", data_dir: str | Path |
                                     "at": datetime.now(timezone.utc).isoformat(timespec="seconds")}]
             if history and finished(history[-1]) and (path / "model.pt").exists():
                 info["status"] = "complete"
-            durable = _GroupSync(SYNC_SECONDS)
+            durable = rundir.GroupSync(SYNC_SECONDS)
             if action != "resume":  # a new directory is a run (resumable) from its first file
                 write_run_json(path, info, sync=False)
                 durable.wrote(path / "run.json")
@@ -713,7 +504,8 @@ def train(*, model: str = "mlp", dataset: str = "digits", data_dir: str | Path |
                 tracker = Tracker(path / TRACK_FILE, tracking, x=x_all, y=y_all,
                                   loss=ds.loss, optimizer=optimizer, momentum=momentum,
                                   batch_size=batch_size, steps_per_epoch=spe, fresh=not history,
-                                  run={k: v for k, v in config.items() if k not in _NOT_COMPARED})
+                                  run={k: v for k, v in config.items()
+                                       if k not in rundir.NOT_COMPARED})
                 if history:
                     tracker.restore(checkpoint.get("track"), history[-1]["step"])
                 trainer.on_step = lambda step: tracker.after_step(net, opt, step, sched(step))
@@ -721,7 +513,7 @@ def train(*, model: str = "mlp", dataset: str = "digits", data_dir: str | Path |
                 write_run_json(path, info, sync=False)  # leaves run.json as it was
                 durable.wrote(path / "run.json")
 
-            config_hash = _config_hash(config)
+            config_hash = rundir.config_hash(config)
 
             def save_checkpoint(epoch: int) -> None:
                 state = {"epoch": epoch, "model": to_cpu(net.state_dict()),
@@ -733,7 +525,7 @@ def train(*, model: str = "mlp", dataset: str = "digits", data_dir: str | Path |
                          **({"target": target.state()} if target else {}),
                          **({"track": tracker.checkpoint_state()} if tracker else {})}
                 file = path / "checkpoints" / f"epoch_{epoch:04d}.pt"
-                _save_checkpoint(file, state)
+                rundir.save_checkpoint(file, state)
                 durable.wrote(file)
 
             spent = dict.fromkeys(("train", "evaluate", "save"), 0.0)  # this call's seconds
@@ -749,7 +541,7 @@ def train(*, model: str = "mlp", dataset: str = "digits", data_dir: str | Path |
                 def check(step: int, loss: float) -> bool:
                     """The target rule's check at ``step``; keeps the weights if asked."""
                     if keep_checks and target.due(step):
-                        _keep_check(path / CHECKS_DIR, step, loss, net, keep_checks)
+                        rundir.keep_check(path / CHECKS_DIR, step, loss, net, keep_checks)
                     return target.observe(step, loss)
 
                 if target is not None:
@@ -795,7 +587,7 @@ def train(*, model: str = "mlp", dataset: str = "digits", data_dir: str | Path |
                         bar.set_postfix_str(_postfix(row), refresh=False)
                     bar.update(1)
         except BaseException:
-            if fresh and not _checkpoint_files(path):
+            if fresh and not rundir.checkpoint_files(path):
                 shutil.rmtree(path, ignore_errors=True)
             raise
 
@@ -841,7 +633,7 @@ def _check_fits(net: nn.Module, probe: tuple[Any, Tensor], loss: Loss, name: str
     was_training = net.training
     try:
         with torch.no_grad():
-            out = _output(net.eval(), loss, x)
+            out = model_output(net.eval(), loss, x)
     except Exception as err:  # noqa: BLE001 - any failure of the user's forward is reported
         detail = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise LandscapeError(f"model {name!r} cannot take the inputs of dataset {data_name!r} "
@@ -881,20 +673,6 @@ def _warn_unmet(path: Path, stopping: dict | None) -> None:
                       stacklevel=3)
 
 
-def _keep_check(folder: Path, step: int, loss: float, net: nn.Module, keep: int) -> None:
-    """Write the weights at the check of ``step`` and keep the last ``keep`` checks up to it
-    (files of later steps, left by an interrupted run that is now resumed, are redone)."""
-    folder.mkdir(exist_ok=True)
-    atomic_torch_save(folder / f"step_{step:07d}.pt",
-                      {"step": step, "train_loss": float(loss), "model": to_cpu(net.state_dict())})
-    files = sorted((int(m.group(1)), f) for f in folder.iterdir()
-                   if (m := CHECK_RE.match(f.name)))
-    kept = [s for s, _ in files if s <= step][-keep:]
-    for s, f in files:
-        if s not in kept:
-            f.unlink()
-
-
 @contextmanager
 def _timed(spent: dict[str, float], key: str):
     """Add the wall seconds of the block to ``spent[key]``."""
@@ -903,12 +681,6 @@ def _timed(spent: dict[str, float], key: str):
         yield
     finally:
         spent[key] += time.perf_counter() - start
-
-
-def _save_checkpoint(file: Path, state: dict) -> None:
-    """Write one training checkpoint atomically, its fsync deferred to the run's group sync
-    (a separate function so tests can interrupt)."""
-    atomic_torch_save(file, state, sync=False)
 
 
 def _postfix(row: dict) -> str:
@@ -1057,7 +829,7 @@ class _Trainer:
         with self._bn_frozen(not update_bn):
             for xb, yb in self.train_src.batches(self.grad_batch):
                 with self.autocast():
-                    out = _output(self.net, self.loss, xb)
+                    out = model_output(self.net, self.loss, xb)
                 loss = self.loss.total(out, yb) / self.weight_total
                 loss.backward()
                 total += loss.detach()
@@ -1079,7 +851,7 @@ class _Trainer:
         if self.once:
             self.opt.zero_grad(set_to_none=True)
             with self.autocast():
-                out = _output(self.net, self.loss, xb)
+                out = model_output(self.net, self.loss, xb)
             loss = self.loss.mean(out, yb)
             loss.backward()
             self.opt.step()
@@ -1097,7 +869,7 @@ class _Trainer:
             self.opt.zero_grad(set_to_none=True)
             with self._bn_frozen(not update_bn):  # restored after backward (autograd versions)
                 with self.autocast():
-                    out = _output(self.net, self.loss, xb)
+                    out = model_output(self.net, self.loss, xb)
                 loss = self.loss.mean(out, yb)
                 loss.backward()
             if not record:
