@@ -34,11 +34,15 @@ NOT_COMPARED = ("device", "keep_checks")
 
 
 def config_hash(config: dict) -> str:
+    """8 hex digits of the settings hash of ``config`` without :data:`NOT_COMPARED` (a run's
+    identity: the last part of its default directory name)."""
     compared = {k: v for k, v in config.items() if k not in NOT_COMPARED}
     return settings_hash(compared, 8)
 
 
 def default_name(config: dict) -> str:
+    """The run directory name of ``config``: model, dataset, optimizer, learning rate, batch
+    size, seed and :func:`config_hash`."""
     model, dataset = (re.sub(r"[^A-Za-z0-9_.-]+", "_", config[k].rsplit(":", 1)[-1])
                       for k in ("model", "dataset"))
     return (f"{model}-{dataset}-{config['optimizer']}-lr{config['lr']:g}"
