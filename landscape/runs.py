@@ -47,6 +47,13 @@ CHECKPOINT_RE = re.compile(r"^epoch_(\d+)\.pt$")
 CHECKS_DIR, CHECK_RE = "checks", re.compile(r"^step_(\d+)\.pt$")
 
 
+def numbered_files(folder: Path, pattern: re.Pattern) -> list[tuple[int, Path]]:
+    """(number, file) of the files in ``folder`` whose names ``pattern`` matches (its first
+    group is the number), ascending; none without the folder."""
+    return sorted((int(m.group(1)), f) for f in folder.iterdir()
+                  if (m := pattern.match(f.name))) if folder.is_dir() else []
+
+
 # ----------------------------------------------------------------------------- atomic writes
 def atomic_write_json(path: Path, obj: Any, sync: bool = True) -> None:
     """Write ``obj`` as indented strict JSON (NaN and infinities as ``null``), atomically."""
@@ -418,21 +425,12 @@ class Run:
 
     def checkpoints(self) -> list[tuple[int, Path]]:
         """(epoch, file) of every saved checkpoint, ascending; epoch 0 is the initialization."""
-        folder = Path(self.path) / "checkpoints"
-        found = []
-        if folder.is_dir():
-            for file in folder.iterdir():
-                m = CHECKPOINT_RE.match(file.name)
-                if m:
-                    found.append((int(m.group(1)), file))
-        return sorted(found)
+        return numbered_files(Path(self.path) / "checkpoints", CHECKPOINT_RE)
 
     def checks(self) -> list[tuple[int, Path]]:
         """(optimizer step, file) of the weights kept at the last target-loss checks
         (``keep_checks`` of :func:`landscape.train`), ascending; the last is the stop."""
-        folder = Path(self.path) / CHECKS_DIR
-        return sorted((int(m.group(1)), f) for f in folder.iterdir()
-                      if (m := CHECK_RE.match(f.name))) if folder.is_dir() else []
+        return numbered_files(Path(self.path) / CHECKS_DIR, CHECK_RE)
 
     def new_model(self) -> nn.Module:
         """A freshly built model of this run's architecture (initial weights, eval mode, CPU)."""
@@ -475,9 +473,7 @@ def load_run(path: str | Path, *, data: bool = True, trust: bool = False) -> Run
     if final.exists():
         file = final
     else:
-        folder = path / "checkpoints"
-        files = sorted((int(m.group(1)), f) for f in (folder.iterdir() if folder.is_dir() else [])
-                       if (m := CHECKPOINT_RE.match(f.name)))
+        files = numbered_files(path / "checkpoints", CHECKPOINT_RE)
         if not files:
             raise LandscapeError(f"run {path} has neither model.pt nor any checkpoint")
         epoch, file = files[-1]

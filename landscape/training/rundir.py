@@ -22,6 +22,7 @@ from landscape.runs import (
     CHECKPOINT_RE,
     atomic_torch_save,
     fsync_files,
+    numbered_files,
     read_run_json,
     to_cpu,
     torch_load,
@@ -110,11 +111,8 @@ def clear_run_files(path: Path) -> None:
     """Remove the files a run writes (and nothing else) from ``path``."""
     for name in ("model.pt", "history.json", "history.csv", "run.json", "track.h5"):
         (path / name).unlink(missing_ok=True)
-    folder = path / "checkpoints"
-    if folder.is_dir():
-        for file in folder.iterdir():
-            if CHECKPOINT_RE.match(file.name):
-                file.unlink()
+    for file in checkpoint_files(path):
+        file.unlink()
 
 
 def recorded_save_every(out: str | Path | None, resume: bool) -> int | None:
@@ -131,12 +129,7 @@ def recorded_save_every(out: str | Path | None, resume: bool) -> int | None:
 
 def checkpoint_files(path: Path) -> list[Path]:
     """The training checkpoints of run directory ``path``, oldest first."""
-    folder = path / "checkpoints"
-    if not folder.is_dir():
-        return []
-    found = sorted((int(m.group(1)), f) for f in folder.iterdir()
-                   if (m := CHECKPOINT_RE.match(f.name)))
-    return [f for _, f in found]
+    return [f for _, f in numbered_files(path / "checkpoints", CHECKPOINT_RE)]
 
 
 def readable_checkpoint(path: Path) -> tuple[Path | None, Any]:
@@ -184,8 +177,7 @@ def keep_check(folder: Path, step: int, loss: float, net: nn.Module, keep: int) 
     folder.mkdir(exist_ok=True)
     atomic_torch_save(folder / f"step_{step:07d}.pt",
                       {"step": step, "train_loss": float(loss), "model": to_cpu(net.state_dict())})
-    files = sorted((int(m.group(1)), f) for f in folder.iterdir()
-                   if (m := CHECK_RE.match(f.name)))
+    files = numbered_files(folder, CHECK_RE)
     kept = [s for s, _ in files if s <= step][-keep:]
     for s, f in files:
         if s not in kept:
