@@ -849,11 +849,7 @@ class _Trainer:
         detached before use). An optimizer that evaluates its closure once (torch's
         first-order ones) is stepped without one: the same operations, less bookkeeping."""
         if self.once:
-            self.opt.zero_grad(set_to_none=True)
-            with self.autocast():
-                out = model_output(self.net, self.loss, xb)
-            loss = self.loss.mean(out, yb)
-            loss.backward()
+            loss, out = self.forward_backward(xb, yb)
             self.opt.step()
             return loss, out
         record: list = []
@@ -864,14 +860,20 @@ class _Trainer:
             self.opt.step(closure, index=index)
         return record[0]
 
+    def forward_backward(self, xb: Tensor, yb: Tensor) -> tuple[Tensor, Any]:
+        """Zeroed gradients, then the minibatch's mean loss and its backward pass: (loss,
+        output)."""
+        self.opt.zero_grad(set_to_none=True)
+        with self.autocast():
+            out = model_output(self.net, self.loss, xb)
+        loss = self.loss.mean(out, yb)
+        loss.backward()
+        return loss, out
+
     def minibatch_closure(self, xb: Tensor, yb: Tensor, record: list):
         def fn(update_bn: bool) -> Tensor:
-            self.opt.zero_grad(set_to_none=True)
             with self._bn_frozen(not update_bn):  # restored after backward (autograd versions)
-                with self.autocast():
-                    out = model_output(self.net, self.loss, xb)
-                loss = self.loss.mean(out, yb)
-                loss.backward()
+                loss, out = self.forward_backward(xb, yb)
             if not record:
                 record.append((loss.detach(), out.detach()))
             return loss
