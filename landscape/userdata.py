@@ -111,14 +111,13 @@ class _Rows:
 
 
 def read_split(name: str, data: Any, whole: bool = False, labels: bool = False,
-               classes: int | None = None, budget: int | None = None
-               ) -> tuple[Source, _Rows]:
+               classes: int | None = None) -> tuple[Source, _Rows]:
     """One read of split ``name``: the host Source that counted it and kept it when it fit
-    ``budget`` bytes (default: :func:`landscape.sources.default_budget` of the CPU), and the
+    the CPU's default budget (:func:`landscape.sources.default_budget`), and the
     observer that digested and checked it (:class:`_Rows`). Tensors are not read from a
     loader: they are digested in slices. An empty split is a one-line LandscapeError."""
     rows = _Rows(name, labels, classes)
-    source = Source(data, torch.device("cpu"), None, budget, whole=whole, observe=rows)
+    source = Source(data, torch.device("cpu"), None, None, whole=whole, observe=rows)
     if source.n_batches is None:  # tensors: nothing was iterated
         for inputs, targets in source.batches(4096):
             rows(inputs, targets)
@@ -127,8 +126,7 @@ def read_split(name: str, data: Any, whole: bool = False, labels: bool = False,
     return source, rows
 
 
-def scan_data(splits: dict[str, Any], whole: bool = False, labels: bool = True,
-              budget: int | None = None) -> DataScan:
+def scan_data(splits: dict[str, Any], whole: bool = False, labels: bool = True) -> DataScan:
     """One pass over every split (:func:`read_split`, which also counts and keeps it): the
     SHA-256 of the samples as float64/int64 bytes, independent of their order (the sorted
     digests of the samples, so that a shuffling loader digests the same every pass), the
@@ -146,7 +144,7 @@ def scan_data(splits: dict[str, Any], whole: bool = False, labels: bool = True,
     for name in SPLITS:
         if splits.get(name) is None:
             continue
-        reads[name], rows = read_split(name, splits[name], whole, labels, classes, budget)
+        reads[name], rows = read_split(name, splits[name], whole, labels, classes)
         shape = shape or rows.shape
         outputs = rows.outputs or outputs
         if name == "train" and rows.top >= 0:
