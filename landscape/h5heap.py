@@ -39,8 +39,6 @@ def _walk_fault(data: mmap.mmap, start: int, size: int) -> str | None:
     would never end, or None when it ends (well or with an error HDF5 reports itself)."""
     p, end = start + _HEADER.size, start + size
     for _ in range(MAX_STEPS):
-        if p >= end:
-            return None
         if p + _OBJECT.size > end:  # a tail too small for an object header: free space
             return None
         index, _refs, length = _OBJECT.unpack_from(data, p)

@@ -106,10 +106,11 @@ def damaged(path: str | Path, what: str) -> LandscapeError:
     return LandscapeError(f"{path}: {what}; the file was left untouched")
 
 
-def _open(path: Path, mode: str) -> h5py.File:
+def _open(path: Path, mode: str, *, scanned: bool = False) -> h5py.File:
     """``h5py.File(path, mode)``, the one way this library opens a result file; a locked,
     read-only, unreadable or damaged file (a global heap that would hang HDF5 included,
-    :func:`~landscape.h5heap.heap_fault`), or one that reaches outside itself
+    :func:`~landscape.h5heap.heap_fault`, not scanned again when ``scanned``: the reopen of
+    a file just opened and checked read-only), or one that reaches outside itself
     (:func:`self_contained`), is a one-line LandscapeError saying which."""
     if path.is_dir():
         raise LandscapeError(f"{path}: is a directory, not a result file")
@@ -120,7 +121,7 @@ def _open(path: Path, mode: str) -> h5py.File:
         raise LandscapeError(f"{path}: no permission to read it") from None
     if not h5py.is_hdf5(path):
         raise damaged(path, "not an HDF5 file (empty, truncated or another format)")
-    fault = heap_fault(path)
+    fault = None if scanned else heap_fault(path)
     if fault is not None:
         raise damaged(path, f"{fault} (HDF5 would loop forever reading it)")
     try:
@@ -399,7 +400,7 @@ def create(path: str | Path, kind: str, settings: Mapping[str, Any],
             _check_landscape(f, path, kind, validate)
             if f.attrs.get("settings_hash") != digest:
                 raise _other_settings(path, f.attrs.get("settings", "{}"), settings)
-        f = _open(path, "r+")
+        f = _open(path, "r+", scanned=True)
         if memory:
             f.close()
             f = h5py.File(path, "r+", driver="core", backing_store=False)
@@ -508,7 +509,7 @@ def open_result(path: str | Path, kind: str | tuple[str, ...] | None = None,
     if mode == "r":
         return f
     f.close()
-    return _open(path, mode)
+    return _open(path, mode, scanned=True)
 
 
 def allocated(group: h5py.Group, name: str, shape: tuple[int, ...], dtype: Any,
