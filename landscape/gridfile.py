@@ -72,18 +72,14 @@ def init_grid(f: h5py.File, x: np.ndarray, y: np.ndarray | None, names: Sequence
     (its parameter ``layout`` in its attributes), the directions with ``direction_attrs``
     and their L2 norms, the buffers at the origin and per unit of each direction, and the
     ``extras`` arrays as they are."""
-    coords = [f.create_dataset("x", data=x)]
+    f.create_dataset("x", data=x)
     if y is not None:
-        coords.insert(0, f.create_dataset("y", data=y))
-    for c, axis in zip(coords, ("y", "x") if y is not None else ("x",)):
-        c.make_scale(axis)
-    shape = tuple(len(c) for c in coords)
+        f.create_dataset("y", data=y)
+    shape = (len(x),) if y is None else (len(y), len(x))
     for name in names:
         ds = store.allocated(f, name, shape, "f8", np.nan)
         if name.endswith("_acc"):
             ds.attrs["unit"] = ACCURACY_UNIT
-        for dim, c in enumerate(coords):
-            ds.dims[dim].attach_scale(c)
     f.create_dataset("origin", data=origin.detach().cpu().float().numpy())
     store.write_attrs(f["origin"], {"layout": layout})
     for axis, d, d_attrs in zip(AXES, directions, direction_attrs):
@@ -96,9 +92,8 @@ def init_grid(f: h5py.File, x: np.ndarray, y: np.ndarray | None, names: Sequence
             f.create_dataset(f"buffers/{axis}/{name}", data=b.detach().cpu().numpy())
     for name, value in extras.items():
         f.create_dataset(name, data=np.asarray(value))
-    done = store.allocated(f, "done", shape, bool, False)
-    for dim, c in enumerate(coords):
-        done.dims[dim].attach_scale(c)
+    store.allocated(f, "done", shape, bool, False)
+    attach_grid_scales(f, [*names, "done"])
 
 
 def check_grid(group: h5py.Group, path: Path) -> tuple[int, ...]:

@@ -889,7 +889,7 @@ class _Runner:
     def measure_ahead(self, models: Sequence[tuple[h5py.Group, Any, str]]) -> None:
         """Submit the missing measures of every ``(group, run, digest)`` model, at its stop
         and at its checkpoints, to the worker processes; :meth:`measures` collects them."""
-        if self.s.workers < 2:
+        if self.workers() is None:   # (no pool: nothing is loaded ahead)
             return
         for g, run, digest in models:
             points = [(g, None, digest)]
@@ -899,7 +899,7 @@ class _Runner:
             for group, file, at in points:
                 s, keys = self.measure_keys(run, at)
                 missing = self.missing(group, keys)
-                if missing and self.workers() is not None:
+                if missing:
                     self.ahead[at] = self.pool.submit(
                         _measure_job, str(run.path), file, missing, asdict(s), self.engine,
                         bool(getattr(run, "trust", False)))

@@ -779,8 +779,7 @@ def _plotted(study: Any, measures: Sequence[str], sf: _Surfaces | None, sweep: b
                     "full-batch GD's top eigenvalue at the edge of stability (Cohen et al. "
                     "2021)" if sweep else "") + ".")
     if sf is not None:
-        unit = "nats" if study.models[sf.names[0]][0].surface.attrs.get(
-            "loss", "cross_entropy") == "cross_entropy" else "MSE"
+        unit = "nats" if _loss_unit(study) == "nats" else "MSE"
         text += (f" {_letters(2 + len(measures), len(sf.names))} 2D "
                  + ("rise above the centre" if increase else "loss")
                  + f", mean over seeds; thin black: each seed's {sf.reference:g}-{unit} level"

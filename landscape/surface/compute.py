@@ -210,7 +210,8 @@ def compute_surface(objectives: Objective | Mapping[str, Objective], out: str | 
         buffer_directions = None  # nothing to move (a model without BatchNorm)
     names = [f"{split}_{m}" for split, o in objs.items()
              for m in o.metric_names]
-    if not overwrite and distributed.rank_and_world()[0] == 0:
+    rank, world = distributed.rank_and_world()
+    if not overwrite and rank == 0:
         _adopt_halved(out, kind, objs)
     full_settings = {
         **(settings or {}), "kind": kind, "x": x.tolist(), "y": None if y is None else y.tolist(),
@@ -224,7 +225,6 @@ def compute_surface(objectives: Objective | Mapping[str, Objective], out: str | 
             for b in buffer_directions] if buffer_directions else None,
     }
     shape = (len(x),) if y is None else (len(y), len(x))
-    rank, world = distributed.rank_and_world()
     # data sharded among ranks: every rank evaluates every point (on its shard), rank 0 writes
     sharded = any(getattr(o, "sharded", False) for o in objs.values())
     share_rank, share_world = (0, 1) if sharded else (rank, world)
@@ -282,7 +282,8 @@ def compute_surface(objectives: Objective | Mapping[str, Objective], out: str | 
                 for split, o in objs.items():
                     for m, v in o.evaluate_plane(origin, dirs, coords, buffers).items():
                         results[f"{split}_{m}"] = v.numpy()
-            if world == 1 and _chunking(objs) != {k: full_settings[k] for k in _chunking(objs)}:
+            now = _chunking(objs)
+            if world == 1 and now != {k: full_settings[k] for k in now}:
                 # an out-of-memory halving: the file records the chunking now in use (after
                 # the centre is evaluated with it), and every point is computed with it
                 attrs_now, now = center(), _chunking(objs)
