@@ -267,15 +267,14 @@ class Tracker:
                 self.rows[k] = list(self.file[k][()]) if k in self.file else []
 
     def columns(self) -> list[str]:
-        names = [*COLUMNS]
-        for m in self.s.measures:
-            names += [m, f"{m}_error"]
+        """The columns this tracker writes: :func:`track_columns`, the :data:`TRACK_OPTIONAL`
+        ones of its measures, the losses of :data:`TRACK_LINES`."""
+        names = [*track_columns(self.s.measures)]
         if "top_eigenvalue" in self.s.measures:
-            names.append("top_eigenvalue_hvp")
+            names.append(TRACK_OPTIONAL[0])
         if self.precondition:
-            names += ["preconditioned_top_eigenvalue", "preconditioned_top_eigenvalue_error",
-                      "preconditioned_top_eigenvalue_hvp", "preconditioned_threshold"]
-        return [*names, "update_loss", "segment_loss"]
+            names += TRACK_OPTIONAL[1:]
+        return [*names, *(line for line, _ in TRACK_LINES)]
 
     # ------------------------------------------------------------------ resume
     def checkpoint_state(self) -> dict[str, Any]:
