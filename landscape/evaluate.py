@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import itertools
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -213,7 +212,7 @@ class Evaluator:
 
     def __init__(self, core: Any, strategy: str, point_chunk: int) -> None:
         self.core, self.strategy, self.point_chunk = core, strategy, point_chunk
-        first = next(core.batches())[0]
+        first = next(core.batches())[0] if strategy == "loop" else None  # (read by the loop)
         self.plane_layer = plane_layer(core, strategy, first)
         self.chain = chain(core, strategy, first)
         self.loaded: tuple[nn.Module, Tensor] | None = None  # the loop's model, made on use
@@ -332,8 +331,7 @@ class Evaluator:
         replay = None if steps is None else Replay(steps)
         layer, products, start = None, None, 0
         # resident data in one chunk: sliced (and cast, for a twin) once, not at every point
-        chunks = list(itertools.islice(core.batches(), 2)) if core.source.resident else []
-        chunks = chunks if len(chunks) == 1 else None
+        chunks = [next(core.batches())] if core.source.one_chunk(core.batch_size) else None
         given: list[Tensor] = []  # the first layer's output at the current point and chunk
         if plane is not None and self.plane_layer is not None:
             products = self.first_layer_products(model, plane[0], plane[1])

@@ -79,9 +79,8 @@ def _gradient_graph(core: Any, theta: Tensor, x: Any, y: Tensor) -> tuple[Tensor
         return kept[4], kept[5]  # (the same tensor, unmodified, or equal values)
     t = theta.detach().requires_grad_(True)
     (g,) = torch.autograd.grad(core.batch_loss(t, x, y), t, create_graph=True)
-    one_chunk = core.source.resident and core.source.n <= core.batch_size
-    core.cache["graph"] = (key, theta, theta._version, theta.clone(), t, g) if one_chunk \
-        else None
+    core.cache["graph"] = (key, theta, theta._version, theta.clone(), t, g) \
+        if core.source.one_chunk(core.batch_size) else None
     return t, g
 
 

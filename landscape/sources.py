@@ -313,6 +313,10 @@ class Source:
             yield self._recast((take(inputs, slice(s, s + batch_size)),
                                 None if targets is None else targets[s:s + batch_size]))
 
+    def one_chunk(self, batch_size: int) -> bool:
+        """Whether :meth:`batches` of ``batch_size`` is one resident slice (the whole data)."""
+        return self._data is not None and self.n <= batch_size
+
     def as_dtype(self, dtype: torch.dtype) -> Source:
         """The same data with floating tensors in ``dtype`` (resident data cast per batch)."""
         twin = copy.copy(self)

@@ -572,7 +572,7 @@ def _point_objective(objective: Objective, origin: dict[str, Tensor],
     buffers = dict(origin)
     for axis, c in (("x", cx), ("y", cy)):
         for k, d in steps[axis].items():
-            if k in buffers and torch.is_floating_point(buffers[k]):
+            if torch.is_floating_point(buffers[k]):  # (read: only the model's buffers)
                 buffers[k] = buffers[k] + c * d.to(buffers[k].device, buffers[k].dtype)
     point = copy.copy(objective)
     point.buffers = buffers
